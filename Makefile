@@ -1,0 +1,41 @@
+# peakpilot: the two commands a new user runs are `make demo` and `make test`.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+OUT     ?= runs/demo
+
+.PHONY: setup system-deps demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	# pip, not uv/poetry: on these machines torch==2.13.0 comes from a local CPU wheel that only pip sees.
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Debian packages the tests use: a real Prometheus (with promtool for backfills).
+system-deps:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then \
+		echo "system packages present"; \
+	else \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends prometheus; \
+	fi
+
+# The main job on the embedded default: the sample trace in data/.
+demo: setup
+	@mkdir -p $(OUT)
+	$(VENV)/bin/peakpilot backtest --json > $(OUT)/backtest.json
+	$(VENV)/bin/peakpilot backtest
+	$(VENV)/bin/peakpilot forecast --horizon 30
+
+test: setup system-deps
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/forecast_targets.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,132 @@
+"""Rolling-origin backtest at the operational horizon: which model to trust.
+
+Over the last part of a trace, every ``stride`` a forecast for the next ``horizon`` minutes is
+issued from the history before that origin and compared with what happened. Models are refitted
+every ``refit_hours`` on the history before the refit time (never on the future), exactly as the
+daemon retrains on a schedule. Every model, the outside peer included, sees the same origins.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from forecaster.errors import HistoryError, NotEnoughHistory
+from forecaster.history import History
+from forecaster.metrics import RECENT_MINUTES, score
+from forecaster.models import MODELS, PEERS, PRODUCTION_ORDER, make_model
+from forecaster.models.base import windows
+
+DEFAULT_MODELS = (*PRODUCTION_ORDER, *PEERS)
+
+
+@dataclass
+class BacktestConfig:
+    horizon_min: float = 30
+    test_days: float | None = None  # default: min(3 days, a quarter of the history)
+    stride_min: float | None = None  # default: max(step, 10 minutes)
+    refit_hours: float = 24
+    seed: int = 0
+
+
+@dataclass
+class BacktestResult:
+    trace: str
+    config: BacktestConfig
+    origins: int
+    test_start: pd.Timestamp
+    models: dict[str, dict] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"trace": self.trace, "horizon_min": self.config.horizon_min, "origins": self.origins,
+                "test_start": self.test_start.isoformat(), "refit_hours": self.config.refit_hours,
+                "models": self.models}
+
+    def best(self, metric: str = "pinball_q90") -> str | None:
+        scored = {n: m[metric] for n, m in self.models.items() if m.get(metric) is not None and n not in PEERS}
+        return min(scored, key=scored.get) if scored else None
+
+
+def origins_for(history: History, config: BacktestConfig) -> np.ndarray:
+    """Positions (indices into the history) of the forecast origins."""
+    span_days = history.span / pd.Timedelta(days=1)
+    test_days = config.test_days if config.test_days is not None else min(3.0, span_days / 4)
+    if test_days <= 0 or test_days >= span_days:
+        raise HistoryError(history.source, f"cannot hold out {test_days:g} days of a {span_days:.1f}-day history")
+    stride = history.steps_for(config.stride_min or max(10.0, history.step_min))
+    horizon = history.steps_for(config.horizon_min)
+    first = len(history) - history.steps_per(pd.Timedelta(days=test_days))
+    positions = np.arange(first, len(history) - horizon + 1, stride)
+    if len(positions) == 0:
+        raise HistoryError(history.source, "the test window is shorter than the horizon")
+    return positions
+
+
+def run_backtest(history: History, models: list[str] | tuple[str, ...] = DEFAULT_MODELS,
+                 config: BacktestConfig | None = None, progress: bool = True) -> BacktestResult:
+    config = config or BacktestConfig()
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    positions = origins_for(history, config)
+    horizon = history.steps_for(config.horizon_min)
+    observed = history.counts.to_numpy()
+    actual = windows(observed, positions, 0, horizon)
+    recent = windows(observed, positions, -history.steps_for(RECENT_MINUTES), history.steps_for(RECENT_MINUTES))
+    recent_max = np.full(len(positions), np.nan)
+    has_recent = ~np.isnan(recent).all(axis=1)
+    recent_max[has_recent] = np.nanmax(recent[has_recent], axis=1)
+
+    refit = max(1, history.steps_per(pd.Timedelta(hours=config.refit_hours)))
+    blocks = [positions[(positions >= b) & (positions < b + refit)] for b in range(positions[0], positions[-1] + 1, refit)]
+    blocks = [b for b in blocks if len(b)]
+    result = BacktestResult(history.source, config, len(positions), history.counts.index[positions[0]])
+    bar = tqdm(total=len(models) * len(blocks), desc="backtest", unit="fit", file=sys.stderr, disable=not progress)
+    for name in models:
+        forecasts = np.empty((len(positions), horizon, 3))
+        fit_times: list[float] = []
+        status = "ok"
+        done = 0
+        model = None
+        for block in blocks:
+            bar.set_postfix_str(name)
+            train = history.until(history.counts.index[block[0]])
+            model = make_model(name, seed=config.seed)
+            try:
+                model.fit(train)
+            except NotEnoughHistory as exc:
+                status = f"skipped: {exc}"
+                break
+            fit_times.append(model.fit_seconds)
+            forecasts[done:done + len(block)] = model.predict_many(history, list(history.counts.index[block]),
+                                                                  config.horizon_min)
+            done += len(block)
+            bar.update(1)
+        if status != "ok":
+            bar.update(len(blocks) - len(fit_times))
+            result.models[name] = {"status": status}
+            continue
+        metrics = score(actual, forecasts, recent_max)
+        metrics["fit_s"] = float(np.mean(fit_times))
+        metrics["predict_ms"] = _predict_ms(model, history.until(history.counts.index[positions[-1]]), config.horizon_min)
+        metrics["status"] = "ok"
+        if name in PEERS:
+            metrics["peer"] = True
+        result.models[name] = metrics
+    bar.close()
+    return result
+
+
+def _predict_ms(model, history: History, horizon_min: float, repeats: int = 5) -> float:
+    """Median wall time of one forecast from the end of the history, as the daemon issues it."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model.predict(history, horizon_min)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000)

@@ -1,0 +1,152 @@
+"""Request history from CSV files: per-interval counts, or raw per-request logs.
+
+Two shapes are read:
+
+* **counts**: ``timestamp,requests``, one row per fixed interval (the traces in ``shared/traces``).
+  Missing rows become gaps; rows must be unique and in time order.
+* **request log**: one row per request with a timestamp column (as in the Azure LLM inference
+  traces, column ``TIMESTAMP``); arrivals are counted per ``step``.
+
+Errors name the file, the 1-based line, and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from forecaster.errors import HistoryError
+from forecaster.history import History, mark_gaps
+
+TIMESTAMP_COLUMNS = ("timestamp", "time", "ts", "datetime", "date")
+COUNT_COLUMNS = ("requests", "count", "counts", "value", "y")
+
+
+def load_csv(path: str | Path, *, step: str | pd.Timedelta | None = None,
+             timestamp_column: str | None = None, count_column: str | None = None) -> History:
+    """Read a counts CSV or a request log, whichever the columns say it is.
+
+    ``step`` aggregates counts to a coarser step, or sets the counting step of a request log
+    (default one minute).
+    """
+    path = Path(path)
+    frame = _read(path)
+    ts_col = _pick(frame, path, timestamp_column, TIMESTAMP_COLUMNS, "timestamp")
+    count_col = count_column or next((c for c in frame.columns if c.lower() in COUNT_COLUMNS), None)
+    if count_column and count_column not in frame.columns:
+        raise HistoryError(str(path), f"no column {count_column!r}; columns are {list(frame.columns)}")
+    if count_col is None:
+        return _from_log(path, frame, ts_col, pd.Timedelta(step or "1min"))
+    history = _from_counts(path, frame, ts_col, count_col)
+    if step is not None and pd.Timedelta(step) != history.step:
+        history = history.resample(pd.Timedelta(step))
+    return history
+
+
+def load_request_log(path: str | Path, *, step: str | pd.Timedelta = "1min",
+                     timestamp_column: str | None = None) -> History:
+    """Count the arrivals of a per-request log per ``step``."""
+    path = Path(path)
+    frame = _read(path)
+    ts_col = _pick(frame, path, timestamp_column, TIMESTAMP_COLUMNS, "timestamp")
+    return _from_log(path, frame, ts_col, pd.Timedelta(step))
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise HistoryError(str(path), "no such file")
+    if path.is_dir():
+        raise HistoryError(str(path), "is a directory, not a CSV file")
+    try:
+        frame = pd.read_csv(path, dtype=str, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise HistoryError(str(path), "the file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise HistoryError(str(path), f"not a readable CSV file ({exc})") from None
+    if frame.empty:
+        raise HistoryError(str(path), "has a header but no rows")
+    return frame
+
+
+def _pick(frame: pd.DataFrame, path: Path, given: str | None, candidates: tuple[str, ...], what: str) -> str:
+    if given:
+        if given not in frame.columns:
+            raise HistoryError(str(path), f"no column {given!r}; columns are {list(frame.columns)}")
+        return given
+    for col in frame.columns:
+        if col.lower() in candidates:
+            return col
+    raise HistoryError(str(path), f"no {what} column (expected one of {', '.join(candidates)}); "
+                                  f"columns are {list(frame.columns)}")
+
+
+def _parse_times(path: Path, raw: pd.Series) -> pd.DatetimeIndex:
+    """Parse ISO-8601 timestamps; a single fixed offset is kept, mixed offsets become UTC."""
+    def parse(utc: bool) -> pd.Series:
+        return pd.to_datetime(raw, format="ISO8601", errors="coerce", utc=utc)
+
+    try:
+        times = parse(False)
+        if times.dtype == object:  # mixed offsets
+            times = parse(True)
+    except (ValueError, TypeError):
+        times = parse(True)
+    bad = times.isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise HistoryError(f"{path}:{i + 2}", f"unparsable timestamp {raw.iloc[i]!r} "
+                                              f"(expected ISO 8601, e.g. 2024-05-01T13:00:00)")
+    return pd.DatetimeIndex(times)
+
+
+def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str) -> History:
+    times = _parse_times(path, frame[ts_col])
+    counts = pd.to_numeric(frame[count_col], errors="coerce")
+    bad = counts.isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise HistoryError(f"{path}:{i + 2}", f"{count_col} is {frame[count_col].iloc[i]!r}, not a number")
+    if (counts < 0).any():
+        i = int(np.flatnonzero((counts < 0).to_numpy())[0])
+        raise HistoryError(f"{path}:{i + 2}", f"negative {count_col} ({counts.iloc[i]:g}); counts must be >= 0")
+    diffs = np.diff(times.asi8)
+    if (diffs == 0).any():
+        i = int(np.flatnonzero(diffs == 0)[0]) + 1
+        raise HistoryError(f"{path}:{i + 2}", f"duplicate timestamp {frame[ts_col].iloc[i]!r} "
+                                              f"(also on line {i + 1})")
+    if (diffs < 0).any():
+        i = int(np.flatnonzero(diffs < 0)[0]) + 1
+        raise HistoryError(f"{path}:{i + 2}", f"timestamp {frame[ts_col].iloc[i]!r} is earlier than the row "
+                                              f"before ({frame[ts_col].iloc[i - 1]!r}); rows must be in time order")
+    if len(times) < 2:
+        raise HistoryError(str(path), "needs at least 2 rows to know the step")
+    step = pd.Timedelta(int(np.min(diffs)), "ns")
+    off_grid = (times.asi8 - times.asi8[0]) % step.value != 0
+    if off_grid.any():
+        i = int(np.flatnonzero(off_grid)[0])
+        raise HistoryError(f"{path}:{i + 2}", f"timestamp {frame[ts_col].iloc[i]!r} is off the {step} grid "
+                                              f"set by the first rows; intervals must be regular")
+    series = pd.Series(counts.to_numpy(float), index=times, name="requests")
+    full = series.reindex(pd.date_range(times[0], times[-1], freq=step))
+    full.index.freq = step
+    marked, gaps = mark_gaps(full, str(path))
+    return History(marked, str(path), gaps)
+
+
+def _from_log(path: Path, frame: pd.DataFrame, ts_col: str, step: pd.Timedelta) -> History:
+    times = _parse_times(path, frame[ts_col])
+    if len(times) == 0:
+        raise HistoryError(str(path), "the request log has no rows")
+    order = np.argsort(times.asi8, kind="stable")
+    times = times[order]
+    start = times[0].floor(step)
+    end = times[-1].floor(step)
+    index = pd.date_range(start, end, freq=step)
+    bins = ((times.asi8 - start.value) // step.value).astype(np.int64)
+    counts = np.bincount(bins, minlength=len(index)).astype(float)
+    series = pd.Series(counts, index=index, name="requests")
+    series.index.freq = step
+    marked, gaps = mark_gaps(series, str(path))
+    return History(marked, f"{path} (request log, per {step})", gaps)

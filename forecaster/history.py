@@ -1,0 +1,202 @@
+"""A regular per-step series of request counts, with the gaps in it marked.
+
+Every source (CSV, request log, Prometheus) produces a :class:`History`. Counts are the number of
+requests that arrived in the interval *starting* at each timestamp. Steps are whatever the source has
+(1 s, 1 min, 5 min, 10 min); horizons elsewhere are given in minutes and converted with
+:meth:`History.steps_for`.
+
+Gaps. Real traces write a collection outage or a server shutdown as zeros. A forecaster that learns
+those zeros as "a night of no demand" under-forecasts the next night, and a controller that trusts
+them scales down right before the traffic comes back. So a run of zero intervals is marked as a
+*gap* (missing data) when it lasts at least ``GAP_MIN_DURATION`` (5 minutes) and the traffic around
+it (the mean of up to 6 hours before and after the run) would have sent at least
+``GAP_MIN_EXPECTED`` (20) requests in it: even for Poisson arrivals the chance of seeing none is
+then below e^-20. The duration floor keeps the natural lulls of bursty traffic (silent seconds in a
+per-second trace, a quiet minute) as data; a quiet night at a few requests a minute never trips the
+rule; a 10-minute window that normally carries a million requests does. Intervals a source could not read at all (Prometheus
+returned no sample) are gaps too.
+
+Gaps are stored as NaN. :meth:`History.filled` replaces each missing value, for model inputs only,
+with the value one day earlier (or one week, if the day before is missing too), else with the last
+observed value before it, so a fill never uses data from after the gap. Metrics and training losses skip gaps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from forecaster.errors import HistoryError
+
+GAP_MIN_EXPECTED = 20.0
+"""Requests the surrounding traffic would have sent in a zero run for it to count as a gap."""
+
+GAP_MIN_DURATION = pd.Timedelta(minutes=5)
+"""Shortest zero run that can be a gap."""
+
+LEVEL_WINDOW = pd.Timedelta(hours=6)
+"""How far before and after a zero run "the usual level" is measured."""
+
+
+@dataclass(frozen=True)
+class Gap:
+    start: pd.Timestamp
+    end: pd.Timestamp  # exclusive: the first observed interval after the gap
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat(), "reason": self.reason}
+
+
+@dataclass
+class History:
+    """Request counts per step; NaN where the data is missing (a gap)."""
+
+    counts: pd.Series
+    source: str = ""
+    gaps: list[Gap] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.counts.index, pd.DatetimeIndex):
+            raise TypeError("History.counts needs a DatetimeIndex")
+        if self.counts.index.freq is None:
+            if len(self.counts) < 2:
+                raise HistoryError(self.source or "history", "needs at least 2 intervals to know its step")
+            self.counts = self.counts.asfreq(pd.infer_freq(self.counts.index) or self.counts.index[1] - self.counts.index[0])
+        self.counts = self.counts.astype(float)
+
+    # -- shape -----------------------------------------------------------------------------------
+    @property
+    def step(self) -> pd.Timedelta:
+        return pd.Timedelta(self.counts.index.freq)
+
+    @property
+    def step_min(self) -> float:
+        return self.step / pd.Timedelta(minutes=1)
+
+    @property
+    def start(self) -> pd.Timestamp:
+        return self.counts.index[0]
+
+    @property
+    def end(self) -> pd.Timestamp:
+        """The timestamp right after the last interval: where a forecast from this history starts."""
+        return self.counts.index[-1] + self.step
+
+    @property
+    def span(self) -> pd.Timedelta:
+        return self.end - self.start
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def steps_for(self, minutes: float) -> int:
+        """Number of steps that cover ``minutes`` (at least one)."""
+        return max(1, int(np.ceil(minutes / self.step_min - 1e-9)))
+
+    def steps_per(self, period: pd.Timedelta) -> int:
+        return int(round(period / self.step))
+
+    @property
+    def observed(self) -> pd.Series:
+        return self.counts.notna()
+
+    def until(self, t: pd.Timestamp) -> History:
+        """The history strictly before ``t`` (what a forecaster at time t may know)."""
+        counts = self.counts[self.counts.index < t]
+        return History(counts.copy(), self.source, [g for g in self.gaps if g.start < t])
+
+    def tail(self, period: pd.Timedelta) -> History:
+        counts = self.counts[self.counts.index >= self.end - period]
+        return History(counts.copy(), self.source, [g for g in self.gaps if g.end > counts.index[0]])
+
+    def filled(self) -> pd.Series:
+        """Counts with gaps filled by the documented rule (for model inputs, never for scoring)."""
+        return fill_gaps(self.counts)
+
+    def resample(self, step: pd.Timedelta) -> History:
+        """Sum into a coarser step; an output interval is missing if any of its inputs is."""
+        if step == self.step:
+            return self
+        if step < self.step or (step / self.step) % 1:
+            raise ValueError(f"can only aggregate to a multiple of the step {self.step}, not {step}")
+        counts = self.counts.resample(step, origin="start_day").sum(min_count=int(step / self.step))
+        return History(counts, self.source, self.gaps)
+
+    def describe(self) -> dict:
+        c = self.counts
+        return {
+            "source": self.source,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "step_min": self.step_min,
+            "intervals": len(c),
+            "missing_intervals": int(c.isna().sum()),
+            "gaps": len(self.gaps),
+            "mean": float(np.nanmean(c.values)) if c.notna().any() else None,
+            "max": float(np.nanmax(c.values)) if c.notna().any() else None,
+        }
+
+
+def fill_gaps(counts: pd.Series) -> pd.Series:
+    """Fill NaN with the value a day earlier, else a week earlier, else the last observed one."""
+    if not counts.isna().any():
+        return counts
+    out = counts.copy()
+    step = pd.Timedelta(counts.index.freq)
+    for lag in (pd.Timedelta(days=1), pd.Timedelta(days=7)):
+        n = int(round(lag / step))
+        if n >= len(out):
+            break
+        missing = out.isna()
+        if not missing.any():
+            break
+        out[missing] = out.shift(n)[missing]
+    if out.isna().any():
+        out = out.ffill().bfill()
+    return out.fillna(0.0)
+
+
+def mark_gaps(counts: pd.Series, source: str) -> tuple[pd.Series, list[Gap]]:
+    """Turn zero runs that the surrounding traffic makes implausible into NaN gaps (see module doc)."""
+    values = counts.to_numpy(dtype=float)
+    step = pd.Timedelta(counts.index.freq)
+    zero = values == 0
+    gaps: list[Gap] = []
+    if not zero.any():
+        existing = _nan_runs(counts)
+        return counts, [Gap(counts.index[a], counts.index[b - 1] + step, "no data") for a, b in existing]
+    window = max(1, int(LEVEL_WINDOW / step))
+    min_steps = max(1, int(np.ceil(GAP_MIN_DURATION / step)))
+    seen = ~np.isnan(values)
+    csum = np.concatenate([[0.0], np.cumsum(np.where(seen, values, 0.0))])
+    cnt = np.concatenate([[0], np.cumsum(seen)])
+    out = values.copy()
+    for a, b in _runs(zero):
+        if b - a < min_steps:
+            continue
+        lo, hi = max(0, a - window), min(len(values), b + window)
+        total = csum[a] - csum[lo] + csum[hi] - csum[b]
+        n = cnt[a] - cnt[lo] + cnt[hi] - cnt[b]
+        if n and total / n * (b - a) >= GAP_MIN_EXPECTED:
+            out[a:b] = np.nan
+    marked = pd.Series(out, index=counts.index, name=counts.name)
+    for a, b in _nan_runs(marked):
+        reason = "zeros where the usual level predicts traffic" if zero[a:b].all() else "no data"
+        gaps.append(Gap(counts.index[a], counts.index[b - 1] + step, reason))
+    return marked, gaps
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) index pairs of the True runs in ``mask``."""
+    if not mask.any():
+        return []
+    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def _nan_runs(counts: pd.Series) -> list[tuple[int, int]]:
+    return _runs(counts.isna().to_numpy())

@@ -1,0 +1,42 @@
+"""Seasonal naive: the load at the same time last week (or yesterday, when history is short).
+
+The baseline every model must beat. Its band is the empirical quantiles of its own past errors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from forecaster.history import History
+from forecaster.models.base import Forecaster, windows
+
+
+class SeasonalNaive(Forecaster):
+    name = "seasonal_naive"
+    description = "same time last week (last day if history is short); band from its past errors"
+
+    def min_history(self, step: pd.Timedelta) -> pd.Timedelta:
+        return pd.Timedelta(days=1) + pd.Timedelta(hours=1)
+
+    def _fit(self, history: History) -> None:
+        week = pd.Timedelta(days=7)
+        self.season = week if history.span >= 2 * week else pd.Timedelta(days=1)
+        lag = history.steps_per(self.season)
+        y = history.counts.to_numpy()
+        residuals = (y[lag:] - history.filled().to_numpy()[:-lag])
+        residuals = residuals[~np.isnan(residuals)][-history.steps_per(pd.Timedelta(days=14)):]
+        self.offsets = np.quantile(residuals, self.quantiles) - np.quantile(residuals, 0.5)
+
+    def _predict_many(self, history: History, positions: np.ndarray, horizon: int) -> np.ndarray:
+        lag = history.steps_per(self.season)
+        base = windows(history.filled().to_numpy(), positions, -lag, horizon)
+        base = np.nan_to_num(base, nan=float(np.nanmean(history.counts.to_numpy())))
+        return base[:, :, None] + self.offsets[None, None, :]
+
+    def state(self) -> dict:
+        return {"season_ns": self.season.value, "offsets": self.offsets.tolist()}
+
+    def load_state(self, state: dict) -> None:
+        self.season = pd.Timedelta(state["season_ns"], "ns")
+        self.offsets = np.asarray(state["offsets"])

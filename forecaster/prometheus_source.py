@@ -1,0 +1,101 @@
+"""Request history from Prometheus, through ``prometheus-api-client``.
+
+The query is PromQL that returns the request rate **per second** as one series (``sum`` it over the
+nodes); ``{step}`` in it is replaced by the step (e.g. ``1m``), so the default
+``sum(rate(peakpilot_requests_total[{step}]))`` is the average rate over each step. The rate at an
+evaluation time ``t`` covers the interval before ``t``; it is multiplied by the step's seconds and
+labelled with the interval's start (``t - step``), so counts line up with a CSV of the same traffic.
+
+Prometheus answers at most 11,000 points per range query, so long ranges are read in chunks of
+``chunk_points`` steps. Steps that come back without a sample are gaps (NaN), listed in the
+History's ``gaps``, and filled by the documented rule of :mod:`forecaster.history` for model inputs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from forecaster.errors import HistoryError
+from forecaster.history import History, mark_gaps
+
+DEFAULT_QUERY = "sum(rate(peakpilot_requests_total[{step}]))"
+
+
+class PrometheusSource:
+    def __init__(self, url: str, query: str | None = None, step: str = "1m", chunk_points: int = 10000,
+                 timeout_s: float = 30.0):
+        self.url = url.rstrip("/")
+        self.step = pd.Timedelta(step)
+        self.step_text = step
+        self.query = (query or DEFAULT_QUERY).replace("{step}", step)
+        self.chunk_points = chunk_points
+        self.timeout_s = timeout_s
+
+    @property
+    def where(self) -> str:
+        return f"{self.url} query {self.query!r}"
+
+    def _client(self):
+        from prometheus_api_client import PrometheusConnect
+
+        return PrometheusConnect(url=self.url, disable_ssl=True)
+
+    def load_days(self, days: float, end: datetime | None = None, progress: bool = False) -> History:
+        end_ts = pd.Timestamp(end or datetime.now(timezone.utc)).floor(self.step)
+        return self.load(end_ts - pd.Timedelta(days=days), end_ts, progress=progress)
+
+    def load(self, start: datetime, end: datetime, progress: bool = False) -> History:
+        """Counts per step for the intervals starting in [start, end)."""
+        import requests
+        from tqdm import tqdm
+
+        start, end = pd.Timestamp(start), pd.Timestamp(end)
+        if start.tzinfo is None:
+            start, end = start.tz_localize("UTC"), end.tz_localize("UTC")
+        if end <= start:
+            raise HistoryError(self.where, f"empty range: {start} .. {end}")
+        client = self._client()
+        # Evaluation times are interval ends: t = interval start + step.
+        evals = pd.date_range(start + self.step, end, freq=self.step)
+        values: dict[int, float] = {}
+        chunks = range(0, len(evals), self.chunk_points)
+        for i in tqdm(chunks, desc="prometheus", unit="chunk", disable=not progress):
+            part = evals[i:i + self.chunk_points]
+            try:
+                result = client.custom_query_range(self.query, start_time=part[0].to_pydatetime(),
+                                                   end_time=part[-1].to_pydatetime(), step=self.step_text,
+                                                   params={"timeout": f"{int(self.timeout_s)}s"})
+            except requests.exceptions.ConnectionError:
+                raise HistoryError(self.url, "Prometheus is unreachable (connection refused or no route)") from None
+            except requests.exceptions.RequestException as exc:
+                raise HistoryError(self.url, f"request failed: {exc}") from None
+            except Exception as exc:  # PrometheusApiClientException carries Prometheus's own error text
+                raise HistoryError(self.where, f"Prometheus answered an error: {exc}") from None
+            if not isinstance(result, list):
+                raise HistoryError(self.where, f"unexpected answer {str(result)[:200]!r}")
+            if len(result) > 1:
+                raise HistoryError(self.where, f"the query returns {len(result)} series; wrap it in sum(...) "
+                                               f"so it returns one")
+            for series in result:
+                for ts, value in series.get("values", []):
+                    try:
+                        v = float(value)
+                    except (TypeError, ValueError):
+                        raise HistoryError(self.where, f"non-numeric sample {value!r} at {ts}") from None
+                    if np.isfinite(v):
+                        values[int(round(float(ts)))] = v
+        if not values:
+            raise HistoryError(self.where, f"no samples between {start} and {end}")
+        seconds = self.step.total_seconds()
+        index = pd.date_range(start, end - self.step, freq=self.step)
+        counts = np.array([values.get(int((t + self.step).timestamp()), np.nan) for t in index]) * seconds
+        if (counts[~np.isnan(counts)] < 0).any():
+            raise HistoryError(self.where, "negative request rate in the answer")
+        series = pd.Series(counts, index=index, name="requests")
+        series.index.freq = self.step
+        marked, gaps = mark_gaps(series, self.where)
+        return History(marked, self.where, gaps)
+

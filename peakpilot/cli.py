@@ -1,0 +1,164 @@
+"""The ``peakpilot`` command line: one entry point for every part of the project.
+
+Errors in the input (a broken trace, an unreachable Prometheus) print one clear line naming what is
+wrong and where, and exit with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from peakpilot import __version__
+
+app = typer.Typer(
+    name="peakpilot",
+    help="Predictive autoscaler for GPU inference services: forecast the load, prewarm GPU nodes "
+         "before the peak, blend reserved, spot and on-demand capacity.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "data" / "servegen_llm_m_small.csv"
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"peakpilot: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"peakpilot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit."),
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (to stderr).")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def load_history(trace: Optional[Path], prometheus: Optional[str], query: Optional[str], days: float,
+                 step: Optional[str]):
+    """History from a CSV trace or a Prometheus range query (exactly one of them)."""
+    from forecaster.errors import HistoryError
+
+    if trace and prometheus:
+        fail("give --trace or --prometheus, not both")
+    try:
+        if prometheus:
+            from forecaster.prometheus_source import PrometheusSource
+
+            source = PrometheusSource(prometheus, query=query, step=step or "1m")
+            return source.load_days(days)
+        from forecaster.csv_source import load_csv
+
+        return load_csv(trace or DEFAULT_TRACE, step=step)
+    except HistoryError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def forecast(
+    trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace (timestamp,requests) or request log. "
+                                                               "Default: the sample trace in data/."),
+    prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL to read history from."),
+    query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
+                                                              "default: the inference nodes' request rate."),
+    days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus."),
+    step: Optional[str] = typer.Option(None, "--step", help="Aggregate history to this step (e.g. 5min)."),
+    model: str = typer.Option("torch", "--model", help="torch, prophet, seasonal_naive or statsforecast_autoets; "
+                                                       "falls back along torch > prophet > seasonal_naive."),
+    horizon: float = typer.Option(30, "--horizon", min=1, help="Minutes ahead."),
+    seed: int = typer.Option(0, "--seed"),
+    save: Optional[Path] = typer.Option(None, "--save", help="Also save the fitted model here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Forecast the load from the end of the history: q50/q90/q99 per step and the predicted peak."""
+    from forecaster.errors import NotEnoughHistory
+    from forecaster.models import MODELS, fit_with_fallback
+
+    if model not in MODELS:
+        fail(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    history = load_history(trace, prometheus, query, days, step)
+    try:
+        fitted, status = fit_with_fallback(model, history, seed=seed)
+        result = fitted.predict(history, horizon)
+    except (NotEnoughHistory, ValueError) as exc:
+        fail(str(exc))
+    result.status = status
+    if save:
+        fitted.save(save)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    typer.echo(f"history: {history.source}  ({len(history)} x {history.step_min:g} min, "
+               f"{len(history.gaps)} gaps)")
+    typer.echo(f"model:   {result.model}  [{status}]")
+    typer.echo(f"{'timestamp':<27}{'q50':>12}{'q90':>12}{'q99':>12}")
+    for t, row in result.frame.iterrows():
+        typer.echo(f"{t.isoformat():<27}{row.q50:>12.1f}{row.q90:>12.1f}{row.q99:>12.1f}")
+    peak = result.peak()
+    typer.echo(f"peak:    {peak['timestamp']}  q50 {peak['q50']:.1f}  q90 {peak['q90']:.1f}")
+
+
+@app.command()
+def backtest(
+    trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace. Default: the sample trace in data/."),
+    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models; default: all, "
+                                                                "seasonal_naive and the statsforecast peer included."),
+    horizon: float = typer.Option(30, "--horizon", min=1, help="Minutes ahead."),
+    test_days: Optional[float] = typer.Option(None, "--test-days", help="Days held out at the end "
+                                                                        "(default: min(3, a quarter of the trace))."),
+    stride: Optional[float] = typer.Option(None, "--stride", help="Minutes between forecast origins "
+                                                                  "(default: max(step, 10))."),
+    refit_hours: float = typer.Option(24, "--refit-hours", help="Refit every model this often."),
+    step: Optional[str] = typer.Option(None, "--step", help="Aggregate the trace to this step first."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
+) -> None:
+    """Rolling-origin backtest of every model at the operational horizon: which one to trust."""
+    from forecaster.backtest import DEFAULT_MODELS, BacktestConfig, run_backtest
+    from forecaster.errors import HistoryError
+
+    history = load_history(trace, None, None, 0, step)
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else list(DEFAULT_MODELS)
+    config = BacktestConfig(horizon_min=horizon, test_days=test_days, stride_min=stride, refit_hours=refit_hours,
+                            seed=seed)
+    try:
+        result = run_backtest(history, names, config)
+    except (HistoryError, ValueError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    typer.echo(f"{history.source}: {result.origins} forecasts of {horizon:g} min from {result.test_start}")
+    cols = ["wape", "pinball_q90", "pinball_q99", "coverage_q90", "coverage_q99", "peak_recall",
+            "false_alarm_rate", "fit_s", "predict_ms"]
+    typer.echo(f"{'model':<24}" + "".join(f"{c:>17}" for c in cols))
+    for name, m in result.models.items():
+        if m.get("status") != "ok":
+            typer.echo(f"{name:<24}{m.get('status')}")
+            continue
+        cells = "".join(f"{'-' if m[c] is None else format(m[c], '.4g'):>17}" for c in cols)
+        typer.echo(f"{name:<24}{cells}")
+    best = result.best()
+    if best:
+        typer.echo(f"best by pinball q90 (peer excluded): {best}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

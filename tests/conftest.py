@@ -1,0 +1,114 @@
+"""Shared fixtures: real traces, a real Prometheus server on a loopback port."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACES = ROOT.parent / "shared" / "traces"
+SAMPLE = ROOT / "data" / "servegen_llm_m_small.csv"
+
+logging.getLogger("cmdstanpy").disabled = True
+
+
+def trace_path(name: str) -> Path:
+    """A real trace from shared/traces, or the shipped sample when shared/ is not beside the checkout."""
+    path = TRACES / name
+    if path.exists():
+        return path
+    if name == SAMPLE.name:
+        return SAMPLE
+    pytest.skip(f"{path} not available (shared/traces is not beside this checkout)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def daily_series(days: int = 7, step_min: int = 5, level: float = 200.0, seed: int = 0) -> pd.Series:
+    """A clean daily pattern with Poisson noise: the known answer for model tests."""
+    rng = np.random.default_rng(seed)
+    index = pd.date_range("2024-03-04", periods=days * 1440 // step_min, freq=f"{step_min}min")
+    tod = (index.hour * 60 + index.minute).to_numpy() / 1440
+    mean = level * (1.0 + 0.6 * np.sin(2 * np.pi * (tod - 0.3)))
+    series = pd.Series(rng.poisson(mean).astype(float), index=index, name="requests")
+    series.index.freq = f"{step_min}min"
+    return series
+
+
+class PrometheusServer:
+    """A real Prometheus (Debian's package) with a temporary config and data dir."""
+
+    def __init__(self, workdir: Path, scrape_targets: list[str] | None = None, scrape_interval: str = "1s"):
+        self.binary = shutil.which("prometheus")
+        if not self.binary:
+            pytest.fail("prometheus is not installed: run `apt-get install prometheus` (.ci/run does this)")
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        targets = ", ".join(f'"{t}"' for t in scrape_targets or [])
+        config = f"global: {{scrape_interval: {scrape_interval}, evaluation_interval: {scrape_interval}}}\n"
+        if scrape_targets:
+            config += f"scrape_configs: [{{job_name: node, static_configs: [{{targets: [{targets}]}}]}}]\n"
+        (workdir / "prometheus.yml").write_text(config)
+        self.proc: subprocess.Popen | None = None
+
+    def backfill(self, openmetrics: str) -> None:
+        path = self.workdir / "backfill.om"
+        path.write_text(openmetrics)
+        subprocess.run([shutil.which("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(path),
+                        str(self.data)], check=True, capture_output=True, cwd=self.workdir)
+
+    def start(self) -> PrometheusServer:
+        log = open(self.workdir / "prometheus.log", "w")
+        self.proc = subprocess.Popen(
+            [self.binary, f"--config.file={self.workdir / 'prometheus.yml'}", f"--storage.tsdb.path={self.data}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=30d"],
+            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.workdir / "prometheus.log").read_text()[-2000:])
+            time.sleep(0.2)
+        raise RuntimeError("prometheus did not become ready in 30 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path):
+    servers: list[PrometheusServer] = []
+
+    def make(**kwargs) -> PrometheusServer:
+        server = PrometheusServer(tmp_path / f"prom{len(servers)}", **kwargs)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

@@ -1,0 +1,131 @@
+"""History from CSV files: real traces, request logs, gaps, and every bad-input case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forecaster.csv_source import load_csv, load_request_log
+from forecaster.errors import HistoryError
+from forecaster.history import History, fill_gaps
+from tests.conftest import trace_path
+
+
+def write(tmp_path, text: str, name: str = "t.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name,step_min,rows", [
+    ("nasa_http_1995_aug.csv", 1, 44640), ("aws_elb_requests_nab_2014.csv", 5, 4040),
+    ("servegen_llm_m_small.csv", 10, 2016), ("azure_llm_conv_2023_1s.csv", 1 / 60, 3503),
+])
+def test_real_traces_load_at_their_own_step(name, step_min, rows):
+    history = load_csv(trace_path(name))
+    assert history.step_min == pytest.approx(step_min)
+    assert len(history) == rows
+    raw = pd.read_csv(trace_path(name))
+    # Every observed count is the file's count; only gaps differ.
+    observed = history.counts.notna().to_numpy()
+    np.testing.assert_array_equal(history.counts.to_numpy()[observed], raw.requests.to_numpy()[observed])
+
+
+def test_nasa_hurricane_outage_is_a_gap_not_a_quiet_night():
+    history = load_csv(trace_path("nasa_http_1995_aug.csv"))
+    longest = max(history.gaps, key=lambda g: g.end - g.start)
+    # The documented shutdown: Aug 1 14:52:01 -> Aug 3 04:36:13 EDT.
+    assert longest.start == pd.Timestamp("1995-08-01T14:53:00-04:00")
+    assert longest.end == pd.Timestamp("1995-08-03T04:36:00-04:00")
+    # Quiet night minutes with a few requests stay data.
+    night = history.counts["1995-08-10T03:00:00-04:00":"1995-08-10T05:00:00-04:00"]
+    assert night.notna().all()
+
+
+def test_per_second_lulls_are_data_not_gaps():
+    history = load_csv(trace_path("azure_llm_code_2023_1s.csv"))
+    assert history.gaps == []
+    assert (history.counts == 0).sum() == 2523
+
+
+def test_servegen_collection_gaps_are_marked():
+    history = load_csv(trace_path("servegen_llm_m_mid.csv"))
+    assert history.counts.isna().sum() == 84  # every all-clients-zero window
+    filled = history.filled()
+    assert filled.notna().all() and (filled[history.counts.isna()] > 0).all()
+
+
+def test_fill_uses_the_day_before_and_never_the_future():
+    index = pd.date_range("2024-01-01", periods=3 * 1440, freq="1min")
+    counts = pd.Series(np.arange(len(index), dtype=float), index=index)
+    counts.index.freq = "1min"
+    counts.iloc[2000:2010] = np.nan  # day before is observed
+    counts.iloc[100:105] = np.nan  # first day: no day before -> last observed value
+    filled = fill_gaps(counts)
+    np.testing.assert_array_equal(filled.iloc[2000:2010], np.arange(2000, 2010) - 1440)
+    assert (filled.iloc[100:105] == 99).all()
+
+
+def test_request_log_is_counted_per_step(tmp_path):
+    path = write(tmp_path, "TIMESTAMP,ContextTokens\n2023-11-16 18:15:46.68,10\n2023-11-16 18:15:59.1,3\n"
+                           "2023-11-16 18:17:01,4\n2023-11-16 18:16:30,4\n")
+    history = load_request_log(path, step="1min")
+    assert list(history.counts) == [2.0, 1.0, 1.0]
+    assert history.start == pd.Timestamp("2023-11-16 18:15")
+    # load_csv detects the shape by its columns.
+    assert list(load_csv(path).counts) == [2.0, 1.0, 1.0]
+
+
+def test_missing_rows_become_gaps(tmp_path):
+    rows = "\n".join(f"2024-01-01T{h:02d}:{m:02d}:00,{50 + m}" for h in range(3) for m in range(60)
+                     if not (h == 1 and 10 <= m < 30))
+    history = load_csv(write(tmp_path, "timestamp,requests\n" + rows + "\n"))
+    assert len(history) == 180 and history.counts.isna().sum() == 20
+    assert history.gaps[0].start == pd.Timestamp("2024-01-01T01:10") and history.gaps[0].reason == "no data"
+
+
+def test_aggregation_to_a_coarser_step():
+    history = load_csv(trace_path("nasa_http_1995_jul.csv"), step="5min")
+    raw = pd.read_csv(trace_path("nasa_http_1995_jul.csv")).requests.to_numpy()
+    assert history.step_min == 5
+    assert history.counts.iloc[0] == raw[:5].sum()
+
+
+@pytest.mark.parametrize("text,where,message", [
+    ("", "t.csv", "empty"),
+    ("timestamp,requests\n", "t.csv", "no rows"),
+    ("time_x,requests\n2024-01-01T00:00:00,1\n", "t.csv", "no timestamp column"),
+    ("timestamp,requests\n2024-01-01T00:00:00,1\nnot-a-date,2\n", "t.csv:3", "unparsable timestamp 'not-a-date'"),
+    ("timestamp,requests\n2024-01-01T00:00:00,1\n2024-01-01T00:01:00,x\n", "t.csv:3", "'x', not a number"),
+    ("timestamp,requests\n2024-01-01T00:00:00,1\n2024-01-01T00:01:00,-4\n", "t.csv:3", "negative requests"),
+    ("timestamp,requests\n2024-01-01T00:00:00,1\n2024-01-01T00:01:00,2\n2024-01-01T00:01:00,3\n", "t.csv:4",
+     "duplicate timestamp"),
+    ("timestamp,requests\n2024-01-01T00:01:00,1\n2024-01-01T00:02:00,2\n2024-01-01T00:00:00,3\n", "t.csv:4",
+     "earlier than the row before"),
+    ("timestamp,requests\n2024-01-01T00:00:00,1\n2024-01-01T00:01:00,2\n2024-01-01T00:02:30,3\n", "t.csv:4",
+     "off the 0 days 00:01:00 grid"),
+    ("timestamp,requests\n2024-01-01T00:00:00,1\n", "t.csv", "at least 2 rows"),
+])
+def test_bad_csv_names_the_file_row_and_problem(tmp_path, text, where, message):
+    path = write(tmp_path, text)
+    with pytest.raises(HistoryError) as err:
+        load_csv(path)
+    assert err.value.where == str(tmp_path / where)
+    assert message in err.value.problem
+
+
+def test_missing_file_and_column(tmp_path):
+    with pytest.raises(HistoryError, match="no such file"):
+        load_csv(tmp_path / "nope.csv")
+    path = write(tmp_path, "timestamp,requests\n2024-01-01T00:00:00,1\n2024-01-01T00:01:00,1\n")
+    with pytest.raises(HistoryError, match="no column 'reqs'"):
+        load_csv(path, count_column="reqs")
+
+
+def test_history_until_hides_the_future():
+    history = load_csv(trace_path("servegen_llm_m_small.csv"))
+    cut = pd.Timestamp("2000-01-10T00:00:00")
+    past = history.until(cut)
+    assert past.end == cut and past.counts.index.max() < cut
+    assert isinstance(past, History)

@@ -1,0 +1,85 @@
+"""Models: known answers on a clean daily pattern, save/load round trips, fallbacks with a status."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forecaster.errors import NotEnoughHistory
+from forecaster.history import History
+from forecaster.models import MODELS, fit_with_fallback, load_model, make_model
+from tests.conftest import daily_series
+
+FAST = {"torch": {"time_budget_s": 8, "max_epochs": 25}}
+
+
+def clean_history(days: int = 7) -> tuple[History, pd.Series]:
+    series = daily_series(days=days + 1, step_min=5, level=400.0)
+    cut = series.index[-288]
+    return History(series[series.index < cut].copy(), "synthetic"), series[series.index >= cut]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_clean_daily_pattern_is_forecast_within_tight_error(name):
+    history, future = clean_history()
+    model = make_model(name, **FAST.get(name, {})).fit(history)
+    # Forecast 60 minutes from 12 origins across the next day, using the true past each time.
+    full = History(pd.concat([history.counts, future]), "synthetic")
+    starts = list(future.index[:-12:24])
+    values = model.predict_many(full, starts, 60)
+    actual = np.stack([full.counts[s:].iloc[:12].to_numpy() for s in starts])
+    wape = np.abs(actual - values[..., 0]).sum() / actual.sum()
+    coverage90 = (actual <= values[..., 1]).mean()
+    limit = {"statsforecast_autoets": 0.15}.get(name, 0.10)  # a level model lags the daily ramp
+    assert wape < limit, f"{name}: WAPE {wape:.3f}"
+    assert coverage90 > 0.7, f"{name}: q90 covers only {coverage90:.2f}"
+    assert (np.diff(values, axis=-1) >= 0).all(), "quantiles cross"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_save_and_load_round_trip(tmp_path, name):
+    history, _ = clean_history(days=3)
+    model = make_model(name, **FAST.get(name, {})).fit(history)
+    before = model.predict(history, 30)
+    model.save(tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt")
+    after = loaded.predict(history, 30)
+    assert type(loaded) is type(model)
+    np.testing.assert_allclose(after.values, before.values, rtol=1e-6)
+    assert after.start == history.end and len(after.values) == 6
+
+
+def test_torch_is_deterministic_under_a_seed():
+    history, _ = clean_history(days=3)
+    a = make_model("torch", seed=7, **FAST["torch"]).fit(history).predict(history, 30).values
+    b = make_model("torch", seed=7, **FAST["torch"]).fit(history).predict(history, 30).values
+    np.testing.assert_array_equal(a, b)
+
+
+def test_too_little_history_falls_back_with_a_status():
+    series = daily_series(days=2, step_min=5)
+    history = History(series[: 288 + 100].copy(), "short")  # about 1.3 days
+    model, status = fit_with_fallback("torch", history)
+    assert model.name == "seasonal_naive"
+    assert status.startswith("fallback: torch needs at least 2.0 days of history, have 1.3 days")
+    assert "prophet needs at least 2.0 days" in status and status.endswith("using seasonal_naive")
+    with pytest.raises(NotEnoughHistory, match="seasonal_naive needs at least 1.0 days"):
+        fit_with_fallback("seasonal_naive", History(series[:100].copy(), "tiny"))
+
+
+def test_forecast_peak_and_json_shape():
+    history, _ = clean_history(days=3)
+    forecast = make_model("seasonal_naive").fit(history).predict(history, 30)
+    doc = forecast.as_dict()
+    assert doc["step_min"] == 5 and len(doc["forecast"]) == 6
+    assert set(doc["forecast"][0]) == {"timestamp", "q50", "q90", "q99"}
+    best = max(doc["forecast"], key=lambda r: r["q50"])
+    assert doc["peak"] == {"timestamp": best["timestamp"], "q50": best["q50"], "q90": best["q90"]}
+
+
+def test_predict_rejects_a_longer_horizon_than_trained_for():
+    history, _ = clean_history(days=3)
+    model = make_model("torch", max_horizon_min=30, **FAST["torch"]).fit(history)
+    with pytest.raises(ValueError, match="trained for 30 minutes ahead"):
+        model.predict(history, 60)

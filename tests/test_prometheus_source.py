@@ -1,0 +1,81 @@
+"""The Prometheus source against a real Prometheus, backfilled with a real trace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forecaster.csv_source import load_csv
+from forecaster.errors import HistoryError
+from forecaster.prometheus_source import PrometheusSource
+from tests.conftest import free_port, trace_path
+
+
+def openmetrics_from(history_counts: pd.Series, shift: pd.Timedelta) -> str:
+    """Cumulative counter samples at each interval's end, as a scraped node would have exposed them."""
+    lines = ["# TYPE peakpilot_requests counter"]
+    step = pd.Timedelta(history_counts.index.freq)
+    first = (history_counts.index[0] + shift).timestamp()
+    lines.append(f'peakpilot_requests_total{{node="a"}} 0 {int(first)}')
+    total = 0.0
+    for t, v in history_counts.items():
+        total += v
+        lines.append(f'peakpilot_requests_total{{node="a"}} {total:g} {int((t + shift + step).timestamp())}')
+    lines.append("# EOF")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def backfilled(prometheus_factory):
+    """Two days of the NASA July trace (1-minute counts), moved to end 3 hours ago."""
+    history = load_csv(trace_path("nasa_http_1995_jul.csv"))
+    counts = history.counts["1995-07-10T00:00:00-04:00":].iloc[: 2 * 1440].fillna(0)
+    counts.index.freq = "1min"
+    now = pd.Timestamp.now(tz="UTC").floor("1h")
+    shift = (now - pd.Timedelta(hours=3) - pd.Timedelta(days=2)) - counts.index[0].tz_convert("UTC")
+    server = prometheus_factory()
+    server.backfill(openmetrics_from(counts, shift))
+    server.start()
+    return server, counts, shift
+
+
+def test_prometheus_reads_back_the_csv_counts(backfilled):
+    server, counts, shift = backfilled
+    start = counts.index[0] + shift
+    source = PrometheusSource(server.url, step="1m", chunk_points=1000)  # three chunks
+    history = source.load(start, start + pd.Timedelta(days=2))
+    assert len(history) == len(counts) and history.step_min == 1
+    np.testing.assert_allclose(history.counts.to_numpy(), counts.to_numpy(), rtol=1e-9, atol=1e-6)
+    assert history.start == start
+
+
+def test_prometheus_gaps_are_reported_and_filled(backfilled):
+    server, counts, shift = backfilled
+    start = counts.index[0] + shift - pd.Timedelta(hours=1)  # an hour before the data begins
+    history = PrometheusSource(server.url, step="1m").load(start, start + pd.Timedelta(hours=3))
+    assert history.counts.iloc[:60].isna().all()
+    assert history.gaps[0].start == start and history.gaps[0].end == start + pd.Timedelta(minutes=60)
+    assert history.filled().notna().all()
+
+
+def test_prometheus_errors_name_the_url_and_query(backfilled):
+    server, counts, shift = backfilled
+    start = counts.index[0] + shift
+    with pytest.raises(HistoryError, match="Prometheus answered an error.*parse error"):
+        PrometheusSource(server.url, query="sum(rate(").load(start, start + pd.Timedelta(hours=1))
+    with pytest.raises(HistoryError, match="no samples"):
+        PrometheusSource(server.url, query="sum(rate(nothing_here_total[1m]))").load(start, start + pd.Timedelta(hours=1))
+    with pytest.raises(HistoryError, match="returns 2 series"):
+        PrometheusSource(server.url, query='label_replace(vector(1), "a", "b", "", "") or '
+                                           'label_replace(vector(2), "c", "d", "", "")').load(
+            start, start + pd.Timedelta(minutes=5))
+    with pytest.raises(HistoryError, match="empty range"):
+        PrometheusSource(server.url).load(start, start)
+
+
+def test_prometheus_down_is_a_clear_error():
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(HistoryError, match="Prometheus is unreachable") as err:
+        PrometheusSource(url).load_days(1)
+    assert err.value.where == url
