@@ -33,8 +33,11 @@ def make_model(name: str, **kwargs) -> Forecaster:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
 
 
-def fit_with_fallback(name: str, history: History, seed: int = 0) -> tuple[Forecaster, str]:
+def fit_with_fallback(name: str, history: History, seed: int = 0,
+                      options: dict[str, dict] | None = None) -> tuple[Forecaster, str]:
     """Fit ``name``; if it cannot run, fit the next model of the chain that can, and say why.
+
+    ``options`` gives constructor arguments per model name (e.g. the torch model's horizon).
 
     Returns the fitted model and a status: ``ok``, or ``fallback: <why>; using <model>``.
     """
@@ -43,7 +46,7 @@ def fit_with_fallback(name: str, history: History, seed: int = 0) -> tuple[Forec
         chain += list(PRODUCTION_ORDER)
     reasons: list[str] = []
     for candidate in chain:
-        model = make_model(candidate, seed=seed)
+        model = make_model(candidate, seed=seed, **(options or {}).get(candidate, {}))
         try:
             model.fit(history)
         except NotEnoughHistory as exc:

@@ -104,6 +104,11 @@ class Forecaster(abc.ABC):
         self.fitted_until = history.end
         return self
 
+    def update(self, history: History) -> Forecaster:
+        """Retrain on newer history (the daemon's and replay's scheduled retrain). Models that can
+        continue from what they learned override this to be cheaper than a fresh fit."""
+        return self.fit(history)
+
     def predict(self, history: History, horizon_min: float = 30, start: pd.Timestamp | None = None) -> Forecast:
         start = history.end if start is None else pd.Timestamp(start)
         values = self.predict_many(history, [start], horizon_min)[0]

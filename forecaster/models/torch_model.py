@@ -101,15 +101,17 @@ class TorchQuantileForecaster(Forecaster):
         return np.concatenate(parts, axis=1).astype(np.float32), scale
 
     # -- training --------------------------------------------------------------------------------
-    def _fit(self, history: History) -> None:
+    def _fit(self, history: History, warm: bool = False) -> None:
         self._shape(history.step)
         observed = history.counts.to_numpy()
         values = history.filled().to_numpy()
-        self.global_scale = float(max(np.nanmean(observed), 1e-6))
+        if not warm:
+            self.global_scale = float(max(np.nanmean(observed), 1e-6))
         L, H = self.context, self.horizon
         positions = np.arange(L, len(values) - H + 1)
-        if len(positions) > self.max_windows:  # keep the most recent windows
-            positions = positions[-self.max_windows:]
+        keep = 2 * self.day if warm else self.max_windows  # a warm start follows only the last two days
+        if len(positions) > keep:  # keep the most recent windows
+            positions = positions[-keep:]
         x, scale = self._features(history, values, positions)
         y = windows(observed, positions, 0, H) / scale[:, None]
         mask = ~np.isnan(y)
@@ -123,7 +125,8 @@ class TorchQuantileForecaster(Forecaster):
         threads = torch.get_num_threads()
         torch.set_num_threads(min(2, threads))
         try:
-            self.net = QuantileMLP(x.shape[1], H, self.hidden)
+            if not warm:
+                self.net = QuantileMLP(x.shape[1], H, self.hidden)
             self._train(torch.from_numpy(x[:cut]), torch.from_numpy(y[:cut]).float(),
                         torch.from_numpy(mask[:cut]).float(), gen)
             self.net.eval()
@@ -132,6 +135,26 @@ class TorchQuantileForecaster(Forecaster):
         finally:
             torch.set_num_threads(threads)
         self.spread = self._calibrate(pred, y[cut + H:], mask[cut + H:])
+
+    def update(self, history: History) -> Forecaster:
+        """Continue training on the most recent two days for one short pass, then recalibrate.
+
+        A fresh fit costs seconds to tens of seconds; a scheduled retrain every few hours only has to
+        follow the drift, which a warm start does in a fraction of that."""
+        if getattr(self, "net", None) is None or history.step != self.step:
+            return self.fit(history)
+        import time as _time
+
+        started = _time.perf_counter()
+        budget, epochs = self.time_budget_s, self.max_epochs
+        self.time_budget_s, self.max_epochs = min(2.0, budget), 2
+        try:
+            self._fit(history, warm=True)
+        finally:
+            self.time_budget_s, self.max_epochs = budget, epochs
+        self.fit_seconds = _time.perf_counter() - started
+        self.fitted_until = history.end
+        return self
 
     def _train(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> None:
         qs = torch.tensor(self.quantiles, dtype=torch.float32)

@@ -1,0 +1,46 @@
+"""Split a total node count into reserved, spot and on-demand at the lowest cost that meets it.
+
+Reserved first (paid anyway), then spot up to its share of the fleet plus a buffer for the
+preemptions expected while a replacement boots, then on-demand for the rest. A preempted spot node
+is replaced at once: by spot when spot can be had, and by on-demand while spot cannot be had (spot
+requests stuck pending); the spot requests stay, so when spot returns its nodes start and the
+on-demand cover is released.
+"""
+
+from __future__ import annotations
+
+import math
+
+from controller.policy import Policy
+from controller.state import ClusterView
+
+
+def spot_buffer(spot_nodes: int, policy: Policy, lead_min: float) -> int:
+    """Extra spot nodes for the preemptions expected while a replacement boots."""
+    expected = spot_nodes * policy.spot.preemption_rate_per_hour * lead_min / 60.0
+    return math.ceil(expected - 1e-9) if spot_nodes else 0
+
+
+def blend(total: int, reserved: int, policy: Policy, view: ClusterView, spot_lead_min: float,
+          use_spot: bool = True) -> tuple[dict[str, int], list[str]]:
+    """Desired count per class for ``total`` nodes, with the reasons for the spot/on-demand split."""
+    notes: list[str] = []
+    rest = max(0, total - reserved)
+    spot = min(rest, math.floor(policy.spot.max_share * total)) if use_spot else 0
+    on_demand = rest - spot
+    if spot:
+        buffer = spot_buffer(spot, policy, spot_lead_min)
+        if buffer:
+            notes.append(f"+{buffer} spot for preemption risk over {spot_lead_min:.0f} min")
+        spot += buffer
+    # Spot still asked for but not coming (unavailable: stuck pending) is covered by on-demand now;
+    # the spot requests stay, so spot is taken again when it returns and the cover is then released.
+    # Cover already running is held until the spot nodes it stands in for are ready.
+    base = on_demand
+    pending = max(0, spot - view.alive("spot")) if spot and not view.spot_available else 0
+    held = min(max(0, spot - view.ready("spot")), max(0, view.active("on_demand") - base))
+    cover = max(pending, held)
+    if cover:
+        on_demand += cover
+        notes.append(f"{cover} spot not to be had or not ready yet: covered by on-demand")
+    return {"reserved": reserved, "spot": spot, "on_demand": on_demand}, notes

@@ -1,0 +1,132 @@
+"""One control cycle: ``(observation, forecast, cluster view, policy, memory) -> decisions``.
+
+The daemon runs this every minute; ``replay`` runs it for every simulated minute of a trace. It
+decides only; an actuator applies. The steps are separate functions, each testable alone:
+
+1. **plan**: nodes needed per forecast minute (planner).
+2. **prewarm**: start now what is needed within the lead time, so it is ready when needed.
+3. **safety net**: what the observed load needs is a floor, whatever the forecast said: load above
+   the ready capacity (or busy answers) scales up now; a missing or stale forecast falls back to
+   reactive and says so.
+4. **keep / stabilize**: do not release what the forecast needs again within ``keep_min``, nor
+   below the highest recommendation of the stabilization window.
+5. **limits**: min/max nodes, the largest step per cycle.
+6. **blend**: split into reserved / spot / on-demand; never release a node still warming.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from controller.blend import blend
+from controller.planner import lead_time_min, nodes_needed, plan_need
+from controller.policy import CLASSES, Policy
+from controller.state import ClusterView, Decision, Memory, MinuteForecast, Observation
+
+MINUTE = np.timedelta64(1, "m")
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    decisions: list[Decision]
+    target: int  # total nodes decided on
+    need_now: int  # nodes the forecast needs this minute
+    mode: str  # predictive | reactive (forecast missing or stale)
+    reason: str
+
+
+def prewarm_target(need: np.ndarray, lead_min: int) -> int:
+    """Nodes to have started by now: the most needed within the lead time (ready by then)."""
+    return int(need[: lead_min + 1].max()) if len(need) else 0
+
+
+def keep_target(need: np.ndarray, lead_min: int, keep_min: float) -> int:
+    """Nodes to keep: the most needed until a released node could be back, or within keep_min."""
+    window = max(lead_min, int(math.ceil(keep_min)))
+    return int(need[: window + 1].max()) if len(need) else 0
+
+
+def stabilized(memory: Memory, now: np.datetime64, window_min: float) -> int:
+    """Highest target of the stabilization window (Kubernetes HPA's scale-down rule)."""
+    horizon = now - np.timedelta64(int(window_min), "m")
+    return max((t for when, t in memory.recent_targets if when > horizon), default=0)
+
+
+def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: ClusterView, policy: Policy,
+                  memory: Memory, rps_per_node: float, reserved: int, headroom: float | None = None) -> CycleResult:
+    memory.learn(view.lead_samples)
+    headroom = policy.planning.headroom if headroom is None else headroom
+    lead = max(lead_time_min(policy, memory, c) for c in ("spot", "on_demand"))
+    current = sum(view.active(c) for c in CLASSES)
+
+    age = None if forecast is None else (obs.now - forecast.start) / MINUTE
+    usable = forecast is not None and 0 <= age <= policy.planning.max_forecast_age_min and \
+        len(forecast.rps) > age + lead
+    if usable:
+        offset = int(age)
+        need = plan_need(forecast.rps[offset:], policy, rps_per_node, obs.now, headroom)
+        up = prewarm_target(need, lead)
+        keep = keep_target(need, lead, policy.planning.keep_min)
+        mode = "predictive"
+        peak_at = int(np.argmax(need[: lead + 1]))
+        up_reason = f"forecast needs {up} by +{peak_at} min ({policy.planning.quantile}, lead {lead} min)"
+        need_now = int(need[0])
+    else:
+        mode = "reactive"
+        why = "no forecast" if forecast is None else (
+            f"forecast is {age:.0f} min old" if age is not None and age > policy.planning.max_forecast_age_min
+            else "forecast too short")
+        load = obs.load_rps if obs.load_rps is not None else 0.0
+        need_now = int(nodes_needed(np.array([load]), rps_per_node, headroom)[0])
+        up = keep = need_now if obs.load_rps is not None else current
+        up_reason = f"reactive ({why}): observed {load:.1f} req/s needs {need_now}"
+
+    # Safety net: what the observed load needs now is a floor, whatever the forecast said. It is a
+    # recommendation like the forecast's, so the stabilization window remembers it too.
+    floor = 0
+    if policy.safety_net.enabled and obs.load_rps is not None:
+        floor = int(nodes_needed(np.array([obs.load_rps]), rps_per_node, headroom)[0])
+    # The stabilization window remembers recommendations, not held targets (else a hold would
+    # re-hold itself for ever).
+    memory.recent_targets.append((obs.now, max(up, floor)))
+    target, reason = up, up_reason
+    urgent = False
+    if floor > up:
+        ready_rps = view.ready() * rps_per_node
+        busy = obs.busy_share > policy.safety_net.busy_share_trigger
+        hot = obs.load_rps > policy.safety_net.utilization_trigger * ready_rps
+        target = floor
+        urgent = hot or busy
+        reason = (f"safety net: observed {obs.load_rps:.1f} req/s"
+                  + (f", busy {obs.busy_share:.2%}" if busy else "")
+                  + (f", {obs.load_rps / max(ready_rps, 1e-9):.0%} of ready capacity" if hot else "")
+                  + f" needs {floor} (forecast: {up})")
+    if target < current:  # scaling down: keep what is needed again soon, and stabilize
+        held = max(keep, stabilized(memory, obs.now, policy.limits.scale_down_stabilization_min))
+        if held > target:
+            target = min(current, held)
+            reason = (f"hold {target}: needed again within {policy.planning.keep_min:g} min or in the "
+                      f"{policy.limits.scale_down_stabilization_min:g}-min stabilization window ({reason})")
+        else:
+            reason = f"scale down: {reason}"
+
+    limited = min(max(target, policy.limits.min_nodes, reserved), policy.limits.max_nodes)
+    step = policy.limits.max_step_per_cycle
+    # Above its thresholds the safety net is urgent: the per-cycle step limit does not hold it back.
+    limited = min(max(limited, current - step), limited if urgent else current + step)
+    if limited != target:
+        reason += f"; limit: {limited} (min {policy.limits.min_nodes}, max {policy.limits.max_nodes}, step {step})"
+
+    spot_lead = lead_time_min(policy, memory, "spot")
+    split, notes = blend(limited, reserved, policy, view, spot_lead)
+    decisions = []
+    for cls in CLASSES:
+        want = max(split[cls], view.warming(cls))  # never release a node that is still warming
+        why = reason + ("; " + "; ".join(notes) if notes and cls in ("spot", "on_demand") else "")
+        if want > split[cls]:
+            why += f"; keeping {view.warming(cls)} still warming"
+        decisions.append(Decision(cls, want, view.active(cls), why))
+    return CycleResult(decisions, limited, need_now, mode, reason)

@@ -1,0 +1,56 @@
+"""Forecast -> nodes needed per minute, and the lead times to plan with.
+
+The core "how many nodes" math (Ray Serve keeps its policy core this small too): the planning
+quantile of the forecast, raised by known events and the headroom, divided by what one node serves
+within the SLO.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from controller.policy import Policy
+from controller.state import Memory
+
+QUANTILE_INDEX = {"q50": 0, "q90": 1, "q99": 2}
+
+
+def event_multipliers(policy: Policy, start: np.datetime64, minutes: int) -> np.ndarray:
+    """Per-minute multiplier from the policy's known events (the largest one where events overlap)."""
+    out = np.ones(minutes)
+    if not policy.events:
+        return out
+    times = start + np.arange(minutes) * np.timedelta64(1, "m")
+    for event in policy.events:
+        lo = np.datetime64(event.start.replace(tzinfo=None) if event.start.tzinfo is None else
+                           event.start.astimezone(tz=None).replace(tzinfo=None), "m")
+        hi = np.datetime64(event.end.replace(tzinfo=None) if event.end.tzinfo is None else
+                           event.end.astimezone(tz=None).replace(tzinfo=None), "m")
+        inside = (times >= lo) & (times < hi)
+        out[inside] = np.maximum(out[inside], event.multiplier)
+    return out
+
+
+def nodes_needed(load_rps: np.ndarray, rps_per_node: float, headroom: float) -> np.ndarray:
+    """Nodes that serve ``load_rps`` with ``headroom`` to spare, per minute."""
+    return np.ceil(np.maximum(load_rps, 0.0) * (1.0 + headroom) / rps_per_node - 1e-9).astype(int)
+
+
+def plan_need(forecast_rps: np.ndarray, policy: Policy, rps_per_node: float, start: np.datetime64,
+              headroom: float | None = None) -> np.ndarray:
+    """Nodes needed for each forecast minute at the policy's quantile, events and headroom."""
+    q = forecast_rps[:, QUANTILE_INDEX[policy.planning.quantile]]
+    q = q * event_multipliers(policy, start, len(q))
+    return nodes_needed(q, rps_per_node, policy.planning.headroom if headroom is None else headroom)
+
+
+def lead_time_min(policy: Policy, memory: Memory, cls: str) -> int:
+    """Minutes to plan ahead for a class: p95 of measured starts once there are enough, else the
+    policy's guess at about its p95 (mean + 2 spreads)."""
+    samples = memory.lead_samples[cls]
+    if len(samples) >= policy.planning.learn_lead_times_after:
+        return math.ceil(float(np.percentile(samples, 95)))
+    lead = getattr(policy.classes, cls).lead_time
+    return math.ceil(lead.mean_min + 2 * lead.spread_min)

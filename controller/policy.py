@@ -1,0 +1,175 @@
+"""The policy file: one validated, typed object; nothing else in the code reads YAML or dicts.
+
+Unknown keys and bad values are refused with the key path and the reason (``PolicyError``).
+``configs/policy.yaml`` documents every key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CLASSES = ("reserved", "spot", "on_demand")
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message names the file, the key path and the reason."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SLO(Strict):
+    latency_ms: float = Field(2000, gt=0, description="latency a request must be served within")
+    compliance_target: float = Field(0.999, gt=0, le=1, description="share of requests within the latency")
+
+
+class Capacity(Strict):
+    rps_per_node: float | None = Field(None, gt=0, description="requests/s one node sustains within the SLO")
+    peak_nodes: int | None = Field(None, gt=0, description="or: the trace's peak minute needs this many nodes")
+    queue_seconds: float = Field(2.0, ge=0, description="seconds of work a node queues before answering busy")
+
+    @model_validator(mode="after")
+    def _one(self) -> Capacity:
+        if (self.rps_per_node is None) == (self.peak_nodes is None):
+            raise ValueError("set exactly one of rps_per_node or peak_nodes")
+        return self
+
+
+class LeadTime(Strict):
+    mean_min: float = Field(gt=0, description="minutes from start to serving at full speed")
+    spread_min: float = Field(0, ge=0, description="standard deviation of that, minutes")
+
+
+class CapacityClass(Strict):
+    price_per_hour: float = Field(gt=0)
+    lead_time: LeadTime
+    billing_min: int = Field(1, ge=1, description="billing granularity in minutes (1 = per minute, 60 = hourly)")
+
+
+class Classes(Strict):
+    reserved: CapacityClass
+    spot: CapacityClass
+    on_demand: CapacityClass
+
+    @model_validator(mode="after")
+    def _prices(self) -> Classes:
+        if self.spot.price_per_hour >= self.on_demand.price_per_hour:
+            raise ValueError("spot.price_per_hour must be below on_demand.price_per_hour")
+        return self
+
+
+class Reserved(Strict):
+    count: int | Literal["auto"] = Field(0, description="nodes held all the time, or auto (recommend-reserved)")
+
+    @field_validator("count")
+    @classmethod
+    def _count(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+
+class Spot(Strict):
+    max_share: float = Field(0.6, ge=0, le=1, description="largest share of the fleet on spot")
+    preemption_rate_per_hour: float = Field(0.05, ge=0, description="chance a spot node is preempted in an hour")
+    notice_s: float = Field(120, ge=0, description="warning before a preempted node goes")
+    availability: float = Field(0.95, gt=0, le=1, description="share of time new spot nodes can be had")
+    unavailable_mean_min: float = Field(60, gt=0, description="mean length of a spot outage")
+
+
+class Limits(Strict):
+    min_nodes: int = Field(1, ge=0)
+    max_nodes: int = Field(200, ge=1)
+    max_step_per_cycle: int = Field(50, ge=1, description="most nodes started or released in one cycle")
+    scale_down_stabilization_min: float = Field(10, ge=0, description="keep the highest need of this window")
+
+    @model_validator(mode="after")
+    def _range(self) -> Limits:
+        if self.min_nodes > self.max_nodes:
+            raise ValueError("min_nodes must be <= max_nodes")
+        return self
+
+
+class Planning(Strict):
+    quantile: Literal["q50", "q90", "q99"] = "q90"
+    headroom: float = Field(0.1, ge=0, le=2, description="extra capacity over the forecast quantile")
+    horizon_min: int = Field(60, ge=10, le=240, description="minutes the forecast looks ahead")
+    keep_min: float = Field(20, ge=0, description="do not release a node the forecast needs again within this")
+    model: str = "torch"
+    retrain_hours: float = Field(6, gt=0)
+    max_forecast_age_min: float = Field(15, gt=0, description="older forecasts are stale: go reactive")
+    learn_lead_times_after: int = Field(20, ge=1, description="samples per class before planning with their p95")
+
+
+class SafetyNet(Strict):
+    enabled: bool = True
+    utilization_trigger: float = Field(0.9, gt=0, le=2, description="observed load / ready capacity that scales up now")
+    busy_share_trigger: float = Field(0.001, ge=0, le=1, description="busy answers share that scales up now")
+
+
+class Event(Strict):
+    name: str
+    start: datetime
+    end: datetime
+    multiplier: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> Event:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class Policy(Strict):
+    service: str = Field(min_length=1)
+    slo: SLO = SLO()
+    capacity: Capacity
+    classes: Classes
+    reserved: Reserved = Reserved()
+    spot: Spot = Spot()
+    limits: Limits = Limits()
+    planning: Planning = Planning()
+    safety_net: SafetyNet = SafetyNet()
+    events: list[Event] = []
+
+    def with_changes(self, **changes) -> Policy:
+        """A copy with nested values replaced, validated again: ``with_changes(planning={"headroom": 0.2})``."""
+        data = self.model_dump()
+        for key, value in changes.items():
+            if isinstance(value, dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return Policy.model_validate(data)
+
+    def price(self, cls: str) -> float:
+        return getattr(self.classes, cls).price_per_hour
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    if not path.exists():
+        raise PolicyError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise PolicyError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{key}: {msg}")
+        raise PolicyError(f"{path}: " + "; ".join(problems)) from None

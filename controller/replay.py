@@ -1,0 +1,352 @@
+"""Replay: the real control cycle over a real trace, against reactive, static and oracle strategies.
+
+Every simulated minute runs the same ``control_cycle`` the daemon runs live; only the actuator (the
+simulated cluster) and the clock differ. The forecaster is trained on the history before the replayed
+window and retrained every ``planning.retrain_hours`` on the history up to then; forecasts are
+issued at the trace's own step from the complete intervals before each cycle. Forecasts do not
+depend on any strategy's knob, so they are computed once and shared by the whole sweep.
+
+Gaps in the trace (outages written as zeros) reach the forecaster as missing data, never as zero
+demand; during a gap nothing is scored, and when the traffic comes back it is scored like any other
+minute.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from controller.policy import CLASSES, Policy
+from controller.service_model import ServiceModel
+from controller.simulator import Faults, SimulatedCluster
+from controller.state import MinuteForecast, Observation
+from controller.strategies import HPADecider, PredictiveDecider, StaticDecider
+from forecaster.csv_source import load_csv
+from forecaster.history import History
+from forecaster.models import fit_with_fallback
+
+STRATEGIES = ("predictive", "reactive", "reactive_spot", "static", "oracle")
+SLA_LEVELS = (0.99, 0.995, 0.999)
+MINUTE = pd.Timedelta(minutes=1)
+
+KNOBS = {
+    "predictive": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8],
+    "oracle": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5],
+    "reactive": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2],
+    "reactive_spot": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2],
+}
+
+
+# -- the trace, per minute ----------------------------------------------------------------------
+@dataclass
+class Trace:
+    """A trace as replay needs it: arrivals per minute (NaN in gaps), per second where known, and the
+    history at the forecaster's step (the trace's own, or one minute for per-second traces)."""
+
+    name: str
+    history: History
+    times: np.ndarray  # datetime64[m], one per minute (wall clock of the trace)
+    arrivals: np.ndarray  # requests per minute, NaN in gaps
+    per_second: np.ndarray | None = None  # (minutes, 60) where the trace has per-second counts
+
+    @property
+    def step_min(self) -> int:
+        return int(round(self.history.step_min))
+
+    def peak_rps(self) -> float:
+        return float(np.nanmax(self.arrivals)) / 60.0
+
+
+def load_trace(path: str | Path) -> Trace:
+    history = load_csv(path)
+    per_second = None
+    if history.step < MINUTE:
+        seconds = history.counts
+        history = history.resample(MINUTE)
+        grid = seconds.reindex(pd.date_range(history.start, history.end - pd.Timedelta(seconds=1), freq="1s"))
+        per_second = grid.fillna(0).to_numpy().reshape(-1, 60)
+    if (history.step / MINUTE) % 1:
+        raise ValueError(f"{path}: step {history.step} is not a whole number of minutes")
+    step_min = int(history.step / MINUTE)
+    arrivals = np.repeat(history.counts.to_numpy() / step_min, step_min)
+    index = history.counts.index
+    start = (index[0].tz_localize(None) if index.tz is not None else index[0]).to_datetime64()
+    times = np.datetime64(start, "m") + np.arange(len(arrivals)) * np.timedelta64(1, "m")
+    return Trace(str(path), history, times, arrivals, per_second)
+
+
+# -- forecasts, computed once per replay ----------------------------------------------------------
+class ForecastFeed:
+    """The forecast each cycle sees: the latest one issued from complete intervals before it."""
+
+    def __init__(self, trace: Trace, policy: Policy, first_minute: int, last_minute: int, seed: int = 0,
+                 progress: bool = True):
+        self.trace = trace
+        self.step = trace.step_min
+        history = trace.history
+        self.horizon_steps = history.steps_for(policy.planning.horizon_min)
+        first = first_minute // self.step
+        last = last_minute // self.step + 1
+        self.first = first
+        self.values = np.zeros((last - first, self.horizon_steps, 3))
+        retrain = max(1, history.steps_per(pd.Timedelta(hours=policy.planning.retrain_hours)))
+        model = None
+        self.status = "ok"
+        self.model_name = policy.planning.model
+        self.fit_seconds: list[float] = []
+        blocks = list(range(first, last, retrain))
+        for b in tqdm(blocks, desc="forecast", unit="retrain", file=sys.stderr, disable=not progress):
+            past = history.until(history.counts.index[b]) if b < len(history) else history
+            if model is None:
+                model, self.status = fit_with_fallback(policy.planning.model, past, seed=seed,
+                                                       options={"torch": {"max_horizon_min": policy.planning.horizon_min}})
+                self.model_name = model.name
+            else:
+                model.update(past)
+            self.fit_seconds.append(model.fit_seconds)
+            positions = list(range(b, min(b + retrain, last)))
+            starts = [history.counts.index[p] if p < len(history) else history.end + (p - len(history)) * history.step
+                      for p in positions]
+            self.values[b - first:b - first + len(positions)] = model.predict_many(
+                history, starts, policy.planning.horizon_min)
+        self.rps = np.repeat(self.values / (self.step * 60.0), self.step, axis=1)  # per minute
+
+    def at(self, minute: int) -> MinuteForecast:
+        p = minute // self.step
+        return MinuteForecast(self.trace.times[0] + np.timedelta64(p * self.step, "m"), self.rps[p - self.first],
+                              self.model_name, self.status)
+
+
+class OracleFeed:
+    """The true future load as a forecast (all quantiles equal): a perfect forecaster."""
+
+    def __init__(self, trace: Trace, horizon_min: int):
+        filled = np.repeat(trace.history.filled().to_numpy() / trace.step_min, trace.step_min) / 60.0
+        self.rps = np.concatenate([filled, np.full(horizon_min, filled[-1])])
+        self.horizon = horizon_min
+        self.times = trace.times
+
+    def at(self, minute: int) -> MinuteForecast:
+        future = self.rps[minute:minute + self.horizon]
+        return MinuteForecast(self.times[minute], np.repeat(future[:, None], 3, axis=1), "oracle")
+
+
+# -- one run ----------------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    strategy: str
+    knob: float
+    cost_by_class: dict[str, float]
+    service: dict
+    node_hours: float
+    cold_starts: int
+    preemptions: int
+    timeline: dict | None = None
+    decisions: list[dict] = field(default_factory=list)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(self.cost_by_class.values())
+
+    @property
+    def sla(self) -> float:
+        return self.service["sla_compliance"]
+
+    def as_dict(self) -> dict:
+        return {"knob": self.knob, "cost_usd": round(self.cost_usd, 2),
+                "cost_by_class": {k: round(v, 2) for k, v in self.cost_by_class.items()},
+                "sla_compliance": self.service["sla_compliance"], "busy_share": self.service["busy_share"],
+                "late_share": self.service["late_share"], "node_hours": round(self.node_hours, 1),
+                "cold_starts": self.cold_starts, "preemptions": self.preemptions,
+                "minutes_short": self.service["minutes_short"]}
+
+
+def rps_per_node_for(policy: Policy, trace: Trace, peak_nodes: int | None = None) -> float:
+    if peak_nodes:
+        return trace.peak_rps() / peak_nodes
+    if policy.capacity.rps_per_node:
+        return policy.capacity.rps_per_node
+    return trace.peak_rps() / policy.capacity.peak_nodes
+
+
+def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: tuple[int, int], rps_per_node: float,
+             reserved: int, feed=None, seed: int = 0, faults: Faults | None = None, record: bool = False) -> RunResult:
+    """Run one strategy at one knob setting over minutes [window[0], window[1]) of the trace."""
+    if strategy == "static":
+        cluster = SimulatedCluster(policy, reserved=int(knob), seed=seed, faults=faults)
+        decider = StaticDecider()
+    else:
+        cluster = SimulatedCluster(policy, reserved=reserved if strategy in ("predictive", "oracle") else 0,
+                                   seed=seed, faults=faults)
+        if strategy in ("predictive", "oracle"):
+            decider = PredictiveDecider(policy, rps_per_node, reserved, knob)
+        else:
+            decider = HPADecider(policy, rps_per_node, knob, use_spot=strategy == "reactive_spot")
+    service = ServiceModel(rps_per_node, policy.capacity.queue_seconds)
+    start, end = window
+    n = end - start
+    timeline = {k: np.zeros(n) for k in ("load_rps", "forecast_q50", "forecast_q90", "ready", "warming",
+                                         "draining", "ready_reserved", "ready_spot", "ready_on_demand",
+                                         "cost_per_hour", "in_time", "late", "busy")} if record else None
+    decisions: list[dict] = []
+    last_desired: dict[str, int] = {}
+    busy_share = 0.0
+    # Warm start: the fleet the previous minutes needed is there at the start of the window.
+    first_load = np.nanmean(trace.arrivals[max(0, start - 10):start]) / 60.0 if start else 0.0
+    if strategy != "static" and np.isfinite(first_load):
+        cluster.nodes += _initial_nodes(policy, strategy, first_load, rps_per_node, reserved)
+    for i, minute in enumerate(range(start, end)):
+        prev = trace.arrivals[minute - 1] if minute > 0 else np.nan
+        obs = Observation(trace.times[minute], None if np.isnan(prev) else float(prev) / 60.0, busy_share)
+        forecast = feed.at(minute) if feed is not None else None
+        view = cluster.view()
+        chosen = decider.decide(obs, forecast, view)
+        cluster.apply(chosen)
+        cluster.advance()
+        ready = cluster.ready_nodes()
+        a = trace.arrivals[minute]
+        if np.isnan(a):
+            service.skip_minute()
+            in_time = late = busy = 0.0
+            busy_share = 0.0
+        else:
+            arrivals = trace.per_second[minute] if trace.per_second is not None else a
+            in_time, late, busy = service.serve_minute(arrivals, ready)
+            busy_share = busy / a if a else 0.0
+        if record:
+            for d in chosen:
+                if last_desired.get(d.cls) != d.desired:
+                    decisions.append({"minute": i, "time": str(trace.times[minute]), "cls": d.cls, "desired": d.desired,
+                                      "current": d.current, "reason": d.reason})
+                    last_desired[d.cls] = d.desired
+            _record(timeline, i, cluster, trace, minute, forecast, in_time, late, busy)
+    billed = cluster.finish()
+    cost = {c: billed[c] / 60.0 * policy.price(c) for c in CLASSES}
+    return RunResult(strategy, knob, cost, service.totals.as_dict(), sum(billed.values()) / 60.0,
+                     cluster.cold_starts, cluster.preemptions, timeline, decisions)
+
+
+def _initial_nodes(policy: Policy, strategy: str, load_rps: float, rps_per_node: float, reserved: int):
+    from controller.simulator import Node
+
+    total = max(policy.limits.min_nodes, math.ceil(load_rps * 1.2 / rps_per_node))
+    if strategy in ("predictive", "oracle"):
+        rest = max(0, total - reserved)
+        spot = min(rest, math.floor(policy.spot.max_share * total))
+        classes = ["spot"] * spot + ["on_demand"] * (rest - spot)
+    elif strategy == "reactive_spot":
+        spot = math.floor(policy.spot.max_share * total)
+        classes = ["spot"] * spot + ["on_demand"] * (total - spot)
+    else:
+        classes = ["on_demand"] * total
+    return [Node(c, 0, "ready", 0, 0) for c in classes]
+
+
+def _record(timeline, i, cluster, trace, minute, forecast, in_time, late, busy) -> None:
+    counts = {c: 0 for c in CLASSES}
+    warming = draining = 0
+    for node in cluster.nodes:
+        if node.state == "ready":
+            counts[node.cls] += 1
+        elif node.state in ("booting", "warming", "pending"):
+            warming += 1
+        elif node.state == "draining":
+            draining += 1
+    a = trace.arrivals[minute]
+    timeline["load_rps"][i] = np.nan if np.isnan(a) else a / 60.0
+    if forecast is not None:
+        offset = int((trace.times[minute] - forecast.start) / np.timedelta64(1, "m"))
+        row = forecast.rps[min(offset, len(forecast.rps) - 1)]
+        timeline["forecast_q50"][i], timeline["forecast_q90"][i] = row[0], row[1]
+    else:
+        timeline["forecast_q50"][i] = timeline["forecast_q90"][i] = np.nan
+    timeline["ready"][i] = sum(counts.values())
+    for c in CLASSES:
+        timeline[f"ready_{c}"][i] = counts[c]
+    timeline["warming"][i], timeline["draining"][i] = warming, draining
+    timeline["cost_per_hour"][i] = cluster.running_cost_per_hour()
+    timeline["in_time"][i], timeline["late"][i], timeline["busy"][i] = in_time, late, busy
+
+
+# -- the whole comparison -------------------------------------------------------------------------
+def frontier_cost_at(points: list[dict], level: float) -> float | None:
+    ok = [p["cost_usd"] for p in points if p["sla_compliance"] >= level]
+    return min(ok) if ok else None
+
+
+def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int | None = None, sweep: bool = True,
+           train_days: float | None = None, seed: int = 0, progress: bool = True, faults: Faults | None = None,
+           policy_name: str = "") -> tuple[dict, dict[str, RunResult]]:
+    """Replay every strategy; returns the JSON document and the runs at the policy's own settings."""
+    from controller.reserved import recommend_reserved
+
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
+    total_min = len(trace.arrivals)
+    span_days = total_min / 1440
+    train_days = train_days if train_days is not None else max(2.5, min(span_days / 2, 14.0))
+    start = int(round(train_days * 1440))
+    start -= start % trace.step_min
+    if start >= total_min - 60:
+        raise ValueError(f"{trace.name}: {span_days:.1f} days is too short to train on {train_days:g} days and "
+                         f"replay the rest")
+    window = (start, total_min)
+    rps_per_node = rps_per_node_for(policy, trace, peak_nodes)
+    if policy.reserved.count == "auto":
+        reserved = recommend_reserved(trace.arrivals[:start] / 60.0, policy, rps_per_node)["reserved"]
+    else:
+        reserved = policy.reserved.count
+
+    feed = ForecastFeed(trace, policy, start, total_min - 1, seed, progress) if "predictive" in strategies else None
+    oracle = OracleFeed(trace, policy.planning.horizon_min) if "oracle" in strategies else None
+    need = np.nan_to_num(trace.arrivals[start:]) / 60.0 / rps_per_node
+    knobs = dict(KNOBS)
+    peak = int(math.ceil(np.max(need)))
+    knobs["static"] = sorted({max(1, int(round(peak * f))) for f in (0.6, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)})
+    runs: list[tuple[str, float]] = []
+    for s in strategies:
+        own = {"predictive": policy.planning.headroom, "oracle": policy.planning.headroom}.get(s)
+        values = knobs[s] if sweep or own is None else [own]
+        if own is not None and own not in values:
+            values = sorted([*values, own])
+        runs += [(s, k) for k in values]
+    results: dict[tuple[str, float], RunResult] = {}
+    bar = tqdm(runs, desc="replay", unit="run", file=sys.stderr, disable=not progress)
+    for s, k in bar:
+        bar.set_postfix_str(f"{s} {k:g}")
+        source = feed if s == "predictive" else oracle if s == "oracle" else None
+        results[(s, k)] = simulate(trace, policy, s, k, window, rps_per_node, reserved, source, seed, faults,
+                                   record=(s, k) == ("predictive", policy.planning.headroom))
+    target = policy.slo.compliance_target
+    chosen: dict[str, RunResult] = {}
+    frontier: dict[str, list[dict]] = {}
+    for s in strategies:
+        mine = [r for (name, _), r in results.items() if name == s]
+        frontier[s] = [{"knob": r.knob, "cost_usd": round(r.cost_usd, 2), "sla_compliance": r.sla} for r in mine]
+        if s in ("predictive", "oracle"):
+            chosen[s] = results[(s, policy.planning.headroom)]
+        else:
+            reaching = [r for r in mine if r.sla >= target]
+            chosen[s] = min(reaching, key=lambda r: r.cost_usd) if reaching else max(mine, key=lambda r: r.sla)
+    doc = {
+        "trace": trace.name,
+        "policy": policy_name,
+        "minutes": window[1] - window[0],
+        "train_days": round(train_days, 2),
+        "rps_per_node": rps_per_node,
+        "reserved": reserved,
+        "forecast": {"model": feed.model_name, "status": feed.status,
+                     "fit_s_total": round(sum(feed.fit_seconds), 2)} if feed else None,
+        "strategies": {s: chosen[s].as_dict() for s in strategies},
+        "frontier": frontier,
+        "cost_at_sla": {s: {str(level): frontier_cost_at(frontier[s], level) for level in SLA_LEVELS}
+                        for s in strategies},
+    }
+    return doc, chosen

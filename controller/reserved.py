@@ -1,0 +1,41 @@
+"""How many nodes to reserve: from the history's need and the prices.
+
+Think of the fleet as layers: layer k is the k-th node, in use whenever at least k nodes are needed.
+Reserving layer k costs the reserved price all the time; leaving it to the elastic classes costs,
+only while it is in use, the blended price of spot (up to its share) and on-demand. So layer k is
+worth reserving exactly when the share of time it is in use exceeds reserved / blended price. This
+rule is the optimum of that cost model; no solver is needed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from controller.planner import nodes_needed
+from controller.policy import Policy
+
+
+def elastic_price(policy: Policy) -> float:
+    """Average hourly price of a node that is not reserved: spot up to its share, on-demand for the rest."""
+    share = policy.spot.max_share * policy.spot.availability
+    return share * policy.price("spot") + (1 - share) * policy.price("on_demand")
+
+
+def recommend_reserved(load_rps: np.ndarray, policy: Policy, rps_per_node: float) -> dict:
+    """Reserved count for a history of per-minute load (NaN gaps are left out)."""
+    load = load_rps[~np.isnan(load_rps)]
+    if load.size == 0:
+        raise ValueError("no observed load to recommend from")
+    need = nodes_needed(load, rps_per_node, policy.planning.headroom)
+    breakeven = policy.price("reserved") / elastic_price(policy)
+    layers = np.arange(1, int(need.max()) + 1)
+    in_use = np.array([(need >= k).mean() for k in layers])
+    count = int((in_use > breakeven).sum())
+    hours = len(load) / 60.0
+    def cost(r: int) -> float:
+        elastic = np.maximum(need - r, 0).sum() / 60.0 * elastic_price(policy)
+        return r * hours * policy.price("reserved") + elastic
+    return {"reserved": count, "breakeven_share": round(float(breakeven), 4),
+            "layer_use": [round(float(u), 4) for u in in_use[: count + 3]],
+            "hours": round(hours, 1), "cost_usd": round(cost(count), 2), "cost_usd_without": round(cost(0), 2),
+            "rps_per_node": rps_per_node}

@@ -1,0 +1,89 @@
+"""Plain data the control cycle reads and writes: what the cluster holds, what was observed,
+what was decided and why, and what the controller must remember between cycles.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from controller.policy import CLASSES
+
+STATES = ("pending", "booting", "warming", "ready", "draining")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Desired node count of one capacity class, and why. Actuators apply; they decide nothing."""
+
+    cls: str
+    desired: int
+    current: int
+    reason: str
+
+    @property
+    def delta(self) -> int:
+        return self.desired - self.current
+
+
+@dataclass
+class ClusterView:
+    """Node counts per class and state, as the actuator sees the cluster now."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=lambda: {c: dict.fromkeys(STATES, 0) for c in CLASSES})
+    spot_available: bool = True
+    lead_samples: list[tuple[str, float]] = field(default_factory=list)  # (class, minutes) of nodes that became ready
+    preempted: int = 0  # spot nodes preempted since the last view
+
+    def alive(self, cls: str) -> int:
+        """Nodes that are serving or on their way (not pending, not draining)."""
+        c = self.counts[cls]
+        return c["booting"] + c["warming"] + c["ready"]
+
+    def active(self, cls: str) -> int:
+        """Nodes the class's workload counts as its replicas: everything asked for and not released."""
+        c = self.counts[cls]
+        return c["pending"] + c["booting"] + c["warming"] + c["ready"]
+
+    def ready(self, cls: str | None = None) -> int:
+        return sum(self.counts[c]["ready"] for c in ([cls] if cls else CLASSES))
+
+    def warming(self, cls: str) -> int:
+        c = self.counts[cls]
+        return c["booting"] + c["warming"]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The live signals of the last minute. ``load_rps`` is None when there is no data (a gap)."""
+
+    now: np.datetime64
+    load_rps: float | None
+    busy_share: float = 0.0
+
+
+@dataclass(frozen=True)
+class MinuteForecast:
+    """Forecast load in requests/s for each minute from ``start``; columns q50, q90, q99."""
+
+    start: np.datetime64
+    rps: np.ndarray  # (minutes, 3)
+    model: str = ""
+    status: str = "ok"
+
+
+@dataclass
+class Memory:
+    """What the controller carries from one cycle to the next (persisted in the store when live)."""
+
+    recent_targets: deque = field(default_factory=lambda: deque(maxlen=240))  # (minute, total target)
+    lead_samples: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in CLASSES})
+
+    def learn(self, samples: list[tuple[str, float]]) -> None:
+        for cls, minutes in samples:
+            bucket = self.lead_samples[cls]
+            bucket.append(minutes)
+            if len(bucket) > 500:
+                del bucket[: len(bucket) - 500]
