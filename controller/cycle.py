@@ -59,7 +59,8 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
                   memory: Memory, rps_per_node: float, reserved: int, headroom: float | None = None) -> CycleResult:
     memory.learn(view.lead_samples)
     headroom = policy.planning.headroom if headroom is None else headroom
-    lead = max(lead_time_min(policy, memory, c) for c in ("spot", "on_demand"))
+    elastic = ("spot", "on_demand") if policy.spot.max_share > 0 else ("on_demand",)
+    lead = max(lead_time_min(policy, memory, c) for c in elastic)
     current = sum(view.active(c) for c in CLASSES)
 
     age = None if forecast is None else (obs.now - forecast.start) / MINUTE
@@ -124,7 +125,9 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
     split, notes = blend(limited, reserved, policy, view, spot_lead)
     decisions = []
     for cls in CLASSES:
-        want = max(split[cls], view.warming(cls))  # never release a node that is still warming
+        # Never release a node that is still warming; and while nodes warm, the ready ones that serve
+        # the load now stay too (a release takes the ready node, not the one that is not serving yet).
+        want = max(split[cls], min(view.ready(cls), split[cls]) + view.warming(cls))
         why = reason + ("; " + "; ".join(notes) if notes and cls in ("spot", "on_demand") else "")
         if want > split[cls]:
             why += f"; keeping {view.warming(cls)} still warming"

@@ -204,7 +204,10 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
     for i, minute in enumerate(range(start, end)):
         prev = trace.arrivals[minute - 1] if minute > 0 else np.nan
         obs = Observation(trace.times[minute], None if np.isnan(prev) else float(prev) / 60.0, busy_share)
-        forecast = feed.at(minute) if feed is not None else None
+        try:
+            forecast = feed.at(minute) if feed is not None else None
+        except Exception:  # a failing forecaster must not stop the controller: the cycle goes reactive
+            forecast = None
         view = cluster.view()
         chosen = decider.decide(obs, forecast, view)
         cluster.apply(chosen)

@@ -51,6 +51,7 @@ class SimulatedCluster:
         self.minute = 0
         self.nodes: list[Node] = [Node("reserved", 0, "ready", 0, 0) for _ in range(reserved)]
         self.spot_available = True
+        self._forced = False
         self.billed_minutes = dict.fromkeys(CLASSES, 0.0)
         self.cold_starts = 0
         self.preemptions = 0
@@ -100,9 +101,13 @@ class SimulatedCluster:
         """Move one minute on: spot weather, preemptions, starts, readiness, billing."""
         m = self.minute
         forced_out = any(a <= m < b for a, b in self.faults.spot_unavailable)
-        if self.spot_available and (forced_out or self.rng.random() < self._p_outage):
+        if forced_out:
+            self.spot_available, self._forced = False, True
+        elif self._forced:  # an injected outage ends when it says
+            self.spot_available, self._forced = True, False
+        elif self.spot_available and self.rng.random() < self._p_outage:
             self.spot_available = False
-        elif not self.spot_available and not forced_out and self.rng.random() < self._p_recover:
+        elif not self.spot_available and self.rng.random() < self._p_recover:
             self.spot_available = True
         wave = sum(share for when, share in self.faults.preemption_wave if when == m)
         notice = max(1, math.ceil(self.policy.spot.notice_s / 60))

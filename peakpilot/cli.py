@@ -156,6 +156,111 @@ def backtest(
         typer.echo(f"best by pinball q90 (peer excluded): {best}")
 
 
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "configs" / "policy.yaml"
+
+
+def load_policy_or_exit(path: Path):
+    from controller.policy import PolicyError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        fail(str(exc))
+
+
+def load_trace_or_exit(path: Path):
+    from controller.replay import load_trace
+    from forecaster.errors import HistoryError
+
+    try:
+        return load_trace(path)
+    except (HistoryError, ValueError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def replay(
+    trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="CSV trace to replay (default: the sample trace)."),
+    policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Policy YAML (default: configs/policy.yaml)."),
+    strategies: str = typer.Option(",".join(("predictive", "reactive", "reactive_spot", "static", "oracle")),
+                                   "--strategies", help="Comma-separated: predictive, reactive, reactive_spot, "
+                                                        "static, oracle."),
+    peak_nodes: Optional[int] = typer.Option(None, "--peak-nodes", min=1,
+                                             help="Size capacity so the trace's busiest minute needs N nodes "
+                                                  "(overrides the policy's capacity)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Write the timeline and decisions here "
+                                                              "(sqlite:///path.db or a path)."),
+    no_sweep: bool = typer.Option(False, "--no-sweep", help="Only the policy's own settings; no frontier sweep."),
+    train_days: Optional[float] = typer.Option(None, "--train-days", help="Days of history before the replayed "
+                                                                          "window (default: half the trace, 2.5-14)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the simulated cluster and the forecaster."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
+) -> None:
+    """Replay a trace through the real control cycle and compare cost and SLA with reactive, static
+    and oracle strategies."""
+    from controller.replay import STRATEGIES
+    from controller.replay import replay as run_replay
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown:
+        fail(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
+    pol = load_policy_or_exit(policy)
+    tr = load_trace_or_exit(trace)
+    try:
+        doc, chosen = run_replay(tr, pol, names, peak_nodes=peak_nodes, sweep=not no_sweep, train_days=train_days,
+                                 seed=seed, policy_name=str(policy))
+    except ValueError as exc:
+        fail(str(exc))
+    if store:
+        from controller.store import Store
+
+        run = chosen.get("predictive") or next(iter(chosen.values()))
+        if run.timeline is not None:
+            with Store(store) as st:
+                doc["store_run_id"] = st.record_replay(doc, run, tr.times[len(tr.times) - doc["minutes"]:])
+    if as_json:
+        typer.echo(json.dumps(doc, default=float))
+        return
+    typer.echo(f"{tr.name}: {doc['minutes']} minutes replayed after {doc['train_days']} days of training; "
+               f"{doc['rps_per_node']:.2f} req/s per node, {doc['reserved']} reserved")
+    typer.echo(f"{'strategy':<15}{'knob':>7}{'cost $':>12}{'SLA':>10}{'busy':>9}{'late':>9}{'node-h':>9}"
+               f"{'starts':>8}{'preempt':>8}")
+    for name, r in doc["strategies"].items():
+        typer.echo(f"{name:<15}{r['knob']:>7g}{r['cost_usd']:>12,.0f}{r['sla_compliance']:>10.4%}"
+                   f"{r['busy_share']:>9.3%}{r['late_share']:>9.3%}{r['node_hours']:>9,.0f}{r['cold_starts']:>8}"
+                   f"{r['preemptions']:>8}")
+    typer.echo("cheapest cost reaching each SLA level:")
+    for name, levels in doc["cost_at_sla"].items():
+        cells = "  ".join(f"{k}: {'-' if v is None else f'${v:,.0f}'}" for k, v in levels.items())
+        typer.echo(f"  {name:<15}{cells}")
+    if store:
+        typer.echo(f"timeline written to {store} (run {doc['store_run_id']})")
+
+
+@app.command("recommend-reserved")
+def recommend_reserved_cmd(
+    trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="CSV trace of the history."),
+    policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Policy YAML (prices, capacity, spot share)."),
+    peak_nodes: Optional[int] = typer.Option(None, "--peak-nodes", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Recommend how many nodes to reserve, from the history's need and the prices."""
+    from controller.replay import rps_per_node_for
+    from controller.reserved import recommend_reserved
+
+    pol = load_policy_or_exit(policy)
+    tr = load_trace_or_exit(trace)
+    result = recommend_reserved(tr.arrivals / 60.0, pol, rps_per_node_for(pol, tr, peak_nodes))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"reserve {result['reserved']} nodes: a node is worth reserving when it is in use more than "
+               f"{result['breakeven_share']:.1%} of the time")
+    typer.echo(f"over {result['hours']:,.0f} h of history: ${result['cost_usd']:,.0f} with them, "
+               f"${result['cost_usd_without']:,.0f} without")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,155 @@
+"""The control cycle as a pure function of plain data: prewarm, keep, safety net, limits, blend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.blend import blend, spot_buffer
+from controller.cycle import control_cycle
+from controller.planner import event_multipliers, lead_time_min, plan_need
+from controller.policy import load_policy
+from controller.state import ClusterView, Memory, MinuteForecast, Observation
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = np.datetime64("2024-05-01T12:00", "m")
+
+
+@pytest.fixture
+def policy():
+    # 10 req/s per node, no reserved, no spot: the arithmetic is easy to follow.
+    return load_policy(ROOT / "configs" / "policy.yaml").with_changes(
+        capacity={"peak_nodes": None, "rps_per_node": 10.0}, reserved={"count": 0},
+        spot={"max_share": 0.0}, planning={"headroom": 0.0, "keep_min": 20}, limits={"min_nodes": 1})
+
+
+def view_with(on_demand_ready=0, warming=0, spot_ready=0, spot_available=True) -> ClusterView:
+    view = ClusterView(spot_available=spot_available)
+    view.counts["on_demand"]["ready"] = on_demand_ready
+    view.counts["on_demand"]["warming"] = warming
+    view.counts["spot"]["ready"] = spot_ready
+    return view
+
+
+def flat_forecast(levels: list[tuple[int, float]], minutes: int = 60) -> MinuteForecast:
+    """Forecast in req/s: ``levels`` as (from minute, value)."""
+    rps = np.zeros(minutes)
+    for start, value in levels:
+        rps[start:] = value
+    return MinuteForecast(NOW, np.repeat(rps[:, None], 3, axis=1))
+
+
+def decide(policy, forecast, view, load=None, memory=None, now=NOW):
+    return control_cycle(Observation(now, load), forecast, view, policy, memory or Memory(), 10.0, 0)
+
+
+def desired(result, cls="on_demand"):
+    return next(d.desired for d in result.decisions if d.cls == cls)
+
+
+def test_prewarm_starts_nodes_one_lead_time_before_the_peak(policy):
+    lead = lead_time_min(policy, Memory(), "on_demand")  # mean 8 + 2 x spread 2 = 12
+    assert lead == 12
+    # Load 30 req/s now (3 nodes), 80 req/s from minute 25 on (8 nodes).
+    forecast = flat_forecast([(0, 30.0), (25, 80.0)])
+    early = decide(policy, forecast, view_with(3), load=30.0)
+    assert desired(early) == 3  # the peak is beyond the lead time: nothing to start yet
+    # 13 minutes later the peak is 12 minutes away: start the 5 nodes now.
+    later = decide(policy, MinuteForecast(NOW, forecast.rps[13:]), view_with(3), load=30.0)
+    assert desired(later) == 8
+    assert "forecast needs 8 by +12 min" in later.decisions[2].reason
+
+
+def test_scale_down_keeps_what_is_needed_again_soon(policy):
+    # 8 nodes up; the load dips for 15 minutes, then comes back: keep them (keep_min 20).
+    forecast = flat_forecast([(0, 20.0), (15, 80.0)])
+    result = decide(policy, forecast, view_with(8), load=20.0)
+    assert desired(result) == 8 and "hold 8" in result.reason
+    # A dip longer than keep_min and the lead time is released.
+    released = decide(policy, flat_forecast([(0, 20.0), (40, 80.0)]), view_with(8), load=20.0)
+    assert desired(released) == 2 and released.reason.startswith("scale down")
+
+
+def test_stabilization_window_holds_the_highest_recent_recommendation(policy):
+    memory = Memory()
+    decide(policy, flat_forecast([(0, 70.0)]), view_with(7), load=70.0, memory=memory)
+    later = NOW + np.timedelta64(5, "m")
+    result = decide(policy, MinuteForecast(later, flat_forecast([(0, 20.0)]).rps), view_with(7), load=20.0,
+                    memory=memory, now=later)
+    assert desired(result) == 7  # within the 10-minute window
+    much_later = NOW + np.timedelta64(11, "m")
+    result = decide(policy, MinuteForecast(much_later, flat_forecast([(0, 20.0)]).rps), view_with(7), load=20.0,
+                    memory=memory, now=much_later)
+    assert desired(result) == 2
+
+
+def test_never_releases_a_node_that_is_still_warming(policy):
+    result = decide(policy, flat_forecast([(0, 10.0)]), view_with(on_demand_ready=1, warming=4), load=10.0)
+    assert desired(result) == 5 and "keeping 4 still warming" in result.decisions[2].reason
+
+
+def test_safety_net_scales_up_now_whatever_the_forecast_said(policy):
+    result = decide(policy, flat_forecast([(0, 20.0)]), view_with(2), load=100.0)
+    assert desired(result) == 10
+    assert result.reason.startswith("safety net: observed 100.0 req/s, 500% of ready capacity needs 10")
+
+
+def test_stale_or_missing_forecast_falls_back_to_reactive_and_says_so(policy):
+    stale = MinuteForecast(NOW - np.timedelta64(30, "m"), flat_forecast([(0, 90.0)]).rps)
+    result = decide(policy, stale, view_with(3), load=40.0)
+    assert result.mode == "reactive" and "forecast is 30 min old" in result.reason
+    assert desired(result) == 4
+    missing = decide(policy, None, view_with(3), load=40.0)
+    assert missing.mode == "reactive" and "no forecast" in missing.reason
+
+
+def test_limits_bound_the_fleet_and_the_step(policy):
+    tight = policy.with_changes(limits={"max_nodes": 6, "max_step_per_cycle": 2, "min_nodes": 2})
+    result = decide(tight, flat_forecast([(0, 30.0), (5, 200.0)]), view_with(3), load=30.0)
+    assert desired(result) == 5 and "limit: 5" in result.reason  # +2 per cycle
+    result = decide(tight, flat_forecast([(0, 0.0)]), view_with(0), load=0.0)
+    assert desired(result) == 2  # min_nodes
+
+
+def test_known_events_raise_the_plan(policy):
+    evented = policy.with_changes(events=[{"name": "launch", "start": "2024-05-01T12:10:00",
+                                           "end": "2024-05-01T13:00:00", "multiplier": 3.0}])
+    mult = event_multipliers(evented, NOW, 20)
+    assert mult[:10].tolist() == [1.0] * 10 and mult[10:].tolist() == [3.0] * 10
+    need = plan_need(flat_forecast([(0, 20.0)]).rps, evented, 10.0, NOW)
+    assert need[0] == 2 and need[15] == 6
+
+
+def test_lead_times_are_learned_as_p95_of_measured_starts(policy):
+    memory = Memory()
+    memory.learn([("on_demand", float(m)) for m in range(1, 21)])  # 20 samples: 1..20 minutes
+    assert lead_time_min(policy, memory, "on_demand") == 20  # ceil(p95 = 19.05)
+    assert lead_time_min(policy, memory, "spot") == 16  # still the policy's guess: 10 + 2 x 3
+
+
+def test_blend_reserved_first_then_spot_share_with_buffer_then_on_demand():
+    policy = load_policy(ROOT / "configs" / "policy.yaml").with_changes(
+        spot={"max_share": 0.5, "preemption_rate_per_hour": 0.6})
+    split, notes = blend(10, 2, policy, view_with(), spot_lead_min=10)
+    # spot: floor(0.5 * 10) = 5, plus ceil(5 * 0.6 * 10/60) = 1 for preemption risk
+    assert split == {"reserved": 2, "spot": 6, "on_demand": 3}
+    assert spot_buffer(5, policy, 10) == 1 and "+1 spot for preemption risk" in notes[0]
+
+
+def test_blend_covers_unavailable_spot_with_on_demand_then_goes_back():
+    policy = load_policy(ROOT / "configs" / "policy.yaml").with_changes(
+        spot={"max_share": 0.5, "preemption_rate_per_hour": 0.0})
+    out = view_with(spot_available=False)
+    out.counts["spot"]["pending"] = 5
+    split, notes = blend(10, 0, policy, out, 10)
+    assert split == {"reserved": 0, "spot": 5, "on_demand": 10}  # 5 own + 5 standing in for spot
+    assert "5 spot not to be had or not ready yet: covered by on-demand" in notes
+    # Spot is back and booting: the cover is held until the spot nodes are ready...
+    back = view_with(on_demand_ready=10)
+    back.counts["spot"]["booting"] = 5
+    assert blend(10, 0, policy, back, 10)[0]["on_demand"] == 10
+    # ...and released once they are.
+    ready = view_with(on_demand_ready=10, spot_ready=5)
+    assert blend(10, 0, policy, ready, 10)[0]["on_demand"] == 5

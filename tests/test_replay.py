@@ -1,0 +1,157 @@
+"""Replay on a real trace, and the controller under faults: each test asserts what SLA and cost did."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.policy import load_policy
+from controller.replay import ForecastFeed, load_trace, rps_per_node_for, simulate
+from controller.simulator import Faults
+from controller.store import Store
+from tests.conftest import trace_path
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_DAYS = 11
+
+
+@pytest.fixture(scope="module")
+def setup():
+    trace = load_trace(trace_path("servegen_llm_m_small.csv"))
+    policy = load_policy(ROOT / "configs" / "policy.yaml").with_changes(reserved={"count": 3})
+    start = TRAIN_DAYS * 1440
+    window = (start, len(trace.arrivals))
+    feed = ForecastFeed(trace, policy, start, window[1] - 1, progress=False)
+    return trace, policy, window, feed, rps_per_node_for(policy, trace)
+
+
+def run(setup, strategy="predictive", knob=0.3, faults=None, feed="default", trace=None, policy=None):
+    tr, pol, window, default_feed, rps = setup
+    return simulate(trace or tr, policy or pol, strategy, knob, window, rps, 3,
+                    default_feed if feed == "default" else feed, seed=0, faults=faults, record=True)
+
+
+@pytest.fixture(scope="module")
+def baseline(setup):
+    return run(setup)
+
+
+def test_predictive_meets_the_sla_cheaper_than_reactive(setup, baseline):
+    reactive = run(setup, "reactive", 0.6)
+    assert baseline.sla >= 0.998
+    assert baseline.cost_usd < 0.75 * reactive.cost_usd
+    assert baseline.cost_by_class["spot"] > 0 and baseline.cost_by_class["reserved"] > 0
+
+
+def test_oracle_is_the_floor(setup, baseline):
+    tr, pol, window, _, _ = setup
+    from controller.replay import OracleFeed
+
+    oracle = run(setup, "oracle", 0.0, feed=OracleFeed(tr, pol.planning.horizon_min))
+    assert oracle.sla >= 0.9995
+    assert oracle.cost_usd <= baseline.cost_usd
+
+
+def test_spot_preemption_wave(setup, baseline):
+    # Every spot node preempted at once, twice.
+    hit = run(setup, faults=Faults(preemption_wave=((600, 1.0), (2000, 1.0))))
+    assert hit.preemptions >= baseline.preemptions + 5
+    assert hit.sla >= 0.995  # replacements and the safety net recover within a lead time
+    assert hit.cost_usd < 1.1 * baseline.cost_usd
+
+
+def test_spot_unavailable_for_hours_is_covered_by_on_demand(setup):
+    steady = setup[1].with_changes(spot={"availability": 1.0, "preemption_rate_per_hour": 0.0})
+    calm = run(setup, policy=steady)
+    hit = run(setup, policy=steady, faults=Faults(spot_unavailable=((300, 300 + 6 * 60),)))
+    assert hit.sla >= min(0.997, calm.sla - 0.002)
+    assert hit.cost_by_class["on_demand"] > calm.cost_by_class["on_demand"] * 1.1
+    assert hit.cost_by_class["spot"] < calm.cost_by_class["spot"]
+    assert hit.cost_usd > calm.cost_usd  # on-demand stands in at its higher price
+    reasons = [d["reason"] for d in hit.decisions if d["cls"] == "on_demand"]
+    assert any("covered by on-demand" in r for r in reasons)
+
+
+def test_lead_times_twice_the_policy(setup, baseline):
+    hit = run(setup, faults=Faults(lead_time_factor=2.0))
+    assert hit.sla >= 0.995
+    # The controller learns the real lead times and plans with their p95.
+    assert any("lead 3" in d["reason"] or "lead 2" in d["reason"] for d in hit.decisions[-50:])
+
+
+def test_burst_five_times_the_forecast(setup, baseline):
+    tr = setup[0]
+    burst = type(tr)(tr.name, tr.history, tr.times, tr.arrivals.copy(), None)
+    at = setup[2][0] + 1500
+    burst.arrivals[at:at + 60] *= 5
+    hit = run(setup, trace=burst)
+    tl = hit.timeline
+    i = at - setup[2][0]
+    need = np.nanmax(burst.arrivals[at:at + 60]) / 60 / setup[4]
+    # The safety net starts what the burst needs at once: capacity covers it one lead time later.
+    assert tl["ready"][i + 20:i + 60].min() >= need
+    assert tl["busy"][i + 20:i + 60].sum() == 0
+    assert any(d["reason"].startswith("safety net") for d in hit.decisions if i <= d["minute"] <= i + 3)
+    assert hit.sla < baseline.sla  # the first minutes of a burst nobody forecast are lost
+
+
+class FailingFeed:
+    def at(self, minute):
+        raise RuntimeError("model file corrupt")
+
+
+def test_forecaster_failing_falls_back_to_reactive(setup, baseline):
+    hit = run(setup, feed=FailingFeed())
+    assert hit.sla >= 0.99
+    assert all("reactive (no forecast)" in d["reason"] or d["reason"].startswith(("safety net", "hold", "scale down"))
+               for d in hit.decisions)
+    assert hit.sla <= baseline.sla + 1e-9
+
+
+def test_gap_in_the_trace_is_not_zero_demand(setup):
+    """During a collection gap nothing is scored and the fleet is not scaled to zero."""
+    tr, pol, window, feed, rps = setup
+    gap = np.flatnonzero(np.isnan(tr.arrivals[window[0]:]))
+    assert gap.size  # servegen m-small has collection gaps in the replayed days
+    hit = run(setup)
+    during = hit.timeline["ready"][gap]
+    assert during.min() >= 3  # the forecast, not a zero, carries the plan through the gap
+
+
+def test_replay_cli_json_and_store(tmp_path):
+    db = tmp_path / "store.db"
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "replay", "--trace", str(trace_path("servegen_llm_m_small.csv")),
+                          "--policy", str(ROOT / "configs" / "policy.yaml"), "--train-days", "12", "--no-sweep",
+                          "--strategies", "predictive,reactive,static,oracle", "--store", f"sqlite:///{db}", "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["minutes"] == 2 * 1440 and set(doc["strategies"]) == {"predictive", "reactive", "static", "oracle"}
+    for r in doc["strategies"].values():
+        assert {"cost_usd", "cost_by_class", "sla_compliance", "busy_share", "late_share", "node_hours",
+                "cold_starts", "preemptions", "minutes_short"} <= set(r)
+    assert set(doc["cost_at_sla"]["reactive"]) == {"0.99", "0.995", "0.999"}
+    with Store(str(db), readonly=True) as st:
+        runs = st.runs()
+        assert len(runs) == 1 and runs[0]["strategy"] == "predictive"
+        timeline = st.timeline(runs[0]["id"])
+        assert len(timeline) == 2 * 1440
+        assert abs(timeline["in_time"].sum() / np.nansum(timeline["load_rps"] * 60)
+                   - doc["strategies"]["predictive"]["sla_compliance"]) < 1e-3
+        assert len(st.decisions(runs[0]["id"])) > 10
+
+
+def test_replay_cli_bad_input_exits_2(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("service: x\nplanning: {quantile: q75}\n")
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "replay", "--policy", str(bad)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "planning.quantile" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "replay", "--strategies", "hpa"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "unknown strategy hpa" in out.stderr
