@@ -65,9 +65,10 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
 
     age = None if forecast is None else (obs.now - forecast.start) / MINUTE
     usable = forecast is not None and 0 <= age <= policy.planning.max_forecast_age_min and \
-        len(forecast.rps) > age + lead
+        len(forecast.rps) > age + 1
     if usable:
         offset = int(age)
+        lead = min(lead, len(forecast.rps) - offset - 1)  # plan as far as the forecast reaches
         need = plan_need(forecast.rps[offset:], policy, rps_per_node, obs.now, headroom)
         up = prewarm_target(need, lead)
         keep = keep_target(need, lead, policy.planning.keep_min)
@@ -78,8 +79,8 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
     else:
         mode = "reactive"
         why = "no forecast" if forecast is None else (
-            f"forecast is {age:.0f} min old" if age is not None and age > policy.planning.max_forecast_age_min
-            else "forecast too short")
+            f"forecast is {age:.0f} min old" if age > policy.planning.max_forecast_age_min
+            else "forecast from the future" if age < 0 else "forecast too short")
         load = obs.load_rps if obs.load_rps is not None else 0.0
         need_now = int(nodes_needed(np.array([load]), rps_per_node, headroom)[0])
         up = keep = need_now if obs.load_rps is not None else current

@@ -125,7 +125,9 @@ class SimulatedCluster:
             if n.state in ("booting", "warming"):
                 if m >= n.ready_at:
                     n.state = "ready"
-                    self._lead_samples.append((n.cls, float(n.ready_at - n.requested)))
+                    # Lead time runs from when capacity was had (the boot began), not from the request:
+                    # waiting for spot capacity says nothing about how long a node takes to be ready.
+                    self._lead_samples.append((n.cls, float(n.ready_at - n.started)))
                 elif n.state == "booting" and m >= n.ready_at - WARMUP_SHARE * (n.ready_at - n.started):
                     n.state = "warming"
             if n.state == "draining" and m >= n.gone_at:

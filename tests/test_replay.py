@@ -68,8 +68,11 @@ def test_spot_preemption_wave(setup, baseline):
 def test_spot_unavailable_for_hours_is_covered_by_on_demand(setup):
     steady = setup[1].with_changes(spot={"availability": 1.0, "preemption_rate_per_hour": 0.0})
     calm = run(setup, policy=steady)
-    hit = run(setup, policy=steady, faults=Faults(spot_unavailable=((300, 300 + 6 * 60),)))
-    assert hit.sla >= min(0.997, calm.sla - 0.002)
+    # Spot is reclaimed (every node preempted) and none can be had for six hours.
+    hit = run(setup, policy=steady, faults=Faults(preemption_wave=((300, 1.0),), spot_unavailable=((301, 660),)))
+    assert hit.timeline["ready_spot"][330:650].max() == 0
+    assert hit.timeline["ready_on_demand"][330:650].min() > calm.timeline["ready_on_demand"][330:650].min()
+    assert hit.sla >= calm.sla - 0.005  # the lost spot capacity is back within a lead time
     assert hit.cost_by_class["on_demand"] > calm.cost_by_class["on_demand"] * 1.1
     assert hit.cost_by_class["spot"] < calm.cost_by_class["spot"]
     assert hit.cost_usd > calm.cost_usd  # on-demand stands in at its higher price
