@@ -24,18 +24,19 @@ system-deps:
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends prometheus; \
 	fi
 
-# The main job on the embedded default: the sample trace in data/.
+# The main job on the embedded default: replay the sample trace in data/ through the controller on the
+# simulated cluster, against reactive, static and oracle strategies; the timeline goes to a store.
 demo: setup
 	@mkdir -p $(OUT)
-	$(VENV)/bin/peakpilot backtest --json > $(OUT)/backtest.json
-	$(VENV)/bin/peakpilot backtest
+	$(VENV)/bin/peakpilot replay --store sqlite:///$(OUT)/peakpilot.db
 	$(VENV)/bin/peakpilot forecast --horizon 30
 
 test: setup system-deps
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) bench/forecast_targets.py
+	$(PY) bench/forecast_targets.py > bench/forecast_targets.json
+	$(PY) bench/replay_targets.py > bench/replay_targets.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

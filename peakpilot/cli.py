@@ -261,6 +261,97 @@ def recommend_reserved_cmd(
                f"${result['cost_usd_without']:,.0f} without")
 
 
+@app.command()
+def serve(
+    model: str = typer.Option("builtin", "--model", help="builtin[:tiny|small|medium], a TorchScript file, "
+                                                          "or module:factory returning (nn.Module, tokenizer)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most requests in one batch."),
+    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", min=0, help="Longest wait to fill a batch."),
+    max_queue: int = typer.Option(64, "--max-queue", min=0, help="Waiting requests before answering 429 busy."),
+    drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="Deadline for in-flight work on SIGTERM."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantization of Linear "
+                                                                    "layers (CPU)."),
+    no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip warm-up (for measuring a cold start)."),
+) -> None:
+    """Serve a PyTorch model: OpenAI-compatible /v1/completions, /health, /ready, /metrics."""
+    from inference_node.server import NodeConfig
+    from inference_node.server import serve as run_server
+
+    logging.getLogger().setLevel(logging.INFO)
+    run_server(NodeConfig(model=model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                          drain_seconds=drain_seconds, warmup=not no_warmup, quantize=quantize), host, port)
+
+
+@app.command()
+def profile(
+    url: str = typer.Option(..., "--url", help="Base URL of a ready node."),
+    slo_ms: float = typer.Option(..., "--slo-ms", help="Latency target for p99, milliseconds."),
+    seconds: float = typer.Option(5.0, "--seconds", help="Seconds of load per measured rate."),
+    max_tokens: int = typer.Option(16, "--max-tokens"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Measure the requests/s a node sustains within a latency SLO; print it in the policy's form."""
+    import asyncio
+
+    from inference_node.loadgen import BODY
+    from inference_node.loadgen import profile as run_profile
+
+    def show(step: dict) -> None:
+        typer.echo(f"  {step['rps']:>8.2f} req/s  p99 {step['p99_ms']} ms  busy {step['busy']}"
+                   f"  {'ok' if step['within_slo'] else 'over'}", err=True)
+
+    try:
+        result = asyncio.run(run_profile(url, slo_ms, seconds, body=dict(BODY, max_tokens=max_tokens), progress=show))
+    except Exception as exc:
+        fail(f"{url}: {exc}")
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    start = result["start_seconds"]
+    typer.echo("capacity:")
+    typer.echo(f"  rps_per_node: {result['rps_per_node']}   # p99 within {slo_ms:g} ms "
+               f"({result['model']}, max_tokens {max_tokens}), measured by peakpilot profile")
+    if start:
+        typer.echo(f"# node start: model load {start.get('model_load', 0):.1f} s, warm-up {start.get('warmup', 0):.1f} s, "
+                   f"process start to ready {start.get('total', 0):.1f} s (add boot and image pull for lead_time)")
+
+
+@app.command()
+def loadgen(
+    trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="CSV trace whose arrivals to replay."),
+    url: str = typer.Option(..., "--url", help="Base URL of the node (or load balancer)."),
+    speedup: float = typer.Option(1.0, "--speedup", help="Compress time by this factor."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
+    rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply the trace's counts (e.g. 0.001)."),
+    start: Optional[str] = typer.Option(None, "--start", help="Start at this timestamp of the trace."),
+    max_tokens: int = typer.Option(16, "--max-tokens"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Replay a trace's arrivals open-loop over HTTP; report outcomes and latency percentiles."""
+    import asyncio
+
+    from inference_node.loadgen import BODY, run_open_loop, schedule_from_counts
+
+    history = load_history(trace, None, None, 0, None)
+    counts = history.counts
+    if start:
+        counts = counts[counts.index >= start]
+    times = schedule_from_counts(counts.to_numpy(), history.step.total_seconds(), speedup, rate_scale, duration)
+    if len(times) == 0:
+        fail("nothing to send: the slice is empty (check --start, --duration, --rate-scale)")
+    typer.echo(f"sending {len(times)} requests over {times[-1]:.0f} s", err=True)
+    result = asyncio.run(run_open_loop(url, times, dict(BODY, max_tokens=max_tokens))).summary()
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    o, lat = result["outcomes"], result["latency_ms"]
+    typer.echo(f"sent {result['sent']} in {result['seconds']} s ({result['rate_rps']} req/s): "
+               f"ok {o['ok']}, busy {o['busy']}, error {o['error']}")
+    typer.echo(f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
+
+
 def main() -> None:
     app()
 

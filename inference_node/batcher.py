@@ -1,0 +1,113 @@
+"""Dynamic batching with a bounded queue: requests wait at most ``max_wait_ms`` to be batched, at most
+``max_batch`` run together, and past ``max_queue`` waiting a request is refused at once (busy) rather
+than left to time out. One worker thread runs the batches, so the event loop keeps answering
+``/health``, ``/metrics`` and busy refusals while the model works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from inference_node.model import LoadedModel, generate
+
+
+class QueueFull(Exception):
+    def __init__(self, waiting: int):
+        super().__init__(f"server busy: {waiting} requests already waiting")
+        self.waiting = waiting
+
+
+@dataclass
+class Job:
+    prompt: list[int]
+    max_tokens: int
+    temperature: float
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(self, model: LoadedModel, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 64,
+                 metrics=None):
+        self.model = model
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.in_flight = 0
+        self.batches = 0
+        self._task: asyncio.Task | None = None
+        self._seed = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    @property
+    def waiting(self) -> int:
+        return self.queue.qsize()
+
+    @property
+    def idle(self) -> bool:
+        return self.queue.empty() and self.in_flight == 0
+
+    async def submit(self, prompt: list[int], max_tokens: int, temperature: float) -> list[int]:
+        if self.queue.qsize() >= self.max_queue:
+            raise QueueFull(self.queue.qsize())
+        job = Job(prompt, max_tokens, temperature, asyncio.get_running_loop().create_future())
+        self.in_flight += 1
+        self.queue.put_nowait(job)
+        self._gauge()
+        try:
+            return await job.future
+        finally:
+            self.in_flight -= 1
+
+    def _gauge(self) -> None:
+        if self.metrics:
+            self.metrics.queue_depth.set(self.queue.qsize())
+
+    async def _run(self) -> None:
+        while True:
+            first = await self.queue.get()
+            batch = [first]
+            deadline = time.perf_counter() + self.max_wait
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            self._gauge()
+            await self._execute(batch)
+
+    async def _execute(self, batch: list[Job]) -> None:
+        self._seed += 1
+        started = time.perf_counter()
+        try:
+            outputs = await asyncio.to_thread(generate, self.model, [j.prompt for j in batch],
+                                              [j.max_tokens for j in batch], [j.temperature for j in batch],
+                                              self._seed)
+        except Exception as exc:  # a failing batch answers its requests with an error, the server lives on
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        elapsed = time.perf_counter() - started
+        self.batches += 1
+        tokens = sum(len(o) for o in outputs)
+        if self.metrics:
+            self.metrics.batch_size.observe(len(batch))
+            self.metrics.tokens.inc(tokens)
+            self.metrics.tokens_per_second.set(tokens / elapsed if elapsed > 0 else 0.0)
+        for job, out in zip(batch, outputs):
+            if not job.future.done():
+                job.future.set_result(out)

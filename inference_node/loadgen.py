@@ -1,0 +1,141 @@
+"""Open-loop load: replay a trace's arrivals over HTTP, and profile a node's capacity within an SLO.
+
+Open loop means requests are sent at their scheduled times whatever the server does, as real users
+do; a closed loop (wait for an answer before the next request) would hide overload. Arrivals within
+an interval of the trace are spread evenly; ``speedup`` compresses time and ``rate_scale`` thins or
+thickens the counts, so a trace of millions of requests per 10 minutes can drive one node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+BODY = {"prompt": "Tell me about GPUs.", "max_tokens": 16, "temperature": 0.0}
+
+
+@dataclass
+class LoadResult:
+    sent: int = 0
+    outcomes: dict[str, int] = field(default_factory=lambda: {"ok": 0, "busy": 0, "error": 0})
+    latencies_ok: list[float] = field(default_factory=list)
+    latencies_busy: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    late_sends: int = 0
+
+    def summary(self) -> dict:
+        def pct(values, q):
+            return round(float(np.percentile(values, q)) * 1000, 2) if values else None
+
+        return {"sent": self.sent, "seconds": round(self.seconds, 2),
+                "rate_rps": round(self.sent / self.seconds, 2) if self.seconds else 0.0,
+                "outcomes": dict(self.outcomes),
+                "latency_ms": {"p50": pct(self.latencies_ok, 50), "p90": pct(self.latencies_ok, 90),
+                               "p99": pct(self.latencies_ok, 99), "max": pct(self.latencies_ok, 100)},
+                "busy_latency_ms": {"p99": pct(self.latencies_busy, 99), "max": pct(self.latencies_busy, 100)},
+                "late_sends": self.late_sends}
+
+
+def schedule_from_counts(counts: np.ndarray, step_s: float, speedup: float = 1.0, rate_scale: float = 1.0,
+                         duration_s: float | None = None) -> np.ndarray:
+    """Send times (seconds from start) for per-interval counts, spread evenly in each interval."""
+    times = []
+    carry = 0.0
+    for i, c in enumerate(np.nan_to_num(counts)):
+        carry += c * rate_scale
+        n = int(carry)
+        carry -= n
+        if n:
+            times.append((i + (np.arange(n) + 0.5) / n) * step_s / speedup)
+    out = np.concatenate(times) if times else np.zeros(0)
+    return out[out < duration_s] if duration_s is not None else out
+
+
+async def run_open_loop(url: str, send_times: np.ndarray, body: dict | None = None, timeout_s: float = 30.0,
+                        max_in_flight: int = 4096) -> LoadResult:
+    result = LoadResult()
+    body = body or BODY
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=256)
+    sem = asyncio.Semaphore(max_in_flight)
+
+    async def one(client: httpx.AsyncClient) -> None:
+        started = time.perf_counter()
+        try:
+            r = await client.post("/v1/completions", json=body)
+            elapsed = time.perf_counter() - started
+            if r.status_code == 200:
+                result.outcomes["ok"] += 1
+                result.latencies_ok.append(elapsed)
+            elif r.status_code in (429, 503):
+                result.outcomes["busy"] += 1
+                result.latencies_busy.append(elapsed)
+            else:
+                result.outcomes["error"] += 1
+        except httpx.HTTPError:
+            result.outcomes["error"] += 1
+        finally:
+            sem.release()
+
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s, limits=limits) as client:
+        tasks = []
+        start = time.perf_counter()
+        for t in send_times:
+            delay = start + t - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.05:
+                result.late_sends += 1
+            await sem.acquire()
+            tasks.append(asyncio.create_task(one(client)))
+            result.sent += 1
+        await asyncio.gather(*tasks)
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def constant_rate(rate: float, seconds: float) -> np.ndarray:
+    n = int(rate * seconds)
+    return (np.arange(n) + 0.5) / rate
+
+
+async def profile(url: str, slo_ms: float, seconds_per_step: float = 5.0, start_rps: float = 2.0,
+                  max_rps: float = 2000.0, body: dict | None = None, progress=None) -> dict:
+    """Highest request rate whose p99 stays within the SLO with no busy answers.
+
+    Doubles the rate until the SLO breaks, then bisects between the last good and the first bad
+    rate (4 steps)."""
+    steps = []
+
+    async def ok_at(rate: float) -> bool:
+        res = (await run_open_loop(url, constant_rate(rate, seconds_per_step), body)).summary()
+        good = res["outcomes"]["busy"] == 0 and res["outcomes"]["error"] == 0 and \
+            res["latency_ms"]["p99"] is not None and res["latency_ms"]["p99"] <= slo_ms
+        steps.append({"rps": round(rate, 2), "p99_ms": res["latency_ms"]["p99"], "busy": res["outcomes"]["busy"],
+                      "within_slo": good})
+        if progress:
+            progress(steps[-1])
+        return good
+
+    good, bad = 0.0, None
+    rate = start_rps
+    while rate <= max_rps:
+        if await ok_at(rate):
+            good, rate = rate, rate * 2
+        else:
+            bad = rate
+            break
+    if bad is not None and good:
+        for _ in range(4):
+            mid = (good + bad) / 2
+            if await ok_at(mid):
+                good = mid
+            else:
+                bad = mid
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=10) as client:
+        ready = (await client.get("/ready")).json()
+    return {"rps_per_node": round(good, 2), "slo_ms": slo_ms, "steps": steps,
+            "start_seconds": ready.get("start_seconds", {}), "model": ready.get("model")}

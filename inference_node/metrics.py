@@ -1,0 +1,28 @@
+"""The node's Prometheus metrics. ``peakpilot_requests_total`` (every request, by outcome) is the
+request history the forecaster reads back: ``sum(rate(peakpilot_requests_total[1m]))``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class NodeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("peakpilot_requests", "Completion requests by outcome", ["outcome"], registry=r)
+        self.latency = Histogram("peakpilot_request_latency_seconds", "Latency of served completions",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("peakpilot_queue_depth", "Requests waiting for a batch", registry=r)
+        self.batch_size = Histogram("peakpilot_batch_size", "Requests per batch",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.tokens = Counter("peakpilot_generated_tokens", "Generated tokens", registry=r)
+        self.tokens_per_second = Gauge("peakpilot_tokens_per_second", "Tokens per second of the last batch",
+                                       registry=r)
+        self.warm = Gauge("peakpilot_warm", "1 once the model is loaded and warmed up", registry=r)
+        self.ready = Gauge("peakpilot_ready", "1 while the node takes work", registry=r)
+        self.start_seconds = Gauge("peakpilot_start_seconds", "Seconds each start phase took", ["phase"], registry=r)
+        for outcome in ("ok", "busy", "error", "bad_request", "draining"):
+            self.requests.labels(outcome)

@@ -1,0 +1,275 @@
+"""The inference node: an OpenAI-compatible completions server that is ready only when warm, batches
+dynamically, answers "busy" at once when full, and drains on SIGTERM.
+
+Endpoints: ``POST /v1/completions``, ``GET /health`` (alive), ``GET /ready`` (200 only once loaded and
+warmed, 503 while starting or draining; its body says how long each start phase took, so lead times
+are measured rather than guessed), ``GET /metrics`` (Prometheus), ``GET /v1/models``.
+
+Start-up: the HTTP server listens at once (``/health`` answers), loads the model, runs warm-up
+passes over the batch sizes and lengths the batcher will use, then turns ready. SIGTERM (how a
+preempted spot node is told): ``/ready`` turns 503, new work is refused with 503, requests in flight
+finish within ``drain_seconds``, and the process exits 0. A second SIGTERM exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from inference_node.batcher import Batcher, QueueFull
+from inference_node.metrics import NodeMetrics
+from inference_node.model import LoadedModel, generate, load_model
+
+log = logging.getLogger("peakpilot.node")
+
+
+def _process_start() -> float:
+    """When this process started (Linux: from /proc), so "total" covers interpreter and import time."""
+    try:
+        import os
+
+        ticks = int(open(f"/proc/{os.getpid()}/stat").read().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration, IndexError):
+        return time.time()
+
+
+PROCESS_START = _process_start()
+
+
+@dataclass
+class NodeConfig:
+    model: str = "builtin"
+    max_batch: int = 16
+    max_wait_ms: float = 10.0
+    max_queue: int = 64
+    max_prompt_tokens: int = 512
+    max_tokens_limit: int = 256
+    drain_seconds: float = 30.0
+    warmup: bool = True
+    quantize: str | None = None
+    seed: int = 0
+
+
+def error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": kind}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class Node:
+    """State of one node: starting -> ready -> draining."""
+
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.metrics = NodeMetrics()
+        self.state = "starting"
+        self.model: LoadedModel | None = None
+        self.batcher: Batcher | None = None
+        self.timings: dict[str, float] = {}
+        self.error: str | None = None
+
+    # -- start-up --------------------------------------------------------------------------------
+    def load_and_warm(self) -> None:
+        try:
+            started = time.perf_counter()
+            self.model = load_model(self.config.model, seed=self.config.seed, quantize=self.config.quantize)
+            self.timings["model_load"] = time.perf_counter() - started
+            warm_started = time.perf_counter()
+            if self.config.warmup:
+                self.warm_up()
+            self.timings["warmup"] = time.perf_counter() - warm_started
+            self.timings["total"] = time.time() - PROCESS_START
+            for phase, seconds in self.timings.items():
+                self.metrics.start_seconds.labels(phase).set(seconds)
+            self.metrics.warm.set(1)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.state = "failed"
+            log.error("model failed to load: %s", self.error)
+
+    def warm_up(self) -> None:
+        """Representative passes: the batch sizes and lengths the batcher will run, twice over."""
+        sizes = sorted({1, max(1, self.config.max_batch // 2), self.config.max_batch})
+        for _ in range(2):
+            for b in sizes:
+                for length in (8, 64):
+                    generate(self.model, [[65] * length] * b, [8] * b, [0.0] * b)
+
+    async def become_ready(self) -> None:
+        await asyncio.to_thread(self.load_and_warm)
+        if self.state == "failed":
+            return
+        self.batcher = Batcher(self.model, self.config.max_batch, self.config.max_wait_ms, self.config.max_queue,
+                               self.metrics)
+        self.batcher.start()
+        if self.state == "starting":
+            self.state = "ready"
+            self.metrics.ready.set(1)
+            log.info("ready after %.2f s (load %.2f s, warm-up %.2f s)", self.timings["total"],
+                     self.timings["model_load"], self.timings["warmup"])
+
+    # -- drain -----------------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        self.state = "draining"
+        self.metrics.ready.set(0)
+
+    async def drained(self) -> None:
+        deadline = time.perf_counter() + self.config.drain_seconds
+        while self.batcher and not self.batcher.idle and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+
+
+def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> tuple[list[str], int, float, bool] | JSONResponse:
+    try:
+        data = json.loads(body or b"")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return error(400, f"malformed JSON body: {exc}", "invalid_request_error")
+    if not isinstance(data, dict):
+        return error(400, "the body must be a JSON object", "invalid_request_error")
+    prompt = data.get("prompt")
+    if prompt is None:
+        return error(400, "missing field 'prompt'", "invalid_request_error", "prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        return error(400, "'prompt' must be a string or a non-empty list of strings", "invalid_request_error", "prompt")
+    for p in prompts:
+        if len(tokenizer.encode(p)) > config.max_prompt_tokens:
+            return error(400, f"'prompt' is longer than {config.max_prompt_tokens} tokens", "invalid_request_error",
+                         "prompt")
+    max_tokens = data.get("max_tokens", 16)
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        return error(400, "'max_tokens' must be a positive integer", "invalid_request_error", "max_tokens")
+    if max_tokens > config.max_tokens_limit:
+        return error(400, f"'max_tokens' is over the limit of {config.max_tokens_limit}", "invalid_request_error",
+                     "max_tokens")
+    temperature = data.get("temperature", 1.0)
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
+        return error(400, "'temperature' must be a number between 0 and 2", "invalid_request_error", "temperature")
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        return error(400, "'stream' must be true or false", "invalid_request_error", "stream")
+    return prompts, max_tokens, float(temperature), stream
+
+
+def create_app(config: NodeConfig) -> FastAPI:
+    node = Node(config)
+    app = FastAPI(title="peakpilot inference node", docs_url=None, redoc_url=None)
+    app.state.node = node
+
+    @app.on_event("startup")
+    async def _start() -> None:
+        app.state.startup_task = asyncio.create_task(node.become_ready())
+
+    @app.get("/health")
+    async def health():
+        return {"status": "failed" if node.state == "failed" else "alive", "state": node.state, "error": node.error}
+
+    @app.get("/ready")
+    async def ready():
+        body = {"state": node.state, "model": node.model.name if node.model else None,
+                "start_seconds": {k: round(v, 4) for k, v in node.timings.items()}}
+        return JSONResponse(body, status_code=200 if node.state == "ready" else 503)
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(node.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models():
+        name = node.model.name if node.model else config.model
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "peakpilot"}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        m = node.metrics
+        if node.state != "ready":
+            m.requests.labels("draining" if node.state == "draining" else "busy").inc()
+            why = "draining: this node is shutting down" if node.state == "draining" else f"not ready ({node.state})"
+            return error(503, f"server unavailable: {why}; retry on another node", "unavailable",
+                         headers={"Retry-After": "1"})
+        parsed = parse_completion(await request.body(), config, node.model.tokenizer)
+        if isinstance(parsed, JSONResponse):
+            m.requests.labels("bad_request").inc()
+            return parsed
+        prompts, max_tokens, temperature, stream = parsed
+        started = time.perf_counter()
+        tok = node.model.tokenizer
+        try:
+            outs = await asyncio.gather(*(node.batcher.submit(tok.encode(p), max_tokens, temperature) for p in prompts))
+        except QueueFull as exc:
+            m.requests.labels("busy").inc()
+            return error(429, f"server busy: the queue is full ({exc.waiting} waiting); retry after 1 s",
+                         "server_busy", headers={"Retry-After": "1"})
+        except Exception as exc:
+            m.requests.labels("error").inc()
+            log.exception("generation failed")
+            return error(500, f"generation failed: {type(exc).__name__}", "server_error")
+        m.requests.labels("ok").inc()
+        m.latency.observe(time.perf_counter() - started)
+        choices = [{"text": tok.decode(o), "index": i, "logprobs": None,
+                    "finish_reason": "length" if len(o) >= max_tokens else "stop"} for i, o in enumerate(outs)]
+        prompt_tokens = sum(len(tok.encode(p)) for p in prompts)
+        completion_tokens = sum(len(o) for o in outs)
+        doc = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+               "model": node.model.name, "choices": choices,
+               "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                         "total_tokens": prompt_tokens + completion_tokens}}
+        if not stream:
+            return doc
+
+        async def events():
+            for choice in choices:
+                chunk = dict(doc, choices=[dict(choice, finish_reason=None)])
+                chunk.pop("usage")
+                yield f"data: {json.dumps(chunk)}\n\n"
+                yield f"data: {json.dumps(dict(doc, choices=[dict(choice, text='')]))}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with SIGTERM turned into a drain: not ready, finish what is in flight, then exit 0."""
+
+    def __init__(self, config: uvicorn.Config, node: Node):
+        super().__init__(config)
+        self.node = node
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self.node.state == "draining" or sig == signal.SIGINT and self.should_exit:
+            return super().handle_exit(sig, frame)
+        log.info("signal %s: draining (deadline %.0f s)", sig, self.node.config.drain_seconds)
+        self.node.begin_drain()
+        loop = self._loop
+
+        async def finish() -> None:
+            await self.node.drained()
+            self.should_exit = True
+
+        loop.call_soon_threadsafe(lambda: loop.create_task(finish()))
+
+    async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+
+def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    app = create_app(config)
+    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=int(config.drain_seconds)), app.state.node)
+    assert threading.current_thread() is threading.main_thread()
+    server.run()

@@ -1,0 +1,175 @@
+"""The inference node as clients and the controller see it: a real server process on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from forecaster.prometheus_source import PrometheusSource
+from inference_node.loadgen import run_open_loop, schedule_from_counts
+from tests.conftest import free_port, trace_path
+
+
+class NodeProcess:
+    def __init__(self, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "peakpilot.cli", "serve", "--port", str(self.port), *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.seen_not_ready = False
+
+    def wait_ready(self, timeout: float = 60) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                r = httpx.get(f"{self.url}/ready", timeout=1)
+                if r.status_code == 200:
+                    return r.json()
+                self.seen_not_ready = True
+                assert httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                pass
+            assert self.proc.poll() is None, self.proc.stdout.read()
+            time.sleep(0.02)
+        raise TimeoutError("node not ready")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def node_factory():
+    nodes = []
+
+    def make(*args):
+        node = NodeProcess(*args)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture
+def node(node_factory):
+    n = node_factory("--max-batch", "8", "--max-queue", "16")
+    n.wait_ready()
+    return n
+
+
+def test_openai_client_gets_a_completion(node):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{node.url}/v1", api_key="unused")
+    result = client.completions.create(model="peakpilot-builtin-tiny", prompt="Hello", max_tokens=6, temperature=0)
+    assert result.choices[0].finish_reason in ("length", "stop")
+    assert result.usage.prompt_tokens == 5 and result.usage.completion_tokens <= 6
+    stream = client.completions.create(model="x", prompt="Hi", max_tokens=4, stream=True, temperature=0)
+    chunks = list(stream)
+    assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+def test_ready_only_after_warm_up(node_factory):
+    n = node_factory("--model", "builtin:medium", "--max-batch", "16")
+    body = n.wait_ready()
+    assert n.seen_not_ready  # /ready said 503 (while /health said alive) before it said 200
+    assert body["state"] == "ready" and body["start_seconds"]["warmup"] > 0
+    assert body["start_seconds"]["total"] >= body["start_seconds"]["model_load"] + body["start_seconds"]["warmup"]
+    metrics = httpx.get(f"{n.url}/metrics").text
+    assert "peakpilot_warm 1.0" in metrics and 'peakpilot_start_seconds{phase="warmup"}' in metrics
+
+
+def test_overload_answers_429_busy_at_once(node):
+    async def flood():
+        async with httpx.AsyncClient(base_url=node.url, timeout=60) as client:
+            async def one():
+                started = time.perf_counter()
+                r = await client.post("/v1/completions", json={"prompt": "x" * 64, "max_tokens": 200})
+                return r, time.perf_counter() - started
+            return await asyncio.gather(*(one() for _ in range(80)))
+
+    results = asyncio.run(flood())
+    codes = [r.status_code for r, _ in results]
+    assert set(codes) <= {200, 429} and codes.count(429) > 20 and codes.count(200) >= 16
+    busy = [(r, t) for r, t in results if r.status_code == 429]
+    r, _ = busy[0]
+    assert r.headers["Retry-After"] == "1"
+    assert r.json()["error"]["type"] == "server_busy" and "server busy" in r.json()["error"]["message"]
+    assert np.median([t for _, t in busy]) < 1.0  # refused at once, not after waiting in line
+    metrics = httpx.get(f"{node.url}/metrics").text
+    assert f'peakpilot_requests_total{{outcome="busy"}} {codes.count(429)}.0' in metrics
+
+
+def test_sigterm_finishes_requests_in_flight_and_exits_0(node):
+    async def scenario():
+        async with httpx.AsyncClient(base_url=node.url, timeout=60) as client:
+            inflight = [asyncio.create_task(client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 200}))
+                        for _ in range(8)]
+            await asyncio.sleep(0.3)
+            os.kill(node.proc.pid, signal.SIGTERM)
+            await asyncio.sleep(0.1)
+            ready = await client.get("/ready")
+            late = await client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2})
+            done = await asyncio.gather(*inflight)
+            return ready, late, done
+
+    ready, late, done = asyncio.run(scenario())
+    assert ready.status_code == 503 and ready.json()["state"] == "draining"
+    assert late.status_code == 503 and "draining" in late.json()["error"]["message"]
+    assert [r.status_code for r in done] == [200] * 8
+    assert node.proc.wait(30) == 0
+
+
+@pytest.mark.parametrize("body,field,message", [
+    ("{not json", None, "malformed JSON"),
+    ("[1, 2]", None, "must be a JSON object"),
+    ('{"max_tokens": 3}', "prompt", "missing field 'prompt'"),
+    ('{"prompt": 12}', "prompt", "'prompt' must be a string"),
+    ('{"prompt": "' + "x" * 600 + '"}', "prompt", "longer than 512 tokens"),
+    ('{"prompt": "a", "max_tokens": "5"}', "max_tokens", "positive integer"),
+    ('{"prompt": "a", "max_tokens": 0}', "max_tokens", "positive integer"),
+    ('{"prompt": "a", "max_tokens": 5000}', "max_tokens", "over the limit of 256"),
+    ('{"prompt": "a", "temperature": 9}', "temperature", "between 0 and 2"),
+    ('{"prompt": "a", "stream": "yes"}', "stream", "true or false"),
+])
+def test_bad_requests_get_400_naming_the_field(node, body, field, message):
+    r = httpx.post(f"{node.url}/v1/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == field and message in err["message"]
+
+
+def test_prometheus_scrapes_the_node_and_the_forecaster_reads_back_the_rate(node, prometheus_factory):
+    """loadgen replays a slice of a real trace; Prometheus scrapes the node; the forecaster's Prometheus
+    source reads back the request rate that was sent."""
+    server = prometheus_factory(scrape_targets=[f"127.0.0.1:{node.port}"]).start()
+    # Wait for the first scrape, so the counter's start is seen.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        r = httpx.get(f"{server.url}/api/v1/query", params={"query": "peakpilot_requests_total"}).json()
+        if r["data"]["result"]:
+            break
+        time.sleep(0.5)
+    counts = pd.read_csv(trace_path("azure_llm_conv_2023_1s.csv")).requests.to_numpy()[:20]
+    times = schedule_from_counts(counts, 1.0)  # 20 s of real per-second arrivals, ~5.5 req/s
+    started = pd.Timestamp.now(tz="UTC").floor("5s")
+    result = asyncio.run(run_open_loop(node.url, times))
+    assert result.outcomes["ok"] == result.sent == int(counts.sum())
+    time.sleep(8)  # two more scrapes and a full rate window
+    end = pd.Timestamp.now(tz="UTC").floor("5s")
+    history = PrometheusSource(server.url, step="5s").load(started - pd.Timedelta(seconds=10), end)
+    read_back = float(np.nansum(history.counts.to_numpy()))
+    assert abs(read_back - result.sent) <= 0.1 * result.sent, (read_back, result.sent)
