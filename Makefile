@@ -16,12 +16,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# Debian packages the tests use: a real Prometheus (with promtool for backfills).
+# Debian packages the tests use: a real Prometheus (with promtool for backfills) and a real browser.
 system-deps:
-	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then \
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v chromium >/dev/null; then \
 		echo "system packages present"; \
 	else \
-		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends prometheus; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends prometheus chromium; \
 	fi
 
 # The main job on the embedded default: replay the sample trace in data/ through the controller on the

@@ -26,12 +26,14 @@ from controller.policy import CLASSES, Policy
 from controller.service_model import ServiceModel
 from controller.simulator import Faults, SimulatedCluster
 from controller.state import MinuteForecast, Observation
+from controller.store import TIMELINE_COLUMNS as TIMELINE
 from controller.strategies import HPADecider, PredictiveDecider, StaticDecider
 from forecaster.csv_source import load_csv
 from forecaster.history import History
 from forecaster.models import fit_with_fallback
 
 STRATEGIES = ("predictive", "reactive", "reactive_spot", "static", "oracle")
+
 SLA_LEVELS = (0.99, 0.995, 0.999)
 MINUTE = pd.Timedelta(minutes=1)
 
@@ -149,6 +151,7 @@ class RunResult:
     preemptions: int
     timeline: dict | None = None
     decisions: list[dict] = field(default_factory=list)
+    hourly_cost: list[float] = field(default_factory=list)  # cumulative cost at the end of each hour
 
     @property
     def cost_usd(self) -> float:
@@ -191,9 +194,8 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
     service = ServiceModel(rps_per_node, policy.capacity.queue_seconds)
     start, end = window
     n = end - start
-    timeline = {k: np.zeros(n) for k in ("load_rps", "forecast_q50", "forecast_q90", "ready", "warming",
-                                         "draining", "ready_reserved", "ready_spot", "ready_on_demand",
-                                         "cost_per_hour", "in_time", "late", "busy")} if record else None
+    timeline = {k: np.zeros(n) for k in TIMELINE} if record else None
+    hourly_cost = []
     decisions: list[dict] = []
     last_desired: dict[str, int] = {}
     busy_share = 0.0
@@ -229,10 +231,14 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
                                       "current": d.current, "reason": d.reason})
                     last_desired[d.cls] = d.desired
             _record(timeline, i, cluster, trace, minute, forecast, in_time, late, busy)
+        if i % 60 == 59:
+            hourly_cost.append(cluster.cost_so_far())
     billed = cluster.finish()
     cost = {c: billed[c] / 60.0 * policy.price(c) for c in CLASSES}
-    return RunResult(strategy, knob, cost, service.totals.as_dict(), sum(billed.values()) / 60.0,
-                     cluster.cold_starts, cluster.preemptions, timeline, decisions)
+    result = RunResult(strategy, knob, cost, service.totals.as_dict(), sum(billed.values()) / 60.0,
+                       cluster.cold_starts, cluster.preemptions, timeline, decisions)
+    result.hourly_cost = hourly_cost + [result.cost_usd]
+    return result
 
 
 def _initial_nodes(policy: Policy, strategy: str, load_rps: float, rps_per_node: float, reserved: int):
@@ -273,7 +279,10 @@ def _record(timeline, i, cluster, trace, minute, forecast, in_time, late, busy) 
     for c in CLASSES:
         timeline[f"ready_{c}"][i] = counts[c]
     timeline["warming"][i], timeline["draining"][i] = warming, draining
-    timeline["cost_per_hour"][i] = cluster.running_cost_per_hour()
+    by_class = cluster.running_cost_by_class()
+    timeline["cost_per_hour"][i] = sum(by_class.values())
+    for c in CLASSES:
+        timeline[f"cost_{c}"][i] = by_class[c]
     timeline["in_time"][i], timeline["late"][i], timeline["busy"][i] = in_time, late, busy
 
 
@@ -285,8 +294,10 @@ def frontier_cost_at(points: list[dict], level: float) -> float | None:
 
 def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int | None = None, sweep: bool = True,
            train_days: float | None = None, seed: int = 0, progress: bool = True, faults: Faults | None = None,
-           policy_name: str = "") -> tuple[dict, dict[str, RunResult]]:
-    """Replay every strategy; returns the JSON document and the runs at the policy's own settings."""
+           policy_name: str = "", on_progress=None) -> tuple[dict, dict[str, RunResult]]:
+    """Replay every strategy; returns the JSON document and the runs at the policy's own settings.
+
+    ``on_progress(share_done, what)`` is called as the work goes on (the dashboard's progress bar)."""
     from controller.reserved import recommend_reserved
 
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -307,6 +318,8 @@ def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int 
     else:
         reserved = policy.reserved.count
 
+    if on_progress:
+        on_progress(0.0, "training the forecaster")
     feed = ForecastFeed(trace, policy, start, total_min - 1, seed, progress) if "predictive" in strategies else None
     oracle = OracleFeed(trace, policy.planning.horizon_min) if "oracle" in strategies else None
     need = np.nan_to_num(trace.arrivals[start:]) / 60.0 / rps_per_node
@@ -314,15 +327,21 @@ def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int 
     peak = int(math.ceil(np.max(need)))
     knobs["static"] = sorted({max(1, int(round(peak * f))) for f in (0.6, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)})
     runs: list[tuple[str, float]] = []
+    # Without a sweep each strategy runs once: the policy's own headroom, or a usual setting for the
+    # baselines (HPA target utilization 0.6, a static fleet 10% above the replayed peak).
+    default = {"predictive": policy.planning.headroom, "oracle": policy.planning.headroom, "reactive": 0.6,
+               "reactive_spot": 0.6, "static": max(1, int(math.ceil(peak * 1.1)))}
     for s in strategies:
-        own = {"predictive": policy.planning.headroom, "oracle": policy.planning.headroom}.get(s)
-        values = knobs[s] if sweep or own is None else [own]
-        if own is not None and own not in values:
+        own = default[s]
+        values = knobs[s] if sweep else [own]
+        if s in ("predictive", "oracle") and own not in values:
             values = sorted([*values, own])
         runs += [(s, k) for k in values]
     results: dict[tuple[str, float], RunResult] = {}
     bar = tqdm(runs, desc="replay", unit="run", file=sys.stderr, disable=not progress)
-    for s, k in bar:
+    for done, (s, k) in enumerate(bar):
+        if on_progress:
+            on_progress(0.2 + 0.8 * done / len(runs), f"{s} at {k:g}")
         bar.set_postfix_str(f"{s} {k:g}")
         source = feed if s == "predictive" else oracle if s == "oracle" else None
         results[(s, k)] = simulate(trace, policy, s, k, window, rps_per_node, reserved, source, seed, faults,
@@ -338,6 +357,7 @@ def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int 
         else:
             reaching = [r for r in mine if r.sla >= target]
             chosen[s] = min(reaching, key=lambda r: r.cost_usd) if reaching else max(mine, key=lambda r: r.sla)
+    latest = feed.at(total_min - 1) if feed else None
     doc = {
         "trace": trace.name,
         "policy": policy_name,
@@ -351,5 +371,11 @@ def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int 
         "frontier": frontier,
         "cost_at_sla": {s: {str(level): frontier_cost_at(frontier[s], level) for level in SLA_LEVELS}
                         for s in strategies},
+        "slo": {"compliance_target": target, "latency_ms": policy.slo.latency_ms},
+        "prices": {c: policy.price(c) for c in CLASSES},
+        "hourly_cumulative_cost": {s: [round(x, 2) for x in chosen[s].hourly_cost] for s in strategies},
+        "latest_forecast": None if latest is None else {
+            "start": str(latest.start), "model": latest.model,
+            **{q: [round(float(v), 4) for v in latest.rps[:, k]] for k, q in enumerate(("q50", "q90", "q99"))}},
     }
     return doc, chosen

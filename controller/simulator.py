@@ -152,6 +152,17 @@ class SimulatedCluster:
         self.nodes = []
         return dict(self.billed_minutes)
 
-    def running_cost_per_hour(self) -> float:
-        return sum(self.policy.price(n.cls) for n in self.nodes if n.started >= 0)
+    def running_cost_by_class(self) -> dict[str, float]:
+        """What the nodes running now cost per hour, by class."""
+        out = dict.fromkeys(CLASSES, 0.0)
+        for n in self.nodes:
+            if n.started >= 0:
+                out[n.cls] += self.policy.price(n.cls)
+        return out
+
+    def cost_so_far(self) -> float:
+        """Cost billed so far plus what running nodes have used (not yet rounded to their granularity)."""
+        done = sum(self.billed_minutes[c] / 60.0 * self.policy.price(c) for c in CLASSES)
+        running = sum((self.minute - n.started) / 60.0 * self.policy.price(n.cls) for n in self.nodes if n.started >= 0)
+        return done + running
 

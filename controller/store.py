@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 TIMELINE_COLUMNS = ("load_rps", "forecast_q50", "forecast_q90", "ready", "warming", "draining", "ready_reserved",
-                    "ready_spot", "ready_on_demand", "cost_per_hour", "in_time", "late", "busy")
+                    "ready_spot", "ready_on_demand", "cost_per_hour", "cost_reserved", "cost_spot", "cost_on_demand",
+                    "in_time", "late", "busy")
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -96,6 +97,16 @@ class Store:
                                 [(run_id, d["minute"], d["time"], d["cls"], d["desired"], d["current"], d["reason"])
                                  for d in run.decisions])
         return run_id
+
+    def record_backtest(self, doc: dict) -> int:
+        with self.db:
+            cur = self.db.execute("INSERT INTO runs (created, kind, trace, policy, strategy, summary) VALUES (?,?,?,?,?,?)",
+                                  (time.time(), "backtest", doc.get("trace"), None, None, json.dumps(doc)))
+        return cur.lastrowid
+
+    def latest(self, kind: str) -> int | None:
+        row = self.db.execute("SELECT max(id) FROM runs WHERE kind = ?", (kind,)).fetchone()
+        return row[0] if row else None
 
     # -- reading ---------------------------------------------------------------------------------
     def runs(self) -> list[dict]:

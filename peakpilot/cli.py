@@ -124,6 +124,7 @@ def backtest(
     refit_hours: float = typer.Option(24, "--refit-hours", help="Refit every model this often."),
     step: Optional[str] = typer.Option(None, "--step", help="Aggregate the trace to this step first."),
     seed: int = typer.Option(0, "--seed"),
+    store: Optional[str] = typer.Option(None, "--store", help="Also record the result here, for the dashboard."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Rolling-origin backtest of every model at the operational horizon: which one to trust."""
@@ -138,6 +139,11 @@ def backtest(
         result = run_backtest(history, names, config)
     except (HistoryError, ValueError) as exc:
         fail(str(exc))
+    if store:
+        from controller.store import Store
+
+        with Store(store) as st:
+            st.record_backtest(result.as_dict())
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
         return
@@ -350,6 +356,25 @@ def loadgen(
     typer.echo(f"sent {result['sent']} in {result['seconds']} s ({result['rate_rps']} req/s): "
                f"ok {o['ok']}, busy {o['busy']}, error {o['error']}")
     typer.echo(f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
+
+
+@app.command()
+def dashboard(
+    store: str = typer.Option(str(Path(__file__).resolve().parent.parent / "runs" / "demo" / "peakpilot.db"),
+                              "--store", help="Store to show (sqlite:///path.db or a path); read-only."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8501, "--port"),
+) -> None:
+    """Open the Streamlit dashboard: forecast vs actual, capacity, cost, SLA, decisions, what-if."""
+    import os
+    import subprocess
+
+    app_path = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    env = dict(os.environ, PEAKPILOT_STORE=store)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", host, "--server.port",
+           str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    typer.echo(f"dashboard on http://{host}:{port} (store {store})", err=True)
+    raise typer.Exit(subprocess.call(cmd, env=env))
 
 
 def main() -> None:

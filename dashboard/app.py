@@ -1,0 +1,207 @@
+"""peakpilot dashboard: does the forecast follow reality, are nodes ready before the peaks, what did
+we pay against the alternatives, are we inside the SLA, and why did the controller do what it did.
+
+Run with ``peakpilot dashboard [--store URL]``; reads the store named by ``PEAKPILOT_STORE``. Read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from controller.policy import CLASSES  # noqa: E402
+from dashboard import data  # noqa: E402
+
+STORE = os.environ.get("PEAKPILOT_STORE", str(ROOT / "runs" / "demo" / "peakpilot.db"))
+COLORS = {"reserved": "#4c78a8", "spot": "#54a24b", "on_demand": "#e45756", "load": "#222222"}
+
+st.set_page_config(page_title="peakpilot", layout="wide")
+st.title("peakpilot")
+
+
+def store_version(path: str) -> float:
+    p = Path(path.removeprefix("sqlite:///"))
+    wal = p.with_name(p.name + "-wal")
+    return max((f.stat().st_mtime for f in (p, wal) if f.exists()), default=0.0)
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def cached_replay(path: str, run_id: int | None, version: float):
+    return data.load_replay(path, run_id)
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def cached_runs(path: str, version: float):
+    return data.list_runs(path)
+
+
+@st.cache_data(ttl=15, show_spinner=False)
+def cached_backtest(path: str, version: float):
+    return data.load_backtest(path)
+
+
+def empty_page(reason: str) -> None:
+    st.info(f"{reason}\n\nFill it with a demo replay:\n\n"
+            f"```\npeakpilot replay --store sqlite:///{STORE}\n```\n\nor run `make demo`, then refresh this page.")
+
+
+version = store_version(STORE)
+if not Path(STORE.removeprefix("sqlite:///")).exists():
+    empty_page(f"The store {STORE} does not exist yet.")
+    st.stop()
+runs = [r for r in cached_runs(STORE, version) if r["kind"] == "replay"]
+if not runs:
+    empty_page(f"The store {STORE} holds no replay or controller run yet.")
+    st.stop()
+
+with st.sidebar:
+    st.caption(f"store: {STORE}")
+    labels = {r["id"]: f"#{r['id']} {Path(r['trace'] or '').name}" for r in runs}
+    run_id = st.selectbox("run", list(labels)[::-1], format_func=labels.get, key="run")
+    if st.button("refresh", key="refresh"):
+        st.cache_data.clear()
+        st.rerun()
+
+view = cached_replay(STORE, run_id, version)
+summary, tl = view.summary, view.timeline
+tabs = st.tabs(["Overview", "Forecast", "Cost", "SLA", "Decisions", "What-if"])
+
+# -- Overview -----------------------------------------------------------------------------------
+with tabs[0]:
+    o = data.overview(view)
+    c = st.columns(5)
+    c[0].metric("load now", f"{o['load_rps']:.1f} req/s" if o["load_rps"] is not None else "no data")
+    if o["peak"]:
+        c[1].metric("predicted peak", f"{o['peak']['q50']:.1f} req/s", f"in {o['peak']['in_min']} min, "
+                                                                        f"q90 {o['peak']['q90']:.1f}",
+                    delta_color="off")
+    c[2].metric("ready nodes", sum(o["nodes"].values()), f"{o['warming']} warming, {o['draining']} draining",
+                delta_color="off")
+    c[3].metric("cost per hour", f"${o['cost_per_hour']:,.2f}")
+    ok = o["sla"] >= o["sla_target"]
+    c[4].metric("SLA", f"{o['sla']:.3%}", f"target {o['sla_target']:.1%}", delta_color="normal" if ok else "inverse")
+    recent = tl.tail(6 * 60)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=recent["ts"], y=recent["load_rps"], name="load", line={"color": COLORS["load"]}))
+    fc = summary.get("latest_forecast")
+    if fc:
+        t = pd.Timestamp(fc["start"]) + pd.to_timedelta(np.arange(len(fc["q50"])), "min")
+        fig.add_trace(go.Scatter(x=t, y=fc["q90"], name="forecast q90", line={"width": 0}, showlegend=False))
+        fig.add_trace(go.Scatter(x=t, y=fc["q50"], name="forecast q50 (band to q90)", fill="tonexty",
+                                 line={"color": "#f58518"}))
+        fig.add_trace(go.Scatter(x=t, y=fc["q99"], name="forecast q99", line={"color": "#f58518", "dash": "dot"}))
+        if o["peak"]:
+            fig.add_trace(go.Scatter(x=[o["peak"]["timestamp"]], y=[o["peak"]["q50"]], mode="markers+text",
+                                     text=["peak"], textposition="top center", name="predicted peak",
+                                     marker={"size": 10, "color": "#f58518"}))
+    fig.update_layout(height=360, margin={"t": 30}, yaxis_title="req/s", title="load and the next hour")
+    st.plotly_chart(fig, key="overview_load")
+    nodes = go.Figure([go.Bar(x=list(o["nodes"]), y=list(o["nodes"].values()), marker_color=[COLORS[k] for k in o["nodes"]],
+                              name="ready")])
+    nodes.update_layout(height=260, margin={"t": 30}, title="ready nodes by class")
+    st.plotly_chart(nodes, key="overview_nodes")
+
+# -- Forecast -----------------------------------------------------------------------------------
+with tabs[1]:
+    days = max(1, int(np.ceil(len(tl) / 1440)))
+    shown = st.slider("days to show (most recent)", 1, days, min(2, days), key="forecast_days")
+    part = tl.tail(shown * 1440)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=part["ts"], y=part["forecast_q90"], name="forecast q90", line={"color": "#f58518", "dash": "dot"}))
+    fig.add_trace(go.Scatter(x=part["ts"], y=part["forecast_q50"], name="forecast q50", line={"color": "#f58518"}))
+    fig.add_trace(go.Scatter(x=part["ts"], y=part["load_rps"], name="actual", line={"color": COLORS["load"]}))
+    fig.update_layout(height=380, margin={"t": 30}, yaxis_title="req/s", title="forecast against actual")
+    st.plotly_chart(fig, key="forecast_vs_actual")
+    f = summary.get("forecast") or {}
+    st.caption(f"model: {f.get('model')} ({f.get('status')}); forecasts issued from complete intervals only")
+    backtest = cached_backtest(STORE, version)
+    if backtest:
+        st.subheader("backtest")
+        st.dataframe(pd.DataFrame(backtest["models"]).T, key="backtest_table")
+    else:
+        st.caption("no backtest in the store: `peakpilot backtest --store ...` adds one")
+
+# -- Cost ---------------------------------------------------------------------------------------
+with tabs[2]:
+    comp = data.cost_comparison(view)
+    rows = pd.DataFrame(comp["rows"]).set_index("strategy")
+    cols = st.columns(3)
+    for col, name in zip(cols, ("reactive", "reactive_spot", "static")):
+        if name in rows.index and comp["predictive"] is not None:
+            r = rows.loc[name]
+            col.metric(f"saving vs {name}", f"${r['saving_usd']:,.0f}", f"{r['saving_pct']:.1f}%")
+    hourly = tl.set_index("ts")[[f"cost_{c}" for c in CLASSES]].resample("1h").sum() / 60.0
+    spend = go.Figure([go.Bar(x=hourly.index, y=hourly[f"cost_{c}"], name=c, marker_color=COLORS[c]) for c in CLASSES])
+    spend.update_layout(barmode="stack", height=320, margin={"t": 30}, yaxis_title="USD per hour", title="spend by class")
+    st.plotly_chart(spend, key="cost_by_class")
+    cum = go.Figure()
+    start = tl["ts"].iloc[0]
+    for name, values in summary.get("hourly_cumulative_cost", {}).items():
+        cum.add_trace(go.Scatter(x=start + pd.to_timedelta(np.arange(1, len(values) + 1), "h"), y=values, name=name))
+    cum.update_layout(height=320, margin={"t": 30}, yaxis_title="USD", title="cumulative cost against the baselines")
+    st.plotly_chart(cum, key="cost_cumulative")
+    st.dataframe(rows, key="cost_table")
+
+# -- SLA ----------------------------------------------------------------------------------------
+with tabs[3]:
+    s = data.sla_status(view)
+    c = st.columns(4)
+    c[0].metric("compliance", f"{s['compliance']:.4%}", f"target {s['target']:.2%}",
+                delta_color="normal" if s["compliance"] >= s["target"] else "inverse")
+    c[1].metric("busy share", f"{s['busy_share']:.4%}")
+    c[2].metric("late share", f"{s['late_share']:.4%}")
+    c[3].metric("error budget left", f"{s['budget_left_share']:.1%}",
+                f"{s['used_requests']:,.0f} of {s['budget_requests']:,.0f} requests", delta_color="off")
+    burn = go.Figure([go.Scatter(x=tl["ts"], y=s["burn_rate"], name="burn rate (1 h)")])
+    burn.add_hline(y=1.0, line_dash="dash", annotation_text="on budget")
+    burn.update_layout(height=320, margin={"t": 30}, title="error budget burn rate")
+    st.plotly_chart(burn, key="sla_burn")
+
+# -- Decisions ----------------------------------------------------------------------------------
+with tabs[4]:
+    dec = view.decisions
+    pick = st.multiselect("classes", list(CLASSES), default=["spot", "on_demand"], key="decision_classes")
+    text = st.text_input("reason contains", "", key="decision_filter")
+    shown = dec[dec["cls"].isin(pick)]
+    if text:
+        shown = shown[shown["reason"].str.contains(text, case=False, regex=False)]
+    fig = go.Figure([go.Scatter(x=pd.to_datetime(g["ts"]), y=g["desired"], mode="lines+markers", line_shape="hv",
+                                name=c, marker_color=COLORS[c]) for c, g in shown.groupby("cls")])
+    fig.update_layout(height=320, margin={"t": 30}, yaxis_title="desired nodes", title="decisions")
+    st.plotly_chart(fig, key="decisions_chart")
+    st.caption(f"{len(shown)} of {len(dec)} decisions")
+    st.dataframe(shown[["ts", "cls", "current", "desired", "reason"]], key="decisions_table")
+
+# -- What-if ------------------------------------------------------------------------------------
+with tabs[5]:
+    from dashboard.whatif import available_traces, run_whatif
+
+    traces = available_traces(ROOT)
+    default_trace = summary["trace"] if summary["trace"] in traces else next(iter(traces))
+    with st.form("whatif"):
+        trace = st.selectbox("trace", list(traces), index=list(traces).index(default_trace), format_func=traces.get,
+                             key="whatif_trace")
+        c = st.columns(4)
+        headroom = c[0].slider("headroom", 0.0, 1.0, 0.3, 0.05, key="whatif_headroom")
+        quantile = c[1].selectbox("planning quantile", ["q50", "q90", "q99"], index=1, key="whatif_quantile")
+        spot_share = c[2].slider("spot max share", 0.0, 1.0, 0.6, 0.05, key="whatif_spot")
+        keep = c[3].slider("keep minutes", 0, 60, 20, 5, key="whatif_keep")
+        go_run = st.form_submit_button("run replay")
+    if go_run:
+        bar = st.progress(0.0, text="starting")
+        result = run_whatif(trace, summary.get("policy") or "", {"planning": {"headroom": headroom, "quantile": quantile,
+                                                                             "keep_min": keep},
+                                                                "spot": {"max_share": spot_share}},
+                            lambda share, what: bar.progress(min(1.0, share), text=what))
+        bar.progress(1.0, text="done")
+        st.dataframe(result, key="whatif_table")

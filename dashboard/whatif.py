@@ -1,0 +1,39 @@
+"""What-if: replay a trace under changed policy values next to the current policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from controller.policy import load_policy
+from controller.replay import load_trace, replay
+
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "configs" / "policy.yaml"
+
+
+def available_traces(root: Path) -> dict[str, str]:
+    """Traces a user can pick: the sample in data/ and the shared real traces beside the checkout."""
+    found = {}
+    for folder in (root / "data", root.parent / "shared" / "traces"):
+        for path in sorted(folder.glob("*.csv")):
+            found[str(path)] = f"{path.name} ({folder.name})"
+    return found
+
+
+def run_whatif(trace_path: str, policy_path: str, changes: dict, on_progress=None) -> pd.DataFrame:
+    """The current policy and the changed one, side by side (predictive and the best reactive peer)."""
+    current = load_policy(policy_path if policy_path and Path(policy_path).exists() else DEFAULT_POLICY)
+    changed = current.with_changes(**changes)
+    trace = load_trace(trace_path)
+    rows = {}
+    for label, policy, lo, hi in (("current policy", current, 0.0, 0.5), ("what-if", changed, 0.5, 1.0)):
+        doc, _ = replay(trace, policy, strategies=("predictive", "reactive_spot"), sweep=False, progress=False,
+                        on_progress=None if on_progress is None else
+                        (lambda share, what, lo=lo, hi=hi, label=label: on_progress(lo + (hi - lo) * share,
+                                                                                   f"{label}: {what}")))
+        p = doc["strategies"]["predictive"]
+        rows[label] = {"cost_usd": p["cost_usd"], "sla_compliance": p["sla_compliance"], "busy_share": p["busy_share"],
+                       "node_hours": p["node_hours"], "cold_starts": p["cold_starts"],
+                       "reactive_spot_cost_usd": doc["strategies"]["reactive_spot"]["cost_usd"]}
+    return pd.DataFrame(rows)

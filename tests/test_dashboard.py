@@ -1,0 +1,161 @@
+"""The dashboard: every page's elements and numbers against the store (AppTest), and a real browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard import data
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "dashboard" / "app.py")
+ARTIFACTS = ROOT / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store filled by a real replay (two days of the sample trace) and a backtest."""
+    path = tmp_path_factory.mktemp("store") / "peakpilot.db"
+    for args in (["replay", "--train-days", "12", "--no-sweep", "--store", str(path)],
+                 ["backtest", "--models", "seasonal_naive", "--test-days", "1", "--store", str(path)]):
+        out = subprocess.run([sys.executable, "-m", "peakpilot.cli", *args], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+    return str(path)
+
+
+@pytest.fixture
+def app(monkeypatch):
+    """The app over a store; the variable stays set for the reruns a test triggers."""
+    def run(store: str) -> AppTest:
+        monkeypatch.setenv("PEAKPILOT_STORE", store)
+        return AppTest.from_file(APP, default_timeout=120).run()
+
+    return run
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_every_page_shows_the_store_numbers(app, store):
+    at = app(store)
+    assert not at.exception
+    assert [t.label for t in at.tabs] == ["Overview", "Forecast", "Cost", "SLA", "Decisions", "What-if"]
+    view = data.load_replay(store)
+    o = data.overview(view)
+    # Overview
+    assert metric(at, "load now") == f"{o['load_rps']:.1f} req/s"
+    assert metric(at, "ready nodes") == str(sum(o["nodes"].values()))
+    assert metric(at, "cost per hour") == f"${o['cost_per_hour']:,.2f}"
+    assert metric(at, "SLA") == f"{o['sla']:.3%}"
+    assert abs(o["sla"] - view.summary["strategies"]["predictive"]["sla_compliance"]) < 1e-6
+    # Cost: savings against the baselines replay ran
+    mine = view.summary["strategies"]["predictive"]["cost_usd"]
+    reactive = view.summary["strategies"]["reactive"]["cost_usd"]
+    assert metric(at, "saving vs reactive") == f"${reactive - mine:,.0f}"
+    # SLA
+    s = data.sla_status(view)
+    assert metric(at, "compliance") == f"{s['compliance']:.4%}"
+    assert metric(at, "busy share") == f"{s['busy_share']:.4%}"
+    # Charts: each page drew its plotly figure with the store's data
+    charts = {json.loads(c.proto.spec)["layout"]["title"]["text"]: json.loads(c.proto.spec)
+              for c in at.get("plotly_chart")}
+    assert {"load and the next hour", "forecast against actual", "spend by class",
+            "cumulative cost against the baselines", "error budget burn rate", "decisions"} <= set(charts)
+    fc = charts["load and the next hour"]["data"]
+    assert len(fc[0]["x"]) == 360 and fc[0]["name"] == "load"
+    cumulative = {t["name"]: t["y"][-1] for t in charts["cumulative cost against the baselines"]["data"]}
+    assert cumulative["predictive"] == pytest.approx(mine, rel=1e-6)
+    # Decisions: the table is the store's decisions, with their reasons
+    decisions = next(d.value for d in at.dataframe if "reason" in d.value.columns)
+    shown = view.decisions[view.decisions["cls"].isin(["spot", "on_demand"])]
+    assert len(decisions) == len(shown) > 10
+    assert list(decisions["reason"]) == list(shown["reason"])
+    # Forecast page: the backtest metrics per model
+    backtest = next(d.value for d in at.dataframe if "pinball_q90" in d.value.columns)
+    assert list(backtest.index) == ["seasonal_naive"]
+
+
+def test_decision_filter_and_forecast_range(app, store):
+    at = app(store)
+    at.text_input(key="decision_filter").set_value("safety net").run()
+    assert not at.exception
+    caption = next(c.value for c in at.caption if "decisions" in c.value)
+    view = data.load_replay(store)
+    chosen = view.decisions[view.decisions["cls"].isin(["spot", "on_demand"])]
+    expected = chosen["reason"].str.contains("safety net", case=False, regex=False).sum()
+    assert caption == f"{expected} of {len(view.decisions)} decisions"
+    at.slider(key="forecast_days").set_value(1).run()
+    spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                if json.loads(c.proto.spec)["layout"]["title"]["text"] == "forecast against actual")
+    assert len(spec["data"][2]["x"]) == 1440
+
+
+def test_what_if_runs_a_replay_side_by_side(app, store):
+    at = app(store)
+    at.slider(key="whatif_headroom").set_value(0.0)
+    next(b for b in at.button if b.label == "run replay").click()
+    at.run(timeout=300)
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "what-if" in d.value.columns)
+    assert list(table.columns) == ["current policy", "what-if"]
+    # Less headroom costs less (and risks more): the table shows two real, different replays.
+    assert table.loc["cost_usd", "what-if"] < table.loc["cost_usd", "current policy"]
+
+
+def test_empty_store_says_how_to_fill_it(app, tmp_path):
+    at = app(str(tmp_path / "nothing.db"))
+    assert not at.exception
+    assert "make demo" in at.info[0].value and "peakpilot replay --store" in at.info[0].value
+
+
+def test_a_real_browser_renders_the_charts(store):
+    chromium = shutil.which("chromium")
+    if not chromium:
+        pytest.fail("chromium is not installed: run `apt-get install chromium` (.ci/run does this)")
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "peakpilot.cli", "dashboard", "--store", store, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/_stcore/health", timeout=1).text == "ok":
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+            ctx = p.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True, args=args,
+                                                       viewport={"width": 1400, "height": 1000})
+            page = ctx.new_page()
+            page.goto(url)
+            page.wait_for_selector("h1:has-text('peakpilot')", timeout=60000)
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60000)
+            page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=60000)
+            # The overview's load chart drew its lines: load, the forecast band and q99, the peak marker.
+            assert page.locator(".js-plotly-plot").count() >= 2
+            assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 5
+            assert page.locator("[data-testid='stMetric']").count() >= 5
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            ctx.close()
+        assert (ARTIFACTS / "dashboard.png").stat().st_size > 10000
+    finally:
+        proc.terminate()
+        proc.wait(10)
