@@ -1,0 +1,70 @@
+"""Actuators apply decisions; they decide nothing. Live, dry-run, shadow and replay differ only here.
+
+* :class:`SimulatedActuator` - the simulated cluster, advanced one minute per cycle (the embedded default).
+* :class:`DryRunActuator` - prints the exact Kubernetes requests it would send, and assumes they took.
+* :class:`~controller.kubernetes_actuator.KubernetesActuator` - the real cluster (its own module).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Protocol
+
+from controller.policy import CLASSES, Policy
+from controller.simulator import SimulatedCluster
+from controller.state import ClusterView, Decision
+
+
+class Actuator(Protocol):
+    def view(self) -> ClusterView: ...
+
+    def apply(self, decisions: list[Decision], placeholder: int = 0) -> list[str]: ...
+
+
+def scale_request(namespace: str, workload: str, replicas: int) -> str:
+    """The request that sets a workload's replicas through the scale subresource."""
+    body = json.dumps({"spec": {"replicas": replicas}})
+    return f"PATCH /apis/apps/v1/namespaces/{namespace}/deployments/{workload}/scale {body}"
+
+
+class SimulatedActuator:
+    def __init__(self, policy: Policy, reserved: int = 0, seed: int = 0):
+        self.cluster = SimulatedCluster(policy, reserved=reserved, seed=seed)
+
+    def view(self) -> ClusterView:
+        return self.cluster.view()
+
+    def apply(self, decisions: list[Decision], placeholder: int = 0) -> list[str]:
+        self.cluster.apply(decisions)
+        self.cluster.advance()
+        return [f"simulated: {d.cls} {d.current} -> {d.desired}" for d in decisions if d.delta]
+
+    def cost_per_hour(self) -> float:
+        return sum(self.cluster.running_cost_by_class().values())
+
+
+class DryRunActuator:
+    """Prints what it would send; its view is what it last asked for, all of it ready."""
+
+    def __init__(self, workloads: dict[str, str], namespace: str = "default", out=None, reserved: int = 0):
+        self.workloads, self.namespace = workloads, namespace
+        self.out = out or sys.stdout
+        self.desired = dict.fromkeys(CLASSES, 0)
+        self.desired["reserved"] = reserved
+
+    def view(self) -> ClusterView:
+        view = ClusterView()
+        for cls in CLASSES:
+            view.counts[cls]["ready"] = self.desired[cls]
+        return view
+
+    def apply(self, decisions: list[Decision], placeholder: int = 0) -> list[str]:
+        sent = []
+        for d in decisions:
+            if d.desired != self.desired[d.cls]:
+                line = scale_request(self.namespace, self.workloads[d.cls], d.desired)
+                print(f"dry-run: {line}  # {d.reason}", file=self.out)
+                sent.append(line)
+                self.desired[d.cls] = d.desired
+        return sent

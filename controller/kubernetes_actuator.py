@@ -1,0 +1,228 @@
+"""The Kubernetes actuator, on the official ``kubernetes`` client.
+
+* One Deployment per capacity class, scaled through its ``scale`` subresource (a desired state: sending
+  the same replicas twice is harmless).
+* Reads what is really there: replicas, and the class's pods (through the Deployment's selector) as
+  pending / warming / ready / draining.
+* Pods still warming get the usual do-not-disrupt annotation (``karpenter.sh/do-not-disrupt``) so no
+  voluntary disruption takes them before they serve; it comes off once they are ready.
+* Records each pod's creation-to-ready time, so the controller learns real lead times.
+* An optional low-priority placeholder Deployment holds GPU nodes warm ahead of a predicted peak;
+  real pods preempt it (its PriorityClass is in ``deploy/``).
+* 409, 429 and 5xx answers are retried with exponential backoff and jitter (``Retry-After`` honoured).
+* :class:`LeaseLock`: leader election on a ``coordination.k8s.io/v1`` Lease, so two replicas never both act.
+* Shadow mode reads the cluster and acts on nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from controller.policy import CLASSES
+from controller.state import ClusterView, Decision
+
+log = logging.getLogger(__name__)
+
+DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
+PROTECTED_BY_US = "peakpilot.io/protected"
+RETRY_STATUSES = (409, 429, 500, 502, 503, 504)
+
+
+def api_client(host: str | None = None, kubeconfig: str | None = None):
+    """In-cluster auth when running in a pod, else the kubeconfig; ``host`` for a plain endpoint (tests)."""
+    from kubernetes import client, config
+
+    if host:
+        cfg = client.Configuration(host=host)
+        return client.ApiClient(cfg)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig)
+    return client.ApiClient()
+
+
+def with_retry(call, *args, attempts: int = 5, base_s: float = 0.2, cap_s: float = 5.0, sleep=time.sleep, **kwargs):
+    """Call the API, retrying conflicts, throttling and server errors with backoff and jitter."""
+    from kubernetes.client.exceptions import ApiException
+
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except ApiException as exc:
+            if exc.status not in RETRY_STATUSES or attempt == attempts - 1:
+                raise
+            after = (exc.headers or {}).get("Retry-After")
+            delay = float(after) if after else min(cap_s, base_s * 2 ** attempt) * (0.5 + random.random())
+            log.warning("kubernetes answered %s (%s); retry %d in %.2f s", exc.status, exc.reason, attempt + 1, delay)
+            sleep(delay)
+
+
+@dataclass
+class KubernetesTarget:
+    namespace: str
+    workloads: dict[str, str]  # class -> Deployment name
+    placeholder: str | None = None
+
+
+@dataclass
+class KubernetesActuator:
+    api: object  # kubernetes.client.ApiClient
+    target: KubernetesTarget
+    shadow: bool = False
+    sleep: object = time.sleep
+    seen_ready: set = field(default_factory=set)
+    last_requests: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from kubernetes import client
+
+        self.apps = client.AppsV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def view(self) -> ClusterView:
+        view = ClusterView()
+        ns = self.target.namespace
+        for cls in CLASSES:
+            name = self.target.workloads.get(cls)
+            if not name:
+                continue
+            deployment = with_retry(self.apps.read_namespaced_deployment, name, ns, sleep=self.sleep)
+            selector = ",".join(f"{k}={v}" for k, v in (deployment.spec.selector.match_labels or {}).items())
+            pods = with_retry(self.core.list_namespaced_pod, ns, label_selector=selector, sleep=self.sleep).items
+            counted = 0
+            for pod in pods:
+                state = pod_state(pod)
+                view.counts[cls][state] += 1
+                counted += state != "draining"
+                self._protect(pod, state)
+                if state == "ready" and pod.metadata.uid not in self.seen_ready:
+                    self.seen_ready.add(pod.metadata.uid)
+                    lead = ready_minutes(pod)
+                    if lead is not None:
+                        view.lead_samples.append((cls, lead))
+            replicas = deployment.spec.replicas or 0
+            if replicas > counted:  # asked for but no pod yet: pending
+                view.counts[cls]["pending"] += replicas - counted
+        return view
+
+    def _protect(self, pod, state: str) -> None:
+        """Warming pods carry do-not-disrupt; ready ones lose it again (only where we set it)."""
+        if self.shadow:
+            return
+        notes = pod.metadata.annotations or {}
+        if state in ("warming", "pending") and DO_NOT_DISRUPT not in notes:
+            body = {"metadata": {"annotations": {DO_NOT_DISRUPT: "true", PROTECTED_BY_US: "true"}}}
+        elif state == "ready" and notes.get(PROTECTED_BY_US) == "true":
+            body = {"metadata": {"annotations": {DO_NOT_DISRUPT: None, PROTECTED_BY_US: None}}}
+        else:
+            return
+        with_retry(self.core.patch_namespaced_pod, pod.metadata.name, self.target.namespace, body, sleep=self.sleep)
+
+    # -- acting ----------------------------------------------------------------------------------
+    def apply(self, decisions: list[Decision], placeholder: int = 0) -> list[str]:
+        sent: list[str] = []
+        wanted = [(self.target.workloads[d.cls], d.desired) for d in decisions if self.target.workloads.get(d.cls)]
+        if self.target.placeholder:
+            wanted.append((self.target.placeholder, placeholder))
+        for name, replicas in wanted:
+            current = with_retry(self.apps.read_namespaced_deployment_scale, name, self.target.namespace,
+                                 sleep=self.sleep).spec.replicas
+            if current == replicas:
+                continue
+            line = f"PATCH deployments/{name}/scale replicas {current} -> {replicas}"
+            if self.shadow:
+                sent.append(f"shadow (not sent): {line}")
+                continue
+            with_retry(self.apps.patch_namespaced_deployment_scale, name, self.target.namespace,
+                       {"spec": {"replicas": replicas}}, sleep=self.sleep)
+            sent.append(line)
+        self.last_requests = sent
+        return sent
+
+
+def pod_state(pod) -> str:
+    if pod.metadata.deletion_timestamp is not None:
+        return "draining"
+    conditions = {c.type: c.status for c in (pod.status.conditions or [])} if pod.status else {}
+    if conditions.get("Ready") == "True":
+        return "ready"
+    if pod.status is None or pod.status.phase == "Pending" and conditions.get("PodScheduled") != "True":
+        return "pending"
+    return "warming"
+
+
+def ready_minutes(pod) -> float | None:
+    created = pod.metadata.creation_timestamp
+    ready = next((c.last_transition_time for c in (pod.status.conditions or [])
+                  if c.type == "Ready" and c.status == "True"), None)
+    if created is None or ready is None:
+        return None
+    return max(0.0, (ready - created).total_seconds() / 60.0)
+
+
+class LeaseLock:
+    """Leader election on a Lease: hold it by renewing; take it only when free or expired.
+
+    Writes carry the Lease's resourceVersion, so of two replicas racing for it one gets 409 and stays
+    a follower."""
+
+    def __init__(self, api, namespace: str, name: str, identity: str, duration_s: int = 60, now=None):
+        from kubernetes import client
+
+        self.coord = client.CoordinationV1Api(api)
+        self.namespace, self.name, self.identity, self.duration_s = namespace, name, identity, duration_s
+        self.now = now or (lambda: datetime.now(timezone.utc))
+        self.is_leader = False
+
+    def _body(self, version: str | None, acquired: datetime | None, transitions: int) -> dict:
+        now = self.now()
+        meta = {"name": self.name, "namespace": self.namespace}
+        if version:
+            meta["resourceVersion"] = version
+        stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731  (MicroTime)
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
+                "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration_s,
+                         "acquireTime": stamp(acquired or now), "renewTime": stamp(now),
+                         "leaseTransitions": transitions}}
+
+    def acquire_or_renew(self) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            lease = self.coord.read_namespaced_lease(self.name, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("lease %s: read failed (%s); not acting", self.name, exc.status)
+                self.is_leader = False
+                return False
+            try:
+                self.coord.create_namespaced_lease(self.namespace, self._body(None, None, 0))
+                self.is_leader = True
+            except ApiException:
+                self.is_leader = False
+            return self.is_leader
+        spec = lease.spec
+        holder = spec.holder_identity
+        renewed = spec.renew_time or spec.acquire_time
+        expired = renewed is None or renewed + timedelta(seconds=spec.lease_duration_seconds or self.duration_s) < self.now()
+        if holder != self.identity and not expired:
+            if self.is_leader:
+                log.warning("lease %s is held by %s: no longer the leader", self.name, holder)
+            self.is_leader = False
+            return False
+        transitions = (spec.lease_transitions or 0) + (holder != self.identity)
+        acquired = spec.acquire_time if holder == self.identity else None
+        try:
+            self.coord.replace_namespaced_lease(self.name, self.namespace,
+                                                self._body(lease.metadata.resource_version, acquired, transitions))
+            self.is_leader = True
+        except ApiException as exc:
+            log.warning("lease %s: lost the race (%s)", self.name, exc.status)
+            self.is_leader = False
+        return self.is_leader

@@ -1,0 +1,197 @@
+"""A local HTTP server that speaks the Kubernetes API's paths, verbs, bodies and status codes for what
+peakpilot uses: Deployments and their scale subresource, Pods (list by label selector, patch), and
+coordination.k8s.io Leases with resourceVersion conflicts. No API server can run on these machines.
+
+Faults are injected per request: ``fail("PATCH", "/scale", 429, retry_after=0)`` answers the next matching
+request with that status (a Kubernetes ``Status`` body). Every request is recorded for assertions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+
+def status_body(code: int, reason: str, message: str) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "code": code}
+
+
+REASONS = {404: "NotFound", 409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+
+
+def merge(target: dict, patch: dict) -> dict:
+    """JSON merge patch (RFC 7386): null deletes."""
+    for k, v in patch.items():
+        if v is None:
+            target.pop(k, None)
+        elif isinstance(v, dict) and isinstance(target.get(k), dict):
+            merge(target[k], v)
+        else:
+            target[k] = copy.deepcopy(v)
+    return target
+
+
+class FakeKubeAPI:
+    def __init__(self, namespace: str = "inference"):
+        self.ns = namespace
+        self.deployments: dict[str, dict] = {}
+        self.pods: dict[str, dict] = {}
+        self.leases: dict[str, dict] = {}
+        self.requests: list[tuple[str, str, dict | None]] = []
+        self.faults: list[tuple[str, str, int, dict]] = []
+        self.version = 100
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeKubeAPI:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- fixtures ---------------------------------------------------------------------------------
+    def add_deployment(self, name: str, replicas: int, labels: dict | None = None) -> None:
+        labels = labels or {"app": name}
+        self.deployments[name] = {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": self.ns, "resourceVersion": self._rv()},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "node", "image": "peakpilot/node"}]}}},
+            "status": {"replicas": replicas}}
+
+    def add_pod(self, name: str, labels: dict, state: str, created: str = "2024-05-01T12:00:00Z",
+                ready_at: str | None = None) -> None:
+        conditions = [{"type": "PodScheduled", "status": "False" if state == "pending" else "True",
+                       "lastTransitionTime": created}]
+        if state in ("ready", "draining"):
+            conditions.append({"type": "Ready", "status": "True", "lastTransitionTime": ready_at or created})
+        else:
+            conditions.append({"type": "Ready", "status": "False", "lastTransitionTime": created})
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": self.ns, "uid": f"uid-{name}", "labels": labels,
+                            "creationTimestamp": created, "annotations": {}, "resourceVersion": self._rv()},
+               "spec": {"containers": [{"name": "node", "image": "peakpilot/node"}]},
+               "status": {"phase": "Pending" if state == "pending" else "Running", "conditions": conditions}}
+        if state == "draining":
+            pod["metadata"]["deletionTimestamp"] = created
+        self.pods[name] = pod
+
+    def fail(self, method: str, path_part: str, status: int, retry_after: float | None = None) -> None:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        self.faults.append((method, path_part, status, headers))
+
+    def calls(self, method: str | None = None, path_part: str = "") -> list[tuple[str, str, dict | None]]:
+        return [r for r in self.requests if (method is None or r[0] == method) and path_part in r[1]]
+
+    def _rv(self) -> str:
+        self.version += 1
+        return str(self.version)
+
+    # -- the API ----------------------------------------------------------------------------------
+    def handle(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict, dict]:
+        with self.lock:
+            self.requests.append((method, path, body))
+            for i, (m, part, status, headers) in enumerate(self.faults):
+                if m == method and part in path:
+                    del self.faults[i]
+                    return status, status_body(status, REASONS.get(status, "Unknown"), "injected"), headers
+            ns = self.ns
+            m = re.fullmatch(rf"/apis/apps/v1/namespaces/{ns}/deployments/([^/]+)(/scale)?", path)
+            if m:
+                d = self.deployments.get(m.group(1))
+                if d is None:
+                    return 404, status_body(404, "NotFound", f'deployments.apps "{m.group(1)}" not found'), {}
+                if m.group(2):
+                    if method == "PATCH":
+                        d["spec"]["replicas"] = body["spec"]["replicas"]
+                        d["metadata"]["resourceVersion"] = self._rv()
+                    return 200, {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                                 "metadata": {"name": m.group(1), "namespace": ns,
+                                              "resourceVersion": d["metadata"]["resourceVersion"]},
+                                 "spec": {"replicas": d["spec"]["replicas"]},
+                                 "status": {"replicas": d["status"]["replicas"]}}, {}
+                return 200, d, {}
+            if path == f"/api/v1/namespaces/{ns}/pods" and method == "GET":
+                selector = dict(kv.split("=", 1) for kv in query.get("labelSelector", [""])[0].split(",") if kv)
+                items = [p for p in self.pods.values()
+                         if all(p["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+                return 200, {"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": self._rv()},
+                             "items": items}, {}
+            m = re.fullmatch(rf"/api/v1/namespaces/{ns}/pods/([^/]+)", path)
+            if m and method == "PATCH":
+                pod = self.pods.get(m.group(1))
+                if pod is None:
+                    return 404, status_body(404, "NotFound", "pod not found"), {}
+                merge(pod, body)
+                return 200, pod, {}
+            m = re.fullmatch(rf"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases(?:/([^/]+))?", path)
+            if m:
+                name = m.group(1) or (body or {}).get("metadata", {}).get("name")
+                lease = self.leases.get(name)
+                if method == "GET":
+                    if lease is None:
+                        return 404, status_body(404, "NotFound", f'leases "{name}" not found'), {}
+                    return 200, lease, {}
+                if method == "POST":
+                    if lease is not None:
+                        return 409, status_body(409, "AlreadyExists", "lease exists"), {}
+                    self.leases[name] = merge(body, {"metadata": {"resourceVersion": self._rv()}})
+                    return 201, self.leases[name], {}
+                if method == "PUT":
+                    if lease is None:
+                        return 404, status_body(404, "NotFound", "lease not found"), {}
+                    if body["metadata"].get("resourceVersion") != lease["metadata"]["resourceVersion"]:
+                        return 409, status_body(409, "Conflict", "the object has been modified"), {}
+                    self.leases[name] = merge(body, {"metadata": {"resourceVersion": self._rv()}})
+                    return 200, self.leases[name], {}
+            return 404, status_body(404, "NotFound", f"no route {method} {path}"), {}
+
+    def _handler(self):
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _serve(self, method: str) -> None:
+                url = urlparse(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                status, doc, headers = api.handle(method, url.path, parse_qs(url.query), body)
+                data = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._serve("GET")
+
+            def do_PATCH(self):
+                self._serve("PATCH")
+
+            def do_PUT(self):
+                self._serve("PUT")
+
+            def do_POST(self):
+                self._serve("POST")
+
+        return Handler
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)

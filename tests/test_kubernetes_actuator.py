@@ -1,0 +1,146 @@
+"""The Kubernetes actuator and the Lease against a local server speaking the API's paths and codes."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from controller.kubernetes_actuator import (DO_NOT_DISRUPT, KubernetesActuator, KubernetesTarget, LeaseLock,
+                                            api_client)
+from controller.state import Decision
+from tests.kube_api import FakeKubeAPI
+
+TARGET = KubernetesTarget("inference", {"reserved": "llm-reserved", "spot": "llm-spot", "on_demand": "llm-od"},
+                          placeholder="llm-placeholder")
+
+
+@pytest.fixture
+def kube():
+    with FakeKubeAPI("inference") as api:
+        for name, replicas in (("llm-reserved", 2), ("llm-spot", 3), ("llm-od", 1), ("llm-placeholder", 0)):
+            api.add_deployment(name, replicas)
+        api.add_pod("r1", {"app": "llm-reserved"}, "ready")
+        api.add_pod("r2", {"app": "llm-reserved"}, "ready")
+        api.add_pod("s1", {"app": "llm-spot"}, "ready", created="2024-05-01T12:00:00Z", ready_at="2024-05-01T12:07:30Z")
+        api.add_pod("s2", {"app": "llm-spot"}, "warming")
+        api.add_pod("s3", {"app": "llm-spot"}, "draining")
+        api.add_pod("o1", {"app": "llm-od"}, "pending")
+        yield api
+
+
+def actuator(kube, **kw):
+    return KubernetesActuator(api_client(host=kube.url), TARGET, sleep=lambda s: None, **kw)
+
+
+def test_view_reads_replicas_and_pod_states(kube):
+    view = actuator(kube).view()
+    assert view.counts["reserved"]["ready"] == 2
+    assert view.counts["spot"] == {"pending": 1, "booting": 0, "warming": 1, "ready": 1, "draining": 1}
+    assert view.counts["on_demand"]["pending"] == 1
+    # Creation-to-ready minutes of each pod seen ready, once.
+    assert sorted(view.lead_samples) == [("reserved", 0.0), ("reserved", 0.0), ("spot", 7.5)]
+    # Pod reads go through each Deployment's own selector: one list per class.
+    assert len(kube.calls("GET", "/api/v1/namespaces/inference/pods")) == 3
+    assert actuator_again_sees_nothing_new(kube)
+
+
+def actuator_again_sees_nothing_new(kube) -> bool:
+    act = actuator(kube)
+    act.view()
+    return act.view().lead_samples == []
+
+
+def test_warming_pods_are_protected_until_ready(kube):
+    act = actuator(kube)
+    act.view()
+    assert kube.pods["s2"]["metadata"]["annotations"][DO_NOT_DISRUPT] == "true"
+    assert kube.pods["o1"]["metadata"]["annotations"][DO_NOT_DISRUPT] == "true"
+    assert DO_NOT_DISRUPT not in kube.pods["s1"]["metadata"]["annotations"]
+    kube.add_pod("s2", {"app": "llm-spot"}, "ready")  # it became ready (annotation set by us before)
+    kube.pods["s2"]["metadata"]["annotations"] = {DO_NOT_DISRUPT: "true", "peakpilot.io/protected": "true"}
+    act.view()
+    assert DO_NOT_DISRUPT not in kube.pods["s2"]["metadata"]["annotations"]
+    # A pod someone else protected keeps its annotation.
+    kube.pods["r1"]["metadata"]["annotations"] = {DO_NOT_DISRUPT: "true"}
+    act.view()
+    assert kube.pods["r1"]["metadata"]["annotations"] == {DO_NOT_DISRUPT: "true"}
+
+
+def test_apply_patches_the_scale_subresource_exactly(kube):
+    sent = actuator(kube).apply([Decision("spot", 5, 3, "forecast"), Decision("on_demand", 1, 1, "same"),
+                                 Decision("reserved", 2, 2, "fixed")], placeholder=2)
+    patches = kube.calls("PATCH", "/scale")
+    assert [(p[1], p[2]) for p in patches] == [
+        ("/apis/apps/v1/namespaces/inference/deployments/llm-spot/scale", {"spec": {"replicas": 5}}),
+        ("/apis/apps/v1/namespaces/inference/deployments/llm-placeholder/scale", {"spec": {"replicas": 2}})]
+    assert sent == ["PATCH deployments/llm-spot/scale replicas 3 -> 5",
+                    "PATCH deployments/llm-placeholder/scale replicas 0 -> 2"]
+    # Desired states, not deltas: the same decisions again send nothing.
+    assert actuator(kube).apply([Decision("spot", 5, 5, "again")], placeholder=2) == []
+
+
+@pytest.mark.parametrize("status", [409, 429, 500, 503])
+def test_conflicts_throttling_and_server_errors_are_retried(kube, status):
+    kube.fail("PATCH", "/llm-spot/scale", status, retry_after=0 if status == 429 else None)
+    kube.fail("PATCH", "/llm-spot/scale", status, retry_after=0 if status == 429 else None)
+    actuator(kube).apply([Decision("spot", 4, 3, "x")])
+    attempts = kube.calls("PATCH", "/llm-spot/scale")
+    assert len(attempts) == 3 and kube.deployments["llm-spot"]["spec"]["replicas"] == 4
+
+
+def test_retries_back_off_with_jitter_and_honour_retry_after(kube):
+    waits = []
+    kube.fail("PATCH", "/llm-spot/scale", 503)
+    kube.fail("PATCH", "/llm-spot/scale", 503)
+    kube.fail("PATCH", "/llm-spot/scale", 429, retry_after=3)
+    KubernetesActuator(api_client(host=kube.url), TARGET, sleep=waits.append).apply([Decision("spot", 4, 3, "x")])
+    assert 0.1 <= waits[0] <= 0.3 and 0.2 <= waits[1] <= 0.6 and waits[2] == 3.0
+
+
+def test_errors_that_retrying_cannot_fix_are_raised(kube):
+    kube.fail("PATCH", "/llm-spot/scale", 403)
+    with pytest.raises(ApiException) as err:
+        actuator(kube).apply([Decision("spot", 4, 3, "x")])
+    assert err.value.status == 403
+    for _ in range(5):
+        kube.fail("PATCH", "/llm-spot/scale", 500)
+    with pytest.raises(ApiException):
+        actuator(kube).apply([Decision("spot", 4, 3, "x")])
+    assert len(kube.calls("PATCH", "/llm-spot/scale")) == 6
+
+
+def test_shadow_mode_reads_but_never_writes(kube):
+    act = actuator(kube, shadow=True)
+    act.view()
+    sent = act.apply([Decision("spot", 9, 3, "x")], placeholder=4)
+    assert kube.calls("PATCH") == [] and kube.deployments["llm-spot"]["spec"]["replicas"] == 3
+    assert sent[0] == "shadow (not sent): PATCH deployments/llm-spot/scale replicas 3 -> 9"
+
+
+def test_lease_leader_election(kube):
+    api = api_client(host=kube.url)
+    clock = {"now": datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)}
+    a = LeaseLock(api, "inference", "peakpilot", "replica-a", duration_s=30, now=lambda: clock["now"])
+    b = LeaseLock(api, "inference", "peakpilot", "replica-b", duration_s=30, now=lambda: clock["now"])
+    assert a.acquire_or_renew() is True  # created
+    assert b.acquire_or_renew() is False  # held and fresh
+    clock["now"] += timedelta(seconds=20)
+    assert a.acquire_or_renew() is True  # renewed
+    assert kube.leases["peakpilot"]["spec"]["holderIdentity"] == "replica-a"
+    clock["now"] += timedelta(seconds=45)  # a stopped renewing: expired
+    assert b.acquire_or_renew() is True
+    assert kube.leases["peakpilot"]["spec"]["holderIdentity"] == "replica-b"
+    assert kube.leases["peakpilot"]["spec"]["leaseTransitions"] == 1
+    assert a.acquire_or_renew() is False and a.is_leader is False  # a lost the lease
+
+
+def test_lease_race_conflict_leaves_one_leader(kube):
+    api = api_client(host=kube.url)
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    a = LeaseLock(api, "inference", "peakpilot", "replica-a", 30, now=lambda: now)
+    assert a.acquire_or_renew()
+    kube.fail("PUT", "/leases/peakpilot", 409)  # another writer got in between our read and write
+    assert a.acquire_or_renew() is False and a.is_leader is False
+    assert a.acquire_or_renew() is True
