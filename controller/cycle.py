@@ -36,6 +36,7 @@ class CycleResult:
     need_now: int  # nodes the forecast needs this minute
     mode: str  # predictive | reactive (forecast missing or stale)
     reason: str
+    placeholder: int = 0  # nodes to hold warm (low priority) for what the forecast needs after the lead time
 
 
 def prewarm_target(need: np.ndarray, lead_min: int) -> int:
@@ -76,7 +77,9 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         peak_at = int(np.argmax(need[: lead + 1]))
         up_reason = f"forecast needs {up} by +{peak_at} min ({policy.planning.quantile}, lead {lead} min)"
         need_now = int(need[0])
+        later = need[lead + 1: 2 * lead + 1]
     else:
+        later = np.zeros(0, dtype=int)
         mode = "reactive"
         why = "no forecast" if forecast is None else (
             f"forecast is {age:.0f} min old" if age > policy.planning.max_forecast_age_min
@@ -133,4 +136,5 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         if want > split[cls]:
             why += f"; keeping {view.warming(cls)} still warming"
         decisions.append(Decision(cls, want, view.active(cls), why))
-    return CycleResult(decisions, limited, need_now, mode, reason)
+    placeholder = max(0, int(later.max()) - limited) if len(later) else 0
+    return CycleResult(decisions, limited, need_now, mode, reason, placeholder)

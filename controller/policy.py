@@ -126,8 +126,23 @@ class Event(Strict):
         return self
 
 
+class KubernetesSpec(Strict):
+    namespace: str = "default"
+    workloads: dict[Literal["reserved", "spot", "on_demand"], str] = Field(
+        default_factory=dict, description="Deployment per capacity class")
+    placeholder: str | None = Field(None, description="low-priority Deployment that holds nodes warm ahead of a peak")
+
+
+class Signals(Strict):
+    prometheus: str | None = Field(None, description="Prometheus base URL; none: the sample trace on the clock")
+    query: str | None = Field(None, description="PromQL for the request rate per second ({step} is substituted)")
+    step: str = "1m"
+    history_days: float = Field(14, gt=0)
+
+
 class Policy(Strict):
     service: str = Field(min_length=1)
+    labels: dict[str, str] = Field(default_factory=dict, description="for --selector: which daemon runs this service")
     slo: SLO = SLO()
     capacity: Capacity
     classes: Classes
@@ -137,6 +152,8 @@ class Policy(Strict):
     planning: Planning = Planning()
     safety_net: SafetyNet = SafetyNet()
     events: list[Event] = []
+    kubernetes: KubernetesSpec = KubernetesSpec()
+    signals: Signals = Signals()
 
     def with_changes(self, **changes) -> Policy:
         """A copy with nested values replaced, validated again: ``with_changes(planning={"headroom": 0.2})``."""

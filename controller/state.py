@@ -81,6 +81,20 @@ class Memory:
     recent_targets: deque = field(default_factory=lambda: deque(maxlen=240))  # (minute, total target)
     lead_samples: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in CLASSES})
 
+    last_load_rps: float | None = None  # the last observed load: the reactive floor while signals are down
+
+    def to_json(self) -> dict:
+        return {"recent_targets": [[str(t), int(v)] for t, v in self.recent_targets],
+                "lead_samples": self.lead_samples, "last_load_rps": self.last_load_rps}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Memory:
+        memory = cls()
+        memory.recent_targets.extend((np.datetime64(t, "m"), v) for t, v in data.get("recent_targets", []))
+        memory.lead_samples.update({k: list(v) for k, v in data.get("lead_samples", {}).items()})
+        memory.last_load_rps = data.get("last_load_rps")
+        return memory
+
     def learn(self, samples: list[tuple[str, float]]) -> None:
         for cls, minutes in samples:
             bucket = self.lead_samples[cls]

@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_run ON decisions(run_id, minute);
+CREATE TABLE IF NOT EXISTS memory (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+    updated REAL NOT NULL,
+    state TEXT NOT NULL
+);
 """
 
 
@@ -103,6 +108,37 @@ class Store:
             cur = self.db.execute("INSERT INTO runs (created, kind, trace, policy, strategy, summary) VALUES (?,?,?,?,?,?)",
                                   (time.time(), "backtest", doc.get("trace"), None, None, json.dumps(doc)))
         return cur.lastrowid
+
+    # -- the daemon ------------------------------------------------------------------------------
+    def service_run(self, service: str, policy: str = "") -> int:
+        """The daemon's run of a service: the same one across restarts, so the timeline continues."""
+        with self.db:
+            row = self.db.execute("SELECT id FROM runs WHERE kind = 'daemon' AND strategy = ?", (service,)).fetchone()
+            if row:
+                return row[0]
+            cur = self.db.execute("INSERT INTO runs (created, kind, trace, policy, strategy, summary) VALUES (?,?,?,?,?,?)",
+                                  (time.time(), "daemon", None, policy, service, json.dumps({"service": service})))
+            return cur.lastrowid
+
+    def record_cycle(self, run_id: int, minute: int, ts: str, row: dict, decisions: list, memory: dict,
+                     keep_minutes: int | None = None) -> None:
+        """One cycle's writes in one transaction. Keyed by (run, minute): a cycle redone after a
+        restart replaces its row instead of adding a second."""
+        values = [row.get(c) for c in TIMELINE_COLUMNS]
+        with self.db:
+            self.db.execute(f"INSERT OR REPLACE INTO timeline VALUES ({', '.join('?' * (3 + len(TIMELINE_COLUMNS)))})",
+                            (run_id, minute, ts, *values))
+            self.db.execute("DELETE FROM decisions WHERE run_id = ? AND minute = ?", (run_id, minute))
+            self.db.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?)",
+                                [(run_id, minute, ts, d.cls, d.desired, d.current, d.reason) for d in decisions])
+            self.db.execute("INSERT OR REPLACE INTO memory VALUES (?,?,?)", (run_id, time.time(), json.dumps(memory)))
+            if keep_minutes:
+                self.db.execute("DELETE FROM timeline WHERE run_id = ? AND minute < ?", (run_id, minute - keep_minutes))
+                self.db.execute("DELETE FROM decisions WHERE run_id = ? AND minute < ?", (run_id, minute - keep_minutes))
+
+    def load_memory(self, run_id: int) -> dict | None:
+        row = self.db.execute("SELECT state FROM memory WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def latest(self, kind: str) -> int | None:
         row = self.db.execute("SELECT max(id) FROM runs WHERE kind = ?", (kind,)).fetchone()

@@ -267,6 +267,104 @@ def recommend_reserved_cmd(
                f"${result['cost_usd_without']:,.0f} without")
 
 
+@app.command("run")
+def run_daemon(
+    policy: list[Path] = typer.Option(..., "--policy", help="Policy YAML, or a folder of them; repeat for "
+                                                            "several services."),
+    backend: str = typer.Option("simulated", "--backend", help="simulated | kubernetes | dry-run"),
+    store: str = typer.Option("sqlite:///runs/daemon/peakpilot.db", "--store", help="Where to record (SQLite URL or path)."),
+    once: bool = typer.Option(False, "--once", help="Run one cycle and exit (0, or 1 if it failed)."),
+    interval_s: float = typer.Option(60, "--interval-s", min=0.1, help="Seconds between control cycles."),
+    retrain_cron: str = typer.Option("0 */6 * * *", "--retrain-cron", help="When to retrain (crontab, UTC)."),
+    metrics_port: int = typer.Option(0, "--metrics-port", help="Serve /metrics and /health here (0: off)."),
+    trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="Load for services without Prometheus: this trace, "
+                                                             "played from its middle on the daemon's clock."),
+    selector: Optional[str] = typer.Option(None, "--selector", help="Only services whose policy labels match, "
+                                                                    "e.g. team=chat."),
+    shadow: bool = typer.Option(False, "--shadow", help="Read the cluster, record what would be done, act on nothing."),
+    lease_name: Optional[str] = typer.Option(None, "--lease-name", help="Lease for leader election (kubernetes); "
+                                                                        "default peakpilot[-selector]."),
+    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig"),
+    retention_days: float = typer.Option(30, "--retention-days", help="Keep this much timeline in the store."),
+) -> None:
+    """Run the controller as a daemon: every cycle forecast, plan, act and record, for every service."""
+    import os
+    import socket
+
+    import numpy as np
+
+    from controller.actuators import DryRunActuator, SimulatedActuator
+    from controller.daemon import Daemon, DaemonMetrics, ServiceController, utc_now
+    from controller.policy import PolicyError, load_policy
+    from controller.signals import PrometheusSignals, TraceSignals
+    from controller.store import Store
+
+    if backend not in ("simulated", "kubernetes", "dry-run"):
+        fail(f"unknown backend {backend!r}; choose simulated, kubernetes or dry-run")
+    paths = [p for given in policy for p in (sorted(given.glob("*.yaml")) if given.is_dir() else [given])]
+    if not paths:
+        fail("no policy files found")
+    policies = {}
+    for path in paths:
+        try:
+            policies[path] = load_policy(path)
+        except PolicyError as exc:
+            fail(str(exc))
+    if selector:
+        key, _, value = selector.partition("=")
+        policies = {p: pol for p, pol in policies.items() if pol.labels.get(key) == value}
+        if not policies:
+            fail(f"no policy has the label {selector}")
+    logging.getLogger().setLevel(logging.INFO)
+    metrics = DaemonMetrics()
+    st = Store(store)
+    api = lease = None
+    if backend == "kubernetes":
+        from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget, LeaseLock, api_client
+
+        api = api_client(kubeconfig=kubeconfig)
+        first = next(iter(policies.values()))
+        name = lease_name or ("peakpilot" + (f"-{selector.replace('=', '-')}" if selector else ""))
+        lease = LeaseLock(api, first.kubernetes.namespace, name, f"{socket.gethostname()}-{os.getpid()}")
+    tr = load_trace_or_exit(trace) if any(p.signals.prometheus is None for p in policies.values()) else None
+    services = []
+    for path, pol in policies.items():
+        if pol.signals.prometheus:
+            signals = PrometheusSignals(pol.signals.prometheus, pol.signals.query, pol.signals.step,
+                                        pol.signals.history_days)
+        else:
+            signals = TraceSignals(tr, len(tr.arrivals) // 2, utc_now())
+        if backend == "simulated":
+            reserved = pol.reserved.count if isinstance(pol.reserved.count, int) else 0
+            actuator = SimulatedActuator(pol, reserved=reserved)
+        elif backend == "dry-run":
+            actuator = DryRunActuator(dict(pol.kubernetes.workloads), pol.kubernetes.namespace)
+        else:
+            if set(pol.kubernetes.workloads) != {"reserved", "spot", "on_demand"} - (set() if pol.kubernetes.workloads
+                                                                                      else set()):
+                missing = {"reserved", "spot", "on_demand"} - set(pol.kubernetes.workloads)
+                if missing:
+                    fail(f"{path}: kubernetes.workloads has no Deployment for {', '.join(sorted(missing))}")
+            actuator = KubernetesActuator(api, KubernetesTarget(pol.kubernetes.namespace, dict(pol.kubernetes.workloads),
+                                                                pol.kubernetes.placeholder), shadow=shadow)
+        try:
+            services.append(ServiceController(path, signals, actuator, st, metrics, shadow=shadow,
+                                               acting=(lambda: lease.is_leader) if lease else (lambda: True),
+                                               keep_minutes=int(retention_days * 1440)))
+        except PolicyError as exc:
+            fail(str(exc))
+    daemon = Daemon(services, metrics, interval_s, retrain_cron, lease=lease)
+    if metrics_port:
+        daemon.serve_metrics(metrics_port)
+    if once:
+        daemon.retrain_all()
+        ok = daemon.cycle_all()
+        for name, last in daemon.last_cycle.items():
+            typer.echo(f"{name}: {'ok' if last['ok'] else 'FAILED'} ({last['mode']}) {last['reason']}")
+        raise typer.Exit(0 if ok else 1)
+    daemon.run()
+
+
 @app.command()
 def serve(
     model: str = typer.Option("builtin", "--model", help="builtin[:tiny|small|medium], a TorchScript file, "

@@ -1,0 +1,300 @@
+"""The daemon: the control cycle of every service on a schedule (APScheduler), for months.
+
+* Every ``interval`` seconds, each service runs one cycle: reload its policy if the file changed (a
+  broken new one is refused with a log line, the old one stays), read the live signals, forecast,
+  decide, act (unless a follower of the Lease, or in shadow mode), record. A cycle's writes are one
+  transaction; the controller's memory is in the store, so a restarted daemon continues.
+* Retraining runs on its own cron. Cycles never overlap (``max_instances=1``); a late cycle runs once
+  (``coalesce``). Errors are counted by kind and never end the daemon; SIGTERM shuts it down cleanly.
+* Its own ``/metrics`` and ``/health`` on ``--metrics-port``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from controller.actuators import DryRunActuator, SimulatedActuator
+from controller.cycle import control_cycle
+from controller.policy import CLASSES, Policy, PolicyError, load_policy
+from controller.signals import SignalError, TraceSignals
+from controller.state import Memory, MinuteForecast, Observation
+from controller.store import Store
+from forecaster.models import fit_with_fallback
+
+log = logging.getLogger("peakpilot.daemon")
+MINUTE = np.timedelta64(1, "m")
+
+
+def utc_now() -> np.datetime64:
+    return np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "m")
+
+
+class DaemonMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.cycle_seconds = Histogram("peakpilot_cycle_duration_seconds", "Control cycle duration", ["service"],
+                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=r)
+        self.forecast = Gauge("peakpilot_forecast_rps", "Forecast load one lead time ahead", ["service", "quantile"],
+                              registry=r)
+        self.desired = Gauge("peakpilot_desired_nodes", "Nodes decided", ["service", "class"], registry=r)
+        self.actual = Gauge("peakpilot_actual_nodes", "Nodes there", ["service", "class", "state"], registry=r)
+        self.cost = Gauge("peakpilot_cost_per_hour", "Cost per hour of the nodes running", ["service"], registry=r)
+        self.errors = Counter("peakpilot_errors", "Errors by kind", ["service", "kind"], registry=r)
+        self.forecast_age = Gauge("peakpilot_forecast_age_seconds", "Age of the forecast in use", ["service"],
+                                  registry=r)
+        self.cycles = Counter("peakpilot_cycles", "Control cycles run", ["service", "mode"], registry=r)
+
+
+@dataclass
+class ServiceController:
+    """One service: its policy, signals, forecaster, memory, actuator and its run in the store."""
+
+    policy_path: Path
+    signals: object
+    actuator: object
+    store: Store
+    metrics: DaemonMetrics
+    seed: int = 0
+    acting: callable = lambda: True  # False while a follower of the Lease
+    shadow: bool = False
+    keep_minutes: int | None = None
+    policy: Policy = field(init=False)
+    memory: Memory = field(init=False)
+    model: object = None
+    model_status: str = "not trained"
+
+    def __post_init__(self) -> None:
+        self.policy = load_policy(self.policy_path)  # a broken policy at start is the caller's to report
+        self._mtime = self.policy_path.stat().st_mtime
+        self.run_id = self.store.service_run(self.policy.service, str(self.policy_path))
+        saved = self.store.load_memory(self.run_id)
+        self.memory = Memory.from_json(saved) if saved else Memory()
+        if saved:
+            log.info("%s: resumed from the store (%d recommendations, lead samples %s)", self.policy.service,
+                     len(self.memory.recent_targets), {k: len(v) for k, v in self.memory.lead_samples.items()})
+        self.rps_per_node = self._capacity(self.policy)
+
+    @property
+    def service(self) -> str:
+        return self.policy.service
+
+    def _capacity(self, policy: Policy) -> float:
+        if policy.capacity.rps_per_node:
+            return policy.capacity.rps_per_node
+        trace = getattr(self.signals, "trace", None)
+        if trace is None:
+            raise PolicyError(f"{self.policy_path}: capacity.peak_nodes needs a trace; live services set "
+                              f"capacity.rps_per_node (measure it with `peakpilot profile`)")
+        return trace.peak_rps() / policy.capacity.peak_nodes
+
+    def reserved(self) -> int:
+        return self.policy.reserved.count if isinstance(self.policy.reserved.count, int) else \
+            getattr(self, "_auto_reserved", 0)
+
+    # -- scheduled jobs ---------------------------------------------------------------------------
+    def reload_policy(self) -> None:
+        try:
+            mtime = self.policy_path.stat().st_mtime
+        except OSError as exc:
+            self._error("policy_reload", f"cannot read {self.policy_path}: {exc}; keeping the policy in force")
+            return
+        if mtime == self._mtime:
+            return
+        self._mtime = mtime
+        try:
+            new = load_policy(self.policy_path)
+            self.rps_per_node = self._capacity(new)
+        except PolicyError as exc:
+            self._error("policy_reload", f"refused the changed policy, keeping the one in force: {exc}")
+            return
+        self.policy = new
+        log.info("%s: policy reloaded from %s", self.service, self.policy_path)
+
+    def retrain(self, now: np.datetime64) -> None:
+        try:
+            history = self.signals.history(now)
+            model, status = fit_with_fallback(self.policy.planning.model, history, seed=self.seed,
+                                              options={"torch": {"max_horizon_min": self.policy.planning.horizon_min}})
+        except Exception as exc:
+            self._error("forecast", f"retrain failed: {exc}; the last model stays")
+            return
+        self.model, self.model_status = model, status
+        if self.policy.reserved.count == "auto":
+            from controller.reserved import recommend_reserved
+
+            load = history.counts.to_numpy() / history.step.total_seconds()
+            self._auto_reserved = recommend_reserved(load, self.policy, self.rps_per_node)["reserved"]
+        log.info("%s: trained %s (%s) in %.1f s", self.service, model.name, status, model.fit_seconds)
+
+    def cycle(self, now: np.datetime64) -> dict:
+        started = time.perf_counter()
+        self.reload_policy()
+        policy = self.policy
+        try:
+            obs = self.signals.observe(now)
+            if obs.load_rps is not None:
+                self.memory.last_load_rps = obs.load_rps
+        except SignalError as exc:
+            self._error("signals", f"{exc}; keeping the last plan")
+            obs = Observation(now, self.memory.last_load_rps)  # the last load stays the floor
+        forecast = self._forecast(now)
+        try:
+            view = self.actuator.view()
+        except Exception as exc:
+            self._error("actuator", f"cannot read the cluster: {exc}")
+            return {"ok": False, "error": str(exc)}
+        result = control_cycle(obs, forecast, view, policy, self.memory, self.rps_per_node, self.reserved())
+        acting = self.acting() and not self.shadow
+        sent: list[str] = []
+        if acting:
+            try:
+                sent = self.actuator.apply(result.decisions, result.placeholder)
+            except Exception as exc:
+                self._error("actuator", f"apply failed: {exc}")
+        cost = sum(view.active(c) * policy.price(c) for c in CLASSES)
+        row = {"load_rps": obs.load_rps, "forecast_q50": None, "forecast_q90": None,
+               "ready": view.ready(), "warming": sum(view.warming(c) + view.counts[c]["pending"] for c in CLASSES),
+               "draining": sum(view.counts[c]["draining"] for c in CLASSES), "cost_per_hour": cost,
+               **{f"ready_{c}": view.ready(c) for c in CLASSES},
+               **{f"cost_{c}": view.active(c) * policy.price(c) for c in CLASSES}}
+        if forecast is not None:
+            row["forecast_q50"], row["forecast_q90"] = (float(forecast.rps[0, 0]), float(forecast.rps[0, 1]))
+        minute = int(np.datetime64(now, "m").astype("int64"))
+        try:
+            self.store.record_cycle(self.run_id, minute, str(np.datetime64(now, "m")), row, result.decisions,
+                                    self.memory.to_json(), self.keep_minutes)
+        except Exception as exc:
+            self._error("store", f"could not record the cycle: {exc}")
+        m = self.metrics
+        m.cycle_seconds.labels(self.service).observe(time.perf_counter() - started)
+        m.cycles.labels(self.service, result.mode).inc()
+        m.cost.labels(self.service).set(cost)
+        for d in result.decisions:
+            m.desired.labels(self.service, d.cls).set(d.desired)
+            for state, n in view.counts[d.cls].items():
+                m.actual.labels(self.service, d.cls, state).set(n)
+        if forecast is not None:
+            m.forecast_age.labels(self.service).set(float((now - forecast.start) / MINUTE) * 60)
+            for k, q in enumerate(("q50", "q90", "q99")):
+                m.forecast.labels(self.service, q).set(float(forecast.rps[min(len(forecast.rps) - 1, 10), k]))
+        return {"ok": True, "mode": result.mode, "target": result.target, "reason": result.reason, "sent": sent,
+                "acting": acting, "decisions": result.decisions}
+
+    def _forecast(self, now: np.datetime64) -> MinuteForecast | None:
+        if self.model is None:
+            return None
+        try:
+            history = self.signals.history(now)
+            fc = self.model.predict(history, self.policy.planning.horizon_min)
+        except SignalError as exc:
+            self._error("signals", f"no history for the forecast: {exc}")
+            return None
+        except Exception as exc:
+            self._error("forecast", f"forecast failed: {exc}")
+            return None
+        step = int(round(fc.step.total_seconds() / 60)) or 1
+        rps = np.repeat(fc.values / fc.step.total_seconds(), step, axis=0) if fc.step.total_seconds() >= 60 else \
+            fc.values / fc.step.total_seconds()
+        start = fc.start.tz_convert("UTC").tz_localize(None) if fc.start.tzinfo else fc.start
+        return MinuteForecast(np.datetime64(start, "m"), rps, fc.model, self.model_status)
+
+    def _error(self, kind: str, message: str) -> None:
+        self.metrics.errors.labels(self.service, kind).inc()
+        log.error("%s: %s: %s", self.service, kind, message)
+
+
+class Daemon:
+    def __init__(self, services: list[ServiceController], metrics: DaemonMetrics, interval_s: float = 60,
+                 retrain_cron: str = "0 */6 * * *", clock=utc_now, lease=None):
+        self.services, self.metrics, self.interval_s = services, metrics, interval_s
+        self.retrain_cron, self.clock, self.lease = retrain_cron, clock, lease
+        self.last_cycle: dict = {}
+        self.scheduler = None
+
+    def cycle_all(self) -> bool:
+        now = self.clock()
+        if self.lease is not None:
+            try:
+                self.lease.acquire_or_renew()
+            except Exception as exc:
+                log.error("lease: %s; acting as a follower", exc)
+                self.lease.is_leader = False
+        ok = True
+        for service in self.services:
+            try:
+                result = service.cycle(now)
+            except Exception as exc:  # nothing a service does ends the daemon
+                service._error("cycle", f"{type(exc).__name__}: {exc}")
+                result = {"ok": False, "error": str(exc)}
+            ok &= result["ok"]
+            self.last_cycle[service.service] = {"at": str(now), "ok": result["ok"], "mode": result.get("mode"),
+                                                "reason": result.get("reason")}
+        return ok
+
+    def retrain_all(self) -> None:
+        now = self.clock()
+        for service in self.services:
+            service.retrain(now)
+
+    def health(self) -> dict:
+        return {"status": "ok", "leader": None if self.lease is None else self.lease.is_leader,
+                "services": self.last_cycle}
+
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+        daemon = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if self.path == "/metrics":
+                    body, kind = generate_latest(daemon.metrics.registry), CONTENT_TYPE_LATEST
+                elif self.path == "/health":
+                    body, kind = json.dumps(daemon.health()).encode(), "application/json"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    def run(self) -> None:
+        from apscheduler.schedulers.blocking import BlockingScheduler
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        self.retrain_all()
+        sched = self.scheduler = BlockingScheduler(
+            timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1,
+                                          "misfire_grace_time": max(1, int(self.interval_s))})
+        sched.add_job(self.cycle_all, IntervalTrigger(seconds=self.interval_s), id="cycle",
+                      next_run_time=datetime.now(timezone.utc))
+        sched.add_job(self.retrain_all, CronTrigger.from_crontab(self.retrain_cron, timezone="UTC"), id="retrain")
+
+        def stop(signum, frame):
+            log.info("signal %s: shutting down after the cycle in flight", signum)
+            threading.Thread(target=sched.shutdown, kwargs={"wait": True}, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log.info("running %d service(s): a cycle every %g s, retraining on '%s'", len(self.services),
+                 self.interval_s, self.retrain_cron)
+        sched.start()

@@ -1,0 +1,104 @@
+"""Where the daemon's load comes from: Prometheus (live), or a trace played on the daemon's clock
+(the simulated default). Both give the request history for the forecaster and the last minute's
+load and busy share for the cycle. Failures raise :class:`SignalError`; the daemon counts them,
+keeps its last plan and recovers by itself when the source answers again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from controller.state import Observation
+from forecaster.errors import HistoryError
+from forecaster.history import History
+
+MINUTE = np.timedelta64(1, "m")
+
+
+class SignalError(RuntimeError):
+    pass
+
+
+class TraceSignals:
+    """A trace played in time: minute ``start_minute`` of the trace is the daemon's ``t0``."""
+
+    def __init__(self, trace, start_minute: int, t0: np.datetime64):
+        start_minute -= start_minute % trace.step_min  # on the trace's grid
+        self.trace, self.start_minute, self.t0 = trace, start_minute, np.datetime64(t0, "m")
+        # The trace's timestamps are moved onto the daemon's clock, so forecasts and cycles agree on "now".
+        self.shift = pd.Timedelta(self.t0 - trace.times[start_minute])
+        self.fail_next = 0  # fault injection for tests
+
+    def minute(self, now: np.datetime64) -> int:
+        m = self.start_minute + int((np.datetime64(now, "m") - self.t0) / MINUTE)
+        return min(max(m, 1), len(self.trace.arrivals) - 1)
+
+    def observe(self, now: np.datetime64) -> Observation:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise SignalError("injected: trace source unavailable")
+        a = self.trace.arrivals[self.minute(now) - 1]
+        return Observation(np.datetime64(now, "m"), None if np.isnan(a) else float(a) / 60.0)
+
+    def history(self, now: np.datetime64) -> History:
+        if self.fail_next:
+            raise SignalError("injected: trace source unavailable")
+        step = self.trace.step_min
+        steps = self.minute(now) // step
+        counts = self.trace.history.counts.iloc[:steps].copy()
+        index = counts.index.tz_localize(None) if counts.index.tz is not None else counts.index
+        counts.index = index + self.shift
+        counts.index.freq = self.trace.history.step
+        return History(counts, self.trace.name)
+
+
+class PrometheusSignals:
+    """Live load from Prometheus: the history at ``step`` and the last minute's rate and busy share."""
+
+    BUSY = 'sum(rate(peakpilot_requests_total{{outcome="busy"}}[{step}])) / sum(rate(peakpilot_requests_total[{step}]))'
+
+    def __init__(self, url: str, query: str | None = None, step: str = "1m", history_days: float = 14):
+        from forecaster.prometheus_source import PrometheusSource
+
+        self.source = PrometheusSource(url, query=query, step=step)
+        self.step = step
+        self.history_days = history_days
+        self._history: History | None = None
+
+    def _load(self, start: pd.Timestamp, end: pd.Timestamp) -> History:
+        try:
+            return self.source.load(start, end)
+        except HistoryError as exc:
+            raise SignalError(str(exc)) from None
+
+    def history(self, now: np.datetime64) -> History:
+        """The history up to ``now``, read whole once and then extended by what is new."""
+        end = pd.Timestamp(now, tz="UTC").floor(self.source.step)
+        if self._history is None or self._history.end < end - pd.Timedelta(days=1):
+            self._history = self._load(end - pd.Timedelta(days=self.history_days), end)
+        elif self._history.end < end:
+            new = self._load(self._history.end, end)
+            counts = pd.concat([self._history.counts, new.counts])
+            counts = counts[counts.index >= end - pd.Timedelta(days=self.history_days)]
+            counts.index.freq = self.source.step
+            self._history = History(counts, self._history.source)
+        return self._history
+
+    def observe(self, now: np.datetime64) -> Observation:
+        end = pd.Timestamp(now, tz="UTC").floor("1min")
+        history = self._load(end - pd.Timedelta(minutes=5), end)
+        last = history.counts.dropna()
+        load = float(last.iloc[-1]) / history.step.total_seconds() if len(last) else None
+        busy = 0.0
+        try:
+            from prometheus_api_client import PrometheusConnect
+
+            answer = PrometheusConnect(url=self.source.url, disable_ssl=True).custom_query(
+                self.BUSY.format(step=self.step))
+            if answer:
+                busy = float(answer[0]["value"][1])
+                busy = 0.0 if not np.isfinite(busy) else busy
+        except Exception:  # the busy share is a refinement; the load is what matters
+            pass
+        return Observation(np.datetime64(end.tz_localize(None), "m"), load, busy)

@@ -1,0 +1,225 @@
+"""The daemon over many cycles with faults, restarts, policy reloads, leader election and SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from controller.actuators import SimulatedActuator
+from controller.daemon import Daemon, DaemonMetrics, ServiceController
+from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget, LeaseLock, api_client
+from controller.replay import load_trace
+from controller.signals import TraceSignals
+from controller.store import Store
+from tests.conftest import SAMPLE, free_port
+from tests.kube_api import FakeKubeAPI
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = np.datetime64("2026-01-05T00:00", "m")
+
+
+@pytest.fixture(scope="module")
+def trace():
+    return load_trace(SAMPLE)
+
+
+@pytest.fixture
+def policy_file(tmp_path):
+    path = tmp_path / "policy.yaml"
+    text = (ROOT / "configs" / "policy.yaml").read_text()
+    path.write_text(text.replace("model: torch ", "model: seasonal_naive ").replace("count: auto", "count: 3"))
+    return path
+
+
+class Clock:
+    def __init__(self):
+        self.now = T0
+
+    def __call__(self):
+        return self.now
+
+    def tick(self, minutes=1):
+        self.now = self.now + np.timedelta64(minutes, "m")
+
+
+class FlakyActuator:
+    """The simulated cluster, with API errors on demand."""
+
+    def __init__(self, inner):
+        self.inner, self.fail_apply, self.applied = inner, 0, []
+
+    def view(self):
+        return self.inner.view()
+
+    def apply(self, decisions, placeholder=0):
+        if self.fail_apply:
+            self.fail_apply -= 1
+            raise RuntimeError("injected: API server answered 503 five times")
+        self.applied.append({d.cls: d.desired for d in decisions})
+        return self.inner.apply(decisions, placeholder)
+
+
+def make(policy_file, trace, store, clock, actuator, signals=None):
+    metrics = DaemonMetrics()
+    signals = signals or TraceSignals(trace, 8 * 1440, T0)
+    service = ServiceController(policy_file, signals, actuator, store, metrics)
+    return Daemon([service], metrics, interval_s=60, clock=clock), service, signals
+
+
+def run_cycles(daemon, clock, n, retrain_at=()):
+    for i in range(n):
+        if i in retrain_at:
+            daemon.retrain_all()
+        daemon.cycle_all()
+        clock.tick()
+
+
+def test_many_cycles_with_faults_and_a_restart_lose_nothing_and_repeat_nothing(tmp_path, policy_file, trace):
+    # Reference: 180 undisturbed cycles.
+    ref_clock = Clock()
+    ref_cluster = FlakyActuator(SimulatedActuator(load_policy_of(policy_file), reserved=3, seed=1))
+    ref, _, _ = make(policy_file, trace, Store(str(tmp_path / "ref.db")), ref_clock, ref_cluster)
+    run_cycles(ref, ref_clock, 180, retrain_at=(0, 90))
+
+    # The same, with Prometheus-like signal outages and API errors, killed and restarted at cycle 90.
+    clock = Clock()
+    cluster = FlakyActuator(SimulatedActuator(load_policy_of(policy_file), reserved=3, seed=1))
+    store_path = str(tmp_path / "daemon.db")
+    daemon, service, signals = make(policy_file, trace, Store(store_path), clock, cluster)
+    run_cycles(daemon, clock, 90, retrain_at=(0,))
+    memory_before = service.memory.to_json()
+    # The process dies; the cluster (and the store) live on. A new daemon resumes from them.
+    daemon2, service2, signals2 = make(policy_file, trace, Store(store_path), clock, cluster)
+    assert service2.memory.to_json() == memory_before
+    assert service2.run_id == service.run_id
+    run_cycles(daemon2, clock, 90, retrain_at=(0,))
+    assert cluster.applied == ref_cluster.applied  # nothing repeated or skipped by the restart
+
+    # Faults after that: signals down for 5 cycles, the API failing for 3; the daemon carries on.
+    signals2.fail_next = 5
+    cluster.fail_apply = 3
+    before = len(cluster.applied)
+    run_cycles(daemon2, clock, 20)
+    assert len(cluster.applied) == before + 20 - 3
+    errors = {s.labels["kind"]: s.value for s in service2.metrics.errors.collect()[0].samples
+              if s.name.endswith("_total")}
+    assert errors["signals"] >= 5 and errors["actuator"] == 3
+    assert all(v["ok"] for v in daemon2.last_cycle.values())
+
+    with Store(store_path, readonly=True) as st:
+        tl = st.timeline(service2.run_id)
+        assert len(tl) == 200 and tl["minute"].is_monotonic_increasing and tl["minute"].diff().dropna().eq(1).all()
+        assert tl["ready"].min() >= 3  # the floor held through the signal outage
+        decisions = st.decisions(service2.run_id)
+        assert decisions["minute"].nunique() == 200 and len(decisions) == 600  # three classes every cycle
+
+
+def load_policy_of(path):
+    from controller.policy import load_policy
+
+    return load_policy(path)
+
+
+def test_a_changed_policy_is_reloaded_and_a_broken_one_refused(tmp_path, policy_file, trace, caplog):
+    clock = Clock()
+    daemon, service, _ = make(policy_file, trace, Store(str(tmp_path / "s.db")), clock,
+                              SimulatedActuator(load_policy_of(policy_file), reserved=3))
+    run_cycles(daemon, clock, 2, retrain_at=(0,))
+    text = policy_file.read_text()
+    policy_file.write_text(text.replace("headroom: 0.30", "headroom: 0.50"))
+    bump(policy_file)
+    run_cycles(daemon, clock, 1)
+    assert service.policy.planning.headroom == 0.5
+    policy_file.write_text(text.replace("quantile: q90", "quantile: q75"))
+    bump(policy_file)
+    run_cycles(daemon, clock, 3)
+    assert service.policy.planning.headroom == 0.5  # the old one stays in force
+    assert "refused the changed policy" in caplog.text and "planning.quantile" in caplog.text
+    assert all(v["ok"] for v in daemon.last_cycle.values())
+
+
+def bump(path):
+    t = path.stat().st_mtime + 5
+    import os
+
+    os.utime(path, (t, t))
+
+
+def test_two_replicas_only_the_lease_holder_acts(tmp_path, policy_file, trace):
+    with FakeKubeAPI("inference") as kube:
+        for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
+            kube.add_deployment(name, 1)
+        target = KubernetesTarget("inference", {"reserved": "llm-reserved", "spot": "llm-spot",
+                                                "on_demand": "llm-on-demand"}, "llm-placeholder")
+        api = api_client(host=kube.url)
+        replicas = []
+        for who in ("a", "b"):
+            lease = LeaseLock(api, "inference", "peakpilot", f"replica-{who}", duration_s=60)
+            actuator = KubernetesActuator(api, target, sleep=lambda s: None)
+            metrics = DaemonMetrics()
+            service = ServiceController(policy_file, TraceSignals(trace, 8 * 1440, T0), actuator,
+                                        Store(str(tmp_path / f"{who}.db")), metrics, acting=lambda lease=lease: lease.is_leader)
+            replicas.append((Daemon([service], metrics, clock=Clock(), lease=lease), service, lease))
+        for daemon, _, _ in replicas:
+            daemon.retrain_all()
+            daemon.cycle_all()
+        (a, _, lease_a), (b, _, lease_b) = replicas
+        assert lease_a.is_leader and not lease_b.is_leader
+        patches = kube.calls("PATCH", "/scale")
+        assert patches and all(p[2]["spec"]["replicas"] >= 0 for p in patches)
+        n = len(patches)
+        b.cycle_all()  # the follower decides and records, but sends nothing
+        assert len(kube.calls("PATCH", "/scale")) == n
+        assert b.health()["leader"] is False and a.health()["leader"] is True
+
+
+def test_daemon_process_serves_metrics_and_stops_cleanly_on_sigterm(tmp_path, policy_file):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(policy_file),
+                             "--store", str(tmp_path / "d.db"), "--interval-s", "0.5", "--metrics-port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        health = None
+        while time.time() < deadline:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
+                if health["services"]:
+                    break
+            except (httpx.TransportError, json.JSONDecodeError):
+                pass
+            time.sleep(0.3)
+        assert health and health["services"]["llm-chat"]["ok"] is True
+        time.sleep(1.5)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'peakpilot_cycles_total{mode="predictive",service="llm-chat"}' in metrics
+        assert "peakpilot_cycle_duration_seconds_bucket" in metrics and "peakpilot_forecast_rps" in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with Store(str(tmp_path / "d.db"), readonly=True) as st:
+        run = st.runs()[0]
+        assert run["kind"] == "daemon" and len(st.timeline(run["id"])) >= 1
+
+
+def test_run_once_and_a_broken_policy_at_start(tmp_path, policy_file):
+    ok = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(policy_file), "--once",
+                         "--backend", "dry-run", "--store", str(tmp_path / "o.db")], capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "dry-run: PATCH /apis/apps/v1/namespaces/inference/deployments/llm-spot/scale" in ok.stdout
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(policy_file.read_text().replace("max_share: 0.6", "max_share: 1.6"))
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(broken), "--once"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "spot.max_share" in out.stderr and "Traceback" not in out.stderr
