@@ -1,0 +1,76 @@
+"""Every manifest in deploy/ is a valid Kubernetes object for the official client's models, and the
+RBAC grants no more than the controller uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from controller.policy import Policy
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+MODELS = {"Deployment": "V1Deployment", "ServiceAccount": "V1ServiceAccount", "Role": "V1Role",
+          "RoleBinding": "V1RoleBinding", "ConfigMap": "V1ConfigMap", "PriorityClass": "V1PriorityClass",
+          "Namespace": "V1Namespace"}
+
+
+def documents():
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                yield path.name, doc
+
+
+def strip_empty(value):
+    if isinstance(value, dict):
+        return {k: strip_empty(v) for k, v in value.items() if v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [strip_empty(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("name,doc", list(documents()), ids=lambda x: x if isinstance(x, str) else x["kind"])
+def test_manifest_is_a_valid_object_with_no_unknown_fields(name, doc):
+    api = client.ApiClient()
+    model = api.deserialize(json.dumps(doc), MODELS[doc["kind"]], "application/json")  # validates required fields
+    back = strip_empty(api.sanitize_for_serialization(model))
+    # Anything the model does not know (a typo) is dropped on the way in: the round trip shows it.
+    assert back == strip_empty(doc)
+
+
+def all_docs():
+    return {(d["kind"], d["metadata"]["name"]): d for _, d in documents()}
+
+
+def test_rbac_is_least_privilege_and_names_the_policy_workloads():
+    docs = all_docs()
+    role = docs[("Role", "peakpilot")]
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+    scale = next(r for r in role["rules"] if r["resources"] == ["deployments/scale"])
+    assert scale["verbs"] == ["get", "patch"]
+    policy = Policy.model_validate(yaml.safe_load(docs[("ConfigMap", "peakpilot-policy")]["data"]["llm-chat.yaml"]))
+    names = set(policy.kubernetes.workloads.values()) | {policy.kubernetes.placeholder}
+    assert set(scale["resourceNames"]) == names
+    for name in names:  # every workload the policy scales exists
+        assert ("Deployment", name) in docs
+    lease = next(r for r in role["rules"] if r.get("resourceNames") == ["peakpilot"])
+    assert lease["resources"] == ["leases"] and set(lease["verbs"]) == {"get", "update"}
+    binding = docs[("RoleBinding", "peakpilot")]
+    assert binding["subjects"][0]["name"] == docs[("Deployment", "peakpilot-controller")]["spec"]["template"]["spec"]["serviceAccountName"]
+
+
+def test_spot_pool_selects_and_tolerates_spot_capacity_and_placeholder_is_lowest_priority():
+    docs = all_docs()
+    spot = docs[("Deployment", "llm-spot")]["spec"]["template"]["spec"]
+    assert spot["nodeSelector"] == {"karpenter.sh/capacity-type": "spot"}
+    assert spot["tolerations"][0]["value"] == "spot"
+    placeholder = docs[("Deployment", "llm-placeholder")]["spec"]["template"]["spec"]
+    pc = docs[("PriorityClass", placeholder["priorityClassName"])]
+    assert pc["value"] < 0 and pc["preemptionPolicy"] == "Never"
+    node = docs[("Deployment", "llm-on-demand")]["spec"]["template"]["spec"]["containers"][0]
+    assert node["readinessProbe"]["httpGet"]["path"] == "/ready"
