@@ -14,9 +14,10 @@ from inference_node.model import LoadedModel, generate
 
 
 class QueueFull(Exception):
-    def __init__(self, waiting: int):
-        super().__init__(f"server busy: {waiting} requests already waiting")
+    def __init__(self, waiting: int, why: str = "the queue is full"):
+        super().__init__(f"server busy: {why} ({waiting} waiting)")
         self.waiting = waiting
+        self.why = why
 
 
 @dataclass
@@ -30,8 +31,11 @@ class Job:
 
 class Batcher:
     def __init__(self, model: LoadedModel, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 64,
-                 metrics=None):
+                 metrics=None, slo_ms: float | None = None):
         self.model = model
+        self.slo = None if slo_ms is None else slo_ms / 1000.0
+        self.batch_seconds = 0.0  # moving average of a batch's run time
+        self.running = False
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -57,9 +61,17 @@ class Batcher:
     def idle(self) -> bool:
         return self.queue.empty() and self.in_flight == 0
 
+    def expected_wait(self) -> float:
+        """Seconds a request arriving now would take: the batches ahead of it, the running one, its own."""
+        batches_ahead = self.queue.qsize() // self.max_batch + 1
+        return (batches_ahead + (1 if self.running else 0)) * self.batch_seconds
+
     async def submit(self, prompt: list[int], max_tokens: int, temperature: float) -> list[int]:
         if self.queue.qsize() >= self.max_queue:
             raise QueueFull(self.queue.qsize())
+        if self.slo is not None and self.batch_seconds and self.expected_wait() > self.slo:
+            raise QueueFull(self.queue.qsize(), f"the expected wait {self.expected_wait():.2f} s is over the "
+                                                f"{self.slo:g} s latency target")
         job = Job(prompt, max_tokens, temperature, asyncio.get_running_loop().create_future())
         self.in_flight += 1
         self.queue.put_nowait(job)
@@ -92,6 +104,7 @@ class Batcher:
     async def _execute(self, batch: list[Job]) -> None:
         self._seed += 1
         started = time.perf_counter()
+        self.running = True
         try:
             outputs = await asyncio.to_thread(generate, self.model, [j.prompt for j in batch],
                                               [j.max_tokens for j in batch], [j.temperature for j in batch],
@@ -101,7 +114,12 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
+        finally:
+            self.running = False
         elapsed = time.perf_counter() - started
+        # Full batches say most about the cost of the next one under load.
+        weight = 0.3 if len(batch) >= self.max_batch // 2 else 0.05
+        self.batch_seconds = elapsed if not self.batch_seconds else (1 - weight) * self.batch_seconds + weight * elapsed
         self.batches += 1
         tokens = sum(len(o) for o in outputs)
         if self.metrics:

@@ -61,6 +61,8 @@ class NodeConfig:
     warmup: bool = True
     quantize: str | None = None
     seed: int = 0
+    threads: int | None = None  # torch intra-op threads (default: torch's choice, all cores)
+    slo_ms: float | None = None  # shed requests whose expected wait is over this
 
 
 def error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -83,6 +85,10 @@ class Node:
     # -- start-up --------------------------------------------------------------------------------
     def load_and_warm(self) -> None:
         try:
+            if self.config.threads:
+                import torch
+
+                torch.set_num_threads(self.config.threads)
             started = time.perf_counter()
             self.model = load_model(self.config.model, seed=self.config.seed, quantize=self.config.quantize)
             self.timings["model_load"] = time.perf_counter() - started
@@ -112,7 +118,7 @@ class Node:
         if self.state == "failed":
             return
         self.batcher = Batcher(self.model, self.config.max_batch, self.config.max_wait_ms, self.config.max_queue,
-                               self.metrics)
+                               self.metrics, self.config.slo_ms)
         self.batcher.start()
         if self.state == "starting":
             self.state = "ready"
@@ -210,7 +216,8 @@ def create_app(config: NodeConfig) -> FastAPI:
             outs = await asyncio.gather(*(node.batcher.submit(tok.encode(p), max_tokens, temperature) for p in prompts))
         except QueueFull as exc:
             m.requests.labels("busy").inc()
-            return error(429, f"server busy: the queue is full ({exc.waiting} waiting); retry after 1 s",
+            m.busy_latency.observe(time.perf_counter() - started)
+            return error(429, f"server busy: {exc.why} ({exc.waiting} waiting); retry after 1 s",
                          "server_busy", headers={"Retry-After": "1"})
         except Exception as exc:
             m.requests.labels("error").inc()
@@ -268,6 +275,11 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    import sys
+
+    # The generation thread holds the GIL between torch ops; a short switch interval lets the event loop
+    # answer /ready, /metrics and 429s promptly while a batch runs.
+    sys.setswitchinterval(0.0005)
     app = create_app(config)
     server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                            timeout_graceful_shutdown=int(config.drain_seconds)), app.state.node)

@@ -378,6 +378,9 @@ def serve(
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantization of Linear "
                                                                     "layers (CPU)."),
     no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip warm-up (for measuring a cold start)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads (default: all cores)."),
+    slo_ms: Optional[float] = typer.Option(None, "--slo-ms", help="Answer 429 at once when a request's expected "
+                                                                  "wait is over this latency target."),
 ) -> None:
     """Serve a PyTorch model: OpenAI-compatible /v1/completions, /health, /ready, /metrics."""
     from inference_node.server import NodeConfig
@@ -385,7 +388,9 @@ def serve(
 
     logging.getLogger().setLevel(logging.INFO)
     run_server(NodeConfig(model=model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                          drain_seconds=drain_seconds, warmup=not no_warmup, quantize=quantize), host, port)
+                          drain_seconds=drain_seconds, warmup=not no_warmup, quantize=quantize, threads=threads,
+                          slo_ms=slo_ms),
+               host, port)
 
 
 @app.command()

@@ -173,3 +173,20 @@ def test_prometheus_scrapes_the_node_and_the_forecaster_reads_back_the_rate(node
     history = PrometheusSource(server.url, step="5s").load(started - pd.Timedelta(seconds=10), end)
     read_back = float(np.nansum(history.counts.to_numpy()))
     assert abs(read_back - result.sent) <= 0.1 * result.sent, (read_back, result.sent)
+
+
+def test_slo_aware_shedding_refuses_what_would_be_late(node_factory):
+    n = node_factory("--max-batch", "4", "--max-queue", "256", "--slo-ms", "300", "--threads", "1")
+    n.wait_ready()
+    httpx.post(f"{n.url}/v1/completions", json={"prompt": "warm", "max_tokens": 100}, timeout=60)  # learn batch time
+
+    async def flood():
+        async with httpx.AsyncClient(base_url=n.url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/v1/completions", json={"prompt": "x", "max_tokens": 100})
+                                          for _ in range(40)))
+
+    answers = asyncio.run(flood())
+    busy = [r for r in answers if r.status_code == 429]
+    assert busy and len(busy) < 40
+    assert "expected wait" in busy[0].json()["error"]["message"] and "latency target" in busy[0].json()["error"]["message"]
+    assert all(r.status_code in (200, 429) for r in answers)
