@@ -151,7 +151,8 @@ def main() -> None:
             "status_5xx": 0 if summary["outcomes"]["error"] == 0 else "see outcomes.error",
         }
         report["overload_5x"]["targets_met"] = bool(
-            summary["outcomes"]["error"] == 0 and server_busy is not None and server_busy <= 50
+            summary["outcomes"]["ok"] > 0 and summary["latency_ms"]["p99"] is not None
+            and summary["outcomes"]["error"] == 0 and server_busy is not None and server_busy <= 50
             and (summary["latency_ms"]["p99"] or 0) <= args.slo_ms
             and rounds[-1][1] <= rounds[0][1] * 1.1)
     finally:

@@ -141,8 +141,10 @@ class ServiceController:
         started = time.perf_counter()
         self.reload_policy()
         policy = self.policy
+        observed: float | None = None
         try:
             obs = self.signals.observe(now)
+            observed = obs.load_rps
             if obs.load_rps is not None:
                 self.memory.last_load_rps = obs.load_rps
         except SignalError as exc:
@@ -163,11 +165,15 @@ class ServiceController:
             except Exception as exc:
                 self._error("actuator", f"apply failed: {exc}")
         cost = sum(view.active(c) * policy.price(c) for c in CLASSES)
-        row = {"load_rps": obs.load_rps, "forecast_q50": None, "forecast_q90": None,
+        row = {"load_rps": observed, "forecast_q50": None, "forecast_q90": None,
                "ready": view.ready(), "warming": sum(view.warming(c) + view.counts[c]["pending"] for c in CLASSES),
                "draining": sum(view.counts[c]["draining"] for c in CLASSES), "cost_per_hour": cost,
                **{f"ready_{c}": view.ready(c) for c in CLASSES},
-               **{f"cost_{c}": view.active(c) * policy.price(c) for c in CLASSES}}
+               **{f"cost_{c}": view.active(c) * policy.price(c) for c in CLASSES},
+               # What peakpilot decided, next to what the cluster has: in shadow mode the two differ,
+               # and the dashboard compares their cost (and capacity against the observed load).
+               "plan_nodes": sum(d.desired for d in result.decisions),
+               "plan_cost_per_hour": sum(d.desired * policy.price(d.cls) for d in result.decisions)}
         if forecast is not None:
             row["forecast_q50"], row["forecast_q90"] = (float(forecast.rps[0, 0]), float(forecast.rps[0, 1]))
         minute = int(np.datetime64(now, "m").astype("int64"))

@@ -225,6 +225,8 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
             in_time, late, busy = service.serve_minute(arrivals, ready)
             busy_share = busy / a if a else 0.0
         if record:
+            timeline["plan_nodes"][i] = sum(d.desired for d in chosen) if chosen else np.nan
+            timeline["plan_cost_per_hour"][i] = sum(d.desired * policy.price(d.cls) for d in chosen) if chosen else np.nan
             for d in chosen:
                 if last_desired.get(d.cls) != d.desired:
                     decisions.append({"minute": i, "time": str(trace.times[minute]), "cls": d.cls, "desired": d.desired,

@@ -17,7 +17,7 @@ import numpy as np
 
 TIMELINE_COLUMNS = ("load_rps", "forecast_q50", "forecast_q90", "ready", "warming", "draining", "ready_reserved",
                     "ready_spot", "ready_on_demand", "cost_per_hour", "cost_reserved", "cost_spot", "cost_on_demand",
-                    "in_time", "late", "busy")
+                    "in_time", "late", "busy", "plan_nodes", "plan_cost_per_hour")
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -63,6 +63,13 @@ def sqlite_path(url: str) -> Path:
 
 
 class Store:
+    def _migrate(self) -> None:
+        """Add timeline columns a newer version records to a store an older one created."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(timeline)")}
+        for column in TIMELINE_COLUMNS:
+            if column not in have:
+                self.db.execute(f"ALTER TABLE timeline ADD COLUMN {column} REAL")
+
     def __init__(self, url: str, readonly: bool = False):
         self.url = url
         self.path = sqlite_path(url)
@@ -76,6 +83,7 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(SCHEMA)
+            self._migrate()
 
     def close(self) -> None:
         self.db.close()
@@ -97,7 +105,8 @@ class Store:
             tl = run.timeline
             rows = [(run_id, i, str(times[i]), *(None if np.isnan(tl[c][i]) else float(tl[c][i]) for c in TIMELINE_COLUMNS))
                     for i in range(len(times))]
-            self.db.executemany(f"INSERT INTO timeline VALUES ({', '.join('?' * (3 + len(TIMELINE_COLUMNS)))})", rows)
+            self.db.executemany(f"INSERT INTO timeline (run_id, minute, ts, {', '.join(TIMELINE_COLUMNS)}) "
+                                f"VALUES ({', '.join('?' * (3 + len(TIMELINE_COLUMNS)))})", rows)
             self.db.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?)",
                                 [(run_id, d["minute"], d["time"], d["cls"], d["desired"], d["current"], d["reason"])
                                  for d in run.decisions])
@@ -126,8 +135,8 @@ class Store:
         restart replaces its row instead of adding a second."""
         values = [row.get(c) for c in TIMELINE_COLUMNS]
         with self.db:
-            self.db.execute(f"INSERT OR REPLACE INTO timeline VALUES ({', '.join('?' * (3 + len(TIMELINE_COLUMNS)))})",
-                            (run_id, minute, ts, *values))
+            self.db.execute(f"INSERT OR REPLACE INTO timeline (run_id, minute, ts, {', '.join(TIMELINE_COLUMNS)}) "
+                            f"VALUES ({', '.join('?' * (3 + len(TIMELINE_COLUMNS)))})", (run_id, minute, ts, *values))
             self.db.execute("DELETE FROM decisions WHERE run_id = ? AND minute = ?", (run_id, minute))
             self.db.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?)",
                                 [(run_id, minute, ts, d.cls, d.desired, d.current, d.reason) for d in decisions])

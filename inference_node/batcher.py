@@ -35,6 +35,7 @@ class Batcher:
         self.model = model
         self.slo = None if slo_ms is None else slo_ms / 1000.0
         self.batch_seconds = 0.0  # moving average of a batch's run time
+        self.latency_seconds = 0.0  # moving average of requests' time in the node (enqueue to answer)
         self.running = False
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -62,9 +63,16 @@ class Batcher:
         return self.queue.empty() and self.in_flight == 0
 
     def expected_wait(self) -> float:
-        """Seconds a request arriving now would take: the batches ahead of it, the running one, its own."""
+        """Seconds a request arriving now would take: the batches ahead of it, the running one and its own,
+        or what requests have lately really taken, whichever is more (the model of the queue does not
+        see a CPU shared with other work)."""
         batches_ahead = self.queue.qsize() // self.max_batch + 1
-        return (batches_ahead + (1 if self.running else 0)) * self.batch_seconds
+        modelled = (batches_ahead + (1 if self.running else 0)) * self.batch_seconds
+        if self.in_flight == 0:
+            # Nothing in the node: the past latency says nothing about now (and shedding on it alone
+            # would refuse every request for ever, since none would finish to correct it).
+            return modelled
+        return max(modelled, self.latency_seconds)
 
     async def submit(self, prompt: list[int], max_tokens: int, temperature: float) -> list[int]:
         if self.queue.qsize() >= self.max_queue:
@@ -126,6 +134,9 @@ class Batcher:
             self.metrics.batch_size.observe(len(batch))
             self.metrics.tokens.inc(tokens)
             self.metrics.tokens_per_second.set(tokens / elapsed if elapsed > 0 else 0.0)
+        now = time.perf_counter()
         for job, out in zip(batch, outputs):
+            waited = now - job.enqueued
+            self.latency_seconds = waited if not self.latency_seconds else 0.8 * self.latency_seconds + 0.2 * waited
             if not job.future.done():
                 job.future.set_result(out)

@@ -340,11 +340,9 @@ def run_daemon(
         elif backend == "dry-run":
             actuator = DryRunActuator(dict(pol.kubernetes.workloads), pol.kubernetes.namespace)
         else:
-            if set(pol.kubernetes.workloads) != {"reserved", "spot", "on_demand"} - (set() if pol.kubernetes.workloads
-                                                                                      else set()):
-                missing = {"reserved", "spot", "on_demand"} - set(pol.kubernetes.workloads)
-                if missing:
-                    fail(f"{path}: kubernetes.workloads has no Deployment for {', '.join(sorted(missing))}")
+            missing = {"reserved", "spot", "on_demand"} - set(pol.kubernetes.workloads)
+            if missing:
+                fail(f"{path}: kubernetes.workloads has no Deployment for {', '.join(sorted(missing))}")
             actuator = KubernetesActuator(api, KubernetesTarget(pol.kubernetes.namespace, dict(pol.kubernetes.workloads),
                                                                 pol.kubernetes.placeholder), shadow=shadow)
         try:

@@ -223,3 +223,73 @@ def test_run_once_and_a_broken_policy_at_start(tmp_path, policy_file):
     out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(broken), "--once"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "spot.max_share" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_shadow_mode_records_the_plan_next_to_the_cluster(tmp_path, policy_file, trace):
+    with FakeKubeAPI("inference") as kube:
+        for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
+            kube.add_deployment(name, 1)  # the cluster as its own HPA left it: one node per class
+        target = KubernetesTarget("inference", {"reserved": "llm-reserved", "spot": "llm-spot",
+                                                "on_demand": "llm-on-demand"}, "llm-placeholder")
+        actuator = KubernetesActuator(api_client(host=kube.url), target, shadow=True, sleep=lambda s: None)
+        clock = Clock()
+        metrics = DaemonMetrics()
+        store = Store(str(tmp_path / "shadow.db"))
+        service = ServiceController(policy_file, TraceSignals(trace, 8 * 1440, T0), actuator, store, metrics,
+                                    shadow=True)
+        daemon = Daemon([service], metrics, clock=clock)
+        run_cycles(daemon, clock, 5, retrain_at=(0,))
+        assert kube.calls("PATCH") == []  # nothing sent
+        tl = store.timeline(service.run_id)
+        # The actual side is the cluster's three replicas (pending: no pods yet), priced as they are.
+        assert (tl["cost_per_hour"] == sum(c.price_per_hour for c in (load_policy_of(policy_file).classes.reserved,
+                                                                       load_policy_of(policy_file).classes.spot,
+                                                                       load_policy_of(policy_file).classes.on_demand))).all()
+        assert (tl["plan_nodes"] > 3).all()  # peakpilot would run more than the cluster's three
+        prices = load_policy_of(policy_file).classes
+        assert tl["plan_cost_per_hour"].iloc[-1] > prices.on_demand.price_per_hour
+
+
+def test_prometheus_down_keeps_the_last_plan_and_recovers(tmp_path, policy_file, trace, prometheus_factory):
+    """Live signals from a Prometheus that answers, then is stopped, then comes back."""
+    from controller.signals import PrometheusSignals
+
+    class Switch:
+        """The trace's load while Prometheus is up (the test's clock is not Prometheus's); the real
+        PrometheusSignals against the stopped server while it is down."""
+
+        def __init__(self, url):
+            self.live = PrometheusSignals(url, step="1m", history_days=0.05)
+            self.trace_signals = TraceSignals(trace, 8 * 1440, T0)
+            self.trace = trace
+            self.down = False
+
+        def observe(self, now):
+            if self.down:
+                return self.live.observe(now)  # connection refused -> SignalError
+            return self.trace_signals.observe(now)
+
+        def history(self, now):
+            return self.trace_signals.history(now)
+
+    server = prometheus_factory().start()
+    clock = Clock()
+    metrics = DaemonMetrics()
+    cluster = SimulatedActuator(load_policy_of(policy_file), reserved=3)
+    switch = Switch(server.url)
+    service = ServiceController(policy_file, switch, cluster, Store(str(tmp_path / "p.db")), metrics)
+    daemon = Daemon([service], metrics, clock=clock)
+    run_cycles(daemon, clock, 3, retrain_at=(0,))
+    ready_before = service.store.timeline(service.run_id)["ready"].iloc[-1]
+    server.stop()
+    switch.down = True
+    run_cycles(daemon, clock, 3)
+    errors = [s.value for s in metrics.errors.collect()[0].samples
+              if s.name.endswith("_total") and s.labels["kind"] == "signals"]
+    assert errors and errors[0] == 3
+    assert all(v["ok"] for v in daemon.last_cycle.values())
+    tl = service.store.timeline(service.run_id)
+    assert tl["ready"].iloc[-1] >= ready_before - 1 and tl["load_rps"].iloc[-3:].isna().all()
+    switch.down = False
+    run_cycles(daemon, clock, 2)
+    assert service.store.timeline(service.run_id)["load_rps"].iloc[-1] > 0  # recovered by itself

@@ -190,3 +190,19 @@ def test_slo_aware_shedding_refuses_what_would_be_late(node_factory):
     assert busy and len(busy) < 40
     assert "expected wait" in busy[0].json()["error"]["message"] and "latency target" in busy[0].json()["error"]["message"]
     assert all(r.status_code in (200, 429) for r in answers)
+
+
+def test_shedding_recovers_once_the_node_is_idle(node_factory):
+    """After an overload the node serves again: shedding must not lock itself in."""
+    n = node_factory("--max-batch", "4", "--max-queue", "256", "--slo-ms", "300", "--threads", "1")
+    n.wait_ready()
+
+    async def flood(k):
+        async with httpx.AsyncClient(base_url=n.url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/v1/completions", json={"prompt": "x", "max_tokens": 100})
+                                          for _ in range(k)))
+
+    asyncio.run(flood(40))
+    time.sleep(0.5)
+    after = [httpx.post(f"{n.url}/v1/completions", json={"prompt": "y", "max_tokens": 4}, timeout=60) for _ in range(3)]
+    assert [r.status_code for r in after] == [200, 200, 200]
