@@ -125,7 +125,7 @@ def main() -> None:
     report["first_request_cold"] = first_vs_steady("--model", args.model, "--no-warmup")
 
     # Overload: 5x the measured capacity of the overload model, the node shedding by its SLO (--slo-ms).
-    node = Node("--model", args.overload_model, "--max-batch", "16", "--max-queue", "256")
+    node = Node("--model", args.overload_model, "--max-batch", "8", "--max-queue", "256")
     try:
         overload_capacity = asyncio.run(profile(node.url, args.slo_ms, args.seconds, start_rps=1))["rps_per_node"]
     finally:
@@ -133,7 +133,8 @@ def main() -> None:
     rate = overload_capacity * 5
     report["overload_model"] = args.overload_model
     report["overload_capacity_rps"] = overload_capacity
-    node = Node("--model", args.overload_model, "--max-batch", "16", "--max-queue", "256", "--slo-ms",
+    # Batch size 8: a batch must fit well inside the SLO, since a request can wait for the one running.
+    node = Node("--model", args.overload_model, "--max-batch", "8", "--max-queue", "256", "--slo-ms",
                 str(args.slo_ms * 0.6))  # margin for the HTTP stack and queueing the estimate does not see
     try:
         rss_before = node.rss_mb()

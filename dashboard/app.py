@@ -59,14 +59,15 @@ version = store_version(STORE)
 if not Path(STORE.removeprefix("sqlite:///")).exists():
     empty_page(f"The store {STORE} does not exist yet.")
     st.stop()
-runs = [r for r in cached_runs(STORE, version) if r["kind"] == "replay"]
+runs = [r for r in cached_runs(STORE, version) if r["kind"] in ("replay", "daemon")]
 if not runs:
     empty_page(f"The store {STORE} holds no replay or controller run yet.")
     st.stop()
 
 with st.sidebar:
     st.caption(f"store: {STORE}")
-    labels = {r["id"]: f"#{r['id']} {Path(r['trace'] or '').name}" for r in runs}
+    labels = {r["id"]: f"#{r['id']} {r['kind']}: " + (Path(r["trace"]).name if r["trace"] else r["strategy"] or "")
+              for r in runs}
     run_id = st.selectbox("run", list(labels)[::-1], format_func=labels.get, key="run")
     if st.button("refresh", key="refresh"):
         st.cache_data.clear()
@@ -88,8 +89,11 @@ with tabs[0]:
     c[2].metric("ready nodes", sum(o["nodes"].values()), f"{o['warming']} warming, {o['draining']} draining",
                 delta_color="off")
     c[3].metric("cost per hour", f"${o['cost_per_hour']:,.2f}")
-    ok = o["sla"] >= o["sla_target"]
-    c[4].metric("SLA", f"{o['sla']:.3%}", f"target {o['sla_target']:.1%}", delta_color="normal" if ok else "inverse")
+    if o["sla"] is None:
+        c[4].metric("SLA", "live", f"target {o['sla_target']:.1%}", delta_color="off")
+    else:
+        ok = o["sla"] >= o["sla_target"]
+        c[4].metric("SLA", f"{o['sla']:.3%}", f"target {o['sla_target']:.1%}", delta_color="normal" if ok else "inverse")
     recent = tl.tail(6 * 60)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=recent["ts"], y=recent["load_rps"], name="load", line={"color": COLORS["load"]}))
@@ -114,7 +118,7 @@ with tabs[0]:
 # -- Forecast -----------------------------------------------------------------------------------
 with tabs[1]:
     days = max(1, int(np.ceil(len(tl) / 1440)))
-    shown = st.slider("days to show (most recent)", 1, days, min(2, days), key="forecast_days")
+    shown = st.slider("days to show (most recent)", 1, days, min(2, days), key="forecast_days") if days > 1 else 1
     part = tl.tail(shown * 1440)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=part["ts"], y=part["forecast_q90"], name="forecast q90", line={"color": "#f58518", "dash": "dot"}))
@@ -134,12 +138,18 @@ with tabs[1]:
 # -- Cost ---------------------------------------------------------------------------------------
 with tabs[2]:
     comp = data.cost_comparison(view)
-    rows = pd.DataFrame(comp["rows"]).set_index("strategy")
+    rows = pd.DataFrame(comp["rows"], columns=["strategy", "cost_usd", "sla_compliance", "saving_usd",
+                                               "saving_pct"]).set_index("strategy")
     cols = st.columns(3)
     for col, name in zip(cols, ("reactive", "reactive_spot", "static")):
         if name in rows.index and comp["predictive"] is not None:
             r = rows.loc[name]
             col.metric(f"saving vs {name}", f"${r['saving_usd']:,.0f}", f"{r['saving_pct']:.1f}%")
+    if "plan_cost_per_hour" in tl and tl["plan_cost_per_hour"].notna().any() and summary.get("kind") == "daemon":
+        c = st.columns(2)
+        c[0].metric("cluster cost per hour now", f"${tl['cost_per_hour'].iloc[-1]:,.2f}")
+        c[1].metric("peakpilot's plan per hour now", f"${tl['plan_cost_per_hour'].iloc[-1]:,.2f}",
+                    "shadow mode: what peakpilot would run", delta_color="off")
     hourly = tl.set_index("ts")[[f"cost_{c}" for c in CLASSES]].resample("1h").sum() / 60.0
     spend = go.Figure([go.Bar(x=hourly.index, y=hourly[f"cost_{c}"], name=c, marker_color=COLORS[c]) for c in CLASSES])
     spend.update_layout(barmode="stack", height=320, margin={"t": 30}, yaxis_title="USD per hour", title="spend by class")
@@ -150,11 +160,13 @@ with tabs[2]:
         cum.add_trace(go.Scatter(x=start + pd.to_timedelta(np.arange(1, len(values) + 1), "h"), y=values, name=name))
     cum.update_layout(height=320, margin={"t": 30}, yaxis_title="USD", title="cumulative cost against the baselines")
     st.plotly_chart(cum, key="cost_cumulative")
-    st.dataframe(rows, key="cost_table")
+    if len(rows):
+        st.dataframe(rows, key="cost_table")
+    else:
+        st.caption("no baselines for a live run: `peakpilot replay` compares strategies on a trace")
 
 # -- SLA ----------------------------------------------------------------------------------------
-with tabs[3]:
-    s = data.sla_status(view)
+def sla_page(s: dict) -> None:
     c = st.columns(4)
     c[0].metric("compliance", f"{s['compliance']:.4%}", f"target {s['target']:.2%}",
                 delta_color="normal" if s["compliance"] >= s["target"] else "inverse")
@@ -166,6 +178,15 @@ with tabs[3]:
     burn.add_hline(y=1.0, line_dash="dash", annotation_text="on budget")
     burn.update_layout(height=320, margin={"t": 30}, title="error budget burn rate")
     st.plotly_chart(burn, key="sla_burn")
+
+
+with tabs[3]:
+    status = data.sla_status(view)
+    if status is None:
+        st.info("A live run: compliance is measured by the nodes themselves (peakpilot_requests_total by "
+                "outcome, in Prometheus); the store holds the plan and the load.")
+    else:
+        sla_page(status)
 
 # -- Decisions ----------------------------------------------------------------------------------
 with tabs[4]:
@@ -187,7 +208,7 @@ with tabs[5]:
     from dashboard.whatif import available_traces, run_whatif
 
     traces = available_traces(ROOT)
-    default_trace = summary["trace"] if summary["trace"] in traces else next(iter(traces))
+    default_trace = summary.get("trace") if summary.get("trace") in traces else next(iter(traces))
     with st.form("whatif"):
         trace = st.selectbox("trace", list(traces), index=list(traces).index(default_trace), format_func=traces.get,
                              key="whatif_trace")

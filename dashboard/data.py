@@ -25,11 +25,30 @@ def list_runs(path: str) -> list[dict]:
 
 
 def load_replay(path: str, run_id: int | None = None) -> ReplayView | None:
+    """A replay's or the daemon's run: its summary, per-minute timeline and decisions."""
     with Store(path, readonly=True) as st:
-        run_id = run_id or st.latest("replay")
+        run_id = run_id or st.latest("replay") or st.latest("daemon")
         if run_id is None:
             return None
-        return ReplayView(run_id, st.summary(run_id), st.timeline(run_id), st.decisions(run_id))
+        summary = st.summary(run_id)
+        run = next(r for r in st.runs() if r["id"] == run_id)
+        summary.setdefault("kind", run["kind"])
+        if "slo" not in summary:  # a daemon run: the SLO and prices come from its policy file
+            summary.update(_policy_facts(run.get("policy")))
+        return ReplayView(run_id, summary, st.timeline(run_id), st.decisions(run_id))
+
+
+def _policy_facts(policy_path: str | None) -> dict:
+    from controller.policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(policy_path) if policy_path else None
+    except PolicyError:
+        policy = None
+    if policy is None:
+        return {"slo": {"compliance_target": 0.999, "latency_ms": None}, "prices": {}, "strategies": {}}
+    return {"slo": {"compliance_target": policy.slo.compliance_target, "latency_ms": policy.slo.latency_ms},
+            "prices": {c: policy.price(c) for c in CLASSES}, "strategies": {}}
 
 
 def load_backtest(path: str) -> dict | None:
@@ -50,7 +69,8 @@ def overview(view: ReplayView) -> dict:
         peak = {"timestamp": pd.Timestamp(fc["start"]) + pd.Timedelta(minutes=i), "q50": fc["q50"][i],
                 "q90": fc["q90"][i], "in_min": i}
     arrived = float(np.nansum(tl["load_rps"] * 60))
-    sla = float(tl["in_time"].sum() / arrived) if arrived else 1.0
+    served = tl["in_time"]
+    sla = float(served.sum() / arrived) if arrived and served.notna().any() else None
     return {
         "now": last["ts"],
         "load_rps": float(observed.iloc[-1]) if len(observed) else None,
@@ -67,6 +87,8 @@ def sla_status(view: ReplayView, window_min: int = 60) -> dict:
     tl = view.timeline
     arrived = tl["load_rps"].fillna(0) * 60
     total = float(arrived.sum())
+    if tl["in_time"].isna().all():  # a live run: service is measured by the nodes, not modelled here
+        return None
     failed = arrived - tl["in_time"]
     target = view.summary["slo"]["compliance_target"]
     budget = (1 - target) * total

@@ -159,3 +159,17 @@ def test_a_real_browser_renders_the_charts(store):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_daemon_run_is_shown_too(app, tmp_path):
+    """The daemon's store (a live run: no modelled SLA, no baselines) renders every page."""
+    store = tmp_path / "daemon.db"
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(ROOT / "configs" / "policy.yaml"),
+                          "--once", "--store", str(store)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    at = app(str(store))
+    assert not at.exception
+    assert metric(at, "SLA") == "live"
+    assert any("daemon" in str(o) for o in at.sidebar.selectbox[0].options)
+    assert metric(at, "ready nodes") == str(int(data.load_replay(str(store)).timeline["ready"].iloc[-1]))
+    assert any("A live run" in i.value for i in at.info)
