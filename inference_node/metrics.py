@@ -17,6 +17,7 @@ class NodeMetrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.busy_latency = Histogram("peakpilot_busy_answer_seconds", "Time to answer 429 busy",
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r)
+        self.in_flight = Gauge("peakpilot_requests_in_flight", "Completion requests being handled", registry=r)
         self.queue_depth = Gauge("peakpilot_queue_depth", "Requests waiting for a batch", registry=r)
         self.batch_size = Histogram("peakpilot_batch_size", "Requests per batch",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)

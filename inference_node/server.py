@@ -81,6 +81,7 @@ class Node:
         self.batcher: Batcher | None = None
         self.timings: dict[str, float] = {}
         self.error: str | None = None
+        self.active = 0  # completion requests inside the handler, from arrival to response
 
     # -- start-up --------------------------------------------------------------------------------
     def load_and_warm(self) -> None:
@@ -133,7 +134,9 @@ class Node:
 
     async def drained(self) -> None:
         deadline = time.perf_counter() + self.config.drain_seconds
-        while self.batcher and not self.batcher.idle and time.perf_counter() < deadline:
+        # Drained when no request is inside a handler (one accepted but not yet batched counts) and
+        # the batcher is idle.
+        while (self.active or (self.batcher and not self.batcher.idle)) and time.perf_counter() < deadline:
             await asyncio.sleep(0.05)
 
 
@@ -199,6 +202,15 @@ def create_app(config: NodeConfig) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
+        node.active += 1
+        node.metrics.in_flight.set(node.active)
+        try:
+            return await complete(request)
+        finally:
+            node.active -= 1
+            node.metrics.in_flight.set(node.active)
+
+    async def complete(request: Request):
         m = node.metrics
         if node.state != "ready":
             m.requests.labels("draining" if node.state == "draining" else "busy").inc()

@@ -116,9 +116,13 @@ def test_overload_answers_429_busy_at_once(node):
 def test_sigterm_finishes_requests_in_flight_and_exits_0(node):
     async def scenario():
         async with httpx.AsyncClient(base_url=node.url, timeout=60) as client:
-            inflight = [asyncio.create_task(client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 200}))
+            inflight = [asyncio.create_task(client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 256}))
                         for _ in range(8)]
-            await asyncio.sleep(0.3)
+            for _ in range(200):  # until all eight are inside the node
+                metrics = (await client.get("/metrics")).text
+                if "peakpilot_requests_in_flight 8.0" in metrics:
+                    break
+                await asyncio.sleep(0.01)
             os.kill(node.proc.pid, signal.SIGTERM)
             await asyncio.sleep(0.1)
             ready = await client.get("/ready")
@@ -163,8 +167,8 @@ def test_prometheus_scrapes_the_node_and_the_forecaster_reads_back_the_rate(node
         if r["data"]["result"]:
             break
         time.sleep(0.5)
-    counts = pd.read_csv(trace_path("azure_llm_conv_2023_1s.csv")).requests.to_numpy()[:20]
-    times = schedule_from_counts(counts, 1.0)  # 20 s of real per-second arrivals, ~5.5 req/s
+    counts = pd.read_csv(trace_path("azure_llm_conv_2023_1s.csv")).requests.to_numpy()[600:630]
+    times = schedule_from_counts(counts, 1.0)  # 30 s of real per-second arrivals, ~5.5 req/s
     started = pd.Timestamp.now(tz="UTC").floor("5s")
     result = asyncio.run(run_open_loop(node.url, times))
     assert result.outcomes["ok"] == result.sent == int(counts.sum())
