@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from controller.actuators import DryRunActuator, SimulatedActuator
 from controller.cycle import control_cycle
 from controller.policy import CLASSES, Policy, PolicyError, load_policy
-from controller.signals import SignalError, TraceSignals
+from controller.signals import SignalError
 from controller.state import Memory, MinuteForecast, Observation
 from controller.store import Store
 from forecaster.models import fit_with_fallback

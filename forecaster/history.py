@@ -125,20 +125,6 @@ class History:
         counts = self.counts.resample(step, origin="start_day").sum(min_count=int(step / self.step))
         return History(counts, self.source, self.gaps)
 
-    def describe(self) -> dict:
-        c = self.counts
-        return {
-            "source": self.source,
-            "start": self.start.isoformat(),
-            "end": self.end.isoformat(),
-            "step_min": self.step_min,
-            "intervals": len(c),
-            "missing_intervals": int(c.isna().sum()),
-            "gaps": len(self.gaps),
-            "mean": float(np.nanmean(c.values)) if c.notna().any() else None,
-            "max": float(np.nanmax(c.values)) if c.notna().any() else None,
-        }
-
 
 def fill_gaps(counts: pd.Series) -> pd.Series:
     """Fill NaN with the value a day earlier, else a week earlier, else the last observed one."""

@@ -188,8 +188,3 @@ def generate(model: LoadedModel, prompts: list[list[int]], max_tokens: list[int]
         result.append(tokens)
     return result
 
-
-def flops_per_token(module: nn.Module) -> float:
-    return 2.0 * sum(p.numel() for p in module.parameters())
-
-

@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import signal
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -295,5 +294,4 @@ def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, log_lev
     app = create_app(config)
     server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                            timeout_graceful_shutdown=int(config.drain_seconds)), app.state.node)
-    assert threading.current_thread() is threading.main_thread()
     server.run()

@@ -291,8 +291,6 @@ def run_daemon(
     import os
     import socket
 
-    import numpy as np
-
     from controller.actuators import DryRunActuator, SimulatedActuator
     from controller.daemon import Daemon, DaemonMetrics, ServiceController, utc_now
     from controller.policy import PolicyError, load_policy

@@ -127,8 +127,9 @@ class TorchQuantileForecaster(Forecaster):
         try:
             if not warm:
                 self.net = QuantileMLP(x.shape[1], H, self.hidden)
+            epochs, budget = (2, min(2.0, self.time_budget_s)) if warm else (self.max_epochs, self.time_budget_s)
             self._train(torch.from_numpy(x[:cut]), torch.from_numpy(y[:cut]).float(),
-                        torch.from_numpy(mask[:cut]).float(), gen)
+                        torch.from_numpy(mask[:cut]).float(), gen, epochs, budget)
             self.net.eval()
             with torch.no_grad():
                 pred = self.net(torch.from_numpy(x[cut + H:])).numpy()
@@ -146,17 +147,13 @@ class TorchQuantileForecaster(Forecaster):
         import time as _time
 
         started = _time.perf_counter()
-        budget, epochs = self.time_budget_s, self.max_epochs
-        self.time_budget_s, self.max_epochs = min(2.0, budget), 2
-        try:
-            self._fit(history, warm=True)
-        finally:
-            self.time_budget_s, self.max_epochs = budget, epochs
+        self._fit(history, warm=True)
         self.fit_seconds = _time.perf_counter() - started
         self.fitted_until = history.end
         return self
 
-    def _train(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> None:
+    def _train(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, max_epochs: int,
+               budget_s: float) -> None:
         qs = torch.tensor(self.quantiles, dtype=torch.float32)
         n_val = max(1, len(x) // 10)
         xt, yt, mt = x[:-n_val], y[:-n_val], mask[:-n_val]
@@ -166,7 +163,7 @@ class TorchQuantileForecaster(Forecaster):
         started = time.perf_counter()
         batch = 256
         self.epochs = 0
-        for epoch in range(self.max_epochs):
+        for epoch in range(max_epochs):
             self.net.train()
             order = torch.randperm(len(xt), generator=gen)
             for i in range(0, len(order), batch):
@@ -184,7 +181,7 @@ class TorchQuantileForecaster(Forecaster):
                 best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
             else:
                 stale += 1
-            if stale >= 6 or time.perf_counter() - started > self.time_budget_s:
+            if stale >= 6 or time.perf_counter() - started > budget_s:
                 break
         if best_state is not None:
             self.net.load_state_dict(best_state)
