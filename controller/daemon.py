@@ -26,6 +26,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from controller.cycle import control_cycle
 from controller.policy import CLASSES, Policy, PolicyError, load_policy
+from controller.planner import lead_time_min
+from controller.shadow import ShadowEstimate
 from controller.signals import SignalError
 from controller.state import Memory, MinuteForecast, Observation
 from controller.store import Store
@@ -83,6 +85,8 @@ class ServiceController:
             log.info("%s: resumed from the store (%d recommendations, lead samples %s)", self.policy.service,
                      len(self.memory.recent_targets), {k: len(v) for k, v in self.memory.lead_samples.items()})
         self.rps_per_node = self._capacity(self.policy)
+        self.estimate = ShadowEstimate(self.rps_per_node, self.policy.capacity.queue_seconds,
+                                       (saved or {}).get("shadow"))
 
     @property
     def service(self) -> str:
@@ -118,6 +122,7 @@ class ServiceController:
             self._error("policy_reload", f"refused the changed policy, keeping the one in force: {exc}")
             return
         self.policy = new
+        self.estimate.set_capacity(self.rps_per_node, new.capacity.queue_seconds)
         log.info("%s: policy reloaded from %s", self.service, self.policy_path)
 
     def retrain(self, now: np.datetime64) -> None:
@@ -176,9 +181,14 @@ class ServiceController:
         if forecast is not None:
             row["forecast_q50"], row["forecast_q90"] = (float(forecast.rps[0, 0]), float(forecast.rps[0, 1]))
         minute = int(np.datetime64(now, "m").astype("int64"))
+        # The SLA of the cluster as it is, and of the plan had it been followed (see controller/shadow.py).
+        plan_ready = self.estimate.plan_ready(minute, {d.cls: d.desired for d in result.decisions},
+                                              {c: lead_time_min(policy, self.memory, c) for c in CLASSES},
+                                              {c: view.ready(c) for c in CLASSES})
+        row.update(self.estimate.serve(minute, observed, view.ready(), plan_ready))
         try:
             self.store.record_cycle(self.run_id, minute, str(np.datetime64(now, "m")), row, result.decisions,
-                                    self.memory.to_json(), self.keep_minutes)
+                                    {**self.memory.to_json(), "shadow": self.estimate.to_json()}, self.keep_minutes)
         except Exception as exc:
             self._error("store", f"could not record the cycle: {exc}")
         m = self.metrics

@@ -195,6 +195,9 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
     start, end = window
     n = end - start
     timeline = {k: np.zeros(n) for k in TIMELINE} if record else None
+    if record:  # the shadow estimate's columns are the daemon's; a replay measures its plan directly
+        for k in ("plan_ready", "plan_in_time", "plan_late", "plan_busy"):
+            timeline[k][:] = np.nan
     hourly_cost = []
     decisions: list[dict] = []
     last_desired: dict[str, int] = {}

@@ -17,7 +17,8 @@ import numpy as np
 
 TIMELINE_COLUMNS = ("load_rps", "forecast_q50", "forecast_q90", "ready", "warming", "draining", "ready_reserved",
                     "ready_spot", "ready_on_demand", "cost_per_hour", "cost_reserved", "cost_spot", "cost_on_demand",
-                    "in_time", "late", "busy", "plan_nodes", "plan_cost_per_hour")
+                    "in_time", "late", "busy", "plan_nodes", "plan_cost_per_hour", "plan_ready", "plan_in_time",
+                    "plan_late", "plan_busy")
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (

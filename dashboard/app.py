@@ -89,11 +89,14 @@ with tabs[0]:
     c[2].metric("ready nodes", sum(o["nodes"].values()), f"{o['warming']} warming, {o['draining']} draining",
                 delta_color="off")
     c[3].metric("cost per hour", f"${o['cost_per_hour']:,.2f}")
+    # A replay's SLA is its service model's; a daemon's is estimated from the observed load and ready
+    # nodes with the same model (the nodes' own peakpilot_requests_total by outcome is the measurement).
+    label = "SLA (estimated)" if summary.get("kind") == "daemon" else "SLA"
     if o["sla"] is None:
-        c[4].metric("SLA", "live", f"target {o['sla_target']:.1%}", delta_color="off")
+        c[4].metric(label, "live", f"target {o['sla_target']:.1%}", delta_color="off")
     else:
         ok = o["sla"] >= o["sla_target"]
-        c[4].metric("SLA", f"{o['sla']:.3%}", f"target {o['sla_target']:.1%}", delta_color="normal" if ok else "inverse")
+        c[4].metric(label, f"{o['sla']:.3%}", f"target {o['sla_target']:.1%}", delta_color="normal" if ok else "inverse")
     recent = tl.tail(6 * 60)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=recent["ts"], y=recent["load_rps"], name="load", line={"color": COLORS["load"]}))
@@ -146,10 +149,18 @@ with tabs[2]:
             r = rows.loc[name]
             col.metric(f"saving vs {name}", f"${r['saving_usd']:,.0f}", f"{r['saving_pct']:.1f}%")
     if "plan_cost_per_hour" in tl and tl["plan_cost_per_hour"].notna().any() and summary.get("kind") == "daemon":
-        c = st.columns(2)
+        shadow = data.shadow_comparison(tl)
+        c = st.columns(4)
         c[0].metric("cluster cost per hour now", f"${tl['cost_per_hour'].iloc[-1]:,.2f}")
         c[1].metric("peakpilot's plan per hour now", f"${tl['plan_cost_per_hour'].iloc[-1]:,.2f}",
                     "shadow mode: what peakpilot would run", delta_color="off")
+        if shadow:
+            c[2].metric("cluster SLA (estimated)", f"{shadow['cluster']['sla_compliance']:.3%}",
+                        f"${shadow['cluster']['cost_usd']:,.0f} so far", delta_color="off")
+            c[3].metric("plan SLA (estimated)", f"{shadow['plan']['sla_compliance']:.3%}",
+                        f"${shadow['plan']['cost_usd']:,.0f} so far", delta_color="off")
+            st.caption("Both SLAs are estimated from the observed load with replay's service model; the plan's "
+                       "nodes count as ready one (p95) lead time after it asked for them (controller/shadow.py).")
     hourly = tl.set_index("ts")[[f"cost_{c}" for c in CLASSES]].resample("1h").sum() / 60.0
     spend = go.Figure([go.Bar(x=hourly.index, y=hourly[f"cost_{c}"], name=c, marker_color=COLORS[c]) for c in CLASSES])
     spend.update_layout(barmode="stack", height=320, margin={"t": 30}, yaxis_title="USD per hour", title="spend by class")
@@ -186,6 +197,9 @@ with tabs[3]:
         st.info("A live run: compliance is measured by the nodes themselves (peakpilot_requests_total by "
                 "outcome, in Prometheus); the store holds the plan and the load.")
     else:
+        if summary.get("kind") == "daemon":
+            st.caption("A live run: compliance here is estimated from the observed load and the ready nodes with "
+                       "replay's service model; the nodes measure it themselves (peakpilot_requests_total by outcome).")
         sla_page(status)
 
 # -- Decisions ----------------------------------------------------------------------------------

@@ -124,3 +124,18 @@ def cost_comparison(view: ReplayView) -> dict:
                      "sla_compliance": static["sla_compliance"], "saving_usd": saving,
                      "saving_pct": None if saving is None else 100 * saving / on_demand})
     return {"predictive": mine, "rows": rows}
+
+
+def shadow_comparison(tl: pd.DataFrame) -> dict | None:
+    """A daemon run's cluster next to peakpilot's plan: cost so far and estimated SLA of each (the
+    plan side exists in shadow mode, where the plan is not followed; see controller/shadow.py)."""
+    if "plan_in_time" not in tl or not tl["plan_in_time"].notna().any():
+        return None
+    scored = tl[tl["in_time"].notna() & tl["plan_in_time"].notna()]
+    out = {}
+    for side, prefix, cost in (("cluster", "", "cost_per_hour"), ("plan", "plan_", "plan_cost_per_hour")):
+        arrived = float((scored[f"{prefix}in_time"] + scored[f"{prefix}late"] + scored[f"{prefix}busy"]).sum())
+        out[side] = {"sla_compliance": float(scored[f"{prefix}in_time"].sum()) / arrived if arrived else 1.0,
+                     "busy_share": float(scored[f"{prefix}busy"].sum()) / arrived if arrived else 0.0,
+                     "cost_usd": float(tl[cost].fillna(0.0).sum()) / 60.0}
+    return out

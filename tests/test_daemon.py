@@ -250,6 +250,66 @@ def test_shadow_mode_records_the_plan_next_to_the_cluster(tmp_path, policy_file,
         assert tl["plan_cost_per_hour"].iloc[-1] > prices.on_demand.price_per_hour
 
 
+def test_shadow_mode_estimates_the_sla_of_both_sides(tmp_path, policy_file, trace):
+    """The cluster under its own HPA keeps one ready node per class; peakpilot's plan wants more.
+    Once the plan is older than a lead time, its estimated SLA is better than the cluster's, and
+    both are the service model's answer to the same observed load."""
+    from dashboard.data import shadow_comparison
+
+    with FakeKubeAPI("inference") as kube:
+        for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
+            kube.add_deployment(name, 1)
+        for name in ("llm-reserved", "llm-spot", "llm-on-demand"):
+            kube.add_pod(f"{name}-0", {"app": name}, "ready")
+        target = KubernetesTarget("inference", {"reserved": "llm-reserved", "spot": "llm-spot",
+                                                "on_demand": "llm-on-demand"}, "llm-placeholder")
+        actuator = KubernetesActuator(api_client(host=kube.url), target, shadow=True, sleep=lambda s: None)
+        clock = Clock()
+        clock.tick(14 * 60)  # 14:00 on the sample trace: well above three nodes' worth of load
+        metrics = DaemonMetrics()
+        store = Store(str(tmp_path / "shadow.db"))
+        service = ServiceController(policy_file, TraceSignals(trace, 8 * 1440, T0), actuator, store, metrics,
+                                    shadow=True)
+        run_cycles(Daemon([service], metrics, clock=clock), clock, 25, retrain_at=(0,))
+        assert kube.calls("PATCH") == []
+        tl = store.timeline(service.run_id)
+        assert (tl["ready"] == 3).all()
+        # Before a lead time has passed the plan has what the cluster has; after it, what it asked for.
+        assert (tl["plan_ready"].iloc[:12] == 3).all()
+        assert (tl["plan_ready"].iloc[-5:] > 3).all()
+        late = tl.iloc[-5:]
+        assert (late["plan_in_time"] > late["in_time"]).all()
+        arrived = tl["load_rps"] * 60
+        np.testing.assert_allclose(tl["in_time"] + tl["late"] + tl["busy"], arrived, rtol=0.02)
+        shadow = shadow_comparison(tl)
+        assert shadow["plan"]["sla_compliance"] > shadow["cluster"]["sla_compliance"]
+        assert shadow["plan"]["cost_usd"] > shadow["cluster"]["cost_usd"]
+        # The plan history is in the store: a restarted daemon continues the same estimate.
+        restarted = ServiceController(policy_file, TraceSignals(trace, 8 * 1440, T0), actuator, store,
+                                      DaemonMetrics(), shadow=True)
+        assert restarted.estimate.history == service.estimate.history
+
+
+def test_shadow_estimate_counts_plan_nodes_only_after_their_lead_time():
+    from controller.shadow import ShadowEstimate
+
+    est = ShadowEstimate(rps_per_node=10.0, queue_seconds=0.0)
+    lead = {"reserved": 0, "spot": 5}
+    cluster = {"reserved": 2, "spot": 1}
+    ready = [est.plan_ready(m, {"reserved": 2, "spot": 4 if m >= 3 else 1}, lead, cluster) for m in range(12)]
+    # spot asked to go from 1 to 4 at minute 3: ready at minute 8; reserved never waits.
+    assert ready == [3, 3, 3, 3, 3, 3, 3, 3, 6, 6, 6, 6]
+    # A drop is followed at once (nodes released), and a rise again waits its lead time.
+    assert est.plan_ready(12, {"reserved": 2, "spot": 2}, lead, cluster) == 4
+    assert est.plan_ready(13, {"reserved": 2, "spot": 4}, lead, cluster) == 4
+    assert est.plan_ready(18, {"reserved": 2, "spot": 4}, lead, cluster) == 6
+    # The service model on both sides: 6 nodes x 10 rps serve 50 rps in time; 3 nodes do not.
+    row = est.serve(18, 50.0, cluster_ready=3, plan_ready=6)
+    assert row["plan_in_time"] == 3000 and row["plan_busy"] == 0
+    assert row["in_time"] == 1800 and row["busy"] == 1200
+    assert est.serve(18, 50.0, 3, 6) is row  # a second cycle in the same minute scores nothing twice
+
+
 def test_prometheus_down_keeps_the_last_plan_and_recovers(tmp_path, policy_file, trace, prometheus_factory):
     """Live signals from a Prometheus that answers, then is stopped, then comes back."""
     from controller.signals import PrometheusSignals
