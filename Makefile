@@ -16,12 +16,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# Debian packages the tests use: a real Prometheus (with promtool for backfills) and a real browser.
+# Debian packages the tests use: a real Prometheus (with promtool for backfills), a real browser, and a
+# real PostgreSQL for the store (the tests start their own throwaway clusters on loopback ports).
 system-deps:
-	@if command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v chromium >/dev/null; then \
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v chromium >/dev/null \
+		&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		echo "system packages present"; \
 	else \
-		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends prometheus chromium; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends prometheus chromium postgresql; \
 	fi
 
 # The main job on the embedded default: replay the sample trace in data/ through the controller on the

@@ -1,93 +1,144 @@
 """The store: what replay and the daemon record, for the dashboard and for restarts.
 
-SQLite by default, in WAL mode so the dashboard reads while a writer writes. A store is named by a
-URL (``sqlite:///path/to.db``) or a plain file path. Each replay or daemon run is one row of ``runs``;
-its per-minute timeline and its decisions (with the reason for each) hang off it. Every write batch
-is one transaction: a crash leaves either all of it or none.
+Named by a database URL. SQLite by default (``sqlite:///path/to.db``, or a plain file path), in WAL
+mode so the dashboard reads while a writer writes; PostgreSQL where users want a shared, managed
+database (``postgresql://user:password@host:5432/dbname``, through psycopg 3). One schema, written
+with SQLAlchemy Core, serves both. Each replay or daemon run is one row of ``runs``; its per-minute
+timeline and its decisions (with the reason for each) hang off it. Every write batch is one
+transaction: a crash leaves either all of it or none.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 
 import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 TIMELINE_COLUMNS = ("load_rps", "forecast_q50", "forecast_q90", "ready", "warming", "draining", "ready_reserved",
                     "ready_spot", "ready_on_demand", "cost_per_hour", "cost_reserved", "cost_spot", "cost_on_demand",
                     "in_time", "late", "busy", "plan_nodes", "plan_cost_per_hour", "plan_ready", "plan_in_time",
                     "plan_late", "plan_busy")
 
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    created REAL NOT NULL,
-    kind TEXT NOT NULL,
-    trace TEXT,
-    policy TEXT,
-    strategy TEXT,
-    summary TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS timeline (
-    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    minute INTEGER NOT NULL,
-    ts TEXT NOT NULL,
-    {", ".join(f"{c} REAL" for c in TIMELINE_COLUMNS)},
-    PRIMARY KEY (run_id, minute)
-);
-CREATE TABLE IF NOT EXISTS decisions (
-    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    minute INTEGER NOT NULL,
-    ts TEXT NOT NULL,
-    cls TEXT NOT NULL,
-    desired INTEGER NOT NULL,
-    current INTEGER NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS decisions_run ON decisions(run_id, minute);
-CREATE TABLE IF NOT EXISTS memory (
-    run_id INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
-    updated REAL NOT NULL,
-    state TEXT NOT NULL
-);
-"""
+metadata = sa.MetaData()
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("trace", sa.Text),
+    sa.Column("policy", sa.Text),
+    sa.Column("strategy", sa.Text),
+    sa.Column("summary", sa.Text, nullable=False),
+)
+timeline = sa.Table(
+    "timeline", metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("minute", sa.BigInteger, primary_key=True),  # minutes since the epoch for the daemon
+    sa.Column("ts", sa.Text, nullable=False),
+    *(sa.Column(c, sa.Float) for c in TIMELINE_COLUMNS),
+)
+decisions = sa.Table(
+    "decisions", metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("minute", sa.BigInteger, nullable=False),
+    sa.Column("ts", sa.Text, nullable=False),
+    sa.Column("cls", sa.Text, nullable=False),
+    sa.Column("desired", sa.Integer, nullable=False),
+    sa.Column("current", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Index("decisions_run", "run_id", "minute"),
+)
+memory = sa.Table(
+    "memory", metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("updated", sa.Float, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+)
 
 
-def sqlite_path(url: str) -> Path:
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):])
-    if "://" in url:
-        raise ValueError(f"unsupported store URL {url!r}: use sqlite:///path/to.db or a file path")
-    return Path(url)
+class StoreError(RuntimeError):
+    """The store cannot be opened or answered with an error; the message names it (password hidden)."""
+
+
+def store_url(url: str) -> URL:
+    """A store URL as SQLAlchemy's: plain paths are SQLite files; ``postgresql://`` uses psycopg 3."""
+    if "://" not in url:
+        return URL.create("sqlite", database=str(Path(url)))
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"cannot parse the store URL {url!r}: {exc}") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StoreError(f"unsupported store URL {parsed.render_as_string(hide_password=True)!r}: use "
+                         f"sqlite:///path/to.db, a file path, or postgresql://user:password@host:5432/dbname")
+    return parsed
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite store (None for a server database)."""
+    parsed = store_url(url)
+    return Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=5000")  # a reader and a writer wait for each other instead of failing
+    cur.close()
 
 
 class Store:
-    def _migrate(self) -> None:
-        """Add timeline columns a newer version records to a store an older one created."""
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(timeline)")}
-        for column in TIMELINE_COLUMNS:
-            if column not in have:
-                self.db.execute(f"ALTER TABLE timeline ADD COLUMN {column} REAL")
-
     def __init__(self, url: str, readonly: bool = False):
         self.url = url
+        parsed = store_url(url)
+        self.name = parsed.render_as_string(hide_password=True)  # for messages: never the password
         self.path = sqlite_path(url)
-        if readonly:
-            if not self.path.exists():
-                raise FileNotFoundError(f"store {self.path} does not exist")
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(SCHEMA)
-            self._migrate()
+        if self.path is not None:
+            if readonly:
+                if not self.path.exists():
+                    raise FileNotFoundError(f"store {self.path} does not exist")
+                parsed = URL.create("sqlite", database=f"file:{self.path}?mode=ro", query={"uri": "true"})
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine: Engine = sa.create_engine(parsed, pool_pre_ping=True)
+        except (NoSuchModuleError, ImportError) as exc:
+            raise StoreError(f"store {self.name}: no database driver ({exc}); PostgreSQL needs "
+                             f"`pip install 'peakpilot[postgres]'`") from None
+        if self.path is not None:
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            if self.path is not None and not readonly:
+                with self.engine.connect() as conn:  # outside a transaction, where SQLite allows it
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            with self.engine.begin() as conn:
+                if not readonly:
+                    metadata.create_all(conn)
+                    self._migrate(conn)
+                elif not sa.inspect(conn).has_table("runs"):
+                    raise StoreError(f"store {self.name} holds no peakpilot runs")
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            raise StoreError(f"cannot open the store {self.name}: {_short(exc)}") from None
+
+    @staticmethod
+    def _migrate(conn) -> None:
+        """Add timeline columns a newer version records to a store an older one created."""
+        have = {c["name"] for c in sa.inspect(conn).get_columns("timeline")}
+        kind = sa.Float().compile(dialect=conn.dialect)
+        for column in TIMELINE_COLUMNS:
+            if column not in have:
+                conn.exec_driver_sql(f"ALTER TABLE timeline ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
-        self.db.close()
+        self.engine.dispose()
 
     def __enter__(self) -> Store:
         return self
@@ -95,85 +146,135 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _write(self):
+        """One transaction; a failure rolls all of it back and names the store."""
+        return _Transaction(self)
+
     # -- writing ---------------------------------------------------------------------------------
     def record_replay(self, doc: dict, run, times: np.ndarray) -> int:
         """One replay: its JSON document, and the timeline and decisions of the predictive run."""
-        with self.db:  # one transaction
-            cur = self.db.execute("INSERT INTO runs (created, kind, trace, policy, strategy, summary) VALUES (?,?,?,?,?,?)",
-                                  (time.time(), "replay", doc.get("trace"), doc.get("policy"), run.strategy,
-                                   json.dumps(doc)))
-            run_id = cur.lastrowid
+        with self._write() as conn:
+            run_id = self._new_run(conn, "replay", doc.get("trace"), doc.get("policy"), run.strategy, doc)
             tl = run.timeline
-            rows = [(run_id, i, str(times[i]), *(None if np.isnan(tl[c][i]) else float(tl[c][i]) for c in TIMELINE_COLUMNS))
+            rows = [{"run_id": run_id, "minute": i, "ts": str(times[i]),
+                     **{c: None if np.isnan(tl[c][i]) else float(tl[c][i]) for c in TIMELINE_COLUMNS}}
                     for i in range(len(times))]
-            self.db.executemany(f"INSERT INTO timeline (run_id, minute, ts, {', '.join(TIMELINE_COLUMNS)}) "
-                                f"VALUES ({', '.join('?' * (3 + len(TIMELINE_COLUMNS)))})", rows)
-            self.db.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?)",
-                                [(run_id, d["minute"], d["time"], d["cls"], d["desired"], d["current"], d["reason"])
-                                 for d in run.decisions])
+            if rows:
+                conn.execute(timeline.insert(), rows)
+            made = [{"run_id": run_id, "minute": d["minute"], "ts": d["time"], "cls": d["cls"],
+                     "desired": d["desired"], "current": d["current"], "reason": d["reason"]} for d in run.decisions]
+            if made:
+                conn.execute(decisions.insert(), made)
         return run_id
 
     def record_backtest(self, doc: dict) -> int:
-        with self.db:
-            cur = self.db.execute("INSERT INTO runs (created, kind, trace, policy, strategy, summary) VALUES (?,?,?,?,?,?)",
-                                  (time.time(), "backtest", doc.get("trace"), None, None, json.dumps(doc)))
-        return cur.lastrowid
+        with self._write() as conn:
+            return self._new_run(conn, "backtest", doc.get("trace"), None, None, doc)
+
+    @staticmethod
+    def _new_run(conn, kind: str, trace, policy, strategy, summary: dict) -> int:
+        result = conn.execute(runs.insert().values(created=time.time(), kind=kind, trace=trace, policy=policy,
+                                                   strategy=strategy, summary=json.dumps(summary)))
+        return int(result.inserted_primary_key[0])
 
     # -- the daemon ------------------------------------------------------------------------------
     def service_run(self, service: str, policy: str = "") -> int:
         """The daemon's run of a service: the same one across restarts, so the timeline continues."""
-        with self.db:
-            row = self.db.execute("SELECT id FROM runs WHERE kind = 'daemon' AND strategy = ?", (service,)).fetchone()
-            if row:
-                return row[0]
-            cur = self.db.execute("INSERT INTO runs (created, kind, trace, policy, strategy, summary) VALUES (?,?,?,?,?,?)",
-                                  (time.time(), "daemon", None, policy, service, json.dumps({"service": service})))
-            return cur.lastrowid
+        with self._write() as conn:
+            found = conn.execute(sa.select(runs.c.id).where(runs.c.kind == "daemon", runs.c.strategy == service)
+                                 .order_by(runs.c.id).limit(1)).scalar()
+            if found is not None:
+                return int(found)
+            return self._new_run(conn, "daemon", None, policy, service, {"service": service})
 
-    def record_cycle(self, run_id: int, minute: int, ts: str, row: dict, decisions: list, memory: dict,
+    def record_cycle(self, run_id: int, minute: int, ts: str, row: dict, decided: list, state: dict,
                      keep_minutes: int | None = None) -> None:
         """One cycle's writes in one transaction. Keyed by (run, minute): a cycle redone after a
-        restart replaces its row instead of adding a second."""
-        values = [row.get(c) for c in TIMELINE_COLUMNS]
-        with self.db:
-            self.db.execute(f"INSERT OR REPLACE INTO timeline (run_id, minute, ts, {', '.join(TIMELINE_COLUMNS)}) "
-                            f"VALUES ({', '.join('?' * (3 + len(TIMELINE_COLUMNS)))})", (run_id, minute, ts, *values))
-            self.db.execute("DELETE FROM decisions WHERE run_id = ? AND minute = ?", (run_id, minute))
-            self.db.executemany("INSERT INTO decisions VALUES (?,?,?,?,?,?,?)",
-                                [(run_id, minute, ts, d.cls, d.desired, d.current, d.reason) for d in decisions])
-            self.db.execute("INSERT OR REPLACE INTO memory VALUES (?,?,?)", (run_id, time.time(), json.dumps(memory)))
+        restart replaces its rows instead of adding second ones."""
+        with self._write() as conn:
+            conn.execute(timeline.delete().where(timeline.c.run_id == run_id, timeline.c.minute == minute))
+            conn.execute(timeline.insert().values(run_id=run_id, minute=minute, ts=ts,
+                                                  **{c: row.get(c) for c in TIMELINE_COLUMNS}))
+            conn.execute(decisions.delete().where(decisions.c.run_id == run_id, decisions.c.minute == minute))
+            if decided:
+                conn.execute(decisions.insert(), [{"run_id": run_id, "minute": minute, "ts": ts, "cls": d.cls,
+                                                   "desired": d.desired, "current": d.current, "reason": d.reason}
+                                                  for d in decided])
+            conn.execute(memory.delete().where(memory.c.run_id == run_id))
+            conn.execute(memory.insert().values(run_id=run_id, updated=time.time(), state=json.dumps(state)))
             if keep_minutes:
-                self.db.execute("DELETE FROM timeline WHERE run_id = ? AND minute < ?", (run_id, minute - keep_minutes))
-                self.db.execute("DELETE FROM decisions WHERE run_id = ? AND minute < ?", (run_id, minute - keep_minutes))
+                oldest = minute - keep_minutes
+                conn.execute(timeline.delete().where(timeline.c.run_id == run_id, timeline.c.minute < oldest))
+                conn.execute(decisions.delete().where(decisions.c.run_id == run_id, decisions.c.minute < oldest))
 
     def load_memory(self, run_id: int) -> dict | None:
-        row = self.db.execute("SELECT state FROM memory WHERE run_id = ?", (run_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+        state = self._scalar(sa.select(memory.c.state).where(memory.c.run_id == run_id))
+        return json.loads(state) if state is not None else None
 
     def latest(self, kind: str) -> int | None:
-        row = self.db.execute("SELECT max(id) FROM runs WHERE kind = ?", (kind,)).fetchone()
-        return row[0] if row else None
+        return self._scalar(sa.select(sa.func.max(runs.c.id)).where(runs.c.kind == kind))
 
     # -- reading ---------------------------------------------------------------------------------
+    def _scalar(self, query):
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(query).scalar()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store {self.name}: {_short(exc)}") from None
+
     def runs(self) -> list[dict]:
-        cur = self.db.execute("SELECT id, created, kind, trace, policy, strategy FROM runs ORDER BY id")
-        return [dict(zip(("id", "created", "kind", "trace", "policy", "strategy"), r)) for r in cur]
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(runs.c.id, runs.c.created, runs.c.kind, runs.c.trace, runs.c.policy,
+                                          runs.c.strategy).order_by(runs.c.id)).mappings().all()
+        return [dict(r) for r in rows]
 
     def summary(self, run_id: int) -> dict:
-        row = self.db.execute("SELECT summary FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if row is None:
-            raise KeyError(f"no run {run_id} in {self.path}")
-        return json.loads(row[0])
+        text = self._scalar(sa.select(runs.c.summary).where(runs.c.id == run_id))
+        if text is None:
+            raise KeyError(f"no run {run_id} in {self.name}")
+        return json.loads(text)
 
     def timeline(self, run_id: int):
         import pandas as pd
 
-        frame = pd.read_sql_query("SELECT * FROM timeline WHERE run_id = ? ORDER BY minute", self.db, params=(run_id,))
+        with self.engine.connect() as conn:
+            frame = pd.read_sql_query(sa.select(timeline).where(timeline.c.run_id == run_id)
+                                      .order_by(timeline.c.minute), conn)
         frame["ts"] = pd.to_datetime(frame["ts"])
         return frame
 
     def decisions(self, run_id: int):
         import pandas as pd
 
-        return pd.read_sql_query("SELECT minute, ts, cls, desired, current, reason FROM decisions WHERE run_id = ? "
-                                 "ORDER BY minute, cls", self.db, params=(run_id,))
+        with self.engine.connect() as conn:
+            c = decisions.c
+            return pd.read_sql_query(sa.select(c.minute, c.ts, c.cls, c.desired, c.current, c.reason)
+                                     .where(c.run_id == run_id).order_by(c.minute, c.cls), conn)
+
+
+class _Transaction:
+    def __init__(self, store: Store):
+        self.store, self.ctx = store, None
+
+    def __enter__(self):
+        try:
+            self.ctx = self.store.engine.begin()
+            return self.ctx.__enter__()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store {self.store.name}: {_short(exc)}") from None
+
+    def __exit__(self, kind, exc, tb):
+        try:
+            self.ctx.__exit__(kind, exc, tb)
+        except SQLAlchemyError as failed:
+            raise StoreError(f"store {self.store.name}: {_short(failed)}") from None
+        if isinstance(exc, SQLAlchemyError):
+            raise StoreError(f"store {self.store.name}: {_short(exc)}") from None
+        return False
+
+
+def _short(exc: Exception) -> str:
+    """The driver's own message, without SQLAlchemy's statement dump and background link."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

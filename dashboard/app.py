@@ -20,6 +20,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from controller.policy import CLASSES  # noqa: E402
+from controller.store import StoreError, sqlite_path, store_url  # noqa: E402
 from dashboard import data  # noqa: E402
 
 STORE = os.environ.get("PEAKPILOT_STORE", str(ROOT / "runs" / "demo" / "peakpilot.db"))
@@ -29,8 +30,11 @@ st.set_page_config(page_title="peakpilot", layout="wide")
 st.title("peakpilot")
 
 
-def store_version(path: str) -> float:
-    p = Path(path.removeprefix("sqlite:///"))
+def store_version(url: str) -> float:
+    """Changes when a SQLite store is written; a server database relies on the caches' 15 s TTL."""
+    p = sqlite_path(url)
+    if p is None:
+        return 0.0
     wal = p.with_name(p.name + "-wal")
     return max((f.stat().st_mtime for f in (p, wal) if f.exists()), default=0.0)
 
@@ -52,20 +56,26 @@ def cached_backtest(path: str, version: float):
 
 def empty_page(reason: str) -> None:
     st.info(f"{reason}\n\nFill it with a demo replay:\n\n"
-            f"```\npeakpilot replay --store sqlite:///{STORE}\n```\n\nor run `make demo`, then refresh this page.")
+            f"```\npeakpilot replay --store {STORE_NAME}\n```\n\nor run `make demo`, then refresh this page.")
 
 
+try:
+    STORE_FILE = sqlite_path(STORE)
+    STORE_NAME = str(STORE_FILE) if STORE_FILE else store_url(STORE).render_as_string(hide_password=True)
+except StoreError as exc:
+    st.error(str(exc))
+    st.stop()
 version = store_version(STORE)
-if not Path(STORE.removeprefix("sqlite:///")).exists():
-    empty_page(f"The store {STORE} does not exist yet.")
+if STORE_FILE is not None and not STORE_FILE.exists():
+    empty_page(f"The store {STORE_FILE} does not exist yet.")
     st.stop()
 runs = [r for r in cached_runs(STORE, version) if r["kind"] in ("replay", "daemon")]
 if not runs:
-    empty_page(f"The store {STORE} holds no replay or controller run yet.")
+    empty_page(f"The store {STORE_NAME} holds no replay or controller run yet.")
     st.stop()
 
 with st.sidebar:
-    st.caption(f"store: {STORE}")
+    st.caption(f"store: {STORE_NAME}")
     labels = {r["id"]: f"#{r['id']} {r['kind']}: " + (Path(r["trace"]).name if r["trace"] else r["strategy"] or "")
               for r in runs}
     run_id = st.selectbox("run", list(labels)[::-1], format_func=labels.get, key="run")

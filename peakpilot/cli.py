@@ -33,6 +33,25 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def open_store(url: str):
+    """The store named by --store, opened before any long work so a bad URL fails at once."""
+    from controller.store import Store, StoreError
+
+    try:
+        return Store(url)
+    except (StoreError, OSError) as exc:
+        fail(str(exc))
+
+
+def record_or_exit(write, *args):
+    from controller.store import StoreError
+
+    try:
+        return write(*args)
+    except StoreError as exc:
+        fail(str(exc))
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"peakpilot {__version__}")
@@ -132,6 +151,7 @@ def backtest(
     from forecaster.errors import HistoryError
 
     history = load_history(trace, None, None, 0, step)
+    st = open_store(store) if store else None
     names = [m.strip() for m in models.split(",") if m.strip()] if models else list(DEFAULT_MODELS)
     config = BacktestConfig(horizon_min=horizon, test_days=test_days, stride_min=stride, refit_hours=refit_hours,
                             seed=seed)
@@ -139,11 +159,9 @@ def backtest(
         result = run_backtest(history, names, config)
     except (HistoryError, ValueError) as exc:
         fail(str(exc))
-    if store:
-        from controller.store import Store
-
-        with Store(store) as st:
-            st.record_backtest(result.as_dict())
+    if st is not None:
+        with st:
+            record_or_exit(st.record_backtest, result.as_dict())
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
         return
@@ -213,18 +231,18 @@ def replay(
         fail(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
     pol = load_policy_or_exit(policy)
     tr = load_trace_or_exit(trace)
+    st = open_store(store) if store else None
     try:
         doc, chosen = run_replay(tr, pol, names, peak_nodes=peak_nodes, sweep=not no_sweep, train_days=train_days,
                                  seed=seed, policy_name=str(policy))
     except ValueError as exc:
         fail(str(exc))
-    if store:
-        from controller.store import Store
-
+    if st is not None:
         run = chosen.get("predictive") or next(iter(chosen.values()))
         if run.timeline is not None:
-            with Store(store) as st:
-                doc["store_run_id"] = st.record_replay(doc, run, tr.times[len(tr.times) - doc["minutes"]:])
+            with st:
+                doc["store_run_id"] = record_or_exit(st.record_replay, doc, run,
+                                                     tr.times[len(tr.times) - doc["minutes"]:])
     if as_json:
         typer.echo(json.dumps(doc, default=float))
         return
@@ -240,8 +258,8 @@ def replay(
     for name, levels in doc["cost_at_sla"].items():
         cells = "  ".join(f"{k}: {'-' if v is None else f'${v:,.0f}'}" for k, v in levels.items())
         typer.echo(f"  {name:<15}{cells}")
-    if store:
-        typer.echo(f"timeline written to {store} (run {doc['store_run_id']})")
+    if st is not None and "store_run_id" in doc:
+        typer.echo(f"timeline written to {st.name} (run {doc['store_run_id']})")
 
 
 @app.command("recommend-reserved")
@@ -272,7 +290,9 @@ def run_daemon(
     policy: list[Path] = typer.Option(..., "--policy", help="Policy YAML, or a folder of them; repeat for "
                                                             "several services."),
     backend: str = typer.Option("simulated", "--backend", help="simulated | kubernetes | dry-run"),
-    store: str = typer.Option("sqlite:///runs/daemon/peakpilot.db", "--store", help="Where to record (SQLite URL or path)."),
+    store: str = typer.Option("sqlite:///runs/daemon/peakpilot.db", "--store", envvar="PEAKPILOT_STORE",
+                              help="Where to record: sqlite:///path.db, a path, or postgresql://user:pw@host/db "
+                                   "(a shared database lets a new leader resume where the old one stopped)."),
     once: bool = typer.Option(False, "--once", help="Run one cycle and exit (0, or 1 if it failed)."),
     interval_s: float = typer.Option(60, "--interval-s", min=0.1, help="Seconds between control cycles."),
     retrain_cron: str = typer.Option("0 */6 * * *", "--retrain-cron", help="When to retrain (crontab, UTC)."),
@@ -295,8 +315,6 @@ def run_daemon(
     from controller.daemon import Daemon, DaemonMetrics, ServiceController, utc_now
     from controller.policy import PolicyError, load_policy
     from controller.signals import PrometheusSignals, TraceSignals
-    from controller.store import Store
-
     if backend not in ("simulated", "kubernetes", "dry-run"):
         fail(f"unknown backend {backend!r}; choose simulated, kubernetes or dry-run")
     paths = [p for given in policy for p in (sorted(given.glob("*.yaml")) if given.is_dir() else [given])]
@@ -315,7 +333,7 @@ def run_daemon(
             fail(f"no policy has the label {selector}")
     logging.getLogger().setLevel(logging.INFO)
     metrics = DaemonMetrics()
-    st = Store(store)
+    st = open_store(store)
     api = lease = None
     if backend == "kubernetes":
         from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget, LeaseLock, api_client
@@ -460,7 +478,8 @@ def loadgen(
 @app.command()
 def dashboard(
     store: str = typer.Option(str(Path(__file__).resolve().parent.parent / "runs" / "demo" / "peakpilot.db"),
-                              "--store", help="Store to show (sqlite:///path.db or a path); read-only."),
+                              "--store", help="Store to show (sqlite:///path.db, a path, or a "
+                                          "postgresql:// URL); read-only."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8501, "--port"),
 ) -> None:

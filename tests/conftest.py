@@ -1,12 +1,16 @@
-"""Shared fixtures: real traces, a real Prometheus server on a loopback port."""
+"""Shared fixtures: real traces, a real Prometheus and a real PostgreSQL server on loopback ports."""
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +116,68 @@ def prometheus_factory(tmp_path):
     yield make
     for server in servers:
         server.stop()
+
+
+class PostgresServer:
+    """A real PostgreSQL (Debian's package): a throwaway cluster on a loopback port.
+
+    PostgreSQL refuses to run as root, so as root the cluster belongs to the package's ``postgres``
+    user (``runuser``); its directory is made outside pytest's private tmp tree so that user can reach it.
+    """
+
+    def __init__(self):
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        bindir = Path(found[-1]).parent if found else None
+        if bindir is None and shutil.which("initdb"):
+            bindir = Path(shutil.which("initdb")).parent
+        if bindir is None:
+            pytest.fail("PostgreSQL is not installed: run `apt-get install postgresql` (.ci/run does this)")
+        self.bindir = bindir
+        self.workdir = Path(tempfile.mkdtemp(prefix="peakpilot-pg-"))
+        self.data = self.workdir / "data"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres", "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self._run([str(bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                   "--no-sync"])
+
+    def _run(self, cmd: list[str]) -> None:
+        out = subprocess.run(self.as_user + cmd, capture_output=True, text=True, cwd=self.workdir)
+        if out.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr[-2000:]}")
+
+    def start(self) -> PostgresServer:
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.workdir / "postgres.log"), "-w",
+                   "-t", "60", "-o", f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off",
+                   "start"])
+        return self
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    server = PostgresServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres):
+    """A fresh database on the session's server for each test."""
+    import psycopg
+
+    name = f"t{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"host=127.0.0.1 port={postgres.port} user=postgres dbname=postgres",
+                         autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres.url.rsplit("/", 1)[0] + f"/{name}"

@@ -122,6 +122,37 @@ def test_many_cycles_with_faults_and_a_restart_lose_nothing_and_repeat_nothing(t
         assert decisions["minute"].nunique() == 200 and len(decisions) == 600  # three classes every cycle
 
 
+def test_a_postgresql_store_that_goes_down_costs_only_its_own_minutes(tmp_path, policy_file, trace):
+    """The daemon on a real PostgreSQL: the database stops for five cycles and comes back. The
+    cluster is still acted on every cycle, the store errors are counted, the minutes before and after
+    are all there, and a restarted daemon resumes its memory from the database."""
+    from tests.conftest import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        clock = Clock()
+        cluster = FlakyActuator(SimulatedActuator(load_policy_of(policy_file), reserved=3, seed=1))
+        daemon, service, _ = make(policy_file, trace, Store(server.url), clock, cluster)
+        run_cycles(daemon, clock, 20, retrain_at=(0,))
+        server.stop()
+        run_cycles(daemon, clock, 5)
+        server.start()
+        run_cycles(daemon, clock, 10)
+        assert len(cluster.applied) == 35  # acting never waited for the store
+        errors = {s.labels["kind"]: s.value for s in service.metrics.errors.collect()[0].samples
+                  if s.name.endswith("_total")}
+        assert errors["store"] == 5
+        with Store(server.url, readonly=True) as st:
+            minutes = st.timeline(service.run_id)["minute"] - int(T0.astype("int64"))
+            assert list(minutes) == list(range(20)) + list(range(25, 35))
+            assert st.decisions(service.run_id)["minute"].nunique() == 30
+        memory = service.memory.to_json()
+        _, resumed, _ = make(policy_file, trace, Store(server.url), clock, cluster)
+        assert resumed.run_id == service.run_id and resumed.memory.to_json() == memory
+    finally:
+        server.close()
+
+
 def load_policy_of(path):
     from controller.policy import load_policy
 
