@@ -1,7 +1,7 @@
 """Dynamic batching with a bounded queue: requests wait at most ``max_wait_ms`` to be batched, at most
 ``max_batch`` run together, and past ``max_queue`` waiting a request is refused at once (busy) rather
-than left to time out. One worker thread runs the batches, so the event loop keeps answering
-``/health``, ``/metrics`` and busy refusals while the model works.
+than left to time out. One worker thread hands the batches to the engine (inference_node/engine.py),
+so the event loop keeps answering ``/health``, ``/metrics`` and busy refusals while the model works.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from inference_node.model import LoadedModel, generate
+from typing import Callable
+
+RunBatch = Callable[[list[list[int]], list[int], list[float], int], list[list[int]]]
 
 
 class QueueFull(Exception):
@@ -30,9 +32,9 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, model: LoadedModel, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 64,
+    def __init__(self, run: RunBatch, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 64,
                  metrics=None, slo_ms: float | None = None):
-        self.model = model
+        self.run = run  # blocking: (prompts, max_tokens, temperatures, seed) -> generated token lists
         self.slo = None if slo_ms is None else slo_ms / 1000.0
         self.batch_seconds = 0.0  # moving average of a batch's run time
         self.latency_seconds = 0.0  # moving average of requests' time in the node (enqueue to answer)
@@ -114,7 +116,7 @@ class Batcher:
         started = time.perf_counter()
         self.running = True
         try:
-            outputs = await asyncio.to_thread(generate, self.model, [j.prompt for j in batch],
+            outputs = await asyncio.to_thread(self.run, [j.prompt for j in batch],
                                               [j.max_tokens for j in batch], [j.temperature for j in batch],
                                               self._seed)
         except Exception as exc:  # a failing batch answers its requests with an error, the server lives on

@@ -5,8 +5,9 @@ Endpoints: ``POST /v1/completions``, ``GET /health`` (alive), ``GET /ready`` (20
 warmed, 503 while starting or draining; its body says how long each start phase took, so lead times
 are measured rather than guessed), ``GET /metrics`` (Prometheus), ``GET /v1/models``.
 
-Start-up: the HTTP server listens at once (``/health`` answers), loads the model, runs warm-up
-passes over the batch sizes and lengths the batcher will use, then turns ready. SIGTERM (how a
+Start-up: the HTTP server listens at once (``/health`` answers), the engine loads the model (in a
+process of its own by default, see engine.py) and runs warm-up passes over the batch sizes and
+lengths the batcher will use, then the node turns ready. SIGTERM (how a
 preempted spot node is told): ``/ready`` turns 503, new work is refused with 503, requests in flight
 finish within ``drain_seconds``, and the process exits 0. A second SIGTERM exits at once.
 """
@@ -28,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_node.batcher import Batcher, QueueFull
 from inference_node.metrics import NodeMetrics
-from inference_node.model import LoadedModel, generate, load_model
+from inference_node.engine import EngineSpec, make_engine
 
 log = logging.getLogger("peakpilot.node")
 
@@ -62,6 +63,7 @@ class NodeConfig:
     seed: int = 0
     threads: int | None = None  # torch intra-op threads (default: torch's choice, all cores)
     slo_ms: float | None = None  # shed requests whose expected wait is over this
+    engine: str = "process"  # where the model runs: its own process, or a thread (inference_node/engine.py)
 
 
 def error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -76,7 +78,8 @@ class Node:
         self.config = config
         self.metrics = NodeMetrics()
         self.state = "starting"
-        self.model: LoadedModel | None = None
+        self.engine = make_engine(config.engine, EngineSpec(config.model, config.seed, config.quantize, config.threads,
+                                                            config.warmup, config.max_batch))
         self.batcher: Batcher | None = None
         self.timings: dict[str, float] = {}
         self.error: str | None = None
@@ -85,17 +88,8 @@ class Node:
     # -- start-up --------------------------------------------------------------------------------
     def load_and_warm(self) -> None:
         try:
-            if self.config.threads:
-                import torch
-
-                torch.set_num_threads(self.config.threads)
-            started = time.perf_counter()
-            self.model = load_model(self.config.model, seed=self.config.seed, quantize=self.config.quantize)
-            self.timings["model_load"] = time.perf_counter() - started
-            warm_started = time.perf_counter()
-            if self.config.warmup:
-                self.warm_up()
-            self.timings["warmup"] = time.perf_counter() - warm_started
+            self.engine.start()
+            self.timings = dict(self.engine.timings)
             self.timings["total"] = time.time() - PROCESS_START
             for phase, seconds in self.timings.items():
                 self.metrics.start_seconds.labels(phase).set(seconds)
@@ -105,26 +99,22 @@ class Node:
             self.state = "failed"
             log.error("model failed to load: %s", self.error)
 
-    def warm_up(self) -> None:
-        """Representative passes: the batch sizes and lengths the batcher will run, twice over."""
-        sizes = sorted({1, max(1, self.config.max_batch // 2), self.config.max_batch})
-        for _ in range(2):
-            for b in sizes:
-                for length in (8, 64):
-                    generate(self.model, [[65] * length] * b, [8] * b, [0.0] * b)
+    @property
+    def model_name(self) -> str | None:
+        return self.engine.name
 
     async def become_ready(self) -> None:
         await asyncio.to_thread(self.load_and_warm)
         if self.state == "failed":
             return
-        self.batcher = Batcher(self.model, self.config.max_batch, self.config.max_wait_ms, self.config.max_queue,
+        self.batcher = Batcher(self.engine.run, self.config.max_batch, self.config.max_wait_ms, self.config.max_queue,
                                self.metrics, self.config.slo_ms)
         self.batcher.start()
         if self.state == "starting":
             self.state = "ready"
             self.metrics.ready.set(1)
-            log.info("ready after %.2f s (load %.2f s, warm-up %.2f s)", self.timings["total"],
-                     self.timings["model_load"], self.timings["warmup"])
+            log.info("ready after %.2f s (load %.2f s, warm-up %.2f s; %s engine)", self.timings["total"],
+                     self.timings["model_load"], self.timings["warmup"], self.config.engine)
 
     # -- drain -----------------------------------------------------------------------------------
     def begin_drain(self) -> None:
@@ -180,13 +170,17 @@ def create_app(config: NodeConfig) -> FastAPI:
     async def _start() -> None:
         app.state.startup_task = asyncio.create_task(node.become_ready())
 
+    @app.on_event("shutdown")
+    async def _stop() -> None:
+        await asyncio.to_thread(node.engine.close)
+
     @app.get("/health")
     async def health():
         return {"status": "failed" if node.state == "failed" else "alive", "state": node.state, "error": node.error}
 
     @app.get("/ready")
     async def ready():
-        body = {"state": node.state, "model": node.model.name if node.model else None,
+        body = {"state": node.state, "model": node.model_name,
                 "start_seconds": {k: round(v, 4) for k, v in node.timings.items()}}
         return JSONResponse(body, status_code=200 if node.state == "ready" else 503)
 
@@ -196,7 +190,7 @@ def create_app(config: NodeConfig) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        name = node.model.name if node.model else config.model
+        name = node.model_name or config.model
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "peakpilot"}]}
 
     @app.post("/v1/completions")
@@ -216,13 +210,13 @@ def create_app(config: NodeConfig) -> FastAPI:
             why = "draining: this node is shutting down" if node.state == "draining" else f"not ready ({node.state})"
             return error(503, f"server unavailable: {why}; retry on another node", "unavailable",
                          headers={"Retry-After": "1"})
-        parsed = parse_completion(await request.body(), config, node.model.tokenizer)
+        parsed = parse_completion(await request.body(), config, node.engine.tokenizer)
         if isinstance(parsed, JSONResponse):
             m.requests.labels("bad_request").inc()
             return parsed
         prompts, max_tokens, temperature, stream = parsed
         started = time.perf_counter()
-        tok = node.model.tokenizer
+        tok = node.engine.tokenizer
         try:
             outs = await asyncio.gather(*(node.batcher.submit(tok.encode(p), max_tokens, temperature) for p in prompts))
         except QueueFull as exc:
@@ -241,7 +235,7 @@ def create_app(config: NodeConfig) -> FastAPI:
         prompt_tokens = sum(len(tok.encode(p)) for p in prompts)
         completion_tokens = sum(len(o) for o in outs)
         doc = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-               "model": node.model.name, "choices": choices,
+               "model": node.model_name, "choices": choices,
                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                          "total_tokens": prompt_tokens + completion_tokens}}
         if not stream:
@@ -286,11 +280,6 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    import sys
-
-    # The generation thread holds the GIL between torch ops; a short switch interval lets the event loop
-    # answer /ready, /metrics and 429s promptly while a batch runs.
-    sys.setswitchinterval(0.0005)
     app = create_app(config)
     server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                            timeout_graceful_shutdown=int(config.drain_seconds)), app.state.node)

@@ -395,15 +395,21 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads (default: all cores)."),
     slo_ms: Optional[float] = typer.Option(None, "--slo-ms", help="Answer 429 at once when a request's expected "
                                                                   "wait is over this latency target."),
+    engine: str = typer.Option("process", "--engine", help="Where the model runs: 'process' (its own, so "
+                                                            "generation never waits on the HTTP side's GIL) or "
+                                                            "'thread' (in the server's process)."),
 ) -> None:
     """Serve a PyTorch model: OpenAI-compatible /v1/completions, /health, /ready, /metrics."""
+    from inference_node.engine import ENGINES
     from inference_node.server import NodeConfig
     from inference_node.server import serve as run_server
 
+    if engine not in ENGINES:
+        fail(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}")
     logging.getLogger().setLevel(logging.INFO)
     run_server(NodeConfig(model=model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                           drain_seconds=drain_seconds, warmup=not no_warmup, quantize=quantize, threads=threads,
-                          slo_ms=slo_ms),
+                          slo_ms=slo_ms, engine=engine),
                host, port)
 
 

@@ -209,3 +209,47 @@ def test_shedding_recovers_once_the_node_is_idle(node_factory):
     time.sleep(0.5)
     after = [httpx.post(f"{n.url}/v1/completions", json={"prompt": "y", "max_tokens": 4}, timeout=60) for _ in range(3)]
     assert [r.status_code for r in after] == [200, 200, 200]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        found += [int(c) for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+    return found
+
+
+def test_the_model_runs_in_an_engine_process_that_goes_with_the_server(node_factory):
+    """The default engine: generation in a child process (no GIL shared with the HTTP side); the
+    same completions as the in-process engine; and no orphan when the server is killed outright."""
+    body = {"prompt": "Tell me about GPUs.", "max_tokens": 12, "temperature": 0}
+    in_process = node_factory("--engine", "thread")
+    in_process.wait_ready()
+    assert children(in_process.proc.pid) == []
+    expected = httpx.post(f"{in_process.url}/v1/completions", json=body, timeout=30).json()["choices"][0]["text"]
+
+    node = node_factory()
+    node.wait_ready()
+    helpers = children(node.proc.pid)  # the engine, and multiprocessing's resource tracker
+    engines = [pid for pid in helpers if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    assert len(engines) == 1
+    got = httpx.post(f"{node.url}/v1/completions", json=body, timeout=30).json()["choices"][0]["text"]
+    assert got == expected and len(got) > 0
+    node.proc.kill()  # SIGKILL: no handler runs; the engine sees its pipe close and exits
+    node.proc.wait()
+
+    def running(pid: int) -> bool:
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 15
+    while time.time() < deadline and any(running(pid) for pid in helpers):
+        time.sleep(0.1)
+    assert not any(running(pid) for pid in helpers), "a helper process outlived its server"
+
+
+def test_an_unknown_engine_is_refused():
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "serve", "--engine", "gpu-magic"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unknown engine 'gpu-magic'" in out.stderr
