@@ -85,7 +85,7 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
             f"forecast is {age:.0f} min old" if age > policy.planning.max_forecast_age_min
             else "forecast from the future" if age < 0 else "forecast too short")
         load = obs.load_rps if obs.load_rps is not None else 0.0
-        need_now = int(nodes_needed(np.array([load]), rps_per_node, headroom)[0])
+        need_now = int(nodes_needed(np.array([load]), rps_per_node, max(headroom, 0.0))[0])
         up = keep = need_now if obs.load_rps is not None else current
         up_reason = f"reactive ({why}): observed {load:.1f} req/s needs {need_now}"
 
@@ -93,7 +93,9 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
     # recommendation like the forecast's, so the stabilization window remembers it too.
     floor = 0
     if policy.safety_net.enabled and obs.load_rps is not None:
-        floor = int(nodes_needed(np.array([obs.load_rps]), rps_per_node, headroom)[0])
+        # (A replay sweep may plan below the forecast quantile with a negative headroom; never below
+        # the load already observed.)
+        floor = int(nodes_needed(np.array([obs.load_rps]), rps_per_node, max(headroom, 0.0))[0])
     # The stabilization window remembers recommendations, not held targets (else a hold would
     # re-hold itself for ever).
     memory.recent_targets.append((obs.now, max(up, floor)))

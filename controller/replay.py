@@ -38,10 +38,14 @@ SLA_LEVELS = (0.99, 0.995, 0.999)
 MINUTE = pd.Timedelta(minutes=1)
 
 KNOBS = {
-    "predictive": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8],
-    "oracle": [0.0, 0.05, 0.1, 0.2, 0.3, 0.5],
-    "reactive": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2],
-    "reactive_spot": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2],
+    # Headroom over the planning quantile; below zero plans under it (the safety net still holds the
+    # observed load), so the frontier reaches down to the cheapest setting at each SLA level.
+    "predictive": [-0.3, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8],
+    "oracle": [-0.3, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3, 0.5],
+    # Target utilization, as HPA's; as finely spaced as the others' knobs, so every strategy's
+    # cheapest setting at each SLA level is found to the same precision.
+    "reactive": [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3, 0.2],
+    "reactive_spot": [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3, 0.2],
 }
 
 

@@ -96,6 +96,17 @@ def test_safety_net_scales_up_now_whatever_the_forecast_said(policy):
     assert result.reason.startswith("safety net: observed 100.0 req/s, 500% of ready capacity needs 10")
 
 
+def test_a_negative_headroom_plans_below_the_forecast_but_never_below_the_observed_load(policy):
+    """Replay's sweep plans under the quantile to find the cheapest setting at each SLA level."""
+    forecast = flat_forecast([(0, 100.0)])
+    cut = control_cycle(Observation(NOW, 50.0), forecast, view_with(10), policy, Memory(), 10.0, 0, headroom=-0.2)
+    assert cut.target == 8  # 100 req/s x 0.8 / 10 per node
+    # The observed load needs 9 nodes: the floor holds it at 9, without the cut.
+    floor = control_cycle(Observation(NOW, 90.0), forecast, view_with(10), policy, Memory(), 10.0, 0,
+                          headroom=-0.2)
+    assert floor.target == 9 and "safety net: observed 90.0 req/s needs 9 (forecast: 8)" in floor.reason
+
+
 def test_stale_or_missing_forecast_falls_back_to_reactive_and_says_so(policy):
     stale = MinuteForecast(NOW - np.timedelta64(30, "m"), flat_forecast([(0, 90.0)]).rps)
     result = decide(policy, stale, view_with(3), load=40.0)
