@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -146,9 +147,14 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @contextmanager
     def _write(self):
         """One transaction; a failure rolls all of it back and names the store."""
-        return _Transaction(self)
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store {self.name}: {_short(exc)}") from None
 
     # -- writing ---------------------------------------------------------------------------------
     def record_replay(self, doc: dict, run, times: np.ndarray) -> int:
@@ -250,27 +256,6 @@ class Store:
             c = decisions.c
             return pd.read_sql_query(sa.select(c.minute, c.ts, c.cls, c.desired, c.current, c.reason)
                                      .where(c.run_id == run_id).order_by(c.minute, c.cls), conn)
-
-
-class _Transaction:
-    def __init__(self, store: Store):
-        self.store, self.ctx = store, None
-
-    def __enter__(self):
-        try:
-            self.ctx = self.store.engine.begin()
-            return self.ctx.__enter__()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"store {self.store.name}: {_short(exc)}") from None
-
-    def __exit__(self, kind, exc, tb):
-        try:
-            self.ctx.__exit__(kind, exc, tb)
-        except SQLAlchemyError as failed:
-            raise StoreError(f"store {self.store.name}: {_short(failed)}") from None
-        if isinstance(exc, SQLAlchemyError):
-            raise StoreError(f"store {self.store.name}: {_short(exc)}") from None
-        return False
 
 
 def _short(exc: Exception) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-
 from typing import Callable
 
 RunBatch = Callable[[list[list[int]], list[int], list[float], int], list[list[int]]]

@@ -75,14 +75,15 @@ class ThreadEngine:
         # The generation thread holds the GIL between torch ops; a short switch interval lets the event
         # loop answer /ready, /metrics and 429s promptly while a batch runs.
         sys.setswitchinterval(0.0005)
+        from inference_node.model import generate
+
+        self._generate = generate
         self.model, self.timings = _load_and_warm(self.spec)
         self.name, self.tokenizer = self.model.name, self.model.tokenizer
 
     def run(self, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
             seed: int) -> list[list[int]]:
-        from inference_node.model import generate
-
-        return generate(self.model, prompts, max_tokens, temperatures, seed)
+        return self._generate(self.model, prompts, max_tokens, temperatures, seed)
 
     def close(self) -> None:
         self.model = None
@@ -151,7 +152,7 @@ class ProcessEngine:
             try:
                 self._conn.send((prompts, max_tokens, temperatures, seed))
                 kind, payload = self._conn.recv()
-            except (EOFError, OSError, BrokenPipeError):
+            except (EOFError, OSError):
                 raise EngineError(f"the engine process is gone (exit code {self._proc.exitcode})") from None
         if kind != "ok":
             raise EngineError(payload)
@@ -166,7 +167,7 @@ class ProcessEngine:
             return
         try:
             self._conn.send(None)
-        except (OSError, BrokenPipeError):
+        except OSError:
             pass
         self._proc.join(5)
         if self._proc.is_alive():

@@ -213,7 +213,7 @@ def replay(
                                              help="Size capacity so the trace's busiest minute needs N nodes "
                                                   "(overrides the policy's capacity)."),
     store: Optional[str] = typer.Option(None, "--store", help="Write the timeline and decisions here "
-                                                              "(sqlite:///path.db or a path)."),
+                                                              "(sqlite:///path.db, a path, or postgresql://...)."),
     no_sweep: bool = typer.Option(False, "--no-sweep", help="Only the policy's own settings; no frontier sweep."),
     train_days: Optional[float] = typer.Option(None, "--train-days", help="Days of history before the replayed "
                                                                           "window (default: half the trace, 2.5-14)."),
