@@ -83,3 +83,37 @@ def test_predict_rejects_a_longer_horizon_than_trained_for():
     model = make_model("torch", max_horizon_min=30, **FAST["torch"]).fit(history)
     with pytest.raises(ValueError, match="trained for 30 minutes ahead"):
         model.predict(history, 60)
+
+
+def test_smoothed_level_follows_its_recursion():
+    from forecaster.models.torch_model import best_alpha, smoothed_level
+
+    values = np.array([10.0, 20.0, 20.0, 0.0, 40.0])
+    level, expected = smoothed_level(values, 0.5), [10.0]
+    for v in values[1:]:
+        expected.append(0.5 * v + 0.5 * expected[-1])
+    np.testing.assert_allclose(level, expected)
+    steps = np.repeat([5.0, 50.0], 50)  # a level shift: the fastest smoothing predicts the next step best
+    assert best_alpha(steps, steps) == 0.9
+
+
+def test_torch_members_are_averaged_and_survive_a_round_trip(tmp_path):
+    history, _ = clean_history(days=3)
+    one = make_model("torch", seed=3, **FAST["torch"]).fit(history)
+    two = make_model("torch", seed=3, members=2, **FAST["torch"]).fit(history)
+    assert len(two.nets) == 2 and len(two.epochs) == 2
+    assert not np.allclose(two.predict(history, 30).values, one.predict(history, 30).values)
+    two.save(tmp_path / "two.pt")
+    loaded = load_model(tmp_path / "two.pt")
+    assert loaded.members == 2
+    np.testing.assert_allclose(loaded.predict(history, 30).values, two.predict(history, 30).values, rtol=1e-6)
+
+
+def test_pinball_optimal_spread_is_the_weighted_quantile():
+    from forecaster.models.torch_model import weighted_quantile
+
+    rng = np.random.default_rng(0)
+    ratio, width = rng.normal(size=2000), rng.uniform(0.1, 3.0, size=2000)
+    c = weighted_quantile(ratio, width, 0.9)
+    loss = lambda k: (width * np.maximum(0.9 * (ratio - k), -0.1 * (ratio - k))).sum()  # noqa: E731
+    assert loss(c) <= min(loss(c - 0.05), loss(c + 0.05))

@@ -1,5 +1,6 @@
 """A PyTorch quantile model: an MLP over the recent past, the same hours yesterday and last week,
-and the calendar, trained with pinball loss and calibrated on the most recent held-out day.
+the smoothed level and the calendar, trained with pinball loss and calibrated on the most recent
+held-out day; optionally several seeds are averaged.
 
 Why this shape: 30 minutes ahead, the recent level matters most (the load rarely jumps far from
 where it is), and the shape matters next (what the same hours did yesterday and last week says
@@ -7,8 +8,18 @@ whether a ramp is coming). Every window is scaled by its own recent mean, so one
 traces whose volumes differ by orders of magnitude and a level shift does not put it off. Outputs
 are q50 and two non-negative increments, so quantiles never cross.
 
+The smoothed level: exponentially smoothed levels of the whole past (a few fixed smoothing constants
+and the one that best predicts the next step on the training history) are inputs too. They are what
+AutoETS forecasts with, and a net that sees them does not have to rediscover a noise-robust level
+from two hours of raw counts.
+
+Seeds: with ``members`` > 1, nets differing only in their seed are trained on the same windows and
+their quantiles averaged. On the shared traces three members moved pinball loss by -1.4% to +1.4%
+against one, at three times the fit, so the default is one.
+
 Calibration: the last ``calibration_fraction`` of training origins (at most a day) is held out; the
-q90 and q99 spreads around q50 are then scaled so that they cover 90% and 99% of that window.
+q90 and q99 spreads around q50 of the averaged nets are then scaled by the factor that minimises
+their pinball loss on that window (the spread-weighted quantile of the standardised errors).
 Deterministic under ``seed`` (fixed initialisation, shuffling and thread count).
 """
 
@@ -21,11 +32,29 @@ import pandas as pd
 import torch
 from torch import nn
 
+from scipy.signal import lfilter
+
 from forecaster.history import History
 from forecaster.models.base import Forecaster, windows
 
 DAY = pd.Timedelta(days=1)
 WEEK = pd.Timedelta(days=7)
+FIXED_ALPHAS = (0.05, 0.2, 0.5)
+ALPHA_GRID = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+
+
+def smoothed_level(values: np.ndarray, alpha: float) -> np.ndarray:
+    """Simple exponential smoothing: level[t] = alpha * values[t] + (1 - alpha) * level[t-1]."""
+    values = np.asarray(values, dtype=float)
+    if not len(values):
+        return values
+    return lfilter([alpha], [1.0, alpha - 1.0], values, zi=np.array([(1 - alpha) * values[0]]))[0]
+
+
+def best_alpha(observed: np.ndarray, filled: np.ndarray) -> float:
+    """The smoothing constant whose level best predicts the next observed step (mean absolute error)."""
+    errors = [np.nanmean(np.abs(observed[1:] - smoothed_level(filled, a)[:-1])) for a in ALPHA_GRID]
+    return float(ALPHA_GRID[int(np.nanargmin(errors))])
 
 
 class QuantileMLP(nn.Module):
@@ -49,13 +78,19 @@ def pinball(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, qs: to
     return loss.sum() / mask.sum().clamp(min=1) / len(qs)
 
 
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][min(np.searchsorted(cum, q * cum[-1]), len(values) - 1)])
+
+
 class TorchQuantileForecaster(Forecaster):
     name = "torch"
     description = "PyTorch MLP quantile model (pinball loss; recent past, last day/week, calendar), calibrated"
 
     def __init__(self, seed: int = 0, max_horizon_min: float = 60, context_min: float = 120,
                  max_epochs: int = 60, time_budget_s: float = 40.0, max_windows: int = 30000,
-                 calibration_fraction: float = 0.15, hidden: int = 256):
+                 calibration_fraction: float = 0.15, hidden: int = 256, members: int = 1):
         super().__init__(seed)
         self.max_horizon_min = max_horizon_min
         self.context_min = context_min
@@ -64,6 +99,7 @@ class TorchQuantileForecaster(Forecaster):
         self.max_windows = max_windows
         self.calibration_fraction = calibration_fraction
         self.hidden = hidden
+        self.members = max(1, int(members))
 
     def min_history(self, step: pd.Timedelta) -> pd.Timedelta:
         return 2 * DAY
@@ -98,6 +134,8 @@ class TorchQuantileForecaster(Forecaster):
         dow = (stamps.dayofweek.to_numpy() + tod) / 7.0
         parts.append(np.stack([np.sin(2 * np.pi * tod), np.cos(2 * np.pi * tod), np.sin(2 * np.pi * dow),
                                np.cos(2 * np.pi * dow), np.log(scale / self.global_scale)], axis=1))
+        last = np.clip(positions - 1, 0, len(values) - 1)  # the level known at each origin
+        parts.append(np.stack([smoothed_level(values, a)[last] / scale for a in (*FIXED_ALPHAS, self.alpha)], axis=1))
         return np.concatenate(parts, axis=1).astype(np.float32), scale
 
     # -- training --------------------------------------------------------------------------------
@@ -107,6 +145,7 @@ class TorchQuantileForecaster(Forecaster):
         values = history.filled().to_numpy()
         if not warm:
             self.global_scale = float(max(np.nanmean(observed), 1e-6))
+            self.alpha = best_alpha(observed, values)
         L, H = self.context, self.horizon
         positions = np.arange(L, len(values) - H + 1)
         keep = 2 * self.day if warm else self.max_windows  # a warm start follows only the last two days
@@ -120,19 +159,21 @@ class TorchQuantileForecaster(Forecaster):
         n_cal = int(min(len(positions) * self.calibration_fraction, self.day))
         n_cal = max(n_cal, min(len(positions) // 5, H * 10))
         cut = len(positions) - n_cal - H  # no target overlap between train and calibration windows
-        gen = torch.Generator().manual_seed(self.seed)
-        torch.manual_seed(self.seed)
         threads = torch.get_num_threads()
         torch.set_num_threads(min(2, threads))
+        xt, yt, mt = torch.from_numpy(x[:cut]), torch.from_numpy(y[:cut]).float(), torch.from_numpy(mask[:cut]).float()
         try:
             if not warm:
-                self.net = QuantileMLP(x.shape[1], H, self.hidden)
+                self.nets = []
+                for k in range(self.members):
+                    torch.manual_seed(self.seed + k)
+                    self.nets.append(QuantileMLP(x.shape[1], H, self.hidden))
             epochs, budget = (2, min(2.0, self.time_budget_s)) if warm else (self.max_epochs, self.time_budget_s)
-            self._train(torch.from_numpy(x[:cut]), torch.from_numpy(y[:cut]).float(),
-                        torch.from_numpy(mask[:cut]).float(), gen, epochs, budget)
-            self.net.eval()
-            with torch.no_grad():
-                pred = self.net(torch.from_numpy(x[cut + H:])).numpy()
+            self.epochs = []
+            for k, net in enumerate(self.nets):
+                gen = torch.Generator().manual_seed(self.seed + k)
+                self.epochs.append(self._train(net, xt, yt, mt, gen, epochs, budget / len(self.nets)))
+            pred = self._raw(x[cut + H:])
         finally:
             torch.set_num_threads(threads)
         self.spread = self._calibrate(pred, y[cut + H:], mask[cut + H:])
@@ -142,7 +183,7 @@ class TorchQuantileForecaster(Forecaster):
 
         A fresh fit costs seconds to tens of seconds; a scheduled retrain every few hours only has to
         follow the drift, which a warm start does in a fraction of that."""
-        if getattr(self, "net", None) is None or history.step != self.step:
+        if not getattr(self, "nets", None) or history.step != self.step:
             return self.fit(history)
         import time as _time
 
@@ -152,47 +193,59 @@ class TorchQuantileForecaster(Forecaster):
         self.fitted_until = history.end
         return self
 
-    def _train(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, max_epochs: int,
-               budget_s: float) -> None:
+    def _train(self, net: QuantileMLP, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, gen: torch.Generator,
+               max_epochs: int, budget_s: float) -> int:
+        """Train one net with early stopping on the last tenth of its windows; returns the epochs run."""
         qs = torch.tensor(self.quantiles, dtype=torch.float32)
         n_val = max(1, len(x) // 10)
         xt, yt, mt = x[:-n_val], y[:-n_val], mask[:-n_val]
         xv, yv, mv = x[-n_val:], y[-n_val:], mask[-n_val:]
-        opt = torch.optim.AdamW(self.net.parameters(), lr=2e-3, weight_decay=1e-4)
+        opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
         best, best_state, stale = float("inf"), None, 0
         started = time.perf_counter()
         batch = 256
-        self.epochs = 0
+        epochs = 0
         for epoch in range(max_epochs):
-            self.net.train()
+            net.train()
             order = torch.randperm(len(xt), generator=gen)
             for i in range(0, len(order), batch):
                 idx = order[i:i + batch]
-                loss = pinball(self.net(xt[idx]), yt[idx], mt[idx], qs)
+                loss = pinball(net(xt[idx]), yt[idx], mt[idx], qs)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            self.net.eval()
+            net.eval()
             with torch.no_grad():
-                val = float(pinball(self.net(xv), yv, mv, qs))
-            self.epochs = epoch + 1
+                val = float(pinball(net(xv), yv, mv, qs))
+            epochs = epoch + 1
             if val < best - 1e-5:
                 best, stale = val, 0
-                best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
+                best_state = {k: v.clone() for k, v in net.state_dict().items()}
             else:
                 stale += 1
             if stale >= 6 or time.perf_counter() - started > budget_s:
                 break
         if best_state is not None:
-            self.net.load_state_dict(best_state)
+            net.load_state_dict(best_state)
+        net.eval()
+        return epochs
+
+    def _raw(self, x: np.ndarray) -> np.ndarray:
+        """The members' average scaled quantiles (before calibration)."""
+        with torch.no_grad():
+            xt = torch.from_numpy(x)
+            return np.mean([net(xt).numpy() for net in self.nets], axis=0)
 
     def _calibrate(self, pred: np.ndarray, y: np.ndarray, mask: np.ndarray) -> list[float]:
-        """Scale factors for the q90 and q99 spreads so they cover their level on held-out windows."""
+        """Scale factors for the q90 and q99 spreads that minimise their pinball loss on held-out windows.
+
+        With spread w and standardised error r = (y - q50) / w, the loss of q50 + c * w is
+        sum(w * pinball_q(r - c)): minimised at the w-weighted q-quantile of r."""
         factors = []
         for k, q in ((1, self.quantiles[1]), (2, self.quantiles[2])):
-            width = np.maximum(pred[..., k] - pred[..., 0], 1e-6)
-            ratio = ((y - pred[..., 0]) / width)[mask]
-            factors.append(float(np.clip(np.quantile(ratio, q), 0.3, 5.0)) if ratio.size >= 20 else 1.0)
+            width = np.maximum(pred[..., k] - pred[..., 0], 1e-6)[mask]
+            ratio = ((y - pred[..., 0])[mask] / width)
+            factors.append(float(np.clip(weighted_quantile(ratio, width, q), 0.3, 5.0)) if ratio.size >= 20 else 1.0)
         return factors
 
     # -- prediction ------------------------------------------------------------------------------
@@ -201,8 +254,7 @@ class TorchQuantileForecaster(Forecaster):
             raise ValueError(f"torch model was trained for {self.max_horizon_min:g} minutes ahead; "
                              f"refit it with max_horizon_min >= the horizon asked for")
         x, scale = self._features(history, history.filled().to_numpy(), positions)
-        with torch.no_grad():
-            pred = self.net(torch.from_numpy(x)).numpy()[:, :horizon]
+        pred = self._raw(x)[:, :horizon]
         q50 = pred[..., 0]
         out = np.stack([q50, q50 + self.spread[0] * (pred[..., 1] - q50), q50 + self.spread[1] * (pred[..., 2] - q50)],
                        axis=-1)
@@ -212,15 +264,24 @@ class TorchQuantileForecaster(Forecaster):
     def state(self) -> dict:
         return {"config": {"max_horizon_min": self.max_horizon_min, "context_min": self.context_min,
                            "hidden": self.hidden},
-                "step_ns": self.step.value, "global_scale": self.global_scale, "spread": list(self.spread),
-                "n_in": self.net.body[0].in_features, "weights": self.net.state_dict()}
+                "step_ns": self.step.value, "global_scale": self.global_scale, "alpha": self.alpha,
+                "spread": list(self.spread), "n_in": self.nets[0].body[0].in_features,
+                "weights": [net.state_dict() for net in self.nets]}
 
     def load_state(self, state: dict) -> None:
+        if "alpha" not in state:
+            raise ValueError("this torch model was saved by an older peakpilot (no smoothed-level inputs); "
+                             "fit it again")
         cfg = state["config"]
         self.max_horizon_min, self.context_min, self.hidden = cfg["max_horizon_min"], cfg["context_min"], cfg["hidden"]
         self._shape(pd.Timedelta(state["step_ns"], "ns"))
         self.global_scale = state["global_scale"]
+        self.alpha = state["alpha"]
         self.spread = state["spread"]
-        self.net = QuantileMLP(state["n_in"], self.horizon, self.hidden)
-        self.net.load_state_dict(state["weights"])
-        self.net.eval()
+        self.nets = []
+        for weights in state["weights"]:
+            net = QuantileMLP(state["n_in"], self.horizon, self.hidden)
+            net.load_state_dict(weights)
+            net.eval()
+            self.nets.append(net)
+        self.members = len(self.nets)
