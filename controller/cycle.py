@@ -53,7 +53,12 @@ def keep_target(need: np.ndarray, lead_min: int, keep_min: float) -> int:
 def stabilized(memory: Memory, now: np.datetime64, window_min: float) -> int:
     """Highest target of the stabilization window (Kubernetes HPA's scale-down rule)."""
     horizon = now - np.timedelta64(int(window_min), "m")
-    return max((t for when, t in memory.recent_targets if when > horizon), default=0)
+    best = 0
+    for when, t in reversed(memory.recent_targets):  # appended in time order: stop at the window's edge
+        if when <= horizon:
+            break
+        best = max(best, t)
+    return best
 
 
 def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: ClusterView, policy: Policy,

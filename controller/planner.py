@@ -49,8 +49,7 @@ def plan_need(forecast_rps: np.ndarray, policy: Policy, rps_per_node: float, sta
 def lead_time_min(policy: Policy, memory: Memory, cls: str) -> int:
     """Minutes to plan ahead for a class: p95 of measured starts once there are enough, else the
     policy's guess at about its p95 (mean + 2 spreads)."""
-    samples = memory.lead_samples[cls]
-    if len(samples) >= policy.planning.learn_lead_times_after:
-        return math.ceil(float(np.percentile(samples, 95)))
+    if len(memory.lead_samples[cls]) >= policy.planning.learn_lead_times_after:
+        return math.ceil(memory.lead_p95(cls))
     lead = getattr(policy.classes, cls).lead_time
     return math.ceil(lead.mean_min + 2 * lead.spread_min)

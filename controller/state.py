@@ -82,6 +82,7 @@ class Memory:
     lead_samples: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in CLASSES})
 
     last_load_rps: float | None = None  # the last observed load: the reactive floor while signals are down
+    _p95: dict[str, float] = field(default_factory=dict, repr=False, compare=False)  # cache, reset by learn()
 
     def to_json(self) -> dict:
         return {"recent_targets": [[str(t), int(v)] for t, v in self.recent_targets],
@@ -95,8 +96,15 @@ class Memory:
         memory.last_load_rps = data.get("last_load_rps")
         return memory
 
+    def lead_p95(self, cls: str) -> float:
+        """p95 of the measured lead times of a class (cached: the cycle asks every minute)."""
+        if cls not in self._p95:
+            self._p95[cls] = float(np.percentile(self.lead_samples[cls], 95))
+        return self._p95[cls]
+
     def learn(self, samples: list[tuple[str, float]]) -> None:
         for cls, minutes in samples:
+            self._p95.pop(cls, None)
             bucket = self.lead_samples[cls]
             bucket.append(minutes)
             if len(bucket) > 500:

@@ -138,6 +138,8 @@ def test_lead_times_are_learned_as_p95_of_measured_starts(policy):
     memory.learn([("on_demand", float(m)) for m in range(1, 21)])  # 20 samples: 1..20 minutes
     assert lead_time_min(policy, memory, "on_demand") == 20  # ceil(p95 = 19.05)
     assert lead_time_min(policy, memory, "spot") == 16  # still the policy's guess: 10 + 2 x 3
+    memory.learn([("on_demand", 40.0)] * 20)  # slower starts since: the plan follows them at once
+    assert lead_time_min(policy, memory, "on_demand") == 40
 
 
 def test_blend_reserved_first_then_spot_share_with_buffer_then_on_demand():
