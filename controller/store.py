@@ -221,15 +221,21 @@ class Store:
         return self._scalar(sa.select(sa.func.max(runs.c.id)).where(runs.c.kind == kind))
 
     # -- reading ---------------------------------------------------------------------------------
-    def _scalar(self, query):
+    @contextmanager
+    def _read(self):
+        """A connection for reading; a database error becomes a StoreError naming the store."""
         try:
             with self.engine.connect() as conn:
-                return conn.execute(query).scalar()
+                yield conn
         except SQLAlchemyError as exc:
             raise StoreError(f"store {self.name}: {_short(exc)}") from None
 
+    def _scalar(self, query):
+        with self._read() as conn:
+            return conn.execute(query).scalar()
+
     def runs(self) -> list[dict]:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(sa.select(runs.c.id, runs.c.created, runs.c.kind, runs.c.trace, runs.c.policy,
                                           runs.c.strategy).order_by(runs.c.id)).mappings().all()
         return [dict(r) for r in rows]
@@ -243,7 +249,7 @@ class Store:
     def timeline(self, run_id: int):
         import pandas as pd
 
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             frame = pd.read_sql_query(sa.select(timeline).where(timeline.c.run_id == run_id)
                                       .order_by(timeline.c.minute), conn)
         frame["ts"] = pd.to_datetime(frame["ts"])
@@ -252,7 +258,7 @@ class Store:
     def decisions(self, run_id: int):
         import pandas as pd
 
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             c = decisions.c
             return pd.read_sql_query(sa.select(c.minute, c.ts, c.cls, c.desired, c.current, c.reason)
                                      .where(c.run_id == run_id).order_by(c.minute, c.cls), conn)

@@ -69,7 +69,16 @@ version = store_version(STORE)
 if STORE_FILE is not None and not STORE_FILE.exists():
     empty_page(f"The store {STORE_FILE} does not exist yet.")
     st.stop()
-runs = [r for r in cached_runs(STORE, version) if r["kind"] in ("replay", "daemon")]
+def read_or_stop(read, *args):
+    """A store that cannot be read (a database down, a damaged file) is named on the page, not a traceback."""
+    try:
+        return read(*args)
+    except StoreError as exc:
+        st.error(f"Cannot read the store: {exc}")
+        st.stop()
+
+
+runs = [r for r in read_or_stop(cached_runs, STORE, version) if r["kind"] in ("replay", "daemon")]
 if not runs:
     empty_page(f"The store {STORE_NAME} holds no replay or controller run yet.")
     st.stop()
@@ -83,7 +92,7 @@ with st.sidebar:
         st.cache_data.clear()
         st.rerun()
 
-view = cached_replay(STORE, run_id, version)
+view = read_or_stop(cached_replay, STORE, run_id, version)
 summary, tl = view.summary, view.timeline
 tabs = st.tabs(["Overview", "Forecast", "Cost", "SLA", "Decisions", "What-if"])
 
@@ -141,7 +150,7 @@ with tabs[1]:
     st.plotly_chart(fig, key="forecast_vs_actual")
     f = summary.get("forecast") or {}
     st.caption(f"model: {f.get('model')} ({f.get('status')}); forecasts issued from complete intervals only")
-    backtest = cached_backtest(STORE, version)
+    backtest = read_or_stop(cached_backtest, STORE, version)
     if backtest:
         st.subheader("backtest")
         st.dataframe(pd.DataFrame(backtest["models"]).T, key="backtest_table")

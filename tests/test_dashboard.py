@@ -119,6 +119,14 @@ def test_empty_store_says_how_to_fill_it(app, tmp_path):
     assert "make demo" in at.info[0].value and "peakpilot replay --store" in at.info[0].value
 
 
+def test_a_store_that_cannot_be_read_is_named_on_the_page(app, tmp_path):
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"not a database, " * 512)
+    at = app(str(damaged))
+    assert not at.exception
+    assert at.error and "Cannot read the store" in at.error[0].value and "damaged.db" in at.error[0].value
+
+
 def test_a_real_browser_renders_the_charts(store):
     chromium = shutil.which("chromium")
     if not chromium:

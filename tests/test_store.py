@@ -82,6 +82,17 @@ def test_a_failed_cycle_write_leaves_nothing_and_names_the_store(store_url):
         assert st.load_memory(run_id) == {"n": 1}
 
 
+def test_a_store_that_cannot_be_read_is_named(store_url):
+    with Store(store_url) as st:
+        run_id = st.service_run("svc")
+        st.record_cycle(run_id, 1, ts(1), row(1.0), [decision("spot", 2)], {"n": 1})
+        with st.engine.begin() as conn:  # damaged behind the store's back
+            conn.exec_driver_sql("DROP TABLE timeline")
+        with pytest.raises(StoreError, match=r"store .*timeline"):
+            st.timeline(run_id)
+        assert list(st.decisions(run_id)["desired"]) == [2]  # what is still there still reads
+
+
 def test_replay_and_backtest_records_round_trip(store_url):
     from types import SimpleNamespace
 
