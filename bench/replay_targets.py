@@ -103,7 +103,8 @@ def main() -> None:
         report["traces"][path.name] = {"seconds": round(seconds, 1), "minutes": doc["minutes"],
                                        "reserved": doc["reserved"], "forecast": doc["forecast"],
                                        "checks": checks(doc, path.name.startswith(LLM)),
-                                       "strategies": doc["strategies"], "cost_at_sla": doc["cost_at_sla"]}
+                                       "strategies": doc["strategies"], "cost_at_sla": doc["cost_at_sla"],
+                                       "frontier": doc["frontier"]}
         print(f"{path.name}: {report['traces'][path.name]['checks']['met']} ({seconds:.0f} s)", file=sys.stderr)
     if not args.no_timing:
         trace = load_trace(args.traces / "nasa_http_1995_jul.csv")
