@@ -23,24 +23,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from inference_node.tokenizer import ByteTokenizer
+
 SIZES = {
     "tiny": {"d_model": 128, "n_layers": 2, "n_heads": 4},
     "small": {"d_model": 256, "n_layers": 4, "n_heads": 8},
     "medium": {"d_model": 512, "n_layers": 8, "n_heads": 8},
 }
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as tokens (256) plus an end-of-text token."""
-
-    vocab_size = 257
-    eos = 256
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: list[int]) -> str:
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
 class Block(nn.Module):

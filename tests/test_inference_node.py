@@ -234,6 +234,11 @@ def test_the_model_runs_in_an_engine_process_that_goes_with_the_server(node_fact
     assert len(engines) == 1
     got = httpx.post(f"{node.url}/v1/completions", json=body, timeout=30).json()["choices"][0]["text"]
     assert got == expected and len(got) > 0
+
+    def maps_torch(pid: int) -> bool:
+        return "libtorch" in open(f"/proc/{pid}/maps").read()
+
+    assert maps_torch(engines[0]) and not maps_torch(node.proc.pid), "torch belongs in the engine process only"
     node.proc.kill()  # SIGKILL: no handler runs; the engine sees its pipe close and exits
     node.proc.wait()
 
