@@ -19,14 +19,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from forecaster.backtest import BacktestConfig, run_backtest  # noqa: E402
+from forecaster.backtest import BacktestConfig, origins_for, run_backtest  # noqa: E402
 from forecaster.csv_source import load_csv  # noqa: E402
+from forecaster.metrics import peak_scores, pinball  # noqa: E402
 from forecaster.models import make_model  # noqa: E402
+from forecaster.models.base import windows  # noqa: E402
 
 BASELINES = ("seasonal_naive", "prophet", "statsforecast_autoets")
 
@@ -50,6 +53,26 @@ def check(models: dict, best: str) -> dict:
         peaks.append(b["peak_recall"] > m["peak_recall"] and b["false_alarm_rate"] <= m["false_alarm_rate"])
     out["peak_target_met"] = all(peaks) if peaks else None
     return out
+
+
+def peak_curve(result, name: str) -> list[dict]:
+    """Recall and false alarms of ``name`` with its q90 spread over q50 scaled by each factor: the
+    trade-off its band allows, to compare with the baselines' single points."""
+    f = result.forecasts[name]
+    out = []
+    for k in np.round(np.arange(0.5, 4.01, 0.1), 2):
+        p = peak_scores(result.actual, f[..., 0] + k * (f[..., 1] - f[..., 0]), result.recent_max)
+        out.append({"spread_factor": float(k), "peak_recall": p["peak_recall"], "false_alarm_rate": p["false_alarm_rate"]})
+    return out
+
+
+def lookahead_q90(history, result, window_min: float = 60) -> float:
+    """Pinball q90 of a forecaster that knows the future: the rolling q90 of the actual load over a
+    centred ``window_min`` window. Not achievable; a yardstick for how much of the loss is noise."""
+    w = max(3, history.steps_for(window_min) | 1)
+    q = pd.Series(history.counts.to_numpy()).rolling(w, center=True, min_periods=1).quantile(0.9).to_numpy()
+    positions = origins_for(history, result.config)
+    return pinball(result.actual, windows(q, positions, 0, result.actual.shape[1]), 0.9)
 
 
 def timing_14d() -> dict:
@@ -85,13 +108,16 @@ def main() -> None:
         if history.span < pd.Timedelta(days=3):
             continue
         started = time.perf_counter()
-        result = run_backtest(history, config=BacktestConfig(horizon_min=30, refit_hours=args.refit_hours))
+        result = run_backtest(history, config=BacktestConfig(horizon_min=30, refit_hours=args.refit_hours),
+                              keep_forecasts=True)
         best = result.best()
         models = {n: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
                   for n, m in result.models.items()}
         report["traces"][path.name] = {"step_min": history.step_min, "origins": result.origins, "best": best,
                                        "seconds": round(time.perf_counter() - started, 1),
-                                       "checks": check(result.models, best), "models": models}
+                                       "checks": check(result.models, best), "models": models,
+                                       "lookahead_q90_pinball": round(lookahead_q90(history, result), 4),
+                                       "peak_curve_best": peak_curve(result, best)}
         print(f"{path.name}: best {best} {report['traces'][path.name]['checks']}", file=sys.stderr)
     if not args.no_timing:
         report["timing_14d_1min"] = timing_14d()

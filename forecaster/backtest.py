@@ -41,6 +41,11 @@ class BacktestResult:
     origins: int
     test_start: pd.Timestamp
     models: dict[str, dict] = field(default_factory=dict)
+    # With keep_forecasts: each model's forecasts (origins, steps, 3), what happened, and the recent max
+    # at each origin, for analyses beyond the summary scores (e.g. a model's recall/false-alarm curve).
+    forecasts: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    actual: np.ndarray | None = field(default=None, repr=False)
+    recent_max: np.ndarray | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict:
         return {"trace": self.trace, "horizon_min": self.config.horizon_min, "origins": self.origins,
@@ -68,7 +73,8 @@ def origins_for(history: History, config: BacktestConfig) -> np.ndarray:
 
 
 def run_backtest(history: History, models: list[str] | tuple[str, ...] = DEFAULT_MODELS,
-                 config: BacktestConfig | None = None, progress: bool = True) -> BacktestResult:
+                 config: BacktestConfig | None = None, progress: bool = True,
+                 keep_forecasts: bool = False) -> BacktestResult:
     config = config or BacktestConfig()
     unknown = [m for m in models if m not in MODELS]
     if unknown:
@@ -86,6 +92,8 @@ def run_backtest(history: History, models: list[str] | tuple[str, ...] = DEFAULT
     blocks = [positions[(positions >= b) & (positions < b + refit)] for b in range(positions[0], positions[-1] + 1, refit)]
     blocks = [b for b in blocks if len(b)]
     result = BacktestResult(history.source, config, len(positions), history.counts.index[positions[0]])
+    if keep_forecasts:
+        result.actual, result.recent_max = actual, recent_max
     bar = tqdm(total=len(models) * len(blocks), desc="backtest", unit="fit", file=sys.stderr, disable=not progress)
     for name in models:
         forecasts = np.empty((len(positions), horizon, 3))
@@ -112,6 +120,8 @@ def run_backtest(history: History, models: list[str] | tuple[str, ...] = DEFAULT
             result.models[name] = {"status": status}
             continue
         metrics = score(actual, forecasts, recent_max)
+        if keep_forecasts:
+            result.forecasts[name] = forecasts
         metrics["fit_s"] = float(np.mean(fit_times))
         metrics["predict_ms"] = _predict_ms(model, history.until(history.counts.index[positions[-1]]), config.horizon_min)
         metrics["status"] = "ok"

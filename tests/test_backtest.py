@@ -64,6 +64,17 @@ def test_backtest_never_sees_the_future():
     assert result.models["seasonal_naive"]["wape"] > 0.05
 
 
+def test_kept_forecasts_are_the_ones_scored():
+    history = load_csv(trace_path("servegen_llm_m_small.csv"))
+    config = BacktestConfig(horizon_min=30, test_days=1)
+    result = run_backtest(history, ["seasonal_naive"], config, progress=False, keep_forecasts=True)
+    f = result.forecasts["seasonal_naive"]
+    assert f.shape == (142, 3, 3) and result.actual.shape == (142, 3) and result.recent_max.shape == (142,)
+    again = score(result.actual, f, result.recent_max)
+    assert again["pinball_q90"] == pytest.approx(result.models["seasonal_naive"]["pinball_q90"])
+    assert run_backtest(history, ["seasonal_naive"], config, progress=False).forecasts == {}
+
+
 def test_backtest_bad_windows():
     history = load_csv(trace_path("servegen_llm_m_small.csv"))
     with pytest.raises(HistoryError, match="cannot hold out 20 days"):
