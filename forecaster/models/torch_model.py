@@ -30,9 +30,8 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
-
 from scipy.signal import lfilter
+from torch import nn
 
 from forecaster.history import History
 from forecaster.models.base import Forecaster, windows
@@ -79,6 +78,7 @@ def pinball(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, qs: to
 
 
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The value below which a share ``q`` of the total weight lies."""
     order = np.argsort(values)
     cum = np.cumsum(weights[order])
     return float(values[order][min(np.searchsorted(cum, q * cum[-1]), len(values) - 1)])
@@ -86,7 +86,8 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
 
 class TorchQuantileForecaster(Forecaster):
     name = "torch"
-    description = "PyTorch MLP quantile model (pinball loss; recent past, last day/week, calendar), calibrated"
+    description = ("PyTorch MLP quantile model (pinball loss; recent past, last day/week, smoothed level, "
+                   "calendar), calibrated")
 
     def __init__(self, seed: int = 0, max_horizon_min: float = 60, context_min: float = 120,
                  max_epochs: int = 60, time_budget_s: float = 40.0, max_windows: int = 30000,
