@@ -142,6 +142,14 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         why = reason + ("; " + "; ".join(notes) if notes and cls in ("spot", "on_demand") else "")
         if want > split[cls]:
             why += f"; keeping {view.warming(cls)} still warming"
+        paid = view.paid_left.get(cls)
+        if paid and want < view.active(cls):
+            # A node billed by the hour is paid to the end of its hour: it serves for free until then, so
+            # only the pending ones and those whose paid time ends before the next cycle are released.
+            keep = view.active(cls) - view.counts[cls]["pending"] - sum(1 for left in paid if left <= 1)
+            if keep > want:
+                why += f"; keeping {keep - want} already paid to the end of their billing block"
+                want = keep
         decisions.append(Decision(cls, want, view.active(cls), why))
     placeholder = max(0, int(later.max()) - limited) if len(later) else 0
     return CycleResult(decisions, limited, need_now, mode, reason, placeholder)

@@ -189,8 +189,9 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
         cluster = SimulatedCluster(policy, reserved=int(knob), seed=seed, faults=faults)
         decider = StaticDecider()
     else:
-        cluster = SimulatedCluster(policy, reserved=reserved if strategy in ("predictive", "oracle") else 0,
-                                   seed=seed, faults=faults)
+        ours = strategy in ("predictive", "oracle")
+        cluster = SimulatedCluster(policy, reserved=reserved if ours else 0, seed=seed, faults=faults,
+                                   release_paid_out_first=ours)
         if strategy in ("predictive", "oracle"):
             decider = PredictiveDecider(policy, rps_per_node, reserved, knob)
         else:

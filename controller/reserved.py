@@ -5,6 +5,9 @@ Reserving layer k costs the reserved price all the time; leaving it to the elast
 only while it is in use, the blended price of spot (up to its share) and on-demand. So layer k is
 worth reserving exactly when the share of time it is in use exceeds reserved / blended price. This
 rule is the optimum of that cost model; no solver is needed.
+
+"While it is in use" is counted in each class's billing blocks: with hourly billing a layer used ten
+minutes of every hour is paid every hour, so it is in use all the time for this rule.
 """
 
 from __future__ import annotations
@@ -21,19 +24,34 @@ def elastic_price(policy: Policy) -> float:
     return share * policy.price("spot") + (1 - share) * policy.price("on_demand")
 
 
+def billed_share(used: np.ndarray, block_min: int) -> float:
+    """Share of the time a layer is paid for when it is used at the minutes ``used`` (bool, per minute)
+    and billed in blocks of ``block_min`` minutes: every block with a minute of use is paid whole."""
+    if block_min <= 1:
+        return float(used.mean())
+    pad = (-len(used)) % block_min
+    blocks = np.concatenate([used, np.zeros(pad, dtype=bool)]).reshape(-1, block_min).any(axis=1)
+    return float(min(1.0, blocks.sum() * block_min / len(used)))
+
+
 def recommend_reserved(load_rps: np.ndarray, policy: Policy, rps_per_node: float) -> dict:
     """Reserved count for a history of per-minute load (NaN gaps are left out)."""
     load = load_rps[~np.isnan(load_rps)]
     if load.size == 0:
         raise ValueError("no observed load to recommend from")
     need = nodes_needed(load, rps_per_node, policy.planning.headroom)
+    spot_share = policy.spot.max_share * policy.spot.availability
+    weights = {"spot": spot_share * policy.price("spot"), "on_demand": (1 - spot_share) * policy.price("on_demand")}
+    blocks = {c: getattr(policy.classes, c).billing_min for c in weights}
     breakeven = policy.price("reserved") / elastic_price(policy)
     layers = np.arange(1, int(need.max()) + 1)
-    in_use = np.array([(need >= k).mean() for k in layers])
+    # Per layer: the elastic price actually paid for it, as a share of the elastic price all the time.
+    in_use = np.array([sum(w * billed_share(need >= k, blocks[c]) for c, w in weights.items()) / elastic_price(policy)
+                       for k in layers])
     count = int((in_use > breakeven).sum())
     hours = len(load) / 60.0
     def cost(r: int) -> float:
-        elastic = np.maximum(need - r, 0).sum() / 60.0 * elastic_price(policy)
+        elastic = sum(in_use[r:]) * hours * elastic_price(policy)
         return r * hours * policy.price("reserved") + elastic
     return {"reserved": count, "breakeven_share": round(float(breakeven), 4),
             "layer_use": [round(float(u), 4) for u in in_use[: count + 3]],

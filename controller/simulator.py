@@ -44,8 +44,12 @@ class Faults:
 
 
 class SimulatedCluster:
-    def __init__(self, policy: Policy, reserved: int = 0, seed: int = 0, faults: Faults | None = None):
+    def __init__(self, policy: Policy, reserved: int = 0, seed: int = 0, faults: Faults | None = None,
+                 release_paid_out_first: bool = True):
         self.policy = policy
+        # peakpilot releases the node whose paid billing block ends soonest; Kubernetes' own scale-down
+        # (what HPA gets) takes the newest pod, which replay's reactive baselines keep.
+        self.release_paid_out_first = release_paid_out_first
         self.rng = np.random.default_rng(seed)
         self.faults = faults or Faults()
         self.minute = 0
@@ -69,8 +73,17 @@ class SimulatedCluster:
                            preempted=self._preempted_since_view)
         for n in self.nodes:
             view.counts[n.cls][n.state] += 1
+            if n.state == "ready" and n.cls != "reserved" and self._block(n) > 1:
+                view.paid_left.setdefault(n.cls, []).append(self._paid_left(n))
         self._lead_samples, self._preempted_since_view = [], 0
         return view
+
+    def _block(self, n: Node) -> int:
+        return getattr(self.policy.classes, n.cls).billing_min
+
+    def _paid_left(self, n: Node) -> int:
+        """Minutes until the node's current billing block ends (0 at a block's end)."""
+        return (-(self.minute - n.started)) % self._block(n)
 
     def apply(self, decisions: list[Decision]) -> None:
         for d in decisions:
@@ -82,9 +95,12 @@ class SimulatedCluster:
                     self.nodes.append(Node(d.cls, self.minute))
             elif d.desired < len(active):
                 surplus = len(active) - d.desired
-                # Pending ones first (nothing paid yet), then ready ones, newest first; never warming ones.
-                for n in [n for n in active if n.state == "pending"][::-1] + \
-                         [n for n in active if n.state == "ready"][::-1]:
+                # Pending ones first (nothing paid yet), then ready ones: the least paid time left first
+                # (ties and per-minute billing: newest first); never warming ones.
+                ready = [n for n in active if n.state == "ready"][::-1]
+                if self.release_paid_out_first:
+                    ready.sort(key=self._paid_left)
+                for n in [n for n in active if n.state == "pending"][::-1] + ready:
                     if surplus == 0:
                         break
                     if n.state == "pending":

@@ -36,6 +36,9 @@ class ClusterView:
     spot_available: bool = True
     lead_samples: list[tuple[str, float]] = field(default_factory=list)  # (class, minutes) of nodes that became ready
     preempted: int = 0  # spot nodes preempted since the last view
+    # Minutes until each ready node's paid billing block ends, per class billed by the hour (or any
+    # block over a minute), where the actuator knows: such a node serves for free until then.
+    paid_left: dict[str, list[int]] = field(default_factory=dict)
 
     def alive(self, cls: str) -> int:
         """Nodes that are serving or on their way (not pending, not draining)."""

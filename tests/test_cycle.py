@@ -90,6 +90,18 @@ def test_never_releases_a_node_that_is_still_warming(policy):
     assert desired(result) == 5 and "keeping 4 still warming" in result.decisions[2].reason
 
 
+def test_nodes_paid_to_the_end_of_their_hour_are_released_only_when_it_ends(policy):
+    view = view_with(on_demand_ready=4)
+    view.counts["on_demand"]["pending"] = 1
+    view.paid_left["on_demand"] = [30, 1, 45, 0]  # minutes of paid time left on each ready node
+    result = decide(policy, flat_forecast([(0, 10.0)]), view, load=10.0)
+    # The forecast needs 1; the pending one and the two whose hour ends now go, the two paid on stay.
+    assert desired(result) == 2 and "keeping 1 already paid to the end of their billing block" in \
+        result.decisions[2].reason
+    view.paid_left["on_demand"] = [1, 1, 0, 0]
+    assert desired(decide(policy, flat_forecast([(0, 10.0)]), view, load=10.0)) == 1
+
+
 def test_safety_net_scales_up_now_whatever_the_forecast_said(policy):
     result = decide(policy, flat_forecast([(0, 20.0)]), view_with(2), load=100.0)
     assert desired(result) == 10

@@ -84,6 +84,23 @@ def test_billing_rounds_up_to_the_class_granularity(policy):
     assert billed["reserved"] == 60  # 15 minutes of a committed node, hourly
 
 
+def test_hourly_nodes_report_their_paid_time_and_the_one_whose_hour_ends_goes_first(policy):
+    cluster = SimulatedCluster(policy, seed=0)
+    cluster.apply([Decision("on_demand", 1, 0, "first")])
+    run(cluster, 30)
+    cluster.apply([Decision("on_demand", 2, 1, "second")])
+    run(cluster, 25)  # minute 55: the first has 5 minutes of its hour left, the second 35
+    assert sorted(cluster.view().paid_left["on_demand"]) == [5, 35]
+    cluster.apply([Decision("on_demand", 1, 2, "release one")])
+    run(cluster, 2)
+    assert cluster.view().paid_left["on_demand"] == [33]  # the one with 35 minutes paid stayed
+    run(cluster, 68)
+    billed = cluster.finish()
+    # The first went within its hour (60 min billed); the second ran on to the end (125 - 30 = 95 -> 120).
+    assert billed["on_demand"] == 60 + 120
+    assert "spot" not in cluster.view().paid_left  # per-minute billing: nothing to wait for
+
+
 def test_spot_preemption_wave_and_unavailability(policy):
     faults = Faults(preemption_wave=((10, 1.0),), spot_unavailable=((20, 40),))
     cluster = SimulatedCluster(policy, seed=0, faults=faults)
