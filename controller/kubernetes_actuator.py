@@ -7,6 +7,10 @@
 * Pods still warming get the usual do-not-disrupt annotation (``karpenter.sh/do-not-disrupt``) so no
   voluntary disruption takes them before they serve; it comes off once they are ready.
 * Records each pod's creation-to-ready time, so the controller learns real lead times.
+* For classes billed in blocks (``billing_min`` > 1) it reports each ready pod's paid minutes left
+  (counted from the pod's creation: one GPU node per pod), and before a scale-down sets
+  ``controller.kubernetes.io/pod-deletion-cost`` to them, so the ReplicaSet removes the pod whose paid
+  block ends soonest.
 * An optional low-priority placeholder Deployment holds GPU nodes warm ahead of a predicted peak;
   real pods preempt it (its PriorityClass is in ``deploy/``).
 * 409, 429 and 5xx answers are retried with exponential backoff and jitter (``Retry-After`` honoured).
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 PROTECTED_BY_US = "peakpilot.io/protected"
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 RETRY_STATUSES = (409, 429, 500, 502, 503, 504)
 
 
@@ -77,6 +82,9 @@ class KubernetesActuator:
     sleep: object = time.sleep
     seen_ready: set = field(default_factory=set)
     last_requests: list = field(default_factory=list)
+    billing_min: dict = field(default_factory=dict)  # class -> billing block in minutes (from the policy)
+    clock: object = lambda: datetime.now(timezone.utc)
+    _paid: dict = field(default_factory=dict)  # class -> [(pod name, paid minutes left, its deletion cost now)]
 
     def __post_init__(self) -> None:
         from kubernetes import client
@@ -96,9 +104,16 @@ class KubernetesActuator:
             selector = ",".join(f"{k}={v}" for k, v in (deployment.spec.selector.match_labels or {}).items())
             pods = with_retry(self.core.list_namespaced_pod, ns, label_selector=selector, sleep=self.sleep).items
             counted = 0
+            block = self.billing_min.get(cls, 1)
+            self._paid[cls] = []
             for pod in pods:
                 state = pod_state(pod)
                 view.counts[cls][state] += 1
+                if state == "ready" and block > 1 and pod.metadata.creation_timestamp is not None:
+                    elapsed = int((self.clock() - pod.metadata.creation_timestamp).total_seconds() // 60)
+                    left = (-elapsed) % block
+                    view.paid_left.setdefault(cls, []).append(left)
+                    self._paid[cls].append((pod.metadata.name, left, (pod.metadata.annotations or {}).get(DELETION_COST)))
                 counted += state != "draining"
                 self._protect(pod, state)
                 if state == "ready" and pod.metadata.uid not in self.seen_ready:
@@ -127,6 +142,10 @@ class KubernetesActuator:
     # -- acting ----------------------------------------------------------------------------------
     def apply(self, decisions: list[Decision], placeholder: int = 0) -> list[str]:
         sent: list[str] = []
+        if not self.shadow:
+            for d in decisions:
+                if d.delta < 0:
+                    self._rank_for_release(d.cls)
         wanted = [(self.target.workloads[d.cls], d.desired) for d in decisions if self.target.workloads.get(d.cls)]
         if self.target.placeholder:
             wanted.append((self.target.placeholder, placeholder))
@@ -144,6 +163,14 @@ class KubernetesActuator:
             sent.append(line)
         self.last_requests = sent
         return sent
+
+
+    def _rank_for_release(self, cls: str) -> None:
+        """Lower deletion cost goes first: the pod whose paid billing block ends soonest."""
+        for name, left, cost in self._paid.get(cls, []):
+            if cost != str(left):
+                with_retry(self.core.patch_namespaced_pod, name, self.target.namespace,
+                           {"metadata": {"annotations": {DELETION_COST: str(left)}}}, sleep=self.sleep)
 
 
 def pod_state(pod) -> str:

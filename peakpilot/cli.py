@@ -337,6 +337,7 @@ def run_daemon(
     api = lease = None
     if backend == "kubernetes":
         from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget, LeaseLock, api_client
+        from controller.policy import CLASSES
 
         api = api_client(kubeconfig=kubeconfig)
         first = next(iter(policies.values()))
@@ -360,7 +361,8 @@ def run_daemon(
             if missing:
                 fail(f"{path}: kubernetes.workloads has no Deployment for {', '.join(sorted(missing))}")
             actuator = KubernetesActuator(api, KubernetesTarget(pol.kubernetes.namespace, dict(pol.kubernetes.workloads),
-                                                                pol.kubernetes.placeholder), shadow=shadow)
+                                                                pol.kubernetes.placeholder), shadow=shadow,
+                                          billing_min={c: getattr(pol.classes, c).billing_min for c in CLASSES})
         try:
             services.append(ServiceController(path, signals, actuator, st, metrics, shadow=shadow,
                                                acting=(lambda: lease.is_leader) if lease else (lambda: True),

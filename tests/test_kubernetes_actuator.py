@@ -144,3 +144,22 @@ def test_lease_race_conflict_leaves_one_leader(kube):
     kube.fail("PUT", "/leases/peakpilot", 409)  # another writer got in between our read and write
     assert a.acquire_or_renew() is False and a.is_leader is False
     assert a.acquire_or_renew() is True
+
+
+def test_hourly_billed_pods_report_paid_time_and_the_one_paid_out_soonest_goes_first(kube):
+    kube.add_pod("o2", {"app": "llm-od"}, "ready", created="2024-05-01T11:10:00Z")  # 50 min into its hour
+    kube.add_pod("o3", {"app": "llm-od"}, "ready", created="2024-05-01T11:40:30Z")  # 19.5 min in
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    act = actuator(kube, billing_min={"reserved": 60, "spot": 1, "on_demand": 60}, clock=lambda: now)
+    view = act.view()
+    assert sorted(view.paid_left["on_demand"]) == [10, 41]
+    assert "spot" not in view.paid_left  # billed by the minute: nothing to wait for
+    act.apply([Decision("on_demand", 3, 3, "hold")])  # no scale-down: no ranking written
+    assert kube.calls("PATCH", "/pods/o2") == []
+    act.apply([Decision("on_demand", 2, 3, "release one")])
+    costs = {p: kube.pods[p]["metadata"]["annotations"].get("controller.kubernetes.io/pod-deletion-cost")
+             for p in ("o2", "o3")}
+    assert costs == {"o2": "10", "o3": "41"}  # the ReplicaSet deletes the lowest cost first
+    act.view()
+    act.apply([Decision("on_demand", 2, 3, "again")])  # unchanged costs are not written again
+    assert len(kube.calls("PATCH", "/pods/o2")) == 1
