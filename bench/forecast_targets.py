@@ -125,13 +125,12 @@ def main() -> None:
         best = result.best()
         models = {n: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
                   for n, m in result.models.items()}
+        curve = peak_curve(result, best)
         report["traces"][path.name] = {"step_min": history.step_min, "origins": result.origins, "best": best,
                                        "seconds": round(time.perf_counter() - started, 1),
                                        "checks": check(result.models, best), "models": models,
                                        "lookahead_q90_pinball": round(lookahead_q90(history, result), 4),
-                                       "peak_curve_best": peak_curve(result, best)}
-        report["traces"][path.name]["peak_curve_check"] = curve_check(result.models,
-                                                                      report["traces"][path.name]["peak_curve_best"])
+                                       "peak_curve_best": curve, "peak_curve_check": curve_check(result.models, curve)}
         print(f"{path.name}: best {best} {report['traces'][path.name]['checks']}", file=sys.stderr)
     if not args.no_timing:
         report["timing_14d_1min"] = timing_14d()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from controller.policy import CLASSES
-from controller.state import ClusterView, Decision
+from controller.state import ClusterView, Decision, paid_minutes_left
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class KubernetesActuator:
     def view(self) -> ClusterView:
         view = ClusterView()
         ns = self.target.namespace
+        now = self.clock()
         for cls in CLASSES:
             name = self.target.workloads.get(cls)
             if not name:
@@ -110,8 +111,7 @@ class KubernetesActuator:
                 state = pod_state(pod)
                 view.counts[cls][state] += 1
                 if state == "ready" and block > 1 and pod.metadata.creation_timestamp is not None:
-                    elapsed = int((self.clock() - pod.metadata.creation_timestamp).total_seconds() // 60)
-                    left = (-elapsed) % block
+                    left = paid_minutes_left(int((now - pod.metadata.creation_timestamp).total_seconds() // 60), block)
                     view.paid_left.setdefault(cls, []).append(left)
                     self._paid[cls].append((pod.metadata.name, left, (pod.metadata.annotations or {}).get(DELETION_COST)))
                 counted += state != "draining"
@@ -163,7 +163,6 @@ class KubernetesActuator:
             sent.append(line)
         self.last_requests = sent
         return sent
-
 
     def _rank_for_release(self, cls: str) -> None:
         """Lower deletion cost goes first: the pod whose paid billing block ends soonest."""

@@ -192,7 +192,7 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
         ours = strategy in ("predictive", "oracle")
         cluster = SimulatedCluster(policy, reserved=reserved if ours else 0, seed=seed, faults=faults,
                                    release_paid_out_first=ours)
-        if strategy in ("predictive", "oracle"):
+        if ours:
             decider = PredictiveDecider(policy, rps_per_node, reserved, knob)
         else:
             decider = HPADecider(policy, rps_per_node, knob, use_spot=strategy == "reactive_spot")

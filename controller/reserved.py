@@ -18,10 +18,12 @@ from controller.planner import nodes_needed
 from controller.policy import Policy
 
 
-def elastic_price(policy: Policy) -> float:
-    """Average hourly price of a node that is not reserved: spot up to its share, on-demand for the rest."""
+def elastic_weights(policy: Policy) -> dict[str, float]:
+    """Each elastic class's part of the hourly price of a node that is not reserved: spot up to its
+    share (while it can be had), on-demand for the rest."""
     share = policy.spot.max_share * policy.spot.availability
-    return share * policy.price("spot") + (1 - share) * policy.price("on_demand")
+    return {"spot": share * policy.price("spot"), "on_demand": (1 - share) * policy.price("on_demand")}
+
 
 
 def billed_share(used: np.ndarray, block_min: int) -> float:
@@ -40,18 +42,18 @@ def recommend_reserved(load_rps: np.ndarray, policy: Policy, rps_per_node: float
     if load.size == 0:
         raise ValueError("no observed load to recommend from")
     need = nodes_needed(load, rps_per_node, policy.planning.headroom)
-    spot_share = policy.spot.max_share * policy.spot.availability
-    weights = {"spot": spot_share * policy.price("spot"), "on_demand": (1 - spot_share) * policy.price("on_demand")}
+    weights = elastic_weights(policy)
+    price = sum(weights.values())
     blocks = {c: getattr(policy.classes, c).billing_min for c in weights}
-    breakeven = policy.price("reserved") / elastic_price(policy)
+    breakeven = policy.price("reserved") / price
     layers = np.arange(1, int(need.max()) + 1)
     # Per layer: the elastic price actually paid for it, as a share of the elastic price all the time.
-    in_use = np.array([sum(w * billed_share(need >= k, blocks[c]) for c, w in weights.items()) / elastic_price(policy)
+    in_use = np.array([sum(w * billed_share(need >= k, blocks[c]) for c, w in weights.items()) / price
                        for k in layers])
     count = int((in_use > breakeven).sum())
     hours = len(load) / 60.0
     def cost(r: int) -> float:
-        elastic = sum(in_use[r:]) * hours * elastic_price(policy)
+        elastic = sum(in_use[r:]) * hours * price
         return r * hours * policy.price("reserved") + elastic
     return {"reserved": count, "breakeven_share": round(float(breakeven), 4),
             "layer_use": [round(float(u), 4) for u in in_use[: count + 3]],

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from controller.policy import CLASSES, Policy
-from controller.state import ClusterView, Decision
+from controller.state import ClusterView, Decision, paid_minutes_left
 
 WARMUP_SHARE = 0.3
 DRAIN_MIN = 1
@@ -82,8 +82,7 @@ class SimulatedCluster:
         return getattr(self.policy.classes, n.cls).billing_min
 
     def _paid_left(self, n: Node) -> int:
-        """Minutes until the node's current billing block ends (0 at a block's end)."""
-        return (-(self.minute - n.started)) % self._block(n)
+        return paid_minutes_left(self.minute - n.started, self._block(n))
 
     def apply(self, decisions: list[Decision]) -> None:
         for d in decisions:

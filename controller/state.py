@@ -28,6 +28,11 @@ class Decision:
         return self.desired - self.current
 
 
+def paid_minutes_left(elapsed_min: int, block_min: int) -> int:
+    """Minutes until a node running ``elapsed_min`` minutes reaches the end of its billing block (0 there)."""
+    return (-elapsed_min) % block_min
+
+
 @dataclass
 class ClusterView:
     """Node counts per class and state, as the actuator sees the cluster now."""

@@ -148,13 +148,20 @@ class Store:
         self.close()
 
     @contextmanager
-    def _write(self):
-        """One transaction; a failure rolls all of it back and names the store."""
+    def _connection(self, transaction: bool):
+        """A connection (in one transaction when writing: a failure rolls all of it back); a database
+        error becomes a StoreError naming the store."""
         try:
-            with self.engine.begin() as conn:
+            with (self.engine.begin() if transaction else self.engine.connect()) as conn:
                 yield conn
         except SQLAlchemyError as exc:
             raise StoreError(f"store {self.name}: {_short(exc)}") from None
+
+    def _write(self):
+        return self._connection(transaction=True)
+
+    def _read(self):
+        return self._connection(transaction=False)
 
     # -- writing ---------------------------------------------------------------------------------
     def record_replay(self, doc: dict, run, times: np.ndarray) -> int:
@@ -221,15 +228,6 @@ class Store:
         return self._scalar(sa.select(sa.func.max(runs.c.id)).where(runs.c.kind == kind))
 
     # -- reading ---------------------------------------------------------------------------------
-    @contextmanager
-    def _read(self):
-        """A connection for reading; a database error becomes a StoreError naming the store."""
-        try:
-            with self.engine.connect() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise StoreError(f"store {self.name}: {_short(exc)}") from None
-
     def _scalar(self, query):
         with self._read() as conn:
             return conn.execute(query).scalar()

@@ -54,6 +54,15 @@ def cached_backtest(path: str, version: float):
     return data.load_backtest(path)
 
 
+def read_or_stop(read, *args):
+    """A store that cannot be read (a database down, a damaged file) is named on the page, not a traceback."""
+    try:
+        return read(*args)
+    except StoreError as exc:
+        st.error(f"Cannot read the store: {exc}")
+        st.stop()
+
+
 def empty_page(reason: str) -> None:
     st.info(f"{reason}\n\nFill it with a demo replay:\n\n"
             f"```\npeakpilot replay --store {STORE_NAME}\n```\n\nor run `make demo`, then refresh this page.")
@@ -69,15 +78,6 @@ version = store_version(STORE)
 if STORE_FILE is not None and not STORE_FILE.exists():
     empty_page(f"The store {STORE_FILE} does not exist yet.")
     st.stop()
-def read_or_stop(read, *args):
-    """A store that cannot be read (a database down, a damaged file) is named on the page, not a traceback."""
-    try:
-        return read(*args)
-    except StoreError as exc:
-        st.error(f"Cannot read the store: {exc}")
-        st.stop()
-
-
 runs = [r for r in read_or_stop(cached_runs, STORE, version) if r["kind"] in ("replay", "daemon")]
 if not runs:
     empty_page(f"The store {STORE_NAME} holds no replay or controller run yet.")
