@@ -5,9 +5,15 @@ PY      := $(VENV)/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT     ?= runs/demo
 
-.PHONY: setup system-deps demo test bench clean
+.PHONY: setup runtime-deps system-deps demo test bench clean
 
-setup: $(VENV)/.installed
+setup: runtime-deps $(VENV)/.installed
+
+# The one shared library a pip wheel does not bring: LightGBM's OpenMP runtime.
+runtime-deps:
+	@if ldconfig -p 2>/dev/null | grep -q 'libgomp.so.1 '; then :; else \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends libgomp1; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

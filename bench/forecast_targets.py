@@ -5,7 +5,8 @@ Targets (issue 3), all models and peers in one run, 30-minute horizon:
   peer's, and below Prophet's;
 * its q90 coverage is in [0.85, 0.95] and q99 coverage >= 0.97;
 * its peak recall is above every baseline's at a false-alarm rate no higher than theirs;
-* on 14 days at 1-minute steps: Prophet fit <= 30 s, torch fit <= 60 s, one prediction <= 50 ms.
+* on 14 days at 1-minute steps: Prophet fit <= 30 s, torch fit <= 60 s (the ensemble, which holds it,
+  too), one prediction <= 50 ms.
 
 Usage: python bench/forecast_targets.py [--traces DIR] [--only NAME ...] [--refit-hours 24]
 """
@@ -92,15 +93,16 @@ def timing_14d() -> dict:
     history = load_csv(ROOT.parent / "shared" / "traces" / "nasa_http_1995_jul.csv")
     history = history.tail(pd.Timedelta(days=14))
     out = {"intervals": len(history)}
-    for name in ("prophet", "torch"):
+    for name in ("prophet", "torch", "lightgbm", "ensemble"):
         model = make_model(name).fit(history)
         started = time.perf_counter()
         for _ in range(20):
             model.predict(history, 30)
         out[name] = {"fit_s": round(model.fit_seconds, 2),
                      "predict_ms": round((time.perf_counter() - started) / 20 * 1000, 2)}
-    out["targets_met"] = (out["prophet"]["fit_s"] <= 30 and out["torch"]["fit_s"] <= 60
-                          and max(out["prophet"]["predict_ms"], out["torch"]["predict_ms"]) <= 50)
+    # The issue names Prophet (30 s) and torch (60 s); the ensemble, which holds torch, is held to torch's.
+    out["targets_met"] = (out["prophet"]["fit_s"] <= 30 and max(out[n]["fit_s"] for n in ("torch", "ensemble")) <= 60
+                          and max(m["predict_ms"] for m in out.values() if isinstance(m, dict)) <= 50)
     return out
 
 

@@ -31,7 +31,7 @@ from controller.shadow import ShadowEstimate
 from controller.signals import SignalError
 from controller.state import Memory, MinuteForecast, Observation
 from controller.store import Store
-from forecaster.models import fit_with_fallback
+from forecaster.models import fit_with_fallback, horizon_options
 
 log = logging.getLogger("peakpilot.daemon")
 MINUTE = np.timedelta64(1, "m")
@@ -129,7 +129,7 @@ class ServiceController:
         try:
             history = self.signals.history(now)
             model, status = fit_with_fallback(self.policy.planning.model, history, seed=self.seed,
-                                              options={"torch": {"max_horizon_min": self.policy.planning.horizon_min}})
+                                              options=horizon_options(self.policy.planning.horizon_min))
         except Exception as exc:
             self._error("forecast", f"retrain failed: {exc}; the last model stays")
             return

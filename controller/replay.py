@@ -30,7 +30,7 @@ from controller.store import TIMELINE_COLUMNS as TIMELINE
 from controller.strategies import HPADecider, PredictiveDecider, StaticDecider
 from forecaster.csv_source import load_csv
 from forecaster.history import History
-from forecaster.models import fit_with_fallback
+from forecaster.models import fit_with_fallback, horizon_options
 
 STRATEGIES = ("predictive", "reactive", "reactive_spot", "static", "oracle")
 
@@ -111,7 +111,7 @@ class ForecastFeed:
             past = history.until(history.counts.index[b]) if b < len(history) else history
             if model is None:
                 model, self.status = fit_with_fallback(policy.planning.model, past, seed=seed,
-                                                       options={"torch": {"max_horizon_min": policy.planning.horizon_min}})
+                                                       options=horizon_options(policy.planning.horizon_min))
                 self.model_name = model.name
             else:
                 model.update(past)

@@ -19,10 +19,10 @@ from tqdm import tqdm
 from forecaster.errors import HistoryError, NotEnoughHistory
 from forecaster.history import History
 from forecaster.metrics import RECENT_MINUTES, score
-from forecaster.models import MODELS, PEERS, PRODUCTION_ORDER, make_model
+from forecaster.models import MODELS, PEERS, make_model
 from forecaster.models.base import windows
 
-DEFAULT_MODELS = (*PRODUCTION_ORDER, *PEERS)
+DEFAULT_MODELS = tuple(MODELS)  # every model (the ensemble and its members too) and the peer
 
 
 @dataclass

@@ -95,8 +95,9 @@ def forecast(
                                                               "default: the inference nodes' request rate."),
     days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus."),
     step: Optional[str] = typer.Option(None, "--step", help="Aggregate history to this step (e.g. 5min)."),
-    model: str = typer.Option("torch", "--model", help="torch, prophet, seasonal_naive or statsforecast_autoets; "
-                                                       "falls back along torch > prophet > seasonal_naive."),
+    model: str = typer.Option("ensemble", "--model", help="ensemble (torch + lightgbm), torch, lightgbm, prophet, "
+                                                          "seasonal_naive or statsforecast_autoets; falls back along "
+                                                          "ensemble > torch > prophet > seasonal_naive."),
     horizon: float = typer.Option(30, "--horizon", min=1, help="Minutes ahead."),
     seed: int = typer.Option(0, "--seed"),
     save: Optional[Path] = typer.Option(None, "--save", help="Also save the fitted model here."),
@@ -104,13 +105,13 @@ def forecast(
 ) -> None:
     """Forecast the load from the end of the history: q50/q90/q99 per step and the predicted peak."""
     from forecaster.errors import NotEnoughHistory
-    from forecaster.models import MODELS, fit_with_fallback
+    from forecaster.models import MODELS, fit_with_fallback, horizon_options
 
     if model not in MODELS:
         fail(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     history = load_history(trace, prometheus, query, days, step)
     try:
-        fitted, status = fit_with_fallback(model, history, seed=seed)
+        fitted, status = fit_with_fallback(model, history, seed=seed, options=horizon_options(max(horizon, 60)))
         result = fitted.predict(history, horizon)
     except (NotEnoughHistory, ValueError) as exc:
         fail(str(exc))

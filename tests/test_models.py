@@ -86,7 +86,7 @@ def test_predict_rejects_a_longer_horizon_than_trained_for():
 
 
 def test_smoothed_level_follows_its_recursion():
-    from forecaster.models.torch_model import best_alpha, smoothed_level
+    from forecaster.models.features import best_alpha, smoothed_level
 
     values = np.array([10.0, 20.0, 20.0, 0.0, 40.0])
     level, expected = smoothed_level(values, 0.5), [10.0]
@@ -110,10 +110,58 @@ def test_torch_members_are_averaged_and_survive_a_round_trip(tmp_path):
 
 
 def test_pinball_optimal_spread_is_the_weighted_quantile():
-    from forecaster.models.torch_model import weighted_quantile
+    from forecaster.models.calibration import weighted_quantile
 
     rng = np.random.default_rng(0)
     ratio, width = rng.normal(size=2000), rng.uniform(0.1, 3.0, size=2000)
     c = weighted_quantile(ratio, width, 0.9)
     loss = lambda k: (width * np.maximum(0.9 * (ratio - k), -0.1 * (ratio - k))).sum()  # noqa: E731
     assert loss(c) <= min(loss(c - 0.05), loss(c + 0.05))
+
+
+def test_lightgbm_is_deterministic_and_a_warm_update_adds_trees_then_refits():
+    history, future = clean_history(days=4)
+    a = make_model("lightgbm", seed=5).fit(history)
+    b = make_model("lightgbm", seed=5).fit(history)
+    np.testing.assert_array_equal(a.predict(history, 30).values, b.predict(history, 30).values)
+    first = a.boosters[0].num_trees()
+    later = History(pd.concat([history.counts, future[:72]]), "synthetic")  # six hours on
+    a.update(later)
+    assert a.boosters[0].num_trees() == first + a.update_rounds and a.fitted_until == later.end
+    a.boosters = [make_model("lightgbm").fit(history).boosters[0]] * 3  # stand-in: grown to twice the rounds
+    grown = a.boosters[0]
+    a.rounds = grown.num_trees() // 2
+    a.update(later)
+    assert a.boosters[0] is not grown and a.boosters[0].num_trees() == a.rounds  # a fresh fit, not more trees
+
+
+def test_ensemble_is_the_mean_of_its_members():
+    history, _ = clean_history(days=3)
+    ensemble = make_model("ensemble", seed=2, max_horizon_min=30).fit(history)
+    assert [m.name for m in ensemble.members] == ["torch", "lightgbm"]
+    starts = list(history.counts.index[-100::20])
+    members = [m.predict_many(history, starts, 30) for m in ensemble.members]
+    np.testing.assert_allclose(ensemble.predict_many(history, starts, 30), np.mean(members, axis=0), rtol=1e-6)
+    assert not np.allclose(members[0], members[1])  # two different models, not one twice
+
+
+def test_an_ensemble_member_that_fails_makes_the_chain_fall_back_and_say_so(monkeypatch):
+    from forecaster.models.lightgbm_model import LightGBMQuantileForecaster
+
+    def broken(self, history, warm=False):
+        raise OSError("libgomp.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(LightGBMQuantileForecaster, "_fit", broken)
+    history, _ = clean_history(days=3)
+    model, status = fit_with_fallback("ensemble", history, options={"torch": FAST["torch"]})
+    assert model.name == "torch"
+    assert status == ("fallback: ensemble failed to fit (OSError: libgomp.so.1: cannot open shared object file); "
+                      "using torch")
+
+
+def test_the_policy_accepts_exactly_the_models_there_are():
+    from typing import get_args
+
+    from controller.policy import Planning
+
+    assert set(get_args(Planning.model_fields["model"].annotation)) == set(MODELS)

@@ -1,7 +1,8 @@
 """Forecasting models behind one interface (:class:`~forecaster.models.base.Forecaster`).
 
-``PRODUCTION_ORDER`` is the fallback chain: when a model cannot run (too little history, a fit
-error) the next one that can is used, and the forecast's status says so.
+``FALLBACKS`` is the fallback chain: when a model cannot run (too little history, a fit error) the
+next one of the chain that can is used, and the forecast's status says so. ``PRODUCTION_ORDER`` is
+the default model and that chain.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 from forecaster.errors import NotEnoughHistory
 from forecaster.history import History
 from forecaster.models.base import Forecast, Forecaster, load_model
+from forecaster.models.ensemble import EnsembleForecaster
+from forecaster.models.lightgbm_model import LightGBMQuantileForecaster
 from forecaster.models.prophet_model import ProphetForecaster
 from forecaster.models.seasonal_naive import SeasonalNaive
 from forecaster.models.statsforecast_peer import StatsforecastAutoETS
@@ -19,11 +22,14 @@ from forecaster.models.torch_model import TorchQuantileForecaster
 log = logging.getLogger(__name__)
 
 MODELS: dict[str, type[Forecaster]] = {
-    m.name: m for m in (TorchQuantileForecaster, ProphetForecaster, SeasonalNaive, StatsforecastAutoETS)
+    m.name: m for m in (EnsembleForecaster, TorchQuantileForecaster, LightGBMQuantileForecaster, ProphetForecaster,
+                        SeasonalNaive, StatsforecastAutoETS)
 }
-PRODUCTION_ORDER = ("torch", "prophet", "seasonal_naive")
+FALLBACKS = ("torch", "prophet", "seasonal_naive")  # each needs less than the one before it
+PRODUCTION_ORDER = ("ensemble", *FALLBACKS)
 PEERS = ("statsforecast_autoets",)
-DEFAULT_MODEL = "torch"
+DEFAULT_MODEL = "ensemble"
+HORIZON_MODELS = ("ensemble", "torch", "lightgbm")  # trained for a fixed longest horizon
 
 
 def make_model(name: str, **kwargs) -> Forecaster:
@@ -31,6 +37,11 @@ def make_model(name: str, **kwargs) -> Forecaster:
         return MODELS[name](**kwargs)
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+
+
+def horizon_options(horizon_min: float) -> dict[str, dict]:
+    """Constructor options that make every fixed-horizon model forecast ``horizon_min`` ahead."""
+    return {name: {"max_horizon_min": horizon_min} for name in HORIZON_MODELS}
 
 
 def fit_with_fallback(name: str, history: History, seed: int = 0,
@@ -41,9 +52,7 @@ def fit_with_fallback(name: str, history: History, seed: int = 0,
 
     Returns the fitted model and a status: ``ok``, or ``fallback: <why>; using <model>``.
     """
-    chain = [name] + [m for m in PRODUCTION_ORDER if m != name and name not in PEERS]
-    if name in PEERS:
-        chain += list(PRODUCTION_ORDER)
+    chain = [name] + [m for m in FALLBACKS if m != name]
     reasons: list[str] = []
     for candidate in chain:
         model = make_model(candidate, seed=seed, **(options or {}).get(candidate, {}))
@@ -61,5 +70,5 @@ def fit_with_fallback(name: str, history: History, seed: int = 0,
     raise NotEnoughHistory("; ".join(reasons))
 
 
-__all__ = ["MODELS", "PRODUCTION_ORDER", "PEERS", "DEFAULT_MODEL", "Forecast", "Forecaster", "load_model",
-           "make_model", "fit_with_fallback"]
+__all__ = ["MODELS", "FALLBACKS", "PRODUCTION_ORDER", "PEERS", "DEFAULT_MODEL", "Forecast", "Forecaster", "load_model",
+           "make_model", "fit_with_fallback", "horizon_options"]

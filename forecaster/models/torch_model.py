@@ -30,30 +30,13 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from scipy.signal import lfilter
 from torch import nn
 
 from forecaster.history import History
 from forecaster.models.base import Forecaster, windows
-
-DAY = pd.Timedelta(days=1)
-WEEK = pd.Timedelta(days=7)
-FIXED_ALPHAS = (0.05, 0.2, 0.5)
-ALPHA_GRID = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
-
-
-def smoothed_level(values: np.ndarray, alpha: float) -> np.ndarray:
-    """Simple exponential smoothing: level[t] = alpha * values[t] + (1 - alpha) * level[t-1]."""
-    values = np.asarray(values, dtype=float)
-    if not len(values):
-        return values
-    return lfilter([alpha], [1.0, alpha - 1.0], values, zi=np.array([(1 - alpha) * values[0]]))[0]
-
-
-def best_alpha(observed: np.ndarray, filled: np.ndarray) -> float:
-    """The smoothing constant whose level best predicts the next observed step (mean absolute error)."""
-    errors = [np.nanmean(np.abs(observed[1:] - smoothed_level(filled, a)[:-1])) for a in ALPHA_GRID]
-    return float(ALPHA_GRID[int(np.nanargmin(errors))])
+from forecaster.models.calibration import apply_spreads, holdout_size, spread_factors
+from forecaster.models.features import (DAY, FIXED_ALPHAS, WEEK, best_alpha, levels_at, stamps_at,
+                                        window_scale)
 
 
 class QuantileMLP(nn.Module):
@@ -75,13 +58,6 @@ def pinball(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, qs: to
     diff = target.unsqueeze(-1) - pred
     loss = torch.maximum(qs * diff, (qs - 1) * diff) * mask.unsqueeze(-1)
     return loss.sum() / mask.sum().clamp(min=1) / len(qs)
-
-
-def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
-    """The value below which a share ``q`` of the total weight lies."""
-    order = np.argsort(values)
-    cum = np.cumsum(weights[order])
-    return float(values[order][min(np.searchsorted(cum, q * cum[-1]), len(values) - 1)])
 
 
 class TorchQuantileForecaster(Forecaster):
@@ -116,27 +92,19 @@ class TorchQuantileForecaster(Forecaster):
     def _features(self, history: History, values: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         L, H = self.context, self.horizon
         ctx = windows(values, positions, -L, L)
-        ctx_mean = np.nanmean(np.where(np.isnan(ctx), np.nan, ctx), axis=1)
-        scale = np.maximum(np.nan_to_num(ctx_mean, nan=self.global_scale), 0.02 * self.global_scale)
-        scale = np.maximum(scale, 1e-6)
+        scale = window_scale(ctx, self.global_scale)
         parts = [np.nan_to_num(ctx / scale[:, None], nan=1.0)]
         for lag in (self.day, self.week):
             past = windows(values, positions, -lag - L, L + H)
             have = ~np.isnan(past).any(axis=1)
             parts.append(np.where(have[:, None], np.nan_to_num(past / scale[:, None], nan=1.0), 1.0))
             parts.append(have[:, None].astype(float))
-        index = history.counts.index
-        times = np.where(positions < len(index), index.asi8[np.minimum(positions, len(index) - 1)],
-                         index.asi8[-1] + (positions - len(index) + 1) * history.step.value)
-        stamps = pd.DatetimeIndex(times.astype("datetime64[ns]"))
-        if index.tz is not None:
-            stamps = stamps.tz_localize("UTC").tz_convert(index.tz)
+        stamps = stamps_at(history, positions)
         tod = (stamps.hour * 60 + stamps.minute).to_numpy() / 1440.0
         dow = (stamps.dayofweek.to_numpy() + tod) / 7.0
         parts.append(np.stack([np.sin(2 * np.pi * tod), np.cos(2 * np.pi * tod), np.sin(2 * np.pi * dow),
                                np.cos(2 * np.pi * dow), np.log(scale / self.global_scale)], axis=1))
-        last = np.clip(positions - 1, 0, len(values) - 1)  # the level known at each origin
-        parts.append(np.stack([smoothed_level(values, a)[last] / scale for a in (*FIXED_ALPHAS, self.alpha)], axis=1))
+        parts.append(levels_at(values, positions, (*FIXED_ALPHAS, self.alpha)) / scale[:, None])
         return np.concatenate(parts, axis=1).astype(np.float32), scale
 
     # -- training --------------------------------------------------------------------------------
@@ -157,8 +125,7 @@ class TorchQuantileForecaster(Forecaster):
         mask = ~np.isnan(y)
         y = np.nan_to_num(y)
 
-        n_cal = int(min(len(positions) * self.calibration_fraction, self.day))
-        n_cal = max(n_cal, min(len(positions) // 5, H * 10))
+        n_cal = holdout_size(len(positions), self.day, H, self.calibration_fraction)
         cut = len(positions) - n_cal - H  # no target overlap between train and calibration windows
         threads = torch.get_num_threads()
         torch.set_num_threads(min(2, threads))
@@ -238,16 +205,7 @@ class TorchQuantileForecaster(Forecaster):
             return np.mean([net(xt).numpy() for net in self.nets], axis=0)
 
     def _calibrate(self, pred: np.ndarray, y: np.ndarray, mask: np.ndarray) -> list[float]:
-        """Scale factors for the q90 and q99 spreads that minimise their pinball loss on held-out windows.
-
-        With spread w and standardised error r = (y - q50) / w, the loss of q50 + c * w is
-        sum(w * pinball_q(r - c)): minimised at the w-weighted q-quantile of r."""
-        factors = []
-        for k, q in ((1, self.quantiles[1]), (2, self.quantiles[2])):
-            width = np.maximum(pred[..., k] - pred[..., 0], 1e-6)[mask]
-            ratio = ((y - pred[..., 0])[mask] / width)
-            factors.append(float(np.clip(weighted_quantile(ratio, width, q), 0.3, 5.0)) if ratio.size >= 20 else 1.0)
-        return factors
+        return spread_factors(pred, y, mask, self.quantiles)
 
     # -- prediction ------------------------------------------------------------------------------
     def _predict_many(self, history: History, positions: np.ndarray, horizon: int) -> np.ndarray:
@@ -255,11 +213,7 @@ class TorchQuantileForecaster(Forecaster):
             raise ValueError(f"torch model was trained for {self.max_horizon_min:g} minutes ahead; "
                              f"refit it with max_horizon_min >= the horizon asked for")
         x, scale = self._features(history, history.filled().to_numpy(), positions)
-        pred = self._raw(x)[:, :horizon]
-        q50 = pred[..., 0]
-        out = np.stack([q50, q50 + self.spread[0] * (pred[..., 1] - q50), q50 + self.spread[1] * (pred[..., 2] - q50)],
-                       axis=-1)
-        return out * scale[:, None, None]
+        return apply_spreads(self._raw(x)[:, :horizon], self.spread) * scale[:, None, None]
 
     # -- persistence -----------------------------------------------------------------------------
     def state(self) -> dict:
