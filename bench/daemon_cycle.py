@@ -3,7 +3,7 @@
 Targets: one control cycle (forecast, plan, actuate, store) for one service <= 200 ms p99 on this
 machine, excluding network time to Prometheus; 50 services in one daemon <= 10 s per cycle.
 Signals come from the sample trace on a simulated clock (no network), the actuator is the simulated
-cluster, the store is SQLite on disk, the forecaster is the default policy's (torch).
+cluster, the store is SQLite on disk, the forecaster is the default policy's (the ensemble).
 
 Usage: python bench/daemon_cycle.py [--cycles 200] [--services 50]
 """

@@ -121,18 +121,19 @@ def test_pinball_optimal_spread_is_the_weighted_quantile():
 
 def test_lightgbm_is_deterministic_and_a_warm_update_adds_trees_then_refits():
     history, future = clean_history(days=4)
-    a = make_model("lightgbm", seed=5).fit(history)
-    b = make_model("lightgbm", seed=5).fit(history)
+    later = History(pd.concat([history.counts, future[:72]]), "synthetic")  # six hours on
+    a = make_model("lightgbm", seed=5, max_rows=2000).fit(history)  # sampled rows: retrains warm
+    b = make_model("lightgbm", seed=5, max_rows=2000).fit(history)
     np.testing.assert_array_equal(a.predict(history, 30).values, b.predict(history, 30).values)
     first = a.boosters[0].num_trees()
-    later = History(pd.concat([history.counts, future[:72]]), "synthetic")  # six hours on
     a.update(later)
     assert a.boosters[0].num_trees() == first + a.update_rounds and a.fitted_until == later.end
-    a.boosters = [make_model("lightgbm").fit(history).boosters[0]] * 3  # stand-in: grown to twice the rounds
-    grown = a.boosters[0]
-    a.rounds = grown.num_trees() // 2
+    a.rounds = a.boosters[0].num_trees() // 2  # grown to twice its first size: the next retrain is fresh
     a.update(later)
-    assert a.boosters[0] is not grown and a.boosters[0].num_trees() == a.rounds  # a fresh fit, not more trees
+    assert a.boosters[0].num_trees() == a.rounds
+    whole = make_model("lightgbm", seed=5).fit(history)  # every row fits in max_rows: a fresh fit is as cheap
+    whole.update(later)
+    assert whole.boosters[0].num_trees() == whole.rounds
 
 
 def test_ensemble_is_the_mean_of_its_members():

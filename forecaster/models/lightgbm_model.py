@@ -136,13 +136,15 @@ class LightGBMQuantileForecaster(Forecaster):
         self.spread = spread_factors(pred, np.nan_to_num(actual), mask, self.quantiles)
 
     def update(self, history: History) -> Forecaster:
-        """Add ``update_rounds`` trees fitted on the last two days, then recalibrate; a fresh fit once the
-        boosters have grown to twice their first size (so prediction stays fast and old drift is shed).
+        """Add ``update_rounds`` trees fitted on the last two days, then recalibrate; a fresh fit instead
+        when every training row fits in ``max_rows`` (a fresh fit is then as cheap) or once the boosters
+        have grown to twice their first size (so prediction stays fast and old drift is shed).
 
         The replay and the daemon retrain every few hours; a fresh fit on weeks of 1-minute data costs
         seconds, a warm one a fraction of that."""
         boosters = getattr(self, "boosters", None)
-        if not boosters or history.step != self.step or boosters[0].num_trees() >= 2 * self.rounds:
+        if (not boosters or history.step != self.step or boosters[0].num_trees() >= 2 * self.rounds
+                or (len(history) - self.context - self.horizon) * self.horizon <= self.max_rows):
             return self.fit(history)
         started = time.perf_counter()
         self._fit(history, warm=True)
