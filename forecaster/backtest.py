@@ -20,9 +20,11 @@ from forecaster.errors import HistoryError, NotEnoughHistory
 from forecaster.history import History
 from forecaster.metrics import RECENT_MINUTES, score
 from forecaster.models import MODELS, PEERS, make_model
-from forecaster.models.base import windows
+from forecaster.models.base import Forecaster, windows
+from forecaster.models.ensemble import EnsembleForecaster
 
-DEFAULT_MODELS = tuple(MODELS)  # every model (the ensemble and its members too) and the peer
+# Every model (the ensemble and its members too; a member's fits are the ensemble's, not repeated) and the peer.
+DEFAULT_MODELS = tuple(MODELS)
 
 
 @dataclass
@@ -95,21 +97,27 @@ def run_backtest(history: History, models: list[str] | tuple[str, ...] = DEFAULT
     if keep_forecasts:
         result.actual, result.recent_max = actual, recent_max
     bar = tqdm(total=len(models) * len(blocks), desc="backtest", unit="fit", file=sys.stderr, disable=not progress)
-    for name in models:
+    fitted_members: dict[tuple[str, int], Forecaster] = {}  # (name, block) -> an ensemble's member, fitted
+    for name in sorted(models, key=lambda n: n != "ensemble"):  # ensembles first: their members are reused
         forecasts = np.empty((len(positions), horizon, 3))
         fit_times: list[float] = []
         status = "ok"
         done = 0
         model = None
-        for block in blocks:
+        for index, block in enumerate(blocks):
             bar.set_postfix_str(name)
             train = history.until(history.counts.index[block[0]])
             model = make_model(name, seed=config.seed)
-            try:
-                model.fit(train)
-            except NotEnoughHistory as exc:
-                status = f"skipped: {exc}"
-                break
+            if _same_setup(model, fitted_members.get((name, index))):
+                model = fitted_members[(name, index)]
+            else:
+                try:
+                    model.fit(train)
+                except NotEnoughHistory as exc:
+                    status = f"skipped: {exc}"
+                    break
+                for member in getattr(model, "members", []) if isinstance(model, EnsembleForecaster) else []:
+                    fitted_members[(member.name, index)] = member
             fit_times.append(model.fit_seconds)
             forecasts[done:done + len(block)] = model.predict_many(history, list(history.counts.index[block]),
                                                                   config.horizon_min)
@@ -129,7 +137,15 @@ def run_backtest(history: History, models: list[str] | tuple[str, ...] = DEFAULT
             metrics["peer"] = True
         result.models[name] = metrics
     bar.close()
+    result.models = {name: result.models[name] for name in models}
     return result
+
+
+def _same_setup(fresh: Forecaster, fitted: Forecaster | None) -> bool:
+    """Whether ``fitted`` (an ensemble's member) is what fitting ``fresh`` on the same history would give:
+    same class, seed and horizon (the members are built with the defaults otherwise)."""
+    return (fitted is not None and type(fitted) is type(fresh) and fitted.seed == fresh.seed
+            and getattr(fitted, "max_horizon_min", None) == getattr(fresh, "max_horizon_min", None))
 
 
 def _predict_ms(model, history: History, horizon_min: float, repeats: int = 5) -> float:

@@ -9,7 +9,8 @@ from forecaster.backtest import BacktestConfig, origins_for, run_backtest
 from forecaster.csv_source import load_csv
 from forecaster.errors import HistoryError
 from forecaster.metrics import peak_scores, pinball, score
-from tests.conftest import trace_path
+from forecaster.history import History
+from tests.conftest import daily_series, trace_path
 
 
 def test_pinball_known_values():
@@ -81,3 +82,20 @@ def test_backtest_bad_windows():
         origins_for(history, BacktestConfig(test_days=20))
     with pytest.raises(ValueError, match="unknown model"):
         run_backtest(history, ["arima"], BacktestConfig(test_days=1), progress=False)
+
+
+def test_an_ensembles_members_are_fitted_once_and_score_as_if_run_alone(monkeypatch):
+    """The default backtest runs the ensemble and its members: the members' fits are the ensemble's."""
+    from forecaster.models.torch_model import TorchQuantileForecaster
+
+    history = History(daily_series(days=5, step_min=10), "synthetic")
+    config = BacktestConfig(horizon_min=30, test_days=1, refit_hours=12)
+    fits = []
+    original = TorchQuantileForecaster._fit
+    monkeypatch.setattr(TorchQuantileForecaster, "_fit", lambda self, *a, **k: (fits.append(1), original(self, *a, **k)))
+    both = run_backtest(history, ["torch", "ensemble"], config, progress=False, keep_forecasts=True)
+    assert list(both.models) == ["torch", "ensemble"]  # the order asked for, though the ensemble ran first
+    assert len(fits) == 2  # two refit blocks, one torch fit each
+    alone = run_backtest(history, ["torch"], config, progress=False, keep_forecasts=True)
+    np.testing.assert_allclose(both.forecasts["torch"], alone.forecasts["torch"])
+    assert both.models["torch"]["pinball_q90"] == pytest.approx(alone.models["torch"]["pinball_q90"])

@@ -136,14 +136,38 @@ def test_lightgbm_is_deterministic_and_a_warm_update_adds_trees_then_refits():
     assert whole.boosters[0].num_trees() == whole.rounds
 
 
-def test_ensemble_is_the_mean_of_its_members():
+def test_ensemble_is_the_mean_of_its_members_with_its_band_calibrated_on_the_held_out_windows():
+    from forecaster.models.base import windows
+    from forecaster.models.calibration import apply_spreads
+    from forecaster.metrics import pinball
+
     history, _ = clean_history(days=3)
     ensemble = make_model("ensemble", seed=2, max_horizon_min=30).fit(history)
     assert [m.name for m in ensemble.members] == ["torch", "lightgbm"]
     starts = list(history.counts.index[-100::20])
     members = [m.predict_many(history, starts, 30) for m in ensemble.members]
-    np.testing.assert_allclose(ensemble.predict_many(history, starts, 30), np.mean(members, axis=0), rtol=1e-6)
+    mean = np.mean(members, axis=0)
+    np.testing.assert_allclose(ensemble.predict_many(history, starts, 30), apply_spreads(mean, ensemble.spread),
+                               rtol=1e-6)
     assert not np.allclose(members[0], members[1])  # two different models, not one twice
+
+    # The factors are the pinball-optimal ones on the windows both members held out: nudging either
+    # factor does not lower the loss there.
+    held = np.arange(max(m.held_from for m in ensemble.members), len(history) - 6 + 1)
+    assert len(held) >= 50
+    raw = np.mean([m._predict_many(history, held, 6) for m in ensemble.members], axis=0)
+    actual = windows(history.counts.to_numpy(), held, 0, 6)
+
+    def loss(factors):
+        band = apply_spreads(raw, factors)
+        return [pinball(actual, band[..., k], q) for k, q in ((1, 0.9), (2, 0.99))]
+
+    best = loss(ensemble.spread)
+    for k in (0, 1):
+        for nudge in (0.8, 1.25):
+            factors = list(ensemble.spread)
+            factors[k] *= nudge
+            assert loss(factors)[k] >= best[k] - 1e-9
 
 
 def test_an_ensemble_member_that_fails_makes_the_chain_fall_back_and_say_so(monkeypatch):

@@ -129,6 +129,7 @@ class LightGBMQuantileForecaster(Forecaster):
                          for k, q in enumerate(self.quantiles)]
 
         held = positions[cut + H:]
+        self.held_from = int(held[0])
         held = held[::max(1, len(held) // CALIBRATION_ORIGINS)]  # enough for two quantiles, and fast
         pred, scale = self._scaled(history, values, held, H)
         actual = windows(observed, held, 0, H) / scale[:, None]

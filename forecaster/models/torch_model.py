@@ -145,6 +145,7 @@ class TorchQuantileForecaster(Forecaster):
         finally:
             torch.set_num_threads(threads)
         self.spread = self._calibrate(pred, y[cut + H:], mask[cut + H:])
+        self.held_from = int(positions[cut + H])
 
     def update(self, history: History) -> Forecaster:
         """Continue training on the most recent two days for one short pass, then recalibrate.
