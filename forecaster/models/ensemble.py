@@ -29,9 +29,10 @@ MEMBERS: dict[str, type[Forecaster]] = {"torch": TorchQuantileForecaster, "light
 
 class EnsembleForecaster(Forecaster):
     name = "ensemble"
-    description = "mean of the torch and lightgbm quantiles (the default)"
+    description = "mean of the torch and lightgbm quantiles, band recalibrated (the default)"
 
-    def __init__(self, seed: int = 0, max_horizon_min: float = 60, members: tuple[str, ...] = ("torch", "lightgbm"), recalibrate: bool = True):
+    def __init__(self, seed: int = 0, max_horizon_min: float = 60, members: tuple[str, ...] = ("torch", "lightgbm"),
+                 recalibrate: bool = True):
         super().__init__(seed)
         unknown = [m for m in members if m not in MEMBERS]
         if unknown or not members:
