@@ -40,12 +40,12 @@ MINUTE = pd.Timedelta(minutes=1)
 KNOBS = {
     # Headroom over the planning quantile; below zero plans under it (the safety net still holds the
     # observed load), so the frontier reaches down to the cheapest setting at each SLA level.
-    "predictive": [-0.3, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8],
-    "oracle": [-0.3, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3, 0.5],
+    "predictive": [-0.5, -0.4, -0.3, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+    "oracle": [-0.5, -0.4, -0.3, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
     # Target utilization, as HPA's; as finely spaced as the others' knobs, so every strategy's
     # cheapest setting at each SLA level is found to the same precision.
-    "reactive": [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3, 0.2],
-    "reactive_spot": [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3, 0.2],
+    "reactive": [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1],
+    "reactive_spot": [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1],
 }
 
 
@@ -335,7 +335,7 @@ def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int 
     need = np.nan_to_num(trace.arrivals[start:]) / 60.0 / rps_per_node
     knobs = dict(KNOBS)
     peak = int(math.ceil(np.max(need)))
-    knobs["static"] = sorted({max(1, int(round(peak * f))) for f in (0.6, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)})
+    knobs["static"] = sorted({max(1, int(round(peak * f))) for f in (0.4, 0.5, 0.6, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)})
     runs: list[tuple[str, float]] = []
     # Without a sweep each strategy runs once: the policy's own headroom, or a usual setting for the
     # baselines (HPA target utilization 0.6, a static fleet 10% above the replayed peak).

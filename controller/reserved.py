@@ -1,39 +1,62 @@
-"""How many nodes to reserve: from the history's need and the prices.
+"""How many nodes to reserve: the count that makes the history's need cheapest under the policy's blend.
 
-Think of the fleet as layers: layer k is the k-th node, in use whenever at least k nodes are needed.
-Reserving layer k costs the reserved price all the time; leaving it to the elastic classes costs,
-only while it is in use, the blended price of spot (up to its share) and on-demand. So layer k is
-worth reserving exactly when the share of time it is in use exceeds reserved / blended price. This
-rule is the optimum of that cost model; no solver is needed.
+Reserved nodes are paid all the time; the rest of the need is split the way the control cycle's
+``blend`` splits it: spot up to its share *of the whole fleet* (plus the preemption buffer), on-demand
+for the remainder, and on-demand in place of spot while spot cannot be had. Because the spot share is
+a share of the whole fleet, which layer a reserved node displaces depends on the count: the first
+reserved nodes replace on-demand, and past the non-spot part of the fleet they start replacing spot,
+which is cheaper than reserved. A per-layer "in use more than the price ratio" rule cannot see that
+(on a flat load of five nodes with a 60% spot share it reserves all five; two is 22% cheaper), so every
+count from none to the peak need is costed over the history and the cheapest is taken (ties: fewer).
 
-"While it is in use" is counted in each class's billing blocks: with hourly billing a layer used ten
-minutes of every hour is paid every hour, so it is in use all the time for this rule.
+Each class is paid in its own billing blocks: a block with a minute of use is paid whole, so with
+hourly billing a node used ten minutes of every hour costs as much as one used all the time.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from controller.planner import nodes_needed
+from controller.blend import spot_buffer
+from controller.planner import lead_time_min, nodes_needed
 from controller.policy import Policy
-
-
-def elastic_weights(policy: Policy) -> dict[str, float]:
-    """Each elastic class's part of the hourly price of a node that is not reserved: spot up to its
-    share (while it can be had), on-demand for the rest."""
-    share = policy.spot.max_share * policy.spot.availability
-    return {"spot": share * policy.price("spot"), "on_demand": (1 - share) * policy.price("on_demand")}
-
+from controller.state import Memory
 
 
 def billed_share(used: np.ndarray, block_min: int) -> float:
     """Share of the time a layer is paid for when it is used at the minutes ``used`` (bool, per minute)
     and billed in blocks of ``block_min`` minutes: every block with a minute of use is paid whole."""
+    return billed_node_hours(used.astype(float), block_min) * 60.0 / len(used)
+
+
+def billed_node_hours(count: np.ndarray, block_min: int) -> float:
+    """Node-hours paid for a per-minute node count billed in blocks of ``block_min`` minutes: each block is
+    paid for the most nodes it held (a node started in a block is paid to its end)."""
     if block_min <= 1:
-        return float(used.mean())
-    pad = (-len(used)) % block_min
-    blocks = np.concatenate([used, np.zeros(pad, dtype=bool)]).reshape(-1, block_min).any(axis=1)
-    return float(min(1.0, blocks.sum() * block_min / len(used)))
+        return float(count.sum()) / 60.0
+    pad = (-len(count)) % block_min
+    blocks = np.concatenate([count, np.zeros(pad)]).reshape(-1, block_min).max(axis=1)
+    return float(min(blocks.sum() * block_min, count.max(initial=0) * len(count))) / 60.0
+
+
+def blended_cost(need: np.ndarray, reserved: int, policy: Policy) -> dict[str, float]:
+    """USD per class for covering the per-minute node ``need`` with ``reserved`` nodes and the blend."""
+    total = np.maximum(need, reserved).astype(float)
+    rest = total - reserved
+    shared = np.minimum(rest, np.floor(policy.spot.max_share * total))  # spot up to its share of the fleet
+    on_demand = rest - shared
+    lead = lead_time_min(policy, Memory(), "spot")
+    buffers = {n: spot_buffer(int(n), policy, lead) for n in np.unique(shared)}
+    spot = shared + np.vectorize(buffers.get, otypes=[float])(shared) if len(shared) else shared
+    avail = policy.spot.availability
+    block = {c: getattr(policy.classes, c).billing_min for c in ("spot", "on_demand")}
+    hours = len(need) / 60.0
+    return {
+        "reserved": reserved * hours * policy.price("reserved"),
+        "spot": avail * billed_node_hours(spot, block["spot"]) * policy.price("spot"),
+        "on_demand": (billed_node_hours(on_demand, block["on_demand"])
+                      + (1 - avail) * billed_node_hours(spot, block["on_demand"])) * policy.price("on_demand"),
+    }
 
 
 def recommend_reserved(load_rps: np.ndarray, policy: Policy, rps_per_node: float) -> dict:
@@ -41,21 +64,12 @@ def recommend_reserved(load_rps: np.ndarray, policy: Policy, rps_per_node: float
     load = load_rps[~np.isnan(load_rps)]
     if load.size == 0:
         raise ValueError("no observed load to recommend from")
-    need = nodes_needed(load, rps_per_node, policy.planning.headroom)
-    weights = elastic_weights(policy)
-    price = sum(weights.values())
-    blocks = {c: getattr(policy.classes, c).billing_min for c in weights}
-    breakeven = policy.price("reserved") / price
-    layers = np.arange(1, int(need.max()) + 1)
-    # Per layer: the elastic price actually paid for it, as a share of the elastic price all the time.
-    in_use = np.array([sum(w * billed_share(need >= k, blocks[c]) for c, w in weights.items()) / price
-                       for k in layers])
-    count = int((in_use > breakeven).sum())
-    hours = len(load) / 60.0
-    def cost(r: int) -> float:
-        elastic = sum(in_use[r:]) * hours * price
-        return r * hours * policy.price("reserved") + elastic
-    return {"reserved": count, "breakeven_share": round(float(breakeven), 4),
-            "layer_use": [round(float(u), 4) for u in in_use[: count + 3]],
-            "hours": round(hours, 1), "cost_usd": round(cost(count), 2), "cost_usd_without": round(cost(0), 2),
-            "rps_per_node": rps_per_node}
+    need = np.maximum(nodes_needed(load, rps_per_node, policy.planning.headroom), policy.limits.min_nodes)
+    costs = [sum(blended_cost(need, r, policy).values()) for r in range(int(need.max()) + 1)]
+    count = int(np.argmin(costs))  # the first of equal minima: fewer reserved nodes
+    layers = np.arange(1, count + 4)
+    return {"reserved": count,
+            "layer_use": [round(float((need >= k).mean()), 4) for k in layers],
+            "cost_usd_by_count": [round(c, 2) for c in costs[: count + 4]],
+            "hours": round(len(load) / 60.0, 1), "cost_usd": round(costs[count], 2),
+            "cost_usd_without": round(costs[0], 2), "rps_per_node": rps_per_node}

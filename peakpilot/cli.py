@@ -280,8 +280,8 @@ def recommend_reserved_cmd(
     if as_json:
         typer.echo(json.dumps(result))
         return
-    typer.echo(f"reserve {result['reserved']} nodes: a node is worth reserving when it is in use more than "
-               f"{result['breakeven_share']:.1%} of the time")
+    typer.echo(f"reserve {result['reserved']} nodes: the cheapest count for this history with spot and "
+               f"on-demand blended as the policy says")
     typer.echo(f"over {result['hours']:,.0f} h of history: ${result['cost_usd']:,.0f} with them, "
                f"${result['cost_usd_without']:,.0f} without")
 

@@ -1,4 +1,4 @@
-"""The reserved-count recommendation: layers in use more than the price ratio, counted in billing blocks."""
+"""The reserved-count recommendation: the cheapest count under the blend, each class paid in its billing blocks."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from controller.policy import load_policy
-from controller.reserved import billed_share, recommend_reserved
+from controller.reserved import billed_node_hours, billed_share, blended_cost, recommend_reserved
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,8 +36,35 @@ def test_a_layer_used_ten_minutes_an_hour_is_worth_reserving_only_when_billed_by
     per_minute = recommend_reserved(need_rps, no_spot(1), 10.0)
     hourly = recommend_reserved(need_rps, no_spot(60), 10.0)
     assert per_minute["reserved"] == 2 and per_minute["layer_use"][:3] == [1.0, 1.0, round(10 / 60, 4)]
-    assert hourly["reserved"] == 3 and hourly["layer_use"][:3] == [1.0, 1.0, 1.0]
+    # per minute, per hour: 2 reserved = 5.00 + 4.00 x 1/6; 3 reserved = 7.50
+    assert per_minute["cost_usd_by_count"][2:4] == [round(48 * (5 + 4 / 6), 2), 48 * 7.5]
+    assert hourly["reserved"] == 3  # the third node is paid the whole hour on-demand: 5.00 + 4.00 > 7.50
+    assert hourly["cost_usd_by_count"][2:4] == [48 * 9.0, 48 * 7.5]
     assert hourly["cost_usd"] < hourly["cost_usd_without"]
+
+
+def test_billing_blocks_pay_each_block_for_the_most_nodes_it_held():
+    count = np.array([1, 3, 0, 0, 2, 2])
+    assert billed_node_hours(count, 1) == 8 / 60
+    assert billed_node_hours(count, 3) == (3 * 3 + 2 * 3) / 60
+
+
+def test_reserved_nodes_cover_the_part_of_the_fleet_spot_may_not():
+    # A flat need of 5 nodes, spot up to 60% of the fleet. Reserving is worth it for the two nodes that
+    # would otherwise be on-demand (2.50 < 4.00), not for the three spot can take (2.50 > 1.60): a rule
+    # that reserves every layer in use more than reserved / blended price would reserve all five.
+    policy = load_policy(ROOT / "configs" / "policy.yaml").with_changes(
+        capacity={"peak_nodes": None, "rps_per_node": 10.0}, planning={"headroom": 0.0},
+        spot={"max_share": 0.6, "availability": 1.0, "preemption_rate_per_hour": 0.0})
+    need_rps = np.full(24 * 60, 50.0)
+    rec = recommend_reserved(need_rps, policy, 10.0)
+    assert rec["reserved"] == 2
+    per_hour = [c / 24 for c in rec["cost_usd_by_count"]]
+    assert per_hour[:4] == pytest.approx([3 * 1.6 + 2 * 4.0, 2.5 + 3 * 1.6 + 4.0, 2 * 2.5 + 3 * 1.6, 3 * 2.5 + 2 * 1.6])
+    # While spot cannot be had its share runs on-demand, which makes reserving more worth it.
+    scarce = policy.with_changes(spot={"availability": 0.5})
+    assert recommend_reserved(need_rps, scarce, 10.0)["reserved"] == 5
+    assert blended_cost(np.full(60, 5), 2, scarce)["on_demand"] == 0.5 * 3 * 4.0
 
 
 def test_recommend_reserved_command_prints_its_json():
