@@ -101,7 +101,8 @@ class Planning(Strict):
     headroom: float = Field(0.1, ge=0, le=2, description="extra capacity over the forecast quantile")
     horizon_min: int = Field(60, ge=10, le=240, description="minutes the forecast looks ahead")
     keep_min: float = Field(20, ge=0, description="do not release a node the forecast needs again within this")
-    model: Literal["ensemble", "torch", "lightgbm", "prophet", "seasonal_naive", "statsforecast_autoets"] = "ensemble"
+    model: Literal["ensemble", "torch", "lightgbm", "prophet", "seasonal_naive", "recent_level",
+                   "statsforecast_autoets"] = "ensemble"
     retrain_hours: float = Field(6, gt=0)
     max_forecast_age_min: float = Field(15, gt=0, description="older forecasts are stale: go reactive")
     learn_lead_times_after: int = Field(20, ge=1, description="samples per class before planning with their p95")

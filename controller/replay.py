@@ -315,12 +315,14 @@ def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int 
         raise ValueError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
     total_min = len(trace.arrivals)
     span_days = total_min / 1440
-    train_days = train_days if train_days is not None else max(2.5, min(span_days / 2, 14.0))
+    if train_days is None:  # 2.5 days lets the ensemble train; shorter traces train on half (recent_level)
+        train_days = max(2.5, min(span_days / 2, 14.0)) if span_days >= 3 else span_days / 2
     start = int(round(train_days * 1440))
     start -= start % trace.step_min
     if start >= total_min - 60:
-        raise ValueError(f"{trace.name}: {span_days:.1f} days is too short to train on {train_days:g} days and "
-                         f"replay the rest")
+        training = f"{train_days:g} days" if train_days >= 1 else f"{train_days * 1440:.0f} minutes"
+        raise ValueError(f"{trace.name}: {total_min} minutes is too short to train on {training} and "
+                         f"replay more than an hour after them (--train-days sets the training)")
     window = (start, total_min)
     rps_per_node = rps_per_node_for(policy, trace, peak_nodes)
     if policy.reserved.count == "auto":

@@ -96,8 +96,9 @@ def forecast(
     days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus."),
     step: Optional[str] = typer.Option(None, "--step", help="Aggregate history to this step (e.g. 5min)."),
     model: str = typer.Option("ensemble", "--model", help="ensemble (torch + lightgbm), torch, lightgbm, prophet, "
-                                                          "seasonal_naive or statsforecast_autoets; falls back along "
-                                                          "ensemble > torch > prophet > seasonal_naive."),
+                                                          "seasonal_naive, recent_level or statsforecast_autoets; "
+                                                          "falls back along ensemble > torch > prophet > "
+                                                          "seasonal_naive > recent_level."),
     horizon: float = typer.Option(30, "--horizon", min=1, help="Minutes ahead."),
     seed: int = typer.Option(0, "--seed"),
     save: Optional[Path] = typer.Option(None, "--save", help="Also save the fitted model here."),
@@ -249,6 +250,8 @@ def replay(
         return
     typer.echo(f"{tr.name}: {doc['minutes']} minutes replayed after {doc['train_days']} days of training; "
                f"{doc['rps_per_node']:.2f} req/s per node, {doc['reserved']} reserved")
+    if doc.get("forecast") and doc["forecast"]["status"] != "ok":
+        typer.echo(f"forecaster: {doc['forecast']['model']} ({doc['forecast']['status']})")
     typer.echo(f"{'strategy':<15}{'knob':>7}{'cost $':>12}{'SLA':>10}{'busy':>9}{'late':>9}{'node-h':>9}"
                f"{'starts':>8}{'preempt':>8}")
     for name, r in doc["strategies"].items():

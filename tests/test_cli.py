@@ -42,6 +42,20 @@ def test_forecast_readable_table(tmp_path):
     assert (tmp_path / "m.pt").stat().st_size > 0
 
 
+def test_forecast_on_an_hour_of_history_uses_the_recent_level_and_says_so():
+    # The Azure LLM code trace holds 58 minutes: too short for every seasonal model.
+    trace = trace_path("azure_llm_code_2023.csv")
+    out = run("forecast", "--trace", str(trace), "--horizon", "30", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["model"] == "recent_level" and doc["step_min"] == 1 and len(doc["forecast"]) == 30
+    assert doc["status"].startswith("fallback: ensemble needs at least 2.0 days of history, have 58 minutes")
+    assert doc["status"].endswith("using recent_level")
+    counts = [float(line.split(",")[1]) for line in trace.read_text().splitlines()[1:]]
+    first = doc["forecast"][0]
+    assert min(counts[-15:]) < first["q50"] < max(counts[-15:]) and first["q50"] < first["q90"] < first["q99"]
+
+
 def test_backtest_json_is_one_object_on_stdout():
     trace = trace_path("servegen_llm_m_small.csv")
     out = run("backtest", "--trace", str(trace), "--models", "seasonal_naive,statsforecast_autoets",

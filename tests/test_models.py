@@ -62,10 +62,46 @@ def test_too_little_history_falls_back_with_a_status():
     history = History(series[: 288 + 100].copy(), "short")  # about 1.3 days
     model, status = fit_with_fallback("torch", history)
     assert model.name == "seasonal_naive"
-    assert status.startswith("fallback: torch needs at least 2.0 days of history, have 1.3 days")
+    assert status.startswith("fallback: torch needs at least 2.0 days of history, have 32.3 hours")
     assert "prophet needs at least 2.0 days" in status and status.endswith("using seasonal_naive")
-    with pytest.raises(NotEnoughHistory, match="seasonal_naive needs at least 1.0 days"):
-        fit_with_fallback("seasonal_naive", History(series[:100].copy(), "tiny"))
+    # Hours of history (a new service): the recent level is the last model that can run, and says why.
+    model, status = fit_with_fallback("torch", History(series[:100].copy(), "new"))
+    assert model.name == "recent_level"
+    assert status.endswith("seasonal_naive needs at least 25.0 hours of history, have 8.3 hours; using recent_level")
+    with pytest.raises(NotEnoughHistory, match="recent_level needs at least 80 minutes of history, have 25 minutes"):
+        fit_with_fallback("seasonal_naive", History(series[:5].copy(), "tiny"))
+
+
+def test_recent_level_carries_the_level_forward_with_the_band_it_measured():
+    # A flat Poisson load of 100 per minute: q50 is the recent mean, q90 / q99 the Poisson's upper
+    # quantiles (~113 / ~124, a little wider for the error of a 15-minute mean), at every step ahead.
+    rng = np.random.default_rng(3)
+    index = pd.date_range("2024-03-04", periods=6 * 60, freq="1min")
+    history = History(pd.Series(rng.poisson(100.0, len(index)).astype(float), index=index), "flat")
+    model = make_model("recent_level", max_horizon_min=30).fit(history)
+    values = model.predict(history, 30).values
+    level = history.counts.iloc[-15:].mean()
+    np.testing.assert_allclose(values[:, 0], level, rtol=0.03)
+    assert (values[:, 1] / level > 1.10).all() and (values[:, 1] / level < 1.18).all(), values[:, 1] / level
+    assert (values[:, 2] / level > 1.20).all() and (values[:, 2] / level < 1.32).all(), values[:, 2] / level
+    # Fresh draws from the same load land under q90 about 90% of the time.
+    fresh = rng.poisson(100.0, (200, 30))
+    assert 0.85 < (fresh <= values[None, :, 1]).mean() < 0.96
+
+
+def test_recent_level_widens_leads_its_history_is_too_short_to_measure():
+    # 40 minutes of a rising load: leads past 13 minutes have fewer than 12 origins to measure, so
+    # their band is the last measured lead's, widened as the square root of the lead.
+    index = pd.date_range("2024-03-04", periods=40, freq="1min")
+    history = History(pd.Series(np.linspace(50, 90, 40) + np.tile([0.0, 6.0], 20), index=index), "short")
+    model = make_model("recent_level", max_horizon_min=30).fit(history)
+    measured = len(model.ratios)
+    assert measured == 40 - 15 - 12 + 1
+    values = model.predict(history, 30).values
+    spread = values[:, 1] - values[:, 0]
+    np.testing.assert_allclose(values[measured:, 0], values[measured - 1, 0])  # the centre stays put
+    np.testing.assert_allclose(spread[-1] / spread[measured - 1], np.sqrt(30 / measured), rtol=1e-6)
+    assert (np.diff(spread[measured - 1:]) > 0).all()
 
 
 def test_forecast_peak_and_json_shape():

@@ -149,6 +149,23 @@ def test_replay_cli_json_and_store(tmp_path):
         assert len(st.decisions(runs[0]["id"])) > 10
 
 
+def test_replay_of_a_one_day_trace_trains_on_half_with_the_recent_level():
+    # A day of history is too short for the seasonal models: the replay trains on the first half with
+    # the recent level, says so, and still beats reactive on SLA and cost.
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "replay", "--trace",
+                          str(trace_path("servegen_reason_deepseek_r1.csv")), "--no-sweep",
+                          "--strategies", "predictive,reactive"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "720 minutes replayed after 0.5 days of training" in out.stdout
+    assert "forecaster: recent_level (fallback: ensemble needs at least 2.0 days of history, have 12.0 hours" in out.stdout
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[3:5]}
+    predictive, reactive = rows["predictive"], rows["reactive"]
+    sla = {name: float(row[3].rstrip("%")) for name, row in rows.items()}
+    cost = {name: float(row[2].replace(",", "")) for name, row in rows.items()}
+    assert sla["predictive"] >= 99.9 > sla["reactive"], (predictive, reactive)
+    assert cost["predictive"] < cost["reactive"], (predictive, reactive)
+
+
 def test_replay_cli_bad_input_exits_2(tmp_path):
     bad = tmp_path / "p.yaml"
     bad.write_text("service: x\nplanning: {quantile: q75}\n")

@@ -15,6 +15,7 @@ from forecaster.models.base import Forecast, Forecaster, load_model
 from forecaster.models.ensemble import EnsembleForecaster
 from forecaster.models.lightgbm_model import LightGBMQuantileForecaster
 from forecaster.models.prophet_model import ProphetForecaster
+from forecaster.models.recent_level import RecentLevel
 from forecaster.models.seasonal_naive import SeasonalNaive
 from forecaster.models.statsforecast_peer import StatsforecastAutoETS
 from forecaster.models.torch_model import TorchQuantileForecaster
@@ -23,13 +24,13 @@ log = logging.getLogger(__name__)
 
 MODELS: dict[str, type[Forecaster]] = {
     m.name: m for m in (EnsembleForecaster, TorchQuantileForecaster, LightGBMQuantileForecaster, ProphetForecaster,
-                        SeasonalNaive, StatsforecastAutoETS)
+                        SeasonalNaive, RecentLevel, StatsforecastAutoETS)
 }
-FALLBACKS = ("torch", "prophet", "seasonal_naive")  # each needs less than the one before it
+FALLBACKS = ("torch", "prophet", "seasonal_naive", "recent_level")  # each needs less than the one before it
 PRODUCTION_ORDER = ("ensemble", *FALLBACKS)
 PEERS = ("statsforecast_autoets",)
 DEFAULT_MODEL = "ensemble"
-HORIZON_MODELS = ("ensemble", "torch", "lightgbm")  # trained for a fixed longest horizon
+HORIZON_MODELS = ("ensemble", "torch", "lightgbm", "recent_level")  # trained for a fixed longest horizon
 
 
 def make_model(name: str, **kwargs) -> Forecaster:

@@ -163,10 +163,12 @@ def load_model(path: str | Path) -> Forecaster:
 
 
 def _human(delta: pd.Timedelta) -> str:
-    days = delta / pd.Timedelta(days=1)
-    if days >= 1:
-        return f"{days:.1f} days"
-    return f"{delta / pd.Timedelta(hours=1):.1f} hours"
+    """Days, hours or minutes, whichever keeps a need and a have that differ from printing alike."""
+    if delta >= pd.Timedelta(days=2):
+        return f"{delta / pd.Timedelta(days=1):.1f} days"
+    if delta >= pd.Timedelta(hours=2):
+        return f"{delta / pd.Timedelta(hours=1):.1f} hours"
+    return f"{delta / pd.Timedelta(minutes=1):.0f} minutes"
 
 
 def windows(values: np.ndarray, positions: np.ndarray, offset: int, length: int) -> np.ndarray:
