@@ -103,16 +103,17 @@ class ForecastFeed:
         self.values = np.zeros((last - first, self.horizon_steps, 3))
         retrain = max(1, history.steps_per(pd.Timedelta(hours=policy.planning.retrain_hours)))
         model = None
-        self.status = "ok"
-        self.model_name = policy.planning.model
+        status = "ok"
+        self.switches: list[tuple[int, str, str]] = []  # (first position, model, status) as the chain moves
         self.fit_seconds: list[float] = []
         blocks = list(range(first, last, retrain))
         for b in tqdm(blocks, desc="forecast", unit="retrain", file=sys.stderr, disable=not progress):
             past = history.until(history.counts.index[b]) if b < len(history) else history
-            if model is None:
-                model, self.status = fit_with_fallback(policy.planning.model, past, seed=seed,
-                                                       options=horizon_options(policy.planning.horizon_min))
-                self.model_name = model.name
+            if model is None or status != "ok":  # as the daemon does: a fallback is retried at every retrain
+                model, status = fit_with_fallback(policy.planning.model, past, seed=seed,
+                                                  options=horizon_options(policy.planning.horizon_min))
+                if not self.switches or self.switches[-1][1] != model.name:
+                    self.switches.append((b, model.name, status))
             else:
                 model.update(past)
             self.fit_seconds.append(model.fit_seconds)
@@ -123,10 +124,24 @@ class ForecastFeed:
                 history, starts, policy.planning.horizon_min)
         self.rps = np.repeat(self.values / (self.step * 60.0), self.step, axis=1)  # per minute
 
+    @property
+    def model_name(self) -> str:
+        """The model the replay started with (``switches`` lists any later one)."""
+        return self.switches[0][1]
+
+    @property
+    def status(self) -> str:
+        return self.switches[0][2]
+
     def at(self, minute: int) -> MinuteForecast:
         p = minute // self.step
+        _, name, status = next(s for s in reversed(self.switches) if s[0] <= p)
         return MinuteForecast(self.trace.times[0] + np.timedelta64(p * self.step, "m"), self.rps[p - self.first],
-                              self.model_name, self.status)
+                              name, status)
+
+    def switches_as_dicts(self) -> list[dict]:
+        return [{"from": str(self.trace.times[0] + np.timedelta64(p * self.step, "m")), "model": name,
+                 "status": status} for p, name, status in self.switches]
 
 
 class OracleFeed:
@@ -378,7 +393,8 @@ def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int 
         "rps_per_node": rps_per_node,
         "reserved": reserved,
         "forecast": {"model": feed.model_name, "status": feed.status,
-                     "fit_s_total": round(sum(feed.fit_seconds), 2)} if feed else None,
+                     "fit_s_total": round(sum(feed.fit_seconds), 2), "models": feed.switches_as_dicts()}
+        if feed else None,
         "strategies": {s: chosen[s].as_dict() for s in strategies},
         "frontier": frontier,
         "cost_at_sla": {s: {str(level): frontier_cost_at(frontier[s], level) for level in SLA_LEVELS}

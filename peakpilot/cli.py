@@ -252,6 +252,8 @@ def replay(
                f"{doc['rps_per_node']:.2f} req/s per node, {doc['reserved']} reserved")
     if doc.get("forecast") and doc["forecast"]["status"] != "ok":
         typer.echo(f"forecaster: {doc['forecast']['model']} ({doc['forecast']['status']})")
+        for later in doc["forecast"]["models"][1:]:
+            typer.echo(f"  from {later['from']}: {later['model']} ({later['status']})")
     typer.echo(f"{'strategy':<15}{'knob':>7}{'cost $':>12}{'SLA':>10}{'busy':>9}{'late':>9}{'node-h':>9}"
                f"{'starts':>8}{'preempt':>8}")
     for name, r in doc["strategies"].items():

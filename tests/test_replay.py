@@ -166,6 +166,22 @@ def test_replay_of_a_one_day_trace_trains_on_half_with_the_recent_level():
     assert cost["predictive"] < cost["reactive"], (predictive, reactive)
 
 
+def test_replay_moves_up_the_fallback_chain_as_history_grows(tmp_path):
+    # 2.5 days of ServeGen m_small: training on the first 30 hours only seasonal_naive can run; the
+    # retrain at 48 hours has the two days the ensemble needs, and the replay moves to it as the daemon
+    # would, instead of updating the fallback model to the end.
+    lines = trace_path("servegen_llm_m_small.csv").read_text().splitlines()[:361]
+    short = tmp_path / "m_small_2_5_days.csv"
+    short.write_text("\n".join(lines) + "\n")
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "replay", "--trace", str(short), "--no-sweep",
+                          "--strategies", "predictive", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    forecast = json.loads(out.stdout)["forecast"]
+    assert forecast["model"] == "seasonal_naive" and forecast["status"].endswith("using seasonal_naive")
+    assert [(m["from"], m["model"], m["status"]) for m in forecast["models"]] == [
+        ("2000-01-04T06:00", "seasonal_naive", forecast["status"]), ("2000-01-05T00:00", "ensemble", "ok")]
+
+
 def test_replay_cli_bad_input_exits_2(tmp_path):
     bad = tmp_path / "p.yaml"
     bad.write_text("service: x\nplanning: {quantile: q75}\n")
