@@ -21,18 +21,24 @@ def spot_buffer(spot_nodes: int, policy: Policy, lead_min: float) -> int:
     return math.ceil(expected - 1e-9) if spot_nodes else 0
 
 
+def split(total: int, reserved: int, policy: Policy, spot_lead_min: float,
+          use_spot: bool = True) -> tuple[int, int, int]:
+    """``(spot, buffer, on_demand)`` for the part of ``total`` above ``reserved``: spot up to its share of
+    the whole fleet, the preemption buffer on top of it, on-demand for the rest. The one rule that both
+    the control cycle and the reserved-count recommendation use."""
+    rest = max(0, total - reserved)
+    spot = min(rest, math.floor(policy.spot.max_share * total)) if use_spot else 0
+    return spot, spot_buffer(spot, policy, spot_lead_min), rest - spot
+
+
 def blend(total: int, reserved: int, policy: Policy, view: ClusterView, spot_lead_min: float,
           use_spot: bool = True) -> tuple[dict[str, int], list[str]]:
     """Desired count per class for ``total`` nodes, with the reasons for the spot/on-demand split."""
     notes: list[str] = []
-    rest = max(0, total - reserved)
-    spot = min(rest, math.floor(policy.spot.max_share * total)) if use_spot else 0
-    on_demand = rest - spot
-    if spot:
-        buffer = spot_buffer(spot, policy, spot_lead_min)
-        if buffer:
-            notes.append(f"+{buffer} spot for preemption risk over {spot_lead_min:.0f} min")
-        spot += buffer
+    spot, buffer, on_demand = split(total, reserved, policy, spot_lead_min, use_spot)
+    if buffer:
+        notes.append(f"+{buffer} spot for preemption risk over {spot_lead_min:.0f} min")
+    spot += buffer
     # Spot still asked for but not coming (unavailable: stuck pending) is covered by on-demand now;
     # the spot requests stay, so spot is taken again when it returns and the cover is then released.
     # Cover already running is held until the spot nodes it stands in for are ready.

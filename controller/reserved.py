@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller.blend import spot_buffer
+from controller.blend import split
 from controller.planner import lead_time_min, nodes_needed
 from controller.policy import Policy
 from controller.state import Memory
@@ -41,13 +41,12 @@ def billed_node_hours(count: np.ndarray, block_min: int) -> float:
 
 def blended_cost(need: np.ndarray, reserved: int, policy: Policy) -> dict[str, float]:
     """USD per class for covering the per-minute node ``need`` with ``reserved`` nodes and the blend."""
-    total = np.maximum(need, reserved).astype(float)
-    rest = total - reserved
-    shared = np.minimum(rest, np.floor(policy.spot.max_share * total))  # spot up to its share of the fleet
-    on_demand = rest - shared
+    # the control cycle's own split, once per distinct fleet size
+    sizes, minute_size = np.unique(np.maximum(need, reserved).astype(int), return_inverse=True)
     lead = lead_time_min(policy, Memory(), "spot")
-    buffers = {n: spot_buffer(int(n), policy, lead) for n in np.unique(shared)}
-    spot = shared + np.vectorize(buffers.get, otypes=[float])(shared) if len(shared) else shared
+    by_size = np.array([split(int(n), reserved, policy, lead) for n in sizes], dtype=float).reshape(-1, 3)
+    spot_nodes, buffer, on_demand = by_size[minute_size].T
+    spot = spot_nodes + buffer
     avail = policy.spot.availability
     block = {c: getattr(policy.classes, c).billing_min for c in ("spot", "on_demand")}
     hours = len(need) / 60.0

@@ -33,9 +33,6 @@ class RecentLevel(Forecaster):
         window = pd.Timedelta(minutes=self.window_min)
         return window + max(pd.Timedelta(minutes=15), (MIN_ORIGINS + 1) * step)
 
-    def _window(self, history: History) -> int:
-        return history.steps_for(self.window_min)
-
     def _levels(self, values: np.ndarray, positions: np.ndarray, window: int) -> np.ndarray:
         recent = windows(values, positions, -window, window)
         seen = ~np.isnan(recent).all(axis=1)
@@ -45,7 +42,7 @@ class RecentLevel(Forecaster):
 
     def _fit(self, history: History) -> None:
         y = history.counts.to_numpy(dtype=float)
-        self.window = self._window(history)
+        self.window = history.steps_for(self.window_min)
         leads = history.steps_for(self.max_horizon_min)
         positions = np.arange(self.window, len(y))
         if len(positions) > MAX_ORIGINS:
