@@ -23,12 +23,6 @@ from controller.policy import Policy
 from controller.state import Memory
 
 
-def billed_share(used: np.ndarray, block_min: int) -> float:
-    """Share of the time a layer is paid for when it is used at the minutes ``used`` (bool, per minute)
-    and billed in blocks of ``block_min`` minutes: every block with a minute of use is paid whole."""
-    return billed_node_hours(used.astype(float), block_min) * 60.0 / len(used)
-
-
 def billed_node_hours(count: np.ndarray, block_min: int) -> float:
     """Node-hours paid for a per-minute node count billed in blocks of ``block_min`` minutes: each block is
     paid for the most nodes it held (a node started in a block is paid to its end)."""

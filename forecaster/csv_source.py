@@ -64,7 +64,7 @@ def _read(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise HistoryError(str(path), "the file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise HistoryError(str(path), f"not a readable CSV file ({exc})") from None
+        raise HistoryError(str(path), f"not a readable CSV file ({str(exc).strip()})") from None
     if frame.empty:
         raise HistoryError(str(path), "has a header but no rows")
     return frame

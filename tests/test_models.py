@@ -114,6 +114,19 @@ def test_forecast_peak_and_json_shape():
     assert doc["peak"] == {"timestamp": best["timestamp"], "q50": best["q50"], "q90": best["q90"]}
 
 
+def test_seasonal_naive_repeats_the_last_season_beyond_one_season_ahead():
+    history, future = clean_history(days=3)  # short history: the season is one day (288 steps)
+    model = make_model("seasonal_naive").fit(history)
+    last_day = history.counts.to_numpy()[-288:]
+    q50 = model.predict(history, 2.5 * 1440).values[:, 0]
+    assert len(q50) == 720
+    np.testing.assert_allclose(q50, np.tile(last_day, 3)[:720])
+    # From an origin inside a longer series, it reads only what came before that origin.
+    full = History(pd.concat([history.counts, future]), "synthetic")
+    again = model.predict_many(full, [future.index[0]], 2 * 1440)[0][:, 0]
+    np.testing.assert_allclose(again, np.tile(last_day, 2))
+
+
 def test_predict_rejects_a_longer_horizon_than_trained_for():
     history, _ = clean_history(days=3)
     model = make_model("torch", max_horizon_min=30, **FAST["torch"]).fit(history)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from controller.policy import load_policy
-from controller.reserved import billed_node_hours, billed_share, blended_cost, recommend_reserved
+from controller.reserved import billed_node_hours, blended_cost, recommend_reserved
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,13 +20,6 @@ def no_spot(billing_min: int):
     return load_policy(ROOT / "configs" / "policy.yaml").with_changes(
         capacity={"peak_nodes": None, "rps_per_node": 10.0}, spot={"max_share": 0.0}, planning={"headroom": 0.0},
         classes={"on_demand": {"price_per_hour": 4.0, "lead_time": {"mean_min": 8}, "billing_min": billing_min}})
-
-
-def test_billed_share_pays_every_block_with_a_minute_of_use():
-    used = np.tile(np.arange(60) < 10, 24)  # ten minutes of every hour
-    assert billed_share(used, 1) == used.mean()
-    assert billed_share(used, 60) == 1.0
-    assert billed_share(np.arange(90) < 5, 60) == 60 / 90  # the last, partial hour is not used
 
 
 def test_a_layer_used_ten_minutes_an_hour_is_worth_reserving_only_when_billed_by_the_hour():
@@ -47,6 +40,7 @@ def test_billing_blocks_pay_each_block_for_the_most_nodes_it_held():
     count = np.array([1, 3, 0, 0, 2, 2])
     assert billed_node_hours(count, 1) == 8 / 60
     assert billed_node_hours(count, 3) == (3 * 3 + 2 * 3) / 60
+    assert billed_node_hours(np.ones(90), 60) == 1.5  # the trace ends inside the second hour
 
 
 def test_reserved_nodes_cover_the_part_of_the_fleet_spot_may_not():

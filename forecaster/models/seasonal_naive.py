@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from forecaster.history import History
-from forecaster.models.base import Forecaster, windows
+from forecaster.models.base import Forecaster
 
 
 class SeasonalNaive(Forecaster):
@@ -30,7 +30,11 @@ class SeasonalNaive(Forecaster):
 
     def _predict_many(self, history: History, positions: np.ndarray, horizon: int) -> np.ndarray:
         lag = history.steps_per(self.season)
-        base = windows(history.filled().to_numpy(), positions, -lag, horizon)
+        ahead = np.arange(horizon)
+        back = lag * (ahead // lag + 1)  # beyond one season ahead, the last season seen repeats
+        idx = positions[:, None] + ahead[None, :] - back[None, :]
+        values = history.filled().to_numpy()
+        base = np.where(idx >= 0, values[np.clip(idx, 0, None)], np.nan)
         base = np.nan_to_num(base, nan=float(np.nanmean(history.counts.to_numpy())))
         return base[:, :, None] + self.offsets[None, None, :]
 
