@@ -1,12 +1,18 @@
-"""Every manifest in deploy/ is a valid Kubernetes object for the official client's models, and the
-RBAC grants no more than the controller uses."""
+"""Every manifest in deploy/ is a valid Kubernetes object for the official client's models, the
+RBAC grants no more than the controller uses, and the image the manifests run (Dockerfile) holds
+what they need and accepts their arguments."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+import typer
 import yaml
 from kubernetes import client
 
@@ -74,3 +80,60 @@ def test_spot_pool_selects_and_tolerates_spot_capacity_and_placeholder_is_lowest
     assert pc["value"] < 0 and pc["preemptionPolicy"] == "Never"
     node = docs[("Deployment", "llm-on-demand")]["spec"]["template"]["spec"]["containers"][0]
     assert node["readinessProbe"]["httpGet"]["path"] == "/ready"
+
+
+ROOT = DEPLOY.parent
+
+
+def peakpilot_containers():
+    for _, doc in documents():
+        if doc["kind"] == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if container["image"].startswith("peakpilot/peakpilot:"):
+                    yield doc["metadata"]["name"], container
+
+
+def test_manifests_run_this_version_with_arguments_the_cli_accepts():
+    from peakpilot.cli import app
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    group = typer.main.get_command(app)
+    seen = set()
+    for name, container in peakpilot_containers():
+        assert container["image"] == f"peakpilot/peakpilot:{version}", name
+        args = container["args"]
+        with group.make_context("peakpilot", list(args)) as ctx:
+            command = group.get_command(ctx, args[0])
+            assert command is not None, f"{name}: no command {args[0]!r}"
+            try:
+                command.make_context(args[0], list(args[1:]), parent=ctx)
+            except Exception as exc:  # typer's own (vendored) click raises its usage errors
+                pytest.fail(f"{name}: peakpilot {' '.join(args)}: {exc}")
+        seen.add(args[0])
+    assert seen == {"run", "serve"}  # the controller and the three inference pools
+
+
+def test_the_image_holds_every_package_and_the_defaults_beside_them():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    needed = [p.rstrip("*") for p in include] + ["configs", "data"]
+    for directory in needed:
+        assert (ROOT / directory).is_dir()
+        assert f"COPY {directory}/ {directory}/" in dockerfile, f"the image lacks {directory}/"
+        assert f"!{directory}/" in ignore, f".dockerignore leaves {directory}/ out of the build context"
+    assert "torch==2.13.0" in dockerfile and 'pip install -e ".[postgres]"' in dockerfile
+    # the user the manifests run as
+    user = next(line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER "))
+    for name, container in peakpilot_containers():
+        if name == "peakpilot-controller":
+            pod = next(d for _, d in documents() if d["metadata"]["name"] == name)["spec"]["template"]["spec"]
+            assert str(pod["securityContext"]["runAsUser"]) == user
+
+
+def test_the_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (the dev extra brings it on Linux x86_64)")
+    result = subprocess.run([hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
