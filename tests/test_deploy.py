@@ -125,10 +125,8 @@ def test_the_image_holds_every_package_and_the_defaults_beside_them():
     assert "torch==2.13.0" in dockerfile and 'pip install -e ".[postgres]"' in dockerfile
     # the user the manifests run as
     user = next(line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER "))
-    for name, container in peakpilot_containers():
-        if name == "peakpilot-controller":
-            pod = next(d for _, d in documents() if d["metadata"]["name"] == name)["spec"]["template"]["spec"]
-            assert str(pod["securityContext"]["runAsUser"]) == user
+    controller = all_docs()[("Deployment", "peakpilot-controller")]["spec"]["template"]["spec"]
+    assert str(controller["securityContext"]["runAsUser"]) == user
 
 
 def test_the_dockerfile_passes_hadolint():

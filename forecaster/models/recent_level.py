@@ -33,7 +33,9 @@ class RecentLevel(Forecaster):
         window = pd.Timedelta(minutes=self.window_min)
         return window + max(pd.Timedelta(minutes=15), (MIN_ORIGINS + 1) * step)
 
-    def _levels(self, values: np.ndarray, positions: np.ndarray, window: int) -> np.ndarray:
+    def _levels(self, history: History, values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Mean of the observed steps in the ``window_min`` before each position (NaN where none is)."""
+        window = history.steps_for(self.window_min)
         recent = windows(values, positions, -window, window)
         seen = ~np.isnan(recent).all(axis=1)
         level = np.full(len(positions), np.nan)
@@ -42,12 +44,11 @@ class RecentLevel(Forecaster):
 
     def _fit(self, history: History) -> None:
         y = history.counts.to_numpy(dtype=float)
-        self.window = history.steps_for(self.window_min)
         leads = history.steps_for(self.max_horizon_min)
-        positions = np.arange(self.window, len(y))
+        positions = np.arange(history.steps_for(self.window_min), len(y))
         if len(positions) > MAX_ORIGINS:
             positions = positions[np.linspace(0, len(positions) - 1, MAX_ORIGINS).astype(int)]
-        level = self._levels(y, positions, self.window)
+        level = self._levels(history, y, positions)
         ratio = windows(y, positions, 0, leads) / level[:, None]
         ratio[~(level > 0)] = np.nan
         measured = []
@@ -71,16 +72,15 @@ class RecentLevel(Forecaster):
         return np.concatenate([self.ratios, extra])
 
     def _predict_many(self, history: History, positions: np.ndarray, horizon: int) -> np.ndarray:
-        level = self._levels(history.filled().to_numpy(dtype=float), positions, self.window)
+        level = self._levels(history, history.filled().to_numpy(dtype=float), positions)
         level = np.nan_to_num(level, nan=0.0)
         return level[:, None, None] * self._ratios_for(horizon)[None, :, :]
 
     def state(self) -> dict:
-        return {"window": self.window, "window_min": self.window_min, "max_horizon_min": self.max_horizon_min,
+        return {"window_min": self.window_min, "max_horizon_min": self.max_horizon_min,
                 "ratios": self.ratios.tolist()}
 
     def load_state(self, state: dict) -> None:
-        self.window = int(state["window"])
         self.window_min = float(state["window_min"])
         self.max_horizon_min = float(state["max_horizon_min"])
         self.ratios = np.asarray(state["ratios"], dtype=float)
