@@ -20,10 +20,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from controller.policy import CLASSES  # noqa: E402
+from controller.shipped import default_runs_dir, shipped_root  # noqa: E402
 from controller.store import StoreError, sqlite_path, store_url  # noqa: E402
 from dashboard import data  # noqa: E402
 
-STORE = os.environ.get("PEAKPILOT_STORE", str(ROOT / "runs" / "demo" / "peakpilot.db"))
+STORE = os.environ.get("PEAKPILOT_STORE", str(default_runs_dir() / "demo" / "peakpilot.db"))
 COLORS = {"reserved": "#4c78a8", "spot": "#54a24b", "on_demand": "#e45756", "load": "#222222"}
 
 st.set_page_config(page_title="peakpilot", layout="wide")
@@ -240,7 +241,7 @@ with tabs[4]:
 with tabs[5]:
     from dashboard.whatif import available_traces, run_whatif
 
-    traces = available_traces(ROOT)
+    traces = available_traces(shipped_root() or ROOT)
     default_trace = summary.get("trace") if summary.get("trace") in traces else next(iter(traces))
     with st.form("whatif"):
         trace = st.selectbox("trace", list(traces), index=list(traces).index(default_trace), format_func=traces.get,

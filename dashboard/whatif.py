@@ -8,8 +8,8 @@ import pandas as pd
 
 from controller.policy import load_policy
 from controller.replay import load_trace, replay
+from controller.shipped import DEFAULT_POLICY
 
-DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "configs" / "policy.yaml"
 
 
 def available_traces(root: Path) -> dict[str, str]:

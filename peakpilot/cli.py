@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from controller.shipped import DEFAULT_POLICY, default_runs_dir
+from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
 from peakpilot import __version__
 
 app = typer.Typer(
@@ -25,7 +27,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "data" / "servegen_llm_m_small.csv"
+# A week: beyond it every model but seasonal_naive is extrapolating, and the learned ones train one output
+# per step (a week at 1-minute steps is 10,080). The controller plans at most 240 minutes ahead.
+MAX_HORIZON_MIN = 7 * 24 * 60
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -99,7 +103,7 @@ def forecast(
                                                           "seasonal_naive, recent_level or statsforecast_autoets; "
                                                           "falls back along ensemble > torch > prophet > "
                                                           "seasonal_naive > recent_level."),
-    horizon: float = typer.Option(30, "--horizon", min=1, help="Minutes ahead."),
+    horizon: float = typer.Option(30, "--horizon", min=1, max=MAX_HORIZON_MIN, help="Minutes ahead (at most a week)."),
     seed: int = typer.Option(0, "--seed"),
     save: Optional[Path] = typer.Option(None, "--save", help="Also save the fitted model here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -137,7 +141,7 @@ def backtest(
     trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace. Default: the sample trace in data/."),
     models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models; default: all, "
                                                                 "seasonal_naive and the statsforecast peer included."),
-    horizon: float = typer.Option(30, "--horizon", min=1, help="Minutes ahead."),
+    horizon: float = typer.Option(30, "--horizon", min=1, max=MAX_HORIZON_MIN, help="Minutes ahead (at most a week)."),
     test_days: Optional[float] = typer.Option(None, "--test-days", help="Days held out at the end "
                                                                         "(default: min(3, a quarter of the trace))."),
     stride: Optional[float] = typer.Option(None, "--stride", help="Minutes between forecast origins "
@@ -180,9 +184,6 @@ def backtest(
     best = result.best()
     if best:
         typer.echo(f"best by pinball q90 (peer excluded): {best}")
-
-
-DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "configs" / "policy.yaml"
 
 
 def load_policy_or_exit(path: Path):
@@ -491,7 +492,7 @@ def loadgen(
 
 @app.command()
 def dashboard(
-    store: str = typer.Option(str(Path(__file__).resolve().parent.parent / "runs" / "demo" / "peakpilot.db"),
+    store: str = typer.Option(str(default_runs_dir() / "demo" / "peakpilot.db"),
                               "--store", help="Store to show (sqlite:///path.db, a path, or a "
                                           "postgresql:// URL); read-only."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),

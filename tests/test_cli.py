@@ -73,6 +73,7 @@ def test_backtest_json_is_one_object_on_stdout():
     (["forecast", "--model", "arima"], "unknown model 'arima'"),
     (["backtest", "--models", "arima", "--test-days", "1"], "unknown model(s) arima"),
     (["forecast", "--prometheus", "http://127.0.0.1:9"], "Prometheus is unreachable"),
+    (["forecast", "--horizon", "20000"], "Invalid value for '--horizon'"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(args, message):
     out = run(*args)
