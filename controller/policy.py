@@ -7,6 +7,7 @@ Unknown keys and bad values are refused with the key path and the reason (``Poli
 from __future__ import annotations
 
 from datetime import datetime
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -191,3 +192,42 @@ def load_policy(path: str | Path) -> Policy:
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"{key}: {msg}")
         raise PolicyError(f"{path}: " + "; ".join(problems)) from None
+
+
+def policy_files(given: Iterable[str | Path]) -> list[Path]:
+    """The policy files named, a folder standing for the ``*.yaml`` in it (a mounted ConfigMap)."""
+    return [p for g in map(Path, given) for p in (sorted(g.glob("*.yaml")) if g.is_dir() else [g])]
+
+
+def load_policies(paths: Iterable[str | Path],
+                  backend: str = "simulated") -> tuple[dict[Path, Policy], dict[Path, list[str]]]:
+    """Every policy that loads, and the problems of each file, so a user sees them all at once: a file
+    that is refused, a service named in two files (their runs would share one record in the store), and
+    for the kubernetes backend a capacity class with no Deployment to scale."""
+    policies: dict[Path, Policy] = {}
+    problems: dict[Path, list[str]] = {}
+    for path in map(Path, paths):
+        try:
+            policies[path] = load_policy(path)
+        except PolicyError as exc:
+            problems.setdefault(path, []).append(str(exc))
+    first: dict[str, Path] = {}
+    for path, policy in policies.items():
+        if policy.service in first:
+            problems.setdefault(path, []).append(
+                f"{path}: service {policy.service!r} is also the service of {first[policy.service]}")
+        first.setdefault(policy.service, path)
+        missing = set(CLASSES) - set(policy.kubernetes.workloads)
+        if backend == "kubernetes" and missing:
+            problems.setdefault(path, []).append(
+                f"{path}: kubernetes.workloads has no Deployment for {', '.join(sorted(missing))}")
+    return policies, problems
+
+
+def policy_schema() -> dict:
+    """The policy file's JSON Schema, for editors: ``configs/policy.schema.json``, which the shipped policies
+    name in a ``yaml-language-server`` comment so an editor completes and checks keys as they are typed."""
+    schema = Policy.model_json_schema()
+    schema["title"] = "peakpilot policy"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

@@ -292,6 +292,46 @@ def recommend_reserved_cmd(
                f"${result['cost_usd_without']:,.0f} without")
 
 
+@app.command("check-policy")
+def check_policy(
+    paths: Optional[list[Path]] = typer.Argument(None, help="Policy files, or folders of them (as the daemon's "
+                                                            "--policy). Default: configs/policy.yaml."),
+    backend: str = typer.Option("simulated", "--backend", help="Also check what this backend needs "
+                                                               "(kubernetes: a Deployment per class)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: each policy with every default "
+                                                       "filled in, or its error."),
+    schema: bool = typer.Option(False, "--schema", help="Print the policy's JSON Schema (for editors) and exit."),
+) -> None:
+    """Validate policy files before the daemon loads them; exit 2 naming every key that is wrong."""
+    from controller.policy import load_policies, policy_files, policy_schema
+
+    if schema:
+        typer.echo(json.dumps(policy_schema(), indent=2))
+        return
+    if backend not in ("simulated", "kubernetes", "dry-run"):
+        fail(f"unknown backend {backend!r}; choose simulated, kubernetes or dry-run")
+    files = policy_files(paths or [DEFAULT_POLICY])
+    if not files:
+        fail(f"no policy files (*.yaml) in {', '.join(map(str, paths))}")
+    policies, problems = load_policies(files, backend)
+    if as_json:
+        doc = {"ok": not problems, "problems": [m for ms in problems.values() for m in ms],
+               "policies": {str(p): pol.model_dump(mode="json") for p, pol in policies.items() if p not in problems}}
+        typer.echo(json.dumps(doc))
+    else:
+        for path, pol in policies.items():
+            if path in problems:
+                continue
+            reserved = pol.reserved.count
+            typer.echo(f"ok     {path}: service {pol.service}, SLO {pol.slo.compliance_target:g} within "
+                       f"{pol.slo.latency_ms:g} ms, reserved {reserved}, spot up to {pol.spot.max_share:.0%}, "
+                       f"plan {pol.planning.quantile} +{pol.planning.headroom:.0%}, {len(pol.events)} events")
+        for problem in (m for ms in problems.values() for m in ms):
+            typer.echo(f"error  {problem}", err=True)
+    if problems:
+        raise typer.Exit(2)
+
+
 @app.command("run")
 def run_daemon(
     policy: list[Path] = typer.Option(..., "--policy", help="Policy YAML, or a folder of them; repeat for "
@@ -320,19 +360,16 @@ def run_daemon(
 
     from controller.actuators import DryRunActuator, SimulatedActuator
     from controller.daemon import Daemon, DaemonMetrics, ServiceController, utc_now
-    from controller.policy import PolicyError, load_policy
+    from controller.policy import PolicyError, load_policies, policy_files
     from controller.signals import PrometheusSignals, TraceSignals
     if backend not in ("simulated", "kubernetes", "dry-run"):
         fail(f"unknown backend {backend!r}; choose simulated, kubernetes or dry-run")
-    paths = [p for given in policy for p in (sorted(given.glob("*.yaml")) if given.is_dir() else [given])]
+    paths = policy_files(policy)
     if not paths:
         fail("no policy files found")
-    policies = {}
-    for path in paths:
-        try:
-            policies[path] = load_policy(path)
-        except PolicyError as exc:
-            fail(str(exc))
+    policies, problems = load_policies(paths, backend)
+    if problems:
+        fail("; ".join(m for ms in problems.values() for m in ms))
     if selector:
         key, _, value = selector.partition("=")
         policies = {p: pol for p, pol in policies.items() if pol.labels.get(key) == value}
@@ -364,9 +401,6 @@ def run_daemon(
         elif backend == "dry-run":
             actuator = DryRunActuator(dict(pol.kubernetes.workloads), pol.kubernetes.namespace)
         else:
-            missing = {"reserved", "spot", "on_demand"} - set(pol.kubernetes.workloads)
-            if missing:
-                fail(f"{path}: kubernetes.workloads has no Deployment for {', '.join(sorted(missing))}")
             actuator = KubernetesActuator(api, KubernetesTarget(pol.kubernetes.namespace, dict(pol.kubernetes.workloads),
                                                                 pol.kubernetes.placeholder), shadow=shadow,
                                           billing_min={c: getattr(pol.classes, c).billing_min for c in CLASSES})

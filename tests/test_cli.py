@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import SAMPLE, trace_path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PEAKPILOT = [sys.executable, "-m", "peakpilot.cli"]
 
@@ -79,3 +82,23 @@ def test_bad_input_exits_2_with_a_clear_message(args, message):
     out = run(*args)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_check_policy_passes_the_shipped_ones_and_names_every_problem(tmp_path):
+    out = run("check-policy")
+    assert out.returncode == 0, out.stderr
+    assert "ok" in out.stdout and "service llm-chat" in out.stdout
+    (tmp_path / "good.yaml").write_text((ROOT / "configs" / "policy.yaml").read_text())
+    (tmp_path / "again.yaml").write_text((ROOT / "configs" / "policy.yaml").read_text())
+    (tmp_path / "bad.yaml").write_text("service: x\ncapacity: {peak_nodes: 0}\n")
+    out = run("check-policy", str(tmp_path))
+    assert out.returncode == 2
+    assert f"{tmp_path / 'bad.yaml'}: capacity.peak_nodes: Input should be greater than 0" in out.stderr
+    assert f"{tmp_path / 'good.yaml'}: service 'llm-chat' is also the service of {tmp_path / 'again.yaml'}" \
+        in out.stderr
+    assert f"ok     {tmp_path / 'again.yaml'}" in out.stdout and "good.yaml" not in out.stdout
+    doc = json.loads(run("check-policy", str(ROOT / "configs"), "--json").stdout)
+    assert doc["ok"] and doc["problems"] == []
+    # every default filled in: what the daemon will run with
+    assert "max_forecast_age_min" not in (ROOT / "configs" / "chat-hourly-no-spot.yaml").read_text()
+    assert doc["policies"][str(ROOT / "configs" / "chat-hourly-no-spot.yaml")]["planning"]["max_forecast_age_min"] == 15

@@ -57,6 +57,7 @@ def test_the_wheel_carries_every_policy_and_the_sample_trace(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     share = [n.split("/data/share/peakpilot/", 1)[1] for n in names if "/data/share/peakpilot/" in n]
     expected = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "configs").glob("*.yaml"))]
+    expected += ["configs/policy.schema.json"]
     expected += [str(shipped.SAMPLE_TRACE.relative_to(ROOT)), "data/README.md"]
     assert sorted(share) == sorted(expected)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
-from controller.policy import Policy, PolicyError, load_policy
+from controller.policy import Policy, PolicyError, load_policies, load_policy, policy_files, policy_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,3 +78,38 @@ def test_with_changes_validates_again(tmp_path):
     assert policy.planning.headroom == 0.1  # frozen: the original is unchanged
     with pytest.raises(Exception, match="headroom"):
         policy.with_changes(planning={"headroom": -1})
+
+
+def test_load_policies_reports_every_problem_by_file(tmp_path):
+    (tmp_path / "a.yaml").write_text(BASE)
+    (tmp_path / "b.yaml").write_text(BASE)  # the same service again
+    (tmp_path / "c.yaml").write_text(BASE.replace("service: s", "service: t") + "planing: {}\nslo: {latency_ms: 0}\n")
+    (tmp_path / "d.yaml").write_text(BASE.replace("service: s", "service: u")
+                                     + "kubernetes: {workloads: {reserved: r, on_demand: o}}\n")
+    (tmp_path / "notes.txt").write_text("not a policy")
+    files = policy_files([tmp_path])
+    assert [p.name for p in files] == ["a.yaml", "b.yaml", "c.yaml", "d.yaml"]
+    policies, problems = load_policies(files)
+    assert sorted(p.name for p in policies) == ["a.yaml", "b.yaml", "d.yaml"]
+    assert {p.name for p in problems} == {"b.yaml", "c.yaml"}
+    assert problems[tmp_path / "b.yaml"] == [f"{tmp_path / 'b.yaml'}: service 's' is also the service of "
+                                             f"{tmp_path / 'a.yaml'}"]
+    (refused,) = problems[tmp_path / "c.yaml"]
+    assert "planing: unknown key" in refused and "slo.latency_ms: Input should be greater than 0" in refused
+    _, problems = load_policies(files, backend="kubernetes")
+    assert any("d.yaml: kubernetes.workloads has no Deployment for spot" in m for m in problems[tmp_path / "d.yaml"])
+    assert any("has no Deployment for on_demand, reserved, spot" in m for m in problems[tmp_path / "a.yaml"])
+
+
+def test_the_shipped_schema_is_current_and_checks_what_the_loader_checks():
+    """configs/policy.schema.json is what the code generates (regenerate: peakpilot check-policy --schema),
+    the shipped policies pass it, and it refuses a misspelt key and an out-of-range value as the loader does."""
+    shipped = json.loads((ROOT / "configs" / "policy.schema.json").read_text())
+    assert shipped == policy_schema()
+    validator = jsonschema.Draft202012Validator(shipped)
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        assert path.read_text().startswith("# yaml-language-server: $schema=policy.schema.json\n")
+        assert not list(validator.iter_errors(yaml.safe_load(path.read_text()))), path
+    base = yaml.safe_load(BASE)
+    assert list(validator.iter_errors({**base, "planing": {}}))
+    assert list(validator.iter_errors({**base, "spot": {"max_share": 1.5}}))
