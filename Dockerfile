@@ -26,7 +26,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/peakpilot
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY peakpilot/ peakpilot/
 COPY forecaster/ forecaster/
 COPY controller/ controller/

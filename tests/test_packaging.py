@@ -29,7 +29,7 @@ PACKAGES = PROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     for name in [p.rstrip("*") for p in PACKAGES] + ["configs", "data"]:
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -53,8 +53,9 @@ def installed(wheel, tmp_path_factory) -> Path:
     return venv
 
 
-def test_the_wheel_carries_every_policy_and_the_sample_trace(wheel):
+def test_the_wheel_carries_every_policy_the_sample_trace_and_the_license(wheel):
     names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     share = [n.split("/data/share/peakpilot/", 1)[1] for n in names if "/data/share/peakpilot/" in n]
     expected = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "configs").glob("*.yaml"))]
     expected += ["configs/policy.schema.json"]
