@@ -298,8 +298,8 @@ def check_policy(
                                                             "--policy). Default: configs/policy.yaml."),
     backend: str = typer.Option("simulated", "--backend", help="Also check what this backend needs "
                                                                "(kubernetes: a Deployment per class)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: each policy with every default "
-                                                       "filled in, or its error."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: ok, every problem, and each "
+                                                       "valid policy with its defaults filled in."),
     schema: bool = typer.Option(False, "--schema", help="Print the policy's JSON Schema (for editors) and exit."),
 ) -> None:
     """Validate policy files before the daemon loads them; exit 2 naming every key that is wrong."""
@@ -322,9 +322,8 @@ def check_policy(
         for path, pol in policies.items():
             if path in problems:
                 continue
-            reserved = pol.reserved.count
             typer.echo(f"ok     {path}: service {pol.service}, SLO {pol.slo.compliance_target:g} within "
-                       f"{pol.slo.latency_ms:g} ms, reserved {reserved}, spot up to {pol.spot.max_share:.0%}, "
+                       f"{pol.slo.latency_ms:g} ms, reserved {pol.reserved.count}, spot up to {pol.spot.max_share:.0%}, "
                        f"plan {pol.planning.quantile} +{pol.planning.headroom:.0%}, {len(pol.events)} events")
         for problem in (m for ms in problems.values() for m in ms):
             typer.echo(f"error  {problem}", err=True)
