@@ -6,8 +6,8 @@ Unknown keys and bad values are refused with the key path and the reason (``Poli
 
 from __future__ import annotations
 
-from datetime import datetime
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -217,8 +217,8 @@ def load_policies(paths: Iterable[str | Path],
             problems.setdefault(path, []).append(
                 f"{path}: service {policy.service!r} is also the service of {first[policy.service]}")
         first.setdefault(policy.service, path)
-        missing = set(CLASSES) - set(policy.kubernetes.workloads)
-        if backend == "kubernetes" and missing:
+        missing = set(CLASSES) - set(policy.kubernetes.workloads) if backend == "kubernetes" else set()
+        if missing:
             problems.setdefault(path, []).append(
                 f"{path}: kubernetes.workloads has no Deployment for {', '.join(sorted(missing))}")
     return policies, problems

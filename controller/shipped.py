@@ -9,7 +9,7 @@ first, so it is found whichever prefix pip chose.
 
 from __future__ import annotations
 
-import sys
+import functools
 import sysconfig
 from pathlib import Path
 
@@ -22,12 +22,14 @@ def _candidates() -> list[Path]:
     roots = [PACKAGES_DIR]
     # <prefix>/lib/pythonX.Y/site-packages (POSIX) or <prefix>/Lib/site-packages (Windows) -> <prefix>/share/peakpilot
     roots += [PACKAGES_DIR.parents[n] / SHARE for n in (2, 1) if len(PACKAGES_DIR.parents) > n]
-    roots += [Path(sysconfig.get_path("data")) / SHARE, Path(sys.prefix) / SHARE]
+    roots.append(Path(sysconfig.get_path("data")) / SHARE)  # this interpreter's prefix
     return roots
 
 
+@functools.cache
 def shipped_root() -> Path | None:
-    """The first place that holds ``configs/policy.yaml``: a checkout, or a wheel's data files."""
+    """The first place that holds ``configs/policy.yaml``: a checkout, or a wheel's data files (looked up
+    once per process)."""
     for root in _candidates():
         if (root / "configs" / "policy.yaml").is_file():
             return root
@@ -42,8 +44,7 @@ def is_checkout() -> bool:
 def shipped(relative: str) -> Path:
     """A shipped file by its path in the project (``configs/policy.yaml``). Where none is installed, the
     path beside the packages, so the error a user sees names the file that is missing."""
-    root = shipped_root()
-    return (root or PACKAGES_DIR) / relative
+    return (shipped_root() or PACKAGES_DIR) / relative
 
 
 DEFAULT_POLICY = shipped("configs/policy.yaml")

@@ -11,7 +11,6 @@ from controller.replay import load_trace, replay
 from controller.shipped import DEFAULT_POLICY
 
 
-
 def available_traces(root: Path) -> dict[str, str]:
     """Traces a user can pick: the sample in data/ and the shared real traces beside the checkout."""
     found = {}

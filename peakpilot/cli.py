@@ -186,6 +186,14 @@ def backtest(
         typer.echo(f"best by pinball q90 (peer excluded): {best}")
 
 
+BACKENDS = ("simulated", "kubernetes", "dry-run")
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        fail(f"unknown backend {backend!r}; choose {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}")
+
+
 def load_policy_or_exit(path: Path):
     from controller.policy import PolicyError, load_policy
 
@@ -308,14 +316,14 @@ def check_policy(
     if schema:
         typer.echo(json.dumps(policy_schema(), indent=2))
         return
-    if backend not in ("simulated", "kubernetes", "dry-run"):
-        fail(f"unknown backend {backend!r}; choose simulated, kubernetes or dry-run")
+    check_backend(backend)
     files = policy_files(paths or [DEFAULT_POLICY])
     if not files:
         fail(f"no policy files (*.yaml) in {', '.join(map(str, paths))}")
     policies, problems = load_policies(files, backend)
+    messages = [m for ms in problems.values() for m in ms]
     if as_json:
-        doc = {"ok": not problems, "problems": [m for ms in problems.values() for m in ms],
+        doc = {"ok": not problems, "problems": messages,
                "policies": {str(p): pol.model_dump(mode="json") for p, pol in policies.items() if p not in problems}}
         typer.echo(json.dumps(doc))
     else:
@@ -325,8 +333,8 @@ def check_policy(
             typer.echo(f"ok     {path}: service {pol.service}, SLO {pol.slo.compliance_target:g} within "
                        f"{pol.slo.latency_ms:g} ms, reserved {pol.reserved.count}, spot up to {pol.spot.max_share:.0%}, "
                        f"plan {pol.planning.quantile} +{pol.planning.headroom:.0%}, {len(pol.events)} events")
-        for problem in (m for ms in problems.values() for m in ms):
-            typer.echo(f"error  {problem}", err=True)
+        for message in messages:
+            typer.echo(f"error  {message}", err=True)
     if problems:
         raise typer.Exit(2)
 
@@ -361,8 +369,7 @@ def run_daemon(
     from controller.daemon import Daemon, DaemonMetrics, ServiceController, utc_now
     from controller.policy import PolicyError, load_policies, policy_files
     from controller.signals import PrometheusSignals, TraceSignals
-    if backend not in ("simulated", "kubernetes", "dry-run"):
-        fail(f"unknown backend {backend!r}; choose simulated, kubernetes or dry-run")
+    check_backend(backend)
     paths = policy_files(policy)
     if not paths:
         fail("no policy files found")
