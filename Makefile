@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT     ?= runs/demo
 
-.PHONY: setup runtime-deps system-deps demo test bench clean
+.PHONY: setup runtime-deps system-deps demo test bench configmap clean
 
 setup: runtime-deps $(VENV)/.installed
 
@@ -45,6 +45,10 @@ test: setup system-deps
 bench: setup
 	$(PY) bench/forecast_targets.py > bench/forecast_targets.json
 	$(PY) bench/replay_targets.py > bench/replay_targets.json
+
+# The policy ConfigMap of deploy/ is the default policy with the cluster's capacity and Prometheus.
+configmap:
+	$(PY) deploy/render_policy_configmap.py > deploy/policy-configmap.yaml
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -70,6 +70,22 @@ def test_rbac_is_least_privilege_and_names_the_policy_workloads():
     assert binding["subjects"][0]["name"] == docs[("Deployment", "peakpilot-controller")]["spec"]["template"]["spec"]["serviceAccountName"]
 
 
+def test_policy_configmap_is_the_default_policy_with_only_the_cluster_keys_changed():
+    """The deployed policy cannot drift from configs/policy.yaml: it is rendered from it (`make configmap`)."""
+    sys.path.insert(0, str(DEPLOY))
+    try:
+        from render_policy_configmap import SOURCE, render
+    finally:
+        sys.path.remove(str(DEPLOY))
+    text = (DEPLOY / "policy-configmap.yaml").read_text()
+    assert text == render(SOURCE.read_text()), "deploy/policy-configmap.yaml is stale: run `make configmap`"
+    deployed = yaml.safe_load(yaml.safe_load(text)["data"]["llm-chat.yaml"])
+    default = yaml.safe_load(SOURCE.read_text())
+    assert deployed["capacity"].pop("rps_per_node") > 0 and default["capacity"].pop("peak_nodes") > 0
+    assert deployed["signals"].pop("prometheus").startswith("http") and default["signals"].pop("prometheus") is None
+    assert deployed == default
+
+
 def test_spot_pool_selects_and_tolerates_spot_capacity_and_placeholder_is_lowest_priority():
     docs = all_docs()
     spot = docs[("Deployment", "llm-spot")]["spec"]["template"]["spec"]
