@@ -7,7 +7,8 @@ decides only; an actuator applies. The steps are separate functions, each testab
 2. **prewarm**: start now what is needed within the lead time, so it is ready when needed.
 3. **safety net**: what the observed load needs is a floor, whatever the forecast said: load above
    the ready capacity (or busy answers) scales up now; a missing or stale forecast falls back to
-   reactive and says so.
+   reactive and says so. Where this service's missed surges last (``surprises``), a rise above the
+   forecast's band is planned for where it will be once new nodes are ready.
 4. **keep / stabilize**: do not release what the forecast needs again within ``keep_min``, nor
    below the highest recommendation of the stabilization window.
 5. **limits**: min/max nodes, the largest step per cycle.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from controller.blend import blend
-from controller.planner import lead_time_min, nodes_needed, plan_need
+from controller.planner import lead_time_min, nodes_needed, plan_need, planned_load
 from controller.policy import CLASSES, Policy
 from controller.state import ClusterView, Decision, Memory, MinuteForecast, Observation
 
@@ -66,14 +67,18 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
     memory.learn(view.lead_samples)
     headroom = policy.planning.headroom if headroom is None else headroom
     elastic = ("spot", "on_demand") if policy.spot.max_share > 0 else ("on_demand",)
-    lead = max(lead_time_min(policy, memory, c) for c in elastic)
+    lead = node_lead = max(lead_time_min(policy, memory, c) for c in elastic)
     current = sum(view.active(c) for c in CLASSES)
 
     age = None if forecast is None else (obs.now - forecast.start) / MINUTE
     usable = forecast is not None and 0 <= age <= policy.planning.max_forecast_age_min and \
         len(forecast.rps) > age + 1
+    band_now = None  # the load the plan is built on for this minute
     if usable:
         offset = int(age)
+        band_now = float(planned_load(forecast.rps[offset:offset + 1], policy, obs.now)[0])
+    surprise = memory.surprises.observe(obs.now, obs.load_rps, band_now, node_lead)
+    if usable:
         lead = min(lead, len(forecast.rps) - offset - 1)  # plan as far as the forecast reaches
         need = plan_need(forecast.rps[offset:], policy, rps_per_node, obs.now, headroom)
         up = prewarm_target(need, lead)
@@ -101,6 +106,17 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         # (A replay sweep may plan below the forecast quantile with a negative headroom; never below
         # the load already observed.)
         floor = int(nodes_needed(np.array([obs.load_rps]), rps_per_node, max(headroom, 0.0))[0])
+    rising = None  # (projected req/s, why) when a rise above the band is followed
+    follow = policy.safety_net.follow_rises
+    if floor and surprise and (follow == "always" or (follow == "auto" and memory.surprises.follow())):
+        projected = memory.surprises.project(obs.load_rps, node_lead)
+        if projected > obs.load_rps:
+            share = memory.surprises.persistent_share
+            lasted = "" if share is None else f"; {share:.0%} of the last {len(memory.surprises.scored)} missed surges lasted a lead time"
+            rising = (projected, f"safety net: observed {obs.load_rps:.1f} req/s above the forecast's "
+                                 f"{policy.planning.quantile} and rising{lasted}: planning for {projected:.1f} req/s "
+                                 f"in {node_lead} min")
+            floor = max(floor, int(nodes_needed(np.array([projected]), rps_per_node, max(headroom, 0.0))[0]))
     # The stabilization window remembers recommendations, not held targets (else a hold would
     # re-hold itself for ever).
     memory.recent_targets.append((obs.now, max(up, floor)))
@@ -111,11 +127,11 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         busy = obs.busy_share > policy.safety_net.busy_share_trigger
         hot = obs.load_rps > policy.safety_net.utilization_trigger * ready_rps
         target = floor
-        urgent = hot or busy
-        reason = (f"safety net: observed {obs.load_rps:.1f} req/s"
+        urgent = hot or busy or rising is not None
+        reason = (rising[1] if rising else f"safety net: observed {obs.load_rps:.1f} req/s"
                   + (f", busy {obs.busy_share:.2%}" if busy else "")
-                  + (f", {obs.load_rps / max(ready_rps, 1e-9):.0%} of ready capacity" if hot else "")
-                  + f" needs {floor} (forecast: {up})")
+                  + (f", {obs.load_rps / max(ready_rps, 1e-9):.0%} of ready capacity" if hot else "")) \
+            + f" needs {floor} (forecast: {up})"
     if target < current:  # scaling down: keep what is needed again soon, and stabilize
         held = max(keep, stabilized(memory, obs.now, policy.limits.scale_down_stabilization_min))
         if held > target:

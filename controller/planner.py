@@ -38,12 +38,17 @@ def nodes_needed(load_rps: np.ndarray, rps_per_node: float, headroom: float) -> 
     return np.ceil(np.maximum(load_rps, 0.0) * (1.0 + headroom) / rps_per_node - 1e-9).astype(int)
 
 
+def planned_load(forecast_rps: np.ndarray, policy: Policy, start: np.datetime64) -> np.ndarray:
+    """The load the plan is built on, per forecast minute: the policy's quantile, raised by known events."""
+    q = forecast_rps[:, QUANTILE_INDEX[policy.planning.quantile]]
+    return q * event_multipliers(policy, start, len(q))
+
+
 def plan_need(forecast_rps: np.ndarray, policy: Policy, rps_per_node: float, start: np.datetime64,
               headroom: float | None = None) -> np.ndarray:
     """Nodes needed for each forecast minute at the policy's quantile, events and headroom."""
-    q = forecast_rps[:, QUANTILE_INDEX[policy.planning.quantile]]
-    q = q * event_multipliers(policy, start, len(q))
-    return nodes_needed(q, rps_per_node, policy.planning.headroom if headroom is None else headroom)
+    return nodes_needed(planned_load(forecast_rps, policy, start), rps_per_node,
+                        policy.planning.headroom if headroom is None else headroom)
 
 
 def lead_time_min(policy: Policy, memory: Memory, cls: str) -> int:

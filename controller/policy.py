@@ -113,6 +113,10 @@ class SafetyNet(Strict):
     enabled: bool = True
     utilization_trigger: float = Field(0.9, gt=0, le=2, description="observed load / ready capacity that scales up now")
     busy_share_trigger: float = Field(0.001, ge=0, le=1, description="busy answers share that scales up now")
+    follow_rises: Literal["auto", "always", "never"] = Field(
+        "auto", description="when load rising above the forecast's band scales up, plan for where the rise will "
+                            "be once new nodes are ready: auto once this service's missed surges have been seen to "
+                            "last a lead time (controller/surprises.py)")
 
 
 class Event(Strict):

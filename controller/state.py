@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from controller.policy import CLASSES
+from controller.surprises import Surprises
 
 STATES = ("pending", "booting", "warming", "ready", "draining")
 
@@ -90,11 +91,13 @@ class Memory:
     lead_samples: dict[str, list[float]] = field(default_factory=lambda: {c: [] for c in CLASSES})
 
     last_load_rps: float | None = None  # the last observed load: the reactive floor while signals are down
+    surprises: Surprises = field(default_factory=Surprises)  # missed surges, and whether they last
     _p95: dict[str, float] = field(default_factory=dict, repr=False, compare=False)  # cache, reset by learn()
 
     def to_json(self) -> dict:
         return {"recent_targets": [[str(t), int(v)] for t, v in self.recent_targets],
-                "lead_samples": self.lead_samples, "last_load_rps": self.last_load_rps}
+                "lead_samples": self.lead_samples, "last_load_rps": self.last_load_rps,
+                "surprises": self.surprises.to_json()}
 
     @classmethod
     def from_json(cls, data: dict) -> Memory:
@@ -102,6 +105,7 @@ class Memory:
         memory.recent_targets.extend((np.datetime64(t, "m"), v) for t, v in data.get("recent_targets", []))
         memory.lead_samples.update({k: list(v) for k, v in data.get("lead_samples", {}).items()})
         memory.last_load_rps = data.get("last_load_rps")
+        memory.surprises = Surprises.from_json(data.get("surprises", {}))
         return memory
 
     def lead_p95(self, cls: str) -> float:

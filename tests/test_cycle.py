@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,66 @@ def test_blend_covers_unavailable_spot_with_on_demand_then_goes_back():
     # ...and released once they are.
     ready = view_with(on_demand_ready=10, spot_ready=5)
     assert blend(10, 0, policy, ready, 10)[0]["on_demand"] == 5
+
+
+# -- following rises the forecast missed (controller/surprises.py) --------------------------------------
+def drive(policy, loads, band=10.0, memory=None, start=NOW):
+    """Run the cycle minute by minute under a flat forecast at ``band`` req/s; ``loads[i]`` is observed at
+    minute i (the load of the minute before). Returns the memory and the last result."""
+    memory = memory or Memory()
+    result = None
+    for i, load in enumerate(loads):
+        now = start + np.timedelta64(i, "m")
+        forecast = MinuteForecast(now, np.full((60, 3), band))
+        result = control_cycle(Observation(now, load), forecast, view_with(4), policy, memory, 10.0, 0)
+    return memory, result
+
+
+def surges(minutes_up: int, count: int, high: float = 30.0, low: float = 5.0) -> list[float]:
+    """``count`` surges to ``high`` req/s (the band is 10) lasting ``minutes_up`` each, an hour apart."""
+    one = [low] * (60 - minutes_up) + [high] * minutes_up
+    return one * count
+
+
+def test_missed_surges_that_last_a_lead_time_open_the_gate_and_one_minute_spikes_do_not(policy):
+    lead = lead_time_min(policy, Memory(), "on_demand")
+    lasting, _ = drive(policy, surges(minutes_up=40, count=12))
+    assert lead < 40 and len(lasting.surprises.scored) >= 10
+    assert lasting.surprises.persistent_share == 1.0 and lasting.surprises.follow()
+    spikes, _ = drive(policy, surges(minutes_up=1, count=12))
+    assert spikes.surprises.persistent_share == 0.0 and not spikes.surprises.follow()
+    few, _ = drive(policy, surges(minutes_up=40, count=3))  # too few scored yet to judge
+    assert few.surprises.persistent_share is None and not few.surprises.follow()
+    # A load at or under the band is no surprise, however it moves.
+    calm, _ = drive(policy, [5.0, 10.0] * 300)
+    assert len(calm.surprises.scored) == 0
+
+
+def test_a_rise_above_the_band_is_planned_for_where_it_will_be_once_nodes_are_ready(policy):
+    lead = lead_time_min(policy, Memory(), "on_demand")  # 12 min: mean 8 + 2 spreads
+    learned, _ = drive(policy, surges(minutes_up=40, count=12))  # this service's surges last
+    rise = [5.0] * 50 + [10.0] * 5 + [20.0] * 5 + [30.0]  # 30 req/s now, 20 more than 10 minutes ago
+    at = NOW + np.timedelta64(12 * 60, "m")
+    memory, result = drive(policy, rise, memory=learned, start=at)
+    projected = 30.0 + 20.0 * lead / 10
+    assert result.target == int(np.ceil(projected / 10.0))  # 54 req/s in 12 min: 6 nodes, not 3
+    assert "above the forecast's q90 and rising" in result.reason and f"planning for {projected:.1f} req/s" in result.reason
+    assert "100% of the last" in result.reason
+
+    # Where surges do not last, and with follow_rises: never, the floor is the load observed now.
+    spiky, _ = drive(policy, surges(minutes_up=1, count=12))
+    _, plain = drive(policy, rise, memory=spiky, start=at)
+    assert plain.target == 3 and "rising" not in plain.reason
+    never = policy.with_changes(safety_net={"follow_rises": "never"})
+    learned_again, _ = drive(never, surges(minutes_up=40, count=12))
+    _, off = drive(never, rise, memory=learned_again, start=at)
+    assert off.target == 3
+    always = policy.with_changes(safety_net={"follow_rises": "always"})
+    _, eager = drive(always, rise, start=at)  # nothing learned yet
+    assert eager.target == 6
+
+
+def test_the_surprise_record_survives_a_restart(policy):
+    memory, _ = drive(policy, surges(minutes_up=40, count=12))
+    again = Memory.from_json(json.loads(json.dumps(memory.to_json())))
+    assert again.to_json() == memory.to_json() and again.surprises.follow()
