@@ -77,7 +77,8 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
     if usable:
         offset = int(age)
         band_now = float(planned_load(forecast.rps[offset:offset + 1], policy, obs.now)[0])
-    surprise = memory.surprises.observe(obs.now, obs.load_rps, band_now, node_lead)
+    # A stale observation (signals down, the last load standing in) measures nothing: not recorded.
+    surprise = memory.surprises.observe(obs.now, None if obs.stale else obs.load_rps, band_now, node_lead)
     if usable:
         lead = min(lead, len(forecast.rps) - offset - 1)  # plan as far as the forecast reaches
         need = plan_need(forecast.rps[offset:], policy, rps_per_node, obs.now, headroom)

@@ -153,7 +153,7 @@ class ServiceController:
                 self.memory.last_load_rps = obs.load_rps
         except SignalError as exc:
             self._error("signals", f"{exc}; keeping the last plan")
-            obs = Observation(now, self.memory.last_load_rps)  # the last load stays the floor
+            obs = Observation(now, self.memory.last_load_rps, stale=True)  # the last load stays the floor
         forecast = self._forecast(now)
         try:
             view = self.actuator.view()

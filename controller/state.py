@@ -66,11 +66,13 @@ class ClusterView:
 
 @dataclass(frozen=True)
 class Observation:
-    """The live signals of the last minute. ``load_rps`` is None when there is no data (a gap)."""
+    """The live signals of the last minute. ``load_rps`` is None when there is no data (a gap); ``stale``
+    when the signals could not be read and the last known load stands in (a floor, not a measurement)."""
 
     now: np.datetime64
     load_rps: float | None
     busy_share: float = 0.0
+    stale: bool = False
 
 
 @dataclass(frozen=True)

@@ -242,3 +242,15 @@ def test_the_surprise_record_survives_a_restart(policy):
     memory, _ = drive(policy, surges(minutes_up=40, count=12))
     again = Memory.from_json(json.loads(json.dumps(memory.to_json())))
     assert again.to_json() == memory.to_json() and again.surprises.follow()
+
+
+def test_a_stale_observation_is_neither_recorded_nor_chased(policy):
+    """While the signals are down the daemon holds the last load as a floor; it is not a measurement."""
+    learned, _ = drive(policy, surges(minutes_up=40, count=12))
+    before = learned.to_json()["surprises"]
+    at = NOW + np.timedelta64(12 * 60, "m")
+    result = control_cycle(Observation(at, 30.0, stale=True), MinuteForecast(at, np.full((60, 3), 10.0)),
+                           view_with(4), policy, learned, 10.0, 0)
+    after = learned.to_json()["surprises"]
+    assert after["loads"] == before["loads"] and after["scored"] == before["scored"]
+    assert result.target == 3 and "rising" not in result.reason  # the floor still holds, unprojected
