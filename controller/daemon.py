@@ -55,6 +55,10 @@ class DaemonMetrics:
         self.forecast_age = Gauge("peakpilot_forecast_age_seconds", "Age of the forecast in use", ["service"],
                                   registry=r)
         self.cycles = Counter("peakpilot_cycles", "Control cycles run", ["service", "mode"], registry=r)
+        self.lasting = Gauge("peakpilot_missed_surges_lasting_share",
+                             "Share of recent surges above the forecast band that lasted a lead time (rises are "
+                             "followed at 1/3 or more with safety_net.follow_rises: auto); absent until 10 are scored",
+                             ["service"], registry=r)
 
 
 @dataclass
@@ -199,6 +203,8 @@ class ServiceController:
             m.desired.labels(self.service, d.cls).set(d.desired)
             for state, n in view.counts[d.cls].items():
                 m.actual.labels(self.service, d.cls, state).set(n)
+        if self.memory.surprises.persistent_share is not None:
+            m.lasting.labels(self.service).set(self.memory.surprises.persistent_share)
         if forecast is not None:
             m.forecast_age.labels(self.service).set(float((now - forecast.start) / MINUTE) * 60)
             for k, q in enumerate(("q50", "q90", "q99")):

@@ -122,6 +122,24 @@ def test_many_cycles_with_faults_and_a_restart_lose_nothing_and_repeat_nothing(t
         assert decisions["minute"].nunique() == 200 and len(decisions) == 600  # three classes every cycle
 
 
+def test_the_share_of_missed_surges_that_lasted_is_a_metric(tmp_path, policy_file, trace):
+    """Operators see whether the safety net chases rises here (controller/surprises.py): absent until
+    enough surges are scored, then their share."""
+    clock = Clock()
+    cluster = FlakyActuator(SimulatedActuator(load_policy_of(policy_file), reserved=3, seed=1))
+    daemon, service, _ = make(policy_file, trace, Store(str(tmp_path / "s.db")), clock, cluster)
+    gauge = "peakpilot_missed_surges_lasting_share"
+
+    def value():
+        return next((s.value for s in service.metrics.lasting.collect()[0].samples if s.name == gauge), None)
+
+    run_cycles(daemon, clock, 1, retrain_at=(0,))
+    assert value() is None
+    service.memory.surprises.scored.extend([True] * 4 + [False] * 8)
+    run_cycles(daemon, clock, 1)
+    assert value() == pytest.approx(service.memory.surprises.persistent_share) and 0.25 <= value() <= 0.4
+
+
 def test_a_postgresql_store_that_goes_down_costs_only_its_own_minutes(tmp_path, policy_file, trace):
     """The daemon on a real PostgreSQL: the database stops for five cycles and comes back. The
     cluster is still acted on every cycle, the store errors are counted, the minutes before and after
