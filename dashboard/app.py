@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from controller.policy import CLASSES  # noqa: E402
+from controller.policy import CLASSES, PolicyError  # noqa: E402
 from controller.shipped import default_runs_dir, shipped_root  # noqa: E402
 from controller.store import StoreError, sqlite_path, store_url  # noqa: E402
 from dashboard import data  # noqa: E402
@@ -239,24 +239,33 @@ with tabs[4]:
 
 # -- What-if ------------------------------------------------------------------------------------
 with tabs[5]:
-    from dashboard.whatif import available_traces, run_whatif
+    from dashboard.whatif import available_traces, current_policy, run_whatif
 
     traces = available_traces(shipped_root() or ROOT)
     default_trace = summary.get("trace") if summary.get("trace") in traces else next(iter(traces))
     with st.form("whatif"):
         trace = st.selectbox("trace", list(traces), index=list(traces).index(default_trace), format_func=traces.get,
                              key="whatif_trace")
-        c = st.columns(4)
-        headroom = c[0].slider("headroom", 0.0, 1.0, 0.3, 0.05, key="whatif_headroom")
-        quantile = c[1].selectbox("planning quantile", ["q50", "q90", "q99"], index=1, key="whatif_quantile")
-        spot_share = c[2].slider("spot max share", 0.0, 1.0, 0.6, 0.05, key="whatif_spot")
-        keep = c[3].slider("keep minutes", 0, 60, 20, 5, key="whatif_keep")
+        policy_path = summary.get("policy") or ""
+        try:
+            base = current_policy(policy_path)  # its values start the form: unchanged, it replays the policy twice
+        except PolicyError as exc:
+            st.error(f"The run's policy cannot be loaded, so the what-if starts from the default policy: {exc}")
+            policy_path, base = "", current_policy("")
+        quantiles, follows = ["q50", "q90", "q99"], ["auto", "always", "never"]
+        c = st.columns(5)
+        headroom = c[0].slider("headroom", 0.0, 1.0, min(1.0, base.planning.headroom), 0.05, key="whatif_headroom")
+        quantile = c[1].selectbox("planning quantile", quantiles, index=quantiles.index(base.planning.quantile),
+                                  key="whatif_quantile")
+        spot_share = c[2].slider("spot max share", 0.0, 1.0, base.spot.max_share, 0.05, key="whatif_spot")
+        keep = c[3].slider("keep minutes", 0, 60, min(60, int(base.planning.keep_min)), 5, key="whatif_keep")
+        follow = c[4].selectbox("follow rises", follows, index=follows.index(base.safety_net.follow_rises),
+                                key="whatif_follow", help="chase rises above the forecast's band (safety_net.follow_rises)")
         go_run = st.form_submit_button("run replay")
     if go_run:
         bar = st.progress(0.0, text="starting")
-        result = run_whatif(trace, summary.get("policy") or "", {"planning": {"headroom": headroom, "quantile": quantile,
-                                                                             "keep_min": keep},
-                                                                "spot": {"max_share": spot_share}},
-                            lambda share, what: bar.progress(min(1.0, share), text=what))
+        changes = {"planning": {"headroom": headroom, "quantile": quantile, "keep_min": keep},
+                   "spot": {"max_share": spot_share}, "safety_net": {"follow_rises": follow}}
+        result = run_whatif(trace, policy_path, changes, lambda share, what: bar.progress(min(1.0, share), text=what))
         bar.progress(1.0, text="done")
         st.dataframe(result, key="whatif_table")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from controller.policy import load_policy
+from controller.policy import Policy, load_policy
 from controller.replay import load_trace, replay
 from controller.shipped import DEFAULT_POLICY
 
@@ -20,9 +20,15 @@ def available_traces(root: Path) -> dict[str, str]:
     return found
 
 
+def current_policy(policy_path: str) -> Policy:
+    """The policy the shown run used where its file is still there, else the default: the what-if's baseline
+    (and its form's starting values, so that an unchanged form replays the same policy twice)."""
+    return load_policy(policy_path if policy_path and Path(policy_path).exists() else DEFAULT_POLICY)
+
+
 def run_whatif(trace_path: str, policy_path: str, changes: dict, on_progress=None) -> pd.DataFrame:
     """The current policy and the changed one, side by side (predictive and the best reactive peer)."""
-    current = load_policy(policy_path if policy_path and Path(policy_path).exists() else DEFAULT_POLICY)
+    current = current_policy(policy_path)
     changed = current.with_changes(**changes)
     trace = load_trace(trace_path)
     rows = {}

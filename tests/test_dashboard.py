@@ -103,6 +103,9 @@ def test_decision_filter_and_forecast_range(app, store):
 
 def test_what_if_runs_a_replay_side_by_side(app, store):
     at = app(store)
+    # The form starts from the run's policy (the default here), the rise-following setting included.
+    assert at.slider(key="whatif_headroom").value == pytest.approx(0.3)
+    assert at.selectbox(key="whatif_follow").value == "auto" and at.selectbox(key="whatif_quantile").value == "q90"
     at.slider(key="whatif_headroom").set_value(0.0)
     next(b for b in at.button if b.label == "run replay").click()
     at.run(timeout=300)
@@ -111,6 +114,26 @@ def test_what_if_runs_a_replay_side_by_side(app, store):
     assert list(table.columns) == ["current policy", "what-if"]
     # Less headroom costs less (and risks more): the table shows two real, different replays.
     assert table.loc["cost_usd", "what-if"] < table.loc["cost_usd", "current policy"]
+
+
+def test_what_if_names_a_run_policy_that_no_longer_loads_and_starts_from_the_default(app, store, tmp_path):
+    import shutil
+    import sqlite3
+
+    broken = tmp_path / "edited.yaml"
+    broken.write_text("service: s\nplaning: {}\n")
+    copy = tmp_path / "copy.db"
+    shutil.copy(store, copy)
+    with sqlite3.connect(copy) as db:
+        for run_id, summary in db.execute("SELECT id, summary FROM runs").fetchall():
+            doc = json.loads(summary)
+            doc["policy"] = str(broken)
+            db.execute("UPDATE runs SET summary = ?, policy = ? WHERE id = ?", (json.dumps(doc), str(broken), run_id))
+    at = app(str(copy))
+    assert not at.exception
+    message = next(e.value for e in at.error if "what-if" in e.value)
+    assert "edited.yaml" in message and "planing" in message
+    assert at.selectbox(key="whatif_follow").value == "auto"  # the default policy's values
 
 
 def test_empty_store_says_how_to_fill_it(app, tmp_path):
