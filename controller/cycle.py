@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from controller.blend import blend
-from controller.planner import lead_time_min, nodes_needed, plan_need, planned_load
+from controller.planner import lead_time_min, nodes_needed, planned_load
 from controller.policy import CLASSES, Policy
 from controller.state import ClusterView, Decision, Memory, MinuteForecast, Observation
 
@@ -73,15 +73,19 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
     age = None if forecast is None else (obs.now - forecast.start) / MINUTE
     usable = forecast is not None and 0 <= age <= policy.planning.max_forecast_age_min and \
         len(forecast.rps) > age + 1
+
+    def nodes_for(load_rps: float) -> int:
+        # (A replay sweep may plan below the forecast quantile with a negative headroom; never below
+        # the load already observed.)
+        return int(nodes_needed(np.array([load_rps]), rps_per_node, max(headroom, 0.0))[0])
+
     band_now = None  # the load the plan is built on for this minute
     if usable:
         offset = int(age)
-        band_now = float(planned_load(forecast.rps[offset:offset + 1], policy, obs.now)[0])
-    # A stale observation (signals down, the last load standing in) measures nothing: not recorded.
-    surprise = memory.surprises.observe(obs.now, None if obs.stale else obs.load_rps, band_now, node_lead)
-    if usable:
         lead = min(lead, len(forecast.rps) - offset - 1)  # plan as far as the forecast reaches
-        need = plan_need(forecast.rps[offset:], policy, rps_per_node, obs.now, headroom)
+        planned = planned_load(forecast.rps[offset:], policy, obs.now)
+        band_now = float(planned[0])
+        need = nodes_needed(planned, rps_per_node, headroom)
         up = prewarm_target(need, lead)
         keep = keep_target(need, lead, policy.planning.keep_min)
         mode = "predictive"
@@ -96,28 +100,29 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
             f"forecast is {age:.0f} min old" if age > policy.planning.max_forecast_age_min
             else "forecast from the future" if age < 0 else "forecast too short")
         load = obs.load_rps if obs.load_rps is not None else 0.0
-        need_now = int(nodes_needed(np.array([load]), rps_per_node, max(headroom, 0.0))[0])
+        need_now = nodes_for(load)
         up = keep = need_now if obs.load_rps is not None else current
         up_reason = f"reactive ({why}): observed {load:.1f} req/s needs {need_now}"
+    # A stale observation (signals down, the last load standing in) measures nothing: not recorded.
+    surprise = memory.surprises.observe(obs.now, None if obs.stale else obs.load_rps, band_now, node_lead)
 
     # Safety net: what the observed load needs now is a floor, whatever the forecast said. It is a
     # recommendation like the forecast's, so the stabilization window remembers it too.
     floor = 0
     if policy.safety_net.enabled and obs.load_rps is not None:
-        # (A replay sweep may plan below the forecast quantile with a negative headroom; never below
-        # the load already observed.)
-        floor = int(nodes_needed(np.array([obs.load_rps]), rps_per_node, max(headroom, 0.0))[0])
-    rising = None  # (projected req/s, why) when a rise above the band is followed
+        floor = nodes_for(obs.load_rps)
+    rising = None  # why, when a rise above the band is followed
     follow = policy.safety_net.follow_rises
     if floor and surprise and (follow == "always" or (follow == "auto" and memory.surprises.follow())):
         projected = memory.surprises.project(obs.load_rps, node_lead)
         if projected > obs.load_rps:
             share = memory.surprises.persistent_share
-            lasted = "" if share is None else f"; {share:.0%} of the last {len(memory.surprises.scored)} missed surges lasted a lead time"
-            rising = (projected, f"safety net: observed {obs.load_rps:.1f} req/s above the forecast's "
-                                 f"{policy.planning.quantile} and rising{lasted}: planning for {projected:.1f} req/s "
-                                 f"in {node_lead} min")
-            floor = max(floor, int(nodes_needed(np.array([projected]), rps_per_node, max(headroom, 0.0))[0]))
+            lasted = "" if share is None else \
+                f"; {share:.0%} of the last {len(memory.surprises.scored)} missed surges lasted a lead time"
+            rising = (f"safety net: observed {obs.load_rps:.1f} req/s above the forecast's "
+                      f"{policy.planning.quantile} and rising{lasted}: planning for {projected:.1f} req/s "
+                      f"in {node_lead} min")
+            floor = max(floor, nodes_for(projected))
     # The stabilization window remembers recommendations, not held targets (else a hold would
     # re-hold itself for ever).
     memory.recent_targets.append((obs.now, max(up, floor)))
@@ -129,10 +134,10 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         hot = obs.load_rps > policy.safety_net.utilization_trigger * ready_rps
         target = floor
         urgent = hot or busy or rising is not None
-        reason = (rising[1] if rising else f"safety net: observed {obs.load_rps:.1f} req/s"
-                  + (f", busy {obs.busy_share:.2%}" if busy else "")
-                  + (f", {obs.load_rps / max(ready_rps, 1e-9):.0%} of ready capacity" if hot else "")) \
-            + f" needs {floor} (forecast: {up})"
+        observed = rising or (f"safety net: observed {obs.load_rps:.1f} req/s"
+                              + (f", busy {obs.busy_share:.2%}" if busy else "")
+                              + (f", {obs.load_rps / max(ready_rps, 1e-9):.0%} of ready capacity" if hot else ""))
+        reason = f"{observed} needs {floor} (forecast: {up})"
     if target < current:  # scaling down: keep what is needed again soon, and stabilize
         held = max(keep, stabilized(memory, obs.now, policy.limits.scale_down_stabilization_min))
         if held > target:

@@ -35,7 +35,7 @@ class Surprises:
     """The record of missed surges (part of the controller's memory, so a restart keeps it)."""
 
     loads: deque = field(default_factory=lambda: deque(maxlen=RISE_WINDOW_MIN + 1))  # (minute, req/s)
-    bands: deque = field(default_factory=lambda: deque(maxlen=2))  # (minute, band the plan had for it)
+    band: tuple | None = None  # (minute, band the plan has for it): the next minute to be observed
     open: list = field(default_factory=list)  # (minute, load, band) of surprises not yet scored
     scored: deque = field(default_factory=lambda: deque(maxlen=KEEP_SCORED))  # persisted or not
     in_surprise: bool = False
@@ -44,9 +44,8 @@ class Surprises:
         """Record this cycle: the load observed (that of the minute before ``now``) and the band the plan
         has for ``now``. Returns whether the observed minute is a surprise."""
         observed_at = now - MINUTE
-        band = next((b for t, b in self.bands if t == observed_at), None)
-        if band_now is not None:
-            self.bands.append((now, band_now))
+        band = self.band[1] if self.band is not None and self.band[0] == observed_at else None
+        self.band = None if band_now is None else (now, band_now)
         if load_rps is None:
             return False
         self.loads.append((observed_at, load_rps))
@@ -85,7 +84,8 @@ class Surprises:
         return load_rps + self.rise() * lead_min / RISE_WINDOW_MIN
 
     def to_json(self) -> dict:
-        return {"loads": [[str(t), v] for t, v in self.loads], "bands": [[str(t), v] for t, v in self.bands],
+        band = None if self.band is None else [str(self.band[0]), self.band[1]]
+        return {"loads": [[str(t), v] for t, v in self.loads], "band": band,
                 "open": [[str(t), v, b] for t, v, b in self.open], "scored": list(self.scored),
                 "in_surprise": self.in_surprise}
 
@@ -93,7 +93,8 @@ class Surprises:
     def from_json(cls, data: dict) -> Surprises:
         out = cls()
         out.loads.extend((np.datetime64(t, "m"), v) for t, v in data.get("loads", []))
-        out.bands.extend((np.datetime64(t, "m"), v) for t, v in data.get("bands", []))
+        if data.get("band"):
+            out.band = (np.datetime64(data["band"][0], "m"), data["band"][1])
         out.open = [(np.datetime64(t, "m"), v, b) for t, v, b in data.get("open", [])]
         out.scored.extend(bool(x) for x in data.get("scored", []))
         out.in_surprise = bool(data.get("in_surprise", False))
