@@ -10,7 +10,7 @@ the surprise began?), and once enough have been scored, a service whose surprise
 enough gets its rises followed: the safety net plans for where a rise will be when new nodes are
 ready, not where it is now (``project``).
 
-Replaying the real traces with the default policy, 0.50-0.54 of the last 50 surprises had persisted at
+Replaying the real traces with the default policy, 0.48-0.54 of the last 50 surprises had persisted at
 the end of the ServeGen LLM weeks, 0.04-0.18 on the web traces (AWS ELB, NASA), and the gate never opened
 on the web traces: hence ``PERSISTENT_SHARE`` between them. (README, "Replay", for what it costs and saves.)
 """

@@ -16,6 +16,12 @@ per-second trace, a quiet minute) as data; a quiet night at a few requests a min
 rule; a 10-minute window that normally carries a million requests does. Intervals a source could not read at all (Prometheus
 returned no sample) are gaps too.
 
+A partial outage (a few clients or collectors still logging) writes near-zeros instead, and split by
+them the zero rule marks only pieces of it, leaving "demand" of 0.1% of the usual level between. So a
+run of at least ``GAP_MIN_DURATION`` under ``NEAR_ZERO_SHARE`` (1%) of the level around it is a gap as
+a whole when the traffic fell into it or came back from it within one step (``OUTAGE_EDGE_SHARE``):
+demand does not drop or return 99% in an interval, while a quiet night ramps down and stays data.
+
 Gaps are stored as NaN. :meth:`History.filled` replaces each missing value, for model inputs only,
 with the value one day earlier (or one week, if the day before is missing too), else with the last
 observed value before it, so a fill never uses data from after the gap. Metrics and training losses skip gaps.
@@ -38,6 +44,22 @@ GAP_MIN_DURATION = pd.Timedelta(minutes=5)
 
 LEVEL_WINDOW = pd.Timedelta(hours=6)
 """How far before and after a zero run "the usual level" is measured."""
+
+NEAR_ZERO_SHARE = 0.01
+"""Intervals under this share of the usual level are an outage too, like zeros (a partial one: a few
+requests still logged while the service or its collection was down) ..."""
+
+OUTAGE_EDGE_SHARE = 0.1
+"""... where the traffic fell into them, or came back from them, within one step: the interval just
+before or just after carries at least this share of the usual level (a quiet night ramps down)."""
+
+NEAR_ZERO_SHARE = 0.01
+"""Intervals under this share of the usual level are an outage too, like zeros (a partial one: a few
+requests still logged while the service or its collection was down) ..."""
+
+OUTAGE_EDGE_SHARE = 0.1
+"""... where the traffic fell into them, or came back from them, within one step: the interval just
+before or just after carries at least this share of the usual level (a quiet night ramps down)."""
 
 
 @dataclass(frozen=True)
@@ -146,31 +168,45 @@ def fill_gaps(counts: pd.Series) -> pd.Series:
 
 
 def mark_gaps(counts: pd.Series, source: str) -> tuple[pd.Series, list[Gap]]:
-    """Turn zero runs that the surrounding traffic makes implausible into NaN gaps (see module doc)."""
+    """Turn zero runs that the surrounding traffic makes implausible, and near-zero outages, into NaN gaps
+    (see module doc)."""
     values = counts.to_numpy(dtype=float)
     step = pd.Timedelta(counts.index.freq)
-    zero = values == 0
-    gaps: list[Gap] = []
-    if not zero.any():
-        existing = _nan_runs(counts)
-        return counts, [Gap(counts.index[a], counts.index[b - 1] + step, "no data") for a, b in existing]
     window = max(1, int(LEVEL_WINDOW / step))
     min_steps = max(1, int(np.ceil(GAP_MIN_DURATION / step)))
     seen = ~np.isnan(values)
     csum = np.concatenate([[0.0], np.cumsum(np.where(seen, values, 0.0))])
     cnt = np.concatenate([[0], np.cumsum(seen)])
-    out = values.copy()
-    for a, b in _runs(zero):
-        if b - a < min_steps:
-            continue
+
+    def level_around(a: int, b: int) -> float:
+        """Mean count per step of up to LEVEL_WINDOW before and after [a, b), the run left out."""
         lo, hi = max(0, a - window), min(len(values), b + window)
-        total = csum[a] - csum[lo] + csum[hi] - csum[b]
         n = cnt[a] - cnt[lo] + cnt[hi] - cnt[b]
-        if n and total / n * (b - a) >= GAP_MIN_EXPECTED:
-            out[a:b] = np.nan
+        return (csum[a] - csum[lo] + csum[hi] - csum[b]) / n if n else 0.0
+
+    zero = values == 0
+    # Near-zero candidates: counts far under the mean of the hours around them (that mean includes the
+    # candidate; each run is then judged against the level around it, the run left out).
+    idx = np.arange(len(values))
+    lo, hi = np.maximum(0, idx - window), np.minimum(len(values), idx + window + 1)
+    low = zero | (values < NEAR_ZERO_SHARE * (csum[hi] - csum[lo]) / np.maximum(cnt[hi] - cnt[lo], 1))
+    out = values.copy()
+    for a, b in _runs(low):
+        level = level_around(a, b)
+        edges = [values[i] for i in (a - 1, b) if 0 <= i < len(values) and seen[i]]
+        if b - a >= min_steps and level * (b - a) >= GAP_MIN_EXPECTED and values[a:b].max() < NEAR_ZERO_SHARE * level \
+                and max(edges, default=0.0) >= OUTAGE_EDGE_SHARE * level:
+            out[a:b] = np.nan  # an outage: the traffic fell into it, or came back from it, within one step
+            continue
+        for za, zb in _runs(zero[a:b]):  # else its zero runs, by the zero rule
+            za, zb = za + a, zb + a
+            if zb - za >= min_steps and level_around(za, zb) * (zb - za) >= GAP_MIN_EXPECTED:
+                out[za:zb] = np.nan
     marked = pd.Series(out, index=counts.index, name=counts.name)
+    gaps: list[Gap] = []
     for a, b in _nan_runs(marked):
-        reason = "zeros where the usual level predicts traffic" if zero[a:b].all() else "no data"
+        reason = ("zeros where the usual level predicts traffic" if zero[a:b].all() else
+                  "near zero where the usual level predicts traffic" if low[a:b].all() else "no data")
         gaps.append(Gap(counts.index[a], counts.index[b - 1] + step, reason))
     return marked, gaps
 

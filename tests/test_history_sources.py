@@ -51,9 +51,42 @@ def test_per_second_lulls_are_data_not_gaps():
 
 def test_servegen_collection_gaps_are_marked():
     history = load_csv(trace_path("servegen_llm_m_mid.csv"))
-    assert history.counts.isna().sum() == 84  # every all-clients-zero window
+    # Every all-clients-zero window (84), and the windows around them where a few clients still logged
+    # under 1% of the usual level: each outage is one gap, not zeros split by "demand" of 3-8 req/s.
+    assert history.counts.isna().sum() == 100
+    outage = next(g for g in history.gaps if g.start == pd.Timestamp("2000-01-12T15:00"))
+    assert outage.end == pd.Timestamp("2000-01-12T16:50") and outage.reason.startswith("near zero")
+    assert sum(g.reason.startswith("near zero") for g in history.gaps) == 7
+    raw = pd.read_csv(trace_path("servegen_llm_m_mid.csv"), index_col=0, parse_dates=True).requests
+    assert raw["2000-01-12T15:00":"2000-01-12T16:40"].max() < 0.01 * raw["2000-01-12T09:00":"2000-01-12T14:50"].mean()
     filled = history.filled()
     assert filled.notna().all() and (filled[history.counts.isna()] > 0).all()
+
+
+def series(values: np.ndarray, freq: str = "10min") -> pd.Series:
+    counts = pd.Series(values.astype(float), index=pd.date_range("2024-01-01", periods=len(values), freq=freq))
+    counts.index.freq = freq
+    return counts
+
+
+def test_a_near_zero_outage_is_a_gap_and_a_quiet_night_is_not():
+    from forecaster.history import mark_gaps
+
+    level = np.full(144, 1_000_000.0)
+    outage = level.copy()
+    outage[60:72] = 2_000.0  # two hours at 0.2% of the usual level, falling in and coming back in one step
+    marked, gaps = mark_gaps(series(outage), "t")
+    assert marked.isna().sum() == 12 and marked[60:72].isna().all()
+    assert len(gaps) == 1 and gaps[0].reason == "near zero where the usual level predicts traffic"
+    # A night that ramps down to 0.5% and back up is data: no step falls or climbs by more than 2x.
+    night = level.copy()
+    night[40:90] = 1_000_000.0 * np.concatenate([0.5 ** np.arange(1, 9), np.full(34, 0.005), 0.5 ** np.arange(8, 0, -1)])
+    marked, gaps = mark_gaps(series(night), "t")
+    assert gaps == [] and marked.notna().all()
+    # Zeros in a near-zero run that is not an outage are still judged by the zero rule.
+    night[60:66] = 0.0
+    marked, gaps = mark_gaps(series(night), "t")
+    assert marked.isna().sum() == 6 and gaps[0].reason == "zeros where the usual level predicts traffic"
 
 
 def test_fill_uses_the_day_before_and_never_the_future():
