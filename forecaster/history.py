@@ -43,15 +43,7 @@ GAP_MIN_DURATION = pd.Timedelta(minutes=5)
 """Shortest zero run that can be a gap."""
 
 LEVEL_WINDOW = pd.Timedelta(hours=6)
-"""How far before and after a zero run "the usual level" is measured."""
-
-NEAR_ZERO_SHARE = 0.01
-"""Intervals under this share of the usual level are an outage too, like zeros (a partial one: a few
-requests still logged while the service or its collection was down) ..."""
-
-OUTAGE_EDGE_SHARE = 0.1
-"""... where the traffic fell into them, or came back from them, within one step: the interval just
-before or just after carries at least this share of the usual level (a quiet night ramps down)."""
+"""How far before and after a zero or near-zero run "the usual level" is measured."""
 
 NEAR_ZERO_SHARE = 0.01
 """Intervals under this share of the usual level are an outage too, like zeros (a partial one: a few
