@@ -23,8 +23,10 @@ a whole when the traffic fell into it or came back from it within one step (``OU
 demand does not drop or return 99% in an interval, while a quiet night ramps down and stays data.
 
 Gaps are stored as NaN. :meth:`History.filled` replaces each missing value, for model inputs only,
-with the value one day earlier (or one week, if the day before is missing too), else with the last
-observed value before it, so a fill never uses data from after the gap. Metrics and training losses skip gaps.
+with the value one day earlier, itself a fill if that was missing too (so a gap that recurs at the
+same hour every day reads yesterday's fill, not last week's level); within the first day of a series
+the last observed value stands in. A fill never uses data from after the gap. Metrics and training
+losses skip gaps.
 """
 
 from __future__ import annotations
@@ -141,21 +143,23 @@ class History:
 
 
 def fill_gaps(counts: pd.Series) -> pd.Series:
-    """Fill NaN with the value a day earlier, else a week earlier, else the last observed one."""
+    """Fill NaN with the value a day earlier, filled first if it was missing (module docstring)."""
     if not counts.isna().any():
         return counts
-    out = counts.copy()
-    step = pd.Timedelta(counts.index.freq)
-    for lag in (pd.Timedelta(days=1), pd.Timedelta(days=7)):
-        n = int(round(lag / step))
-        if n >= len(out):
-            break
-        missing = out.isna()
-        if not missing.any():
-            break
-        out[missing] = out.shift(n)[missing]
-    if out.isna().any():
-        out = out.ffill().bfill()
+    values = counts.to_numpy(dtype=float, copy=True)
+    day = int(round(pd.Timedelta(days=1) / pd.Timedelta(counts.index.freq)))
+    # Chronologically and a day at a time, so every reference is observed or already filled.
+    for start, end in _runs(np.isnan(values)):
+        for t in range(start, end, day):
+            stop = min(end, t + day)
+            if t >= day:
+                values[t:stop] = values[t - day:stop - day]
+            else:
+                before = values[:t][~np.isnan(values[:t])]
+                values[t:stop] = before[-1] if len(before) else np.nan
+    out = pd.Series(values, index=counts.index, name=counts.name)
+    if out.isna().any():  # a series that starts with a gap: its first observed value, the only exception
+        out = out.bfill()
     return out.fillna(0.0)
 
 

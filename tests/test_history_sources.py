@@ -89,15 +89,39 @@ def test_a_near_zero_outage_is_a_gap_and_a_quiet_night_is_not():
     assert marked.isna().sum() == 6 and gaps[0].reason == "zeros where the usual level predicts traffic"
 
 
-def test_fill_uses_the_day_before_and_never_the_future():
-    index = pd.date_range("2024-01-01", periods=3 * 1440, freq="1min")
+def daily(days: int = 9) -> pd.Series:
+    """Minute counts that rise by one every minute: each value tells where it was copied from."""
+    index = pd.date_range("2024-01-01", periods=days * 1440, freq="1min")
     counts = pd.Series(np.arange(len(index), dtype=float), index=index)
     counts.index.freq = "1min"
+    return counts
+
+
+def test_fill_is_the_day_before_and_never_reads_the_future():
+    counts = daily()
     counts.iloc[2000:2010] = np.nan  # day before is observed
     counts.iloc[100:105] = np.nan  # first day: no day before -> last observed value
     filled = fill_gaps(counts)
     np.testing.assert_array_equal(filled.iloc[2000:2010], np.arange(2000, 2010) - 1440)
     assert (filled.iloc[100:105] == 99).all()
+    later = counts.copy()
+    later.iloc[2010:] *= 10  # whatever comes after the gap
+    np.testing.assert_array_equal(fill_gaps(later).iloc[2000:2010], filled.iloc[2000:2010])
+
+
+def test_fill_reads_yesterdays_fill_when_a_gap_recurs_daily_and_across_a_long_gap():
+    counts = daily()
+    for day in (8, 1, 2, 3):  # 05:00 for an hour on days 2-4 and 9: the day before is a gap too
+        counts.iloc[day * 1440 + 300:day * 1440 + 360] = np.nan
+    counts.iloc[5 * 1440 + 600:6 * 1440 + 900] = np.nan  # longer than a day
+    filled = fill_gaps(counts)
+    # Each recurring hour reads back to the last observed one, day 1's, never a week back.
+    for day in (1, 2, 3):
+        np.testing.assert_array_equal(filled.iloc[day * 1440 + 300:day * 1440 + 360], np.arange(300, 360))
+    np.testing.assert_array_equal(filled.iloc[8 * 1440 + 300:8 * 1440 + 360], np.arange(300, 360) + 7 * 1440)
+    # The long gap's second day repeats its first day's fill, which is the day before it.
+    np.testing.assert_array_equal(filled.iloc[6 * 1440 + 600:6 * 1440 + 900], np.arange(600, 900) + 4 * 1440)
+    assert filled.notna().all()
 
 
 def test_request_log_is_counted_per_step(tmp_path):
