@@ -148,15 +148,15 @@ def fill_gaps(counts: pd.Series) -> pd.Series:
         return counts
     values = counts.to_numpy(dtype=float, copy=True)
     day = int(round(pd.Timedelta(days=1) / pd.Timedelta(counts.index.freq)))
-    # Chronologically and a day at a time, so every reference is observed or already filled.
+    # Chronologically and a day at a time, so every reference is observed or already filled (and the
+    # value before a run, ``values[start - 1]``, is never missing).
     for start, end in _runs(np.isnan(values)):
         for t in range(start, end, day):
             stop = min(end, t + day)
             if t >= day:
                 values[t:stop] = values[t - day:stop - day]
-            else:
-                before = values[:t][~np.isnan(values[:t])]
-                values[t:stop] = before[-1] if len(before) else np.nan
+            elif start:  # the first day: no day before, the last observed value
+                values[t:stop] = values[start - 1]
     out = pd.Series(values, index=counts.index, name=counts.name)
     if out.isna().any():  # a series that starts with a gap: its first observed value, the only exception
         out = out.bfill()
