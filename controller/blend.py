@@ -1,10 +1,16 @@
 """Split a total node count into reserved, spot and on-demand at the lowest cost that meets it.
 
-Reserved first (paid anyway), then spot up to its share of the fleet plus a buffer for the
-preemptions expected while a replacement boots, then on-demand for the rest. A preempted spot node
-is replaced at once: by spot when spot can be had, and by on-demand while spot cannot be had (spot
-requests stuck pending); the spot requests stay, so when spot returns its nodes start and the
-on-demand cover is released.
+Reserved first (paid anyway), then spot up to its share plus a buffer for the preemptions expected
+while a replacement boots, then on-demand for the rest. The share bounds what a wave of preemptions can
+take from the load the service is expected to carry: with ``spot.share_of: expected`` it is a share of
+the nodes the expected load (the forecast's q50) needs, and the margin planned above that (the band up
+to the planning quantile, the headroom, nodes held through stabilization) may all be spot, since losing
+it leaves the expected load's reserved and on-demand part standing; with ``fleet`` it is a share of the
+whole fleet.
+
+A preempted spot node is replaced at once: by spot when spot can be had, and by on-demand while spot
+cannot be had (spot requests stuck pending); the spot requests stay, so when spot returns its nodes
+start and the on-demand cover is released.
 """
 
 from __future__ import annotations
@@ -21,21 +27,36 @@ def spot_buffer(spot_nodes: int, policy: Policy, lead_min: float) -> int:
     return math.ceil(expected - 1e-9) if spot_nodes else 0
 
 
+def spot_nodes(total: int, rest: int, policy: Policy, expected: int | None = None) -> int:
+    """Spot nodes among the ``rest`` of a ``total`` fleet that is not reserved: its share of the expected
+    load's nodes (``expected``; None: the whole fleet is expected) and, with ``share_of: expected``, all
+    of the margin above them."""
+    if policy.spot.max_share <= 0:
+        return 0  # no spot at all, margin included
+    if policy.spot.share_of == "fleet" or expected is None:
+        return min(rest, math.floor(policy.spot.max_share * total))
+    base = min(total, max(expected, 0))
+    return min(rest, math.floor(policy.spot.max_share * base) + total - base)
+
+
 def split(total: int, reserved: int, policy: Policy, spot_lead_min: float,
-          use_spot: bool = True) -> tuple[int, int, int]:
-    """``(spot, buffer, on_demand)`` for the part of ``total`` above ``reserved``: spot up to its share of
-    the whole fleet, the preemption buffer on top of it, on-demand for the rest. The one rule that both
+          use_spot: bool = True, expected: int | None = None) -> tuple[int, int, int]:
+    """``(spot, buffer, on_demand)`` for the part of ``total`` above ``reserved``: spot up to its share
+    (``spot_nodes``), the preemption buffer on top of it, on-demand for the rest. The one rule that both
     the control cycle and the reserved-count recommendation use."""
     rest = max(0, total - reserved)
-    spot = min(rest, math.floor(policy.spot.max_share * total)) if use_spot else 0
+    spot = spot_nodes(total, rest, policy, expected) if use_spot else 0
     return spot, spot_buffer(spot, policy, spot_lead_min), rest - spot
 
 
 def blend(total: int, reserved: int, policy: Policy, view: ClusterView, spot_lead_min: float,
-          use_spot: bool = True) -> tuple[dict[str, int], list[str]]:
-    """Desired count per class for ``total`` nodes, with the reasons for the spot/on-demand split."""
+          use_spot: bool = True, expected: int | None = None) -> tuple[dict[str, int], list[str]]:
+    """Desired count per class for ``total`` nodes (``expected`` of them for the expected load), with the
+    reasons for the spot/on-demand split."""
     notes: list[str] = []
-    spot, buffer, on_demand = split(total, reserved, policy, spot_lead_min, use_spot)
+    spot, buffer, on_demand = split(total, reserved, policy, spot_lead_min, use_spot, expected)
+    if expected is not None and policy.spot.share_of == "expected" and spot and total > expected:
+        notes.append(f"margin above the {expected} nodes the expected load needs on spot")
     if buffer:
         notes.append(f"+{buffer} spot for preemption risk over {spot_lead_min:.0f} min")
     spot += buffer

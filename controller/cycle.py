@@ -68,7 +68,10 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
     headroom = policy.planning.headroom if headroom is None else headroom
     elastic = ("spot", "on_demand") if policy.spot.max_share > 0 else ("on_demand",)
     lead = node_lead = max(lead_time_min(policy, memory, c) for c in elastic)
-    current = sum(view.active(c) for c in CLASSES)
+    # Spot asked for but stuck pending while spot cannot be had is not fleet: on-demand stands in for it
+    # (``blend``), and counting both would hold the cover up through the per-cycle step limit, cycle on cycle.
+    stuck = 0 if view.spot_available else view.counts["spot"]["pending"]
+    current = sum(view.active(c) for c in CLASSES) - stuck
 
     age = None if forecast is None else (obs.now - forecast.start) / MINUTE
     usable = forecast is not None and 0 <= age <= policy.planning.max_forecast_age_min and \
@@ -92,6 +95,10 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         peak_at = int(np.argmax(need[: lead + 1]))
         up_reason = f"forecast needs {up} by +{peak_at} min ({policy.planning.quantile}, lead {lead} min)"
         need_now = int(need[0])
+        # the nodes the expected load (q50, events) needs by the time a node started now is ready: the
+        # spot share is a share of these (``blend``)
+        expected = prewarm_target(nodes_needed(planned_load(forecast.rps[offset:], policy, obs.now, "q50"),
+                                               rps_per_node, 0.0), lead)
         later = need[lead + 1: 2 * lead + 1]
     else:
         later = np.zeros(0, dtype=int)
@@ -102,6 +109,7 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         load = obs.load_rps if obs.load_rps is not None else 0.0
         need_now = nodes_for(load)
         up = keep = need_now if obs.load_rps is not None else current
+        expected = int(nodes_needed(np.array([load]), rps_per_node, 0.0)[0]) if obs.load_rps is not None else None
         up_reason = f"reactive ({why}): observed {load:.1f} req/s needs {need_now}"
     # A stale observation (signals down, the last load standing in) measures nothing: not recorded.
     surprise = memory.surprises.observe(obs.now, None if obs.stale else obs.load_rps, band_now, node_lead)
@@ -155,7 +163,7 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         reason += f"; limit: {limited} (min {policy.limits.min_nodes}, max {policy.limits.max_nodes}, step {step})"
 
     spot_lead = lead_time_min(policy, memory, "spot")
-    split, notes = blend(limited, reserved, policy, view, spot_lead)
+    split, notes = blend(limited, reserved, policy, view, spot_lead, expected=expected)
     decisions = []
     for cls in CLASSES:
         # Never release a node that is still warming; and while nodes warm, the ready ones that serve

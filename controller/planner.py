@@ -38,9 +38,11 @@ def nodes_needed(load_rps: np.ndarray, rps_per_node: float, headroom: float) -> 
     return np.ceil(np.maximum(load_rps, 0.0) * (1.0 + headroom) / rps_per_node - 1e-9).astype(int)
 
 
-def planned_load(forecast_rps: np.ndarray, policy: Policy, start: np.datetime64) -> np.ndarray:
-    """The load the plan is built on, per forecast minute: the policy's quantile, raised by known events."""
-    q = forecast_rps[:, QUANTILE_INDEX[policy.planning.quantile]]
+def planned_load(forecast_rps: np.ndarray, policy: Policy, start: np.datetime64,
+                 quantile: str | None = None) -> np.ndarray:
+    """The load the plan is built on, per forecast minute: the policy's quantile (or ``quantile``), raised
+    by known events."""
+    q = forecast_rps[:, QUANTILE_INDEX[quantile or policy.planning.quantile]]
     return q * event_multipliers(policy, start, len(q))
 
 

@@ -77,7 +77,10 @@ class Reserved(Strict):
 
 
 class Spot(Strict):
-    max_share: float = Field(0.6, ge=0, le=1, description="largest share of the fleet on spot")
+    max_share: float = Field(0.6, ge=0, le=1, description="largest share on spot, of what share_of names")
+    share_of: Literal["expected", "fleet"] = Field(
+        "expected", description="expected: max_share is a share of the nodes the expected load (the forecast's q50) "
+        "needs, and the margin planned above it may all be spot; fleet: a share of the whole fleet")
     preemption_rate_per_hour: float = Field(0.05, ge=0, description="chance a spot node is preempted in an hour")
     notice_s: float = Field(120, ge=0, description="warning before a preempted node goes")
     availability: float = Field(0.95, gt=0, le=1, description="share of time new spot nodes can be had")

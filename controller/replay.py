@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from controller.blend import spot_nodes
 from controller.policy import CLASSES, Policy
 from controller.service_model import ServiceModel
 from controller.simulator import Faults, SimulatedCluster
@@ -270,12 +271,13 @@ def _initial_nodes(policy: Policy, strategy: str, load_rps: float, rps_per_node:
     from controller.simulator import Node
 
     total = max(policy.limits.min_nodes, math.ceil(load_rps * 1.2 / rps_per_node))
+    expected = math.ceil(load_rps / rps_per_node - 1e-9)
     if strategy in ("predictive", "oracle"):
         rest = max(0, total - reserved)
-        spot = min(rest, math.floor(policy.spot.max_share * total))
+        spot = spot_nodes(total, rest, policy, expected)
         classes = ["spot"] * spot + ["on_demand"] * (rest - spot)
     elif strategy == "reactive_spot":
-        spot = math.floor(policy.spot.max_share * total)
+        spot = spot_nodes(total, total, policy, expected)
         classes = ["spot"] * spot + ["on_demand"] * (total - spot)
     else:
         classes = ["on_demand"] * total

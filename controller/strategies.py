@@ -5,8 +5,9 @@
 * ``reactive``: Kubernetes HPA's documented algorithm on on-demand nodes (knob: target utilization):
   desired = ceil(current * utilization / target), left alone within a 10% tolerance, scale-up at once,
   scale-down to the highest recommendation of the last 5 minutes.
-* ``reactive_spot``: the same HPA total on spot up to the policy's share, with on-demand standing in
-  for every spot node that is not ready (as SkyPilot's SkyServe falls back): the strongest reactive peer.
+* ``reactive_spot``: the same HPA total on spot up to the policy's share (applied as the control cycle
+  applies it), with on-demand standing in for every spot node that is not ready (as SkyPilot's SkyServe
+  falls back): the strongest reactive peer.
 * ``static``: a fixed fleet of committed (reserved-price) nodes (knob: fleet size).
 """
 
@@ -17,6 +18,7 @@ from collections import deque
 
 import numpy as np
 
+from controller.blend import spot_nodes
 from controller.cycle import control_cycle
 from controller.policy import Policy
 from controller.state import ClusterView, Decision, Memory, MinuteForecast, Observation
@@ -47,10 +49,12 @@ class HPADecider:
         self.use_spot = use_spot
         self.recommendations: deque = deque()
         self.total = max(1, policy.limits.min_nodes)
+        self.load_rps: float | None = None  # the last observed load
         self.last_reason = ""
 
     def decide(self, obs: Observation, forecast: MinuteForecast | None, view: ClusterView) -> list[Decision]:
         if obs.load_rps is not None:  # HPA leaves the scale alone when the metric is missing
+            self.load_rps = obs.load_rps
             current = max(1, self.total)
             utilization = obs.load_rps / (current * self.rps_per_node)
             ratio = utilization / self.target
@@ -65,7 +69,10 @@ class HPADecider:
             self.last_reason = f"HPA: utilization {utilization:.2f} vs target {self.target:.2f} -> {self.total}"
         if not self.use_spot:
             return [Decision("on_demand", self.total, view.active("on_demand"), self.last_reason)]
-        spot = math.floor(self.policy.spot.max_share * self.total)
+        # the policy's spot share, as the control cycle applies it: of the nodes the load needs at full
+        # utilization (the margin HPA keeps above them may all be spot), or of the whole fleet
+        expected = None if self.load_rps is None else math.ceil(self.load_rps / self.rps_per_node - 1e-9)
+        spot = spot_nodes(self.total, self.total, self.policy, expected)
         fallback = self.total - spot + max(0, spot - view.ready("spot"))
         return [Decision("spot", spot, view.active("spot"), self.last_reason),
                 Decision("on_demand", fallback, view.active("on_demand"),

@@ -252,12 +252,15 @@ with tabs[5]:
         except PolicyError as exc:
             st.error(f"The run's policy cannot be loaded, so the what-if starts from the default policy: {exc}")
             policy_path, base = "", current_policy("")
-        quantiles, follows = ["q50", "q90", "q99"], ["auto", "always", "never"]
-        c = st.columns(5)
+        quantiles, follows, shares_of = ["q50", "q90", "q99"], ["auto", "always", "never"], ["expected", "fleet"]
+        c = st.columns(6)
         headroom = c[0].slider("headroom", 0.0, 1.0, min(1.0, base.planning.headroom), 0.05, key="whatif_headroom")
         quantile = c[1].selectbox("planning quantile", quantiles, index=quantiles.index(base.planning.quantile),
                                   key="whatif_quantile")
         spot_share = c[2].slider("spot max share", 0.0, 1.0, base.spot.max_share, 0.05, key="whatif_spot")
+        share_of = c[5].selectbox("spot share of", shares_of, index=shares_of.index(base.spot.share_of),
+                                  key="whatif_share_of", help="expected: the margin above the expected load may all "
+                                  "be spot; fleet: the share is of the whole fleet (spot.share_of)")
         keep = c[3].slider("keep minutes", 0, 60, min(60, int(base.planning.keep_min)), 5, key="whatif_keep")
         follow = c[4].selectbox("follow rises", follows, index=follows.index(base.safety_net.follow_rises),
                                 key="whatif_follow", help="chase rises above the forecast's band (safety_net.follow_rises)")
@@ -265,7 +268,7 @@ with tabs[5]:
     if go_run:
         bar = st.progress(0.0, text="starting")
         changes = {"planning": {"headroom": headroom, "quantile": quantile, "keep_min": keep},
-                   "spot": {"max_share": spot_share}, "safety_net": {"follow_rises": follow}}
+                   "spot": {"max_share": spot_share, "share_of": share_of}, "safety_net": {"follow_rises": follow}}
         result = run_whatif(trace, policy_path, changes, lambda share, what: bar.progress(min(1.0, share), text=what))
         bar.progress(1.0, text="done")
         st.dataframe(result, key="whatif_table")

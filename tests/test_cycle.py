@@ -164,6 +164,53 @@ def test_blend_reserved_first_then_spot_share_with_buffer_then_on_demand():
     assert spot_buffer(5, policy, 10) == 1 and "+1 spot for preemption risk" in notes[0]
 
 
+def test_blend_spot_share_is_of_the_expected_load_and_the_margin_above_it_is_spot():
+    policy = load_policy(ROOT / "configs" / "policy.yaml").with_changes(
+        spot={"max_share": 0.5, "preemption_rate_per_hour": 0.0})
+    assert policy.spot.share_of == "expected"  # the default
+    # 10 nodes, 2 reserved, 6 of them for the expected load: half of those 6 on spot, and the 4 of margin
+    split, notes = blend(10, 2, policy, view_with(), 10, expected=6)
+    assert split == {"reserved": 2, "spot": 7, "on_demand": 1}
+    assert any("margin above the 6 nodes the expected load needs on spot" in n for n in notes)
+    # a wave that takes every spot node leaves reserved + on-demand = 3 = half the expected load's nodes
+    assert split["reserved"] + split["on_demand"] >= (1 - 0.5) * 6
+    # no margin (the plan is at or below the expected load), or no expectation: a share of the fleet
+    assert blend(10, 2, policy, view_with(), 10, expected=12)[0]["spot"] == 5
+    assert blend(10, 2, policy, view_with(), 10)[0]["spot"] == 5
+    # share_of: fleet keeps the margin's share on-demand too
+    fleet = policy.with_changes(spot={"share_of": "fleet"})
+    assert blend(10, 2, fleet, view_with(), 10, expected=6)[0] == {"reserved": 2, "spot": 5, "on_demand": 3}
+    # max_share 0 is no spot at all, margin included
+    none = policy.with_changes(spot={"max_share": 0.0})
+    assert blend(10, 2, none, view_with(), 10, expected=6)[0] == {"reserved": 2, "spot": 0, "on_demand": 8}
+
+
+def test_cycle_puts_the_band_above_q50_on_spot():
+    policy = load_policy(ROOT / "configs" / "policy.yaml").with_changes(
+        capacity={"peak_nodes": None, "rps_per_node": 10.0}, reserved={"count": 0},
+        spot={"max_share": 0.5, "preemption_rate_per_hour": 0.0}, planning={"headroom": 0.0})
+    # q50 40 req/s (4 nodes), q90 80 req/s (8 nodes): 2 of the 4 expected nodes and the 4 of margin on spot
+    rps = np.tile([40.0, 80.0, 100.0], (60, 1))
+    result = decide(policy, MinuteForecast(NOW, rps), view_with(), load=40.0)
+    assert result.target == 8 and desired(result, "spot") == 6 and desired(result) == 2
+    fleet = decide(policy.with_changes(spot={"share_of": "fleet"}), MinuteForecast(NOW, rps), view_with(), load=40.0)
+    assert desired(fleet, "spot") == 4 and desired(fleet) == 4
+
+
+def test_spot_stuck_pending_is_not_counted_as_fleet_beside_its_on_demand_cover():
+    policy = load_policy(ROOT / "configs" / "policy.yaml").with_changes(
+        capacity={"peak_nodes": None, "rps_per_node": 10.0}, reserved={"count": 0},
+        spot={"max_share": 0.5, "preemption_rate_per_hour": 0.0}, planning={"headroom": 0.0},
+        limits={"max_step_per_cycle": 5, "scale_down_stabilization_min": 0})
+    # Spot is out: 60 spot nodes wait pending and 60 on-demand stand in for them; the load needs 20.
+    view = view_with(on_demand_ready=60, spot_available=False)
+    view.counts["spot"]["pending"] = 60
+    result = decide(policy, flat_forecast([(0, 200.0)]), view, load=200.0)
+    # The fleet is the 60 that serve: it steps down 5 from there. Counted twice (120), the step limit
+    # would hold 115, and the cover for that would grow the fleet again next cycle.
+    assert result.target == 55
+
+
 def test_blend_covers_unavailable_spot_with_on_demand_then_goes_back():
     policy = load_policy(ROOT / "configs" / "policy.yaml").with_changes(
         spot={"max_share": 0.5, "preemption_rate_per_hour": 0.0})

@@ -106,6 +106,7 @@ def test_what_if_runs_a_replay_side_by_side(app, store):
     # The form starts from the run's policy (the default here), the rise-following setting included.
     assert at.slider(key="whatif_headroom").value == pytest.approx(0.3)
     assert at.selectbox(key="whatif_follow").value == "auto" and at.selectbox(key="whatif_quantile").value == "q90"
+    assert at.selectbox(key="whatif_share_of").value == "expected"
     at.slider(key="whatif_headroom").set_value(0.0)
     next(b for b in at.button if b.label == "run replay").click()
     at.run(timeout=300)
