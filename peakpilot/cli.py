@@ -68,6 +68,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
           verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (to stderr).")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # each retry of an unreachable Prometheus; the error that follows names the URL once
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def load_history(trace: Optional[Path], prometheus: Optional[str], query: Optional[str], days: float,

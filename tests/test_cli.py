@@ -82,6 +82,7 @@ def test_bad_input_exits_2_with_a_clear_message(args, message):
     out = run(*args)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+    assert "Retrying" not in out.stderr  # urllib3's retries are logged only with --verbose
 
 
 def test_check_policy_passes_the_shipped_ones_and_names_every_problem(tmp_path):
