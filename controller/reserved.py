@@ -13,7 +13,7 @@ The share is costed as one of the whole fleet even where the cycle puts all of t
 expected load on spot (``spot.share_of: expected``, the default): the fleet the cycle runs (the band up to
 the planning quantile, holds) stands further above the history's load than the headroom says. Costing
 the margin as spot reserved one node fewer on five of six shared traces, and replays of those counts
-came out mixed, a few percent either way (README, "Performance").
+came out mixed, a few percent either way (docs/performance-history.md, fourth November round).
 
 Each class is paid in its own billing blocks: a block with a minute of use is paid whole, so with
 hourly billing a node used ten minutes of every hour costs as much as one used all the time.

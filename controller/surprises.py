@@ -12,7 +12,8 @@ ready, not where it is now (``project``).
 
 Replaying the real traces with the default policy, 0.48-0.54 of the last 50 surprises had persisted at
 the end of the ServeGen LLM weeks, 0.04-0.18 on the web traces (AWS ELB, NASA), and the gate never opened
-on the web traces: hence ``PERSISTENT_SHARE`` between them. (README, "Replay", for what it costs and saves.)
+on the web traces: hence ``PERSISTENT_SHARE`` between them. (README, "Performance", and
+docs/performance-history.md for what it costs and saves.)
 """
 
 from __future__ import annotations
