@@ -101,11 +101,10 @@ tabs = st.tabs(["Overview", "Forecast", "Cost", "SLA", "Decisions", "What-if"])
 with tabs[0]:
     o = data.overview(view)
     c = st.columns(5)
-    c[0].metric("load now", f"{o['load_rps']:.1f} req/s" if o["load_rps"] is not None else "no data")
+    c[0].metric("load now", data.format_rps(o["load_rps"]) if o["load_rps"] is not None else "no data")
     if o["peak"]:
-        c[1].metric("predicted peak", f"{o['peak']['q50']:.1f} req/s", f"in {o['peak']['in_min']} min, "
-                                                                        f"q90 {o['peak']['q90']:.1f}",
-                    delta_color="off")
+        c[1].metric("predicted peak", data.format_rps(o["peak"]["q50"]),
+                    f"in {o['peak']['in_min']} min, q90 {data.format_rps(o['peak']['q90'])}", delta_color="off")
     c[2].metric("ready nodes", sum(o["nodes"].values()), f"{o['warming']} warming, {o['draining']} draining",
                 delta_color="off")
     c[3].metric("cost per hour", f"${o['cost_per_hour']:,.2f}")

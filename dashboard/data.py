@@ -19,6 +19,14 @@ class ReplayView:
     decisions: pd.DataFrame
 
 
+def format_rps(rps: float) -> str:
+    """A request rate to about three significant digits, so the overview's metric fits its column on
+    traces from a few req/s to a million."""
+    if rps >= 100:
+        return f"{rps:,.0f} req/s"
+    return f"{rps:.1f} req/s" if rps >= 10 else f"{rps:.2f} req/s"
+
+
 def list_runs(path: str) -> list[dict]:
     with Store(path, readonly=True) as st:
         return st.runs()

@@ -548,7 +548,8 @@ def dashboard(
     app_path = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
     env = dict(os.environ, PEAKPILOT_STORE=store)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.address", host, "--server.port",
-           str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+           str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "viewer"]  # no "Deploy" (to Streamlit's cloud) or developer menu
     typer.echo(f"dashboard on http://{host}:{port} (store {store})", err=True)
     raise typer.Exit(subprocess.call(cmd, env=env))
 

@@ -47,6 +47,11 @@ def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
+def test_rates_are_shown_to_about_three_digits():
+    assert [data.format_rps(x) for x in (561044.3, 1043.04, 97.66, 3.14159)] == \
+        ["561,044 req/s", "1,043 req/s", "97.7 req/s", "3.14 req/s"]
+
+
 def test_every_page_shows_the_store_numbers(app, store):
     at = app(store)
     assert not at.exception
@@ -54,7 +59,8 @@ def test_every_page_shows_the_store_numbers(app, store):
     view = data.load_replay(store)
     o = data.overview(view)
     # Overview
-    assert metric(at, "load now") == f"{o['load_rps']:.1f} req/s"
+    assert metric(at, "load now") == data.format_rps(o["load_rps"])
+    assert metric(at, "predicted peak") == data.format_rps(o["peak"]["q50"])
     assert metric(at, "ready nodes") == str(sum(o["nodes"].values()))
     assert metric(at, "cost per hour") == f"${o['cost_per_hour']:,.2f}"
     assert metric(at, "SLA") == f"{o['sla']:.3%}"
@@ -184,6 +190,8 @@ def test_a_real_browser_renders_the_charts(store):
             assert page.locator(".js-plotly-plot").count() >= 2
             assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 5
             assert page.locator("[data-testid='stMetric']").count() >= 5
+            # a user's dashboard, not a developer's: no "Deploy" to Streamlit's cloud
+            assert page.locator("[data-testid='stAppDeployButton']").count() == 0
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             ctx.close()
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10000
