@@ -234,10 +234,7 @@ with tabs[4]:
     fig.update_layout(height=320, margin={"t": 30}, yaxis_title="desired nodes", title="decisions")
     st.plotly_chart(fig, key="decisions_chart")
     st.caption(f"{len(shown)} of {len(dec)} decisions")
-    st.dataframe(shown[["ts", "cls", "current", "desired", "reason"]], key="decisions_table", hide_index=True,
-                 column_config={"ts": st.column_config.TextColumn("time", width="medium"),
-                                **{c: st.column_config.Column(c, width="small") for c in ("cls", "current", "desired")},
-                                "reason": st.column_config.TextColumn("reason", width="large")})
+    st.dataframe(shown[["ts", "cls", "current", "desired", "reason"]], key="decisions_table", hide_index=True)
 
 # -- What-if ------------------------------------------------------------------------------------
 with tabs[5]:
