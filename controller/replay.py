@@ -108,7 +108,7 @@ class ForecastFeed:
         self.switches: list[tuple[int, str, str]] = []  # (first position, model, status) as the chain moves
         self.fit_seconds: list[float] = []
         blocks = list(range(first, last, retrain))
-        for b in tqdm(blocks, desc="forecast", unit="retrain", file=sys.stderr, disable=not progress):
+        for b in tqdm(blocks, desc="forecast", unit="retrain", file=sys.stderr, disable=None if progress else True):
             past = history.until(history.counts.index[b]) if b < len(history) else history
             if model is None or status != "ok":  # as the daemon does: a fallback is retried at every retrain
                 model, status = fit_with_fallback(policy.planning.model, past, seed=seed,
@@ -367,7 +367,7 @@ def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int 
             values = sorted([*values, own])
         runs += [(s, k) for k in values]
     results: dict[tuple[str, float], RunResult] = {}
-    bar = tqdm(runs, desc="replay", unit="run", file=sys.stderr, disable=not progress)
+    bar = tqdm(runs, desc="replay", unit="run", file=sys.stderr, disable=None if progress else True)
     for done, (s, k) in enumerate(bar):
         if on_progress:
             on_progress(0.2 + 0.8 * done / len(runs), f"{s} at {k:g}")

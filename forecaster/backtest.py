@@ -96,7 +96,9 @@ def run_backtest(history: History, models: list[str] | tuple[str, ...] = DEFAULT
     result = BacktestResult(history.source, config, len(positions), history.counts.index[positions[0]])
     if keep_forecasts:
         result.actual, result.recent_max = actual, recent_max
-    bar = tqdm(total=len(models) * len(blocks), desc="backtest", unit="fit", file=sys.stderr, disable=not progress)
+    # (disable=None: a bar only where stderr is a terminal; in a log it would be a line of carriage returns)
+    bar = tqdm(total=len(models) * len(blocks), desc="backtest", unit="fit", file=sys.stderr,
+               disable=None if progress else True)
     fitted_members: dict[tuple[str, int], Forecaster] = {}  # (name, block) -> an ensemble's member, fitted
     for name in sorted(models, key=lambda n: n != "ensemble"):  # ensembles first: their members are reused
         forecasts = np.empty((len(positions), horizon, 3))

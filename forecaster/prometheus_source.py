@@ -62,7 +62,7 @@ class PrometheusSource:
         evals = pd.date_range(start + self.step, end, freq=self.step)
         values: dict[int, float] = {}
         chunks = range(0, len(evals), self.chunk_points)
-        for i in tqdm(chunks, desc="prometheus", unit="chunk", disable=not progress):
+        for i in tqdm(chunks, desc="prometheus", unit="chunk", disable=None if progress else True):
             part = evals[i:i + self.chunk_points]
             try:
                 result = client.custom_query_range(self.query, start_time=part[0].to_pydatetime(),

@@ -69,6 +69,45 @@ def test_backtest_json_is_one_object_on_stdout():
     assert set(doc["models"]) == {"seasonal_naive", "statsforecast_autoets"}
     assert {"wape", "pinball_q90", "pinball_q99", "coverage_q90", "coverage_q99", "peak_recall",
             "false_alarm_rate", "fit_s", "predict_ms"} <= set(doc["models"]["seasonal_naive"])
+    # stderr is a pipe here, not a terminal: no progress bar redrawn with carriage returns into a log
+    assert "\r" not in out.stderr and "fit/s" not in out.stderr
+
+
+def test_progress_bars_are_drawn_on_a_terminal():
+    """The pipe case is asserted above; on a terminal (a pseudo-terminal 100 columns wide) the bar is drawn."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    import threading
+
+    main, term = pty.openpty()
+    fcntl.ioctl(term, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    drawn: list[bytes] = []
+
+    def read() -> None:  # drained as it is written: a full terminal buffer would block the command
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the other end is closed and everything was read
+                return
+            if not chunk:
+                return
+            drawn.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        out = subprocess.run([*PEAKPILOT, "backtest", "--models", "seasonal_naive", "--test-days", "1", "--json"],
+                             stdout=subprocess.PIPE, stderr=term, timeout=300)
+    finally:
+        os.close(term)
+        reader.join(10)
+        os.close(main)
+    assert out.returncode == 0
+    assert b"backtest: 100%" in b"".join(drawn) and b"1/1" in b"".join(drawn)
+    json.loads(out.stdout)  # the bar does not touch stdout
 
 
 @pytest.mark.parametrize("args,message", [
