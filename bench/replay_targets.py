@@ -8,7 +8,12 @@ Targets (issue 4):
 * replaying 14 days at 1-minute steps (one run, no sweep, forecasting every cycle and retraining
   every 6 simulated hours) takes <= 120 s.
 
-Usage: python bench/replay_targets.py [--only NAME ...] [--plots DIR] [--no-timing]
+Usage: python bench/replay_targets.py [--only NAME ...] [--plots DIR] [--no-timing] [--seeds 0 1 2]
+
+With more than one seed, each trace is replayed once per seed (the simulated cluster's preemptions and
+lead times, and the forecaster's training) and ``seeds`` gives every seed's ratios and their range: how
+far one run's figures are from the line they are read against. The table, the plots and ``checks`` are
+the first seed's.
 """
 
 from __future__ import annotations
@@ -57,6 +62,19 @@ def checks(doc: dict, llm: bool) -> dict:
     return out
 
 
+def seed_spread(by_seed: dict[int, dict]) -> dict:
+    """Per SLA level and ratio, the lowest and highest value over the seeds (None where a seed has none)."""
+    out: dict = {}
+    for level in map(str, SLA_LEVELS):
+        for ratio in ("vs_reactive", "vs_reactive_spot", "vs_oracle"):
+            values = [c[level].get(ratio) for c in by_seed.values() if ratio in c[level]]
+            if values:
+                known = [v for v in values if v is not None]
+                out.setdefault(level, {})[ratio] = [min(known), max(known)] if len(known) == len(values) else None
+    out["met_by_seed"] = {seed: c["met"] for seed, c in by_seed.items()}
+    return out
+
+
 def plot(doc: dict, path: Path) -> None:
     import matplotlib
 
@@ -85,6 +103,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--plots", type=Path, default=ROOT / "docs" / "frontiers")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="replay each trace once per seed; ratios reported per seed and as a range")
     args = parser.parse_args()
     logging.getLogger("cmdstanpy").disabled = True
     policy = load_policy(args.policy)
@@ -96,16 +116,23 @@ def main() -> None:
         trace = load_trace(path)
         if len(trace.arrivals) < 3 * 1440:
             continue
+        llm = path.name.startswith(LLM)
         started = time.perf_counter()
-        doc, _ = replay(trace, policy, policy_name=str(args.policy))
+        doc, _ = replay(trace, policy, policy_name=str(args.policy), seed=args.seeds[0])
         seconds = time.perf_counter() - started
         plot(doc, args.plots / f"{path.stem}.png")
-        report["traces"][path.name] = {"seconds": round(seconds, 1), "minutes": doc["minutes"],
-                                       "reserved": doc["reserved"], "forecast": doc["forecast"],
-                                       "checks": checks(doc, path.name.startswith(LLM)),
-                                       "strategies": doc["strategies"], "cost_at_sla": doc["cost_at_sla"],
-                                       "frontier": doc["frontier"]}
-        print(f"{path.name}: {report['traces'][path.name]['checks']['met']} ({seconds:.0f} s)", file=sys.stderr)
+        entry = report["traces"][path.name] = {
+            "seconds": round(seconds, 1), "minutes": doc["minutes"], "reserved": doc["reserved"],
+            "forecast": doc["forecast"], "checks": checks(doc, llm), "strategies": doc["strategies"],
+            "cost_at_sla": doc["cost_at_sla"], "frontier": doc["frontier"]}
+        print(f"{path.name}: {entry['checks']['met']} ({seconds:.0f} s)", file=sys.stderr)
+        if len(args.seeds) > 1:
+            by_seed = {args.seeds[0]: entry["checks"]}
+            for seed in args.seeds[1:]:
+                other, _ = replay(trace, policy, policy_name=str(args.policy), seed=seed)
+                by_seed[seed] = checks(other, llm)
+                print(f"{path.name} seed {seed}: {by_seed[seed]['met']}", file=sys.stderr)
+            entry["seeds"] = {"checks": by_seed, "range": seed_spread(by_seed)}
     if not args.no_timing:
         trace = load_trace(args.traces / "nasa_http_1995_jul.csv")
         started = time.perf_counter()
