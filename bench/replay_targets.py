@@ -63,7 +63,8 @@ def checks(doc: dict, llm: bool) -> dict:
 
 
 def seed_spread(by_seed: dict[int, dict]) -> dict:
-    """Per SLA level and ratio, the lowest and highest value over the seeds (None where a seed has none)."""
+    """Per SLA level and ratio, the lowest and highest value over the seeds whose baseline reaches the level
+    (None where predictive does not reach it on one of them)."""
     out: dict = {}
     for level in map(str, SLA_LEVELS):
         for ratio in ("vs_reactive", "vs_reactive_spot", "vs_oracle"):
