@@ -14,13 +14,11 @@ minute.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from controller.blend import spot_nodes
 from controller.policy import CLASSES, Policy
@@ -32,6 +30,7 @@ from controller.strategies import HPADecider, PredictiveDecider, StaticDecider
 from forecaster.csv_source import load_csv
 from forecaster.history import History
 from forecaster.models import fit_with_fallback, horizon_options
+from forecaster.progress import progress as show_progress
 
 STRATEGIES = ("predictive", "reactive", "reactive_spot", "static", "oracle")
 
@@ -108,7 +107,7 @@ class ForecastFeed:
         self.switches: list[tuple[int, str, str]] = []  # (first position, model, status) as the chain moves
         self.fit_seconds: list[float] = []
         blocks = list(range(first, last, retrain))
-        for b in tqdm(blocks, desc="forecast", unit="retrain", file=sys.stderr, disable=None if progress else True):
+        for b in show_progress(blocks, enabled=progress, desc="forecast", unit="retrain"):
             past = history.until(history.counts.index[b]) if b < len(history) else history
             if model is None or status != "ok":  # as the daemon does: a fallback is retried at every retrain
                 model, status = fit_with_fallback(policy.planning.model, past, seed=seed,
@@ -367,7 +366,7 @@ def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int 
             values = sorted([*values, own])
         runs += [(s, k) for k in values]
     results: dict[tuple[str, float], RunResult] = {}
-    bar = tqdm(runs, desc="replay", unit="run", file=sys.stderr, disable=None if progress else True)
+    bar = show_progress(runs, enabled=progress, desc="replay", unit="run")
     for done, (s, k) in enumerate(bar):
         if on_progress:
             on_progress(0.2 + 0.8 * done / len(runs), f"{s} at {k:g}")

@@ -8,13 +8,11 @@ daemon retrains on a schedule. Every model, the outside peer included, sees the 
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from forecaster.errors import HistoryError, NotEnoughHistory
 from forecaster.history import History
@@ -22,6 +20,7 @@ from forecaster.metrics import RECENT_MINUTES, score
 from forecaster.models import MODELS, PEERS, make_model
 from forecaster.models.base import Forecaster, windows
 from forecaster.models.ensemble import EnsembleForecaster
+from forecaster.progress import progress as show_progress
 
 # Every model (the ensemble and its members too; a member's fits are the ensemble's, not repeated) and the peer.
 DEFAULT_MODELS = tuple(MODELS)
@@ -96,9 +95,7 @@ def run_backtest(history: History, models: list[str] | tuple[str, ...] = DEFAULT
     result = BacktestResult(history.source, config, len(positions), history.counts.index[positions[0]])
     if keep_forecasts:
         result.actual, result.recent_max = actual, recent_max
-    # (disable=None: a bar only where stderr is a terminal; in a log it would be a line of carriage returns)
-    bar = tqdm(total=len(models) * len(blocks), desc="backtest", unit="fit", file=sys.stderr,
-               disable=None if progress else True)
+    bar = show_progress(total=len(models) * len(blocks), enabled=progress, desc="backtest", unit="fit")
     fitted_members: dict[tuple[str, int], Forecaster] = {}  # (name, block) -> an ensemble's member, fitted
     for name in sorted(models, key=lambda n: n != "ensemble"):  # ensembles first: their members are reused
         forecasts = np.empty((len(positions), horizon, 3))

@@ -20,6 +20,7 @@ import pandas as pd
 
 from forecaster.errors import HistoryError
 from forecaster.history import History, mark_gaps
+from forecaster.progress import progress as show_progress
 
 DEFAULT_QUERY = "sum(rate(peakpilot_requests_total[{step}]))"
 
@@ -50,7 +51,6 @@ class PrometheusSource:
     def load(self, start: datetime, end: datetime, progress: bool = False) -> History:
         """Counts per step for the intervals starting in [start, end)."""
         import requests
-        from tqdm import tqdm
 
         start, end = pd.Timestamp(start), pd.Timestamp(end)
         if start.tzinfo is None:
@@ -62,7 +62,7 @@ class PrometheusSource:
         evals = pd.date_range(start + self.step, end, freq=self.step)
         values: dict[int, float] = {}
         chunks = range(0, len(evals), self.chunk_points)
-        for i in tqdm(chunks, desc="prometheus", unit="chunk", disable=None if progress else True):
+        for i in show_progress(chunks, enabled=progress, desc="prometheus", unit="chunk"):
             part = evals[i:i + self.chunk_points]
             try:
                 result = client.custom_query_range(self.query, start_time=part[0].to_pydatetime(),

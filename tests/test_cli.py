@@ -69,8 +69,34 @@ def test_backtest_json_is_one_object_on_stdout():
     assert set(doc["models"]) == {"seasonal_naive", "statsforecast_autoets"}
     assert {"wape", "pinball_q90", "pinball_q99", "coverage_q90", "coverage_q99", "peak_recall",
             "false_alarm_rate", "fit_s", "predict_ms"} <= set(doc["models"]["seasonal_naive"])
-    # stderr is a pipe here, not a terminal: no progress bar redrawn with carriage returns into a log
-    assert "\r" not in out.stderr and "fit/s" not in out.stderr
+    # stderr is a pipe here, not a terminal: the progress bar comes as whole lines, not redrawn with
+    # carriage returns into a log
+    assert "\r" not in out.stderr and "backtest: 100%|" in out.stderr.splitlines()[-1]
+
+
+def test_progress_is_redrawn_on_a_terminal_and_written_as_timed_lines_in_a_log():
+    import io
+
+    from forecaster.progress import LOG_INTERVAL_S, progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    log, terminal, off = io.StringIO(), Terminal(), io.StringIO()
+    for stream in (log, terminal):
+        bar = progress(range(50), stream=stream, desc="replay", unit="run")
+        for i in bar:
+            bar.set_postfix_str(f"run {i}")
+    assert LOG_INTERVAL_S >= 10
+    lines = log.getvalue().splitlines()
+    # well under the interval: the first line and the last, nothing in between, no carriage return
+    assert len(lines) == 2 and "\r" not in log.getvalue()
+    assert lines[0].startswith("replay:   0%") and lines[1].startswith("replay: 100%") and "50/50" in lines[1]
+    assert "run 49" in lines[1]  # the postfix shows in the next line, without a line of its own
+    assert terminal.getvalue().count("\r") > 2  # redrawn in place
+    list(progress(range(5), enabled=False, stream=off))
+    assert off.getvalue() == ""
 
 
 def test_progress_bars_are_drawn_on_a_terminal():
