@@ -84,7 +84,7 @@ def load_history(trace: Optional[Path], prometheus: Optional[str], query: Option
             from forecaster.prometheus_source import PrometheusSource
 
             source = PrometheusSource(prometheus, query=query, step=step or "1m")
-            return source.load_days(days, progress=True)  # a bar where stderr is a terminal
+            return source.load_days(days, progress=True)  # weeks of history come in many chunks
         from forecaster.csv_source import load_csv
 
         return load_csv(trace or DEFAULT_TRACE, step=step)
