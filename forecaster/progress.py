@@ -48,7 +48,7 @@ def progress(iterable: Iterable | None = None, *, enabled: bool = True, stream: 
     stream = sys.stderr if stream is None else stream
     if not enabled:
         return tqdm(iterable, disable=True, **kwargs)
-    if stream.isatty():
+    if getattr(stream, "isatty", lambda: False)():  # a stream without isatty is no terminal
         return tqdm(iterable, file=stream, **kwargs)
     return _LogBar(iterable, file=_Lines(stream), mininterval=LOG_INTERVAL_S, miniters=1, ascii=True, ncols=100,
                    **kwargs)
