@@ -4,6 +4,9 @@ Two shapes are read:
 
 * **counts**: ``timestamp,requests``, one row per fixed interval (the traces in ``shared/traces``).
   Missing rows become gaps; rows must be unique and in time order.
+
+Timestamps are ISO 8601 (with or without an offset) or Unix time in seconds, milliseconds,
+microseconds or nanoseconds (told apart by size).
 * **request log**: one row per request with a timestamp column (as in the Azure LLM inference
   traces, column ``TIMESTAMP``); arrivals are counted per ``step``.
 
@@ -82,8 +85,16 @@ def _pick(frame: pd.DataFrame, path: Path, given: str | None, candidates: tuple[
                                   f"columns are {list(frame.columns)}")
 
 
+EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
+
+
 def _parse_times(path: Path, raw: pd.Series) -> pd.DatetimeIndex:
-    """Parse ISO-8601 timestamps; a single fixed offset is kept, mixed offsets become UTC."""
+    """Parse ISO-8601 timestamps (a single fixed offset is kept, mixed offsets become UTC), or numbers:
+    Unix time, as exports from Prometheus and many request logs write it."""
+    numbers = pd.to_numeric(raw, errors="coerce")
+    if not np.isnan(numbers.iloc[0]):
+        return _epoch_times(path, raw, numbers)
+
     def parse(utc: bool) -> pd.Series:
         return pd.to_datetime(raw, format="ISO8601", errors="coerce", utc=utc)
 
@@ -99,6 +110,21 @@ def _parse_times(path: Path, raw: pd.Series) -> pd.DatetimeIndex:
         raise HistoryError(f"{path}:{i + 2}", f"unparsable timestamp {raw.iloc[i]!r} "
                                               f"(expected ISO 8601, e.g. 2024-05-01T13:00:00)")
     return pd.DatetimeIndex(times)
+
+
+def _epoch_times(path: Path, raw: pd.Series, numbers: pd.Series) -> pd.DatetimeIndex:
+    """Unix time in UTC; the unit (s, ms, us or ns) is the one the first row's size says: seconds up to
+    1e11 (the year 5138), milliseconds up to 1e14, and so on. Relative seconds (0, 0.5, ...) read as 1970."""
+    bad = numbers.isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise HistoryError(f"{path}:{i + 2}", f"unparsable timestamp {raw.iloc[i]!r} (the first row is Unix "
+                                              f"time, {raw.iloc[0]!r}, so every row must be a number)")
+    if (numbers < 0).any():
+        i = int(np.flatnonzero((numbers < 0).to_numpy())[0])
+        raise HistoryError(f"{path}:{i + 2}", f"negative Unix time {raw.iloc[i]!r}")
+    unit = next(u for limit, u in EPOCH_UNITS if abs(numbers.iloc[0]) < limit)
+    return pd.DatetimeIndex(pd.to_datetime(numbers.to_numpy(float), unit=unit, utc=True))
 
 
 def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str) -> History:

@@ -134,6 +134,19 @@ def test_request_log_is_counted_per_step(tmp_path):
     assert list(load_csv(path).counts) == [2.0, 1.0, 1.0]
 
 
+def test_unix_time_in_seconds_or_milliseconds_and_relative_seconds(tmp_path):
+    rows = "\n".join(f"{1704067200 + 60 * i},{i}" for i in range(5))
+    seconds = load_csv(write(tmp_path, "timestamp,requests\n" + rows + "\n", "s.csv"))
+    assert seconds.start == pd.Timestamp("2024-01-01T00:00:00Z") and seconds.step_min == 1
+    assert list(seconds.counts) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    rows = "\n".join(f"{(1704067200 + 300 * i) * 1000},{i}" for i in range(5))
+    millis = load_csv(write(tmp_path, "timestamp,requests\n" + rows + "\n", "ms.csv"))
+    assert millis.start == pd.Timestamp("2024-01-01T00:00:00Z") and millis.step_min == 5
+    # A request log timed in seconds from its start (as BurstGPT writes it): counted per step from 1970.
+    log = load_csv(write(tmp_path, "Timestamp,Model\n0.5,a\n12.25,a\n61,b\n119.9,a\n", "rel.csv"))
+    assert list(log.counts) == [2.0, 2.0] and log.start == pd.Timestamp("1970-01-01T00:00:00Z")
+
+
 def test_missing_rows_become_gaps(tmp_path):
     rows = "\n".join(f"2024-01-01T{h:02d}:{m:02d}:00,{50 + m}" for h in range(3) for m in range(60)
                      if not (h == 1 and 10 <= m < 30))
@@ -163,6 +176,9 @@ def test_aggregation_to_a_coarser_step():
     ("timestamp,requests\n2024-01-01T00:00:00,1\n2024-01-01T00:01:00,2\n2024-01-01T00:02:30,3\n", "t.csv:4",
      "off the 0 days 00:01:00 grid"),
     ("timestamp,requests\n2024-01-01T00:00:00,1\n", "t.csv", "at least 2 rows"),
+    ("timestamp,requests\n1704067200,1\n1704067260,2\n2024-01-01T00:02:00,3\n", "t.csv:4",
+     "the first row is Unix time, '1704067200', so every row must be a number"),
+    ("timestamp,requests\n1704067200,1\n-60,2\n", "t.csv:3", "negative Unix time '-60'"),
 ])
 def test_bad_csv_names_the_file_row_and_problem(tmp_path, text, where, message):
     path = write(tmp_path, text)
