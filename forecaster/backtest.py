@@ -69,7 +69,10 @@ def origins_for(history: History, config: BacktestConfig) -> np.ndarray:
     first = len(history) - history.steps_per(pd.Timedelta(days=test_days))
     positions = np.arange(first, len(history) - horizon + 1, stride)
     if len(positions) == 0:
-        raise HistoryError(history.source, "the test window is shorter than the horizon")
+        held = "" if config.test_days is not None else f", a quarter of the {span_days * 1440:.0f}-minute history"
+        raise HistoryError(history.source, f"the test window ({test_days * 1440:g} minutes{held}) is shorter "
+                                           f"than the {config.horizon_min:g}-minute horizon; hold out more with "
+                                           f"--test-days or ask for a shorter --horizon")
     return positions
 
 

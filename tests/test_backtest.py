@@ -80,6 +80,11 @@ def test_backtest_bad_windows():
     history = load_csv(trace_path("servegen_llm_m_small.csv"))
     with pytest.raises(HistoryError, match="cannot hold out 20 days"):
         origins_for(history, BacktestConfig(test_days=20))
+    hour = load_csv(trace_path("azure_llm_code_2023.csv"))  # 58 one-minute rows: a quarter is 14.5 minutes
+    with pytest.raises(HistoryError, match=r"test window \(14.5 minutes, a quarter of the 58-minute history\) "
+                                           r"is shorter than the 30-minute horizon; hold out more with --test-days"):
+        origins_for(hour, BacktestConfig(horizon_min=30))
+    assert len(origins_for(hour, BacktestConfig(horizon_min=10))) == 1
     with pytest.raises(ValueError, match="unknown model"):
         run_backtest(history, ["arima"], BacktestConfig(test_days=1), progress=False)
 
