@@ -82,7 +82,20 @@ def _pick(frame: pd.DataFrame, path: Path, given: str | None, candidates: tuple[
         if col.lower() in candidates:
             return col
     raise HistoryError(str(path), f"no {what} column (expected one of {', '.join(candidates)}); "
-                                  f"columns are {list(frame.columns)}")
+                                  f"columns are {list(frame.columns)}{_header_hint(frame.columns)}")
+
+
+def _header_hint(columns: pd.Index) -> str:
+    """What a header without the expected names most likely means: no header at all, or another separator."""
+    first = str(columns[0])
+    if not pd.isna(pd.to_numeric(first, errors="coerce")) or \
+            not pd.isna(pd.to_datetime(first, format="ISO8601", errors="coerce")):
+        return "; the first line looks like data: add a header line such as timestamp,requests"
+    if len(columns) == 1:
+        for sep in (";", "\t", "|"):
+            if sep in first:
+                return f"; the header is split by {sep!r}: peakpilot reads comma-separated files"
+    return ""
 
 
 EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
