@@ -72,6 +72,19 @@ def test_broken_yaml_names_the_line(tmp_path):
         load_policy(tmp_path / "missing.yaml")
 
 
+def test_a_key_written_twice_is_refused_not_overridden(tmp_path):
+    # Plain YAML keeps the last of two equal keys; a second headroom pasted further down must not win unseen.
+    text = BASE + "planning:\n  headroom: 0.3\n  quantile: q90\n  headroom: 0.5\n"
+    lines = text.splitlines()
+    first, second = (i + 1 for i, line in enumerate(lines) if line.strip().startswith("headroom:"))
+    with pytest.raises(PolicyError, match=rf"p.yaml:{second}: not valid YAML \(duplicate key 'headroom' "
+                                          rf"\(first on line {first}\)\)"):
+        load_policy(write(tmp_path, text))
+    # The same key in two different mappings is fine.
+    policy = load_policy(write(tmp_path, BASE + "planning: {headroom: 0.5}\nlimits: {max_nodes: 9}\n"))
+    assert policy.planning.headroom == 0.5 and policy.limits.max_nodes == 9
+
+
 def test_with_changes_validates_again(tmp_path):
     policy = load_policy(write(tmp_path, BASE))
     assert policy.with_changes(planning={"headroom": 0.3}).planning.headroom == 0.3
