@@ -102,6 +102,9 @@ class Store:
         self.name = parsed.render_as_string(hide_password=True)  # for messages: never the password
         self.path = sqlite_path(url)
         if self.path is not None:
+            if self.path.is_dir():
+                raise StoreError(f"store {self.name}: {self.path} is a folder; name a file in it, "
+                                 f"e.g. sqlite:///{self.path / 'peakpilot.db'}")
             if readonly:
                 if not self.path.exists():
                     raise FileNotFoundError(f"store {self.path} does not exist")

@@ -147,7 +147,10 @@ def test_an_old_sqlite_store_gains_the_new_columns(tmp_path):
         assert list(tl["load_rps"]) == [3.0, 4.0] and tl["plan_in_time"].iloc[1] == 60.0
 
 
-def test_bad_store_urls_and_a_database_that_is_down_are_named():
+def test_bad_store_urls_and_a_database_that_is_down_are_named(tmp_path):
+    with pytest.raises(StoreError, match=rf"{tmp_path} is a folder; name a file in it, "
+                                         rf"e.g. sqlite:///{tmp_path}/peakpilot.db"):
+        Store(f"sqlite:///{tmp_path}")
     with pytest.raises(StoreError, match="unsupported store URL 'mysql://u:\\*\\*\\*@db/x'"):
         Store("mysql://u:secret@db/x")
     with pytest.raises(StoreError) as err:
