@@ -9,7 +9,9 @@ Start-up: the HTTP server listens at once (``/health`` answers), the engine load
 process of its own by default, see engine.py) and runs warm-up passes over the batch sizes and
 lengths the batcher will use, then the node turns ready. SIGTERM (how a
 preempted spot node is told): ``/ready`` turns 503, new work is refused with 503, requests in flight
-finish within ``drain_seconds``, and the process exits 0. A second SIGTERM exits at once.
+finish within ``drain_seconds``, and the process exits 0. A second SIGTERM exits at once. A model
+that fails to load turns ``/health`` 503 with the reason, and ``serve`` stops and exits 1 (on Kubernetes the
+container restarts, visibly, rather than holding a GPU node that never turns ready).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class Node:
         self.timings: dict[str, float] = {}
         self.error: str | None = None
         self.active = 0  # completion requests inside the handler, from arrival to response
+        self.on_failed = None  # called once the model has failed to load (the server then exits 1)
 
     # -- start-up --------------------------------------------------------------------------------
     def load_and_warm(self) -> None:
@@ -106,6 +109,8 @@ class Node:
     async def become_ready(self) -> None:
         await asyncio.to_thread(self.load_and_warm)
         if self.state == "failed":
+            if self.on_failed is not None:
+                self.on_failed()
             return
         self.batcher = Batcher(self.engine.run, self.config.max_batch, self.config.max_wait_ms, self.config.max_queue,
                                self.metrics, self.config.slo_ms)
@@ -176,7 +181,11 @@ def create_app(config: NodeConfig) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "failed" if node.state == "failed" else "alive", "state": node.state, "error": node.error}
+        # A node whose model failed to load is not healthy: 503, so a liveness or startup probe restarts it
+        # instead of holding a GPU node that will never turn ready.
+        failed = node.state == "failed"
+        return JSONResponse({"status": "failed" if failed else "alive", "state": node.state, "error": node.error},
+                            status_code=503 if failed else 200)
 
     @app.get("/ready")
     async def ready():
@@ -255,11 +264,16 @@ def create_app(config: NodeConfig) -> FastAPI:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, with SIGTERM turned into a drain: not ready, finish what is in flight, then exit 0."""
+    """uvicorn, with SIGTERM turned into a drain: not ready, finish what is in flight, then exit 0; and
+    with a model that fails to load, a stop (``serve`` then exits 1, as a container that cannot start)."""
 
     def __init__(self, config: uvicorn.Config, node: Node):
         super().__init__(config)
         self.node = node
+        node.on_failed = self._stop_failed
+
+    def _stop_failed(self) -> None:
+        self.should_exit = True
 
     def handle_exit(self, sig: int, frame) -> None:
         if self.node.state == "draining" or sig == signal.SIGINT and self.should_exit:
@@ -279,8 +293,16 @@ class DrainingServer(uvicorn.Server):
         await super().serve(sockets)
 
 
+class ModelLoadError(RuntimeError):
+    """The node's model could not be loaded or warmed; the message says why."""
+
+
 def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Run the node until SIGTERM has drained it; raise ``ModelLoadError`` if its model failed to load."""
     app = create_app(config)
+    node = app.state.node
     server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                           timeout_graceful_shutdown=int(config.drain_seconds)), app.state.node)
+                                           timeout_graceful_shutdown=int(config.drain_seconds)), node)
     server.run()
+    if node.state == "failed":
+        raise ModelLoadError(f"model {config.model!r} failed to load: {node.error}")

@@ -453,16 +453,19 @@ def serve(
 ) -> None:
     """Serve a PyTorch model: OpenAI-compatible /v1/completions, /health, /ready, /metrics."""
     from inference_node.engine import ENGINES
-    from inference_node.server import NodeConfig
+    from inference_node.server import ModelLoadError, NodeConfig
     from inference_node.server import serve as run_server
 
     if engine not in ENGINES:
         fail(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}")
     logging.getLogger().setLevel(logging.INFO)
-    run_server(NodeConfig(model=model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                          drain_seconds=drain_seconds, warmup=not no_warmup, quantize=quantize, threads=threads,
-                          slo_ms=slo_ms, engine=engine),
-               host, port)
+    try:
+        run_server(NodeConfig(model=model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                              drain_seconds=drain_seconds, warmup=not no_warmup, quantize=quantize,
+                              threads=threads, slo_ms=slo_ms, engine=engine),
+                   host, port)
+    except ModelLoadError as exc:
+        fail(str(exc), 1)
 
 
 @app.command()

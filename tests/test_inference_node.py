@@ -264,3 +264,25 @@ def test_an_unknown_engine_is_refused():
     out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "serve", "--engine", "gpu-magic"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown engine 'gpu-magic'" in out.stderr
+
+
+def test_a_model_that_fails_to_load_is_unhealthy_and_the_server_exits_1(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from inference_node.server import NodeConfig, create_app
+
+    missing = tmp_path / "missing.pt"
+    # In the app: /health answers 503 with the reason, so a liveness or startup probe restarts the pod.
+    with TestClient(create_app(NodeConfig(model=str(missing), engine="thread"))) as client:
+        deadline = time.time() + 30
+        while client.get("/health").status_code == 200 and time.time() < deadline:
+            time.sleep(0.05)
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["state"] == "failed"
+        assert f"model file {missing} does not exist" in health.json()["error"]
+        assert client.get("/ready").status_code == 503
+    # The server: stops at once and exits 1, naming the model and why.
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "serve", "--port", str(free_port()),
+                          "--model", str(missing)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert f"peakpilot: error: model '{missing}' failed to load" in out.stderr and "does not exist" in out.stderr
