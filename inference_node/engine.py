@@ -37,6 +37,10 @@ class EngineError(RuntimeError):
     pass
 
 
+class EngineGone(EngineError):
+    """The engine process died (killed for memory, a crash in native code): no batch will run again."""
+
+
 def _load_and_warm(spec: EngineSpec):
     """Load the model and run representative passes: the batch sizes and lengths the batcher will
     run, twice over. Returns the loaded model and the seconds each phase took."""
@@ -153,7 +157,8 @@ class ProcessEngine:
                 self._conn.send((prompts, max_tokens, temperatures, seed))
                 kind, payload = self._conn.recv()
             except (EOFError, OSError):
-                raise EngineError(f"the engine process is gone (exit code {self._proc.exitcode})") from None
+                self._proc.join(1)
+                raise EngineGone(f"the engine process is gone (exit code {self._proc.exitcode})") from None
         if kind != "ok":
             raise EngineError(payload)
         return payload

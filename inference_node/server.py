@@ -10,8 +10,9 @@ process of its own by default, see engine.py) and runs warm-up passes over the b
 lengths the batcher will use, then the node turns ready. SIGTERM (how a
 preempted spot node is told): ``/ready`` turns 503, new work is refused with 503, requests in flight
 finish within ``drain_seconds``, and the process exits 0. A second SIGTERM exits at once. A model
-that fails to load turns ``/health`` 503 with the reason, and ``serve`` stops and exits 1 (on Kubernetes the
-container restarts, visibly, rather than holding a GPU node that never turns ready).
+that fails to load, or an engine process that dies, turns ``/ready`` and ``/health`` 503 with the reason,
+and ``serve`` stops and exits 1 (on Kubernetes the container restarts, visibly, rather than holding a GPU
+node that never serves).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_node.batcher import Batcher, QueueFull
 from inference_node.metrics import NodeMetrics
-from inference_node.engine import EngineSpec, make_engine
+from inference_node.engine import EngineGone, EngineSpec, make_engine
 
 log = logging.getLogger("peakpilot.node")
 
@@ -98,9 +99,18 @@ class Node:
                 self.metrics.start_seconds.labels(phase).set(seconds)
             self.metrics.warm.set(1)
         except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-            self.state = "failed"
-            log.error("model failed to load: %s", self.error)
+            self.fail(f"model failed to load: {type(exc).__name__}: {exc}")
+
+    def fail(self, why: str) -> None:
+        """The node can serve no more (its model did not load, or its engine died): not ready, /health
+        503, and the server told to stop (``serve`` then exits 1, and Kubernetes restarts the container)."""
+        if self.state == "failed":
+            return
+        self.error, self.state = why, "failed"
+        self.metrics.ready.set(0)
+        log.error("%s", why)
+        if self.on_failed is not None:
+            self.on_failed()
 
     @property
     def model_name(self) -> str | None:
@@ -109,8 +119,6 @@ class Node:
     async def become_ready(self) -> None:
         await asyncio.to_thread(self.load_and_warm)
         if self.state == "failed":
-            if self.on_failed is not None:
-                self.on_failed()
             return
         self.batcher = Batcher(self.engine.run, self.config.max_batch, self.config.max_wait_ms, self.config.max_queue,
                                self.metrics, self.config.slo_ms)
@@ -233,6 +241,11 @@ def create_app(config: NodeConfig) -> FastAPI:
             m.busy_latency.observe(time.perf_counter() - started)
             return error(429, f"server busy: {exc.why} ({exc.waiting} waiting); retry after 1 s",
                          "server_busy", headers={"Retry-After": "1"})
+        except EngineGone as exc:
+            m.requests.labels("error").inc()
+            node.fail(f"engine failed: {exc}")
+            return error(503, f"server unavailable: {exc}; retry on another node", "unavailable",
+                         headers={"Retry-After": "1"})
         except Exception as exc:
             m.requests.labels("error").inc()
             log.exception("generation failed")
@@ -273,6 +286,7 @@ class DrainingServer(uvicorn.Server):
         node.on_failed = self._stop_failed
 
     def _stop_failed(self) -> None:
+        # Called from the loading thread or the event loop: a flag uvicorn's main loop polls.
         self.should_exit = True
 
     def handle_exit(self, sig: int, frame) -> None:
@@ -293,16 +307,16 @@ class DrainingServer(uvicorn.Server):
         await super().serve(sockets)
 
 
-class ModelLoadError(RuntimeError):
-    """The node's model could not be loaded or warmed; the message says why."""
+class NodeFailed(RuntimeError):
+    """The node stopped because it could not serve: its model did not load, or its engine died."""
 
 
 def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Run the node until SIGTERM has drained it; raise ``ModelLoadError`` if its model failed to load."""
+    """Run the node until SIGTERM has drained it; raise ``NodeFailed`` if it stopped because it could not serve."""
     app = create_app(config)
     node = app.state.node
     server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                            timeout_graceful_shutdown=int(config.drain_seconds)), node)
     server.run()
     if node.state == "failed":
-        raise ModelLoadError(f"model {config.model!r} failed to load: {node.error}")
+        raise NodeFailed(f"{node.error} (--model {config.model})")

@@ -453,7 +453,7 @@ def serve(
 ) -> None:
     """Serve a PyTorch model: OpenAI-compatible /v1/completions, /health, /ready, /metrics."""
     from inference_node.engine import ENGINES
-    from inference_node.server import ModelLoadError, NodeConfig
+    from inference_node.server import NodeConfig, NodeFailed
     from inference_node.server import serve as run_server
 
     if engine not in ENGINES:
@@ -464,7 +464,7 @@ def serve(
                               drain_seconds=drain_seconds, warmup=not no_warmup, quantize=quantize,
                               threads=threads, slo_ms=slo_ms, engine=engine),
                    host, port)
-    except ModelLoadError as exc:
+    except NodeFailed as exc:
         fail(str(exc), 1)
 
 

@@ -285,4 +285,21 @@ def test_a_model_that_fails_to_load_is_unhealthy_and_the_server_exits_1(tmp_path
     out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "serve", "--port", str(free_port()),
                           "--model", str(missing)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
-    assert f"peakpilot: error: model '{missing}' failed to load" in out.stderr and "does not exist" in out.stderr
+    assert f"peakpilot: error: model failed to load: EngineError: FileNotFoundError: model file {missing} does not " \
+           f"exist (--model {missing})" in out.stderr
+
+
+def test_an_engine_that_dies_turns_the_node_unready_and_the_server_exits_1(node_factory):
+    """Killed for memory, say: the request that finds it gone gets 503 "retry on another node" (not a 500
+    for ever while /ready still says 200), and the server exits 1 so that Kubernetes restarts the container."""
+    node = node_factory()
+    node.wait_ready()
+    engines = [pid for pid in children(node.proc.pid) if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    assert len(engines) == 1
+    os.kill(engines[0], signal.SIGKILL)
+    r = httpx.post(f"{node.url}/v1/completions", json={"prompt": "hi", "max_tokens": 4}, timeout=30)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert "the engine process is gone (exit code -9); retry on another node" in r.json()["error"]["message"]
+    assert node.proc.wait(timeout=30) == 1
+    out = node.proc.stdout.read()
+    assert "peakpilot: error: engine failed: the engine process is gone (exit code -9) (--model builtin)" in out
