@@ -26,6 +26,11 @@ class LoadResult:
     latencies_busy: list[float] = field(default_factory=list)
     seconds: float = 0.0
     late_sends: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # each error outcome by kind: "HTTP 500", "ReadTimeout"
+
+    def error(self, kind: str) -> None:
+        self.outcomes["error"] += 1
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def summary(self) -> dict:
         def pct(values, q):
@@ -37,7 +42,18 @@ class LoadResult:
                 "latency_ms": {"p50": pct(self.latencies_ok, 50), "p90": pct(self.latencies_ok, 90),
                                "p99": pct(self.latencies_ok, 99), "max": pct(self.latencies_ok, 100)},
                 "busy_latency_ms": {"p99": pct(self.latencies_busy, 99), "max": pct(self.latencies_busy, 100)},
-                "late_sends": self.late_sends}
+                "late_sends": self.late_sends, "errors": dict(self.errors)}
+
+
+def check_reachable(url: str, timeout_s: float = 5.0) -> None:
+    """Fail at once, naming the URL, where nothing answers there: else a run sends its whole schedule into
+    refused connections and reports them as errors. Any HTTP answer counts (a load balancer need not
+    route ``/v1/models``)."""
+    try:
+        httpx.get(f"{url.rstrip('/')}/v1/models", timeout=timeout_s)
+    except httpx.TransportError as exc:
+        raise ConnectionError(f"{url}: cannot connect ({type(exc).__name__}: {exc}); is the node running, "
+                              f"and is the URL right?") from None
 
 
 def schedule_from_counts(counts: np.ndarray, step_s: float, speedup: float = 1.0, rate_scale: float = 1.0,
@@ -74,9 +90,9 @@ async def run_open_loop(url: str, send_times: np.ndarray, body: dict | None = No
                 result.outcomes["busy"] += 1
                 result.latencies_busy.append(elapsed)
             else:
-                result.outcomes["error"] += 1
-        except httpx.HTTPError:
-            result.outcomes["error"] += 1
+                result.error(f"HTTP {r.status_code}")
+        except httpx.HTTPError as exc:
+            result.error(type(exc).__name__)
         finally:
             sem.release()
 
@@ -115,7 +131,7 @@ async def profile(url: str, slo_ms: float, seconds_per_step: float = 5.0, start_
         good = res["outcomes"]["busy"] == 0 and res["outcomes"]["error"] == 0 and \
             res["latency_ms"]["p99"] is not None and res["latency_ms"]["p99"] <= slo_ms
         steps.append({"rps": round(rate, 2), "p99_ms": res["latency_ms"]["p99"], "busy": res["outcomes"]["busy"],
-                      "within_slo": good})
+                      "errors": res["errors"], "within_slo": good})
         if progress:
             progress(steps[-1])
         return good

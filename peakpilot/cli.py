@@ -479,13 +479,19 @@ def profile(
     """Measure the requests/s a node sustains within a latency SLO; print it in the policy's form."""
     import asyncio
 
-    from inference_node.loadgen import BODY
+    from inference_node.loadgen import BODY, check_reachable
     from inference_node.loadgen import profile as run_profile
 
     def show(step: dict) -> None:
+        errors = ", ".join(f"{kind} {n}" for kind, n in step["errors"].items())
         typer.echo(f"  {step['rps']:>8.2f} req/s  p99 {step['p99_ms']} ms  busy {step['busy']}"
-                   f"  {'ok' if step['within_slo'] else 'over'}", err=True)
+                   + (f"  errors: {errors}" if errors else "") + f"  {'ok' if step['within_slo'] else 'over'}",
+                   err=True)
 
+    try:
+        check_reachable(url)
+    except ConnectionError as exc:
+        fail(str(exc))
     try:
         result = asyncio.run(run_profile(url, slo_ms, seconds, body=dict(BODY, max_tokens=max_tokens), progress=show))
     except Exception as exc:
@@ -516,7 +522,7 @@ def loadgen(
     """Replay a trace's arrivals open-loop over HTTP; report outcomes and latency percentiles."""
     import asyncio
 
-    from inference_node.loadgen import BODY, run_open_loop, schedule_from_counts
+    from inference_node.loadgen import BODY, check_reachable, run_open_loop, schedule_from_counts
 
     history = load_history(trace, None, None, 0, None)
     counts = history.counts
@@ -525,14 +531,19 @@ def loadgen(
     times = schedule_from_counts(counts.to_numpy(), history.step.total_seconds(), speedup, rate_scale, duration)
     if len(times) == 0:
         fail("nothing to send: the slice is empty (check --start, --duration, --rate-scale)")
+    try:
+        check_reachable(url)
+    except ConnectionError as exc:
+        fail(str(exc))
     typer.echo(f"sending {len(times)} requests over {times[-1]:.0f} s", err=True)
     result = asyncio.run(run_open_loop(url, times, dict(BODY, max_tokens=max_tokens))).summary()
     if as_json:
         typer.echo(json.dumps(result))
         return
     o, lat = result["outcomes"], result["latency_ms"]
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(result["errors"].items(), key=lambda kv: -kv[1]))
     typer.echo(f"sent {result['sent']} in {result['seconds']} s ({result['rate_rps']} req/s): "
-               f"ok {o['ok']}, busy {o['busy']}, error {o['error']}")
+               f"ok {o['ok']}, busy {o['busy']}, error {o['error']}" + (f" ({kinds})" if kinds else ""))
     typer.echo(f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -303,3 +304,32 @@ def test_an_engine_that_dies_turns_the_node_unready_and_the_server_exits_1(node_
     assert node.proc.wait(timeout=30) == 1
     out = node.proc.stdout.read()
     assert "peakpilot: error: engine failed: the engine process is gone (exit code -9) (--model builtin)" in out
+
+
+def test_loadgen_and_profile_commands_against_a_node_and_against_nothing(node, tmp_path):
+    cli = [sys.executable, "-m", "peakpilot.cli"]
+    # 20 one-minute intervals of 3 requests, at 60x: 60 requests over 20 s of trace time -> 20 s / 60.
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,requests\n" + "".join(f"2024-01-01T00:{m:02d}:00,3\n" for m in range(20)))
+    out = subprocess.run([*cli, "loadgen", "--trace", str(trace), "--url", node.url, "--speedup", "60",
+                          "--max-tokens", "4", "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["sent"] == 60 and result["outcomes"] == {"ok": 60, "busy": 0, "error": 0}
+    assert result["errors"] == {} and 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+
+    out = subprocess.run([*cli, "profile", "--url", node.url, "--slo-ms", "2000", "--seconds", "0.5",
+                          "--max-tokens", "4", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    profiled = json.loads(out.stdout)
+    good = [s["rps"] for s in profiled["steps"] if s["within_slo"]]
+    assert profiled["rps_per_node"] == max(good) > 0 and profiled["model"]
+    assert all(s["errors"] == {} for s in profiled["steps"])
+
+    # Nothing listening: both refuse at once, naming the URL, instead of sending into refused connections.
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    for args in (["loadgen", "--trace", str(trace)], ["profile", "--slo-ms", "500"]):
+        out = subprocess.run([*cli, *args, "--url", nowhere], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2
+        assert f"peakpilot: error: {nowhere}: cannot connect (ConnectError" in out.stderr
+        assert "is the node running" in out.stderr and "sending" not in out.stderr
