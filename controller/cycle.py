@@ -172,6 +172,8 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         why = reason + ("; " + "; ".join(notes) if notes and cls in ("spot", "on_demand") else "")
         if want > split[cls]:
             why += f"; keeping {view.warming(cls)} still warming"
+        if view.failed(cls):
+            why += f"; {view.failed(cls)} failed (not serving, not counted as capacity on its way; released first)"
         paid = view.paid_left.get(cls)
         if paid and want < view.active(cls):
             # A node billed by the hour is paid to the end of its hour: it serves for free until then, so

@@ -78,6 +78,7 @@ class ServiceController:
     memory: Memory = field(init=False)
     model: object = None
     model_status: str = "not trained"
+    _failures: list = field(default_factory=list, init=False)  # the failed nodes last reported
 
     def __post_init__(self) -> None:
         self.policy = load_policy(self.policy_path)  # a broken policy at start is the caller's to report
@@ -164,6 +165,12 @@ class ServiceController:
         except Exception as exc:
             self._error("actuator", f"cannot read the cluster: {exc}")
             return {"ok": False, "error": str(exc)}
+        failures = sorted(view.failures)
+        if failures != self._failures:  # said once when the set changes, not every minute
+            if failures:
+                log.warning("%s: %d node(s) failed and will not turn ready by themselves: %s", self.service,
+                            len(failures), "; ".join(failures))
+            self._failures = failures
         result = control_cycle(obs, forecast, view, policy, self.memory, self.rps_per_node, self.reserved())
         acting = self.acting() and not self.shadow
         sent: list[str] = []

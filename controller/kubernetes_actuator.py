@@ -7,6 +7,9 @@
 * Pods still warming get the usual do-not-disrupt annotation (``karpenter.sh/do-not-disrupt``) so no
   voluntary disruption takes them before they serve; it comes off once they are ready.
 * Records each pod's creation-to-ready time, so the controller learns real lead times.
+* A pod that will not turn ready by itself (its container crash-loops, its image cannot be pulled) is
+  *failed*: not capacity on its way, not protected, and given the lowest deletion cost so a scale-down
+  removes it first; the view says why each one failed.
 * For classes billed in blocks (``billing_min`` > 1) it reports each ready pod's paid minutes left
   (counted from the pod's creation: one GPU node per pod), and before a scale-down sets
   ``controller.kubernetes.io/pod-deletion-cost`` to them, so the ReplicaSet removes the pod whose paid
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 PROTECTED_BY_US = "peakpilot.io/protected"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+FAILED_DELETION_COST = "-2147483647"  # the lowest there is: a failed pod goes before any other
 RETRY_STATUSES = (409, 429, 500, 502, 503, 504)
 
 
@@ -110,6 +114,9 @@ class KubernetesActuator:
             for pod in pods:
                 state = pod_state(pod)
                 view.counts[cls][state] += 1
+                if state == "failed":
+                    view.failures.append(f"{pod.metadata.name}: {failure(pod)}")
+                    self._release_first(pod)
                 if state == "ready" and block > 1 and pod.metadata.creation_timestamp is not None:
                     left = paid_minutes_left(int((now - pod.metadata.creation_timestamp).total_seconds() // 60), block)
                     view.paid_left.setdefault(cls, []).append(left)
@@ -133,11 +140,18 @@ class KubernetesActuator:
         notes = pod.metadata.annotations or {}
         if state in ("warming", "pending") and DO_NOT_DISRUPT not in notes:
             body = {"metadata": {"annotations": {DO_NOT_DISRUPT: "true", PROTECTED_BY_US: "true"}}}
-        elif state == "ready" and notes.get(PROTECTED_BY_US) == "true":
+        elif state in ("ready", "failed") and notes.get(PROTECTED_BY_US) == "true":
             body = {"metadata": {"annotations": {DO_NOT_DISRUPT: None, PROTECTED_BY_US: None}}}
         else:
             return
         with_retry(self.core.patch_namespaced_pod, pod.metadata.name, self.target.namespace, body, sleep=self.sleep)
+
+    def _release_first(self, pod) -> None:
+        """A failed pod gets the lowest deletion cost, so the ReplicaSet's next scale-down removes it first."""
+        if self.shadow or (pod.metadata.annotations or {}).get(DELETION_COST) == FAILED_DELETION_COST:
+            return
+        with_retry(self.core.patch_namespaced_pod, pod.metadata.name, self.target.namespace,
+                   {"metadata": {"annotations": {DELETION_COST: FAILED_DELETION_COST}}}, sleep=self.sleep)
 
     # -- acting ----------------------------------------------------------------------------------
     def apply(self, decisions: list[Decision], placeholder: int = 0) -> list[str]:
@@ -172,12 +186,33 @@ class KubernetesActuator:
                            {"metadata": {"annotations": {DELETION_COST: str(left)}}}, sleep=self.sleep)
 
 
+# Container states that do not end by themselves: the kubelet retries them with growing back-off, and the
+# pod never turns ready until someone fixes the image, the config or the node.
+STUCK_REASONS = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
+                           "CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+
+
+def failure(pod) -> str | None:
+    """Why a pod that is not ready will not get there by itself, or None."""
+    if pod.status is None:
+        return None
+    if pod.status.phase == "Failed":
+        return f"phase Failed ({pod.status.reason or 'no reason given'})"
+    for cs in pod.status.container_statuses or []:
+        waiting = cs.state.waiting if cs.state else None
+        if waiting is not None and waiting.reason in STUCK_REASONS:
+            return f"{waiting.reason} (restarts: {cs.restart_count or 0})"
+    return None
+
+
 def pod_state(pod) -> str:
     if pod.metadata.deletion_timestamp is not None:
         return "draining"
     conditions = {c.type: c.status for c in (pod.status.conditions or [])} if pod.status else {}
     if conditions.get("Ready") == "True":
         return "ready"
+    if failure(pod) is not None:
+        return "failed"
     if pod.status is None or pod.status.phase == "Pending" and conditions.get("PodScheduled") != "True":
         return "pending"
     return "warming"

@@ -12,7 +12,9 @@ import numpy as np
 from controller.policy import CLASSES
 from controller.surprises import Surprises
 
-STATES = ("pending", "booting", "warming", "ready", "draining")
+# failed: a node that is there (and paid) but will not turn ready by itself: its container crash-loops or
+# cannot pull its image. Not capacity on its way; released first.
+STATES = ("pending", "booting", "warming", "ready", "draining", "failed")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class ClusterView:
     # Minutes until each ready node's paid billing block ends, per class billed by the hour (or any
     # block over a minute), where the actuator knows: such a node serves for free until then.
     paid_left: dict[str, list[int]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # why each failed node failed, e.g. "llm-spot-7d9f: CrashLoopBackOff"
 
     def alive(self, cls: str) -> int:
         """Nodes that are serving or on their way (not pending, not draining)."""
@@ -54,7 +57,7 @@ class ClusterView:
     def active(self, cls: str) -> int:
         """Nodes the class's workload counts as its replicas: everything asked for and not released."""
         c = self.counts[cls]
-        return c["pending"] + c["booting"] + c["warming"] + c["ready"]
+        return c["pending"] + c["booting"] + c["warming"] + c["ready"] + c["failed"]
 
     def ready(self, cls: str | None = None) -> int:
         return sum(self.counts[c]["ready"] for c in ([cls] if cls else CLASSES))
@@ -62,6 +65,9 @@ class ClusterView:
     def warming(self, cls: str) -> int:
         c = self.counts[cls]
         return c["booting"] + c["warming"]
+
+    def failed(self, cls: str | None = None) -> int:
+        return sum(self.counts[c]["failed"] for c in ([cls] if cls else CLASSES))
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,8 @@ class FakeKubeAPI:
             "status": {"replicas": replicas}}
 
     def add_pod(self, name: str, labels: dict, state: str, created: str = "2024-05-01T12:00:00Z",
-                ready_at: str | None = None) -> None:
+                ready_at: str | None = None, waiting: str | None = None, restarts: int = 0) -> None:
+        """A pod in ``state``; ``waiting`` gives its container a waiting reason (CrashLoopBackOff, ...)."""
         conditions = [{"type": "PodScheduled", "status": "False" if state == "pending" else "True",
                        "lastTransitionTime": created}]
         if state in ("ready", "draining"):
@@ -83,6 +84,10 @@ class FakeKubeAPI:
                             "creationTimestamp": created, "annotations": {}, "resourceVersion": self._rv()},
                "spec": {"containers": [{"name": "node", "image": "peakpilot/node"}]},
                "status": {"phase": "Pending" if state == "pending" else "Running", "conditions": conditions}}
+        if waiting:
+            pod["status"]["containerStatuses"] = [{
+                "name": "node", "image": "peakpilot/node", "imageID": "", "ready": False, "restartCount": restarts,
+                "state": {"waiting": {"reason": waiting, "message": f"{waiting}: see the pod's events"}}}]
         if state == "draining":
             pod["metadata"]["deletionTimestamp"] = created
         self.pods[name] = pod

@@ -230,6 +230,34 @@ def test_two_replicas_only_the_lease_holder_acts(tmp_path, policy_file, trace):
         assert b.health()["leader"] is False and a.health()["leader"] is True
 
 
+def test_failed_pods_are_said_once_counted_and_not_held(tmp_path, policy_file, trace, caplog):
+    """A spot pod whose container crash-loops: one warning naming it (not one a minute), the
+    ``failed`` state in the node metric, and decisions that say it and do not keep it as warming."""
+    from prometheus_client import generate_latest
+
+    with FakeKubeAPI("inference") as kube:
+        for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
+            kube.add_deployment(name, 1)
+        kube.add_pod("spot-1", {"app": "llm-spot"}, "warming", waiting="CrashLoopBackOff", restarts=7)
+        target = KubernetesTarget("inference", {"reserved": "llm-reserved", "spot": "llm-spot",
+                                                "on_demand": "llm-on-demand"}, "llm-placeholder")
+        actuator = KubernetesActuator(api_client(host=kube.url), target, sleep=lambda s: None)
+        store = Store(str(tmp_path / "k.db"))
+        clock = Clock()
+        daemon, service, _ = make(policy_file, trace, store, clock, actuator)
+        daemon.retrain_all()
+        with caplog.at_level("WARNING", logger="peakpilot.daemon"):
+            run_cycles(daemon, clock, 3)
+        said = [r.getMessage() for r in caplog.records if "will not turn ready" in r.getMessage()]
+        assert said == ["llm-chat: 1 node(s) failed and will not turn ready by themselves: "
+                        "spot-1: CrashLoopBackOff (restarts: 7)"]
+        metrics = generate_latest(service.metrics.registry).decode()
+        assert 'peakpilot_actual_nodes{class="spot",service="llm-chat",state="failed"} 1.0' in metrics
+        spot = store.decisions(service.run_id).query("cls == 'spot'")
+        assert spot.reason.str.contains("1 failed (not serving", regex=False).all()
+        assert not spot.reason.str.contains("still warming", regex=False).any()
+
+
 def test_daemon_process_serves_metrics_and_stops_cleanly_on_sigterm(tmp_path, policy_file):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(policy_file),

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from controller.kubernetes_actuator import (DO_NOT_DISRUPT, KubernetesActuator, KubernetesTarget, LeaseLock,
-                                            api_client)
+from controller.kubernetes_actuator import (DELETION_COST, DO_NOT_DISRUPT, FAILED_DELETION_COST, KubernetesActuator,
+                                            KubernetesTarget, LeaseLock, api_client)
 from controller.state import Decision
 from tests.kube_api import FakeKubeAPI
 
@@ -37,7 +37,7 @@ def actuator(kube, **kw):
 def test_view_reads_replicas_and_pod_states(kube):
     view = actuator(kube).view()
     assert view.counts["reserved"]["ready"] == 2
-    assert view.counts["spot"] == {"pending": 1, "booting": 0, "warming": 1, "ready": 1, "draining": 1}
+    assert view.counts["spot"] == {"pending": 1, "booting": 0, "warming": 1, "ready": 1, "draining": 1, "failed": 0}
     assert view.counts["on_demand"]["pending"] == 1
     # Creation-to-ready minutes of each pod seen ready, once.
     assert sorted(view.lead_samples) == [("reserved", 0.0), ("reserved", 0.0), ("spot", 7.5)]
@@ -66,6 +66,24 @@ def test_warming_pods_are_protected_until_ready(kube):
     kube.pods["r1"]["metadata"]["annotations"] = {DO_NOT_DISRUPT: "true"}
     act.view()
     assert kube.pods["r1"]["metadata"]["annotations"] == {DO_NOT_DISRUPT: "true"}
+
+
+def test_pods_that_will_not_turn_ready_are_failed_unprotected_and_released_first(kube):
+    kube.add_pod("s4", {"app": "llm-spot"}, "warming", waiting="CrashLoopBackOff", restarts=5)
+    kube.add_pod("s5", {"app": "llm-spot"}, "pending", waiting="ImagePullBackOff")
+    kube.add_pod("s6", {"app": "llm-spot"}, "warming", waiting="ContainerCreating")  # on its way: warming
+    kube.pods["s4"]["metadata"]["annotations"] = {DO_NOT_DISRUPT: "true", "peakpilot.io/protected": "true"}
+    act = actuator(kube)
+    view = act.view()
+    assert view.counts["spot"]["failed"] == 2 and view.counts["spot"]["warming"] == 2
+    assert sorted(view.failures) == ["s4: CrashLoopBackOff (restarts: 5)", "s5: ImagePullBackOff (restarts: 0)"]
+    for name in ("s4", "s5"):  # the lowest deletion cost: the ReplicaSet's next scale-down takes them first
+        notes = kube.pods[name]["metadata"]["annotations"]
+        assert notes[DELETION_COST] == FAILED_DELETION_COST and DO_NOT_DISRUPT not in notes
+    assert kube.pods["s6"]["metadata"]["annotations"][DO_NOT_DISRUPT] == "true"
+    patched = len(kube.calls("PATCH", "/pods/"))
+    act.view()  # nothing to write twice
+    assert len(kube.calls("PATCH", "/pods/")) == patched
 
 
 def test_apply_patches_the_scale_subresource_exactly(kube):
