@@ -4,11 +4,11 @@ Two shapes are read:
 
 * **counts**: ``timestamp,requests``, one row per fixed interval (the traces in ``shared/traces``).
   Missing rows become gaps; rows must be unique and in time order.
+* **request log**: one row per request with a timestamp column (as in the Azure LLM inference
+  traces, column ``TIMESTAMP``); arrivals are counted per ``step``.
 
 Timestamps are ISO 8601 (with or without an offset) or Unix time in seconds, milliseconds,
 microseconds or nanoseconds (told apart by size).
-* **request log**: one row per request with a timestamp column (as in the Azure LLM inference
-  traces, column ``TIMESTAMP``); arrivals are counted per ``step``.
 
 Errors name the file, the 1-based line, and what is wrong with it.
 """
