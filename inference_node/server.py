@@ -311,11 +311,15 @@ class NodeFailed(RuntimeError):
     """The node stopped because it could not serve: its model did not load, or its engine died."""
 
 
-def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Run the node until SIGTERM has drained it; raise ``NodeFailed`` if it stopped because it could not serve."""
+def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          access_log: bool = False) -> None:
+    """Run the node until SIGTERM has drained it; raise ``NodeFailed`` if it stopped because it could not serve.
+
+    No line per request by default: at hundreds of requests a second that is most of the node's log and
+    some of its CPU, and ``/metrics`` counts every outcome."""
     app = create_app(config)
     node = app.state.node
-    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                                            timeout_graceful_shutdown=int(config.drain_seconds)), node)
     server.run()
     if node.state == "failed":

@@ -450,6 +450,8 @@ def serve(
     engine: str = typer.Option("process", "--engine", help="Where the model runs: 'process' (its own, so "
                                                             "generation never waits on the HTTP side's GIL) or "
                                                             "'thread' (in the server's process)."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log a line per request (off: /metrics counts "
+                                                                "every outcome)."),
 ) -> None:
     """Serve a PyTorch model: OpenAI-compatible /v1/completions, /health, /ready, /metrics."""
     from inference_node.engine import ENGINES
@@ -463,7 +465,7 @@ def serve(
         run_server(NodeConfig(model=model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                               drain_seconds=drain_seconds, warmup=not no_warmup, quantize=quantize,
                               threads=threads, slo_ms=slo_ms, engine=engine),
-                   host, port)
+                   host, port, access_log=access_log)
     except NodeFailed as exc:
         fail(str(exc), 1)
 
@@ -494,8 +496,8 @@ def profile(
         fail(str(exc))
     try:
         result = asyncio.run(run_profile(url, slo_ms, seconds, body=dict(BODY, max_tokens=max_tokens), progress=show))
-    except Exception as exc:
-        fail(f"{url}: {exc}")
+    except Exception as exc:  # httpx's timeouts say nothing in str(): name the kind
+        fail(f"{url}: {type(exc).__name__}" + (f": {exc}" if str(exc) else ""))
     if as_json:
         typer.echo(json.dumps(result))
         return

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -24,8 +25,11 @@ class NodeProcess:
     def __init__(self, *args: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Output to a file, not a pipe nobody reads while the node runs: a full pipe blocks its writes.
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-m", "peakpilot.cli", "serve", "--port", str(self.port), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=self.log, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.seen_not_ready = False
 
     def wait_ready(self, timeout: float = 60) -> dict:
@@ -39,14 +43,19 @@ class NodeProcess:
                 assert httpx.get(f"{self.url}/health", timeout=1).status_code == 200
             except httpx.TransportError:
                 pass
-            assert self.proc.poll() is None, self.proc.stdout.read()
+            assert self.proc.poll() is None, self.output()
             time.sleep(0.02)
         raise TimeoutError("node not ready")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self.log.close()
 
 
 @pytest.fixture
@@ -83,13 +92,14 @@ def test_openai_client_gets_a_completion(node):
 
 
 def test_ready_only_after_warm_up(node_factory):
-    n = node_factory("--model", "builtin:medium", "--max-batch", "16")
+    n = node_factory("--model", "builtin:medium", "--max-batch", "16", "--access-log")
     body = n.wait_ready()
     assert n.seen_not_ready  # /ready said 503 (while /health said alive) before it said 200
     assert body["state"] == "ready" and body["start_seconds"]["warmup"] > 0
     assert body["start_seconds"]["total"] >= body["start_seconds"]["model_load"] + body["start_seconds"]["warmup"]
     metrics = httpx.get(f"{n.url}/metrics").text
     assert "peakpilot_warm 1.0" in metrics and 'peakpilot_start_seconds{phase="warmup"}' in metrics
+    assert '"GET /metrics HTTP/1.1" 200' in n.output()  # --access-log: a line per request
 
 
 def test_overload_answers_429_busy_at_once(node):
@@ -302,7 +312,7 @@ def test_an_engine_that_dies_turns_the_node_unready_and_the_server_exits_1(node_
     assert r.status_code == 503 and r.headers["Retry-After"] == "1"
     assert "the engine process is gone (exit code -9); retry on another node" in r.json()["error"]["message"]
     assert node.proc.wait(timeout=30) == 1
-    out = node.proc.stdout.read()
+    out = node.output()
     assert "peakpilot: error: engine failed: the engine process is gone (exit code -9) (--model builtin)" in out
 
 
@@ -317,6 +327,7 @@ def test_loadgen_and_profile_commands_against_a_node_and_against_nothing(node, t
     result = json.loads(out.stdout)
     assert result["sent"] == 60 and result["outcomes"] == {"ok": 60, "busy": 0, "error": 0}
     assert result["errors"] == {} and 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+    assert "POST /v1/completions" not in node.output()  # no line per request unless --access-log
 
     out = subprocess.run([*cli, "profile", "--url", node.url, "--slo-ms", "2000", "--seconds", "0.5",
                           "--max-tokens", "4", "--json"], capture_output=True, text=True, timeout=300)
