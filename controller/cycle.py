@@ -28,6 +28,7 @@ from controller.policy import CLASSES, Policy
 from controller.state import ClusterView, Decision, Memory, MinuteForecast, Observation
 
 MINUTE = np.timedelta64(1, "m")
+REPLACE_FAILED_SHARE = 0.5  # failed nodes replaced at most up to this share of their class's nodes
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,20 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         why = reason + ("; " + "; ".join(notes) if notes and cls in ("spot", "on_demand") else "")
         if want > split[cls]:
             why += f"; keeping {view.warming(cls)} still warming"
-        if view.failed(cls):
-            why += f"; {view.failed(cls)} failed (not serving, not counted as capacity on its way; released first)"
+        failed = view.failed(cls)
+        if failed:
+            # A failed node serves nothing: the class asks for its replacement beside it, and once the
+            # healthy nodes cover what is wanted the failed one is the first released (the simulated
+            # cluster releases failed nodes first; on Kubernetes they carry the lowest deletion cost). Not
+            # reserved ones (their pool is committed), and never more than half the class's nodes: when
+            # every start fails (a broken image), replacing each would grow the fleet with failing nodes.
+            short = max(0, want - (view.active(cls) - failed))
+            cap = 0 if cls == "reserved" else math.ceil(REPLACE_FAILED_SHARE * split[cls])
+            replace = min(failed, short, cap)
+            want += replace
+            why += f"; {failed} failed (not serving; released first), {replace} kept while replaced"
+            if short > cap:
+                why += f" (at most {REPLACE_FAILED_SHARE:.0%} of the class's {split[cls]}: are its starts failing?)"
         paid = view.paid_left.get(cls)
         if paid and want < view.active(cls):
             # A node billed by the hour is paid to the end of its hour: it serves for free until then, so

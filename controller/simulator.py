@@ -7,7 +7,8 @@ policy's hourly rate (it stops taking work at the notice and is gone when the no
 spot capacity alternates between available and unavailable (mean outage from the policy, long-run
 availability as the policy says); a spot node asked for while spot is unavailable waits pending.
 Reserved nodes are committed: they run (and are paid) all the time. Billing rounds each node's time
-up to its class's billing granularity.
+up to its class's billing granularity. Injected faults (``Faults``) add preemption waves, spot outages,
+slower starts, and starts that never turn ready (*failed*: paid, serving nothing, released first).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Faults:
     lead_time_factor: float = 1.0
     spot_unavailable: tuple[tuple[int, int], ...] = ()  # minute ranges [a, b)
     preemption_wave: tuple[tuple[int, float], ...] = ()  # (minute, share of spot nodes preempted)
+    failed_start_share: float = 0.0  # share of started nodes that never turn ready (a model that does not load)
 
 
 class SimulatedCluster:
@@ -73,6 +75,8 @@ class SimulatedCluster:
                            preempted=self._preempted_since_view)
         for n in self.nodes:
             view.counts[n.cls][n.state] += 1
+            if n.state == "failed":
+                view.failures.append(f"{n.cls} node started at minute {n.started}: did not turn ready")
             if n.state == "ready" and n.cls != "reserved" and self._block(n) > 1:
                 view.paid_left.setdefault(n.cls, []).append(self._paid_left(n))
         self._lead_samples, self._preempted_since_view = [], 0
@@ -88,18 +92,21 @@ class SimulatedCluster:
         for d in decisions:
             if d.cls == "reserved":
                 continue  # committed capacity does not move
-            active = [n for n in self.nodes if n.cls == d.cls and n.state in ("pending", "booting", "warming", "ready")]
+            active = [n for n in self.nodes if n.cls == d.cls and
+                      n.state in ("pending", "booting", "warming", "ready", "failed")]
             if d.desired > len(active):
                 for _ in range(d.desired - len(active)):
                     self.nodes.append(Node(d.cls, self.minute))
             elif d.desired < len(active):
                 surplus = len(active) - d.desired
-                # Pending ones first (nothing paid yet), then ready ones: the least paid time left first
-                # (ties and per-minute billing: newest first); never warming ones.
+                # Failed ones first (paid, serving nothing; as their lowest deletion cost does on
+                # Kubernetes), then pending ones (nothing paid yet), then ready ones: the least paid time
+                # left first (ties and per-minute billing: newest first); never warming ones.
                 ready = [n for n in active if n.state == "ready"][::-1]
                 if self.release_paid_out_first:
                     ready.sort(key=self._paid_left)
-                for n in [n for n in active if n.state == "pending"][::-1] + ready:
+                failed = [n for n in active if n.state == "failed"]
+                for n in failed + [n for n in active if n.state == "pending"][::-1] + ready:
                     if surplus == 0:
                         break
                     if n.state == "pending":
@@ -138,7 +145,10 @@ class SimulatedCluster:
                 n.state, n.started, n.ready_at = "booting", m, m + max(1, round(minutes))
                 self.cold_starts += 1
             if n.state in ("booting", "warming"):
-                if m >= n.ready_at:
+                if m >= n.ready_at and self.faults.failed_start_share and \
+                        self.rng.random() < self.faults.failed_start_share:
+                    n.state = "failed"  # paid from here on, and never serves
+                elif m >= n.ready_at:
                     n.state = "ready"
                     # Lead time runs from when capacity was had (the boot began), not from the request:
                     # waiting for spot capacity says nothing about how long a node takes to be ready.

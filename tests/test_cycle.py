@@ -91,15 +91,27 @@ def test_never_releases_a_node_that_is_still_warming(policy):
     assert desired(result) == 5 and "keeping 4 still warming" in result.decisions[2].reason
 
 
-def test_a_failed_node_is_not_held_as_warming_and_is_said(policy):
-    # 1 ready, 4 crash-looping (their image cannot be pulled, say): the load needs 1. Were the four
-    # "warming", the cycle would keep them (and their GPU nodes) for ever; failed, they go.
+def test_a_failed_node_is_not_held_as_warming_is_replaced_and_said(policy):
+    # 1 ready, 4 crash-looping: the load needs 1. Were the four "warming", the cycle would keep them (and
+    # their GPU nodes) for ever; failed, and not needed, they go.
     view = view_with(on_demand_ready=1)
     view.counts["on_demand"]["failed"] = 4
     assert view.active("on_demand") == 5 and view.warming("on_demand") == 0 and view.failed() == 4
     result = decide(policy, flat_forecast([(0, 10.0)]), view, load=10.0)
     assert desired(result) == 1 and "still warming" not in result.decisions[2].reason
-    assert "4 failed (not serving, not counted as capacity on its way; released first)" in result.decisions[2].reason
+    assert "4 failed (not serving; released first), 0 kept while replaced" in result.decisions[2].reason
+    # 1 ready and 1 failed where 2 are needed: the failed one stays counted so that a replacement starts
+    # beside it (3 asked for); once the replacement is there, it is the one released.
+    view = view_with(on_demand_ready=1)
+    view.counts["on_demand"]["failed"] = 1
+    assert desired(decide(policy, flat_forecast([(0, 20.0)]), view, load=20.0)) == 3
+    view.counts["on_demand"]["warming"] = 1
+    assert desired(decide(policy, flat_forecast([(0, 20.0)]), view, load=20.0)) == 2
+    # Every start failing (a broken image): at most half the class more, and the decision asks why.
+    view = view_with()
+    view.counts["on_demand"]["failed"] = 10
+    broken = decide(policy, flat_forecast([(0, 100.0)]), view, load=100.0)
+    assert desired(broken) == 15 and "are its starts failing?" in broken.decisions[2].reason
 
 
 def test_nodes_paid_to_the_end_of_their_hour_are_released_only_when_it_ends(policy):
