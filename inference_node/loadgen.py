@@ -45,6 +45,11 @@ class LoadResult:
                 "late_sends": self.late_sends, "errors": dict(self.errors)}
 
 
+def describe_errors(errors: dict[str, int]) -> str:
+    """Error outcomes by kind, most frequent first: "ReadTimeout 168, HTTP 500 2"."""
+    return ", ".join(f"{kind} {n}" for kind, n in sorted(errors.items(), key=lambda kv: -kv[1]))
+
+
 def check_reachable(url: str, timeout_s: float = 5.0) -> None:
     """Fail at once, naming the URL, where nothing answers there: else a run sends its whole schedule into
     refused connections and reports them as errors. Any HTTP answer counts (a load balancer need not

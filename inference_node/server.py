@@ -75,7 +75,7 @@ def error(status: int, message: str, kind: str, param: str | None = None, header
 
 
 class Node:
-    """State of one node: starting -> ready -> draining."""
+    """State of one node: starting -> ready -> draining, or failed (it cannot serve)."""
 
     def __init__(self, config: NodeConfig):
         self.config = config
@@ -87,7 +87,7 @@ class Node:
         self.timings: dict[str, float] = {}
         self.error: str | None = None
         self.active = 0  # completion requests inside the handler, from arrival to response
-        self.on_failed = None  # called once the model has failed to load (the server then exits 1)
+        self.on_failed = None  # called once the node fails (model not loaded, engine gone): the server exits 1
 
     # -- start-up --------------------------------------------------------------------------------
     def load_and_warm(self) -> None:
@@ -189,8 +189,8 @@ def create_app(config: NodeConfig) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        # A node whose model failed to load is not healthy: 503, so a liveness or startup probe restarts it
-        # instead of holding a GPU node that will never turn ready.
+        # A failed node (model not loaded, engine gone) is not healthy: 503, so a liveness or startup probe
+        # restarts it instead of holding a GPU node that will never serve.
         failed = node.state == "failed"
         return JSONResponse({"status": "failed" if failed else "alive", "state": node.state, "error": node.error},
                             status_code=503 if failed else 200)

@@ -37,6 +37,16 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def require_reachable(url: str) -> None:
+    """Exit 2 naming the URL where nothing answers there (before a load run sends into refused connections)."""
+    from inference_node.loadgen import check_reachable
+
+    try:
+        check_reachable(url)
+    except ConnectionError as exc:
+        fail(str(exc))
+
+
 def open_store(url: str):
     """The store named by --store, opened before any long work so a bad URL fails at once."""
     from controller.store import Store, StoreError
@@ -481,19 +491,16 @@ def profile(
     """Measure the requests/s a node sustains within a latency SLO; print it in the policy's form."""
     import asyncio
 
-    from inference_node.loadgen import BODY, check_reachable
+    from inference_node.loadgen import BODY, describe_errors
     from inference_node.loadgen import profile as run_profile
 
     def show(step: dict) -> None:
-        errors = ", ".join(f"{kind} {n}" for kind, n in step["errors"].items())
+        errors = describe_errors(step["errors"])
         typer.echo(f"  {step['rps']:>8.2f} req/s  p99 {step['p99_ms']} ms  busy {step['busy']}"
                    + (f"  errors: {errors}" if errors else "") + f"  {'ok' if step['within_slo'] else 'over'}",
                    err=True)
 
-    try:
-        check_reachable(url)
-    except ConnectionError as exc:
-        fail(str(exc))
+    require_reachable(url)
     try:
         result = asyncio.run(run_profile(url, slo_ms, seconds, body=dict(BODY, max_tokens=max_tokens), progress=show))
     except Exception as exc:  # httpx's timeouts say nothing in str(): name the kind
@@ -524,7 +531,7 @@ def loadgen(
     """Replay a trace's arrivals open-loop over HTTP; report outcomes and latency percentiles."""
     import asyncio
 
-    from inference_node.loadgen import BODY, check_reachable, run_open_loop, schedule_from_counts
+    from inference_node.loadgen import BODY, describe_errors, run_open_loop, schedule_from_counts
 
     history = load_history(trace, None, None, 0, None)
     counts = history.counts
@@ -533,17 +540,14 @@ def loadgen(
     times = schedule_from_counts(counts.to_numpy(), history.step.total_seconds(), speedup, rate_scale, duration)
     if len(times) == 0:
         fail("nothing to send: the slice is empty (check --start, --duration, --rate-scale)")
-    try:
-        check_reachable(url)
-    except ConnectionError as exc:
-        fail(str(exc))
+    require_reachable(url)
     typer.echo(f"sending {len(times)} requests over {times[-1]:.0f} s", err=True)
     result = asyncio.run(run_open_loop(url, times, dict(BODY, max_tokens=max_tokens))).summary()
     if as_json:
         typer.echo(json.dumps(result))
         return
     o, lat = result["outcomes"], result["latency_ms"]
-    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(result["errors"].items(), key=lambda kv: -kv[1]))
+    kinds = describe_errors(result["errors"])
     typer.echo(f"sent {result['sent']} in {result['seconds']} s ({result['rate_rps']} req/s): "
                f"ok {o['ok']}, busy {o['busy']}, error {o['error']}" + (f" ({kinds})" if kinds else ""))
     typer.echo(f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
