@@ -563,7 +563,6 @@ def dashboard(
 ) -> None:
     """Open the Streamlit dashboard: forecast vs actual, capacity, cost, SLA, decisions, what-if."""
     import os
-    import subprocess
 
     app_path = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
     env = dict(os.environ, PEAKPILOT_STORE=store)
@@ -571,7 +570,10 @@ def dashboard(
            str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "viewer"]  # no "Deploy" (to Streamlit's cloud) or developer menu
     typer.echo(f"dashboard on http://{host}:{port} (store {store})", err=True)
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    sys.stderr.flush()
+    # Become Streamlit rather than wait on it as a child: a SIGTERM (a container stopping, `kill`) then
+    # reaches the server itself, where it left a child serving on as an orphan.
+    os.execve(sys.executable, cmd, env)
 
 
 def main() -> None:

@@ -200,6 +200,34 @@ def test_a_real_browser_renders_the_charts(store):
         proc.wait(10)
 
 
+def test_stopping_the_dashboard_command_stops_its_server(store):
+    """SIGTERM to `peakpilot dashboard` (a container stopping) must stop Streamlit too, not orphan it."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "peakpilot.cli", "dashboard", "--store", store, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/_stcore/health"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=1).text == "ok":
+                break
+        except httpx.TransportError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("the dashboard did not come up")
+    proc.terminate()
+    proc.wait(20)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+        except httpx.TransportError:
+            return  # nothing serves on the port any more
+        time.sleep(0.3)
+    pytest.fail(f"Streamlit still serves on port {port} after its command was stopped")
+
+
 def test_a_daemon_run_is_shown_too(app, tmp_path):
     """The daemon's store (a live run: no modelled SLA, no baselines) renders every page."""
     store = tmp_path / "daemon.db"
