@@ -6,7 +6,10 @@
   transaction; the controller's memory is in the store, so a restarted daemon continues.
 * Retraining runs on its own cron. Cycles never overlap (``max_instances=1``); a late cycle runs once
   (``coalesce``). Errors are counted by kind and never end the daemon; SIGTERM shuts it down cleanly.
-* Its own ``/metrics`` and ``/health`` on ``--metrics-port``.
+* Its own ``/metrics`` and ``/health`` on ``--metrics-port``. ``/health`` answers 503 once no cycle has
+  finished for ``stall_after_s`` (a cycle stuck on an API call that never returns), so the liveness
+  probe restarts a controller that no longer controls; ``configs/prometheus/peakpilot-rules.yml``
+  alerts on the same signals.
 """
 
 from __future__ import annotations
@@ -59,6 +62,25 @@ class DaemonMetrics:
                              "Share of recent surges above the forecast band that lasted a lead time (rises are "
                              "followed at 1/3 or more with safety_net.follow_rises: auto); absent until 10 are scored",
                              ["service"], registry=r)
+        # What the alerting rules (configs/prometheus/peakpilot-rules.yml) need to tell a controller that
+        # controls from one that only runs: which replica holds the Lease, which applies its decisions,
+        # when each service's loop last turned and last succeeded, and whether the forecast fell back.
+        self.leader = Gauge("peakpilot_leader", "1 while this replica holds the Lease (always, without one)",
+                            ["lease"], registry=r)
+        self.acting = Gauge("peakpilot_acting", "1 while this replica applies its decisions (leader, not shadow)",
+                            ["service"], registry=r)
+        self.last_cycle = Gauge("peakpilot_last_cycle_timestamp_seconds", "Unix time the last cycle finished",
+                                ["service"], registry=r)
+        self.last_ok_cycle = Gauge("peakpilot_last_ok_cycle_timestamp_seconds",
+                                   "Unix time the last cycle that read the cluster and decided finished",
+                                   ["service"], registry=r)
+        self.fallback = Gauge("peakpilot_forecast_fallback",
+                              "1 while the model in use is not the policy's (it fell back, or none is trained)",
+                              ["service"], registry=r)
+
+
+# Error kinds the daemon counts; each starts at 0 so that an alert's increase() sees the first one.
+ERROR_KINDS = ("signals", "forecast", "actuator", "store", "policy_reload", "cycle")
 
 
 @dataclass
@@ -92,6 +114,9 @@ class ServiceController:
         self.rps_per_node = self._capacity(self.policy)
         self.estimate = ShadowEstimate(self.rps_per_node, self.policy.capacity.queue_seconds,
                                        (saved or {}).get("shadow"))
+        for kind in ERROR_KINDS:
+            self.metrics.errors.labels(self.service, kind)
+        self.metrics.fallback.labels(self.service).set(1)
 
     @property
     def service(self) -> str:
@@ -139,6 +164,7 @@ class ServiceController:
             self._error("forecast", f"retrain failed: {exc}; the last model stays")
             return
         self.model, self.model_status = model, status
+        self.metrics.fallback.labels(self.service).set(int(model.name != self.policy.planning.model))
         if self.policy.reserved.count == "auto":
             from controller.reserved import recommend_reserved
 
@@ -205,6 +231,7 @@ class ServiceController:
         m = self.metrics
         m.cycle_seconds.labels(self.service).observe(time.perf_counter() - started)
         m.cycles.labels(self.service, result.mode).inc()
+        m.acting.labels(self.service).set(int(acting))
         m.cost.labels(self.service).set(cost)
         for d in result.decisions:
             m.desired.labels(self.service, d.cls).set(d.desired)
@@ -244,11 +271,20 @@ class ServiceController:
 
 class Daemon:
     def __init__(self, services: list[ServiceController], metrics: DaemonMetrics, interval_s: float = 60,
-                 retrain_cron: str = "0 */6 * * *", clock=utc_now, lease=None):
+                 retrain_cron: str = "0 */6 * * *", clock=utc_now, lease=None, startup_s: float = 1800,
+                 monotonic=time.monotonic, wall=time.time):
         self.services, self.metrics, self.interval_s = services, metrics, interval_s
         self.retrain_cron, self.clock, self.lease = retrain_cron, clock, lease
         self.last_cycle: dict = {}
         self.scheduler = None
+        # /health turns 503 after this long without a finished cycle (startup_s before the first: the
+        # first training of every service comes before it).
+        self.stall_after_s = max(300.0, 5 * interval_s)
+        self.startup_s, self.monotonic, self.wall = startup_s, monotonic, wall
+        self.started_at = monotonic()
+        self.last_cycle_at: float | None = None
+        for service in services:  # "no ok cycle since" starts at the start, so that never is alerted on too
+            metrics.last_ok_cycle.labels(service.service).set(wall())
 
     def cycle_all(self) -> bool:
         now = self.clock()
@@ -258,6 +294,9 @@ class Daemon:
             except Exception as exc:
                 log.error("lease: %s; acting as a follower", exc)
                 self.lease.is_leader = False
+            self.metrics.leader.labels(self.lease.name).set(int(self.lease.is_leader))
+        else:
+            self.metrics.leader.labels("none").set(1)
         ok = True
         for service in self.services:
             try:
@@ -268,6 +307,11 @@ class Daemon:
             ok &= result["ok"]
             self.last_cycle[service.service] = {"at": str(now), "ok": result["ok"], "mode": result.get("mode"),
                                                 "reason": result.get("reason")}
+            stamp = self.wall()
+            self.metrics.last_cycle.labels(service.service).set(stamp)
+            if result["ok"]:
+                self.metrics.last_ok_cycle.labels(service.service).set(stamp)
+        self.last_cycle_at = self.monotonic()
         return ok
 
     def retrain_all(self) -> None:
@@ -276,8 +320,17 @@ class Daemon:
             service.retrain(now)
 
     def health(self) -> dict:
-        return {"status": "ok", "leader": None if self.lease is None else self.lease.is_leader,
-                "services": self.last_cycle}
+        """``status``: ok; starting (training before the first cycle, up to ``startup_s``); stalled (no
+        cycle finished for ``stall_after_s``, or none within ``startup_s``: /health then answers 503)."""
+        now = self.monotonic()
+        if self.last_cycle_at is None:
+            age = None
+            status = "starting" if now - self.started_at <= self.startup_s else "stalled"
+        else:
+            age = round(now - self.last_cycle_at, 1)
+            status = "ok" if age <= self.stall_after_s else "stalled"
+        return {"status": status, "last_cycle_age_s": age,
+                "leader": None if self.lease is None else self.lease.is_leader, "services": self.last_cycle}
 
     def serve_metrics(self, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
         daemon = self
@@ -287,14 +340,17 @@ class Daemon:
                 pass
 
             def do_GET(self):
+                code = 200
                 if self.path == "/metrics":
                     body, kind = generate_latest(daemon.metrics.registry), CONTENT_TYPE_LATEST
                 elif self.path == "/health":
-                    body, kind = json.dumps(daemon.health()).encode(), "application/json"
+                    health = daemon.health()
+                    body, kind = json.dumps(health).encode(), "application/json"
+                    code = 503 if health["status"] == "stalled" else 200
                 else:
                     self.send_error(404)
                     return
-                self.send_response(200)
+                self.send_response(code)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

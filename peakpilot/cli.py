@@ -364,6 +364,9 @@ def run_daemon(
     interval_s: float = typer.Option(60, "--interval-s", min=0.1, help="Seconds between control cycles."),
     retrain_cron: str = typer.Option("0 */6 * * *", "--retrain-cron", help="When to retrain (crontab, UTC)."),
     metrics_port: int = typer.Option(0, "--metrics-port", help="Serve /metrics and /health here (0: off)."),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host",
+                                     help="Address for /metrics and /health (loopback by default; 0.0.0.0 in a pod, "
+                                          "so that the kubelet's probes and Prometheus reach it)."),
     trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="Load for services without Prometheus: this trace, "
                                                              "played from its middle on the daemon's clock."),
     selector: Optional[str] = typer.Option(None, "--selector", help="Only services whose policy labels match, "
@@ -431,7 +434,7 @@ def run_daemon(
             fail(str(exc))
     daemon = Daemon(services, metrics, interval_s, retrain_cron, lease=lease)
     if metrics_port:
-        daemon.serve_metrics(metrics_port)
+        daemon.serve_metrics(metrics_port, metrics_host)
     if once:
         daemon.retrain_all()
         ok = daemon.cycle_all()

@@ -55,7 +55,8 @@ def daily_series(days: int = 7, step_min: int = 5, level: float = 200.0, seed: i
 class PrometheusServer:
     """A real Prometheus (Debian's package) with a temporary config and data dir."""
 
-    def __init__(self, workdir: Path, scrape_targets: list[str] | None = None, scrape_interval: str = "1s"):
+    def __init__(self, workdir: Path, scrape_targets: list[str] | None = None, scrape_interval: str = "1s",
+                 rule_files: list[Path] | None = None):
         self.binary = shutil.which("prometheus")
         if not self.binary:
             pytest.fail("prometheus is not installed: run `apt-get install prometheus` (.ci/run does this)")
@@ -68,6 +69,8 @@ class PrometheusServer:
         config = f"global: {{scrape_interval: {scrape_interval}, evaluation_interval: {scrape_interval}}}\n"
         if scrape_targets:
             config += f"scrape_configs: [{{job_name: node, static_configs: [{{targets: [{targets}]}}]}}]\n"
+        if rule_files:
+            config += "rule_files: [" + ", ".join(f'"{f}"' for f in rule_files) + "]\n"
         (workdir / "prometheus.yml").write_text(config)
         self.proc: subprocess.Popen | None = None
 

@@ -258,6 +258,95 @@ def test_failed_pods_are_said_once_counted_and_not_held(tmp_path, policy_file, t
         assert not spot.reason.str.contains("still warming", regex=False).any()
 
 
+class BrokenView:
+    """A cluster whose API cannot be read."""
+
+    def view(self):
+        raise RuntimeError("injected: the API server is unreachable")
+
+
+class Seconds:
+    """A monotonic clock the test moves."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_health_turns_503_when_cycles_stop_so_the_liveness_probe_restarts_it(tmp_path, policy_file, trace):
+    """/health is what the kubelet's liveness probe reads: a daemon whose cycle hangs (an API call that
+    never returns) still answers HTTP, so health must say stalled, not ok, once no cycle finishes."""
+    metrics = DaemonMetrics()
+    service = ServiceController(policy_file, TraceSignals(trace, 8 * 1440, T0),
+                                SimulatedActuator(load_policy_of(policy_file), reserved=3),
+                                Store(str(tmp_path / "h.db")), metrics)
+    seconds = Seconds()
+    daemon = Daemon([service], metrics, interval_s=60, clock=Clock(), startup_s=600, monotonic=seconds)
+    port = free_port()
+    server = daemon.serve_metrics(port)
+    get = lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)  # noqa: E731
+    try:
+        seconds.t += 590  # training before the first cycle: starting, and alive
+        assert (get().status_code, get().json()["status"]) == (200, "starting")
+        seconds.t += 20  # ... but not for ever
+        assert (get().status_code, get().json()["status"]) == (503, "stalled")
+        daemon.retrain_all()
+        daemon.cycle_all()
+        assert (get().status_code, get().json()["status"], get().json()["last_cycle_age_s"]) == (200, "ok", 0.0)
+        seconds.t += daemon.stall_after_s  # five missed cycles (at least five minutes) are still tolerated
+        assert get().status_code == 200
+        seconds.t += 1
+        answer = get()
+        assert answer.status_code == 503 and answer.json()["status"] == "stalled"
+        assert answer.json()["last_cycle_age_s"] == daemon.stall_after_s + 1
+        daemon.cycle_all()  # the loop turns again: healthy again
+        assert get().status_code == 200
+    finally:
+        server.shutdown()
+
+
+def test_metrics_say_who_acts_when_the_loop_last_turned_and_whether_the_forecast_fell_back(tmp_path, policy_file,
+                                                                                          trace):
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def sample(registry, name, **labels):
+        for family in text_string_to_metric_families(generate_latest(registry).decode()):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+        return None
+
+    clock = Clock()
+    actuator = FlakyActuator(SimulatedActuator(load_policy_of(policy_file), reserved=3))
+    daemon, service, _ = make(policy_file, trace, Store(str(tmp_path / "m.db")), clock, actuator)
+    daemon.wall = lambda: 1_800_000_000.0
+    r = service.metrics.registry
+    # Before training: every error kind is a 0 series (so increase() sees the first error), and no model.
+    assert sample(r, "peakpilot_errors_total", service="llm-chat", kind="actuator") == 0
+    assert sample(r, "peakpilot_forecast_fallback", service="llm-chat") == 1
+    daemon.retrain_all()
+    assert sample(r, "peakpilot_forecast_fallback", service="llm-chat") == 0  # the policy's model
+    run_cycles(daemon, clock, 2)
+    assert sample(r, "peakpilot_leader", lease="none") == 1  # no Lease: this replica acts
+    assert sample(r, "peakpilot_acting", service="llm-chat") == 1
+    assert sample(r, "peakpilot_last_cycle_timestamp_seconds", service="llm-chat") == 1_800_000_000.0
+    assert sample(r, "peakpilot_last_ok_cycle_timestamp_seconds", service="llm-chat") == 1_800_000_000.0
+    service.actuator = BrokenView()
+    daemon.wall = lambda: 1_800_000_060.0
+    run_cycles(daemon, clock, 1)  # the cycle ran, but could not read the cluster: not an ok one
+    assert sample(r, "peakpilot_last_cycle_timestamp_seconds", service="llm-chat") == 1_800_000_060.0
+    assert sample(r, "peakpilot_last_ok_cycle_timestamp_seconds", service="llm-chat") == 1_800_000_000.0
+    assert sample(r, "peakpilot_errors_total", service="llm-chat", kind="actuator") == 1
+    # A history too short for the policy's model (two days needed, one there): it falls back, and says so.
+    service.signals = TraceSignals(trace, 1440, clock.now)
+    daemon.retrain_all()
+    assert service.model.name != service.policy.planning.model
+    assert sample(r, "peakpilot_forecast_fallback", service="llm-chat") == 1
+
+
 def test_daemon_process_serves_metrics_and_stops_cleanly_on_sigterm(tmp_path, policy_file):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(policy_file),

@@ -129,6 +129,32 @@ def test_manifests_run_this_version_with_arguments_the_cli_accepts():
     assert seen == {"run", "serve"}  # the controller and the three inference pools
 
 
+def test_the_ports_probes_and_prometheus_reach_are_bound_beyond_loopback():
+    """The kubelet probes a pod on its own IP and Prometheus scrapes it there: a server on 127.0.0.1
+    (every command's default, for a laptop) would never turn ready, and be restarted for ever."""
+    from peakpilot.cli import app
+
+    group = typer.main.get_command(app)
+    host_of = {"port": "host", "metrics_port": "metrics_host"}  # each command's port option and its address
+    checked = 0
+    for name, container in peakpilot_containers():
+        args = container["args"]
+        with group.make_context("peakpilot", list(args)) as ctx:
+            params = group.get_command(ctx, args[0]).make_context(args[0], list(args[1:]), parent=ctx).params
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        reached = {probe["httpGet"]["port"] for key in ("readinessProbe", "livenessProbe", "startupProbe")
+                   if (probe := container.get(key))}
+        doc = next(d for _, d in documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+        scraped = doc["spec"]["template"]["metadata"].get("annotations", {}).get("prometheus.io/port")
+        for port in {ports.get(p, p) for p in reached} | ({int(scraped)} if scraped else set()):
+            option = next((o for o in host_of if params.get(o) == port), None)
+            assert option, f"{name}: port {port} is probed or scraped, but no option of `{args[0]}` serves it"
+            assert params[host_of[option]] not in ("127.0.0.1", "localhost", "::1"), \
+                f"{name}: port {port} is served on {params[host_of[option]]}: set --{host_of[option].replace('_', '-')} 0.0.0.0"
+            checked += 1
+    assert checked >= 4  # the controller's metrics port and each inference pool's
+
+
 def test_the_image_holds_every_package_and_the_defaults_beside_them():
     dockerfile = (ROOT / "Dockerfile").read_text()
     ignore = (ROOT / ".dockerignore").read_text().splitlines()

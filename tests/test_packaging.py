@@ -53,12 +53,13 @@ def installed(wheel, tmp_path_factory) -> Path:
     return venv
 
 
-def test_the_wheel_carries_every_policy_the_sample_trace_and_the_license(wheel):
+def test_the_wheel_carries_every_policy_the_alerting_rules_the_sample_trace_and_the_license(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     share = [n.split("/data/share/peakpilot/", 1)[1] for n in names if "/data/share/peakpilot/" in n]
     expected = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "configs").glob("*.yaml"))]
-    expected += ["configs/policy.schema.json"]
+    expected += ["configs/policy.schema.json", "configs/prometheus/peakpilot-rules.yml",
+                 "configs/prometheus/prometheus.yml"]
     expected += [str(shipped.SAMPLE_TRACE.relative_to(ROOT)), "data/README.md"]
     assert sorted(share) == sorted(expected)
 

@@ -1,0 +1,271 @@
+"""The alerting rules users load into their Prometheus (configs/prometheus/): valid for the real
+promtool, each alert fires on the failure it names and stays quiet on a healthy (or merely busy)
+controller, every metric they read is one peakpilot exports, and a real Prometheus scraping a real
+daemon raises an alert from the daemon's own metrics."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+
+from controller.actuators import SimulatedActuator
+from controller.daemon import Daemon, DaemonMetrics, ServiceController
+from controller.policy import load_policy
+from controller.replay import load_trace
+from controller.signals import TraceSignals
+from controller.store import Store
+from inference_node.metrics import NodeMetrics
+from tests.conftest import SAMPLE, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "prometheus"
+RULES = CONFIG / "peakpilot-rules.yml"
+T0 = np.datetime64("2026-01-05T00:00", "m")
+
+
+def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    binary = shutil.which("promtool")
+    if not binary:
+        pytest.fail("promtool is not installed: run `apt-get install prometheus` (.ci/run does this)")
+    return subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def alerts() -> list[dict]:
+    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def test_the_config_and_its_rules_pass_promtool_check():
+    out = promtool("check", "config", "prometheus.yml", cwd=CONFIG)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS: 1 rule files found" in out.stdout and f"SUCCESS: {len(alerts())} rules found" in out.stdout
+
+
+def test_every_alert_says_what_is_wrong_and_how_urgent():
+    names = [rule["alert"] for rule in alerts()]
+    assert len(names) == len(set(names)) and all(n.startswith("Peakpilot") for n in names)
+    for rule in alerts():
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
+        assert rule["annotations"]["summary"] and len(rule["annotations"]["description"]) > 80, rule["alert"]
+
+
+def exported_metric_names(tmp_path) -> set[str]:
+    """What a daemon (after a cycle) and an inference node put on /metrics."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text((ROOT / "configs" / "policy.yaml").read_text().replace("model: ensemble ", "model: seasonal_naive "))
+    metrics = DaemonMetrics()
+    service = ServiceController(policy, TraceSignals(load_trace(SAMPLE), 8 * 1440, T0),
+                                SimulatedActuator(load_policy(policy), reserved=3), Store(str(tmp_path / "m.db")),
+                                metrics)
+    daemon = Daemon([service], metrics, clock=lambda: T0)
+    daemon.retrain_all()
+    daemon.cycle_all()
+    names = set()
+    for registry in (metrics.registry, NodeMetrics().registry):
+        for family in text_string_to_metric_families(generate_latest(registry).decode()):
+            names |= {s.name for s in family.samples}
+    return names
+
+
+def test_every_metric_the_rules_read_is_one_peakpilot_exports(tmp_path):
+    read = set(re.findall(r"\bpeakpilot_[a-z_]+", " ".join(rule["expr"] for rule in alerts())))
+    exported = exported_metric_names(tmp_path)
+    assert read and read <= exported, f"the rules read metrics nobody exports: {sorted(read - exported)}"
+
+
+# -- promtool unit tests: input series, and the alerts expected firing at a time ------------------
+# Controller series carry what a scrape adds (instance); `a` is the replica that acts, `b` a follower.
+C = 'service="chat",instance="a"'
+CASES = [
+    {"name": "no controller scraped at all, then one is",
+     "series": {'up{job="other"}': "1x30"},
+     "expect": {"PeakpilotControllerAbsent": {"5m": [], "11m": [{"severity": "critical"}]}}},
+    {"name": "a controller without a Lease is present",
+     "series": {'peakpilot_leader{lease="none",instance="a"}': "1x30"},
+     "expect": {"PeakpilotControllerAbsent": {"11m": []}, "PeakpilotNoLeader": {"11m": []}}},
+    {"name": "two replicas, neither holds the Lease",
+     "series": {'peakpilot_leader{lease="peakpilot",instance="a"}': "0x20",
+                'peakpilot_leader{lease="peakpilot",instance="b"}': "0x20"},
+     "expect": {"PeakpilotNoLeader": {"4m": [], "6m": [{"lease": "peakpilot", "severity": "critical"}]}}},
+    {"name": "two replicas both act on one Lease; two lease-less daemons are not a split brain",
+     "series": {'peakpilot_leader{lease="peakpilot",instance="a"}': "1x20",
+                'peakpilot_leader{lease="peakpilot",instance="b"}': "1x20",
+                'peakpilot_leader{lease="none",instance="c"}': "1x20",
+                'peakpilot_leader{lease="none",instance="d"}': "1x20"},
+     "expect": {"PeakpilotSeveralLeaders": {"6m": [{"lease": "peakpilot", "severity": "warning"}]},
+                "PeakpilotNoLeader": {"6m": []}}},
+    {"name": "one leader and one follower: all is well",
+     "series": {'peakpilot_leader{lease="peakpilot",instance="a"}': "1x20",
+                'peakpilot_leader{lease="peakpilot",instance="b"}': "0x20"},
+     "expect": {"PeakpilotNoLeader": {"10m": []}, "PeakpilotSeveralLeaders": {"10m": []}}},
+    {"name": "a loop that stops turning after 6 minutes (replica a); b keeps turning",
+     "series": {f"peakpilot_last_cycle_timestamp_seconds{{{C}}}": "60+60x5 360x30",
+                'peakpilot_last_cycle_timestamp_seconds{service="chat",instance="b"}': "60+60x36"},
+     "expect": {"PeakpilotCycleStalled": {"16m": [],
+                                          "18m": [{"service": "chat", "instance": "a", "severity": "critical"}]}}},
+    {"name": "no cycle reads the cluster: alerted for the replica that acts, not the follower",
+     "series": {f"peakpilot_last_ok_cycle_timestamp_seconds{{{C}}}": "0x40", f"peakpilot_acting{{{C}}}": "1x40",
+                'peakpilot_last_ok_cycle_timestamp_seconds{service="chat",instance="b"}': "0x40",
+                'peakpilot_acting{service="chat",instance="b"}': "0x40"},
+     "expect": {"PeakpilotNotInControl": {"14m": [],
+                                          "22m": [{"service": "chat", "instance": "a", "severity": "critical"}]}}},
+    {"name": "three actuator errors in a few minutes, then none for ten",
+     "series": {f'peakpilot_errors_total{{{C},kind="actuator"}}': "0 0 0 1 2 3 3x30",
+                f'peakpilot_errors_total{{{C},kind="store"}}': "0x36"},
+     "expect": {"PeakpilotActuatorFailing": {"2m": [], "6m": [{"service": "chat", "instance": "a", "kind": "actuator",
+                                                               "severity": "critical"}], "20m": []},
+                "PeakpilotStoreFailing": {"6m": [], "20m": []}}},
+    {"name": "Prometheus unreadable every cycle; the store is fine",
+     "series": {f'peakpilot_errors_total{{{C},kind="signals"}}': "0+1x30",
+                f'peakpilot_errors_total{{{C},kind="store"}}': "0x30"},
+     "expect": {"PeakpilotSignalsFailing": {"10m": [{"service": "chat", "instance": "a", "kind": "signals",
+                                                     "severity": "warning"}]},
+                "PeakpilotStoreFailing": {"10m": []}}},
+    {"name": "a refused policy: seen because the counter was exported at 0 before (a); a series born at 1 "
+             "(b, never initialised) has no increase to see, which is why the daemon starts every kind at 0",
+     "series": {f'peakpilot_errors_total{{{C},kind="policy_reload"}}': "0 0 0 1x30",
+                'peakpilot_errors_total{service="chat",instance="b",kind="policy_reload"}': "_ _ _ 1x30"},
+     "expect": {"PeakpilotPolicyRejected": {"5m": [{"service": "chat", "instance": "a", "kind": "policy_reload",
+                                                    "severity": "warning"}], "25m": []}}},
+    {"name": "every cycle reactive, on the acting replica and on a follower",
+     "series": {f'peakpilot_cycles_total{{{C},mode="reactive"}}': "0+1x40",
+                f'peakpilot_cycles_total{{{C},mode="predictive"}}': "0x40", f"peakpilot_acting{{{C}}}": "1x40",
+                'peakpilot_cycles_total{service="chat",instance="b",mode="reactive"}': "0+1x40",
+                'peakpilot_acting{service="chat",instance="b"}': "0x40"},
+     "expect": {"PeakpilotReactiveOnly": {"10m": [],
+                                          "20m": [{"service": "chat", "instance": "a", "severity": "warning"}]}}},
+    {"name": "every cycle predictive",
+     "series": {f'peakpilot_cycles_total{{{C},mode="predictive"}}': "0+1x40", f"peakpilot_acting{{{C}}}": "1x40"},
+     "expect": {"PeakpilotReactiveOnly": {"20m": []}}},
+    {"name": "a fallback model for over an hour",
+     "series": {f"peakpilot_forecast_fallback{{{C}}}": "1x90", f"peakpilot_acting{{{C}}}": "1x90"},
+     "expect": {"PeakpilotForecastFallback": {"50m": [],
+                                              "70m": [{"service": "chat", "instance": "a", "severity": "info"}]}}},
+    {"name": "two failed spot nodes, seen by both replicas: one alert",
+     "series": {f'peakpilot_actual_nodes{{{C},class="spot",state="failed"}}': "2x30",
+                'peakpilot_actual_nodes{service="chat",instance="b",class="spot",state="failed"}': "2x30",
+                f'peakpilot_actual_nodes{{{C},class="on_demand",state="failed"}}': "0x30"},
+     "expect": {"PeakpilotFailedNodes": {"10m": [], "20m": [{"service": "chat", "class": "spot",
+                                                             "severity": "warning"}]}}},
+    {"name": "spot short of its plan for long; on-demand rising on a ramp, its nodes a lead time behind",
+     "series": {f'peakpilot_desired_nodes{{{C},class="spot"}}': "6x60",
+                f'peakpilot_actual_nodes{{{C},class="spot",state="ready"}}': "6x10 4x50",
+                f'peakpilot_desired_nodes{{{C},class="on_demand"}}': "2+1x60",
+                f'peakpilot_actual_nodes{{{C},class="on_demand",state="ready"}}': "2x10 3+1x49",
+                f"peakpilot_acting{{{C}}}": "1x60",
+                'peakpilot_desired_nodes{service="chat",instance="b",class="spot"}': "6x60",
+                'peakpilot_actual_nodes{service="chat",instance="b",class="spot",state="ready"}': "4x60",
+                'peakpilot_acting{service="chat",instance="b"}': "0x60"},
+     "expect": {"PeakpilotClassShort": {"15m": [], "25m": [{"service": "chat", "class": "spot", "instance": "a",
+                                                            "severity": "warning"}], "55m": [
+         {"service": "chat", "class": "spot", "instance": "a", "severity": "warning"}]}}},
+    {"name": "busy answers: 4.8% on one service, 0.5% on another",
+     "series": {'peakpilot_requests_total{job="chat",instance="n1",outcome="ok"}': "0+1000x30",
+                'peakpilot_requests_total{job="chat",instance="n1",outcome="busy"}': "0+50x30",
+                'peakpilot_requests_total{job="quiet",instance="n2",outcome="ok"}': "0+1000x30",
+                'peakpilot_requests_total{job="quiet",instance="n2",outcome="busy"}': "0+5x30"},
+     "expect": {"PeakpilotBusyAnswers": {"3m": [], "10m": [{"job": "chat", "severity": "warning"}]}}},
+]
+
+
+def unit_tests(cases: list[dict]) -> dict:
+    tests = []
+    for case in cases:
+        checks = [{"eval_time": at, "alertname": name, "exp_alerts": [{"exp_labels": labels} for labels in expected]}
+                  for name, times in case["expect"].items() for at, expected in times.items()]
+        tests.append({"name": case["name"], "interval": "1m",
+                      "input_series": [{"series": s, "values": v} for s, v in case["series"].items()],
+                      "alert_rule_test": checks})
+    return {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}
+
+
+def write_unit_tests(tmp_path: Path, cases: list[dict]) -> None:
+    # promtool compares annotations too; they are prose (checked above and by `promtool check`), so the
+    # expressions, `for` and labels are tested on a copy without them.
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(unit_tests(cases), sort_keys=False))
+
+
+def test_each_alert_fires_on_its_failure_and_not_on_a_healthy_or_busy_controller(tmp_path):
+    assert {name for case in CASES for name in case["expect"]} == {rule["alert"] for rule in alerts()}
+    write_unit_tests(tmp_path, CASES)
+    out = promtool("test", "rules", "tests.yml", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+
+
+def test_the_unit_tests_can_fail(tmp_path):
+    """The same harness, expecting a stalled loop to stay quiet: promtool must say it fired."""
+    case = copy.deepcopy(next(c for c in CASES if "PeakpilotCycleStalled" in c["expect"]))
+    case["expect"]["PeakpilotCycleStalled"]["18m"] = []
+    write_unit_tests(tmp_path, [case])
+    out = promtool("test", "rules", "tests.yml", cwd=tmp_path)
+    assert out.returncode != 0 and "PeakpilotCycleStalled" in out.stdout + out.stderr
+
+
+def test_a_real_prometheus_scraping_the_daemon_alerts_on_a_refused_policy(tmp_path, prometheus_factory):
+    """End to end: the daemon's /metrics scraped by Prometheus with the shipped rules; a policy edit the
+    daemon refuses raises PeakpilotPolicyRejected for that service, and nothing else fires meanwhile."""
+    policy = tmp_path / "policy.yaml"
+    text = (ROOT / "configs" / "policy.yaml").read_text().replace("model: ensemble ", "model: seasonal_naive ")
+    policy.write_text(text)
+    metrics = DaemonMetrics()
+    service = ServiceController(policy, TraceSignals(load_trace(SAMPLE), 8 * 1440, T0),
+                                SimulatedActuator(load_policy(policy), reserved=3), Store(str(tmp_path / "p.db")),
+                                metrics)
+    now = [T0]
+    daemon = Daemon([service], metrics, clock=lambda: now[0])
+    daemon.retrain_all()
+    daemon.cycle_all()
+    port = free_port()
+    server = daemon.serve_metrics(port)
+    prom = prometheus_factory(scrape_targets=[f"127.0.0.1:{port}"], rule_files=[RULES])
+    prom.start()
+    try:
+        def firing() -> dict[str, dict]:
+            answer = requests.get(f"{prom.url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+            return {a["labels"]["alertname"]: a for a in answer if a["state"] == "firing"}
+
+        def scraped(query: str) -> bool:
+            return bool(requests.get(f"{prom.url}/api/v1/query", params={"query": query}, timeout=5)
+                        .json()["data"]["result"])
+
+        deadline = time.time() + 30
+        while time.time() < deadline and not scraped('peakpilot_errors_total{kind="policy_reload"} == 0'):
+            time.sleep(0.5)  # the 0 must be scraped before the error, as it is in a long-running daemon
+        assert scraped('peakpilot_errors_total{kind="policy_reload"} == 0')
+        time.sleep(1.5)
+        assert firing() == {}
+        policy.write_text(text.replace("max_share: 0.6", "max_share: 1.6"))
+        stamp = policy.stat().st_mtime + 5
+        import os
+
+        os.utime(policy, (stamp, stamp))
+        now[0] += np.timedelta64(1, "m")
+        daemon.cycle_all()  # refused: the old policy stays in force
+        assert service.policy.spot.max_share == 0.6
+        deadline = time.time() + 30
+        while time.time() < deadline and "PeakpilotPolicyRejected" not in firing():
+            time.sleep(0.5)
+        alert = firing().get("PeakpilotPolicyRejected")
+        assert alert, requests.get(f"{prom.url}/api/v1/alerts", timeout=5).text
+        assert alert["labels"]["service"] == "llm-chat" and alert["labels"]["severity"] == "warning"
+        assert alert["annotations"]["summary"] == "llm-chat: a changed policy file was refused; the one in force stays"
+        assert set(firing()) == {"PeakpilotPolicyRejected"}
+    finally:
+        server.shutdown()
