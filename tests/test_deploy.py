@@ -21,7 +21,7 @@ from controller.policy import Policy
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 MODELS = {"Deployment": "V1Deployment", "ServiceAccount": "V1ServiceAccount", "Role": "V1Role",
           "RoleBinding": "V1RoleBinding", "ConfigMap": "V1ConfigMap", "PriorityClass": "V1PriorityClass",
-          "Namespace": "V1Namespace"}
+          "Namespace": "V1Namespace", "Service": "V1Service"}
 
 
 def documents():
@@ -84,6 +84,20 @@ def test_policy_configmap_is_the_default_policy_with_only_the_cluster_keys_chang
     assert deployed["capacity"].pop("rps_per_node") > 0 and default["capacity"].pop("peak_nodes") > 0
     assert deployed["signals"].pop("prometheus").startswith("http") and default["signals"].pop("prometheus") is None
     assert deployed == default
+
+
+def test_the_service_reaches_every_pool_that_serves_and_not_the_placeholders():
+    docs = all_docs()
+    service = docs[("Service", "llm")]
+    selector = service["spec"]["selector"]
+    reached = {name for (kind, name), doc in docs.items() if kind == "Deployment"
+               and selector.items() <= doc["spec"]["template"]["metadata"]["labels"].items()}
+    policy = Policy.model_validate(yaml.safe_load(docs[("ConfigMap", "peakpilot-policy")]["data"]["llm-chat.yaml"]))
+    assert reached == set(policy.kubernetes.workloads.values())  # the three classes, not the placeholder
+    for name in reached:
+        container = docs[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
+        names = {p["name"] for p in container["ports"]}
+        assert all(port["targetPort"] in names for port in service["spec"]["ports"]), name
 
 
 def test_spot_pool_selects_and_tolerates_spot_capacity_and_placeholder_is_lowest_priority():
