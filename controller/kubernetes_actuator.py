@@ -55,10 +55,16 @@ def api_client(host: str | None = None, kubeconfig: str | None = None):
     return client.ApiClient()
 
 
+# (connect, read) seconds for every API call: the client's default is to wait for ever, and an API server
+# that takes the connection and never answers would then hang the cycle, and every cycle after it.
+REQUEST_TIMEOUT_S = (5.0, 20.0)
+
+
 def with_retry(call, *args, attempts: int = 5, base_s: float = 0.2, cap_s: float = 5.0, sleep=time.sleep, **kwargs):
     """Call the API, retrying conflicts, throttling and server errors with backoff and jitter."""
     from kubernetes.client.exceptions import ApiException
 
+    kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT_S)
     for attempt in range(attempts):
         try:
             return call(*args, **kwargs)
@@ -256,14 +262,15 @@ class LeaseLock:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            lease = self.coord.read_namespaced_lease(self.name, self.namespace)
+            lease = self.coord.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT_S)
         except ApiException as exc:
             if exc.status != 404:
                 log.warning("lease %s: read failed (%s); not acting", self.name, exc.status)
                 self.is_leader = False
                 return False
             try:
-                self.coord.create_namespaced_lease(self.namespace, self._body(None, None, 0))
+                self.coord.create_namespaced_lease(self.namespace, self._body(None, None, 0),
+                                                  _request_timeout=REQUEST_TIMEOUT_S)
                 self.is_leader = True
             except ApiException:
                 self.is_leader = False
@@ -281,7 +288,8 @@ class LeaseLock:
         acquired = spec.acquire_time if holder == self.identity else None
         try:
             self.coord.replace_namespaced_lease(self.name, self.namespace,
-                                                self._body(lease.metadata.resource_version, acquired, transitions))
+                                                self._body(lease.metadata.resource_version, acquired, transitions),
+                                                _request_timeout=REQUEST_TIMEOUT_S)
             self.is_leader = True
         except ApiException as exc:
             log.warning("lease %s: lost the race (%s)", self.name, exc.status)

@@ -92,10 +92,7 @@ class PrometheusSignals:
         load = float(last.iloc[-1]) / history.step.total_seconds() if len(last) else None
         busy = 0.0
         try:
-            from prometheus_api_client import PrometheusConnect
-
-            answer = PrometheusConnect(url=self.source.url, disable_ssl=True).custom_query(
-                self.BUSY.format(step=self.step))
+            answer = self.source.client().custom_query(self.BUSY.format(step=self.step))
             if answer:
                 busy = float(answer[0]["value"][1])
                 busy = 0.0 if not np.isfinite(busy) else busy

@@ -88,6 +88,10 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
 
 
+CONNECT_TIMEOUT_S = 10  # PostgreSQL: seconds to connect (libpq takes 2 at least)
+STATEMENT_TIMEOUT_S = 30  # PostgreSQL: longest statement
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
@@ -111,8 +115,13 @@ class Store:
                 parsed = URL.create("sqlite", database=f"file:{self.path}?mode=ro", query={"uri": "true"})
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A database server that takes the connection and never answers, or vanishes mid-query, must not
+        # hang the daemon's cycle: libpq waits for ever by default.
+        connect_args = {} if self.path is not None else {
+            "connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+            "keepalives_count": 3, "options": f"-c statement_timeout={STATEMENT_TIMEOUT_S * 1000}"}
         try:
-            self.engine: Engine = sa.create_engine(parsed, pool_pre_ping=True)
+            self.engine: Engine = sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
         except (NoSuchModuleError, ImportError) as exc:
             raise StoreError(f"store {self.name}: no database driver ({exc}); PostgreSQL needs "
                              f"`pip install 'peakpilot[postgres]'`") from None

@@ -23,6 +23,7 @@ from forecaster.history import History, mark_gaps
 from forecaster.progress import progress as show_progress
 
 DEFAULT_QUERY = "sum(rate(peakpilot_requests_total[{step}]))"
+CLIENT_MARGIN_S = 5.0  # the client waits this much longer than the query timeout Prometheus is given
 
 
 class PrometheusSource:
@@ -39,10 +40,18 @@ class PrometheusSource:
     def where(self) -> str:
         return f"{self.url} query {self.query!r}"
 
-    def _client(self):
+    def client(self):
+        """Every request gives up a few seconds after the query's own timeout, so a Prometheus that takes
+        the connection and never answers cannot hang the daemon's cycle. Certificates are verified; for a
+        private CA, name its bundle in ``REQUESTS_CA_BUNDLE``."""
         from prometheus_api_client import PrometheusConnect
+        from prometheus_api_client.prometheus_connect import RETRY_BACKOFF_FACTOR, RETRY_ON_STATUS
+        from urllib3.util.retry import Retry
 
-        return PrometheusConnect(url=self.url, disable_ssl=True)
+        # The client's own retries (refused connections, 5xx), but a read that timed out is tried once
+        # more only: four waits of a query timeout would outlast the daemon's cycles.
+        retry = Retry(total=3, read=1, backoff_factor=RETRY_BACKOFF_FACTOR, status_forcelist=RETRY_ON_STATUS)
+        return PrometheusConnect(url=self.url, timeout=self.timeout_s + CLIENT_MARGIN_S, retry=retry)
 
     def load_days(self, days: float, end: datetime | None = None, progress: bool = False) -> History:
         end_ts = pd.Timestamp(end or datetime.now(timezone.utc)).floor(self.step)
@@ -57,7 +66,7 @@ class PrometheusSource:
             start, end = start.tz_localize("UTC"), end.tz_localize("UTC")
         if end <= start:
             raise HistoryError(self.where, f"empty range: {start} .. {end}")
-        client = self._client()
+        client = self.client()
         # Evaluation times are interval ends: t = interval start + step.
         evals = pd.date_range(start + self.step, end, freq=self.step)
         values: dict[int, float] = {}
@@ -68,8 +77,18 @@ class PrometheusSource:
                 result = client.custom_query_range(self.query, start_time=part[0].to_pydatetime(),
                                                    end_time=part[-1].to_pydatetime(), step=self.step_text,
                                                    params={"timeout": f"{int(self.timeout_s)}s"})
-            except requests.exceptions.ConnectionError:
+            except requests.exceptions.ConnectionError as exc:
+                # A read that timed out at each try ends as a ConnectionError (the retries' last error).
+                if isinstance(exc, requests.exceptions.ConnectTimeout) or "timed out" in str(exc):
+                    raise HistoryError(self.url, f"Prometheus did not answer within {self.timeout_s + CLIENT_MARGIN_S:g} s "
+                                                 f"(overloaded, or the query is too heavy: try a coarser step)") from None
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                    raise HistoryError(self.url, "Prometheus's TLS certificate is not trusted (for a private "
+                                                 "CA, set REQUESTS_CA_BUNDLE to its bundle)") from None
                 raise HistoryError(self.url, "Prometheus is unreachable (connection refused or no route)") from None
+            except requests.exceptions.Timeout:
+                raise HistoryError(self.url, f"Prometheus did not answer within {self.timeout_s + CLIENT_MARGIN_S:g} s "
+                                             f"(overloaded, or the query is too heavy: try a coarser step)") from None
             except requests.exceptions.RequestException as exc:
                 raise HistoryError(self.url, f"request failed: {exc}") from None
             except Exception as exc:  # PrometheusApiClientException carries Prometheus's own error text

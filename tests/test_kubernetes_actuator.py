@@ -181,3 +181,25 @@ def test_hourly_billed_pods_report_paid_time_and_the_one_paid_out_soonest_goes_f
     act.view()
     act.apply([Decision("on_demand", 2, 3, "again")])  # unchanged costs are not written again
     assert len(kube.calls("PATCH", "/pods/o2")) == 1
+
+
+def test_an_api_server_that_takes_the_connection_and_never_answers_times_out(monkeypatch):
+    """The client's default is no timeout at all: one silent API server would hang the cycle for ever.
+    Reads, writes and the Lease all give up (the daemon counts an actuator error and goes on)."""
+    import socket
+    import time
+
+    import controller.kubernetes_actuator as k8s
+
+    monkeypatch.setattr(k8s, "REQUEST_TIMEOUT_S", (0.5, 0.5))
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        api = api_client(host=f"http://127.0.0.1:{hole.getsockname()[1]}")
+        act = KubernetesActuator(api, TARGET, sleep=lambda s: None)
+        for call in (act.view, lambda: act.apply([Decision("spot", 4, 3, "test")]),
+                     LeaseLock(api, "inference", "peakpilot", "me").acquire_or_renew):
+            started = time.monotonic()
+            with pytest.raises(Exception, match="(?i)timed? ?out"):
+                call()
+            assert time.monotonic() - started < 5

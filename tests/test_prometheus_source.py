@@ -79,3 +79,22 @@ def test_prometheus_down_is_a_clear_error():
     with pytest.raises(HistoryError, match="Prometheus is unreachable") as err:
         PrometheusSource(url).load_days(1)
     assert err.value.where == url
+
+
+def test_a_prometheus_that_takes_the_connection_and_never_answers_is_a_clear_error(monkeypatch):
+    """Without a client timeout this read waits for ever, and with it the daemon's cycle."""
+    import socket
+    import time
+
+    import forecaster.prometheus_source as source
+
+    monkeypatch.setattr(source, "CLIENT_MARGIN_S", 0.5)
+    with socket.socket() as hole:  # listens (the kernel completes the handshake) and never answers
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)
+        url = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(HistoryError, match=r"Prometheus did not answer within 1\.5 s") as err:
+            PrometheusSource(url, timeout_s=1.0).load_days(1)
+        assert time.monotonic() - started < 6  # two tries of 1.5 s, not four
+        assert err.value.where == url
