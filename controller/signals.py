@@ -58,10 +58,11 @@ class PrometheusSignals:
 
     BUSY = 'sum(rate(peakpilot_requests_total{{outcome="busy"}}[{step}])) / sum(rate(peakpilot_requests_total[{step}]))'
 
-    def __init__(self, url: str, query: str | None = None, step: str = "1m", history_days: float = 14):
+    def __init__(self, url: str, query: str | None = None, step: str = "1m", history_days: float = 14,
+                 timeout_s: float = 30.0):
         from forecaster.prometheus_source import PrometheusSource
 
-        self.source = PrometheusSource(url, query=query, step=step)
+        self.source = PrometheusSource(url, query=query, step=step, timeout_s=timeout_s)
         self.step = step
         self.history_days = history_days
         self._history: History | None = None

@@ -9,10 +9,15 @@ labelled with the interval's start (``t - step``), so counts line up with a CSV 
 Prometheus answers at most 11,000 points per range query, so long ranges are read in chunks of
 ``chunk_points`` steps. Steps that come back without a sample are gaps (NaN), listed in the
 History's ``gaps``, and filled by the documented rule of :mod:`forecaster.history` for model inputs.
+
+Every request has a timeout, and a Prometheus that could not be reached (refused, or silent past the
+timeout) is not asked again for ``RETRY_AFTER_FAILURE_S``: a daemon with many services on one
+Prometheus then waits for it once per cycle, not once per service.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 import numpy as np
@@ -24,6 +29,8 @@ from forecaster.progress import progress as show_progress
 
 DEFAULT_QUERY = "sum(rate(peakpilot_requests_total[{step}]))"
 CLIENT_MARGIN_S = 5.0  # the client waits this much longer than the query timeout Prometheus is given
+RETRY_AFTER_FAILURE_S = 30.0  # an unreachable Prometheus is not asked again this soon (by any source)
+_unreachable: dict[str, tuple[float, str]] = {}  # url -> (monotonic time it failed, how)
 
 
 class PrometheusSource:
@@ -45,13 +52,26 @@ class PrometheusSource:
         the connection and never answers cannot hang the daemon's cycle. Certificates are verified; for a
         private CA, name its bundle in ``REQUESTS_CA_BUNDLE``."""
         from prometheus_api_client import PrometheusConnect
-        from prometheus_api_client.prometheus_connect import RETRY_BACKOFF_FACTOR, RETRY_ON_STATUS
+        from prometheus_api_client.prometheus_connect import RETRY_ON_STATUS
         from urllib3.util.retry import Retry
 
-        # The client's own retries (refused connections, 5xx), but a read that timed out is tried once
-        # more only: four waits of a query timeout would outlast the daemon's cycles.
-        retry = Retry(total=3, read=1, backoff_factor=RETRY_BACKOFF_FACTOR, status_forcelist=RETRY_ON_STATUS)
+        # Refused connections and 5xx are tried three times more within 1.5 s (the library's backoff waits
+        # 6 s); a read that timed out once more only: four waits of a query timeout would outlast a cycle.
+        retry = Retry(total=3, read=1, backoff_factor=0.25, status_forcelist=RETRY_ON_STATUS)
         return PrometheusConnect(url=self.url, timeout=self.timeout_s + CLIENT_MARGIN_S, retry=retry)
+
+    def _transport_failure(self, exc) -> str:
+        import requests
+
+        wait = f"{self.timeout_s + CLIENT_MARGIN_S:g} s"
+        # A read that timed out at each try ends as a ConnectionError (the retries' last error).
+        if isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc):
+            return f"Prometheus did not answer within {wait} (overloaded, or the query is too heavy: try a coarser step)"
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return "Prometheus's TLS certificate is not trusted (for a private CA, set REQUESTS_CA_BUNDLE to its bundle)"
+        if isinstance(exc, requests.exceptions.ConnectionError):
+            return "Prometheus is unreachable (connection refused or no route)"
+        return f"request failed: {exc}"
 
     def load_days(self, days: float, end: datetime | None = None, progress: bool = False) -> History:
         end_ts = pd.Timestamp(end or datetime.now(timezone.utc)).floor(self.step)
@@ -66,6 +86,10 @@ class PrometheusSource:
             start, end = start.tz_localize("UTC"), end.tz_localize("UTC")
         if end <= start:
             raise HistoryError(self.where, f"empty range: {start} .. {end}")
+        failed = _unreachable.get(self.url)
+        if failed and time.monotonic() - failed[0] < RETRY_AFTER_FAILURE_S:
+            raise HistoryError(self.url, f"{failed[1]} {time.monotonic() - failed[0]:.0f} s ago; not asked again "
+                                         f"until {RETRY_AFTER_FAILURE_S:g} s have passed")
         client = self.client()
         # Evaluation times are interval ends: t = interval start + step.
         evals = pd.date_range(start + self.step, end, freq=self.step)
@@ -77,22 +101,13 @@ class PrometheusSource:
                 result = client.custom_query_range(self.query, start_time=part[0].to_pydatetime(),
                                                    end_time=part[-1].to_pydatetime(), step=self.step_text,
                                                    params={"timeout": f"{int(self.timeout_s)}s"})
-            except requests.exceptions.ConnectionError as exc:
-                # A read that timed out at each try ends as a ConnectionError (the retries' last error).
-                if isinstance(exc, requests.exceptions.ConnectTimeout) or "timed out" in str(exc):
-                    raise HistoryError(self.url, f"Prometheus did not answer within {self.timeout_s + CLIENT_MARGIN_S:g} s "
-                                                 f"(overloaded, or the query is too heavy: try a coarser step)") from None
-                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                    raise HistoryError(self.url, "Prometheus's TLS certificate is not trusted (for a private "
-                                                 "CA, set REQUESTS_CA_BUNDLE to its bundle)") from None
-                raise HistoryError(self.url, "Prometheus is unreachable (connection refused or no route)") from None
-            except requests.exceptions.Timeout:
-                raise HistoryError(self.url, f"Prometheus did not answer within {self.timeout_s + CLIENT_MARGIN_S:g} s "
-                                             f"(overloaded, or the query is too heavy: try a coarser step)") from None
             except requests.exceptions.RequestException as exc:
-                raise HistoryError(self.url, f"request failed: {exc}") from None
+                how = self._transport_failure(exc)
+                _unreachable[self.url] = (time.monotonic(), how)
+                raise HistoryError(self.url, how) from None
             except Exception as exc:  # PrometheusApiClientException carries Prometheus's own error text
                 raise HistoryError(self.where, f"Prometheus answered an error: {exc}") from None
+            _unreachable.pop(self.url, None)
             if not isinstance(result, list):
                 raise HistoryError(self.where, f"unexpected answer {str(result)[:200]!r}")
             if len(result) > 1:

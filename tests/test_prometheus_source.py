@@ -98,3 +98,14 @@ def test_a_prometheus_that_takes_the_connection_and_never_answers_is_a_clear_err
             PrometheusSource(url, timeout_s=1.0).load_days(1)
         assert time.monotonic() - started < 6  # two tries of 1.5 s, not four
         assert err.value.where == url
+        # Another source (another service's) on the same Prometheus does not wait for it again ...
+        started = time.monotonic()
+        with pytest.raises(HistoryError, match=r"did not answer within 1\.5 s \(.*\) \d+ s ago; not asked again"):
+            PrometheusSource(url, query="sum(rate(other_total[1m]))", timeout_s=1.0).load_days(1)
+        assert time.monotonic() - started < 0.5
+        # ... until the pause is over: then it is asked, and waited for, again.
+        monkeypatch.setattr(source, "RETRY_AFTER_FAILURE_S", 0.0)
+        started = time.monotonic()
+        with pytest.raises(HistoryError, match=r"did not answer within 1\.5 s \(overloaded"):
+            PrometheusSource(url, timeout_s=1.0).load_days(1)
+        assert time.monotonic() - started > 1.4
