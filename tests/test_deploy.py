@@ -52,6 +52,21 @@ def all_docs():
     return {(d["kind"], d["metadata"]["name"]): d for _, d in documents()}
 
 
+def test_kubectl_apply_of_the_folder_creates_what_each_object_needs_first():
+    """`kubectl apply -f deploy/` applies the files in name order: an object in the `inference` namespace
+    before the Namespace (or a pod template naming a PriorityClass before it) fails on a first install."""
+    created: set[tuple[str, str]] = set()
+    for _, doc in documents():  # in the order kubectl reads them
+        namespace = doc["metadata"].get("namespace")
+        if namespace:
+            assert ("Namespace", namespace) in created, f"{doc['kind']}/{doc['metadata']['name']} before its namespace"
+        if doc["kind"] == "Deployment":
+            priority = doc["spec"]["template"]["spec"].get("priorityClassName")
+            if priority:
+                assert ("PriorityClass", priority) in created, f"{doc['metadata']['name']} before its PriorityClass"
+        created.add((doc["kind"], doc["metadata"]["name"]))
+
+
 def test_rbac_is_least_privilege_and_names_the_policy_workloads():
     docs = all_docs()
     role = docs[("Role", "peakpilot")]
