@@ -44,15 +44,20 @@ RETRY_STATUSES = (409, 429, 500, 502, 503, 504)
 def api_client(host: str | None = None, kubeconfig: str | None = None):
     """In-cluster auth when running in a pod, else the kubeconfig; ``host`` for a plain endpoint (tests)."""
     from kubernetes import client, config
+    from urllib3.util.retry import Retry
 
     if host:
         cfg = client.Configuration(host=host)
-        return client.ApiClient(cfg)
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config(config_file=kubeconfig)
-    return client.ApiClient()
+    else:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config(config_file=kubeconfig)
+        cfg = client.Configuration.get_default_copy()
+    # urllib3's default tries a GET four times, each waiting its whole read timeout: a silent API server
+    # would hold a cycle for minutes. Refused connections are still tried again, quickly.
+    cfg.retries = Retry(total=3, read=1, backoff_factor=0.25)
+    return client.ApiClient(cfg)
 
 
 # (connect, read) seconds for every API call: the client's default is to wait for ever, and an API server

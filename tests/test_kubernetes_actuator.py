@@ -202,4 +202,4 @@ def test_an_api_server_that_takes_the_connection_and_never_answers_times_out(mon
             started = time.monotonic()
             with pytest.raises(Exception, match="(?i)timed? ?out"):
                 call()
-            assert time.monotonic() - started < 5
+            assert time.monotonic() - started < 1.8  # a read tried twice, not four times (0.5 s each)
