@@ -238,6 +238,14 @@ def ready_minutes(pod) -> float | None:
     return max(0.0, (ready - created).total_seconds() / 60.0)
 
 
+def lease_duration_s(interval_s: float) -> int:
+    """How long the daemon's Lease is good for: three cycles (at least a minute). The leader renews it once
+    a cycle, so a Lease of one cycle expires whenever a cycle starts a moment late, and a follower that
+    looks in that moment takes it: leadership would change hands for nothing about once a day. A leader
+    that stops is replaced within three cycles."""
+    return int(max(60, 3 * interval_s))
+
+
 class LeaseLock:
     """Leader election on a Lease: hold it by renewing; take it only when free or expired.
 

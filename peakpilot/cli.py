@@ -402,13 +402,15 @@ def run_daemon(
     st = open_store(store)
     api = lease = None
     if backend == "kubernetes":
-        from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget, LeaseLock, api_client
+        from controller.kubernetes_actuator import (KubernetesActuator, KubernetesTarget, LeaseLock, api_client,
+                                                    lease_duration_s)
         from controller.policy import CLASSES
 
         api = api_client(kubeconfig=kubeconfig)
         first = next(iter(policies.values()))
         name = lease_name or ("peakpilot" + (f"-{selector.replace('=', '-')}" if selector else ""))
-        lease = LeaseLock(api, first.kubernetes.namespace, name, f"{socket.gethostname()}-{os.getpid()}")
+        lease = LeaseLock(api, first.kubernetes.namespace, name, f"{socket.gethostname()}-{os.getpid()}",
+                          duration_s=lease_duration_s(interval_s))
     tr = load_trace_or_exit(trace) if any(p.signals.prometheus is None for p in policies.values()) else None
     services = []
     for path, pol in policies.items():

@@ -154,6 +154,36 @@ def test_lease_leader_election(kube):
     assert a.acquire_or_renew() is False and a.is_leader is False  # a lost the lease
 
 
+def test_a_leader_whose_cycles_run_a_little_late_keeps_the_lease_and_a_stopped_one_is_replaced(kube):
+    """The daemon renews once a cycle, a little after the cycle's time (0 or 0.5 s here). With a Lease of
+    one cycle, each renewal 0.5 s later than the one before leaves a gap in which the follower (looking
+    0.3 s after the cycle's time) takes over for nothing; with the daemon's duration it does not."""
+    from controller.kubernetes_actuator import lease_duration_s
+
+    api = api_client(host=kube.url)
+    t0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+    def run(duration: int, cycles: int = 12, leader_stops_after: int = 99) -> list[str]:
+        kube.leases.clear()
+        clock = {"now": t0}
+        a = LeaseLock(api, "inference", "peakpilot", "replica-a", duration, now=lambda: clock["now"])
+        b = LeaseLock(api, "inference", "peakpilot", "replica-b", duration, now=lambda: clock["now"])
+        events = [(60 * k + 0.5 * (k % 2), a) for k in range(min(cycles, leader_stops_after + 1))]
+        events += [(60 * k + 0.3, b) for k in range(1, cycles)]
+        holders = []
+        for at, replica in sorted(events, key=lambda e: e[0]):
+            clock["now"] = t0 + timedelta(seconds=at)
+            replica.acquire_or_renew()
+            if replica is b:
+                holders.append(kube.leases["peakpilot"]["spec"]["holderIdentity"])
+        return holders  # who holds the Lease after each of b's looks (cycles 1, 2, ...)
+
+    assert run(60)[0] == "replica-b"  # one cycle long: taken over at the first late renewal
+    assert set(run(lease_duration_s(60))) == {"replica-a"}
+    holders = run(lease_duration_s(60), leader_stops_after=3)  # a's last renewal at cycle 3
+    assert holders[:6] == ["replica-a"] * 6 and holders[6] == "replica-b"  # b takes it at cycle 7
+
+
 def test_lease_race_conflict_leaves_one_leader(kube):
     api = api_client(host=kube.url)
     now = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
