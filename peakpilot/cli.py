@@ -75,9 +75,17 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit."),
-          verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (to stderr).")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens (to stderr)."),
+          log_format: str = typer.Option("text", "--log-format", envvar="PEAKPILOT_LOG_FORMAT",
+                                         help="text, or json: one object a line for a log pipeline.")) -> None:
+    from peakpilot.log_format import formatter
+
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter(f"{log_format!r}: use text or json", param_hint="--log-format")
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     if not verbose:  # each retry of an unreachable Prometheus; the error that follows names the URL once
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 

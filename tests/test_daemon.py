@@ -391,6 +391,21 @@ def test_run_once_and_a_broken_policy_at_start(tmp_path, policy_file):
     assert out.returncode == 2 and "spot.max_share" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_json_logs_for_a_log_pipeline(tmp_path, policy_file):
+    """PEAKPILOT_LOG_FORMAT=json (as deploy/controller.yaml sets it): every stderr line one JSON object."""
+    import os
+
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(policy_file), "--once",
+                          "--backend", "dry-run", "--store", str(tmp_path / "j.db")], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PEAKPILOT_LOG_FORMAT": "json"})
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stderr.splitlines()]  # fails on any line that is not JSON
+    trained = [x for x in lines if "trained" in x["message"]]
+    assert trained and trained[0]["level"] == "info" and trained[0]["logger"] == "peakpilot.daemon"
+    assert trained[0]["time"].endswith("+00:00")
+    assert "dry-run: PATCH" in out.stdout  # what the command prints stays text
+
+
 def test_shadow_mode_records_the_plan_next_to_the_cluster(tmp_path, policy_file, trace):
     with FakeKubeAPI("inference") as kube:
         for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
