@@ -63,16 +63,42 @@ def api_client(host: str | None = None, kubeconfig: str | None = None):
 # (connect, read) seconds for every API call: the client's default is to wait for ever, and an API server
 # that takes the connection and never answers would then hang the cycle, and every cycle after it.
 REQUEST_TIMEOUT_S = (5.0, 20.0)
+# An API server that could not be reached is not asked again this soon by any actuator of the process:
+# a daemon with many services then waits for it once per cycle, not once per service.
+RETRY_AFTER_FAILURE_S = 30.0
+_unreachable: dict[str, tuple[float, str]] = {}  # API server URL -> (monotonic time it failed, how)
+
+
+class ApiUnreachable(RuntimeError):
+    """The API server refused the connection or did not answer in time."""
+
+
+def _server_of(call) -> str:
+    api = getattr(getattr(call, "__self__", None), "api_client", None)
+    return getattr(getattr(api, "configuration", None), "host", None) or "the Kubernetes API"
 
 
 def with_retry(call, *args, attempts: int = 5, base_s: float = 0.2, cap_s: float = 5.0, sleep=time.sleep, **kwargs):
     """Call the API, retrying conflicts, throttling and server errors with backoff and jitter."""
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
 
+    server = _server_of(call)
+    failed = _unreachable.get(server)
+    if failed and time.monotonic() - failed[0] < RETRY_AFTER_FAILURE_S:
+        raise ApiUnreachable(f"{server}: {failed[1]} {time.monotonic() - failed[0]:.0f} s ago; not asked again "
+                             f"until {RETRY_AFTER_FAILURE_S:g} s have passed")
     kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT_S)
     for attempt in range(attempts):
         try:
-            return call(*args, **kwargs)
+            result = call(*args, **kwargs)
+            _unreachable.pop(server, None)
+            return result
+        except HTTPError as exc:  # urllib3: refused, reset, or timed out (after its own retries)
+            how = (f"did not answer within {REQUEST_TIMEOUT_S[1]:g} s" if "timed out" in str(exc).lower()
+                   else f"is unreachable ({type(getattr(exc, 'reason', exc) or exc).__name__})")
+            _unreachable[server] = (time.monotonic(), how)
+            raise ApiUnreachable(f"{server}: the API server {how}") from None
         except ApiException as exc:
             if exc.status not in RETRY_STATUSES or attempt == attempts - 1:
                 raise
