@@ -52,14 +52,17 @@ KNOBS = {
 # -- the trace, per minute ----------------------------------------------------------------------
 @dataclass
 class Trace:
-    """A trace as replay needs it: arrivals per minute (NaN in gaps), per second where known, and the
-    history at the forecaster's step (the trace's own, or one minute for per-second traces)."""
+    """A trace as replay needs it: arrivals per minute (NaN in gaps), within the minute where the trace
+    knows them, and the history at the forecaster's step (the trace's own, or one minute for a step
+    under a minute)."""
 
     name: str
     history: History
     times: np.ndarray  # datetime64[m], one per minute (wall clock of the trace)
     arrivals: np.ndarray  # requests per minute, NaN in gaps
-    per_second: np.ndarray | None = None  # (minutes, 60) where the trace has per-second counts
+    # (minutes, k): each minute's arrivals in the trace's own intervals where they are under a minute
+    # (k = 60 for a per-second trace, 2 at a 30-s step); None at a step of a minute or more
+    sub_minute: np.ndarray | None = None
 
     @property
     def step_min(self) -> int:
@@ -71,12 +74,21 @@ class Trace:
 
 def load_trace(path: str | Path) -> Trace:
     history = load_csv(path)
-    per_second = None
+    sub_minute = None
     if history.step < MINUTE:
-        seconds = history.counts
+        # Each minute's arrivals in the trace's own intervals (sub-steps of the service model): 60 for a
+        # per-second trace, 2 at a 30-s step. A step that does not divide a minute is spread evenly over
+        # its seconds. (A 30-s count placed in its first second would be a burst the traffic never had.)
+        step_s = history.step.total_seconds()
+        if step_s % 1:
+            raise ValueError(f"{path}: step {history.step} is not a whole number of seconds")
+        counts = history.counts
+        size = int(step_s) if 60 % step_s == 0 else 1
+        values = np.repeat(counts.to_numpy() / (step_s / size), int(step_s / size))
+        sub = pd.Series(values, index=pd.date_range(counts.index[0], periods=len(values), freq=f"{size}s"))
         history = history.resample(MINUTE)
-        grid = seconds.reindex(pd.date_range(history.start, history.end - pd.Timedelta(seconds=1), freq="1s"))
-        per_second = grid.fillna(0).to_numpy().reshape(-1, 60)
+        grid = sub.reindex(pd.date_range(history.start, history.end - pd.Timedelta(seconds=size), freq=f"{size}s"))
+        sub_minute = grid.fillna(0).to_numpy().reshape(-1, 60 // size)
     if (history.step / MINUTE) % 1:
         raise ValueError(f"{path}: step {history.step} is not a whole number of minutes")
     step_min = int(history.step / MINUTE)
@@ -84,7 +96,7 @@ def load_trace(path: str | Path) -> Trace:
     index = history.counts.index
     start = (index[0].tz_localize(None) if index.tz is not None else index[0]).to_datetime64()
     times = np.datetime64(start, "m") + np.arange(len(arrivals)) * np.timedelta64(1, "m")
-    return Trace(str(path), history, times, arrivals, per_second)
+    return Trace(str(path), history, times, arrivals, sub_minute)
 
 
 # -- forecasts, computed once per replay ----------------------------------------------------------
@@ -244,7 +256,7 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
             in_time = late = busy = 0.0
             busy_share = 0.0
         else:
-            arrivals = trace.per_second[minute] if trace.per_second is not None else a
+            arrivals = trace.sub_minute[minute] if trace.sub_minute is not None else a
             in_time, late, busy = service.serve_minute(arrivals, ready)
             busy_share = busy / a if a else 0.0
         if record:

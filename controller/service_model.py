@@ -5,8 +5,8 @@ the rate one node sustains *within* the latency SLO, so arrivals up to the ready
 in time. Arrivals above it wait in a bounded queue that holds ``queue_seconds`` of the ready
 capacity's work: they are served, but late (in the next sub-step, before new arrivals, as a FIFO
 server would). What does not fit in the queue is answered "busy" at once. Sub-steps are the
-trace's own arrivals: per second where the trace has per-second counts (the request logs), else
-the minute's count spread evenly.
+trace's own intervals under a minute (per second for the request logs, two for a 30-s step), else
+the whole minute, its count taken as spread evenly over it.
 """
 
 from __future__ import annotations

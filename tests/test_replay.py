@@ -218,3 +218,30 @@ def test_replay_cli_bad_input_exits_2(tmp_path):
     out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "replay", "--strategies", "hpa"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "unknown strategy hpa" in out.stderr
+
+
+def test_a_trace_at_a_30_second_step_is_spread_over_its_seconds(tmp_path):
+    """A step under a minute (a Prometheus range at 30 s, say) was placed whole in each interval's first
+    second: a 30x burst twice a minute that the traffic never had, and every strategy, a static fleet at
+    the peak included, fell to an SLA near 0.1. Served in its own 30-s intervals, the same traffic (split
+    evenly) serves as it does at 1 minute."""
+    import pandas as pd
+
+    minute = pd.read_csv(trace_path("nasa_http_1995_jul.csv")).iloc[: 3 * 1440]
+    minute.to_csv(tmp_path / "minute.csv", index=False)
+    first = minute.requests // 2
+    halves = pd.DataFrame({"timestamp": np.ravel(np.column_stack([
+        pd.to_datetime(minute.timestamp, utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        (pd.to_datetime(minute.timestamp, utc=True) + pd.Timedelta(seconds=30)).dt.strftime("%Y-%m-%dT%H:%M:%S%z")])),
+        "requests": np.ravel(np.column_stack([first, minute.requests - first]))})
+    halves.to_csv(tmp_path / "half.csv", index=False)
+    by_minute, by_half = load_trace(tmp_path / "minute.csv"), load_trace(tmp_path / "half.csv")
+    assert by_half.sub_minute is not None and by_half.history.step == pd.Timedelta(minutes=1)
+    np.testing.assert_allclose(by_half.arrivals, by_minute.arrivals)
+    np.testing.assert_allclose(by_half.sub_minute, np.column_stack([first, minute.requests - first]))
+    policy = load_policy(Path(__file__).resolve().parent.parent / "configs" / "policy.yaml")
+    rpn = rps_per_node_for(policy, by_minute)
+    window = (2 * 1440, 3 * 1440)
+    sla = {name: simulate(trace, policy, "static", 16, window, rpn, 0).sla
+           for name, trace in (("minute", by_minute), ("half", by_half))}
+    assert sla["minute"] > 0.99 and abs(sla["half"] - sla["minute"]) < 0.002, sla
