@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from controller.cycle import control_cycle
@@ -258,15 +259,26 @@ class ServiceController:
         except Exception as exc:
             self._error("forecast", f"forecast failed: {exc}")
             return None
-        step = int(round(fc.step.total_seconds() / 60)) or 1
-        rps = np.repeat(fc.values / fc.step.total_seconds(), step, axis=0) if fc.step.total_seconds() >= 60 else \
-            fc.values / fc.step.total_seconds()
-        start = fc.start.tz_convert("UTC").tz_localize(None) if fc.start.tzinfo else fc.start
-        return MinuteForecast(np.datetime64(start, "m"), rps, fc.model, self.model_status)
+        return minute_forecast(fc, self.model_status)
 
     def _error(self, kind: str, message: str) -> None:
         self.metrics.errors.labels(self.service, kind).inc()
         log.error("%s: %s: %s", self.service, kind, message)
+
+
+def minute_forecast(fc, status: str) -> MinuteForecast:
+    """A forecast at the history's step as the cycle reads it: requests/s for each minute. A step over a
+    minute holds for each of its minutes; steps under a minute (signals.step 30s) are taken at their
+    busiest in each minute, since a minute's nodes must serve its busiest part."""
+    seconds = fc.step.total_seconds()
+    start = fc.start.tz_convert("UTC").tz_localize(None) if fc.start.tzinfo else fc.start
+    rps = fc.values / seconds
+    if seconds >= 60:
+        rps = np.repeat(rps, int(round(seconds / 60)), axis=0)
+    else:
+        index = pd.date_range(start, periods=len(rps), freq=fc.step)
+        rps = pd.DataFrame(rps, index=index).resample("1min").max().to_numpy()
+    return MinuteForecast(np.datetime64(start, "m"), rps, fc.model, status)
 
 
 class Daemon:

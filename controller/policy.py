@@ -6,6 +6,7 @@ Unknown keys and bad values are refused with the key path and the reason (``Poli
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -142,11 +143,31 @@ class KubernetesSpec(Strict):
     placeholder: str | None = Field(None, description="low-priority Deployment that holds nodes warm ahead of a peak")
 
 
+PROM_DURATION = re.compile(r"(\d+(ms|s|m|h|d|w|y))+")
+PROM_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds of a Prometheus duration (``30s``, ``1m``, ``1h30m``)."""
+    return sum(int(n) * PROM_UNIT_S[unit] for n, unit in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text))
+
+
 class Signals(Strict):
     prometheus: str | None = Field(None, description="Prometheus base URL; none: the sample trace on the clock")
     query: str | None = Field(None, description="PromQL for the request rate per second ({step} is substituted)")
-    step: str = "1m"
+    step: str = Field("1m", description="Prometheus duration of one history step (it is also the query's {step})")
     history_days: float = Field(14, gt=0)
+
+    @field_validator("step")
+    @classmethod
+    def _step(cls, v: str) -> str:
+        # Substituted into PromQL and sent as the range query's step, so Prometheus's own syntax.
+        if not PROM_DURATION.fullmatch(v):
+            raise ValueError(f"{v!r} is not a Prometheus duration (e.g. 30s, 1m, 5m)")
+        seconds = duration_seconds(v)
+        if seconds < 1 or seconds % 1 or seconds > 3600:
+            raise ValueError(f"{v!r}: the step must be whole seconds, from 1s to 1h")
+        return v
 
 
 class Policy(Strict):

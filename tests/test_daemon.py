@@ -568,3 +568,21 @@ def test_services_on_one_silent_prometheus_wait_for_it_once_not_once_each(tmp_pa
     errors = {s.labels["service"]: s.value for s in metrics.errors.collect()[0].samples
               if s.name.endswith("_total") and s.labels["kind"] in ("signals", "forecast") and s.value}
     assert set(errors) == {"chat-0", "chat-1", "chat-2"}
+
+
+def test_a_forecast_under_a_minute_is_read_per_minute_at_its_busiest():
+    """signals.step 30s gives forecasts in 30-s steps; the cycle reads one row a minute. Read as minutes,
+    a surge 15.5 minutes ahead would have been planned for 31 minutes ahead: after it."""
+    import pandas as pd
+
+    from controller.daemon import minute_forecast
+    from forecaster.models.base import Forecast
+
+    start = pd.Timestamp("2026-01-05T00:00", tz="UTC")
+    values = np.full((120, 3), 30.0)  # an hour of 30-s steps at 1 request/s
+    values[31] = 300.0  # 10 requests/s for the 30 s from +15.5 minutes
+    minutes = minute_forecast(Forecast("x", start, pd.Timedelta(seconds=30), values), "ok")
+    assert minutes.start == T0 and minutes.rps.shape == (60, 3)
+    assert np.allclose(minutes.rps[15], 10.0) and np.allclose(np.delete(minutes.rps, 15, axis=0), 1.0)
+    tens = minute_forecast(Forecast("x", start, pd.Timedelta(minutes=10), np.array([[600.0] * 3, [1200.0] * 3])), "ok")
+    assert tens.rps.shape == (20, 3) and np.allclose(tens.rps[:10], 1.0) and np.allclose(tens.rps[10:], 2.0)

@@ -51,6 +51,8 @@ classes:
     ("reserved: {count: -2}\n", "reserved.count"),
     ("events: [{name: x, start: 2024-01-02T00:00:00, end: 2024-01-01T00:00:00, multiplier: 2}]\n",
      "events.0: Value error, end must be after start"),
+    ("signals: {step: 5min}\n", "signals.step: Value error, '5min' is not a Prometheus duration (e.g. 30s, 1m, 5m)"),
+    ("signals: {step: 500ms}\n", "signals.step: Value error, '500ms': the step must be whole seconds, from 1s to 1h"),
 ])
 def test_bad_values_name_the_key_and_reason(tmp_path, extra, message):
     with pytest.raises(PolicyError) as err:
