@@ -266,9 +266,9 @@ def ready_minutes(pod) -> float | None:
 
 def lease_duration_s(interval_s: float) -> int:
     """How long the daemon's Lease is good for: three cycles (at least a minute). The leader renews it once
-    a cycle, so a Lease of one cycle expires whenever a cycle starts a moment late, and a follower that
-    looks in that moment takes it: leadership would change hands for nothing about once a day. A leader
-    that stops is replaced within three cycles."""
+    a cycle, so a Lease of one cycle expires whenever a renewal comes a moment later than the one before,
+    and a follower that looks in that moment takes it: leadership would change hands for nothing. A
+    leader that stops is replaced at the follower's first look after three cycles."""
     return int(max(60, 3 * interval_s))
 
 
