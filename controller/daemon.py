@@ -159,6 +159,10 @@ class ServiceController:
     def retrain(self, now: np.datetime64) -> None:
         try:
             history = self.signals.history(now)
+        except SignalError as exc:
+            self._error("signals", f"no history to retrain on: {exc}; the last model stays")
+            return
+        try:
             model, status = fit_with_fallback(self.policy.planning.model, history, seed=self.seed,
                                               options=horizon_options(self.policy.planning.horizon_min))
         except Exception as exc:
