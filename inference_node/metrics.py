@@ -27,5 +27,10 @@ class NodeMetrics:
         self.warm = Gauge("peakpilot_warm", "1 once the model is loaded and warmed up", registry=r)
         self.ready = Gauge("peakpilot_ready", "1 while the node takes work", registry=r)
         self.start_seconds = Gauge("peakpilot_start_seconds", "Seconds each start phase took", ["phase"], registry=r)
+        # The SLA as replay counts it, measured where it happens: answers slower than --slo-ms are late.
+        self.over_slo = Counter("peakpilot_requests_over_slo", "Served completions slower than the node's --slo-ms",
+                                registry=r)
+        self.slo = Gauge("peakpilot_slo_seconds", "The node's latency target (--slo-ms); 0 without one",
+                         registry=r)
         for outcome in ("ok", "busy", "error", "bad_request", "draining"):
             self.requests.labels(outcome)

@@ -80,6 +80,8 @@ class Node:
     def __init__(self, config: NodeConfig):
         self.config = config
         self.metrics = NodeMetrics()
+        if config.slo_ms is not None:
+            self.metrics.slo.set(config.slo_ms / 1000.0)
         self.state = "starting"
         self.engine = make_engine(config.engine, EngineSpec(config.model, config.seed, config.quantize, config.threads,
                                                             config.warmup, config.max_batch))
@@ -251,7 +253,10 @@ def create_app(config: NodeConfig) -> FastAPI:
             log.exception("generation failed")
             return error(500, f"generation failed: {type(exc).__name__}", "server_error")
         m.requests.labels("ok").inc()
-        m.latency.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        m.latency.observe(elapsed)
+        if config.slo_ms is not None and elapsed * 1000.0 > config.slo_ms:
+            m.over_slo.inc()
         choices = [{"text": tok.decode(o), "index": i, "logprobs": None,
                     "finish_reason": "length" if len(o) >= max_tokens else "stop"} for i, o in enumerate(outs)]
         prompt_tokens = sum(len(tok.encode(p)) for p in prompts)

@@ -115,6 +115,21 @@ def test_the_service_reaches_every_pool_that_serves_and_not_the_placeholders():
         assert all(port["targetPort"] in names for port in service["spec"]["ports"]), name
 
 
+def test_the_nodes_shed_and_count_late_answers_at_the_policys_latency_target():
+    """`--slo-ms` is what a node sheds on (429 when the expected wait is over it) and what it counts as
+    late (`peakpilot_requests_over_slo_total`): the policy's SLO, or the alerts measure another one."""
+    from peakpilot.cli import app
+
+    docs = all_docs()
+    policy = Policy.model_validate(yaml.safe_load(docs[("ConfigMap", "peakpilot-policy")]["data"]["llm-chat.yaml"]))
+    group = typer.main.get_command(app)
+    for name in policy.kubernetes.workloads.values():
+        args = docs[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]["args"]
+        with group.make_context("peakpilot", list(args)) as ctx:
+            params = group.get_command(ctx, args[0]).make_context(args[0], list(args[1:]), parent=ctx).params
+        assert params["slo_ms"] == policy.slo.latency_ms, name
+
+
 def test_spot_pool_selects_and_tolerates_spot_capacity_and_placeholder_is_lowest_priority():
     docs = all_docs()
     spot = docs[("Deployment", "llm-spot")]["spec"]["template"]["spec"]

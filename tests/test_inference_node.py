@@ -344,3 +344,33 @@ def test_loadgen_and_profile_commands_against_a_node_and_against_nothing(node, t
         assert out.returncode == 2
         assert f"peakpilot: error: {nowhere}: cannot connect (ConnectError" in out.stderr
         assert "is the node running" in out.stderr and "sending" not in out.stderr
+
+
+def test_answers_slower_than_the_slo_are_counted_as_late():
+    """The node measures what replay calls late: a served answer slower than --slo-ms. At a 1 ms target
+    the first request is served late (nothing was known to shed it on) and the next is refused busy
+    (the node now knows a batch takes longer than the target); at 60 s none is late."""
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from inference_node.server import NodeConfig, create_app
+
+    def samples(client) -> dict[str, float]:
+        families = text_string_to_metric_families(client.get("/metrics").text)
+        return {s.name + (f"{{{s.labels['outcome']}}}" if "outcome" in s.labels else ""): s.value
+                for f in families for s in f.samples if not s.labels or "outcome" in s.labels}
+
+    for slo_ms, late in ((1, 1), (60_000, 0)):
+        with TestClient(create_app(NodeConfig(model="builtin:tiny", engine="thread", slo_ms=slo_ms))) as client:
+            deadline = time.time() + 60
+            while client.get("/ready").status_code != 200 and time.time() < deadline:
+                time.sleep(0.05)
+            codes = [client.post("/v1/completions", json={"prompt": "x", "max_tokens": 8}).status_code
+                     for _ in range(2)]
+            got = samples(client)
+            assert got["peakpilot_slo_seconds"] == slo_ms / 1000
+            assert got["peakpilot_requests_over_slo_total"] == late
+            if late:
+                assert codes == [200, 429] and got["peakpilot_requests_total{busy}"] == 1
+            else:
+                assert codes == [200, 200] and got["peakpilot_requests_total{ok}"] == 2

@@ -176,6 +176,13 @@ CASES = [
                 'peakpilot_requests_total{job="quiet",instance="n2",outcome="ok"}': "0+1000x30",
                 'peakpilot_requests_total{job="quiet",instance="n2",outcome="busy"}': "0+5x30"},
      "expect": {"PeakpilotBusyAnswers": {"3m": [], "10m": [{"job": "chat", "severity": "warning"}]}}},
+    {"name": "late answers: 3% of those served on one service, 0.2% on another",
+     "series": {'peakpilot_requests_total{job="chat",instance="n1",outcome="ok"}': "0+1000x30",
+                'peakpilot_requests_over_slo_total{job="chat",instance="n1"}': "0+30x30",
+                'peakpilot_requests_total{job="quiet",instance="n2",outcome="ok"}': "0+1000x30",
+                'peakpilot_requests_over_slo_total{job="quiet",instance="n2"}': "0+2x30"},
+     "expect": {"PeakpilotSlowAnswers": {"3m": [], "10m": [{"job": "chat", "severity": "warning"}]},
+                "PeakpilotBusyAnswers": {"10m": []}}},
 ]
 
 
