@@ -42,23 +42,27 @@ class PrometheusSource:
         self.query = (query or DEFAULT_QUERY).replace("{step}", step)
         self.chunk_points = chunk_points
         self.timeout_s = timeout_s
+        self._client = None  # one client (one connection pool) for every request of this source
 
     @property
     def where(self) -> str:
         return f"{self.url} query {self.query!r}"
 
     def client(self):
-        """Every request gives up a few seconds after the query's own timeout, so a Prometheus that takes
-        the connection and never answers cannot hang the daemon's cycle. Certificates are verified; for a
-        private CA, name its bundle in ``REQUESTS_CA_BUNDLE``."""
+        """The source's client, made once (the daemon asks every cycle: one connection pool, not a new
+        session each time). Every request gives up a few seconds after the query's own timeout, so a
+        Prometheus that takes the connection and never answers cannot hang the daemon's cycle.
+        Certificates are verified; for a private CA, name its bundle in ``REQUESTS_CA_BUNDLE``."""
         from prometheus_api_client import PrometheusConnect
         from prometheus_api_client.prometheus_connect import RETRY_ON_STATUS
         from urllib3.util.retry import Retry
 
         # Refused connections and 5xx are tried three times more within 1.5 s (the library's backoff waits
         # 6 s); a read that timed out once more only: four waits of a query timeout would outlast a cycle.
-        retry = Retry(total=3, read=1, backoff_factor=0.25, status_forcelist=RETRY_ON_STATUS)
-        return PrometheusConnect(url=self.url, timeout=self.timeout_s + CLIENT_MARGIN_S, retry=retry)
+        if self._client is None:
+            retry = Retry(total=3, read=1, backoff_factor=0.25, status_forcelist=RETRY_ON_STATUS)
+            self._client = PrometheusConnect(url=self.url, timeout=self.timeout_s + CLIENT_MARGIN_S, retry=retry)
+        return self._client
 
     def _transport_failure(self, exc) -> str:
         import requests

@@ -41,6 +41,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def silent_port() -> int:
+    """A loopback port that takes connections (the kernel completes the handshake) and never answers:
+    a hung Prometheus, API server or database, as a client sees it."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        yield hole.getsockname()[1]
+
+
 def daily_series(days: int = 7, step_min: int = 5, level: float = 200.0, seed: int = 0) -> pd.Series:
     """A clean daily pattern with Poisson noise: the known answer for model tests."""
     rng = np.random.default_rng(seed)

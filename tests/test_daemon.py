@@ -536,35 +536,30 @@ def test_prometheus_down_keeps_the_last_plan_and_recovers(tmp_path, policy_file,
     assert service.store.timeline(service.run_id)["load_rps"].iloc[-1] > 0  # recovered by itself
 
 
-def test_services_on_one_silent_prometheus_wait_for_it_once_not_once_each(tmp_path, monkeypatch):
+def test_services_on_one_silent_prometheus_wait_for_it_once_not_once_each(silent_port, tmp_path, monkeypatch):
     """Fifty services on one Prometheus that stopped answering must not make a cycle fifty timeouts
     long (the health check would then call the daemon stalled): the first one waits, the rest are told."""
-    import socket
-
     import forecaster.prometheus_source as source
     from controller.signals import PrometheusSignals
 
     monkeypatch.setattr(source, "CLIENT_MARGIN_S", 0.5)
     monkeypatch.setattr(source, "_unreachable", {})
     text = (ROOT / "configs" / "policy.yaml").read_text().replace("peak_nodes: 20", "rps_per_node: 50")
-    with socket.socket() as hole:
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(16)
-        url = f"http://127.0.0.1:{hole.getsockname()[1]}"
-        metrics, services = DaemonMetrics(), []
-        for k in range(3):
-            path = tmp_path / f"s{k}.yaml"
-            path.write_text(text.replace("service: llm-chat ", f"service: chat-{k} "))
-            services.append(ServiceController(path, PrometheusSignals(url, timeout_s=1.0),
-                                              SimulatedActuator(load_policy_of(path), reserved=1),
-                                              Store(str(tmp_path / "s.db")), metrics))
-        daemon = Daemon(services, metrics, clock=Clock())
-        started = time.monotonic()
-        daemon.retrain_all()  # the first service waits two tries of 1.5 s; the others are told at once
-        assert time.monotonic() - started < 4.5
-        started = time.monotonic()
-        assert daemon.cycle_all() is True  # no load, no forecast: every service keeps its plan
-        assert time.monotonic() - started < 1.5
+    url = f"http://127.0.0.1:{silent_port}"
+    metrics, services = DaemonMetrics(), []
+    for k in range(3):
+        path = tmp_path / f"s{k}.yaml"
+        path.write_text(text.replace("service: llm-chat ", f"service: chat-{k} "))
+        services.append(ServiceController(path, PrometheusSignals(url, timeout_s=1.0),
+                                          SimulatedActuator(load_policy_of(path), reserved=1),
+                                          Store(str(tmp_path / "s.db")), metrics))
+    daemon = Daemon(services, metrics, clock=Clock())
+    started = time.monotonic()
+    daemon.retrain_all()  # the first service waits two tries of 1.5 s; the others are told at once
+    assert time.monotonic() - started < 4.5
+    started = time.monotonic()
+    assert daemon.cycle_all() is True  # no load, no forecast: every service keeps its plan
+    assert time.monotonic() - started < 1.5
     errors = {(s.labels["service"], s.labels["kind"]): s.value for s in metrics.errors.collect()[0].samples
               if s.name.endswith("_total") and s.value}
     # The retrain and the cycle of each: Prometheus's failures, counted as such (not as the forecaster's).

@@ -213,54 +213,46 @@ def test_hourly_billed_pods_report_paid_time_and_the_one_paid_out_soonest_goes_f
     assert len(kube.calls("PATCH", "/pods/o2")) == 1
 
 
-def test_an_api_server_that_takes_the_connection_and_never_answers_times_out(monkeypatch):
+def test_an_api_server_that_takes_the_connection_and_never_answers_times_out(silent_port, monkeypatch):
     """The client's default is no timeout at all: one silent API server would hang the cycle for ever.
     Reads, writes and the Lease all give up (the daemon counts an actuator error and goes on)."""
-    import socket
     import time
 
     import controller.kubernetes_actuator as k8s
 
     monkeypatch.setattr(k8s, "REQUEST_TIMEOUT_S", (0.5, 0.5))
     monkeypatch.setattr(k8s, "RETRY_AFTER_FAILURE_S", 0.0)  # every call waits (the pause is tested below)
-    with socket.socket() as hole:
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(16)
-        api = api_client(host=f"http://127.0.0.1:{hole.getsockname()[1]}")
-        act = KubernetesActuator(api, TARGET, sleep=lambda s: None)
-        for call in (act.view, lambda: act.apply([Decision("spot", 4, 3, "test")]),
-                     LeaseLock(api, "inference", "peakpilot", "me").acquire_or_renew):
-            started = time.monotonic()
-            with pytest.raises(Exception, match="(?i)(timed? ?out|did not answer within 0.5 s)"):
-                call()
-            assert time.monotonic() - started < 1.8  # a read tried twice, not four times (0.5 s each)
+    api = api_client(host=f"http://127.0.0.1:{silent_port}")
+    act = KubernetesActuator(api, TARGET, sleep=lambda s: None)
+    for call in (act.view, lambda: act.apply([Decision("spot", 4, 3, "test")]),
+                 LeaseLock(api, "inference", "peakpilot", "me").acquire_or_renew):
+        started = time.monotonic()
+        with pytest.raises(Exception, match="(?i)(timed? ?out|did not answer within 0.5 s)"):
+            call()
+        assert time.monotonic() - started < 1.8  # a read tried twice, not four times (0.5 s each)
 
 
-def test_services_on_one_silent_api_server_wait_for_it_once(monkeypatch):
+def test_services_on_one_silent_api_server_wait_for_it_once(silent_port, monkeypatch):
     """One daemon, one API client, many services: after the first actuator waited for a silent API
     server, the others are told at once for 30 s instead of each waiting its own timeouts."""
-    import socket
     import time
 
     import controller.kubernetes_actuator as k8s
 
     monkeypatch.setattr(k8s, "REQUEST_TIMEOUT_S", (0.5, 0.5))
     monkeypatch.setattr(k8s, "_unreachable", {})
-    with socket.socket() as hole:
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(16)
-        url = f"http://127.0.0.1:{hole.getsockname()[1]}"
-        api = api_client(host=url)
-        actuators = [KubernetesActuator(api, TARGET, sleep=lambda s: None) for _ in range(3)]
+    url = f"http://127.0.0.1:{silent_port}"
+    api = api_client(host=url)
+    actuators = [KubernetesActuator(api, TARGET, sleep=lambda s: None) for _ in range(3)]
+    started = time.monotonic()
+    with pytest.raises(k8s.ApiUnreachable, match=f"{url}: the API server did not answer within 0.5 s"):
+        actuators[0].view()
+    assert time.monotonic() - started > 0.9
+    for act in actuators[1:]:
         started = time.monotonic()
-        with pytest.raises(k8s.ApiUnreachable, match=f"{url}: the API server did not answer within 0.5 s"):
-            actuators[0].view()
-        assert time.monotonic() - started > 0.9
-        for act in actuators[1:]:
-            started = time.monotonic()
-            with pytest.raises(k8s.ApiUnreachable, match=r"did not answer within 0.5 s \d+ s ago; not asked again"):
-                act.view()
-            assert time.monotonic() - started < 0.2
+        with pytest.raises(k8s.ApiUnreachable, match=r"did not answer within 0.5 s \d+ s ago; not asked again"):
+            act.view()
+        assert time.monotonic() - started < 0.2
     with FakeKubeAPI("inference") as kube:  # another server is asked as usual
         for name in ("llm-reserved", "llm-spot", "llm-od", "llm-placeholder"):
             kube.add_deployment(name, 1)

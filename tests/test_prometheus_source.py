@@ -81,31 +81,27 @@ def test_prometheus_down_is_a_clear_error():
     assert err.value.where == url
 
 
-def test_a_prometheus_that_takes_the_connection_and_never_answers_is_a_clear_error(monkeypatch):
+def test_a_prometheus_that_takes_the_connection_and_never_answers_is_a_clear_error(silent_port, monkeypatch):
     """Without a client timeout this read waits for ever, and with it the daemon's cycle."""
-    import socket
     import time
 
     import forecaster.prometheus_source as source
 
     monkeypatch.setattr(source, "CLIENT_MARGIN_S", 0.5)
-    with socket.socket() as hole:  # listens (the kernel completes the handshake) and never answers
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(8)
-        url = f"http://127.0.0.1:{hole.getsockname()[1]}"
-        started = time.monotonic()
-        with pytest.raises(HistoryError, match=r"Prometheus did not answer within 1\.5 s") as err:
-            PrometheusSource(url, timeout_s=1.0).load_days(1)
-        assert time.monotonic() - started < 6  # two tries of 1.5 s, not four
-        assert err.value.where == url
-        # Another source (another service's) on the same Prometheus does not wait for it again ...
-        started = time.monotonic()
-        with pytest.raises(HistoryError, match=r"did not answer within 1\.5 s \(.*\) \d+ s ago; not asked again"):
-            PrometheusSource(url, query="sum(rate(other_total[1m]))", timeout_s=1.0).load_days(1)
-        assert time.monotonic() - started < 0.5
-        # ... until the pause is over: then it is asked, and waited for, again.
-        monkeypatch.setattr(source, "RETRY_AFTER_FAILURE_S", 0.0)
-        started = time.monotonic()
-        with pytest.raises(HistoryError, match=r"did not answer within 1\.5 s \(overloaded"):
-            PrometheusSource(url, timeout_s=1.0).load_days(1)
-        assert time.monotonic() - started > 1.4
+    url = f"http://127.0.0.1:{silent_port}"
+    started = time.monotonic()
+    with pytest.raises(HistoryError, match=r"Prometheus did not answer within 1\.5 s") as err:
+        PrometheusSource(url, timeout_s=1.0).load_days(1)
+    assert time.monotonic() - started < 6  # two tries of 1.5 s, not four
+    assert err.value.where == url
+    # Another source (another service's) on the same Prometheus does not wait for it again ...
+    started = time.monotonic()
+    with pytest.raises(HistoryError, match=r"did not answer within 1\.5 s \(.*\) \d+ s ago; not asked again"):
+        PrometheusSource(url, query="sum(rate(other_total[1m]))", timeout_s=1.0).load_days(1)
+    assert time.monotonic() - started < 0.5
+    # ... until the pause is over: then it is asked, and waited for, again.
+    monkeypatch.setattr(source, "RETRY_AFTER_FAILURE_S", 0.0)
+    started = time.monotonic()
+    with pytest.raises(HistoryError, match=r"did not answer within 1\.5 s \(overloaded"):
+        PrometheusSource(url, timeout_s=1.0).load_days(1)
+    assert time.monotonic() - started > 1.4

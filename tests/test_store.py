@@ -162,22 +162,18 @@ def test_bad_store_urls_and_a_database_that_is_down_are_named(tmp_path):
         Store("/nonexistent/dir/none.db", readonly=True)
 
 
-def test_a_database_server_that_never_answers_is_named_within_the_connect_timeout(monkeypatch):
+def test_a_database_server_that_never_answers_is_named_within_the_connect_timeout(silent_port, monkeypatch):
     """libpq waits for ever by default: a store that takes the connection and stays silent would hang
     the daemon's cycle (its writes are in the cycle)."""
-    import socket
     import time
 
     import controller.store as store
 
     monkeypatch.setattr(store, "CONNECT_TIMEOUT_S", 2)  # libpq's least
-    with socket.socket() as hole:
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(8)
-        started = time.monotonic()
-        with pytest.raises(StoreError, match="cannot open the store postgresql.*timeout") as err:
-            Store(f"postgresql://peakpilot:secret@127.0.0.1:{hole.getsockname()[1]}/peakpilot")
-        assert time.monotonic() - started < 15
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="cannot open the store postgresql.*timeout") as err:
+        Store(f"postgresql://peakpilot:secret@127.0.0.1:{silent_port}/peakpilot")
+    assert time.monotonic() - started < 15
     assert "secret" not in str(err.value)
 
 
