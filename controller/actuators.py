@@ -32,6 +32,11 @@ class SimulatedActuator:
     def __init__(self, policy: Policy, reserved: int = 0, seed: int = 0):
         self.cluster = SimulatedCluster(policy, reserved=reserved, seed=seed)
 
+    def use_policy(self, policy: Policy) -> None:
+        """A reloaded policy: prices, lead times and billing follow it from now on; the nodes there stay,
+        and the spot process keeps its seeded course."""
+        self.cluster.policy = policy
+
     def view(self) -> ClusterView:
         return self.cluster.view()
 

@@ -1,9 +1,12 @@
 """The daemon: the control cycle of every service on a schedule (APScheduler), for months.
 
 * Every ``interval`` seconds, each service runs one cycle: reload its policy if the file changed (a
-  broken new one is refused with a log line, the old one stays), read the live signals, forecast,
-  decide, act (unless a follower of the Lease, or in shadow mode), record. A cycle's writes are one
-  transaction; the controller's memory is in the store, so a restarted daemon continues.
+  broken new one is refused with a log line, the old one stays; a change of Prometheus, query or
+  Deployments rebuilds what reads or acts, a change of what the model is trained on or for retrains it),
+  read the live signals, forecast, decide, act (unless a follower of the Lease, or in shadow mode),
+  record. A cycle's writes are one transaction; the controller's memory is in the store, so a restarted
+  daemon continues. Policy folders are watched: a file that appears starts a service, one that goes
+  stops it being run (``controller/policy_watch.py``).
 * Retraining runs on its own cron. Cycles never overlap (``max_instances=1``); a late cycle runs once
   (``coalesce``). Errors are counted by kind and never end the daemon; SIGTERM shuts it down cleanly.
 * Its own ``/metrics`` and ``/health`` on ``--metrics-port``. ``/health`` answers 503 once no cycle has
@@ -29,7 +32,7 @@ import pandas as pd
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from controller.cycle import control_cycle
-from controller.policy import CLASSES, Policy, PolicyError, load_policy
+from controller.policy import CLASSES, Policy, PolicyError, backend_problems, load_policy
 from controller.planner import lead_time_min
 from controller.shadow import ShadowEstimate
 from controller.signals import SignalError
@@ -78,6 +81,33 @@ class DaemonMetrics:
         self.fallback = Gauge("peakpilot_forecast_fallback",
                               "1 while the model in use is not the policy's (it fell back, or none is trained)",
                               ["service"], registry=r)
+        self.policy_refused = Gauge("peakpilot_policy_file_refused",
+                                    "1 while a policy file on disk is refused (a changed one: the one before "
+                                    "stays in force; a new one: its service is not run)", ["file"], registry=r)
+        self._per_service = [(self.cycle_seconds, ("service",)), (self.forecast, ("service", "quantile")),
+                             (self.desired, ("service", "class")), (self.actual, ("service", "class", "state")),
+                             (self.cost, ("service",)), (self.errors, ("service", "kind")),
+                             (self.forecast_age, ("service",)), (self.cycles, ("service", "mode")),
+                             (self.lasting, ("service",)), (self.acting, ("service",)),
+                             (self.last_cycle, ("service",)), (self.last_ok_cycle, ("service",)),
+                             (self.fallback, ("service",))]
+
+    def forget(self, service: str, policy_file: Path) -> None:
+        """Drop every series of a service no longer run, so that no alert reads its last values for ever."""
+        for metric, names in self._per_service:
+            for key in _label_values(metric, names, "service", service):
+                metric.remove(*key)
+        self.forget_file(policy_file)
+
+    def forget_file(self, policy_file: Path) -> None:
+        for key in _label_values(self.policy_refused, ("file",), "file", str(policy_file)):
+            self.policy_refused.remove(*key)
+
+
+def _label_values(metric, names: tuple[str, ...], label: str, value: str) -> set[tuple[str, ...]]:
+    """The label values of a metric's series whose ``label`` is ``value`` (a histogram's ``le`` aside)."""
+    return {tuple(sample.labels[n] for n in names) for family in metric.collect()
+            for sample in family.samples if sample.labels.get(label) == value}
 
 
 # Error kinds the daemon counts; each starts at 0 so that an alert's increase() sees the first one.
@@ -97,6 +127,7 @@ class ServiceController:
     acting: callable = lambda: True  # False while a follower of the Lease
     shadow: bool = False
     keep_minutes: int | None = None
+    parts: object = None  # builds signals and actuator from a policy (controller/service_parts.py)
     policy: Policy = field(init=False)
     memory: Memory = field(init=False)
     model: object = None
@@ -106,6 +137,10 @@ class ServiceController:
     def __post_init__(self) -> None:
         self.policy = load_policy(self.policy_path)  # a broken policy at start is the caller's to report
         self._mtime = self.policy_path.stat().st_mtime
+        if self.signals is None:
+            self.signals = self.parts.signals(self.policy)
+        if self.actuator is None:
+            self.actuator = self.parts.actuator(self.policy)
         self.run_id = self.store.service_run(self.policy.service, str(self.policy_path))
         saved = self.store.load_memory(self.run_id)
         self.memory = Memory.from_json(saved) if saved else Memory()
@@ -118,15 +153,16 @@ class ServiceController:
         for kind in ERROR_KINDS:
             self.metrics.errors.labels(self.service, kind)
         self.metrics.fallback.labels(self.service).set(1)
+        self.metrics.policy_refused.labels(str(self.policy_path)).set(0)
 
     @property
     def service(self) -> str:
         return self.policy.service
 
-    def _capacity(self, policy: Policy) -> float:
+    def _capacity(self, policy: Policy, signals=None) -> float:
         if policy.capacity.rps_per_node:
             return policy.capacity.rps_per_node
-        trace = getattr(self.signals, "trace", None)
+        trace = getattr(signals or self.signals, "trace", None)
         if trace is None:
             raise PolicyError(f"{self.policy_path}: capacity.peak_nodes needs a trace; live services set "
                               f"capacity.rps_per_node (measure it with `peakpilot profile`)")
@@ -137,24 +173,42 @@ class ServiceController:
             getattr(self, "_auto_reserved", 0)
 
     # -- scheduled jobs ---------------------------------------------------------------------------
-    def reload_policy(self) -> None:
+    def reload_policy(self) -> bool:
+        """Take the policy file's new version if it changed and is valid; True when the model must be
+        retrained for it (another history, model or horizon, or an ``auto`` reserved count to redo)."""
         try:
             mtime = self.policy_path.stat().st_mtime
         except OSError as exc:
             self._error("policy_reload", f"cannot read {self.policy_path}: {exc}; keeping the policy in force")
-            return
+            return False
         if mtime == self._mtime:
-            return
+            return False
         self._mtime = mtime
+        old = self.policy
         try:
             new = load_policy(self.policy_path)
-            self.rps_per_node = self._capacity(new)
-        except PolicyError as exc:
+            problems = backend_problems(self.policy_path, new, self.parts.backend) if self.parts else []
+            if new.service != old.service:
+                problems.append(f"{self.policy_path}: service renamed from {old.service!r} to {new.service!r}; its "
+                                f"record in the store is under the old name, so a renamed service goes in a "
+                                f"new file")
+            if problems:
+                raise PolicyError("; ".join(problems))
+            signals = self.parts.signals(new) if self.parts and new.signals != old.signals else self.signals
+            self.rps_per_node = self._capacity(new, signals)
+            actuator = self.parts.actuator_after_change(self.actuator, old, new) if self.parts else self.actuator
+        except (PolicyError, ValueError, OSError) as exc:
+            self.metrics.policy_refused.labels(str(self.policy_path)).set(1)
             self._error("policy_reload", f"refused the changed policy, keeping the one in force: {exc}")
-            return
-        self.policy = new
+            return False
+        self.policy, self.signals, self.actuator = new, signals, actuator
+        self.metrics.policy_refused.labels(str(self.policy_path)).set(0)
         self.estimate.set_capacity(self.rps_per_node, new.capacity.queue_seconds)
         log.info("%s: policy reloaded from %s", self.service, self.policy_path)
+        auto_inputs = lambda p: (p.reserved, p.classes, p.capacity, p.spot)  # noqa: E731
+        return (new.signals != old.signals or new.planning.model != old.planning.model
+                or new.planning.horizon_min != old.planning.horizon_min
+                or (new.reserved.count == "auto" and auto_inputs(new) != auto_inputs(old)))
 
     def retrain(self, now: np.datetime64) -> None:
         try:
@@ -179,7 +233,9 @@ class ServiceController:
 
     def cycle(self, now: np.datetime64) -> dict:
         started = time.perf_counter()
-        self.reload_policy()
+        if self.reload_policy():
+            log.info("%s: the changed policy moves what the model learns or predicts; retraining", self.service)
+            self.retrain(now)
         policy = self.policy
         observed: float | None = None
         try:
@@ -288,8 +344,10 @@ def minute_forecast(fc, status: str) -> MinuteForecast:
 class Daemon:
     def __init__(self, services: list[ServiceController], metrics: DaemonMetrics, interval_s: float = 60,
                  retrain_cron: str = "0 */6 * * *", clock=utc_now, lease=None, startup_s: float = 1800,
-                 monotonic=time.monotonic, wall=time.time):
+                 monotonic=time.monotonic, wall=time.time, watch=None, make_service=None):
         self.services, self.metrics, self.interval_s = services, metrics, interval_s
+        # The policy folders (controller/policy_watch.py) and how a file found there becomes a service.
+        self.watch, self.make_service = watch, make_service
         self.retrain_cron, self.clock, self.lease = retrain_cron, clock, lease
         self.last_cycle: dict = {}
         self.scheduler = None
@@ -304,6 +362,8 @@ class Daemon:
 
     def cycle_all(self) -> bool:
         now = self.clock()
+        if self.watch is not None:
+            self.follow_policy_files(now)
         if self.lease is not None:
             try:
                 self.lease.acquire_or_renew()
@@ -329,6 +389,34 @@ class Daemon:
                 self.metrics.last_ok_cycle.labels(service.service).set(stamp)
         self.last_cycle_at = self.monotonic()
         return ok
+
+    def follow_policy_files(self, now: np.datetime64) -> None:
+        """Start the services of new policy files (trained at once), stop running those whose file went."""
+        changes = self.watch.scan({s.policy_path: s.service for s in self.services})
+        for path in changes.removed:
+            gone = next(s for s in self.services if s.policy_path == path)
+            self.services = [s for s in self.services if s is not gone]  # a new list: retrain_all may be iterating
+            self.last_cycle.pop(gone.service, None)
+            self.metrics.forget(gone.service, path)
+            log.warning("%s: %s is gone; the service is no longer run and its nodes are left as they are",
+                        gone.service, path)
+        for path in changes.forgotten:
+            self.metrics.forget_file(path)
+        for path, reason in changes.refused:
+            self.metrics.policy_refused.labels(str(path)).set(1)
+            log.error("new policy file refused, its service is not run: %s", reason)
+        for path, policy in changes.added:
+            try:
+                service = self.make_service(path)
+            except Exception as exc:
+                self.watch.refuse(path)
+                self.metrics.policy_refused.labels(str(path)).set(1)
+                log.error("new policy file %s: its service could not be set up: %s", path, exc)
+                continue
+            log.info("%s: new policy file %s; training, then cycling with the others", service.service, path)
+            service.retrain(now)
+            self.metrics.last_ok_cycle.labels(service.service).set(self.wall())
+            self.services = [*self.services, service]
 
     def retrain_all(self) -> None:
         now = self.clock()

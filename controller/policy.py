@@ -260,11 +260,14 @@ def load_policies(paths: Iterable[str | Path],
             problems.setdefault(path, []).append(
                 f"{path}: service {policy.service!r} is also the service of {first[policy.service]}")
         first.setdefault(policy.service, path)
-        missing = set(CLASSES) - set(policy.kubernetes.workloads) if backend == "kubernetes" else set()
-        if missing:
-            problems.setdefault(path, []).append(
-                f"{path}: kubernetes.workloads has no Deployment for {', '.join(sorted(missing))}")
-    return policies, problems
+        problems.setdefault(path, []).extend(backend_problems(path, policy, backend))
+    return policies, {path: found for path, found in problems.items() if found}
+
+
+def backend_problems(path: str | Path, policy: Policy, backend: str) -> list[str]:
+    """What a valid policy still lacks for a backend: for kubernetes, a Deployment for every class."""
+    missing = set(CLASSES) - set(policy.kubernetes.workloads) if backend == "kubernetes" else set()
+    return [f"{path}: kubernetes.workloads has no Deployment for {', '.join(sorted(missing))}"] if missing else []
 
 
 def policy_schema() -> dict:

@@ -389,10 +389,11 @@ def run_daemon(
     import os
     import socket
 
-    from controller.actuators import DryRunActuator, SimulatedActuator
     from controller.daemon import Daemon, DaemonMetrics, ServiceController, utc_now
     from controller.policy import PolicyError, load_policies, policy_files
-    from controller.signals import PrometheusSignals, TraceSignals
+    from controller.policy_watch import PolicyWatch
+    from controller.replay import load_trace
+    from controller.service_parts import ServiceParts
     check_backend(backend)
     paths = policy_files(policy)
     if not paths:
@@ -410,39 +411,32 @@ def run_daemon(
     st = open_store(store)
     api = lease = None
     if backend == "kubernetes":
-        from controller.kubernetes_actuator import (KubernetesActuator, KubernetesTarget, LeaseLock, api_client,
-                                                    lease_duration_s)
-        from controller.policy import CLASSES
+        from controller.kubernetes_actuator import LeaseLock, api_client, lease_duration_s
 
         api = api_client(kubeconfig=kubeconfig)
         first = next(iter(policies.values()))
         name = lease_name or ("peakpilot" + (f"-{selector.replace('=', '-')}" if selector else ""))
         lease = LeaseLock(api, first.kubernetes.namespace, name, f"{socket.gethostname()}-{os.getpid()}",
                           duration_s=lease_duration_s(interval_s))
-    tr = load_trace_or_exit(trace) if any(p.signals.prometheus is None for p in policies.values()) else None
+    # A trace the services at start need is read now (one that cannot be read ends the start, not a
+    # cycle); a policy file added later that needs one reads it then.
+    loaded = load_trace_or_exit(trace) if any(p.signals.prometheus is None for p in policies.values()) else None
+    parts = ServiceParts(backend, utc_now, api=api, shadow=shadow,
+                         trace=(lambda: loaded) if loaded is not None else (lambda: load_trace(trace)))
+
+    def make_service(path: Path) -> ServiceController:
+        return ServiceController(path, None, None, st, metrics, shadow=shadow, parts=parts,
+                                 acting=(lambda: lease.is_leader) if lease else (lambda: True),
+                                 keep_minutes=int(retention_days * 1440))
+
     services = []
-    for path, pol in policies.items():
-        if pol.signals.prometheus:
-            signals = PrometheusSignals(pol.signals.prometheus, pol.signals.query, pol.signals.step,
-                                        pol.signals.history_days)
-        else:
-            signals = TraceSignals(tr, len(tr.arrivals) // 2, utc_now())
-        if backend == "simulated":
-            reserved = pol.reserved.count if isinstance(pol.reserved.count, int) else 0
-            actuator = SimulatedActuator(pol, reserved=reserved)
-        elif backend == "dry-run":
-            actuator = DryRunActuator(dict(pol.kubernetes.workloads), pol.kubernetes.namespace)
-        else:
-            actuator = KubernetesActuator(api, KubernetesTarget(pol.kubernetes.namespace, dict(pol.kubernetes.workloads),
-                                                                pol.kubernetes.placeholder), shadow=shadow,
-                                          billing_min={c: getattr(pol.classes, c).billing_min for c in CLASSES})
+    for path in policies:
         try:
-            services.append(ServiceController(path, signals, actuator, st, metrics, shadow=shadow,
-                                               acting=(lambda: lease.is_leader) if lease else (lambda: True),
-                                               keep_minutes=int(retention_days * 1440)))
+            services.append(make_service(path))
         except PolicyError as exc:
             fail(str(exc))
-    daemon = Daemon(services, metrics, interval_s, retrain_cron, lease=lease)
+    daemon = Daemon(services, metrics, interval_s, retrain_cron, lease=lease,
+                    watch=PolicyWatch(policy, backend, selector), make_service=make_service)
     if metrics_port:
         daemon.serve_metrics(metrics_port, metrics_host)
     if once:

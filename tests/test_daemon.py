@@ -307,18 +307,20 @@ def test_health_turns_503_when_cycles_stop_so_the_liveness_probe_restarts_it(tmp
         server.shutdown()
 
 
-def test_metrics_say_who_acts_when_the_loop_last_turned_and_whether_the_forecast_fell_back(tmp_path, policy_file,
-                                                                                          trace):
+def sample(registry, name, **labels):
+    """A sample's value as /metrics shows it (None: no such series)."""
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    def sample(registry, name, **labels):
-        for family in text_string_to_metric_families(generate_latest(registry).decode()):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    return s.value
-        return None
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None
 
+
+def test_metrics_say_who_acts_when_the_loop_last_turned_and_whether_the_forecast_fell_back(tmp_path, policy_file,
+                                                                                          trace):
     clock = Clock()
     actuator = FlakyActuator(SimulatedActuator(load_policy_of(policy_file), reserved=3))
     daemon, service, _ = make(policy_file, trace, Store(str(tmp_path / "m.db")), clock, actuator)
@@ -347,35 +349,47 @@ def test_metrics_say_who_acts_when_the_loop_last_turned_and_whether_the_forecast
     assert sample(r, "peakpilot_forecast_fallback", service="llm-chat") == 1
 
 
-def test_daemon_process_serves_metrics_and_stops_cleanly_on_sigterm(tmp_path, policy_file):
+def test_daemon_process_serves_metrics_follows_its_policy_folder_and_stops_cleanly_on_sigterm(tmp_path, policy_file):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(policy_file),
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "chat.yaml").write_text(policy_file.read_text())
+    proc = subprocess.Popen([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(folder),
                              "--store", str(tmp_path / "d.db"), "--interval-s", "0.5", "--metrics-port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+
+    def health_when(ready) -> dict | None:
         deadline = time.time() + 60
         health = None
         while time.time() < deadline:
             try:
                 health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
-                if health["services"]:
+                if ready(health):
                     break
             except (httpx.TransportError, json.JSONDecodeError):
                 pass
             time.sleep(0.3)
+        return health
+
+    try:
+        health = health_when(lambda h: h["services"])
         assert health and health["services"]["llm-chat"]["ok"] is True
         time.sleep(1.5)
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         assert 'peakpilot_cycles_total{mode="predictive",service="llm-chat"}' in metrics
         assert "peakpilot_cycle_duration_seconds_bucket" in metrics and "peakpilot_forecast_rps" in metrics
+        # A policy file added to the folder is a service of the running daemon, no restart.
+        (folder / "search.yaml").write_text(policy_file.read_text().replace("service: llm-chat", "service: llm-search"))
+        health = health_when(lambda h: "llm-search" in h["services"])
+        assert health["services"]["llm-search"]["ok"] is True, health
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
     with Store(str(tmp_path / "d.db"), readonly=True) as st:
-        run = st.runs()[0]
-        assert run["kind"] == "daemon" and len(st.timeline(run["id"])) >= 1
+        runs = st.runs()
+        assert len(runs) == 2 and all(r["kind"] == "daemon" and len(st.timeline(r["id"])) >= 1 for r in runs)
 
 
 def test_run_once_and_a_broken_policy_at_start(tmp_path, policy_file):
@@ -582,3 +596,182 @@ def test_a_forecast_under_a_minute_is_read_per_minute_at_its_busiest():
     assert np.allclose(minutes.rps[15], 10.0) and np.allclose(np.delete(minutes.rps, 15, axis=0), 1.0)
     tens = minute_forecast(Forecast("x", start, pd.Timedelta(minutes=10), np.array([[600.0] * 3, [1200.0] * 3])), "ok")
     assert tens.rps.shape == (20, 3) and np.allclose(tens.rps[:10], 1.0) and np.allclose(tens.rps[10:], 2.0)
+
+
+# -- policies that change what a service reads or acts on, and policy files that come and go ---------
+
+def parts_for(backend, trace, clock, **kwargs):
+    from controller.service_parts import ServiceParts
+
+    return ServiceParts(backend, clock, trace=lambda: trace, **kwargs)
+
+
+def test_a_changed_policy_rebuilds_what_it_moves_and_retrains_for_what_the_model_learns(tmp_path, policy_file,
+                                                                                       trace, caplog):
+    """A policy reload used to swap only the policy object: the Prometheus, query and Deployments built
+    at start stayed in use (logged as reloaded, silently not applied), and a switch to `reserved: auto`
+    held 0 reserved nodes until the next retrain, up to six hours later."""
+    import logging
+
+    from controller.signals import PrometheusSignals
+
+    caplog.set_level(logging.INFO)
+    clock = Clock()
+    metrics = DaemonMetrics()
+    service = ServiceController(policy_file, None, None, Store(str(tmp_path / "s.db")), metrics,
+                                parts=parts_for("simulated", trace, clock))
+    daemon = Daemon([service], metrics, clock=clock)
+    run_cycles(daemon, clock, 2, retrain_at=(0,))
+    signals, actuator, trained = service.signals, service.actuator, service.model
+    text = policy_file.read_text()
+
+    # Prices only: the same signals, the same simulated cluster (now at the new price), the same model.
+    policy_file.write_text(text.replace("price_per_hour: 1.60", "price_per_hour: 1.70"))
+    bump(policy_file)
+    run_cycles(daemon, clock, 1)
+    assert service.signals is signals and service.actuator is actuator and service.model is trained
+    assert actuator.cluster.policy.price("spot") == 1.70
+
+    # Another history length: new signals, and the model retrained on them within the cycle.
+    text = policy_file.read_text()
+    policy_file.write_text(text.replace("history_days: 14", "history_days: 7"))
+    bump(policy_file)
+    run_cycles(daemon, clock, 1)
+    assert service.signals is not signals and service.model is not trained
+    assert "retraining" in caplog.text and daemon.last_cycle["llm-chat"]["ok"]
+
+    # A reserved count of auto: recommended at once, not 0 until the next scheduled retrain.
+    text = policy_file.read_text()
+    policy_file.write_text(text.replace("count: 3", "count: auto"))
+    bump(policy_file)
+    run_cycles(daemon, clock, 1)
+    assert service.reserved() > 0
+
+    # Another Prometheus: the service reads from it (here nothing answers: the cycle goes on reactive).
+    url = f"http://127.0.0.1:{free_port()}"
+    text = policy_file.read_text()
+    policy_file.write_text(text.replace("prometheus: null", f"prometheus: {url}")
+                           .replace("peak_nodes: 20", "rps_per_node: 5"))
+    bump(policy_file)
+    run_cycles(daemon, clock, 1)
+    assert isinstance(service.signals, PrometheusSignals) and service.signals.source.url == url
+    assert sample(metrics.registry, "peakpilot_errors_total", service="llm-chat", kind="signals") >= 1
+
+
+def kubernetes_service(kube, policy_file, trace, tmp_path, clock, extra=()):
+    """One service on the kubernetes backend against the fake API server, trained and one cycle in."""
+    for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder", *extra):
+        kube.add_deployment(name, 1)
+    metrics = DaemonMetrics()
+    service = ServiceController(policy_file, None, None, Store(str(tmp_path / "k.db")), metrics,
+                                parts=parts_for("kubernetes", trace, clock, api=api_client(host=kube.url)))
+    daemon = Daemon([service], metrics, clock=clock)
+    run_cycles(daemon, clock, 1, retrain_at=(0,))
+    return daemon, service, metrics
+
+
+def test_a_changed_policy_naming_other_deployments_scales_those(tmp_path, policy_file, trace):
+    with FakeKubeAPI("inference") as kube:
+        clock = Clock()
+        daemon, service, metrics = kubernetes_service(kube, policy_file, trace, tmp_path, clock, extra=["llm-spot-b"])
+        assert kube.calls("PATCH", "/deployments/llm-spot/scale")
+        text = policy_file.read_text()
+        policy_file.write_text(text.replace("spot: llm-spot", "spot: llm-spot-b"))
+        bump(policy_file)
+        before = len(kube.calls("PATCH", "/deployments/llm-spot/scale"))
+        run_cycles(daemon, clock, 3)
+        assert kube.calls("PATCH", "/deployments/llm-spot-b/scale")
+        assert len(kube.calls("PATCH", "/deployments/llm-spot/scale")) == before
+        assert daemon.last_cycle["llm-chat"]["ok"]
+
+
+def test_a_reload_that_renames_the_service_or_drops_a_deployment_is_refused(tmp_path, policy_file, trace, caplog):
+    with FakeKubeAPI("inference") as kube:
+        clock = Clock()
+        daemon, service, metrics = kubernetes_service(kube, policy_file, trace, tmp_path, clock)
+        file = str(policy_file)
+        assert sample(metrics.registry, "peakpilot_policy_file_refused", file=file) == 0
+        text = policy_file.read_text()
+        policy_file.write_text(text.replace("service: llm-chat", "service: llm-talk"))
+        bump(policy_file)
+        run_cycles(daemon, clock, 1)
+        assert service.service == "llm-chat" and "service renamed from 'llm-chat' to 'llm-talk'" in caplog.text
+        assert sample(metrics.registry, "peakpilot_policy_file_refused", file=file) == 1
+        policy_file.write_text(text.replace("    on_demand: llm-on-demand\n", ""))
+        bump(policy_file)
+        run_cycles(daemon, clock, 1)
+        assert "kubernetes.workloads has no Deployment for on_demand" in caplog.text
+        assert service.policy.kubernetes.workloads["on_demand"] == "llm-on-demand"
+        policy_file.write_text(text.replace("headroom: 0.30", "headroom: 0.40"))
+        bump(policy_file)
+        run_cycles(daemon, clock, 1)
+        assert service.policy.planning.headroom == 0.4
+        assert sample(metrics.registry, "peakpilot_policy_file_refused", file=file) == 0
+
+
+def test_policy_files_that_appear_or_go_start_or_stop_their_services(tmp_path, policy_file, trace, caplog):
+    """A daemon run on a folder (a mounted ConfigMap) follows it: a new file is a new service, trained
+    and cycled at once; a broken one is refused once per version and exported; a deleted one stops
+    being run (its nodes are left as they are, its record stays in the store)."""
+    from controller.policy_watch import PolicyWatch
+
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    text = policy_file.read_text()
+    (folder / "chat.yaml").write_text(text)
+    clock = Clock()
+    metrics = DaemonMetrics()
+    store = Store(str(tmp_path / "f.db"))
+    parts = parts_for("simulated", trace, clock)
+
+    def make_service(path):
+        return ServiceController(path, None, None, store, metrics, parts=parts)
+
+    daemon = Daemon([make_service(folder / "chat.yaml")], metrics, clock=clock,
+                    watch=PolicyWatch([folder], "simulated", selector=None), make_service=make_service)
+    run_cycles(daemon, clock, 1, retrain_at=(0,))
+    assert [s.service for s in daemon.services] == ["llm-chat"]
+
+    (folder / "search.yaml").write_text(text.replace("service: llm-chat", "service: llm-search"))
+    (folder / "broken.yaml").write_text(text.replace("service: llm-chat", "service: llm-broken")
+                                        .replace("max_share: 0.6", "max_share: 1.6"))
+    (folder / "twin.yaml").write_text(text)  # the same service as chat.yaml
+    (folder / "other-team.yaml").write_text(text.replace("service: llm-chat", "service: llm-other")
+                                            .replace("labels: {}", "labels: {team: other}"))
+    watch = PolicyWatch([folder], "simulated", selector="team=chat")
+    daemon.watch = watch
+    (folder / "chat.yaml").write_text(text.replace("labels: {}", "labels: {team: chat}"))
+    (folder / "search.yaml").write_text(text.replace("service: llm-chat", "service: llm-search")
+                                        .replace("labels: {}", "labels: {team: chat}"))
+    (folder / "twin.yaml").write_text(text.replace("labels: {}", "labels: {team: chat}"))
+    run_cycles(daemon, clock, 3)
+    assert sorted(s.service for s in daemon.services) == ["llm-chat", "llm-search"]
+    search = next(s for s in daemon.services if s.service == "llm-search")
+    assert search.model is not None and daemon.last_cycle["llm-search"]["ok"]
+    assert len(store.timeline(search.run_id)) == 3
+    assert caplog.text.count("spot.max_share") == 1  # said once, not every cycle
+    assert "service 'llm-chat' is also the service of" in caplog.text
+    assert "llm-other" not in caplog.text  # another daemon's (its label does not match)
+    r = metrics.registry
+    assert sample(r, "peakpilot_policy_file_refused", file=str(folder / "broken.yaml")) == 1
+    assert sample(r, "peakpilot_policy_file_refused", file=str(folder / "twin.yaml")) == 1
+
+    # Mended: it starts at the next cycle.
+    (folder / "broken.yaml").write_text(text.replace("service: llm-chat", "service: llm-broken")
+                                        .replace("labels: {}", "labels: {team: chat}"))
+    run_cycles(daemon, clock, 1)
+    assert "llm-broken" in {s.service for s in daemon.services}
+    assert sample(r, "peakpilot_policy_file_refused", file=str(folder / "broken.yaml")) == 0
+
+    # Gone: no longer run, no series left for an alert to read, the record kept.
+    (folder / "search.yaml").unlink()
+    (folder / "twin.yaml").unlink()
+    run_cycles(daemon, clock, 1)
+    assert sorted(s.service for s in daemon.services) == ["llm-broken", "llm-chat"]
+    assert "llm-search" not in daemon.last_cycle and "no longer run" in caplog.text
+    assert sample(r, "peakpilot_last_cycle_timestamp_seconds", service="llm-search") is None
+    assert sample(r, "peakpilot_desired_nodes", service="llm-search") is None
+    assert sample(r, "peakpilot_errors_total", service="llm-search") is None
+    assert sample(r, "peakpilot_policy_file_refused", file=str(folder / "twin.yaml")) is None
+    assert sample(r, "peakpilot_last_cycle_timestamp_seconds", service="llm-chat") is not None
+    assert len(store.timeline(search.run_id)) == 4

@@ -132,12 +132,12 @@ CASES = [
      "expect": {"PeakpilotSignalsFailing": {"10m": [{"service": "chat", "instance": "a", "kind": "signals",
                                                      "severity": "warning"}]},
                 "PeakpilotStoreFailing": {"10m": []}}},
-    {"name": "a refused policy: seen because the counter was exported at 0 before (a); a series born at 1 "
-             "(b, never initialised) has no increase to see, which is why the daemon starts every kind at 0",
-     "series": {f'peakpilot_errors_total{{{C},kind="policy_reload"}}': "0 0 0 1x30",
-                'peakpilot_errors_total{service="chat",instance="b",kind="policy_reload"}': "_ _ _ 1x30"},
-     "expect": {"PeakpilotPolicyRejected": {"5m": [{"service": "chat", "instance": "a", "kind": "policy_reload",
-                                                    "severity": "warning"}], "25m": []}}},
+    {"name": "a policy file refused on both replicas for ten minutes, then mended: one alert, named by file",
+     "series": {'peakpilot_policy_file_refused{file="/etc/peakpilot/chat.yaml",instance="a"}': "0 0 0 1x10 0x20",
+                'peakpilot_policy_file_refused{file="/etc/peakpilot/chat.yaml",instance="b"}': "0 0 0 1x10 0x20",
+                'peakpilot_policy_file_refused{file="/etc/peakpilot/search.yaml",instance="a"}': "0x30"},
+     "expect": {"PeakpilotPolicyRejected": {"2m": [], "5m": [{"file": "/etc/peakpilot/chat.yaml",
+                                                             "severity": "warning"}], "25m": []}}},
     {"name": "every cycle reactive, on the acting replica and on a follower",
      "series": {f'peakpilot_cycles_total{{{C},mode="reactive"}}': "0+1x40",
                 f'peakpilot_cycles_total{{{C},mode="predictive"}}': "0x40", f"peakpilot_acting{{{C}}}": "1x40",
@@ -227,7 +227,7 @@ def test_the_unit_tests_can_fail(tmp_path):
 
 def test_a_real_prometheus_scraping_the_daemon_alerts_on_a_refused_policy(tmp_path, prometheus_factory):
     """End to end: the daemon's /metrics scraped by Prometheus with the shipped rules; a policy edit the
-    daemon refuses raises PeakpilotPolicyRejected for that service, and nothing else fires meanwhile."""
+    daemon refuses raises PeakpilotPolicyRejected for that file, and nothing else fires meanwhile."""
     policy = tmp_path / "policy.yaml"
     text = (ROOT / "configs" / "policy.yaml").read_text().replace("model: ensemble ", "model: seasonal_naive ")
     policy.write_text(text)
@@ -253,9 +253,9 @@ def test_a_real_prometheus_scraping_the_daemon_alerts_on_a_refused_policy(tmp_pa
                         .json()["data"]["result"])
 
         deadline = time.time() + 30
-        while time.time() < deadline and not scraped('peakpilot_errors_total{kind="policy_reload"} == 0'):
-            time.sleep(0.5)  # the 0 must be scraped before the error, as it is in a long-running daemon
-        assert scraped('peakpilot_errors_total{kind="policy_reload"} == 0')
+        while time.time() < deadline and not scraped('peakpilot_policy_file_refused == 0'):
+            time.sleep(0.5)
+        assert scraped('peakpilot_policy_file_refused == 0')
         time.sleep(1.5)
         assert firing() == {}
         policy.write_text(text.replace("max_share: 0.6", "max_share: 1.6"))
@@ -271,8 +271,9 @@ def test_a_real_prometheus_scraping_the_daemon_alerts_on_a_refused_policy(tmp_pa
             time.sleep(0.5)
         alert = firing().get("PeakpilotPolicyRejected")
         assert alert, requests.get(f"{prom.url}/api/v1/alerts", timeout=5).text
-        assert alert["labels"]["service"] == "llm-chat" and alert["labels"]["severity"] == "warning"
-        assert alert["annotations"]["summary"] == "llm-chat: a changed policy file was refused; the one in force stays"
+        assert alert["labels"]["file"] == str(policy) and alert["labels"]["severity"] == "warning"
+        assert alert["annotations"]["summary"] == (f"{policy}: the policy file is refused; the controller does not "
+                                                   f"run what it says")
         assert set(firing()) == {"PeakpilotPolicyRejected"}
     finally:
         server.shutdown()

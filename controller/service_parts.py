@@ -1,0 +1,69 @@
+"""What a service's policy builds around it: where its load is read from and what its decisions act on.
+
+The daemon asks here at start, when a changed policy moves either (another Prometheus or query, other
+Deployments), and for a policy file that appears in a watched folder while it runs, so all three build
+them the same way. Nothing here talks to the cluster or Prometheus: the parts connect when first used.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from controller.actuators import DryRunActuator, SimulatedActuator
+from controller.policy import CLASSES, Policy
+from controller.signals import PrometheusSignals, TraceSignals
+
+
+class ServiceParts:
+    """Builds signals and actuators for one backend (``simulated``, ``dry-run`` or ``kubernetes``).
+
+    ``trace`` is called for the first service without ``signals.prometheus`` (the load it replays on the
+    daemon's clock, from the trace's middle); ``api`` is the Kubernetes client of the kubernetes backend.
+    """
+
+    def __init__(self, backend: str, clock: Callable[[], np.datetime64], api=None, shadow: bool = False,
+                 trace: Callable[[], object] | None = None):
+        self.backend, self.clock, self.api, self.shadow = backend, clock, api, shadow
+        self._trace_loader, self._trace = trace, None
+
+    def trace(self):
+        if self._trace is None:
+            if self._trace_loader is None:
+                raise ValueError("this policy has no signals.prometheus and the daemon was given no trace")
+            self._trace = self._trace_loader()
+        return self._trace
+
+    def signals(self, policy: Policy):
+        s = policy.signals
+        if s.prometheus:
+            return PrometheusSignals(s.prometheus, s.query, s.step, s.history_days)
+        trace = self.trace()
+        return TraceSignals(trace, len(trace.arrivals) // 2, self.clock())
+
+    def actuator(self, policy: Policy):
+        if self.backend == "simulated":
+            reserved = policy.reserved.count if isinstance(policy.reserved.count, int) else 0
+            return SimulatedActuator(policy, reserved=reserved)
+        if self.backend == "dry-run":
+            return DryRunActuator(dict(policy.kubernetes.workloads), policy.kubernetes.namespace)
+        from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget
+
+        k = policy.kubernetes
+        return KubernetesActuator(self.api, KubernetesTarget(k.namespace, dict(k.workloads), k.placeholder),
+                                  shadow=self.shadow,
+                                  billing_min={c: getattr(policy.classes, c).billing_min for c in CLASSES})
+
+    def actuator_after_change(self, actuator, old: Policy, new: Policy):
+        """The actuator a changed policy needs: a new one where it names other Deployments (or another
+        namespace, placeholder or billing), the same one otherwise. The simulated cluster keeps its
+        nodes and takes the new prices and lead times."""
+        if self.backend == "simulated":
+            if hasattr(actuator, "use_policy"):
+                actuator.use_policy(new)
+            return actuator
+        moved = old.kubernetes != new.kubernetes or (
+            self.backend == "kubernetes" and any(getattr(old.classes, c).billing_min != getattr(new.classes, c).billing_min
+                                                 for c in CLASSES))
+        return self.actuator(new) if moved else actuator
