@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT     ?= runs/demo
 
-.PHONY: setup runtime-deps system-deps demo test bench configmap clean
+.PHONY: setup runtime-deps system-deps demo test bench configmap manifests clean
 
 setup: runtime-deps $(VENV)/.installed
 
@@ -49,6 +49,10 @@ bench: setup
 # The policy ConfigMap of deploy/ is the default policy with the cluster's capacity and Prometheus.
 configmap:
 	$(PY) deploy/render_policy_configmap.py > deploy/policy-configmap.yaml
+
+# Every generated manifest: the policy ConfigMap and the alerting rules as a PrometheusRule.
+manifests: configmap
+	$(PY) deploy/render_prometheus_rule.py > deploy/monitoring/prometheus-rule.yaml
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

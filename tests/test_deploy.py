@@ -87,18 +87,62 @@ def test_rbac_is_least_privilege_and_names_the_policy_workloads():
 
 def test_policy_configmap_is_the_default_policy_with_only_the_cluster_keys_changed():
     """The deployed policy cannot drift from configs/policy.yaml: it is rendered from it (`make configmap`)."""
-    sys.path.insert(0, str(DEPLOY))
-    try:
-        from render_policy_configmap import SOURCE, render
-    finally:
-        sys.path.remove(str(DEPLOY))
+    module = render_module("render_policy_configmap")
+    SOURCE = module.SOURCE
     text = (DEPLOY / "policy-configmap.yaml").read_text()
-    assert text == render(SOURCE.read_text()), "deploy/policy-configmap.yaml is stale: run `make configmap`"
+    assert text == module.render(SOURCE.read_text()), "deploy/policy-configmap.yaml is stale: run `make configmap`"
     deployed = yaml.safe_load(yaml.safe_load(text)["data"]["llm-chat.yaml"])
     default = yaml.safe_load(SOURCE.read_text())
     assert deployed["capacity"].pop("rps_per_node") > 0 and default["capacity"].pop("peak_nodes") > 0
     assert deployed["signals"].pop("prometheus").startswith("http") and default["signals"].pop("prometheus") is None
     assert deployed == default
+
+
+def render_module(name: str):
+    sys.path.insert(0, str(DEPLOY))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(DEPLOY))
+
+
+def monitoring_docs() -> list[dict]:
+    return [d for path in sorted((DEPLOY / "monitoring").glob("*.yaml")) for d in yaml.safe_load_all(path.read_text())
+            if d]
+
+
+def test_the_prometheus_rule_is_the_shipped_alerting_rules():
+    """For the Prometheus Operator: the same rules promtool checks (tests/test_monitoring.py), rendered."""
+    module = render_module("render_prometheus_rule")
+    text = (DEPLOY / "monitoring" / "prometheus-rule.yaml").read_text()
+    assert text == module.render(module.SOURCE.read_text()), \
+        "deploy/monitoring/prometheus-rule.yaml is stale: run `make manifests`"
+    rule = yaml.safe_load(text)
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(module.SOURCE.read_text())["groups"]
+    assert len([r for g in rule["spec"]["groups"] for r in g["rules"]]) >= 15
+
+
+def test_the_pod_monitors_scrape_the_controller_and_every_pool_by_a_port_they_serve():
+    """Each PodMonitor selects pods that deploy/ runs, on a container port those pods name, and keeps the
+    metrics' own labels (the rules group by `service`, which a clashing target label would rename)."""
+    pods = [(d["metadata"]["name"], d["spec"]["template"]) for _, d in documents() if d["kind"] == "Deployment"]
+    namespaces = {d["metadata"]["name"] for _, d in documents() if d["kind"] == "Namespace"}
+    selected = set()
+    monitors = [d for d in monitoring_docs() if d["kind"] == "PodMonitor"]
+    for monitor in monitors:
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["namespace"] in namespaces
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        matched = [(name, t) for name, t in pods if wanted.items() <= t["metadata"]["labels"].items()]
+        assert matched, f"PodMonitor {monitor['metadata']['name']} selects no pod of deploy/"
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            assert endpoint["honorLabels"] is True and endpoint["path"] == "/metrics"
+            for name, template in matched:
+                ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+                assert endpoint["port"] in ports, f"{name} has no port named {endpoint['port']}"
+        selected |= {name for name, _ in matched}
+    scraped = {name for name, t in pods if t["metadata"].get("annotations", {}).get("prometheus.io/scrape") == "true"}
+    assert scraped and scraped <= selected  # every pod scraped by annotation is scraped by the operator too
 
 
 def test_the_service_reaches_every_pool_that_serves_and_not_the_placeholders():
