@@ -276,7 +276,8 @@ class LeaseLock:
     """Leader election on a Lease: hold it by renewing; take it only when free or expired.
 
     Writes carry the Lease's resourceVersion, so of two replicas racing for it one gets 409 and stays
-    a follower."""
+    a follower (no call is retried: the next cycle asks again). An API server that could not be reached
+    is not asked again for ``RETRY_AFTER_FAILURE_S``, by the Lease or any actuator (``with_retry``)."""
 
     def __init__(self, api, namespace: str, name: str, identity: str, duration_s: int = 60, now=None):
         from kubernetes import client
@@ -301,15 +302,14 @@ class LeaseLock:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            lease = self.coord.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT_S)
+            lease = with_retry(self.coord.read_namespaced_lease, self.name, self.namespace, attempts=1)
         except ApiException as exc:
             if exc.status != 404:
                 log.warning("lease %s: read failed (%s); not acting", self.name, exc.status)
                 self.is_leader = False
                 return False
             try:
-                self.coord.create_namespaced_lease(self.namespace, self._body(None, None, 0),
-                                                  _request_timeout=REQUEST_TIMEOUT_S)
+                with_retry(self.coord.create_namespaced_lease, self.namespace, self._body(None, None, 0), attempts=1)
                 self.is_leader = True
             except ApiException:
                 self.is_leader = False
@@ -326,9 +326,8 @@ class LeaseLock:
         transitions = (spec.lease_transitions or 0) + (holder != self.identity)
         acquired = spec.acquire_time if holder == self.identity else None
         try:
-            self.coord.replace_namespaced_lease(self.name, self.namespace,
-                                                self._body(lease.metadata.resource_version, acquired, transitions),
-                                                _request_timeout=REQUEST_TIMEOUT_S)
+            with_retry(self.coord.replace_namespaced_lease, self.name, self.namespace,
+                       self._body(lease.metadata.resource_version, acquired, transitions), attempts=1)
             self.is_leader = True
         except ApiException as exc:
             log.warning("lease %s: lost the race (%s)", self.name, exc.status)
