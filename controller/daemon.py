@@ -110,6 +110,10 @@ def _label_values(metric, names: tuple[str, ...], label: str, value: str) -> set
             for sample in family.samples if sample.labels.get(label) == value}
 
 
+# A service with no model yet (its first training failed: Prometheus down at start, say) tries again this
+# often, not only at the next scheduled retrain hours later; meanwhile it runs on the reactive safety net.
+UNTRAINED_RETRY_MIN = 5
+
 # Error kinds the daemon counts; each starts at 0 so that an alert's increase() sees the first one.
 ERROR_KINDS = ("signals", "forecast", "actuator", "store", "policy_reload", "cycle")
 
@@ -133,6 +137,7 @@ class ServiceController:
     model: object = None
     model_status: str = "not trained"
     _failures: list = field(default_factory=list, init=False)  # the failed nodes last reported
+    _trained_at_try: np.datetime64 | None = field(default=None, init=False)  # when training was last tried
 
     def __post_init__(self) -> None:
         self.policy = load_policy(self.policy_path)  # a broken policy at start is the caller's to report
@@ -211,6 +216,7 @@ class ServiceController:
                 or (new.reserved.count == "auto" and auto_inputs(new) != auto_inputs(old)))
 
     def retrain(self, now: np.datetime64) -> None:
+        self._trained_at_try = np.datetime64(now, "m")
         try:
             history = self.signals.history(now)
         except SignalError as exc:
@@ -235,6 +241,10 @@ class ServiceController:
         started = time.perf_counter()
         if self.reload_policy():
             log.info("%s: the changed policy moves what the model learns or predicts; retraining", self.service)
+            self.retrain(now)
+        elif (self.model is None and self._trained_at_try is not None
+              and now - self._trained_at_try >= UNTRAINED_RETRY_MIN * MINUTE):
+            log.info("%s: no model yet (the last training failed); trying again", self.service)
             self.retrain(now)
         policy = self.policy
         observed: float | None = None

@@ -775,3 +775,38 @@ def test_policy_files_that_appear_or_go_start_or_stop_their_services(tmp_path, p
     assert sample(r, "peakpilot_policy_file_refused", file=str(folder / "twin.yaml")) is None
     assert sample(r, "peakpilot_last_cycle_timestamp_seconds", service="llm-chat") is not None
     assert len(store.timeline(search.run_id)) == 4
+
+
+def test_a_first_training_that_fails_is_tried_again_within_minutes_not_hours(tmp_path, policy_file, trace):
+    """Prometheus down when the daemon starts: the service runs reactive, and trains as soon as the
+    history can be read again (it used to wait for the next scheduled retrain, six hours later)."""
+    from controller.daemon import UNTRAINED_RETRY_MIN
+
+    clock = Clock()
+    daemon, service, signals = make(policy_file, trace, Store(str(tmp_path / "u.db")), clock,
+                                    SimulatedActuator(load_policy_of(policy_file), reserved=3))
+
+    class DownAtStart:  # the history cannot be read for the first three minutes
+        def __init__(self, inner):
+            self.inner, self.trace = inner, inner.trace
+
+        def observe(self, now):
+            return self.inner.observe(now)
+
+        def history(self, now):
+            if now < T0 + np.timedelta64(3, "m"):
+                from controller.signals import SignalError
+                raise SignalError("injected: Prometheus is down")
+            return self.inner.history(now)
+
+    service.signals = DownAtStart(signals)
+    daemon.retrain_all()
+    assert service.model is None
+    modes = []
+    for _ in range(UNTRAINED_RETRY_MIN + 2):
+        daemon.cycle_all()
+        modes.append(daemon.last_cycle["llm-chat"]["mode"])
+        clock.tick()
+    assert service.model is not None
+    assert modes[0] == "reactive" and modes[-1] == "predictive"
+    assert modes.index("predictive") == UNTRAINED_RETRY_MIN  # retried once the pause was over, not every cycle
