@@ -138,6 +138,9 @@ class ServiceController:
     model_status: str = "not trained"
     _failures: list = field(default_factory=list, init=False)  # the failed nodes last reported
     _trained_at_try: np.datetime64 | None = field(default=None, init=False)  # when training was last tried
+    # Set when a changed policy's labels no longer match this daemon's --selector: the service is now
+    # another daemon's, and this one stops running it (two controllers must never scale one service).
+    released: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.policy = load_policy(self.policy_path)  # a broken policy at start is the caller's to report
@@ -199,6 +202,11 @@ class ServiceController:
                                 f"new file")
             if problems:
                 raise PolicyError("; ".join(problems))
+            if self.parts and not self.parts.selects(new):
+                self.released = f"its labels {new.labels} no longer match --selector {self.parts.selector}"
+                log.warning("%s: %s; it is another daemon's now, and this one stops running it", self.service,
+                            self.released)
+                return False
             signals = self.parts.signals(new) if self.parts and new.signals != old.signals else self.signals
             self.rps_per_node = self._capacity(new, signals)
             actuator = self.parts.actuator_after_change(self.actuator, old, new) if self.parts else self.actuator
@@ -239,7 +247,10 @@ class ServiceController:
 
     def cycle(self, now: np.datetime64) -> dict:
         started = time.perf_counter()
-        if self.reload_policy():
+        retrain = self.reload_policy()
+        if self.released:
+            return {"ok": True, "mode": "released", "reason": self.released, "acting": False}
+        if retrain:
             log.info("%s: the changed policy moves what the model learns or predicts; retraining", self.service)
             self.retrain(now)
         elif (self.model is None and self._trained_at_try is not None
@@ -397,6 +408,8 @@ class Daemon:
             self.metrics.last_cycle.labels(service.service).set(stamp)
             if result["ok"]:
                 self.metrics.last_ok_cycle.labels(service.service).set(stamp)
+        for service in [s for s in self.services if s.released]:
+            self._drop(service, service.released)
         self.last_cycle_at = self.monotonic()
         return ok
 
@@ -404,12 +417,7 @@ class Daemon:
         """Start the services of new policy files (trained at once), stop running those whose file went."""
         changes = self.watch.scan({s.policy_path: s.service for s in self.services})
         for path in changes.removed:
-            gone = next(s for s in self.services if s.policy_path == path)
-            self.services = [s for s in self.services if s is not gone]  # a new list: retrain_all may be iterating
-            self.last_cycle.pop(gone.service, None)
-            self.metrics.forget(gone.service, path)
-            log.warning("%s: %s is gone; the service is no longer run and its nodes are left as they are",
-                        gone.service, path)
+            self._drop(next(s for s in self.services if s.policy_path == path), f"{path} is gone")
         for path in changes.forgotten:
             self.metrics.forget_file(path)
         for path, reason in changes.refused:
@@ -427,6 +435,14 @@ class Daemon:
             service.retrain(now)
             self.metrics.last_ok_cycle.labels(service.service).set(self.wall())
             self.services = [*self.services, service]
+
+    def _drop(self, gone: ServiceController, why: str) -> None:
+        """Stop running a service: its nodes are left as they are, its record stays in the store."""
+        self.services = [s for s in self.services if s is not gone]  # a new list: retrain_all may be iterating
+        self.last_cycle.pop(gone.service, None)
+        self.metrics.forget(gone.service, gone.policy_path)
+        log.warning("%s: %s; the service is no longer run here and its nodes are left as they are",
+                    gone.service, why)
 
     def retrain_all(self) -> None:
         now = self.clock()

@@ -24,10 +24,10 @@ class PolicyChanges:
 
 
 class PolicyWatch:
-    def __init__(self, folders, backend: str = "simulated", selector: str | None = None):
+    def __init__(self, folders, backend: str = "simulated", selects=lambda policy: True):
         self.folders = [Path(f) for f in folders if Path(f).is_dir()]
         self.backend = backend
-        self.selector = selector.partition("=")[::2] if selector else None
+        self.selects = selects  # whether this daemon runs a policy's service (ServiceParts.selects)
         self._passed: dict[Path, float] = {}  # file -> the mtime last refused or left to another daemon
         self._refused: set[Path] = set()
 
@@ -61,7 +61,7 @@ class PolicyWatch:
             except PolicyError as exc:
                 self._refuse(changes, path, str(exc))
                 continue
-            if self.selector and policy.labels.get(self.selector[0]) != self.selector[1]:
+            if not self.selects(policy):
                 continue  # another daemon's service
             problems = backend_problems(path, policy, self.backend)
             if policy.service in names:

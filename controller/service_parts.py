@@ -20,13 +20,22 @@ class ServiceParts:
     """Builds signals and actuators for one backend (``simulated``, ``dry-run`` or ``kubernetes``).
 
     ``trace`` is called for the first service without ``signals.prometheus`` (the load it replays on the
-    daemon's clock, from the trace's middle); ``api`` is the Kubernetes client of the kubernetes backend.
+    daemon's clock, from the trace's middle); ``api`` is the Kubernetes client of the kubernetes backend;
+    ``selector`` (``key=value``) the policy labels of the services this daemon runs.
     """
 
     def __init__(self, backend: str, clock: Callable[[], np.datetime64], api=None, shadow: bool = False,
-                 trace: Callable[[], object] | None = None):
+                 trace: Callable[[], object] | None = None, selector: str | None = None):
         self.backend, self.clock, self.api, self.shadow = backend, clock, api, shadow
         self._trace_loader, self._trace = trace, None
+        self.selector = selector
+
+    def selects(self, policy: Policy) -> bool:
+        """Whether this daemon runs the policy's service (every service, without a selector)."""
+        if not self.selector:
+            return True
+        key, _, value = self.selector.partition("=")
+        return policy.labels.get(key) == value
 
     def trace(self):
         if self._trace is None:

@@ -421,7 +421,7 @@ def run_daemon(
     # A trace the services at start need is read now (one that cannot be read ends the start, not a
     # cycle); a policy file added later that needs one reads it then.
     loaded = load_trace_or_exit(trace) if any(p.signals.prometheus is None for p in policies.values()) else None
-    parts = ServiceParts(backend, utc_now, api=api, shadow=shadow,
+    parts = ServiceParts(backend, utc_now, api=api, shadow=shadow, selector=selector,
                          trace=(lambda: loaded) if loaded is not None else (lambda: load_trace(trace)))
 
     def make_service(path: Path) -> ServiceController:
@@ -436,7 +436,7 @@ def run_daemon(
         except PolicyError as exc:
             fail(str(exc))
     daemon = Daemon(services, metrics, interval_s, retrain_cron, lease=lease,
-                    watch=PolicyWatch(policy, backend, selector), make_service=make_service)
+                    watch=PolicyWatch(policy, backend, parts.selects), make_service=make_service)
     if metrics_port:
         daemon.serve_metrics(metrics_port, metrics_host)
     if once:

@@ -728,7 +728,7 @@ def test_policy_files_that_appear_or_go_start_or_stop_their_services(tmp_path, p
         return ServiceController(path, None, None, store, metrics, parts=parts)
 
     daemon = Daemon([make_service(folder / "chat.yaml")], metrics, clock=clock,
-                    watch=PolicyWatch([folder], "simulated", selector=None), make_service=make_service)
+                    watch=PolicyWatch([folder], "simulated", parts.selects), make_service=make_service)
     run_cycles(daemon, clock, 1, retrain_at=(0,))
     assert [s.service for s in daemon.services] == ["llm-chat"]
 
@@ -738,8 +738,7 @@ def test_policy_files_that_appear_or_go_start_or_stop_their_services(tmp_path, p
     (folder / "twin.yaml").write_text(text)  # the same service as chat.yaml
     (folder / "other-team.yaml").write_text(text.replace("service: llm-chat", "service: llm-other")
                                             .replace("labels: {}", "labels: {team: other}"))
-    watch = PolicyWatch([folder], "simulated", selector="team=chat")
-    daemon.watch = watch
+    parts.selector = "team=chat"
     (folder / "chat.yaml").write_text(text.replace("labels: {}", "labels: {team: chat}"))
     (folder / "search.yaml").write_text(text.replace("service: llm-chat", "service: llm-search")
                                         .replace("labels: {}", "labels: {team: chat}"))
@@ -810,3 +809,51 @@ def test_a_first_training_that_fails_is_tried_again_within_minutes_not_hours(tmp
     assert service.model is not None
     assert modes[0] == "reactive" and modes[-1] == "predictive"
     assert modes.index("predictive") == UNTRAINED_RETRY_MIN  # retried once the pause was over, not every cycle
+
+
+def test_a_service_whose_labels_move_to_another_daemon_is_handed_over_not_run_twice(tmp_path, policy_file, trace,
+                                                                                    caplog):
+    """Two controller sets share one ConfigMap, split by --selector. A policy whose labels move from one
+    set to the other: the new set starts it, and the old one stops running it at once (it used to keep
+    it, so two controllers would scale the same Deployments)."""
+    from controller.policy_watch import PolicyWatch
+
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    text = policy_file.read_text()
+    chat = folder / "chat.yaml"
+    chat.write_text(text.replace("labels: {}", "labels: {team: a}"))
+    clock = Clock()
+    daemons = {}
+    for team in ("a", "b"):
+        metrics = DaemonMetrics()
+        store = Store(str(tmp_path / f"{team}.db"))
+        parts = parts_for("simulated", trace, clock, selector=f"team={team}")
+
+        def make_service(path, store=store, metrics=metrics, parts=parts):
+            return ServiceController(path, None, None, store, metrics, parts=parts)
+
+        daemons[team] = Daemon([], metrics, clock=clock, watch=PolicyWatch([folder], "simulated", parts.selects),
+                               make_service=make_service)
+    a, b = daemons["a"], daemons["b"]
+    for _ in range(2):
+        a.cycle_all(), b.cycle_all()
+        clock.tick()
+    assert [s.service for s in a.services] == ["llm-chat"] and b.services == []
+    acted = FlakyActuator(a.services[0].actuator)
+    a.services[0].actuator = acted
+    a.cycle_all()
+    assert len(acted.applied) == 1
+
+    chat.write_text(text.replace("labels: {}", "labels: {team: b}"))
+    bump(chat)
+    for _ in range(2):
+        a.cycle_all(), b.cycle_all()
+        clock.tick()
+    assert a.services == [] and [s.service for s in b.services] == ["llm-chat"]
+    assert len(acted.applied) == 1  # a never acted on the new version
+    assert "no longer match --selector team=a" in caplog.text
+    for _ in range(2):  # and does not take it back
+        a.cycle_all(), b.cycle_all()
+        clock.tick()
+    assert a.services == [] and b.last_cycle["llm-chat"]["ok"]
