@@ -208,13 +208,13 @@ class ServiceController:
                             self.released)
                 return False
             signals = self.parts.signals(new) if self.parts and new.signals != old.signals else self.signals
-            self.rps_per_node = self._capacity(new, signals)
+            rps_per_node = self._capacity(new, signals)
             actuator = self.parts.actuator_after_change(self.actuator, old, new) if self.parts else self.actuator
         except (PolicyError, ValueError, OSError) as exc:
             self.metrics.policy_refused.labels(str(self.policy_path)).set(1)
             self._error("policy_reload", f"refused the changed policy, keeping the one in force: {exc}")
             return False
-        self.policy, self.signals, self.actuator = new, signals, actuator
+        self.policy, self.signals, self.actuator, self.rps_per_node = new, signals, actuator, rps_per_node
         self.metrics.policy_refused.labels(str(self.policy_path)).set(0)
         self.estimate.set_capacity(self.rps_per_node, new.capacity.queue_seconds)
         log.info("%s: policy reloaded from %s", self.service, self.policy_path)
