@@ -10,6 +10,12 @@ Prometheus answers at most 11,000 points per range query, so long ranges are rea
 ``chunk_points`` steps. Steps that come back without a sample are gaps (NaN), listed in the
 History's ``gaps``, and filled by the documented rule of :mod:`forecaster.history` for model inputs.
 
+``rate()`` needs two samples inside its window: with the default query, a window of one step holds two
+only if the counter is scraped at least twice a step. A load that comes back empty, or whose last steps
+are mostly missing while the counter is there, asks Prometheus how often the counter is sampled and
+names the fix (a coarser ``signals.step`` or a wider window in ``signals.query``) instead of handing the
+forecaster a history of gaps.
+
 Every request has a timeout, and a Prometheus that could not be reached (refused, or silent past the
 timeout) is not asked again for ``RETRY_AFTER_FAILURE_S``: a daemon with many services on one
 Prometheus then waits for it once per cycle, not once per service.
@@ -28,6 +34,8 @@ from forecaster.history import History, mark_gaps
 from forecaster.progress import progress as show_progress
 
 DEFAULT_QUERY = "sum(rate(peakpilot_requests_total[{step}]))"
+COUNTER = "peakpilot_requests_total"
+RECENT_STEPS = 30  # the last steps of a load checked for a rate window too narrow for the scrape interval
 CLIENT_MARGIN_S = 5.0  # the client waits this much longer than the query timeout Prometheus is given
 RETRY_AFTER_FAILURE_S = 30.0  # an unreachable Prometheus is not asked again this soon (by any source)
 _unreachable: dict[str, tuple[float, str]] = {}  # url -> (monotonic time it failed, how)
@@ -76,6 +84,31 @@ class PrometheusSource:
         if isinstance(exc, requests.exceptions.ConnectionError):
             return "Prometheus is unreachable (connection refused or no route)"
         return f"request failed: {exc}"
+
+    def _why_empty(self, at: pd.Timestamp, absent_too: bool) -> str:
+        """Why the default query has no rate at ``at``: the counter is not scraped at all (said only when
+        ``absent_too``: a fleet scaled to zero has no series either), or not often enough for a window of
+        one step. Empty for a query of the user's own, or when Prometheus cannot tell."""
+        if self.query != DEFAULT_QUERY.replace("{step}", self.step_text):
+            return ""
+        try:
+            answer = self.client().custom_query(f"max(count_over_time({COUNTER}[10m]))",
+                                                params={"time": at.timestamp(), "timeout": f"{int(self.timeout_s)}s"})
+            samples = float(answer[0]["value"][1]) if answer else 0.0
+        except Exception:  # a diagnosis only: the error it would explain is raised anyway
+            return ""
+        if samples == 0:
+            return (f"; Prometheus holds no {COUNTER} in the 10 minutes before {at}: it does not scrape the "
+                    f"inference nodes (deploy/monitoring/ for the Prometheus Operator, or the pods' "
+                    f"prometheus.io annotations), or none was running") if absent_too else ""
+        interval = 600.0 / samples
+        if 2 * interval <= self.step.total_seconds():
+            return ""
+        suggest = max(2, int(np.ceil(2 * interval / 60)))
+        return (f"; {COUNTER} is scraped about every {interval:.0f} s, so a rate window of one step "
+                f"({self.step_text}) seldom holds the two samples rate() needs: set signals.step to "
+                f"{suggest}m or more, or signals.query with a wider window, e.g. "
+                f"sum(rate({COUNTER}[{suggest}m]))")
 
     def load_days(self, days: float, end: datetime | None = None, progress: bool = False) -> History:
         end_ts = pd.Timestamp(end or datetime.now(timezone.utc)).floor(self.step)
@@ -126,10 +159,14 @@ class PrometheusSource:
                     if np.isfinite(v):
                         values[int(round(float(ts)))] = v
         if not values:
-            raise HistoryError(self.where, f"no samples between {start} and {end}")
+            raise HistoryError(self.where, f"no samples between {start} and {end}" + self._why_empty(end, True))
         seconds = self.step.total_seconds()
         index = pd.date_range(start, end - self.step, freq=self.step)
         counts = np.array([values.get(int((t + self.step).timestamp()), np.nan) for t in index]) * seconds
+        if np.isnan(counts[-RECENT_STEPS:]).mean() > 0.5:
+            why = self._why_empty(end, False)
+            if why:
+                raise HistoryError(self.where, f"most of the last steps before {end} have no rate" + why)
         if (counts[~np.isnan(counts)] < 0).any():
             raise HistoryError(self.where, "negative request rate in the answer")
         series = pd.Series(counts, index=index, name="requests")

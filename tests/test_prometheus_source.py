@@ -105,3 +105,37 @@ def test_a_prometheus_that_takes_the_connection_and_never_answers_is_a_clear_err
     with pytest.raises(HistoryError, match=r"did not answer within 1\.5 s \(overloaded"):
         PrometheusSource(url, timeout_s=1.0).load_days(1)
     assert time.monotonic() - started > 1.4
+
+
+def test_a_counter_scraped_too_seldom_for_the_rate_window_is_named_with_its_fix(prometheus_factory):
+    """A counter scraped once a minute (Prometheus's default interval), at seconds that are not the
+    minute's: a 1-minute rate window holds one sample, so rate() has no value. The load says why and what
+    to set, instead of failing with "no samples" (or, where a few windows catch two, returning gaps)."""
+    history = load_csv(trace_path("nasa_http_1995_jul.csv"))
+    counts = history.counts["1995-07-10T00:00:00-04:00":].iloc[:360].fillna(0)
+    counts.index.freq = "1min"
+    now = pd.Timestamp.now(tz="UTC").floor("1h")
+    shift = (now - pd.Timedelta(hours=9)) - counts.index[0].tz_convert("UTC") + pd.Timedelta(seconds=30)
+    server = prometheus_factory()
+    server.backfill(openmetrics_from(counts, shift))
+    server.start()
+    start = (counts.index[0] + shift).floor("1min") + pd.Timedelta(minutes=1)
+    end = start + pd.Timedelta(hours=5)
+    with pytest.raises(HistoryError, match=r"scraped about every \d+ s, so a rate window of one step \(1m\) "
+                                           r"seldom holds the two samples rate\(\) needs: set signals.step to 2m"):
+        PrometheusSource(server.url, step="1m").load(start, end)
+    # The fix it names works: two samples in every 2-minute window, the trace's volume read back.
+    two = PrometheusSource(server.url, step="2m").load(start, end)
+    assert two.counts.notna().all()
+    assert two.counts.sum() == pytest.approx(counts[start - shift:end - shift - pd.Timedelta(minutes=1)].sum(), rel=0.03)
+    # So does a wider window in a query of one's own, and such a query is not second-guessed.
+    own = PrometheusSource(server.url, query="sum(rate(peakpilot_requests_total[3m]))", step="1m").load(start, end)
+    assert own.counts.iloc[5:].notna().all()
+
+
+def test_a_counter_prometheus_does_not_have_is_named(prometheus_factory):
+    server = prometheus_factory().start()
+    end = pd.Timestamp.now(tz="UTC").floor("1min")
+    with pytest.raises(HistoryError, match="holds no peakpilot_requests_total in the 10 minutes before .* it does "
+                                           "not scrape the inference nodes"):
+        PrometheusSource(server.url).load(end - pd.Timedelta(hours=1), end)
