@@ -397,7 +397,7 @@ def run_daemon(
     check_backend(backend)
     paths = policy_files(policy)
     if not paths:
-        fail("no policy files found")
+        fail(f"no policy files (*.yaml) in {', '.join(map(str, policy))}")
     policies, problems = load_policies(paths, backend)
     if problems:
         fail("; ".join(m for ms in problems.values() for m in ms))

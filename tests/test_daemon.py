@@ -403,6 +403,10 @@ def test_run_once_and_a_broken_policy_at_start(tmp_path, policy_file):
     out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(broken), "--once"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "spot.max_share" in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "empty").mkdir()
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(tmp_path / "empty"), "--once"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and f"no policy files (*.yaml) in {tmp_path / 'empty'}" in out.stderr
 
 
 def test_json_logs_for_a_log_pipeline(tmp_path, policy_file):
