@@ -28,7 +28,10 @@ class PolicyWatch:
         self.folders = [Path(f) for f in folders if Path(f).is_dir()]
         self.backend = backend
         self.selects = selects  # whether this daemon runs a policy's service (ServiceParts.selects)
-        self._passed: dict[Path, float] = {}  # file -> the mtime last refused or left to another daemon
+        # file -> (its mtime, the services run then) when last refused or left to another daemon: looked at
+        # again when either changes (a file refused for naming a running service may start once that goes);
+        # None for the services: looked at again only when the file changes
+        self._passed: dict[Path, tuple[float, tuple[str, ...] | None]] = {}
         self._refused: set[Path] = set()
 
     def files(self) -> set[Path]:
@@ -53,18 +56,23 @@ class PolicyWatch:
                 mtime = path.stat().st_mtime
             except OSError:  # gone between the listing and now
                 continue
-            if self._passed.get(path) == mtime:
+            passed = self._passed.get(path)
+            if passed and passed[0] == mtime and passed[1] in (None, tuple(sorted(names))):
                 continue
-            self._passed[path] = mtime
+            self._passed[path] = (mtime, None)
             try:
                 policy = load_policy(path)
             except PolicyError as exc:
                 self._refuse(changes, path, str(exc))
                 continue
-            if not self.selects(policy):
-                continue  # another daemon's service
+            if not self.selects(policy):  # another daemon's service: not refused, not this one's to run
+                if path in self._refused:
+                    self._refused.discard(path)
+                    changes.forgotten.append(path)
+                continue
             problems = backend_problems(path, policy, self.backend)
             if policy.service in names:
+                self._passed[path] = (mtime, tuple(sorted(names)))
                 problems.append(f"{path}: service {policy.service!r} is also the service of {names[policy.service]}")
             if problems:
                 self._refuse(changes, path, "; ".join(problems))
@@ -79,7 +87,7 @@ class PolicyWatch:
         """A file that loaded but whose service could not be built (say, a trace it needs is missing):
         passed over until it changes, as a refused one."""
         try:
-            self._passed[path] = path.stat().st_mtime
+            self._passed[path] = (path.stat().st_mtime, None)
         except OSError:
             pass
         self._refused.add(path)

@@ -766,18 +766,35 @@ def test_policy_files_that_appear_or_go_start_or_stop_their_services(tmp_path, p
     assert "llm-broken" in {s.service for s in daemon.services}
     assert sample(r, "peakpilot_policy_file_refused", file=str(folder / "broken.yaml")) == 0
 
-    # Gone: no longer run, no series left for an alert to read, the record kept.
-    (folder / "search.yaml").unlink()
-    (folder / "twin.yaml").unlink()
+    # Refused, then moved to another team: not refused any more, just not this daemon's.
+    (folder / "broken.yaml").write_text(text.replace("service: llm-chat", "service: llm-broken")
+                                        .replace("max_share: 0.6", "max_share: 1.6"))
+    (folder / "other-team.yaml").write_text(text.replace("service: llm-chat", "service: llm-other")
+                                            .replace("max_share: 0.6", "max_share: 1.6"))
+    bump(folder / "broken.yaml")
+    run_cycles(daemon, clock, 1)  # broken.yaml changed while running: the service keeps its policy
+    assert sample(r, "peakpilot_policy_file_refused", file=str(folder / "other-team.yaml")) == 1
+    (folder / "other-team.yaml").write_text(text.replace("service: llm-chat", "service: llm-other")
+                                            .replace("labels: {}", "labels: {team: other}"))
+    bump(folder / "other-team.yaml")
     run_cycles(daemon, clock, 1)
-    assert sorted(s.service for s in daemon.services) == ["llm-broken", "llm-chat"]
+    assert sample(r, "peakpilot_policy_file_refused", file=str(folder / "other-team.yaml")) is None
+
+    # Gone: no longer run, no series left for an alert to read, the record kept; the file refused for
+    # naming the same service as chat.yaml starts once chat.yaml is gone.
+    (folder / "search.yaml").unlink()
+    (folder / "chat.yaml").unlink()
+    run_cycles(daemon, clock, 1)
+    assert sorted((s.service, s.policy_path.name) for s in daemon.services) == [("llm-broken", "broken.yaml"),
+                                                                                ("llm-chat", "twin.yaml")]
     assert "llm-search" not in daemon.last_cycle and "no longer run" in caplog.text
     assert sample(r, "peakpilot_last_cycle_timestamp_seconds", service="llm-search") is None
     assert sample(r, "peakpilot_desired_nodes", service="llm-search") is None
     assert sample(r, "peakpilot_errors_total", service="llm-search") is None
-    assert sample(r, "peakpilot_policy_file_refused", file=str(folder / "twin.yaml")) is None
+    assert sample(r, "peakpilot_policy_file_refused", file=str(folder / "twin.yaml")) == 0
+    assert sample(r, "peakpilot_policy_file_refused", file=str(folder / "chat.yaml")) is None
     assert sample(r, "peakpilot_last_cycle_timestamp_seconds", service="llm-chat") is not None
-    assert len(store.timeline(search.run_id)) == 4
+    assert len(store.timeline(search.run_id)) == 6
 
 
 def test_a_first_training_that_fails_is_tried_again_within_minutes_not_hours(tmp_path, policy_file, trace):
