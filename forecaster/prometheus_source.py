@@ -41,13 +41,27 @@ RETRY_AFTER_FAILURE_S = 30.0  # an unreachable Prometheus is not asked again thi
 _unreachable: dict[str, tuple[float, str]] = {}  # url -> (monotonic time it failed, how)
 
 
+def prometheus_duration(step: pd.Timedelta) -> str:
+    """A step as PromQL writes durations: 30s, 5m, 1h, 90s."""
+    seconds = int(step.total_seconds())
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 class PrometheusSource:
     def __init__(self, url: str, query: str | None = None, step: str = "1m", chunk_points: int = 10000,
                  timeout_s: float = 30.0):
         self.url = url.rstrip("/")
-        self.step = pd.Timedelta(step)
-        self.step_text = step
-        self.query = (query or DEFAULT_QUERY).replace("{step}", step)
+        try:
+            self.step = pd.Timedelta(step)
+        except ValueError:
+            raise HistoryError(url, f"step {step!r} is not a duration (write it as 30s, 1m, 5m or 1h)") from None
+        if self.step < pd.Timedelta(seconds=1) or self.step.total_seconds() % 1:
+            raise HistoryError(url, f"step {step!r} is not a whole number of seconds of at least one")
+        self.step_text = prometheus_duration(self.step)  # `5min` (pandas) and `5m` (PromQL) both work
+        self.query = (query or DEFAULT_QUERY).replace("{step}", self.step_text)
         self.chunk_points = chunk_points
         self.timeout_s = timeout_s
         self._client = None  # one client (one connection pool) for every request of this source

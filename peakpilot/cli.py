@@ -118,7 +118,8 @@ def forecast(
     query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
                                                               "default: the inference nodes' request rate."),
     days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus."),
-    step: Optional[str] = typer.Option(None, "--step", help="Aggregate history to this step (e.g. 5min)."),
+    step: Optional[str] = typer.Option(None, "--step", help="History step (e.g. 5m): a CSV is aggregated to it, "
+                                                            "Prometheus queried at it (default 1m there)."),
     model: str = typer.Option("ensemble", "--model", help="ensemble (torch + lightgbm), torch, lightgbm, prophet, "
                                                           "seasonal_naive, recent_level or statsforecast_autoets; "
                                                           "falls back along ensemble > torch > prophet > "

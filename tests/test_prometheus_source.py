@@ -125,7 +125,7 @@ def test_a_counter_scraped_too_seldom_for_the_rate_window_is_named_with_its_fix(
                                            r"seldom holds the two samples rate\(\) needs: set signals.step to 2m"):
         PrometheusSource(server.url, step="1m").load(start, end)
     # The fix it names works: two samples in every 2-minute window, the trace's volume read back.
-    two = PrometheusSource(server.url, step="2m").load(start, end)
+    two = PrometheusSource(server.url, step="2min").load(start, end)  # pandas' spelling is taken too
     assert two.counts.notna().all()
     assert two.counts.sum() == pytest.approx(counts[start - shift:end - shift - pd.Timedelta(minutes=1)].sum(), rel=0.03)
     # So does a wider window in a query of one's own, and such a query is not second-guessed.
@@ -139,3 +139,15 @@ def test_a_counter_prometheus_does_not_have_is_named(prometheus_factory):
     with pytest.raises(HistoryError, match="holds no peakpilot_requests_total in the 10 minutes before .* it does "
                                            "not scrape the inference nodes"):
         PrometheusSource(server.url).load(end - pd.Timedelta(hours=1), end)
+
+
+def test_steps_are_written_as_promql_durations_whatever_their_spelling():
+    from forecaster.prometheus_source import prometheus_duration
+
+    assert [prometheus_duration(pd.Timedelta(x)) for x in ("30s", "1min", "5min", "90s", "1h", "2h", "15m")] == \
+        ["30s", "1m", "5m", "90s", "1h", "2h", "15m"]
+    assert "[5m]" in PrometheusSource("http://prometheus:9090", step="5min").query
+    with pytest.raises(HistoryError, match="step 'often' is not a duration"):
+        PrometheusSource("http://prometheus:9090", step="often")
+    with pytest.raises(HistoryError, match="whole number of seconds"):
+        PrometheusSource("http://prometheus:9090", step="1500ms")
