@@ -409,6 +409,30 @@ def test_run_once_and_a_broken_policy_at_start(tmp_path, policy_file):
     assert out.returncode == 2 and f"no policy files (*.yaml) in {tmp_path / 'empty'}" in out.stderr
 
 
+def test_run_on_the_kubernetes_backend_from_a_kubeconfig_takes_the_lease_and_scales(tmp_path, policy_file):
+    """The command as a cluster runs it (`peakpilot run --backend kubernetes`), end to end against the fake
+    API server: the kubeconfig's server is used, the Lease taken, each class's Deployment scaled."""
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "chat.yaml").write_text(policy_file.read_text())
+    with FakeKubeAPI("inference") as kube:
+        for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
+            kube.add_deployment(name, 1)
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
+            "users": [{"name": "peakpilot", "user": {"token": "t"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "peakpilot"}}]}))
+        out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(folder), "--once",
+                              "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
+                              "--store", str(tmp_path / "k.db")], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert "llm-chat: ok" in out.stdout
+        assert kube.leases and kube.calls("POST", "/leases")
+        assert {p[1].split("/")[-2] for p in kube.calls("PATCH", "/scale")} >= {"llm-reserved", "llm-spot"}
+
+
 def test_json_logs_for_a_log_pipeline(tmp_path, policy_file):
     """PEAKPILOT_LOG_FORMAT=json (as deploy/controller.yaml sets it): every stderr line one JSON object."""
     import os
