@@ -3,8 +3,9 @@
 ``peakpilot run --policy FOLDER`` (a mounted ConfigMap in a pod) runs every ``*.yaml`` in it. A file
 that appears while the daemon runs starts a service; a file that disappears stops it being run (its
 nodes are left as they are: deleting a policy is not an order to scale to zero). A new file that is
-refused is said once per version of the file, not every cycle. Changes to a file already running are
-the service's own to reload (``ServiceController.reload_policy``).
+refused is said once per version of the file, not every cycle (one that names a service another file
+runs, again when the services run change). Changes to a file already running are the service's own to
+reload (``ServiceController.reload_policy``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class PolicyChanges:
     added: list[tuple[Path, Policy]] = field(default_factory=list)  # start these services
     removed: list[Path] = field(default_factory=list)  # stop running these
     refused: list[tuple[Path, str]] = field(default_factory=list)  # new files refused (or changed and still refused)
-    forgotten: list[Path] = field(default_factory=list)  # refused files since deleted
+    forgotten: list[Path] = field(default_factory=list)  # refused files since deleted or left to another daemon
 
 
 class PolicyWatch:
