@@ -141,6 +141,7 @@ class ServiceController:
     # Set when a changed policy's labels no longer match this daemon's --selector: the service is now
     # another daemon's, and this one stops running it (two controllers must never scale one service).
     released: str | None = field(default=None, init=False)
+    _unreadable: bool = field(default=False, init=False)  # the policy file could not be read last cycle
 
     def __post_init__(self) -> None:
         self.policy = load_policy(self.policy_path)  # a broken policy at start is the caller's to report
@@ -187,8 +188,14 @@ class ServiceController:
         try:
             mtime = self.policy_path.stat().st_mtime
         except OSError as exc:
-            self._error("policy_reload", f"cannot read {self.policy_path}: {exc}; keeping the policy in force")
+            if not self._unreadable:  # said once, and exported until the file is back
+                self._unreadable = True
+                self.metrics.policy_refused.labels(str(self.policy_path)).set(1)
+                self._error("policy_reload", f"cannot read {self.policy_path}: {exc}; keeping the policy in force")
             return False
+        if self._unreadable:
+            self._unreadable = False
+            self.metrics.policy_refused.labels(str(self.policy_path)).set(0)
         if mtime == self._mtime:
             return False
         self._mtime = mtime

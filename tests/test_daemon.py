@@ -902,3 +902,21 @@ def test_a_service_whose_labels_move_to_another_daemon_is_handed_over_not_run_tw
         a.cycle_all(), b.cycle_all()
         clock.tick()
     assert a.services == [] and b.last_cycle["llm-chat"]["ok"]
+
+
+def test_a_policy_file_named_on_the_command_line_that_goes_missing_is_said_once_and_exported(tmp_path, policy_file,
+                                                                                            trace, caplog):
+    clock = Clock()
+    daemon, service, _ = make(policy_file, trace, Store(str(tmp_path / "g.db")), clock,
+                              SimulatedActuator(load_policy_of(policy_file), reserved=3))
+    run_cycles(daemon, clock, 1, retrain_at=(0,))
+    r, file = service.metrics.registry, str(policy_file)
+    aside = policy_file.with_suffix(".moved")
+    policy_file.rename(aside)
+    run_cycles(daemon, clock, 3)
+    assert caplog.text.count("cannot read") == 1 and daemon.last_cycle["llm-chat"]["ok"]
+    assert sample(r, "peakpilot_policy_file_refused", file=file) == 1
+    assert sample(r, "peakpilot_errors_total", service="llm-chat", kind="policy_reload") == 1
+    aside.rename(policy_file)
+    run_cycles(daemon, clock, 1)
+    assert sample(r, "peakpilot_policy_file_refused", file=file) == 0
