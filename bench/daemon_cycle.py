@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from controller.actuators import SimulatedActuator  # noqa: E402
-from controller.daemon import Daemon, DaemonMetrics, ServiceController  # noqa: E402
+from controller.daemon import Daemon  # noqa: E402
+from controller.daemon_metrics import DaemonMetrics  # noqa: E402
+from controller.service_controller import ServiceController  # noqa: E402
 from controller.policy import load_policy  # noqa: E402
 from controller.replay import load_trace  # noqa: E402
 from controller.signals import TraceSignals  # noqa: E402

@@ -390,7 +390,9 @@ def run_daemon(
     import os
     import socket
 
-    from controller.daemon import Daemon, DaemonMetrics, ServiceController, utc_now
+    from controller.daemon import Daemon, utc_now
+    from controller.daemon_metrics import DaemonMetrics
+    from controller.service_controller import ServiceController
     from controller.policy import PolicyError, load_policies, policy_files
     from controller.policy_watch import PolicyWatch
     from controller.replay import load_trace

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from controller.actuators import SimulatedActuator
-from controller.daemon import Daemon, DaemonMetrics, ServiceController
+from controller.daemon import Daemon
+from controller.daemon_metrics import DaemonMetrics
+from controller.service_controller import ServiceController
 from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget, LeaseLock, api_client
 from controller.replay import load_trace
 from controller.signals import TraceSignals
@@ -613,7 +615,7 @@ def test_a_forecast_under_a_minute_is_read_per_minute_at_its_busiest():
     a surge 15.5 minutes ahead would have been planned for 31 minutes ahead: after it."""
     import pandas as pd
 
-    from controller.daemon import minute_forecast
+    from controller.service_controller import minute_forecast
     from forecaster.models.base import Forecast
 
     start = pd.Timestamp("2026-01-05T00:00", tz="UTC")
@@ -824,7 +826,7 @@ def test_policy_files_that_appear_or_go_start_or_stop_their_services(tmp_path, p
 def test_a_first_training_that_fails_is_tried_again_within_minutes_not_hours(tmp_path, policy_file, trace):
     """Prometheus down when the daemon starts: the service runs reactive, and trains as soon as the
     history can be read again (it used to wait for the next scheduled retrain, six hours later)."""
-    from controller.daemon import UNTRAINED_RETRY_MIN
+    from controller.service_controller import UNTRAINED_RETRY_MIN
 
     clock = Clock()
     daemon, service, signals = make(policy_file, trace, Store(str(tmp_path / "u.db")), clock,

@@ -18,7 +18,9 @@ import requests
 import yaml
 
 from controller.actuators import SimulatedActuator
-from controller.daemon import Daemon, DaemonMetrics, ServiceController
+from controller.daemon import Daemon
+from controller.daemon_metrics import DaemonMetrics
+from controller.service_controller import ServiceController
 from controller.policy import load_policy
 from controller.replay import load_trace
 from controller.signals import TraceSignals
