@@ -97,14 +97,14 @@ class Daemon:
         for path in changes.forgotten:
             self.metrics.forget_file(path)
         for path, reason in changes.refused:
-            self.metrics.policy_refused.labels(str(path)).set(1)
+            self.metrics.refused(path, True)
             log.error("new policy file refused, its service is not run: %s", reason)
         for path, policy in changes.added:
             try:
                 service = self.make_service(path)
             except Exception as exc:
                 self.watch.refuse(path)
-                self.metrics.policy_refused.labels(str(path)).set(1)
+                self.metrics.refused(path, True)
                 log.error("new policy file %s: its service could not be set up: %s", path, exc)
                 continue
             log.info("%s: new policy file %s; training, then cycling with the others", service.service, path)

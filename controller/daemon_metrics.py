@@ -14,46 +14,49 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 class DaemonMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.cycle_seconds = Histogram("peakpilot_cycle_duration_seconds", "Control cycle duration", ["service"],
-                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5), registry=r)
-        self.forecast = Gauge("peakpilot_forecast_rps", "Forecast load one lead time ahead", ["service", "quantile"],
-                              registry=r)
-        self.desired = Gauge("peakpilot_desired_nodes", "Nodes decided", ["service", "class"], registry=r)
-        self.actual = Gauge("peakpilot_actual_nodes", "Nodes there", ["service", "class", "state"], registry=r)
-        self.cost = Gauge("peakpilot_cost_per_hour", "Cost per hour of the nodes running", ["service"], registry=r)
-        self.errors = Counter("peakpilot_errors", "Errors by kind", ["service", "kind"], registry=r)
-        self.forecast_age = Gauge("peakpilot_forecast_age_seconds", "Age of the forecast in use", ["service"],
-                                  registry=r)
-        self.cycles = Counter("peakpilot_cycles", "Control cycles run", ["service", "mode"], registry=r)
-        self.lasting = Gauge("peakpilot_missed_surges_lasting_share",
-                             "Share of recent surges above the forecast band that lasted a lead time (rises are "
-                             "followed at 1/3 or more with safety_net.follow_rises: auto); absent until 10 are scored",
-                             ["service"], registry=r)
+        self._per_service: list = []  # (metric, its label names) of every series that names a service
+
+        def metric(kind, name: str, doc: str, labels: list[str], **kwargs):
+            made = kind(name, doc, labels, registry=r, **kwargs)
+            if "service" in labels:
+                self._per_service.append((made, tuple(labels)))
+            return made
+
+        self.cycle_seconds = metric(Histogram, "peakpilot_cycle_duration_seconds", "Control cycle duration", ["service"],
+                                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+        self.forecast = metric(Gauge, "peakpilot_forecast_rps", "Forecast load one lead time ahead",
+                               ["service", "quantile"])
+        self.desired = metric(Gauge, "peakpilot_desired_nodes", "Nodes decided", ["service", "class"])
+        self.actual = metric(Gauge, "peakpilot_actual_nodes", "Nodes there", ["service", "class", "state"])
+        self.cost = metric(Gauge, "peakpilot_cost_per_hour", "Cost per hour of the nodes running", ["service"])
+        self.errors = metric(Counter, "peakpilot_errors", "Errors by kind", ["service", "kind"])
+        self.forecast_age = metric(Gauge, "peakpilot_forecast_age_seconds", "Age of the forecast in use", ["service"])
+        self.cycles = metric(Counter, "peakpilot_cycles", "Control cycles run", ["service", "mode"])
+        self.lasting = metric(Gauge, "peakpilot_missed_surges_lasting_share",
+                              "Share of recent surges above the forecast band that lasted a lead time (rises are "
+                              "followed at 1/3 or more with safety_net.follow_rises: auto); absent until 10 are scored",
+                              ["service"])
         # What the alerting rules (configs/prometheus/peakpilot-rules.yml) need to tell a controller that
         # controls from one that only runs: which replica holds the Lease, which applies its decisions,
         # when each service's loop last turned and last succeeded, and whether the forecast fell back.
-        self.leader = Gauge("peakpilot_leader", "1 while this replica holds the Lease (always, without one)",
-                            ["lease"], registry=r)
-        self.acting = Gauge("peakpilot_acting", "1 while this replica applies its decisions (leader, not shadow)",
-                            ["service"], registry=r)
-        self.last_cycle = Gauge("peakpilot_last_cycle_timestamp_seconds", "Unix time the last cycle finished",
-                                ["service"], registry=r)
-        self.last_ok_cycle = Gauge("peakpilot_last_ok_cycle_timestamp_seconds",
-                                   "Unix time the last cycle that read the cluster and decided finished",
-                                   ["service"], registry=r)
-        self.fallback = Gauge("peakpilot_forecast_fallback",
-                              "1 while the model in use is not the policy's (it fell back, or none is trained)",
-                              ["service"], registry=r)
-        self.policy_refused = Gauge("peakpilot_policy_file_refused",
-                                    "1 while a policy file on disk is refused (a changed one: the one before "
-                                    "stays in force; a new one: its service is not run)", ["file"], registry=r)
-        self._per_service = [(self.cycle_seconds, ("service",)), (self.forecast, ("service", "quantile")),
-                             (self.desired, ("service", "class")), (self.actual, ("service", "class", "state")),
-                             (self.cost, ("service",)), (self.errors, ("service", "kind")),
-                             (self.forecast_age, ("service",)), (self.cycles, ("service", "mode")),
-                             (self.lasting, ("service",)), (self.acting, ("service",)),
-                             (self.last_cycle, ("service",)), (self.last_ok_cycle, ("service",)),
-                             (self.fallback, ("service",))]
+        self.leader = metric(Gauge, "peakpilot_leader", "1 while this replica holds the Lease (always, without one)",
+                             ["lease"])
+        self.acting = metric(Gauge, "peakpilot_acting", "1 while this replica applies its decisions (leader, not shadow)",
+                             ["service"])
+        self.last_cycle = metric(Gauge, "peakpilot_last_cycle_timestamp_seconds", "Unix time the last cycle finished",
+                                 ["service"])
+        self.last_ok_cycle = metric(Gauge, "peakpilot_last_ok_cycle_timestamp_seconds",
+                                    "Unix time the last cycle that read the cluster and decided finished", ["service"])
+        self.fallback = metric(Gauge, "peakpilot_forecast_fallback",
+                               "1 while the model in use is not the policy's (it fell back, or none is trained)",
+                               ["service"])
+        self.policy_refused = metric(Gauge, "peakpilot_policy_file_refused",
+                                     "1 while a policy file on disk is refused (a changed one: the one before "
+                                     "stays in force; a new one: its service is not run)", ["file"])
+
+    def refused(self, policy_file: Path, refused: bool) -> None:
+        """Whether the policy file on disk is refused (or unreadable) now."""
+        self.policy_refused.labels(str(policy_file)).set(int(refused))
 
     def forget(self, service: str, policy_file: Path) -> None:
         """Drop every series of a service no longer run, so that no alert reads its last values for ever."""

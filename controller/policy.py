@@ -264,6 +264,14 @@ def load_policies(paths: Iterable[str | Path],
     return policies, {path: found for path, found in problems.items() if found}
 
 
+def selected(policy: Policy, selector: str | None) -> bool:
+    """Whether a policy's labels match a daemon's ``--selector key=value`` (every policy, without one)."""
+    if not selector:
+        return True
+    key, _, value = selector.partition("=")
+    return policy.labels.get(key) == value
+
+
 def backend_problems(path: str | Path, policy: Policy, backend: str) -> list[str]:
     """What a valid policy still lacks for a backend: for kubernetes, a Deployment for every class."""
     missing = set(CLASSES) - set(policy.kubernetes.workloads) if backend == "kubernetes" else set()

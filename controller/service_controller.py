@@ -82,7 +82,7 @@ class ServiceController:
         for kind in ERROR_KINDS:
             self.metrics.errors.labels(self.service, kind)
         self.metrics.fallback.labels(self.service).set(1)
-        self.metrics.policy_refused.labels(str(self.policy_path)).set(0)
+        self.metrics.refused(self.policy_path, False)
 
     @property
     def service(self) -> str:
@@ -110,12 +110,12 @@ class ServiceController:
         except OSError as exc:
             if not self._unreadable:  # said once, and exported until the file is back
                 self._unreadable = True
-                self.metrics.policy_refused.labels(str(self.policy_path)).set(1)
+                self.metrics.refused(self.policy_path, True)
                 self._error("policy_reload", f"cannot read {self.policy_path}: {exc}; keeping the policy in force")
             return False
         if self._unreadable:
             self._unreadable = False
-            self.metrics.policy_refused.labels(str(self.policy_path)).set(0)
+            self.metrics.refused(self.policy_path, False)
         if mtime == self._mtime:
             return False
         self._mtime = mtime
@@ -138,11 +138,11 @@ class ServiceController:
             rps_per_node = self._capacity(new, signals)
             actuator = self.parts.actuator_after_change(self.actuator, old, new) if self.parts else self.actuator
         except (PolicyError, ValueError, OSError) as exc:
-            self.metrics.policy_refused.labels(str(self.policy_path)).set(1)
+            self.metrics.refused(self.policy_path, True)
             self._error("policy_reload", f"refused the changed policy, keeping the one in force: {exc}")
             return False
         self.policy, self.signals, self.actuator, self.rps_per_node = new, signals, actuator, rps_per_node
-        self.metrics.policy_refused.labels(str(self.policy_path)).set(0)
+        self.metrics.refused(self.policy_path, False)
         self.estimate.set_capacity(self.rps_per_node, new.capacity.queue_seconds)
         log.info("%s: policy reloaded from %s", self.service, self.policy_path)
         auto_inputs = lambda p: (p.reserved, p.classes, p.capacity, p.spot)  # noqa: E731

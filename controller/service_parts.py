@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from controller.actuators import DryRunActuator, SimulatedActuator
-from controller.policy import CLASSES, Policy
+from controller.policy import CLASSES, Policy, selected
 from controller.signals import PrometheusSignals, TraceSignals
 
 
@@ -32,10 +32,7 @@ class ServiceParts:
 
     def selects(self, policy: Policy) -> bool:
         """Whether this daemon runs the policy's service (every service, without a selector)."""
-        if not self.selector:
-            return True
-        key, _, value = self.selector.partition("=")
-        return policy.labels.get(key) == value
+        return selected(policy, self.selector)
 
     def trace(self):
         if self._trace is None:

@@ -63,7 +63,7 @@ class PrometheusSignals:
         from forecaster.prometheus_source import PrometheusSource
 
         self.source = PrometheusSource(url, query=query, step=step, timeout_s=timeout_s)
-        self.step = step
+        self.step = self.source.step_text  # as PromQL writes it, for the busy share's window too
         self.history_days = history_days
         self._history: History | None = None
 

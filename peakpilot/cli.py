@@ -393,7 +393,7 @@ def run_daemon(
     from controller.daemon import Daemon, utc_now
     from controller.daemon_metrics import DaemonMetrics
     from controller.service_controller import ServiceController
-    from controller.policy import PolicyError, load_policies, policy_files
+    from controller.policy import PolicyError, load_policies, policy_files, selected
     from controller.policy_watch import PolicyWatch
     from controller.replay import load_trace
     from controller.service_parts import ServiceParts
@@ -405,8 +405,7 @@ def run_daemon(
     if problems:
         fail("; ".join(m for ms in problems.values() for m in ms))
     if selector:
-        key, _, value = selector.partition("=")
-        policies = {p: pol for p, pol in policies.items() if pol.labels.get(key) == value}
+        policies = {p: pol for p, pol in policies.items() if selected(pol, selector)}
         if not policies:
             fail(f"no policy has the label {selector}")
     logging.getLogger().setLevel(logging.INFO)
