@@ -18,6 +18,10 @@
   real pods preempt it (its PriorityClass is in ``deploy/``).
 * 409, 429 and 5xx answers are retried with exponential backoff and jitter (``Retry-After`` honoured).
 * :class:`LeaseLock`: leader election on a ``coordination.k8s.io/v1`` Lease, so two replicas never both act.
+* Each scale it sends is also an ``events.k8s.io/v1`` Event on the Deployment, with the decision's reason,
+  as the HPA records its rescales: ``kubectl describe deployment`` and ``kubectl get events`` say why.
+  Events are best effort: one that cannot be written (RBAC without ``create`` on events) is said once
+  in the log and never fails the scale.
 * Shadow mode reads the cluster and acts on nothing.
 """
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -39,6 +44,10 @@ PROTECTED_BY_US = "peakpilot.io/protected"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 FAILED_DELETION_COST = "-2147483647"  # the lowest there is: a failed pod goes before any other
 RETRY_STATUSES = (409, 429, 500, 502, 503, 504)
+# The Events the controller writes: who wrote them, and the API's limits on their fields.
+REPORTING_CONTROLLER = "peakpilot.io/controller"
+EVENT_REASON = "SuccessfulRescale"  # the HPA's reason for the same act, so filters written for it match
+EVENT_NOTE_MAX = 1024
 
 
 def api_client(host: str | None = None, kubeconfig: str | None = None):
@@ -125,13 +134,16 @@ class KubernetesActuator:
     last_requests: list = field(default_factory=list)
     billing_min: dict = field(default_factory=dict)  # class -> billing block in minutes (from the policy)
     clock: object = lambda: datetime.now(timezone.utc)
+    instance: str = field(default_factory=socket.gethostname)  # the Events' reportingInstance: the pod's name
     _paid: dict = field(default_factory=dict)  # class -> [(pod name, paid minutes left, its deletion cost now)]
+    _event_failure: str | None = field(default=None, init=False)  # why the last Event could not be written
 
     def __post_init__(self) -> None:
         from kubernetes import client
 
         self.apps = client.AppsV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
+        self.events = client.EventsV1Api(self.api)
 
     # -- reading ---------------------------------------------------------------------------------
     def view(self) -> ClusterView:
@@ -197,12 +209,15 @@ class KubernetesActuator:
             for d in decisions:
                 if d.delta < 0:
                     self._rank_for_release(d.cls)
-        wanted = [(self.target.workloads[d.cls], d.desired) for d in decisions if self.target.workloads.get(d.cls)]
+        wanted = [(self.target.workloads[d.cls], d.desired, f"{d.cls}: {d.reason}") for d in decisions
+                  if self.target.workloads.get(d.cls)]
         if self.target.placeholder:
-            wanted.append((self.target.placeholder, placeholder))
-        for name, replicas in wanted:
-            current = with_retry(self.apps.read_namespaced_deployment_scale, name, self.target.namespace,
-                                 sleep=self.sleep).spec.replicas
+            wanted.append((self.target.placeholder, placeholder,
+                           "placeholder: GPU nodes held warm for what the forecast needs after the lead time"))
+        for name, replicas, why in wanted:
+            scale = with_retry(self.apps.read_namespaced_deployment_scale, name, self.target.namespace,
+                               sleep=self.sleep)
+            current = scale.spec.replicas
             if current == replicas:
                 continue
             line = f"PATCH deployments/{name}/scale replicas {current} -> {replicas}"
@@ -212,8 +227,28 @@ class KubernetesActuator:
             with_retry(self.apps.patch_namespaced_deployment_scale, name, self.target.namespace,
                        {"spec": {"replicas": replicas}}, sleep=self.sleep)
             sent.append(line)
+            self._record_event(name, scale.metadata.uid, current, replicas, why)
         self.last_requests = sent
         return sent
+
+    def _record_event(self, deployment: str, uid: str | None, old: int, new: int, why: str) -> None:
+        """The rescale as an Event on its Deployment; a failure is logged once (until one succeeds again)."""
+        from kubernetes.client.exceptions import ApiException
+
+        body = scale_event(self.target.namespace, deployment, uid, old, new, why, self.instance, self.clock())
+        try:
+            with_retry(self.events.create_namespaced_event, self.target.namespace, body, attempts=1,
+                       sleep=self.sleep)
+        except (ApiException, ApiUnreachable) as exc:
+            how = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else str(exc)
+            if how != self._event_failure:
+                hint = " (the controller's Role needs create on events.k8s.io events: deploy/controller-rbac.yaml)" \
+                    if getattr(exc, "status", None) == 403 else ""
+                log.warning("could not record the rescale of %s as a Kubernetes Event: %s%s; the scale itself "
+                            "was sent", deployment, how, hint)
+            self._event_failure = how
+        else:
+            self._event_failure = None
 
     def _rank_for_release(self, cls: str) -> None:
         """Lower deletion cost goes first: the pod whose paid billing block ends soonest."""
@@ -221,6 +256,32 @@ class KubernetesActuator:
             if cost != str(left):
                 with_retry(self.core.patch_namespaced_pod, name, self.target.namespace,
                            {"metadata": {"annotations": {DELETION_COST: str(left)}}}, sleep=self.sleep)
+
+
+def micro_time(t: datetime) -> datetime:
+    """A time for a MicroTime field (a Lease's renewTime, an Event's eventTime), in UTC. The API server
+    parses those with exactly six fractional digits, and the client writes a datetime with ``isoformat``,
+    which leaves the fraction out at a whole second (one write in a million, refused with 400): such a
+    time goes one microsecond later, which no reader of a Lease or an Event can tell apart."""
+    t = t.astimezone(timezone.utc)
+    return t.replace(microsecond=1) if t.microsecond == 0 else t
+
+
+def scale_event(namespace: str, deployment: str, uid: str | None, old: int, new: int, why: str, instance: str,
+                now: datetime) -> dict:
+    """An ``events.k8s.io/v1`` Event saying a Deployment was rescaled and why, named as client-go names
+    its events (the object's name and the time in nanoseconds)."""
+    regarding = {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": namespace, "name": deployment}
+    if uid:  # kubectl describe finds an object's events by its uid
+        regarding["uid"] = uid
+    note = f"replicas {old} -> {new}; {why}"
+    if len(note.encode()) > EVENT_NOTE_MAX:
+        note = note.encode()[: EVENT_NOTE_MAX - 3].decode(errors="ignore") + "..."
+    return {"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": f"{deployment}.{int(now.timestamp() * 1e9):x}", "namespace": namespace},
+            "eventTime": micro_time(now),
+            "type": "Normal", "reason": EVENT_REASON, "action": "Scale", "note": note, "regarding": regarding,
+            "reportingController": REPORTING_CONTROLLER, "reportingInstance": instance[:128]}
 
 
 # Container states that do not end by themselves: the kubelet retries them with growing back-off, and the
@@ -292,10 +353,9 @@ class LeaseLock:
         meta = {"name": self.name, "namespace": self.namespace}
         if version:
             meta["resourceVersion"] = version
-        stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731  (MicroTime)
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
                 "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration_s,
-                         "acquireTime": stamp(acquired or now), "renewTime": stamp(now),
+                         "acquireTime": micro_time(acquired or now), "renewTime": micro_time(now),
                          "leaseTransitions": transitions}}
 
     def acquire_or_renew(self) -> bool:

@@ -62,6 +62,8 @@ class ServiceController:
     # another daemon's, and this one stops running it (two controllers must never scale one service).
     released: str | None = field(default=None, init=False)
     _unreadable: bool = field(default=False, init=False)  # the policy file could not be read last cycle
+    # What the last cycle decided (mode, and nodes per class): a change is logged once, with its reason.
+    _said: dict = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.policy = load_policy(self.policy_path)  # a broken policy at start is the caller's to report
@@ -214,6 +216,7 @@ class ServiceController:
                 sent = self.actuator.apply(result.decisions, result.placeholder)
             except Exception as exc:
                 self._error("actuator", f"apply failed: {exc}")
+        self._log_changes(result, acting)
         cost = sum(view.active(c) * policy.price(c) for c in CLASSES)
         row = {"load_rps": observed, "forecast_q50": None, "forecast_q90": None,
                "ready": view.ready(), "warming": sum(view.warming(c) + view.counts[c]["pending"] for c in CLASSES),
@@ -254,6 +257,26 @@ class ServiceController:
                 m.forecast.labels(self.service, q).set(float(forecast.rps[min(len(forecast.rps) - 1, 10), k]))
         return {"ok": True, "mode": result.mode, "target": result.target, "reason": result.reason, "sent": sent,
                 "acting": acting, "decisions": result.decisions}
+
+    def _log_changes(self, result, acting: bool) -> None:
+        """A line when the mode or a class's decided size changes, with why: what an operator reading the
+        controller's log (``kubectl logs``) needs. A cycle that changes nothing says nothing, and a
+        follower of the Lease, which decides without acting, says it at debug level only."""
+        level = logging.INFO if acting or self.shadow else logging.DEBUG
+        prefix = "shadow, not applied: " if self.shadow else "" if acting else "follower, not applied: "
+        mode, was = result.mode, self._said.get("mode")
+        if mode != was and (was is not None or mode != "predictive"):
+            why = result.reason if mode != "predictive" else "a fresh forecast again"
+            log.log(logging.WARNING if mode == "reactive" and acting else level, "%s: %s%s mode: %s",
+                    self.service, prefix, mode, why)
+        self._said["mode"] = mode
+        for d in result.decisions:
+            before = self._said.get(d.cls)
+            if d.desired != before:
+                change = f"{d.desired}" if before is None else f"{before} -> {d.desired}"
+                log.log(level, "%s: %s%s %s nodes (%d running): %s", self.service, prefix, d.cls, change,
+                        d.current, d.reason)
+            self._said[d.cls] = d.desired
 
     def _forecast(self, now: np.datetime64) -> MinuteForecast | None:
         if self.model is None:

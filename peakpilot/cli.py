@@ -409,6 +409,9 @@ def run_daemon(
         if not policies:
             fail(f"no policy has the label {selector}")
     logging.getLogger().setLevel(logging.INFO)
+    # Two lines a cycle ("Running job", "executed successfully") would bury the decisions; the scheduler's
+    # warnings (a cycle skipped because the last one still runs, a misfire) still show.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     metrics = DaemonMetrics()
     st = open_store(store)
     api = lease = None

@@ -1,6 +1,7 @@
 """A local HTTP server that speaks the Kubernetes API's paths, verbs, bodies and status codes for what
-peakpilot uses: Deployments and their scale subresource, Pods (list by label selector, patch), and
-coordination.k8s.io Leases with resourceVersion conflicts. No API server can run on these machines.
+peakpilot uses: Deployments and their scale subresource, Pods (list by label selector, patch),
+coordination.k8s.io Leases with resourceVersion conflicts, and events.k8s.io Events (created, and refused
+with 422 Invalid for the fields the real API validates). No API server can run on these machines.
 
 Faults are injected per request: ``fail("PATCH", "/scale", 429, retry_after=0)`` answers the next matching
 request with that status (a Kubernetes ``Status`` body). Every request is recorded for assertions.
@@ -22,7 +23,7 @@ def status_body(code: int, reason: str, message: str) -> dict:
             "reason": reason, "code": code}
 
 
-REASONS = {404: "NotFound", 409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "Conflict", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
 
 
 def merge(target: dict, patch: dict) -> dict:
@@ -43,6 +44,7 @@ class FakeKubeAPI:
         self.deployments: dict[str, dict] = {}
         self.pods: dict[str, dict] = {}
         self.leases: dict[str, dict] = {}
+        self.events: list[dict] = []
         self.requests: list[tuple[str, str, dict | None]] = []
         self.faults: list[tuple[str, str, int, dict]] = []
         self.version = 100
@@ -64,7 +66,8 @@ class FakeKubeAPI:
         labels = labels or {"app": name}
         self.deployments[name] = {
             "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": self.ns, "resourceVersion": self._rv()},
+            "metadata": {"name": name, "namespace": self.ns, "uid": f"uid-deployment-{name}",
+                         "resourceVersion": self._rv()},
             "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
                      "template": {"metadata": {"labels": labels},
                                   "spec": {"containers": [{"name": "node", "image": "peakpilot/node"}]}}},
@@ -122,7 +125,7 @@ class FakeKubeAPI:
                         d["spec"]["replicas"] = body["spec"]["replicas"]
                         d["metadata"]["resourceVersion"] = self._rv()
                     return 200, {"apiVersion": "autoscaling/v1", "kind": "Scale",
-                                 "metadata": {"name": m.group(1), "namespace": ns,
+                                 "metadata": {"name": m.group(1), "namespace": ns, "uid": d["metadata"]["uid"],
                                               "resourceVersion": d["metadata"]["resourceVersion"]},
                                  "spec": {"replicas": d["spec"]["replicas"]},
                                  "status": {"replicas": d["status"]["replicas"]}}, {}
@@ -140,6 +143,11 @@ class FakeKubeAPI:
                     return 404, status_body(404, "NotFound", "pod not found"), {}
                 merge(pod, body)
                 return 200, pod, {}
+            bad_time = micro_time_problem(body, ("spec", "acquireTime"), ("spec", "renewTime"), ("eventTime",))
+            if method in ("POST", "PUT") and bad_time:
+                kind = (body or {}).get("kind", "object")
+                return 400, status_body(400, "BadRequest", f'{kind} in version "v1" cannot be handled as a '
+                                                           f'{kind}: {bad_time}'), {}
             m = re.fullmatch(rf"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases(?:/([^/]+))?", path)
             if m:
                 name = m.group(1) or (body or {}).get("metadata", {}).get("name")
@@ -160,6 +168,14 @@ class FakeKubeAPI:
                         return 409, status_body(409, "Conflict", "the object has been modified"), {}
                     self.leases[name] = merge(body, {"metadata": {"resourceVersion": self._rv()}})
                     return 200, self.leases[name], {}
+            if path == f"/apis/events.k8s.io/v1/namespaces/{ns}/events" and method == "POST":
+                problems = event_problems(body, ns)
+                if problems:
+                    return 422, status_body(422, "Invalid", f'Event "{body.get("metadata", {}).get("name")}" is '
+                                                           f'invalid: {"; ".join(problems)}'), {}
+                event = merge(copy.deepcopy(body), {"metadata": {"resourceVersion": self._rv()}})
+                self.events.append(event)
+                return 201, event, {}
             return 404, status_body(404, "NotFound", f"no route {method} {path}"), {}
 
     def _handler(self):
@@ -196,6 +212,49 @@ class FakeKubeAPI:
                 self._serve("POST")
 
         return Handler
+
+
+MICRO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)")
+
+
+def micro_time_problem(body: dict | None, *paths: tuple[str, ...]) -> str | None:
+    """The API server decodes a MicroTime with Go's layout 2006-01-02T15:04:05.000000Z07:00: exactly six
+    fractional digits, or the whole request is refused (400) before any validation."""
+    for path in paths:
+        value = body
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and not MICRO_TIME.fullmatch(str(value)):
+            return f'parsing time "{value}" as "2006-01-02T15:04:05.000000Z07:00": cannot parse'
+    return None
+
+
+QUALIFIED_NAME = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+
+
+def event_problems(event: dict, namespace: str) -> list[str]:
+    """What the API server's validation of a new events.k8s.io/v1 Event refuses (apis/core/validation/
+    events.go): required fields, their length limits, the type, and the regarding object's namespace."""
+    problems = []
+    if not event.get("metadata", {}).get("name"):
+        problems.append("metadata.name: Required value")
+    if not event.get("eventTime"):
+        problems.append("eventTime: Required value")
+    for key, limit in (("reportingInstance", 128), ("action", 128), ("reason", 128)):
+        if not event.get(key):
+            problems.append(f"{key}: Required value")
+        elif len(event[key]) > limit:
+            problems.append(f"{key}: Too long: may not be more than {limit} bytes")
+    controller = event.get("reportingController") or ""
+    if not QUALIFIED_NAME.fullmatch(controller) or len(controller) > 316:
+        problems.append(f"reportingController: Invalid value: {controller!r}: must be a qualified name")
+    if event.get("type") not in ("Normal", "Warning"):
+        problems.append(f"type: Unsupported value: {event.get('type')!r}")
+    if len((event.get("note") or "").encode()) > 1024:
+        problems.append("note: Too long: may not be more than 1024 bytes")
+    if (event.get("regarding") or {}).get("namespace") not in (None, "", namespace):
+        problems.append("regarding.namespace: Invalid value: does not match event.namespace")
+    return problems
 
 
 def utc(text: str) -> datetime:

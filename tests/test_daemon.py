@@ -124,6 +124,52 @@ def test_many_cycles_with_faults_and_a_restart_lose_nothing_and_repeat_nothing(t
         assert decisions["minute"].nunique() == 200 and len(decisions) == 600  # three classes every cycle
 
 
+def test_each_change_of_a_decided_size_is_one_log_line_with_its_reason(tmp_path, policy_file, trace, caplog):
+    """What ``kubectl logs`` of the controller shows: one line per class when it starts, then one for each
+    change of a class's decided size, with the decision's reason; a cycle that changes nothing is
+    silent, and so is the scheduler (no "Running job" lines: ``peakpilot run`` quiets it)."""
+    clock = Clock()
+    store = Store(str(tmp_path / "log.db"))
+    daemon, service, _ = make(policy_file, trace, store, clock,
+                              SimulatedActuator(load_policy_of(policy_file), reserved=3, seed=1))
+    daemon.retrain_all()
+    with caplog.at_level("INFO", logger="peakpilot.daemon"):
+        run_cycles(daemon, clock, 240)
+    said = [r.getMessage() for r in caplog.records if r.name == "peakpilot.daemon" and " nodes (" in r.getMessage()]
+    decided = store.decisions(service.run_id)
+    expected = []
+    for minute, rows in decided.groupby("minute", sort=True):
+        for row in rows.itertuples():
+            before = decided[(decided.cls == row.cls) & (decided.minute < minute)].desired
+            if before.empty:
+                expected.append(f"llm-chat: {row.cls} {row.desired} nodes ({row.current} running): {row.reason}")
+            elif before.iloc[-1] != row.desired:
+                expected.append(f"llm-chat: {row.cls} {before.iloc[-1]} -> {row.desired} nodes "
+                                f"({row.current} running): {row.reason}")
+    assert sorted(said) == sorted(expected)
+    assert 3 + 2 <= len(said) < 240  # it scaled, and said so only when it did
+    assert said[0].startswith("llm-chat: ") and "forecast needs" in said[0]
+
+
+def test_a_shadow_or_follower_daemon_says_what_it_would_do_as_such(tmp_path, policy_file, trace, caplog):
+    metrics = DaemonMetrics()
+    cluster = SimulatedActuator(load_policy_of(policy_file), reserved=3, seed=1)
+    shadow = ServiceController(policy_file, TraceSignals(trace, 8 * 1440, T0), cluster,
+                               Store(str(tmp_path / "s.db")), metrics, shadow=True)
+    follower = ServiceController(policy_file, TraceSignals(trace, 8 * 1440, T0), cluster,
+                                 Store(str(tmp_path / "f.db")), DaemonMetrics(), acting=lambda: False)
+    for service in (shadow, follower):
+        service.retrain(T0)
+    with caplog.at_level("INFO", logger="peakpilot.daemon"):
+        shadow.cycle(T0)
+        follower.cycle(T0)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if " nodes (" in r.getMessage()]
+    assert len(said) == 3 and all(m.startswith("llm-chat: shadow, not applied: ") for _, m in said)
+    with caplog.at_level("DEBUG", logger="peakpilot.daemon"):
+        follower.cycle(T0 + np.timedelta64(600, "m"))
+    assert any(r.levelname == "DEBUG" and "follower, not applied: " in r.getMessage() for r in caplog.records)
+
+
 def test_the_share_of_missed_surges_that_lasted_is_a_metric(tmp_path, policy_file, trace):
     """Operators see whether the safety net chases rises here (controller/surprises.py): absent until
     enough surges are scored, then their share."""
@@ -389,6 +435,10 @@ def test_daemon_process_serves_metrics_follows_its_policy_folder_and_stops_clean
     finally:
         if proc.poll() is None:
             proc.kill()
+    log = proc.stdout.read()
+    # The log says what was decided (one line per class as each service starts), not the scheduler's
+    # two lines a cycle.
+    assert "llm-chat: spot " in log and "llm-search: spot " in log and "Running job" not in log, log
     with Store(str(tmp_path / "d.db"), readonly=True) as st:
         runs = st.runs()
         assert len(runs) == 2 and all(r["kind"] == "daemon" and len(st.timeline(r["id"])) >= 1 for r in runs)

@@ -85,6 +85,63 @@ def test_rbac_is_least_privilege_and_names_the_policy_workloads():
     assert binding["subjects"][0]["name"] == docs[("Deployment", "peakpilot-controller")]["spec"]["template"]["spec"]["serviceAccountName"]
 
 
+def role_allows(role: dict, group: str, resource: str, verb: str, name: str | None) -> bool:
+    """Kubernetes RBAC: some rule names the group, the resource and the verb, and either no names or
+    this one (a create or a list has no name, so a rule with resourceNames never allows it)."""
+    for rule in role["rules"]:
+        names = rule.get("resourceNames")
+        if (group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
+                and (not names or (name is not None and name in names))):
+            return True
+    return False
+
+
+def api_request(method: str, path: str) -> tuple[str, str, str, str | None]:
+    """(API group, resource, verb, name) of a request path, as the API server's authorizer sees it."""
+    parts = path.strip("/").split("/")
+    group = "" if parts[0] == "api" else parts[1]
+    rest = parts[parts.index("namespaces") + 2:]  # resource, name, subresource
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    name = rest[1] if len(rest) > 1 else None
+    verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update", "PATCH": "patch"}[method]
+    return group, resource, verb, name
+
+
+def test_the_role_allows_every_request_the_controller_makes():
+    """Every request of a leader's cycles on the deployed policy (read the Deployments and pods, protect a
+    warming pod, rank pods before a scale-down, scale, record the Event, take and renew the Lease) is
+    one the Role allows: a request it forgot is a 403 in the cluster, the first time it is made."""
+    from datetime import datetime, timezone
+
+    from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget, LeaseLock, api_client
+    from controller.state import Decision
+    from tests.kube_api import FakeKubeAPI
+
+    docs = all_docs()
+    role = docs[("Role", "peakpilot")]
+    policy = Policy.model_validate(yaml.safe_load(docs[("ConfigMap", "peakpilot-policy")]["data"]["llm-chat.yaml"]))
+    k8s = policy.kubernetes
+    with FakeKubeAPI(k8s.namespace) as kube:
+        for cls, name in k8s.workloads.items():
+            kube.add_deployment(name, 2)
+            kube.add_pod(f"{name}-a", {"app": name}, "ready", created="2024-05-01T11:00:00Z")
+            kube.add_pod(f"{name}-b", {"app": name}, "warming")
+        kube.add_deployment(k8s.placeholder, 0)
+        api = api_client(host=kube.url)
+        actuator = KubernetesActuator(api, KubernetesTarget(k8s.namespace, dict(k8s.workloads), k8s.placeholder),
+                                      billing_min={"on_demand": 60}, sleep=lambda s: None,
+                                      clock=lambda: datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc))
+        actuator.view()
+        actuator.apply([Decision(cls, 3 if cls == "spot" else 1, 2, "test") for cls in k8s.workloads], placeholder=1)
+        lease = LeaseLock(api, k8s.namespace, "peakpilot", "replica-a")
+        assert lease.acquire_or_renew() and lease.acquire_or_renew()
+        made = {api_request(method, path) for method, path, _ in kube.requests}
+    assert {verb for _, _, verb, _ in made} >= {"get", "list", "patch", "create", "update"}
+    assert ("events.k8s.io", "events", "create", None) in made
+    refused = sorted(str(r) for r in made if not role_allows(role, *r))
+    assert not refused, f"deploy/controller-rbac.yaml does not allow: {refused}"
+
+
 def test_policy_configmap_is_the_default_policy_with_only_the_cluster_keys_changed():
     """The deployed policy cannot drift from configs/policy.yaml: it is rendered from it (`make configmap`)."""
     module = render_module("render_policy_configmap")

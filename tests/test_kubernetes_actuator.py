@@ -99,6 +99,47 @@ def test_apply_patches_the_scale_subresource_exactly(kube):
     assert actuator(kube).apply([Decision("spot", 5, 5, "again")], placeholder=2) == []
 
 
+def test_each_scale_sent_is_an_event_on_its_deployment_saying_why(kube):
+    """As the HPA records its rescales: ``kubectl describe deployment llm-spot`` lists them (it finds an
+    object's events by kind, name and uid), with the decision's reason; nothing sent, no event."""
+    at = datetime(2026, 11, 27, 18, 0, 5, 123456, tzinfo=timezone.utc)
+    act = actuator(kube, instance="peakpilot-7d9f-x2", clock=lambda: at)
+    act.apply([Decision("spot", 5, 3, "forecast needs 8 by +12 min (q90, lead 16 min)"),
+               Decision("on_demand", 1, 1, "same")], placeholder=2)
+    assert [(e["regarding"]["name"], e["note"]) for e in kube.events] == [
+        ("llm-spot", "replicas 3 -> 5; spot: forecast needs 8 by +12 min (q90, lead 16 min)"),
+        ("llm-placeholder", "replicas 0 -> 2; placeholder: GPU nodes held warm for what the forecast needs "
+                            "after the lead time")]
+    event = kube.events[0]
+    assert event["regarding"] == {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "inference",
+                                  "name": "llm-spot", "uid": "uid-deployment-llm-spot"}
+    assert (event["type"], event["reason"], event["action"]) == ("Normal", "SuccessfulRescale", "Scale")
+    assert event["reportingController"] == "peakpilot.io/controller"
+    assert event["reportingInstance"] == "peakpilot-7d9f-x2"
+    assert event["eventTime"] == "2026-11-27T18:00:05.123456+00:00"
+    assert event["metadata"]["name"].startswith("llm-spot.") and event["metadata"]["namespace"] == "inference"
+    act.apply([Decision("spot", 5, 5, "again")], placeholder=2)
+    assert len(kube.events) == 2
+    # A reason longer than the API's 1 KiB limit on a note is cut, not refused.
+    act.apply([Decision("spot", 6, 5, "x" * 3000)], placeholder=2)
+    assert len(kube.events) == 3 and len(kube.events[2]["note"].encode()) <= 1024
+
+
+def test_an_event_that_cannot_be_written_never_fails_the_scale_and_is_said_once(kube, caplog):
+    act = actuator(kube)
+    for _ in range(3):
+        kube.fail("POST", "/events", 403)
+    with caplog.at_level("WARNING", logger="controller.kubernetes_actuator"):
+        for replicas in (4, 5, 6):
+            act.apply([Decision("spot", replicas, replicas - 1, "forecast")])
+    assert kube.deployments["llm-spot"]["spec"]["replicas"] == 6
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "403 Forbidden" in said[0] and "deploy/controller-rbac.yaml" in said[0]
+    act.apply([Decision("spot", 7, 6, "forecast")])  # allowed again: written, and a later refusal said again
+    assert kube.events[-1]["note"].startswith("replicas 6 -> 7")
+    assert act._event_failure is None
+
+
 @pytest.mark.parametrize("status", [409, 429, 500, 503])
 def test_conflicts_throttling_and_server_errors_are_retried(kube, status):
     kube.fail("PATCH", "/llm-spot/scale", status, retry_after=0 if status == 429 else None)
