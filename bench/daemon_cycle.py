@@ -1,7 +1,8 @@
 """Control-cycle cost (issue 6); prints one JSON object.
 
 Targets: one control cycle (forecast, plan, actuate, store) for one service <= 200 ms p99 on this
-machine, excluding network time to Prometheus; 50 services in one daemon <= 10 s per cycle.
+machine, excluding network time to Prometheus; 50 services in one daemon <= 10 s per cycle, also
+while the daemon's trainer (controller/trainer.py) retrains all 50 beside the cycles.
 Signals come from the sample trace on a simulated clock (no network), the actuator is the simulated
 cluster, the store is SQLite on disk, the forecaster is the default policy's (the ensemble).
 
@@ -31,6 +32,7 @@ from controller.policy import load_policy  # noqa: E402
 from controller.replay import load_trace  # noqa: E402
 from controller.signals import TraceSignals  # noqa: E402
 from controller.store import Store  # noqa: E402
+from controller.trainer import Trainer  # noqa: E402
 
 T0 = np.datetime64("2026-01-05T00:00", "m")
 
@@ -82,9 +84,30 @@ def main() -> None:
             daemon.cycle_all()
             times.append(time.perf_counter() - started)
             clock["now"] += np.timedelta64(1, "m")
+        # The scheduled retrain, as the running daemon does it: queued for the trainer's thread while the
+        # cycles go on (on the same cores), one every 2 s here (30x the daemon's pace of one a minute).
+        trainer = Trainer()
+        daemon.trainer = trainer
+        for service in daemon.services:
+            service.trainer = trainer
+        started = time.perf_counter()
+        daemon.queue_retrain_all()
+        during = []
+        while not trainer.wait_idle(0):
+            begun = time.perf_counter()
+            daemon.cycle_all()
+            during.append(time.perf_counter() - begun)
+            clock["now"] += np.timedelta64(1, "m")
+            time.sleep(max(0.0, 2.0 - (time.perf_counter() - begun)))
+        background_s = time.perf_counter() - started
+        trainer.stop()
         report["many_services"] = {"services": args.services, "retrain_all_s": round(train_s, 1),
                                    "cycle_s": [round(t, 2) for t in times], "max_cycle_s": round(max(times), 2),
-                                   "target_met": max(times) <= 10}
+                                   "while_retraining": {"retrain_all_s": round(background_s, 1),
+                                                        "cycles": len(during), "cycle_every_s": 2.0,
+                                                        "p50_cycle_s": round(float(np.median(during)), 2),
+                                                        "max_cycle_s": round(max(during), 2)},
+                                   "target_met": max(times + during) <= 10}
     print(json.dumps(report, indent=1))
 
 

@@ -7,7 +7,9 @@
   record. A cycle's writes are one transaction; the controller's memory is in the store, so a restarted
   daemon continues. Policy folders are watched: a file that appears starts a service, one that goes
   stops it being run (``controller/policy_watch.py``).
-* Retraining runs on its own cron. Cycles never overlap (``max_instances=1``); a late cycle runs once
+* Training runs off the cycle, on one worker thread (``controller/trainer.py``): the cron's retrains, a new
+  policy file's first training, a retrain a changed policy asks for, the retry of a failed first one.
+  A training never holds up a cycle; the first ones, at start, come before the first cycle. Cycles never overlap (``max_instances=1``); a late cycle runs once
   (``coalesce``). Errors are counted by kind and never end the daemon; SIGTERM shuts it down cleanly.
 * Its own ``/metrics`` and ``/health`` on ``--metrics-port``. ``/health`` answers 503 once no cycle has
   finished for ``stall_after_s`` (a cycle stuck on an API call that never returns), so the liveness
@@ -30,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller.daemon_metrics import DaemonMetrics
 from controller.service_controller import ServiceController
+from controller.trainer import Trainer
 
 log = logging.getLogger("peakpilot.daemon")
 
@@ -41,8 +44,13 @@ def utc_now() -> np.datetime64:
 class Daemon:
     def __init__(self, services: list[ServiceController], metrics: DaemonMetrics, interval_s: float = 60,
                  retrain_cron: str = "0 */6 * * *", clock=utc_now, lease=None, startup_s: float = 1800,
-                 monotonic=time.monotonic, wall=time.time, watch=None, make_service=None):
+                 monotonic=time.monotonic, wall=time.time, watch=None, make_service=None,
+                 trainer: Trainer | None = None):
         self.services, self.metrics, self.interval_s = services, metrics, interval_s
+        # Trains off the cycle; None (a daemon stepped by hand: --once, tests): each training in line.
+        self.trainer = trainer
+        for service in services:
+            service.trainer = trainer
         # The policy folders (controller/policy_watch.py) and how a file found there becomes a service.
         self.watch, self.make_service = watch, make_service
         self.retrain_cron, self.clock, self.lease = retrain_cron, clock, lease
@@ -107,8 +115,14 @@ class Daemon:
                 self.metrics.refused(path, True)
                 log.error("new policy file %s: its service could not be set up: %s", path, exc)
                 continue
-            log.info("%s: new policy file %s; training, then cycling with the others", service.service, path)
-            service.retrain(now)
+            service.trainer = self.trainer
+            if self.trainer is None:
+                log.info("%s: new policy file %s; training, then cycling with the others", service.service, path)
+                service.retrain(now)
+            else:
+                log.info("%s: new policy file %s; training in the background, acting once trained",
+                         service.service, path)
+                self.trainer.submit(service, now)
             self.metrics.last_ok_cycle.labels(service.service).set(self.wall())
             self.services = [*self.services, service]
 
@@ -121,9 +135,19 @@ class Daemon:
                     gone.service, why)
 
     def retrain_all(self) -> None:
+        """Train every service now, one after the other (at start, before the first cycle)."""
         now = self.clock()
         for service in self.services:
             service.retrain(now)
+
+    def queue_retrain_all(self) -> None:
+        """The scheduled retrain: every service queued for the trainer (in line without one)."""
+        if self.trainer is None:
+            self.retrain_all()
+            return
+        now = self.clock()
+        for service in self.services:
+            self.trainer.submit(service, now, again_if_running=False)
 
     def health(self) -> dict:
         """``status``: ok; starting (training before the first cycle, up to ``startup_s``); stalled (no
@@ -172,12 +196,17 @@ class Daemon:
         from apscheduler.triggers.interval import IntervalTrigger
 
         self.retrain_all()
+        if self.trainer is None:
+            self.trainer = Trainer()
+            for service in self.services:
+                service.trainer = self.trainer
         sched = self.scheduler = BlockingScheduler(
             timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1,
                                           "misfire_grace_time": max(1, int(self.interval_s))})
         sched.add_job(self.cycle_all, IntervalTrigger(seconds=self.interval_s), id="cycle",
                       next_run_time=datetime.now(timezone.utc))
-        sched.add_job(self.retrain_all, CronTrigger.from_crontab(self.retrain_cron, timezone="UTC"), id="retrain")
+        sched.add_job(self.queue_retrain_all, CronTrigger.from_crontab(self.retrain_cron, timezone="UTC"),
+                      id="retrain")
 
         def stop(signum, frame):
             log.info("signal %s: shutting down after the cycle in flight", signum)
@@ -188,3 +217,4 @@ class Daemon:
         log.info("running %d service(s): a cycle every %g s, retraining on '%s'", len(self.services),
                  self.interval_s, self.retrain_cron)
         sched.start()
+        self.trainer.stop()

@@ -52,12 +52,17 @@ class ServiceController:
     shadow: bool = False
     keep_minutes: int | None = None
     parts: object = None  # builds signals and actuator from a policy (controller/service_parts.py)
+    # Where a training asked for by a cycle goes (controller/trainer.py, the daemon's worker); None: the
+    # cycle trains itself, in line (--once, and tests that step the daemon by hand).
+    trainer: object = None
     policy: Policy = field(init=False)
     memory: Memory = field(init=False)
     model: object = None
     model_status: str = "not trained"
     _failures: list = field(default_factory=list, init=False)  # the failed nodes last reported
     _trained_at_try: np.datetime64 | None = field(default=None, init=False)  # when training was last tried
+    _tries: int = field(default=0, init=False)  # trainings finished, failed or not
+    _trained_for: tuple | None = field(default=None, init=False)  # what the model in use was trained on and for
     # Set when a changed policy's labels no longer match this daemon's --selector: the service is now
     # another daemon's, and this one stops running it (two controllers must never scale one service).
     released: str | None = field(default=None, init=False)
@@ -153,39 +158,57 @@ class ServiceController:
                 or (new.reserved.count == "auto" and auto_inputs(new) != auto_inputs(old)))
 
     def retrain(self, now: np.datetime64) -> None:
+        """Train on the history up to ``now`` (on the trainer's thread, or in line): the policy, signals
+        and capacity are taken once at the start, so a reload meanwhile asks for another training."""
         self._trained_at_try = np.datetime64(now, "m")
+        policy, signals, rps_per_node = self.policy, self.signals, self.rps_per_node
         try:
-            history = self.signals.history(now)
-        except SignalError as exc:
-            self._error("signals", f"no history to retrain on: {exc}; the last model stays")
-            return
-        try:
-            model, status = fit_with_fallback(self.policy.planning.model, history, seed=self.seed,
-                                              options=horizon_options(self.policy.planning.horizon_min))
-        except Exception as exc:
-            self._error("forecast", f"retrain failed: {exc}; the last model stays")
-            return
-        self.model, self.model_status = model, status
-        self.metrics.fallback.labels(self.service).set(int(model.name != self.policy.planning.model))
-        if self.policy.reserved.count == "auto":
-            from controller.reserved import recommend_reserved
+            try:
+                history = signals.history(now)
+            except SignalError as exc:
+                self._error("signals", f"no history to retrain on: {exc}; the last model stays")
+                return
+            try:
+                model, status = fit_with_fallback(policy.planning.model, history, seed=self.seed,
+                                                  options=horizon_options(policy.planning.horizon_min))
+            except Exception as exc:
+                self._error("forecast", f"retrain failed: {exc}; the last model stays")
+                return
+            if policy.reserved.count == "auto":
+                from controller.reserved import recommend_reserved
 
-            load = history.counts.to_numpy() / history.step.total_seconds()
-            self._auto_reserved = recommend_reserved(load, self.policy, self.rps_per_node)["reserved"]
-        log.info("%s: trained %s (%s) in %.1f s", self.service, model.name, status, model.fit_seconds)
+                load = history.counts.to_numpy() / history.step.total_seconds()
+                self._auto_reserved = recommend_reserved(load, policy, rps_per_node)["reserved"]
+            self.model, self.model_status, self._trained_for = model, status, trained_for(policy)
+            self.metrics.fallback.labels(self.service).set(int(model.name != policy.planning.model))
+            log.info("%s: trained %s (%s) in %.1f s", self.service, model.name, status, model.fit_seconds)
+        finally:
+            self._tries += 1
+
+    def _train(self, now: np.datetime64, why: str) -> None:
+        """Train now, in line, or hand it to the daemon's trainer and go on with this cycle."""
+        if self.trainer is None:
+            log.info("%s: %s; retraining", self.service, why)
+            self.retrain(now)
+        elif self.trainer.submit(self, now):
+            log.info("%s: %s; training in the background, on the safety net until the new model is in",
+                     self.service, why)
 
     def cycle(self, now: np.datetime64) -> dict:
         started = time.perf_counter()
         retrain = self.reload_policy()
         if self.released:
             return {"ok": True, "mode": "released", "reason": self.released, "acting": False}
+        training = self.trainer is not None and self.trainer.pending(self)
         if retrain:
-            log.info("%s: the changed policy moves what the model learns or predicts; retraining", self.service)
-            self.retrain(now)
-        elif (self.model is None and self._trained_at_try is not None
+            self._train(now, "the changed policy moves what the model learns or predicts")
+        elif (self.model is None and not training and self._trained_at_try is not None
               and now - self._trained_at_try >= UNTRAINED_RETRY_MIN * MINUTE):
-            log.info("%s: no model yet (the last training failed); trying again", self.service)
-            self.retrain(now)
+            self._train(now, "no model yet (the last training failed); trying again")
+        if self._tries == 0 and self.trainer is not None and self.trainer.pending(self):
+            # A new service: nothing is decided for it before its first training has had its try.
+            return {"ok": True, "mode": "training", "reason": "first training under way; it acts once that ends",
+                    "acting": False}
         policy = self.policy
         observed: float | None = None
         try:
@@ -279,8 +302,8 @@ class ServiceController:
             self._said[d.cls] = d.desired
 
     def _forecast(self, now: np.datetime64) -> MinuteForecast | None:
-        if self.model is None:
-            return None
+        if self.model is None or self._trained_for not in (None, trained_for(self.policy)):
+            return None  # no model, or one trained on another series or for a shorter horizon: retraining
         try:
             history = self.signals.history(now)
             fc = self.model.predict(history, self.policy.planning.horizon_min)
@@ -295,6 +318,12 @@ class ServiceController:
     def _error(self, kind: str, message: str) -> None:
         self.metrics.errors.labels(self.service, kind).inc()
         log.error("%s: %s: %s", self.service, kind, message)
+
+
+def trained_for(policy: Policy) -> tuple:
+    """What a model depends on: the series it learns (the signals) and how far it predicts. A model trained
+    for other ones is not used; one trained for another model name is, until its successor is in."""
+    return policy.signals, policy.planning.horizon_min
 
 
 def minute_forecast(fc, status: str) -> MinuteForecast:

@@ -428,7 +428,8 @@ def test_daemon_process_serves_metrics_follows_its_policy_folder_and_stops_clean
         assert "peakpilot_cycle_duration_seconds_bucket" in metrics and "peakpilot_forecast_rps" in metrics
         # A policy file added to the folder is a service of the running daemon, no restart.
         (folder / "search.yaml").write_text(policy_file.read_text().replace("service: llm-chat", "service: llm-search"))
-        health = health_when(lambda h: "llm-search" in h["services"])
+        # It trains on the daemon's worker (mode "training", deciding nothing), then cycles with the rest.
+        health = health_when(lambda h: h["services"].get("llm-search", {}).get("mode") == "predictive")
         assert health["services"]["llm-search"]["ok"] is True, health
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
@@ -972,3 +973,91 @@ def test_a_policy_file_named_on_the_command_line_that_goes_missing_is_said_once_
     aside.rename(policy_file)
     run_cycles(daemon, clock, 1)
     assert sample(r, "peakpilot_policy_file_refused", file=file) == 0
+
+
+class GatedSignals(TraceSignals):
+    """A trace whose history waits for ``gate`` while ``hold`` is set: a slow Prometheus, a long fit."""
+
+    def __init__(self, *args, **kwargs):
+        import threading
+
+        super().__init__(*args, **kwargs)
+        self.gate, self.hold = threading.Event(), False
+
+    def history(self, now):
+        if self.hold:
+            assert self.gate.wait(60), "the test never opened the gate"
+        return super().history(now)
+
+
+def test_a_training_never_holds_up_the_cycles_of_the_other_services(tmp_path, policy_file, trace, caplog):
+    """Before, a new policy file's service trained inside the cycle: every other service waited for it
+    (a ConfigMap adding five services skipped minutes of cycles). Now it trains on the daemon's worker:
+    the others' cycles go on while it trains, it decides nothing until its first training has had its
+    try, and then it cycles with the rest."""
+    from controller.policy_watch import PolicyWatch
+    from controller.trainer import Trainer
+
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    text = policy_file.read_text()
+    (folder / "chat.yaml").write_text(text)
+    clock = Clock()
+    metrics = DaemonMetrics()
+    store = Store(str(tmp_path / "t.db"))
+    gated = GatedSignals(trace, 8 * 1440, T0)
+
+    def make_service(path):
+        signals = gated if "search" in path.name else TraceSignals(trace, 8 * 1440, T0)
+        return ServiceController(path, signals, SimulatedActuator(load_policy_of(path), reserved=3, seed=1),
+                                 store, metrics)
+
+    trainer = Trainer()
+    daemon = Daemon([make_service(folder / "chat.yaml")], metrics, clock=clock, trainer=trainer,
+                    watch=PolicyWatch([folder], "simulated", lambda p: True), make_service=make_service)
+    daemon.retrain_all()
+    gated.hold = True
+    (folder / "search.yaml").write_text(text.replace("service: llm-chat", "service: llm-search"))
+    started = time.monotonic()
+    run_cycles(daemon, clock, 3)  # the new service's training is stuck on its history all along
+    assert time.monotonic() - started < 10  # not the 60 s the gate holds a training
+    assert daemon.last_cycle["llm-chat"]["mode"] == "predictive" and daemon.last_cycle["llm-chat"]["ok"]
+    search = next(s for s in daemon.services if s.service == "llm-search")
+    assert daemon.last_cycle["llm-search"]["mode"] == "training" and search.model is None
+    assert len(store.timeline(search.run_id)) == 0 and trainer.pending(search)
+    gated.gate.set()
+    assert trainer.wait_idle(60)
+    run_cycles(daemon, clock, 2)
+    assert search.model is not None and daemon.last_cycle["llm-search"]["mode"] == "predictive"
+    assert len(store.timeline(search.run_id)) == 2
+    trainer.stop()
+
+
+def test_a_changed_policy_retrains_in_the_background_on_the_safety_net_meanwhile(tmp_path, policy_file, trace):
+    """A longer horizon needs a model trained for it: until that one is in, the service runs reactive
+    rather than forecasting with a model that cannot see that far; asked for twice, it trains once."""
+    from controller.trainer import Trainer
+
+    clock = Clock()
+    gated = GatedSignals(trace, 8 * 1440, T0)
+    daemon, service, _ = make(policy_file, trace, Store(str(tmp_path / "h.db")), clock,
+                              SimulatedActuator(load_policy_of(policy_file), reserved=3, seed=1), signals=gated)
+    trainer = Trainer()
+    daemon.trainer = service.trainer = trainer
+    daemon.retrain_all()
+    run_cycles(daemon, clock, 2)
+    assert daemon.last_cycle["llm-chat"]["mode"] == "predictive"
+    old = service.model
+    gated.hold = True
+    policy_file.write_text(policy_file.read_text().replace("horizon_min: 60 ", "horizon_min: 90 "))
+    bump(policy_file)
+    run_cycles(daemon, clock, 2)
+    daemon.queue_retrain_all()  # the cron's retrain, while this one waits: the same training
+    assert daemon.last_cycle["llm-chat"]["mode"] == "reactive" and service.model is old
+    assert "no forecast" in daemon.last_cycle["llm-chat"]["reason"]
+    gated.gate.set()
+    assert trainer.wait_idle(60)
+    assert service._tries == 2  # the one at start, and one for the change
+    run_cycles(daemon, clock, 1)
+    assert service.model is not old and daemon.last_cycle["llm-chat"]["mode"] == "predictive"
+    trainer.stop()
