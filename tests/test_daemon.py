@@ -484,6 +484,10 @@ def test_run_on_the_kubernetes_backend_from_a_kubeconfig_takes_the_lease_and_sca
         assert "llm-chat: ok" in out.stdout
         assert kube.leases and kube.calls("POST", "/leases")
         assert {p[1].split("/")[-2] for p in kube.calls("PATCH", "/scale")} >= {"llm-reserved", "llm-spot"}
+        # Why, where an operator looks: an Event on each Deployment it scaled, and a line of the log.
+        scaled = {e["regarding"]["name"]: e["note"] for e in kube.events}
+        assert scaled["llm-spot"].startswith("replicas 1 -> ") and "forecast needs" in scaled["llm-spot"]
+        assert "llm-chat: spot 1 -> " not in out.stderr and "llm-chat: spot " in out.stderr
 
 
 def test_json_logs_for_a_log_pipeline(tmp_path, policy_file):
