@@ -1,7 +1,9 @@
 """A local HTTP server that speaks the Kubernetes API's paths, verbs, bodies and status codes for what
 peakpilot uses: Deployments and their scale subresource, Pods (list by label selector, patch),
 coordination.k8s.io Leases with resourceVersion conflicts, and events.k8s.io Events (created, and refused
-with 422 Invalid for the fields the real API validates). No API server can run on these machines.
+with 422 Invalid for the fields the real API validates). As the real one, it refuses a patch whose
+media type does not fit its body (415) and a MicroTime without six fractional digits (400). No API
+server can run on these machines.
 
 Faults are injected per request: ``fail("PATCH", "/scale", 429, retry_after=0)`` answers the next matching
 request with that status (a Kubernetes ``Status`` body). Every request is recorded for assertions.
@@ -18,12 +20,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 
+# The patch media types the API server takes for a body of each JSON type (a JSON patch is a list).
+PATCH_TYPES = {"dict": ("application/strategic-merge-patch+json", "application/merge-patch+json"),
+               "list": ("application/json-patch+json",)}
+
+
 def status_body(code: int, reason: str, message: str) -> dict:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
             "reason": reason, "code": code}
 
 
-REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "Conflict", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "Conflict", 415: "UnsupportedMediaType",
+           422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
 
 
 def merge(target: dict, patch: dict) -> dict:
@@ -189,7 +197,14 @@ class FakeKubeAPI:
                 url = urlparse(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
-                status, doc, headers = api.handle(method, url.path, parse_qs(url.query), body)
+                kind = (self.headers.get("Content-Type") or "").split(";")[0]
+                if method == "PATCH" and kind not in PATCH_TYPES.get(type(body).__name__, ()):
+                    # As the API server: a patch names its kind, and an object is a merge patch.
+                    status, doc, headers = 415, status_body(415, "UnsupportedMediaType",
+                                                            f"the body of the request was in an unknown format "
+                                                            f"- accepted media types include: {', '.join(PATCH_TYPES['dict'])}"), {}
+                else:
+                    status, doc, headers = api.handle(method, url.path, parse_qs(url.query), body)
                 data = json.dumps(doc).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
