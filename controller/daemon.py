@@ -8,9 +8,9 @@
   daemon continues. Policy folders are watched: a file that appears starts a service, one that goes
   stops it being run (``controller/policy_watch.py``).
 * Training runs off the cycle, on one worker thread (``controller/trainer.py``): the cron's retrains, a new
-  policy file's first training, a retrain a changed policy asks for, the retry of a failed first one.
-  A training never holds up a cycle; the first ones, at start, come before the first cycle. Cycles never overlap (``max_instances=1``); a late cycle runs once
-  (``coalesce``). Errors are counted by kind and never end the daemon; SIGTERM shuts it down cleanly.
+  policy file's first training, a retrain a changed policy asks for, the retry of a failed one. A
+  training never holds up a cycle; the first ones, at start, come before the first cycle.
+* Cycles never overlap (``max_instances=1``); a late cycle runs once (``coalesce``). Errors are counted by kind and never end the daemon; SIGTERM shuts it down cleanly.
 * Its own ``/metrics`` and ``/health`` on ``--metrics-port``. ``/health`` answers 503 once no cycle has
   finished for ``stall_after_s`` (a cycle stuck on an API call that never returns), so the liveness
   probe restarts a controller that no longer controls; ``configs/prometheus/peakpilot-rules.yml``

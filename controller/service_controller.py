@@ -30,8 +30,9 @@ log = logging.getLogger("peakpilot.daemon")
 MINUTE = np.timedelta64(1, "m")
 
 
-# A service with no model yet (its first training failed: Prometheus down at start, say) tries again this
-# often, not only at the next scheduled retrain hours later; meanwhile it runs on the reactive safety net.
+# A service with no model for its policy (its first training failed: Prometheus down at start, say; or the
+# retrain a changed policy asked for failed) tries again this often, not only at the next scheduled retrain hours
+# later; meanwhile it runs on the reactive safety net.
 UNTRAINED_RETRY_MIN = 5
 
 # Error kinds the daemon counts; each starts at 0 so that an alert's increase() sees the first one.
@@ -202,9 +203,9 @@ class ServiceController:
         training = self.trainer is not None and self.trainer.pending(self)
         if retrain:
             self._train(now, "the changed policy moves what the model learns or predicts")
-        elif (self.model is None and not training and self._trained_at_try is not None
+        elif (not self._model_fits() and not training and self._trained_at_try is not None
               and now - self._trained_at_try >= UNTRAINED_RETRY_MIN * MINUTE):
-            self._train(now, "no model yet (the last training failed); trying again")
+            self._train(now, "no model for this policy yet (the last training failed); trying again")
         if self._tries == 0 and self.trainer is not None and self.trainer.pending(self):
             # A new service: nothing is decided for it before its first training has had its try.
             return {"ok": True, "mode": "training", "reason": "first training under way; it acts once that ends",
@@ -301,9 +302,14 @@ class ServiceController:
                         d.current, d.reason)
             self._said[d.cls] = d.desired
 
+    def _model_fits(self) -> bool:
+        """A model is in, trained on the policy's series and for its horizon (another model name will do
+        until its successor is in)."""
+        return self.model is not None and self._trained_for in (None, trained_for(self.policy))
+
     def _forecast(self, now: np.datetime64) -> MinuteForecast | None:
-        if self.model is None or self._trained_for not in (None, trained_for(self.policy)):
-            return None  # no model, or one trained on another series or for a shorter horizon: retraining
+        if not self._model_fits():
+            return None  # the safety net decides alone until a model for this policy is trained
         try:
             history = self.signals.history(now)
             fc = self.model.predict(history, self.policy.planning.horizon_min)

@@ -913,6 +913,31 @@ def test_a_first_training_that_fails_is_tried_again_within_minutes_not_hours(tmp
     assert modes.index("predictive") == UNTRAINED_RETRY_MIN  # retried once the pause was over, not every cycle
 
 
+def test_a_retrain_for_a_changed_horizon_that_fails_is_tried_again_within_minutes(tmp_path, policy_file, trace):
+    """The model in use was trained for 60 minutes; the policy now plans 90 ahead and the retrain for it
+    cannot read the history. Reactive meanwhile (not the old model, which cannot see that far), and
+    tried again after the pause like a failed first training, not six hours later."""
+    from controller.service_controller import UNTRAINED_RETRY_MIN
+
+    clock = Clock()
+    daemon, service, signals = make(policy_file, trace, Store(str(tmp_path / "r.db")), clock,
+                                    SimulatedActuator(load_policy_of(policy_file), reserved=3))
+    daemon.retrain_all()
+    run_cycles(daemon, clock, 1)
+    old = service.model
+    policy_file.write_text(policy_file.read_text().replace("horizon_min: 60 ", "horizon_min: 90 "))
+    bump(policy_file)
+    signals.fail_next = 2  # the reload's retrain and the cycle's observation find the source down
+    modes = []
+    for _ in range(UNTRAINED_RETRY_MIN + 2):
+        daemon.cycle_all()
+        modes.append(daemon.last_cycle["llm-chat"]["mode"])
+        clock.tick()
+    assert modes[0] == "reactive" and service.model is not old and modes[-1] == "predictive"
+    assert modes.index("predictive") == UNTRAINED_RETRY_MIN
+    assert service.model.predict(signals.history(clock()), 90).values.shape[0] >= 90 // 10
+
+
 def test_a_service_whose_labels_move_to_another_daemon_is_handed_over_not_run_twice(tmp_path, policy_file, trace,
                                                                                     caplog):
     """Two controller sets share one ConfigMap, split by --selector. A policy whose labels move from one
