@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import socket
@@ -110,11 +111,39 @@ def with_retry(call, *args, attempts: int = 5, base_s: float = 0.2, cap_s: float
             raise ApiUnreachable(f"{server}: the API server {how}") from None
         except ApiException as exc:
             if exc.status not in RETRY_STATUSES or attempt == attempts - 1:
-                raise
+                raise _one_line(exc, call, args) from None
             after = (exc.headers or {}).get("Retry-After")
             delay = float(after) if after else min(cap_s, base_s * 2 ** attempt) * (0.5 + random.random())
             log.warning("kubernetes answered %s (%s); retry %d in %.2f s", exc.status, exc.reason, attempt + 1, delay)
             sleep(delay)
+
+
+def _one_line(exc, call, args) -> Exception:
+    """The API's refusal as the log should say it, on one line: the request (which call, on what), the
+    status, and the API server's own message, where the client's text spans lines of HTTP headers. Still
+    an ``ApiException`` with its ``status``, for the callers that tell a 404 or a 409 apart."""
+    import json
+
+    try:
+        message = json.loads(exc.body or "{}").get("message") or exc.reason
+    except (ValueError, AttributeError):
+        message = exc.reason
+    target = ", ".join(str(a) for a in args if isinstance(a, str))  # the object's name and namespace
+    text = f"kubernetes {getattr(call, '__name__', 'call')}({target}): {exc.status} {exc.reason}: {message}"
+    error = _api_error_class()(status=exc.status, reason=exc.reason)
+    error.headers, error.body, error.text = exc.headers, exc.body, text
+    return error
+
+
+@functools.cache
+def _api_error_class():
+    from kubernetes.client.exceptions import ApiException
+
+    class ApiError(ApiException):
+        def __str__(self) -> str:
+            return self.text
+
+    return ApiError
 
 
 @dataclass

@@ -170,6 +170,16 @@ def test_errors_that_retrying_cannot_fix_are_raised(kube):
     assert len(kube.calls("PATCH", "/llm-spot/scale")) == 6
 
 
+def test_a_refusal_is_said_on_one_line_naming_the_request_and_the_servers_message(kube):
+    """The client's own text spans lines of HTTP headers, and the daemon logged it every cycle."""
+    del kube.deployments["llm-od"]  # deleted by hand while the policy still names it
+    with pytest.raises(ApiException) as err:
+        actuator(kube).view()
+    assert err.value.status == 404
+    assert str(err.value) == ('kubernetes read_namespaced_deployment(llm-od, inference): 404 Not Found: '
+                              'deployments.apps "llm-od" not found')
+
+
 def test_shadow_mode_reads_but_never_writes(kube):
     act = actuator(kube, shadow=True)
     act.view()
