@@ -130,6 +130,11 @@ class ServiceController:
         old = self.policy
         try:
             new = load_policy(self.policy_path)
+            if new == old:
+                # Rewritten as it was: a ConfigMap edit rewrites every file of the volume, changed or not;
+                # and a refused version put back to the one in force is no longer refused.
+                self.metrics.refused(self.policy_path, False)
+                return False
             problems = backend_problems(self.policy_path, new, self.parts.backend) if self.parts else []
             if new.service != old.service:
                 problems.append(f"{self.policy_path}: service renamed from {old.service!r} to {new.service!r}; its "

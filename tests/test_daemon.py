@@ -1090,3 +1090,75 @@ def test_a_changed_policy_retrains_in_the_background_on_the_safety_net_meanwhile
     run_cycles(daemon, clock, 1)
     assert service.model is not old and daemon.last_cycle["llm-chat"]["mode"] == "predictive"
     trainer.stop()
+
+
+def configmap_write(volume: Path, files: dict[str, str], version: int) -> None:
+    """Update a ConfigMap volume as the kubelet's AtomicWriter does: every file written anew in a hidden
+    timestamped folder, ``..data`` swapped to it in one rename, one visible symlink per key through
+    ``..data`` (new keys get theirs after the swap, removed keys lose theirs), the old folder deleted."""
+    import os
+    import shutil
+
+    stamp = volume / f"..2026_11_27_19_00_{version:02d}.000000001"
+    stamp.mkdir()
+    for name, text in files.items():
+        (stamp / name).write_text(text)
+        os.utime(stamp / name, (1_800_000_000 + version, 1_800_000_000 + version))
+    (volume / "..data_tmp").symlink_to(stamp.name)
+    os.replace(volume / "..data_tmp", volume / "..data")
+    for name in files:
+        if not (volume / name).is_symlink():
+            (volume / name).symlink_to(f"..data/{name}")
+    for entry in volume.iterdir():
+        if entry.is_symlink() and not entry.name.startswith("..") and entry.name not in files:
+            entry.unlink()
+    for old in volume.glob("..2026_*"):
+        if old != stamp:
+            shutil.rmtree(old)
+
+
+def test_a_configmap_volume_edited_as_the_kubelet_does_it(tmp_path, policy_file, trace, caplog):
+    """The layout a pod sees (``deploy/controller.yaml`` mounts the policy ConfigMap): each key a symlink
+    into ``..data``, which an edit swaps to a folder where every file is new. A changed key is reloaded,
+    the keys rewritten as they were are not (no "reloaded" line for each service at every edit), a new
+    key starts its service, a removed one stops it; nothing is refused or counted as an error."""
+    from controller.policy import policy_files
+    from controller.policy_watch import PolicyWatch
+
+    text = policy_file.read_text()
+    chat, search = text, text.replace("service: llm-chat", "service: llm-search")
+    volume = tmp_path / "etc-peakpilot"
+    volume.mkdir()
+    configmap_write(volume, {"llm-chat.yaml": chat, "llm-search.yaml": search}, 1)
+    clock = Clock()
+    metrics = DaemonMetrics()
+    store = Store(str(tmp_path / "cm.db"))
+    parts = parts_for("simulated", trace, clock)
+
+    def make_service(path):
+        return ServiceController(path, None, None, store, metrics, parts=parts)
+
+    daemon = Daemon([make_service(p) for p in policy_files([volume])], metrics, clock=clock,
+                    watch=PolicyWatch([volume], "simulated", parts.selects), make_service=make_service)
+    assert sorted(s.service for s in daemon.services) == ["llm-chat", "llm-search"]
+    run_cycles(daemon, clock, 1, retrain_at=(0,))
+
+    configmap_write(volume, {"llm-chat.yaml": chat.replace("headroom: 0.30", "headroom: 0.40"),
+                             "llm-search.yaml": search,
+                             "llm-batch.yaml": text.replace("service: llm-chat", "service: llm-batch")}, 2)
+    with caplog.at_level("INFO", logger="peakpilot.daemon"):
+        run_cycles(daemon, clock, 1)
+    reloaded = [r.getMessage().split(":")[0] for r in caplog.records if "policy reloaded" in r.getMessage()]
+    assert reloaded == ["llm-chat"]
+    chat_service = next(s for s in daemon.services if s.service == "llm-chat")
+    assert chat_service.policy.planning.headroom == 0.40
+    assert sorted(s.service for s in daemon.services) == ["llm-batch", "llm-chat", "llm-search"]
+
+    configmap_write(volume, {"llm-chat.yaml": chat.replace("headroom: 0.30", "headroom: 0.40"),
+                             "llm-batch.yaml": text.replace("service: llm-chat", "service: llm-batch")}, 3)
+    run_cycles(daemon, clock, 2)
+    assert sorted(s.service for s in daemon.services) == ["llm-batch", "llm-chat"]
+    assert all(v["ok"] for v in daemon.last_cycle.values())
+    errors = sum(s.value for s in metrics.errors.collect()[0].samples if s.name.endswith("_total"))
+    refused = [s for s in metrics.policy_refused.collect()[0].samples if s.value]
+    assert errors == 0 and refused == []
