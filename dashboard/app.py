@@ -65,7 +65,8 @@ def read_or_stop(read, *args):
 
 
 def empty_page(reason: str) -> None:
-    st.info(f"{reason}\n\nFill it with a demo replay:\n\n"
+    st.info(f"{reason}\n\nThe controller (`peakpilot run --store {STORE_NAME}`) fills it from its first "
+            f"cycle, after its first training. For a look at a replayed week instead:\n\n"
             f"```\npeakpilot replay --store {STORE_NAME}\n```\n\nor run `make demo`, then refresh this page.")
 
 

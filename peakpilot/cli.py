@@ -568,9 +568,11 @@ def loadgen(
 @app.command()
 def dashboard(
     store: str = typer.Option(str(default_runs_dir() / "demo" / "peakpilot.db"),
-                              "--store", help="Store to show (sqlite:///path.db, a path, or a "
-                                          "postgresql:// URL); read-only."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+                              "--store", envvar="PEAKPILOT_STORE",
+                              help="Store to show (sqlite:///path.db, a path, or a postgresql:// URL); "
+                                   "read-only. The controller's, from the same variable as `run` reads."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default: in a pod, "
+                                                           "reached through kubectl port-forward)."),
     port: int = typer.Option(8501, "--port"),
 ) -> None:
     """Open the Streamlit dashboard: forecast vs actual, capacity, cost, SLA, decisions, what-if."""

@@ -228,6 +228,23 @@ def test_stopping_the_dashboard_command_stops_its_server(store):
     pytest.fail(f"Streamlit still serves on port {port} after its command was stopped")
 
 
+def test_the_dashboard_command_reads_the_store_the_controller_is_given(tmp_path):
+    """In the controller's pod the dashboard runs beside it with no --store: PEAKPILOT_STORE, the variable
+    `peakpilot run` reads, names the store for both (deploy/controller.yaml)."""
+    import os
+
+    store = f"sqlite:///{tmp_path / 'controller.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "peakpilot.cli", "dashboard", "--port", str(free_port())],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PEAKPILOT_STORE": store})
+    try:
+        said = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert said.startswith("dashboard on http://127.0.0.1:") and f"(store {store})" in said
+
+
 def test_a_daemon_run_is_shown_too(app, tmp_path):
     """The daemon's store (a live run: no modelled SLA, no baselines) renders every page."""
     store = tmp_path / "daemon.db"

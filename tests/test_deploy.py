@@ -271,7 +271,33 @@ def test_manifests_run_this_version_with_arguments_the_cli_accepts():
             except Exception as exc:  # typer's own (vendored) click raises its usage errors
                 pytest.fail(f"{name}: peakpilot {' '.join(args)}: {exc}")
         seen.add(args[0])
-    assert seen == {"run", "serve"}  # the controller and the three inference pools
+    assert seen == {"run", "serve", "dashboard"}  # the controller, its dashboard, the three inference pools
+
+
+def test_the_dashboard_beside_the_controller_shows_its_store_and_nothing_else_reaches_it():
+    """The sidecar reads the store the controller writes (the same variable, the same volume), binds the
+    pod's loopback (kubectl port-forward reaches it, no Service or other pod does), and no probe or
+    Service points at it."""
+    from peakpilot.cli import app
+
+    pod = next(d for _, d in documents() if d["kind"] == "Deployment"
+               and d["metadata"]["name"] == "peakpilot-controller")["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    controller, dashboard = containers["controller"], containers["dashboard"]
+    env = lambda c: {e["name"]: e.get("value") for e in c.get("env", [])}  # noqa: E731
+    store = env(controller)["PEAKPILOT_STORE"]
+    assert env(dashboard)["PEAKPILOT_STORE"] == store
+    mounts = lambda c: {m["name"]: m["mountPath"] for m in c["volumeMounts"]}  # noqa: E731
+    folder = str(Path(store.removeprefix("sqlite:///")).parent)
+    assert mounts(dashboard)["state"] == mounts(controller)["state"] == folder
+    group = typer.main.get_command(app)
+    args = dashboard["args"]
+    with group.make_context("peakpilot", list(args)) as ctx:
+        params = group.get_command(ctx, args[0]).make_context(args[0], list(args[1:]), parent=ctx).params
+    assert params["host"] == "127.0.0.1"
+    assert not any(key in dashboard for key in ("readinessProbe", "livenessProbe", "startupProbe", "ports"))
+    services = [d for _, d in documents() if d["kind"] == "Service"]
+    assert all(p.get("targetPort") != params["port"] for s in services for p in s["spec"]["ports"])
 
 
 def test_the_ports_probes_and_prometheus_reach_are_bound_beyond_loopback():
@@ -286,18 +312,26 @@ def test_the_ports_probes_and_prometheus_reach_are_bound_beyond_loopback():
         args = container["args"]
         with group.make_context("peakpilot", list(args)) as ctx:
             params = group.get_command(ctx, args[0]).make_context(args[0], list(args[1:]), parent=ctx).params
-        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
         reached = {probe["httpGet"]["port"] for key in ("readinessProbe", "livenessProbe", "startupProbe")
                    if (probe := container.get(key))}
         doc = next(d for _, d in documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
         scraped = doc["spec"]["template"]["metadata"].get("annotations", {}).get("prometheus.io/port")
-        for port in {ports.get(p, p) for p in reached} | ({int(scraped)} if scraped else set()):
+        # The pod's scrape annotation names a port of one of its containers: that container's to serve.
+        scraped_here = {int(scraped)} if scraped and int(scraped) in ports.values() else set()
+        for port in {ports.get(p, p) for p in reached} | scraped_here:
             option = next((o for o in host_of if params.get(o) == port), None)
             assert option, f"{name}: port {port} is probed or scraped, but no option of `{args[0]}` serves it"
             assert params[host_of[option]] not in ("127.0.0.1", "localhost", "::1"), \
                 f"{name}: port {port} is served on {params[host_of[option]]}: set --{host_of[option].replace('_', '-')} 0.0.0.0"
             checked += 1
     assert checked >= 4  # the controller's metrics port and each inference pool's
+    for _, doc in documents():  # and a scraped port is some container's
+        if doc["kind"] == "Deployment" and (port := doc["spec"]["template"]["metadata"].get(
+                "annotations", {}).get("prometheus.io/port")):
+            declared = {p["containerPort"] for c in doc["spec"]["template"]["spec"]["containers"]
+                        for p in c.get("ports", [])}
+            assert int(port) in declared, doc["metadata"]["name"]
 
 
 def test_the_image_holds_every_package_and_the_defaults_beside_them():
