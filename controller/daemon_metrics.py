@@ -50,6 +50,9 @@ class DaemonMetrics:
         self.fallback = metric(Gauge, "peakpilot_forecast_fallback",
                                "1 while the model in use is not the policy's (it fell back, or none is trained)",
                                ["service"])
+        self.conflicts = metric(Gauge, "peakpilot_conflicting_autoscalers",
+                                "Other autoscalers (HorizontalPodAutoscalers) that scale this service's workloads",
+                                ["service"])
         self.policy_refused = metric(Gauge, "peakpilot_policy_file_refused",
                                      "1 while a policy file on disk is refused (a changed one: the one before "
                                      "stays in force; a new one: its service is not run)", ["file"])

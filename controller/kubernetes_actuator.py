@@ -22,6 +22,9 @@
   as the HPA records its rescales: ``kubectl describe deployment`` and ``kubectl get events`` say why.
   Events are best effort: one that cannot be written (RBAC without ``create`` on events) is said once
   in the log and never fails the scale.
+* A HorizontalPodAutoscaler left on one of the workloads (say, from before peakpilot) would undo every
+  scale and have its own undone: the view names it, and the daemon says so and exports it. In shadow
+  mode, which runs beside the autoscaler it is compared with, that is expected and not looked for.
 * Shadow mode reads the cluster and acts on nothing.
 """
 
@@ -166,6 +169,7 @@ class KubernetesActuator:
     instance: str = field(default_factory=socket.gethostname)  # the Events' reportingInstance: the pod's name
     _paid: dict = field(default_factory=dict)  # class -> [(pod name, paid minutes left, its deletion cost now)]
     _event_failure: str | None = field(default=None, init=False)  # why the last Event could not be written
+    _hpa_failure: str | None = field(default=None, init=False)  # why autoscalers could not be listed last time
 
     def __post_init__(self) -> None:
         from kubernetes import client
@@ -173,6 +177,7 @@ class KubernetesActuator:
         self.apps = client.AppsV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
         self.events = client.EventsV1Api(self.api)
+        self.autoscaling = client.AutoscalingV2Api(self.api)
 
     # -- reading ---------------------------------------------------------------------------------
     def view(self) -> ClusterView:
@@ -209,7 +214,29 @@ class KubernetesActuator:
             replicas = deployment.spec.replicas or 0
             if replicas > counted:  # asked for but no pod yet: pending
                 view.counts[cls]["pending"] += replicas - counted
+        if not self.shadow:
+            view.conflicts = self._other_autoscalers()
         return view
+
+    def _other_autoscalers(self) -> list[str]:
+        """HorizontalPodAutoscalers whose target is one of ours. Listing them is a check, not the cycle's
+        work: a refusal (a Role without ``list`` on them) is said once and the view goes on without."""
+        from kubernetes.client.exceptions import ApiException
+
+        ours = set(self.target.workloads.values()) | ({self.target.placeholder} if self.target.placeholder else set())
+        try:
+            hpas = with_retry(self.autoscaling.list_namespaced_horizontal_pod_autoscaler, self.target.namespace,
+                              attempts=1, sleep=self.sleep).items
+        except (ApiException, ApiUnreachable) as exc:
+            if str(exc) != self._hpa_failure:
+                log.warning("could not look for other autoscalers on the workloads: %s (the controller's Role "
+                            "needs list on autoscaling horizontalpodautoscalers: deploy/controller-rbac.yaml)", exc)
+            self._hpa_failure = str(exc)
+            return []
+        self._hpa_failure = None
+        return sorted(f"HorizontalPodAutoscaler {h.metadata.name} scales {h.spec.scale_target_ref.kind} "
+                      f"{h.spec.scale_target_ref.name} too" for h in hpas
+                      if h.spec.scale_target_ref.kind == "Deployment" and h.spec.scale_target_ref.name in ours)
 
     def _protect(self, pod, state: str) -> None:
         """Warming pods carry do-not-disrupt; ready ones lose it again (only where we set it)."""

@@ -61,6 +61,7 @@ class ServiceController:
     model: object = None
     model_status: str = "not trained"
     _failures: list = field(default_factory=list, init=False)  # the failed nodes last reported
+    _conflicts: list = field(default_factory=list, init=False)  # the other autoscalers last reported
     _trained_at_try: np.datetime64 | None = field(default=None, init=False)  # when training was last tried
     _tries: int = field(default=0, init=False)  # trainings finished, failed or not
     _trained_for: tuple | None = field(default=None, init=False)  # what the model in use was trained on and for
@@ -237,6 +238,13 @@ class ServiceController:
                 log.warning("%s: %d node(s) failed and will not turn ready by themselves: %s", self.service,
                             len(failures), "; ".join(failures))
             self._failures = failures
+        if view.conflicts != self._conflicts:
+            if view.conflicts:
+                log.warning("%s: another autoscaler scales the same workloads, and each will undo the other's "
+                            "replicas: %s. Delete it (to compare peakpilot with it first, run with --shadow)",
+                            self.service, "; ".join(view.conflicts))
+            self._conflicts = view.conflicts
+        self.metrics.conflicts.labels(self.service).set(len(view.conflicts))
         result = control_cycle(obs, forecast, view, policy, self.memory, self.rps_per_node, self.reserved())
         acting = self.acting() and not self.shadow
         sent: list[str] = []

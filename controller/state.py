@@ -48,6 +48,9 @@ class ClusterView:
     # block over a minute), where the actuator knows: such a node serves for free until then.
     paid_left: dict[str, list[int]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)  # why each failed node failed, e.g. "llm-spot-7d9f: CrashLoopBackOff"
+    # Other autoscalers that scale the same workloads (an HPA left in place): each undoes the other's
+    # replicas, e.g. "HorizontalPodAutoscaler llm-spot-hpa scales Deployment llm-spot too".
+    conflicts: list[str] = field(default_factory=list)
 
     def alive(self, cls: str) -> int:
         """Nodes that are serving or on their way (not pending, not draining)."""

@@ -1,9 +1,9 @@
 """A local HTTP server that speaks the Kubernetes API's paths, verbs, bodies and status codes for what
 peakpilot uses: Deployments and their scale subresource, Pods (list by label selector, patch),
-coordination.k8s.io Leases with resourceVersion conflicts, and events.k8s.io Events (created, and refused
-with 422 Invalid for the fields the real API validates). As the real one, it refuses a patch whose
-media type does not fit its body (415) and a MicroTime without six fractional digits (400). No API
-server can run on these machines.
+coordination.k8s.io Leases with resourceVersion conflicts, autoscaling/v2 HorizontalPodAutoscalers
+(listed), and events.k8s.io Events (created, and refused with 422 Invalid for the fields the real API
+validates). As the real one, it refuses a patch whose media type does not fit its body (415) and a
+MicroTime without six fractional digits (400). No API server can run on these machines.
 
 Faults are injected per request: ``fail("PATCH", "/scale", 429, retry_after=0)`` answers the next matching
 request with that status (a Kubernetes ``Status`` body). Every request is recorded for assertions.
@@ -53,6 +53,7 @@ class FakeKubeAPI:
         self.pods: dict[str, dict] = {}
         self.leases: dict[str, dict] = {}
         self.events: list[dict] = []
+        self.hpas: dict[str, dict] = {}
         self.requests: list[tuple[str, str, dict | None]] = []
         self.faults: list[tuple[str, str, int, dict]] = []
         self.version = 100
@@ -102,6 +103,16 @@ class FakeKubeAPI:
         if state == "draining":
             pod["metadata"]["deletionTimestamp"] = created
         self.pods[name] = pod
+
+    def add_hpa(self, name: str, target: str, kind: str = "Deployment") -> None:
+        """An autoscaling/v2 HorizontalPodAutoscaler on ``target`` (CPU utilization, as most are)."""
+        self.hpas[name] = {
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": name, "namespace": self.ns, "resourceVersion": self._rv()},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": target},
+                     "minReplicas": 1, "maxReplicas": 10,
+                     "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                         "type": "Utilization", "averageUtilization": 70}}}]}}
 
     def fail(self, method: str, path_part: str, status: int, retry_after: float | None = None) -> None:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
@@ -176,6 +187,9 @@ class FakeKubeAPI:
                         return 409, status_body(409, "Conflict", "the object has been modified"), {}
                     self.leases[name] = merge(body, {"metadata": {"resourceVersion": self._rv()}})
                     return 200, self.leases[name], {}
+            if path == f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers" and method == "GET":
+                return 200, {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList",
+                             "metadata": {"resourceVersion": self._rv()}, "items": list(self.hpas.values())}, {}
             if path == f"/apis/events.k8s.io/v1/namespaces/{ns}/events" and method == "POST":
                 problems = event_problems(body, ns)
                 if problems:

@@ -278,6 +278,31 @@ def test_two_replicas_only_the_lease_holder_acts(tmp_path, policy_file, trace):
         assert b.health()["leader"] is False and a.health()["leader"] is True
 
 
+def test_an_hpa_on_a_pool_it_scales_is_said_once_and_exported(tmp_path, policy_file, trace, caplog):
+    from prometheus_client import generate_latest
+
+    with FakeKubeAPI("inference") as kube:
+        for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
+            kube.add_deployment(name, 1)
+        kube.add_hpa("llm-spot", "llm-spot")
+        target = KubernetesTarget("inference", {"reserved": "llm-reserved", "spot": "llm-spot",
+                                                "on_demand": "llm-on-demand"}, "llm-placeholder")
+        actuator = KubernetesActuator(api_client(host=kube.url), target, sleep=lambda s: None)
+        clock = Clock()
+        daemon, service, _ = make(policy_file, trace, Store(str(tmp_path / "h.db")), clock, actuator)
+        daemon.retrain_all()
+        with caplog.at_level("WARNING", logger="peakpilot.daemon"):
+            run_cycles(daemon, clock, 3)
+            said = [r.getMessage() for r in caplog.records if "another autoscaler" in r.getMessage()]
+            assert len(said) == 1 and "HorizontalPodAutoscaler llm-spot scales Deployment llm-spot too" in said[0]
+            assert 'peakpilot_conflicting_autoscalers{service="llm-chat"} 1.0' in \
+                generate_latest(service.metrics.registry).decode()
+            del kube.hpas["llm-spot"]  # deleted, as the log says to
+            run_cycles(daemon, clock, 1)
+        assert 'peakpilot_conflicting_autoscalers{service="llm-chat"} 0.0' in \
+            generate_latest(service.metrics.registry).decode()
+
+
 def test_failed_pods_are_said_once_counted_and_not_held(tmp_path, policy_file, trace, caplog):
     """A spot pod whose container crash-loops: one warning naming it (not one a minute), the
     ``failed`` state in the node metric, and decisions that say it and do not keep it as warming."""

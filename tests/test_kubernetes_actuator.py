@@ -180,6 +180,27 @@ def test_a_refusal_is_said_on_one_line_naming_the_request_and_the_servers_messag
                               'deployments.apps "llm-od" not found')
 
 
+def test_an_hpa_left_on_a_pool_is_named_and_one_elsewhere_is_not(kube, caplog):
+    """Migrating from HPA, one left on llm-spot would set its replicas back every 15 s. In shadow mode
+    (run beside the HPA it is compared with) that is the point, and it is not looked for."""
+    kube.add_hpa("llm-spot-cpu", "llm-spot")
+    kube.add_hpa("other-team", "search-pool")
+    kube.add_hpa("llm-rs", "llm-reserved", kind="ReplicaSet")
+    assert actuator(kube).view().conflicts == ["HorizontalPodAutoscaler llm-spot-cpu scales Deployment llm-spot too"]
+    before = len(kube.calls("GET", "/horizontalpodautoscalers"))
+    assert actuator(kube, shadow=True).view().conflicts == []
+    assert len(kube.calls("GET", "/horizontalpodautoscalers")) == before
+    # A Role that may not list them: said once, and the view goes on.
+    act = actuator(kube)
+    for _ in range(2):
+        kube.fail("GET", "/horizontalpodautoscalers", 403)
+    with caplog.at_level("WARNING", logger="controller.kubernetes_actuator"):
+        views = [act.view(), act.view()]
+    assert [v.conflicts for v in views] == [[], []] and views[0].counts["spot"]["ready"] == 1
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "403" in said[0] and "deploy/controller-rbac.yaml" in said[0]
+
+
 def test_shadow_mode_reads_but_never_writes(kube):
     act = actuator(kube, shadow=True)
     act.view()
