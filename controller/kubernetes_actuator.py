@@ -16,8 +16,8 @@
   block ends soonest.
 * An optional low-priority placeholder Deployment holds GPU nodes warm ahead of a predicted peak;
   real pods preempt it (its PriorityClass is in ``deploy/``).
-* 409, 429 and 5xx answers are retried with exponential backoff and jitter (``Retry-After`` honoured).
-* :class:`LeaseLock`: leader election on a ``coordination.k8s.io/v1`` Lease, so two replicas never both act.
+* Every call goes through ``controller/kube_client.py`` (timeouts, retries, one-line errors); leader
+  election is ``controller/lease.py``.
 * Each scale it sends is also an ``events.k8s.io/v1`` Event on the Deployment, with the decision's reason,
   as the HPA records its rescales: ``kubectl describe deployment`` and ``kubectl get events`` say why.
   Events are best effort: one that cannot be written (RBAC without ``create`` on events) is said once
@@ -30,14 +30,13 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import random
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
+from controller.kube_client import ApiUnreachable, micro_time, with_retry
 from controller.policy import CLASSES
 from controller.state import ClusterView, Decision, paid_minutes_left
 
@@ -47,106 +46,10 @@ DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 PROTECTED_BY_US = "peakpilot.io/protected"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 FAILED_DELETION_COST = "-2147483647"  # the lowest there is: a failed pod goes before any other
-RETRY_STATUSES = (409, 429, 500, 502, 503, 504)
 # The Events the controller writes: who wrote them, and the API's limits on their fields.
 REPORTING_CONTROLLER = "peakpilot.io/controller"
 EVENT_REASON = "SuccessfulRescale"  # the HPA's reason for the same act, so filters written for it match
 EVENT_NOTE_MAX = 1024
-
-
-def api_client(host: str | None = None, kubeconfig: str | None = None):
-    """In-cluster auth when running in a pod, else the kubeconfig; ``host`` for a plain endpoint (tests)."""
-    from kubernetes import client, config
-    from urllib3.util.retry import Retry
-
-    if host:
-        cfg = client.Configuration(host=host)
-    else:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config(config_file=kubeconfig)
-        cfg = client.Configuration.get_default_copy()
-    # urllib3's default tries a GET four times, each waiting its whole read timeout: a silent API server
-    # would hold a cycle for minutes. Refused connections are still tried again, quickly.
-    cfg.retries = Retry(total=3, read=1, backoff_factor=0.25)
-    return client.ApiClient(cfg)
-
-
-# (connect, read) seconds for every API call: the client's default is to wait for ever, and an API server
-# that takes the connection and never answers would then hang the cycle, and every cycle after it.
-REQUEST_TIMEOUT_S = (5.0, 20.0)
-# An API server that could not be reached is not asked again this soon by any actuator of the process:
-# a daemon with many services then waits for it once per cycle, not once per service.
-RETRY_AFTER_FAILURE_S = 30.0
-_unreachable: dict[str, tuple[float, str]] = {}  # API server URL -> (monotonic time it failed, how)
-
-
-class ApiUnreachable(RuntimeError):
-    """The API server refused the connection or did not answer in time."""
-
-
-def _server_of(call) -> str:
-    api = getattr(getattr(call, "__self__", None), "api_client", None)
-    return getattr(getattr(api, "configuration", None), "host", None) or "the Kubernetes API"
-
-
-def with_retry(call, *args, attempts: int = 5, base_s: float = 0.2, cap_s: float = 5.0, sleep=time.sleep, **kwargs):
-    """Call the API, retrying conflicts, throttling and server errors with backoff and jitter."""
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
-    server = _server_of(call)
-    failed = _unreachable.get(server)
-    if failed and time.monotonic() - failed[0] < RETRY_AFTER_FAILURE_S:
-        raise ApiUnreachable(f"{server}: {failed[1]} {time.monotonic() - failed[0]:.0f} s ago; not asked again "
-                             f"until {RETRY_AFTER_FAILURE_S:g} s have passed")
-    kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT_S)
-    for attempt in range(attempts):
-        try:
-            result = call(*args, **kwargs)
-            _unreachable.pop(server, None)
-            return result
-        except HTTPError as exc:  # urllib3: refused, reset, or timed out (after its own retries)
-            how = (f"did not answer within {REQUEST_TIMEOUT_S[1]:g} s" if "timed out" in str(exc).lower()
-                   else f"is unreachable ({type(getattr(exc, 'reason', exc) or exc).__name__})")
-            _unreachable[server] = (time.monotonic(), how)
-            raise ApiUnreachable(f"{server}: the API server {how}") from None
-        except ApiException as exc:
-            if exc.status not in RETRY_STATUSES or attempt == attempts - 1:
-                raise _one_line(exc, call, args) from None
-            after = (exc.headers or {}).get("Retry-After")
-            delay = float(after) if after else min(cap_s, base_s * 2 ** attempt) * (0.5 + random.random())
-            log.warning("kubernetes answered %s (%s); retry %d in %.2f s", exc.status, exc.reason, attempt + 1, delay)
-            sleep(delay)
-
-
-def _one_line(exc, call, args) -> Exception:
-    """The API's refusal as the log should say it, on one line: the request (which call, on what), the
-    status, and the API server's own message, where the client's text spans lines of HTTP headers. Still
-    an ``ApiException`` with its ``status``, for the callers that tell a 404 or a 409 apart."""
-    import json
-
-    try:
-        message = json.loads(exc.body or "{}").get("message") or exc.reason
-    except (ValueError, AttributeError):
-        message = exc.reason
-    target = ", ".join(str(a) for a in args if isinstance(a, str))  # the object's name and namespace
-    text = f"kubernetes {getattr(call, '__name__', 'call')}({target}): {exc.status} {exc.reason}: {message}"
-    error = _api_error_class()(status=exc.status, reason=exc.reason)
-    error.headers, error.body, error.text = exc.headers, exc.body, text
-    return error
-
-
-@functools.cache
-def _api_error_class():
-    from kubernetes.client.exceptions import ApiException
-
-    class ApiError(ApiException):
-        def __str__(self) -> str:
-            return self.text
-
-    return ApiError
 
 
 @dataclass
@@ -314,15 +217,6 @@ class KubernetesActuator:
                            {"metadata": {"annotations": {DELETION_COST: str(left)}}}, sleep=self.sleep)
 
 
-def micro_time(t: datetime) -> datetime:
-    """A time for a MicroTime field (a Lease's renewTime, an Event's eventTime), in UTC. The API server
-    parses those with exactly six fractional digits, and the client writes a datetime with ``isoformat``,
-    which leaves the fraction out at a whole second (one write in a million, refused with 400): such a
-    time goes one microsecond later, which no reader of a Lease or an Event can tell apart."""
-    t = t.astimezone(timezone.utc)
-    return t.replace(microsecond=1) if t.microsecond == 0 else t
-
-
 def scale_event(namespace: str, deployment: str, uid: str | None, old: int, new: int, why: str, instance: str,
                 now: datetime) -> dict:
     """An ``events.k8s.io/v1`` Event saying a Deployment was rescaled and why, named as client-go names
@@ -379,73 +273,3 @@ def ready_minutes(pod) -> float | None:
     if created is None or ready is None:
         return None
     return max(0.0, (ready - created).total_seconds() / 60.0)
-
-
-def lease_duration_s(interval_s: float) -> int:
-    """How long the daemon's Lease is good for: three cycles (at least a minute). The leader renews it once
-    a cycle, so a Lease of one cycle expires whenever a renewal comes a moment later than the one before,
-    and a follower that looks in that moment takes it: leadership would change hands for nothing. A
-    leader that stops is replaced at the follower's first look after three cycles."""
-    return int(max(60, 3 * interval_s))
-
-
-class LeaseLock:
-    """Leader election on a Lease: hold it by renewing; take it only when free or expired.
-
-    Writes carry the Lease's resourceVersion, so of two replicas racing for it one gets 409 and stays
-    a follower (no call is retried: the next cycle asks again). An API server that could not be reached
-    is not asked again for ``RETRY_AFTER_FAILURE_S``, by the Lease or any actuator (``with_retry``)."""
-
-    def __init__(self, api, namespace: str, name: str, identity: str, duration_s: int = 60, now=None):
-        from kubernetes import client
-
-        self.coord = client.CoordinationV1Api(api)
-        self.namespace, self.name, self.identity, self.duration_s = namespace, name, identity, duration_s
-        self.now = now or (lambda: datetime.now(timezone.utc))
-        self.is_leader = False
-
-    def _body(self, version: str | None, acquired: datetime | None, transitions: int) -> dict:
-        now = self.now()
-        meta = {"name": self.name, "namespace": self.namespace}
-        if version:
-            meta["resourceVersion"] = version
-        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
-                "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration_s,
-                         "acquireTime": micro_time(acquired or now), "renewTime": micro_time(now),
-                         "leaseTransitions": transitions}}
-
-    def acquire_or_renew(self) -> bool:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            lease = with_retry(self.coord.read_namespaced_lease, self.name, self.namespace, attempts=1)
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning("lease %s: read failed (%s); not acting", self.name, exc.status)
-                self.is_leader = False
-                return False
-            try:
-                with_retry(self.coord.create_namespaced_lease, self.namespace, self._body(None, None, 0), attempts=1)
-                self.is_leader = True
-            except ApiException:
-                self.is_leader = False
-            return self.is_leader
-        spec = lease.spec
-        holder = spec.holder_identity
-        renewed = spec.renew_time or spec.acquire_time
-        expired = renewed is None or renewed + timedelta(seconds=spec.lease_duration_seconds or self.duration_s) < self.now()
-        if holder != self.identity and not expired:
-            if self.is_leader:
-                log.warning("lease %s is held by %s: no longer the leader", self.name, holder)
-            self.is_leader = False
-            return False
-        transitions = (spec.lease_transitions or 0) + (holder != self.identity)
-        acquired = spec.acquire_time if holder == self.identity else None
-        try:
-            with_retry(self.coord.replace_namespaced_lease, self.name, self.namespace,
-                       self._body(lease.metadata.resource_version, acquired, transitions), attempts=1)
-            self.is_leader = True
-        except ApiException as exc:
-            log.warning("lease %s: lost the race (%s)", self.name, exc.status)
-            self.is_leader = False
-        return self.is_leader

@@ -416,7 +416,8 @@ def run_daemon(
     st = open_store(store)
     api = lease = None
     if backend == "kubernetes":
-        from controller.kubernetes_actuator import LeaseLock, api_client, lease_duration_s
+        from controller.kube_client import api_client
+        from controller.lease import LeaseLock, lease_duration_s
 
         api = api_client(kubeconfig=kubeconfig)
         first = next(iter(policies.values()))

@@ -17,7 +17,9 @@ from controller.actuators import SimulatedActuator
 from controller.daemon import Daemon
 from controller.daemon_metrics import DaemonMetrics
 from controller.service_controller import ServiceController
-from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget, LeaseLock, api_client
+from controller.kube_client import api_client
+from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget
+from controller.lease import LeaseLock
 from controller.replay import load_trace
 from controller.signals import TraceSignals
 from controller.store import Store

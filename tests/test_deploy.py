@@ -113,7 +113,9 @@ def test_the_role_allows_every_request_the_controller_makes():
     one the Role allows: a request it forgot is a 403 in the cluster, the first time it is made."""
     from datetime import datetime, timezone
 
-    from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget, LeaseLock, api_client
+    from controller.kube_client import api_client
+    from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget
+    from controller.lease import LeaseLock
     from controller.state import Decision
     from tests.kube_api import FakeKubeAPI
 

@@ -7,8 +7,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from controller.kube_client import api_client
 from controller.kubernetes_actuator import (DELETION_COST, DO_NOT_DISRUPT, FAILED_DELETION_COST, KubernetesActuator,
-                                            KubernetesTarget, LeaseLock, api_client)
+                                            KubernetesTarget)
+from controller.lease import LeaseLock
 from controller.state import Decision
 from tests.kube_api import FakeKubeAPI
 
@@ -230,7 +232,7 @@ def test_a_leader_whose_cycles_run_a_little_late_keeps_the_lease_and_a_stopped_o
     """The daemon renews once a cycle, a little after the cycle's time (0 or 0.5 s here). With a Lease of
     one cycle, each renewal 0.5 s later than the one before leaves a gap in which the follower (looking
     0.3 s after the cycle's time) takes over for nothing; with the daemon's duration it does not."""
-    from controller.kubernetes_actuator import lease_duration_s
+    from controller.lease import lease_duration_s
 
     api = api_client(host=kube.url)
     t0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -290,7 +292,7 @@ def test_an_api_server_that_takes_the_connection_and_never_answers_times_out(sil
     Reads, writes and the Lease all give up (the daemon counts an actuator error and goes on)."""
     import time
 
-    import controller.kubernetes_actuator as k8s
+    import controller.kube_client as k8s
 
     monkeypatch.setattr(k8s, "REQUEST_TIMEOUT_S", (0.5, 0.5))
     monkeypatch.setattr(k8s, "RETRY_AFTER_FAILURE_S", 0.0)  # every call waits (the pause is tested below)
@@ -309,7 +311,7 @@ def test_services_on_one_silent_api_server_wait_for_it_once(silent_port, monkeyp
     server, the others and the Lease are told at once for 30 s instead of each waiting its own timeouts."""
     import time
 
-    import controller.kubernetes_actuator as k8s
+    import controller.kube_client as k8s
 
     monkeypatch.setattr(k8s, "REQUEST_TIMEOUT_S", (0.5, 0.5))
     monkeypatch.setattr(k8s, "_unreachable", {})
