@@ -1,16 +1,17 @@
 """The daemon: the control cycle of every service on a schedule (APScheduler), for months.
 
-* Every ``interval`` seconds, each service (``controller/service_controller.py``) runs one cycle: reload its policy if the file changed (a
-  broken new one is refused with a log line, the old one stays; a change of Prometheus, query or
-  Deployments rebuilds what reads or acts, a change of what the model is trained on or for retrains it),
-  read the live signals, forecast, decide, act (unless a follower of the Lease, or in shadow mode),
-  record. A cycle's writes are one transaction; the controller's memory is in the store, so a restarted
+* Every ``interval`` seconds, each service (``controller/service_controller.py``) runs one cycle: reload
+  its policy if the file changed (a broken new one is refused with a log line, the old one stays; a
+  change of Prometheus, query or Deployments rebuilds what reads or acts, a change of what the model is
+  trained on or for retrains it), read the live signals, forecast, decide, act (unless a follower of
+  the Lease, or in shadow mode), record. A cycle's writes are one transaction; the controller's memory is in the store, so a restarted
   daemon continues. Policy folders are watched: a file that appears starts a service, one that goes
   stops it being run (``controller/policy_watch.py``).
 * Training runs off the cycle, on one worker thread (``controller/trainer.py``): the cron's retrains, a new
   policy file's first training, a retrain a changed policy asks for, the retry of a failed one. A
   training never holds up a cycle; the first ones, at start, come before the first cycle.
-* Cycles never overlap (``max_instances=1``); a late cycle runs once (``coalesce``). Errors are counted by kind and never end the daemon; SIGTERM shuts it down cleanly.
+* Cycles never overlap (``max_instances=1``); a late cycle runs once (``coalesce``). Errors are counted
+  by kind and never end the daemon; SIGTERM shuts it down cleanly.
 * Its own ``/metrics`` and ``/health`` on ``--metrics-port``. ``/health`` answers 503 once no cycle has
   finished for ``stall_after_s`` (a cycle stuck on an API call that never returns), so the liveness
   probe restarts a controller that no longer controls; ``configs/prometheus/peakpilot-rules.yml``

@@ -30,9 +30,9 @@ log = logging.getLogger("peakpilot.daemon")
 MINUTE = np.timedelta64(1, "m")
 
 
-# A service with no model for its policy (its first training failed: Prometheus down at start, say; or the
-# retrain a changed policy asked for failed) tries again this often, not only at the next scheduled retrain hours
-# later; meanwhile it runs on the reactive safety net.
+# A service with no model for its policy (its first training failed: Prometheus down at start, say; or
+# the retrain a changed policy asked for failed) tries again this often, not only at the next scheduled
+# retrain hours later; meanwhile it runs on the reactive safety net.
 UNTRAINED_RETRY_MIN = 5
 
 # Error kinds the daemon counts; each starts at 0 so that an alert's increase() sees the first one.
