@@ -129,6 +129,9 @@ class Daemon:
 
     def _drop(self, gone: ServiceController, why: str) -> None:
         """Stop running a service: its nodes are left as they are, its record stays in the store."""
+        gone.stopped = True
+        if self.trainer is not None:
+            self.trainer.cancel(gone)
         self.services = [s for s in self.services if s is not gone]  # a new list: retrain_all may be iterating
         self.last_cycle.pop(gone.service, None)
         self.metrics.forget(gone.service, gone.policy_path)

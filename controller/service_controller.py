@@ -69,6 +69,9 @@ class ServiceController:
     # another daemon's, and this one stops running it (two controllers must never scale one service).
     released: str | None = field(default=None, init=False)
     _unreadable: bool = field(default=False, init=False)  # the policy file could not be read last cycle
+    # No longer run by the daemon (its file went, or another daemon took it): a training still under way
+    # on the trainer's thread must not bring back the metrics the daemon removed.
+    stopped: bool = field(default=False, init=False)
     # What the last cycle decided (mode, and nodes per class): a change is logged once, with its reason.
     _said: dict = field(default_factory=dict, init=False)
 
@@ -187,7 +190,8 @@ class ServiceController:
                 load = history.counts.to_numpy() / history.step.total_seconds()
                 self._auto_reserved = recommend_reserved(load, policy, rps_per_node)["reserved"]
             self.model, self.model_status, self._trained_for = model, status, trained_for(policy)
-            self.metrics.fallback.labels(self.service).set(int(model.name != policy.planning.model))
+            if not self.stopped:
+                self.metrics.fallback.labels(self.service).set(int(model.name != policy.planning.model))
             log.info("%s: trained %s (%s) in %.1f s", self.service, model.name, status, model.fit_seconds)
         finally:
             self._tries += 1
@@ -335,7 +339,8 @@ class ServiceController:
         return minute_forecast(fc, self.model_status)
 
     def _error(self, kind: str, message: str) -> None:
-        self.metrics.errors.labels(self.service, kind).inc()
+        if not self.stopped:
+            self.metrics.errors.labels(self.service, kind).inc()
         log.error("%s: %s: %s", self.service, kind, message)
 
 

@@ -43,6 +43,12 @@ class Trainer:
                 self._queue.put(service)
             return not queued
 
+    def cancel(self, service) -> None:
+        """Drop a queued training of ``service`` (no longer run); one under way runs to its end."""
+        with self._idle:
+            self._asked.pop(id(service), None)
+            self._idle.notify_all()
+
     def pending(self, service) -> bool:
         """A training of ``service`` is queued or running."""
         with self._lock:
@@ -62,7 +68,9 @@ class Trainer:
             if service is None:
                 return
             with self._lock:
-                now = self._asked.pop(id(service))  # a request from here on trains it again, after this
+                now = self._asked.pop(id(service), None)  # a request from here on trains it again, after this
+                if now is None:  # cancelled while queued
+                    continue
                 self._running = service
             try:
                 service.retrain(now)

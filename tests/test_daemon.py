@@ -1189,3 +1189,50 @@ def test_a_configmap_volume_edited_as_the_kubelet_does_it(tmp_path, policy_file,
     errors = sum(s.value for s in metrics.errors.collect()[0].samples if s.name.endswith("_total"))
     refused = [s for s in metrics.policy_refused.collect()[0].samples if s.value]
     assert errors == 0 and refused == []
+
+
+def test_a_service_whose_file_goes_while_it_trains_leaves_no_metrics_behind(tmp_path, policy_file, trace):
+    """Its training queued (cancelled) or under way (run to its end): either way nothing it does after
+    the daemon stopped running it brings back the series the daemon removed (an alert would read them
+    for ever)."""
+    from prometheus_client import generate_latest
+
+    from controller.policy_watch import PolicyWatch
+    from controller.trainer import Trainer
+
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    text = policy_file.read_text()
+    (folder / "chat.yaml").write_text(text)
+    clock = Clock()
+    metrics = DaemonMetrics()
+    store = Store(str(tmp_path / "g.db"))
+    gates = {}
+
+    def make_service(path):
+        signals = GatedSignals(trace, 8 * 1440, T0)
+        signals.hold = path.name != "chat.yaml"
+        gates[path.name] = signals
+        return ServiceController(path, signals, SimulatedActuator(load_policy_of(path), reserved=3, seed=1),
+                                 store, metrics)
+
+    trainer = Trainer()
+    daemon = Daemon([make_service(folder / "chat.yaml")], metrics, clock=clock, trainer=trainer,
+                    watch=PolicyWatch([folder], "simulated", lambda p: True), make_service=make_service)
+    daemon.retrain_all()
+    for name in ("running", "queued"):
+        (folder / f"{name}.yaml").write_text(text.replace("service: llm-chat", f"service: llm-{name}"))
+        run_cycles(daemon, clock, 1)
+    running, queued = (next(s for s in daemon.services if s.service == f"llm-{n}") for n in ("running", "queued"))
+    assert trainer.pending(running) and trainer.pending(queued)
+    for name in ("running", "queued"):
+        (folder / f"{name}.yaml").unlink()
+    run_cycles(daemon, clock, 1)
+    assert [s.service for s in daemon.services] == ["llm-chat"]
+    gates["running.yaml"].gate.set()
+    gates["queued.yaml"].gate.set()
+    assert trainer.wait_idle(60)
+    assert running._tries == 1 and queued._tries == 0  # the one under way ran to its end; the queued one never ran
+    exported = generate_latest(metrics.registry).decode()
+    assert 'service="llm-chat"' in exported and "llm-running" not in exported and "llm-queued" not in exported
+    trainer.stop()
