@@ -53,6 +53,7 @@ configmap:
 # Every generated manifest: the policy ConfigMap and the alerting rules as a PrometheusRule.
 manifests: configmap
 	$(PY) deploy/render_prometheus_rule.py > deploy/monitoring/prometheus-rule.yaml
+	$(PY) deploy/render_rbac.py > deploy/controller-rbac.yaml
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

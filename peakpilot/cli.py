@@ -330,6 +330,11 @@ def check_policy(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: ok, every problem, and each "
                                                        "valid policy with its defaults filled in."),
     schema: bool = typer.Option(False, "--schema", help="Print the policy's JSON Schema (for editors) and exit."),
+    rbac: bool = typer.Option(False, "--rbac", help="With --backend kubernetes: print the least-privilege "
+                                                    "ServiceAccount, Roles and RoleBindings the controller needs "
+                                                    "for these policies (kubectl apply -f -)."),
+    lease_name: str = typer.Option("peakpilot", "--lease-name", help="With --rbac: the Lease the controller holds "
+                                                                      "(`peakpilot run --lease-name`)."),
 ) -> None:
     """Validate policy files before the daemon loads them; exit 2 naming every key that is wrong."""
     from controller.policy import load_policies, policy_files, policy_schema
@@ -338,11 +343,25 @@ def check_policy(
         typer.echo(json.dumps(policy_schema(), indent=2))
         return
     check_backend(backend)
+    if rbac and backend != "kubernetes":
+        fail("--rbac is what the kubernetes backend needs: add --backend kubernetes")
     files = policy_files(paths or [DEFAULT_POLICY])
     if not files:
         fail(f"no policy files (*.yaml) in {', '.join(map(str, paths))}")
     policies, problems = load_policies(files, backend)
     messages = [m for ms in problems.values() for m in ms]
+    if rbac:
+        from controller.rbac import render_rbac
+
+        for message in messages:
+            typer.echo(f"error  {message}", err=True)
+        if problems:
+            raise typer.Exit(2)
+        how = " ".join(["peakpilot check-policy --backend kubernetes --rbac"]
+                       + ([f"--lease-name {lease_name}"] if lease_name != "peakpilot" else [])
+                       + [str(p) for p in (paths or [DEFAULT_POLICY])])
+        typer.echo(render_rbac(list(policies.values()), lease_name, how), nl=False)
+        return
     if as_json:
         doc = {"ok": not problems, "problems": messages,
                "policies": {str(p): pol.model_dump(mode="json") for p, pol in policies.items() if p not in problems}}

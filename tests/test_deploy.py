@@ -107,10 +107,10 @@ def api_request(method: str, path: str) -> tuple[str, str, str, str | None]:
     return group, resource, verb, name
 
 
-def test_the_role_allows_every_request_the_controller_makes():
-    """Every request of a leader's cycles on the deployed policy (read the Deployments and pods, protect a
-    warming pod, rank pods before a scale-down, scale, record the Event, take and renew the Lease) is
-    one the Role allows: a request it forgot is a 403 in the cluster, the first time it is made."""
+def leader_requests(policy: Policy, lease_name: str = "peakpilot") -> set[tuple[str, str, str, str | None]]:
+    """Every request a leader's cycles make for a policy, against the fake API server: read the Deployments,
+    pods and HPAs, protect a warming pod, rank pods before a scale-down, scale, record the Event, take and
+    renew the Lease (in the policy's namespace, as `peakpilot run` does)."""
     from datetime import datetime, timezone
 
     from controller.kube_client import api_client
@@ -119,9 +119,6 @@ def test_the_role_allows_every_request_the_controller_makes():
     from controller.state import Decision
     from tests.kube_api import FakeKubeAPI
 
-    docs = all_docs()
-    role = docs[("Role", "peakpilot")]
-    policy = Policy.model_validate(yaml.safe_load(docs[("ConfigMap", "peakpilot-policy")]["data"]["llm-chat.yaml"]))
     k8s = policy.kubernetes
     with FakeKubeAPI(k8s.namespace) as kube:
         for cls, name in k8s.workloads.items():
@@ -135,13 +132,71 @@ def test_the_role_allows_every_request_the_controller_makes():
                                       clock=lambda: datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc))
         actuator.view()
         actuator.apply([Decision(cls, 3 if cls == "spot" else 1, 2, "test") for cls in k8s.workloads], placeholder=1)
-        lease = LeaseLock(api, k8s.namespace, "peakpilot", "replica-a")
+        lease = LeaseLock(api, k8s.namespace, lease_name, "replica-a")
         assert lease.acquire_or_renew() and lease.acquire_or_renew()
-        made = {api_request(method, path) for method, path, _ in kube.requests}
+        return {api_request(method, path) for method, path, _ in kube.requests}
+
+
+def test_the_role_allows_every_request_the_controller_makes():
+    """A request the Role forgot is a 403 in the cluster, the first time it is made."""
+    docs = all_docs()
+    role = docs[("Role", "peakpilot")]
+    policy = Policy.model_validate(yaml.safe_load(docs[("ConfigMap", "peakpilot-policy")]["data"]["llm-chat.yaml"]))
+    made = leader_requests(policy)
     assert {verb for _, _, verb, _ in made} >= {"get", "list", "patch", "create", "update"}
     assert ("events.k8s.io", "events", "create", None) in made
     refused = sorted(str(r) for r in made if not role_allows(role, *r))
     assert not refused, f"deploy/controller-rbac.yaml does not allow: {refused}"
+
+
+def test_the_deployed_rbac_is_rendered_from_the_deployed_policy():
+    module = render_module("render_rbac")
+    assert (DEPLOY / "controller-rbac.yaml").read_text() == module.render(module.SOURCE.read_text()), \
+        "deploy/controller-rbac.yaml is stale: run `make manifests`"
+
+
+def test_check_policy_prints_the_rbac_for_pools_renamed_and_in_another_namespace(tmp_path):
+    """A policy whose pools are named otherwise and live in another namespace than the Lease: the Role
+    there names its Deployments and allows all its requests, the Lease's namespace holds the Lease rules,
+    every RoleBinding binds the one ServiceAccount, and each object is a valid one."""
+    from controller.policy import load_policy
+
+    text = (ROOT / "configs" / "policy.yaml").read_text()
+    home = tmp_path / "chat.yaml"
+    home.write_text(text)
+    batch = tmp_path / "batch.yaml"
+    batch.write_text(text.replace("service: llm-chat", "service: llm-batch").replace("namespace: inference",
+                                                                                     "namespace: batch")
+                     .replace("llm-spot", "batch-spot").replace("llm-reserved", "batch-reserved"))
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "check-policy", "--backend", "kubernetes", "--rbac",
+                          "--lease-name", "peakpilot-team", str(home), str(batch)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    api = client.ApiClient()
+    for doc in docs:
+        model = api.deserialize(json.dumps(doc), MODELS[doc["kind"]], "application/json")
+        assert strip_empty(api.sanitize_for_serialization(model)) == strip_empty(doc)
+    by = {(d["kind"], d["metadata"]["namespace"]): d for d in docs}
+    assert set(by) == {("ServiceAccount", "inference"), ("Role", "inference"), ("RoleBinding", "inference"),
+                       ("Role", "batch"), ("RoleBinding", "batch")}
+    assert by[("RoleBinding", "batch")]["subjects"] == [{"kind": "ServiceAccount", "name": "peakpilot",
+                                                         "namespace": "inference"}]
+    role = by[("Role", "batch")]
+    assert not any(r["resources"] == ["leases"] for r in role["rules"])
+    pools = {r for r in leader_requests(load_policy(batch)) if r[1] != "leases"}  # the Lease is in inference
+    assert pools and not [r for r in pools if not role_allows(role, *r)]
+    assert ("apps", "deployments/scale", "patch", "batch-spot") in pools
+    lease_role = by[("Role", "inference")]
+    assert role_allows(lease_role, "coordination.k8s.io", "leases", "create", None)
+    assert all(role_allows(lease_role, "coordination.k8s.io", "leases", verb, "peakpilot-team")
+               for verb in ("get", "update"))
+    assert not role_allows(lease_role, "coordination.k8s.io", "leases", "update", "peakpilot")
+    assert "--lease-name peakpilot-team" in out.stdout.splitlines()[1]
+    # Without the kubernetes backend it says what is missing.
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "check-policy", "--rbac", str(home)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--backend kubernetes" in out.stderr
 
 
 def test_policy_configmap_is_the_default_policy_with_only_the_cluster_keys_changed():
