@@ -315,8 +315,8 @@ class ServiceController:
             before = self._said.get(d.cls)
             if d.desired != before:
                 change = f"{d.desired}" if before is None else f"{before} -> {d.desired}"
-                log.log(level, "%s: %s%s %s nodes (%d running): %s", self.service, prefix, d.cls, change,
-                        d.current, d.reason)
+                log.log(level, "%s: %s%s %s node%s (%d running): %s", self.service, prefix, d.cls, change,
+                        "" if d.desired == 1 else "s", d.current, d.reason)
             self._said[d.cls] = d.desired
 
     def _model_fits(self) -> bool:

@@ -137,16 +137,17 @@ def test_each_change_of_a_decided_size_is_one_log_line_with_its_reason(tmp_path,
     daemon.retrain_all()
     with caplog.at_level("INFO", logger="peakpilot.daemon"):
         run_cycles(daemon, clock, 240)
-    said = [r.getMessage() for r in caplog.records if r.name == "peakpilot.daemon" and " nodes (" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if r.name == "peakpilot.daemon" and " running): " in r.getMessage()]
     decided = store.decisions(service.run_id)
     expected = []
     for minute, rows in decided.groupby("minute", sort=True):
         for row in rows.itertuples():
             before = decided[(decided.cls == row.cls) & (decided.minute < minute)].desired
+            nodes = "node" if row.desired == 1 else "nodes"
             if before.empty:
-                expected.append(f"llm-chat: {row.cls} {row.desired} nodes ({row.current} running): {row.reason}")
+                expected.append(f"llm-chat: {row.cls} {row.desired} {nodes} ({row.current} running): {row.reason}")
             elif before.iloc[-1] != row.desired:
-                expected.append(f"llm-chat: {row.cls} {before.iloc[-1]} -> {row.desired} nodes "
+                expected.append(f"llm-chat: {row.cls} {before.iloc[-1]} -> {row.desired} {nodes} "
                                 f"({row.current} running): {row.reason}")
     assert sorted(said) == sorted(expected)
     assert 3 + 2 <= len(said) < 240  # it scaled, and said so only when it did
@@ -165,7 +166,7 @@ def test_a_shadow_or_follower_daemon_says_what_it_would_do_as_such(tmp_path, pol
     with caplog.at_level("INFO", logger="peakpilot.daemon"):
         shadow.cycle(T0)
         follower.cycle(T0)
-    said = [(r.levelname, r.getMessage()) for r in caplog.records if " nodes (" in r.getMessage()]
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if " running): " in r.getMessage()]
     assert len(said) == 3 and all(m.startswith("llm-chat: shadow, not applied: ") for _, m in said)
     with caplog.at_level("DEBUG", logger="peakpilot.daemon"):
         follower.cycle(T0 + np.timedelta64(600, "m"))
