@@ -78,6 +78,24 @@ def rbac_documents(policies: list[Policy], lease_name: str = "peakpilot") -> lis
     return docs
 
 
+def needed(policies: list[Policy], lease_name: str = "peakpilot",
+           shadow: bool = False) -> list[tuple[str, str, str, str, str | None]]:
+    """Each permission the controller will use, as (namespace, API group, resource, verb, name): what the
+    rendered Roles grant, one by one (in shadow mode only the reads)."""
+    out = []
+    for doc in rbac_documents(policies, lease_name):
+        if doc["kind"] != "Role":
+            continue
+        for rule in doc["rules"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    if shadow and verb not in ("get", "list", "watch"):
+                        continue
+                    for name in rule.get("resourceNames") or [None]:
+                        out.append((doc["metadata"]["namespace"], rule["apiGroups"][0], resource, verb, name))
+    return out
+
+
 def render_rbac(policies: list[Policy], lease_name: str = "peakpilot",
                 how: str = "peakpilot check-policy --backend kubernetes --rbac POLICY_FILES") -> str:
     """The documents as one YAML stream, lists of names on one line; ``how`` names the command that made it."""

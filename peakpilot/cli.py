@@ -380,6 +380,28 @@ def check_policy(
         raise typer.Exit(2)
 
 
+def say_missing_permissions(api, policies, lease_name: str, shadow: bool, given: list[Path],
+                            only: str | None = None) -> None:
+    """Ask the API server, before the first cycle, whether this account may do what the policies need;
+    say what it may not, and how to grant it (controller/preflight.py)."""
+    from controller.preflight import missing_permissions
+    from controller.rbac import needed
+
+    wanted = [p for p in needed(policies, lease_name, shadow) if only is None or (p[0] == only and p[2] != "leases")]
+    try:
+        missing = missing_permissions(api, wanted)
+    except Exception as exc:  # the check must not stop a start; the cycles will say what fails
+        logging.getLogger("peakpilot.daemon").warning("could not check the controller's permissions: %s", exc)
+        return
+    if missing:
+        fix = " ".join(["peakpilot check-policy --backend kubernetes --rbac"]
+                       + ([f"--lease-name {lease_name}"] if lease_name != "peakpilot" else [])
+                       + [str(g) for g in given] + ["| kubectl apply -f -"])
+        logging.getLogger("peakpilot.daemon").error(
+            "the controller's account may not %s; its cycles will fail there until it may: %s",
+            "; ".join(missing), fix)
+
+
 @app.command("run")
 def run_daemon(
     policy: list[Path] = typer.Option(..., "--policy", help="Policy YAML, or a folder of them; repeat for "
@@ -443,6 +465,7 @@ def run_daemon(
         name = lease_name or ("peakpilot" + (f"-{selector.replace('=', '-')}" if selector else ""))
         lease = LeaseLock(api, first.kubernetes.namespace, name, f"{socket.gethostname()}-{os.getpid()}",
                           duration_s=lease_duration_s(interval_s))
+        say_missing_permissions(api, list(policies.values()), name, shadow, list(policy))
     # A trace the services at start need is read now (one that cannot be read ends the start, not a
     # cycle); a policy file added later that needs one reads it then.
     loaded = load_trace_or_exit(trace) if any(p.signals.prometheus is None for p in policies.values()) else None
@@ -450,9 +473,13 @@ def run_daemon(
                          trace=(lambda: loaded) if loaded is not None else (lambda: load_trace(trace)))
 
     def make_service(path: Path) -> ServiceController:
-        return ServiceController(path, None, None, st, metrics, shadow=shadow, parts=parts,
-                                 acting=(lambda: lease.is_leader) if lease else (lambda: True),
-                                 keep_minutes=int(retention_days * 1440))
+        service = ServiceController(path, None, None, st, metrics, shadow=shadow, parts=parts,
+                                    acting=(lambda: lease.is_leader) if lease else (lambda: True),
+                                    keep_minutes=int(retention_days * 1440))
+        if api is not None and path not in policies:  # a file added while running: its pools' namespace
+            say_missing_permissions(api, [next(iter(policies.values())), service.policy], lease.name, shadow,
+                                    list(policy), only=service.policy.kubernetes.namespace)
+        return service
 
     services = []
     for path in policies:

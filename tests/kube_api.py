@@ -54,6 +54,9 @@ class FakeKubeAPI:
         self.leases: dict[str, dict] = {}
         self.events: list[dict] = []
         self.hpas: dict[str, dict] = {}
+        # The Role the caller holds, for SelfSubjectAccessReviews (None: every request allowed). Reviews
+        # only: the other routes do not enforce it (tests/test_deploy.py checks requests against it).
+        self.role: dict | None = None
         self.requests: list[tuple[str, str, dict | None]] = []
         self.faults: list[tuple[str, str, int, dict]] = []
         self.version = 100
@@ -187,6 +190,12 @@ class FakeKubeAPI:
                         return 409, status_body(409, "Conflict", "the object has been modified"), {}
                     self.leases[name] = merge(body, {"metadata": {"resourceVersion": self._rv()}})
                     return 200, self.leases[name], {}
+            if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" and method == "POST":
+                attrs = body["spec"]["resourceAttributes"]
+                resource = attrs["resource"] + (f"/{attrs['subresource']}" if attrs.get("subresource") else "")
+                allowed = self.role is None or (attrs.get("namespace") == ns and role_allows(
+                    self.role, attrs.get("group", ""), resource, attrs["verb"], attrs.get("name")))
+                return 201, {**body, "status": {"allowed": allowed}}, {}
             if path == f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers" and method == "GET":
                 return 200, {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList",
                              "metadata": {"resourceVersion": self._rv()}, "items": list(self.hpas.values())}, {}
@@ -241,6 +250,17 @@ class FakeKubeAPI:
                 self._serve("POST")
 
         return Handler
+
+
+def role_allows(role: dict, group: str, resource: str, verb: str, name: str | None) -> bool:
+    """Kubernetes RBAC: some rule names the group, the resource and the verb, and either no names or
+    this one (a create or a list has no name, so a rule with resourceNames never allows it)."""
+    for rule in role["rules"]:
+        names = rule.get("resourceNames")
+        if (group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
+                and (not names or (name is not None and name in names))):
+            return True
+    return False
 
 
 MICRO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)")

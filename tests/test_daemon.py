@@ -518,6 +518,44 @@ def test_run_on_the_kubernetes_backend_from_a_kubeconfig_takes_the_lease_and_sca
         assert "llm-chat: spot 1 -> " not in out.stderr and "llm-chat: spot " in out.stderr
 
 
+def test_a_start_on_a_cluster_says_which_permissions_the_account_lacks_and_how_to_grant_them(tmp_path,
+                                                                                             policy_file):
+    """Asked of the API server as SelfSubjectAccessReviews before the first cycle: with the deployed Role
+    nothing is said; with one that forgot the Events rule, that is named at once, with the command that
+    renders the Role (before, a 403 at the first rescale, which may come hours later)."""
+    import yaml as _yaml
+
+    role = next(d for d in _yaml.safe_load_all((ROOT / "deploy" / "controller-rbac.yaml").read_text())
+                if d and d["kind"] == "Role")
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "chat.yaml").write_text(policy_file.read_text())
+    said = {}
+    for case, rules in (("deployed", role["rules"]),
+                        ("no events", [r for r in role["rules"] if r["resources"] != ["events"]])):
+        with FakeKubeAPI("inference") as kube:
+            for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
+                kube.add_deployment(name, 1)
+            kube.role = {**role, "rules": rules}
+            kubeconfig = tmp_path / "kubeconfig"
+            kubeconfig.write_text(json.dumps({
+                "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
+                "users": [{"name": "peakpilot", "user": {"token": "t"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "peakpilot"}}]}))
+            out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(folder), "--once",
+                                  "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
+                                  "--store", str(tmp_path / f"{case}.db")], capture_output=True, text=True,
+                                 timeout=300)
+            assert out.returncode == 0, out.stderr
+            said[case] = out.stderr
+            assert len(kube.calls("POST", "/selfsubjectaccessreviews")) >= 10
+    assert "may not" not in said["deployed"]
+    line = next(ln for ln in said["no events"].splitlines() if "may not" in ln)
+    assert "may not create events.k8s.io/events in inference;" in line
+    assert f"peakpilot check-policy --backend kubernetes --rbac {folder} | kubectl apply -f -" in line
+
+
 def test_json_logs_for_a_log_pipeline(tmp_path, policy_file):
     """PEAKPILOT_LOG_FORMAT=json (as deploy/controller.yaml sets it): every stderr line one JSON object."""
     import os

@@ -17,6 +17,7 @@ import yaml
 from kubernetes import client
 
 from controller.policy import Policy
+from tests.kube_api import role_allows
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 MODELS = {"Deployment": "V1Deployment", "ServiceAccount": "V1ServiceAccount", "Role": "V1Role",
@@ -83,17 +84,6 @@ def test_rbac_is_least_privilege_and_names_the_policy_workloads():
     assert lease["resources"] == ["leases"] and set(lease["verbs"]) == {"get", "update"}
     binding = docs[("RoleBinding", "peakpilot")]
     assert binding["subjects"][0]["name"] == docs[("Deployment", "peakpilot-controller")]["spec"]["template"]["spec"]["serviceAccountName"]
-
-
-def role_allows(role: dict, group: str, resource: str, verb: str, name: str | None) -> bool:
-    """Kubernetes RBAC: some rule names the group, the resource and the verb, and either no names or
-    this one (a create or a list has no name, so a rule with resourceNames never allows it)."""
-    for rule in role["rules"]:
-        names = rule.get("resourceNames")
-        if (group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
-                and (not names or (name is not None and name in names))):
-            return True
-    return False
 
 
 def api_request(method: str, path: str) -> tuple[str, str, str, str | None]:
@@ -193,6 +183,12 @@ def test_check_policy_prints_the_rbac_for_pools_renamed_and_in_another_namespace
                for verb in ("get", "update"))
     assert not role_allows(lease_role, "coordination.k8s.io", "leases", "update", "peakpilot")
     assert "--lease-name peakpilot-team" in out.stdout.splitlines()[1]
+    from controller.rbac import needed  # what the start asks the API server, one permission at a time
+
+    asked = needed([load_policy(home), load_policy(batch)], "peakpilot-team")
+    assert ("batch", "apps", "deployments/scale", "patch", "batch-spot") in asked
+    assert ("inference", "coordination.k8s.io", "leases", "update", "peakpilot-team") in asked
+    assert {verb for *_, verb, _ in needed([load_policy(home)], shadow=True)} == {"get", "list", "watch"}
     # Without the kubernetes backend it says what is missing.
     out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "check-policy", "--rbac", str(home)],
                          capture_output=True, text=True, timeout=120)
