@@ -398,7 +398,7 @@ def say_missing_permissions(api, policies, lease_name: str, shadow: bool, given:
                        + ([f"--lease-name {lease_name}"] if lease_name != "peakpilot" else [])
                        + [str(g) for g in given] + ["| kubectl apply -f -"])
         logging.getLogger("peakpilot.daemon").error(
-            "the controller's account may not %s; its cycles will fail there until it may: %s",
+            "the controller's account may not %s; what needs it fails until it is granted: %s",
             "; ".join(missing), fix)
 
 
