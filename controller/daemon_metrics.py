@@ -50,6 +50,11 @@ class DaemonMetrics:
         self.fallback = metric(Gauge, "peakpilot_forecast_fallback",
                                "1 while the model in use is not the policy's (it fell back, or none is trained)",
                                ["service"])
+        self.training_seconds = metric(Histogram, "peakpilot_training_duration_seconds",
+                                       "Time a training took: reading the history and fitting (failed ones too)",
+                                       ["service"], buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600))
+        self.last_trained = metric(Gauge, "peakpilot_last_training_timestamp_seconds",
+                                   "Unix time the model in use was trained", ["service"])
         self.conflicts = metric(Gauge, "peakpilot_conflicting_autoscalers",
                                 "Other autoscalers (HorizontalPodAutoscalers) that scale this service's workloads",
                                 ["service"])

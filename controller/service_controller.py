@@ -172,6 +172,7 @@ class ServiceController:
         and capacity are taken once at the start, so a reload meanwhile asks for another training."""
         self._trained_at_try = np.datetime64(now, "m")
         policy, signals, rps_per_node = self.policy, self.signals, self.rps_per_node
+        started = time.perf_counter()
         try:
             try:
                 history = signals.history(now)
@@ -192,9 +193,12 @@ class ServiceController:
             self.model, self.model_status, self._trained_for = model, status, trained_for(policy)
             if not self.stopped:
                 self.metrics.fallback.labels(self.service).set(int(model.name != policy.planning.model))
+                self.metrics.last_trained.labels(self.service).set(time.time())
             log.info("%s: trained %s (%s) in %.1f s", self.service, model.name, status, model.fit_seconds)
         finally:
             self._tries += 1
+            if not self.stopped:
+                self.metrics.training_seconds.labels(self.service).observe(time.perf_counter() - started)
 
     def _train(self, now: np.datetime64, why: str) -> None:
         """Train now, in line, or hand it to the daemon's trainer and go on with this cycle."""

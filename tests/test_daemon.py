@@ -969,6 +969,9 @@ def test_a_first_training_that_fails_is_tried_again_within_minutes_not_hours(tmp
     service.signals = DownAtStart(signals)
     daemon.retrain_all()
     assert service.model is None
+    r = service.metrics.registry
+    assert sample(r, "peakpilot_training_duration_seconds_count", service="llm-chat") == 1
+    assert sample(r, "peakpilot_last_training_timestamp_seconds", service="llm-chat") is None  # none trained
     modes = []
     for _ in range(UNTRAINED_RETRY_MIN + 2):
         daemon.cycle_all()
@@ -977,6 +980,9 @@ def test_a_first_training_that_fails_is_tried_again_within_minutes_not_hours(tmp
     assert service.model is not None
     assert modes[0] == "reactive" and modes[-1] == "predictive"
     assert modes.index("predictive") == UNTRAINED_RETRY_MIN  # retried once the pause was over, not every cycle
+    # How long trainings take and when the model in use was trained, for an operator sizing the controller.
+    assert sample(r, "peakpilot_training_duration_seconds_count", service="llm-chat") == 2
+    assert abs(sample(r, "peakpilot_last_training_timestamp_seconds", service="llm-chat") - time.time()) < 60
 
 
 def test_a_retrain_for_a_changed_horizon_that_fails_is_tried_again_within_minutes(tmp_path, policy_file, trace):
