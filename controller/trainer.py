@@ -22,6 +22,8 @@ log = logging.getLogger("peakpilot.daemon")
 
 
 class Trainer:
+    """One worker thread training the daemon's services one at a time, in the order they were asked for."""
+
     def __init__(self) -> None:
         self._queue: queue.Queue = queue.Queue()
         self._asked: dict[int, np.datetime64] = {}  # id(service) -> the latest time it was asked for
