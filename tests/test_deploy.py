@@ -348,6 +348,10 @@ def test_the_dashboard_beside_the_controller_shows_its_store_and_nothing_else_re
     with group.make_context("peakpilot", list(args)) as ctx:
         params = group.get_command(ctx, args[0]).make_context(args[0], list(args[1:]), parent=ctx).params
     assert params["host"] == "127.0.0.1"
+    template = next(d for _, d in documents() if d["kind"] == "Deployment"
+                    and d["metadata"]["name"] == "peakpilot-controller")["spec"]["template"]
+    # `kubectl logs deploy/peakpilot-controller` (README) reads the controller's log, not the dashboard's
+    assert template["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "controller"
     assert not any(key in dashboard for key in ("readinessProbe", "livenessProbe", "startupProbe", "ports"))
     services = [d for _, d in documents() if d["kind"] == "Service"]
     assert all(p.get("targetPort") != params["port"] for s in services for p in s["spec"]["ports"])
