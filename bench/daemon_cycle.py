@@ -87,9 +87,7 @@ def main() -> None:
         # The scheduled retrain, as the running daemon does it: queued for the trainer's thread while the
         # cycles go on (on the same cores), one every 2 s here (30x the daemon's pace of one a minute).
         trainer = Trainer()
-        daemon.trainer = trainer
-        for service in daemon.services:
-            service.trainer = trainer
+        daemon.use_trainer(trainer)
         started = time.perf_counter()
         daemon.queue_retrain_all()
         during = []

@@ -48,10 +48,7 @@ class Daemon:
                  monotonic=time.monotonic, wall=time.time, watch=None, make_service=None,
                  trainer: Trainer | None = None):
         self.services, self.metrics, self.interval_s = services, metrics, interval_s
-        # Trains off the cycle; None (a daemon stepped by hand: --once, tests): each training in line.
-        self.trainer = trainer
-        for service in services:
-            service.trainer = trainer
+        self.use_trainer(trainer)
         # The policy folders (controller/policy_watch.py) and how a file found there becomes a service.
         self.watch, self.make_service = watch, make_service
         self.retrain_cron, self.clock, self.lease = retrain_cron, clock, lease
@@ -65,6 +62,12 @@ class Daemon:
         self.last_cycle_at: float | None = None
         for service in services:  # "no ok cycle since" starts at the start, so that never is alerted on too
             metrics.last_ok_cycle.labels(service.service).set(wall())
+
+    def use_trainer(self, trainer: Trainer | None) -> None:
+        """Train off the cycle on ``trainer``; None (a daemon stepped by hand: --once, tests): in line."""
+        self.trainer = trainer
+        for service in self.services:
+            service.trainer = trainer
 
     def cycle_all(self) -> bool:
         now = self.clock()
@@ -201,9 +204,7 @@ class Daemon:
 
         self.retrain_all()
         if self.trainer is None:
-            self.trainer = Trainer()
-            for service in self.services:
-                service.trainer = self.trainer
+            self.use_trainer(Trainer())
         sched = self.scheduler = BlockingScheduler(
             timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1,
                                           "misfire_grace_time": max(1, int(self.interval_s))})

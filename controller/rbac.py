@@ -96,6 +96,12 @@ def needed(policies: list[Policy], lease_name: str = "peakpilot",
     return out
 
 
+def rbac_command(lease_name: str, given: Iterable) -> str:
+    """The command that renders the RBAC for these policy files and this Lease."""
+    return " ".join(["peakpilot check-policy --backend kubernetes --rbac"]
+                    + ([f"--lease-name {lease_name}"] if lease_name != "peakpilot" else []) + [str(g) for g in given])
+
+
 def render_rbac(policies: list[Policy], lease_name: str = "peakpilot",
                 how: str = "peakpilot check-policy --backend kubernetes --rbac POLICY_FILES") -> str:
     """The documents as one YAML stream, lists of names on one line; ``how`` names the command that made it."""

@@ -351,15 +351,13 @@ def check_policy(
     policies, problems = load_policies(files, backend)
     messages = [m for ms in problems.values() for m in ms]
     if rbac:
-        from controller.rbac import render_rbac
+        from controller.rbac import rbac_command, render_rbac
 
         for message in messages:
             typer.echo(f"error  {message}", err=True)
         if problems:
             raise typer.Exit(2)
-        how = " ".join(["peakpilot check-policy --backend kubernetes --rbac"]
-                       + ([f"--lease-name {lease_name}"] if lease_name != "peakpilot" else [])
-                       + [str(p) for p in (paths or [DEFAULT_POLICY])])
+        how = rbac_command(lease_name, paths or [DEFAULT_POLICY])
         typer.echo(render_rbac(list(policies.values()), lease_name, how), nl=False)
         return
     if as_json:
@@ -385,7 +383,7 @@ def say_missing_permissions(api, policies, lease_name: str, shadow: bool, given:
     """Ask the API server, before the first cycle, whether this account may do what the policies need;
     say what it may not, and how to grant it (controller/preflight.py)."""
     from controller.preflight import missing_permissions
-    from controller.rbac import needed
+    from controller.rbac import needed, rbac_command
 
     wanted = [p for p in needed(policies, lease_name, shadow) if only is None or (p[0] == only and p[2] != "leases")]
     try:
@@ -394,9 +392,7 @@ def say_missing_permissions(api, policies, lease_name: str, shadow: bool, given:
         logging.getLogger("peakpilot.daemon").warning("could not check the controller's permissions: %s", exc)
         return
     if missing:
-        fix = " ".join(["peakpilot check-policy --backend kubernetes --rbac"]
-                       + ([f"--lease-name {lease_name}"] if lease_name != "peakpilot" else [])
-                       + [str(g) for g in given] + ["| kubectl apply -f -"])
+        fix = f"{rbac_command(lease_name, given)} | kubectl apply -f -"
         logging.getLogger("peakpilot.daemon").error(
             "the controller's account may not %s; what needs it fails until it is granted: %s",
             "; ".join(missing), fix)

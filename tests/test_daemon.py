@@ -490,6 +490,19 @@ def test_run_once_and_a_broken_policy_at_start(tmp_path, policy_file):
     assert out.returncode == 2 and f"no policy files (*.yaml) in {tmp_path / 'empty'}" in out.stderr
 
 
+def run_once_on(kube: FakeKubeAPI, folder: Path, tmp_path: Path, store: str) -> subprocess.CompletedProcess:
+    """`peakpilot run --once --backend kubernetes` on a policy folder, its kubeconfig naming the fake API server."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
+        "users": [{"name": "peakpilot", "user": {"token": "t"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "peakpilot"}}]}))
+    return subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(folder), "--once",
+                           "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
+                           "--store", str(tmp_path / f"{store}.db")], capture_output=True, text=True, timeout=300)
+
+
 def test_run_on_the_kubernetes_backend_from_a_kubeconfig_takes_the_lease_and_scales(tmp_path, policy_file):
     """The command as a cluster runs it (`peakpilot run --backend kubernetes`), end to end against the fake
     API server: the kubeconfig's server is used, the Lease taken, each class's Deployment scaled."""
@@ -499,15 +512,7 @@ def test_run_on_the_kubernetes_backend_from_a_kubeconfig_takes_the_lease_and_sca
     with FakeKubeAPI("inference") as kube:
         for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
             kube.add_deployment(name, 1)
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
-            "users": [{"name": "peakpilot", "user": {"token": "t"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "peakpilot"}}]}))
-        out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(folder), "--once",
-                              "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
-                              "--store", str(tmp_path / "k.db")], capture_output=True, text=True, timeout=300)
+        out = run_once_on(kube, folder, tmp_path, "k")
         assert out.returncode == 0, out.stderr
         assert "llm-chat: ok" in out.stdout
         assert kube.leases and kube.calls("POST", "/leases")
@@ -537,16 +542,7 @@ def test_a_start_on_a_cluster_says_which_permissions_the_account_lacks_and_how_t
             for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
                 kube.add_deployment(name, 1)
             kube.role = {**role, "rules": rules}
-            kubeconfig = tmp_path / "kubeconfig"
-            kubeconfig.write_text(json.dumps({
-                "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-                "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
-                "users": [{"name": "peakpilot", "user": {"token": "t"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "peakpilot"}}]}))
-            out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(folder), "--once",
-                                  "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
-                                  "--store", str(tmp_path / f"{case}.db")], capture_output=True, text=True,
-                                 timeout=300)
+            out = run_once_on(kube, folder, tmp_path, case)
             assert out.returncode == 0, out.stderr
             said[case] = out.stderr
             assert len(kube.calls("POST", "/selfsubjectaccessreviews")) >= 10
@@ -1144,7 +1140,7 @@ def test_a_changed_policy_retrains_in_the_background_on_the_safety_net_meanwhile
     daemon, service, _ = make(policy_file, trace, Store(str(tmp_path / "h.db")), clock,
                               SimulatedActuator(load_policy_of(policy_file), reserved=3, seed=1), signals=gated)
     trainer = Trainer()
-    daemon.trainer = service.trainer = trainer
+    daemon.use_trainer(trainer)
     daemon.retrain_all()
     run_cycles(daemon, clock, 2)
     assert daemon.last_cycle["llm-chat"]["mode"] == "predictive"
