@@ -21,7 +21,8 @@
 * Each scale it sends is also an ``events.k8s.io/v1`` Event on the Deployment, with the decision's reason,
   as the HPA records its rescales: ``kubectl describe deployment`` and ``kubectl get events`` say why.
   Events are best effort: one that cannot be written (RBAC without ``create`` on events) is said once
-  in the log and never fails the scale.
+  in the log and never fails the scale. What an operator should look into is a Warning Event on the
+  service's Deployments (``announce``): a fall back to the reactive safety net, another autoscaler on a pool.
 * A HorizontalPodAutoscaler left on one of the workloads (say, from before peakpilot) would undo every
   scale and have its own undone: the view names it, and the daemon says so and exports it. In shadow
   mode, which runs beside the autoscaler it is compared with, that is expected and not looked for.
@@ -34,9 +35,10 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from controller.kube_client import ApiUnreachable, micro_time, with_retry
+from controller.kube_client import ApiUnreachable, with_retry
+from controller.kube_events import event, scale_event
 from controller.policy import CLASSES
 from controller.state import ClusterView, Decision, paid_minutes_left
 
@@ -46,10 +48,6 @@ DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 PROTECTED_BY_US = "peakpilot.io/protected"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 FAILED_DELETION_COST = "-2147483647"  # the lowest there is: a failed pod goes before any other
-# The Events the controller writes: who wrote them, and the API's limits on their fields.
-REPORTING_CONTROLLER = "peakpilot.io/controller"
-EVENT_REASON = "SuccessfulRescale"  # the HPA's reason for the same act, so filters written for it match
-EVENT_NOTE_MAX = 1024
 
 
 @dataclass
@@ -73,6 +71,8 @@ class KubernetesActuator:
     _paid: dict = field(default_factory=dict)  # class -> [(pod name, paid minutes left, its deletion cost now)]
     _event_failure: str | None = field(default=None, init=False)  # why the last Event could not be written
     _hpa_failure: str | None = field(default=None, init=False)  # why autoscalers could not be listed last time
+    _uids: dict = field(default_factory=dict, init=False)  # Deployment name -> uid, as the last view read them
+    _last_stamp: datetime | None = field(default=None, init=False)  # the last Event's time
 
     def __post_init__(self) -> None:
         from kubernetes import client
@@ -92,6 +92,7 @@ class KubernetesActuator:
             if not name:
                 continue
             deployment = with_retry(self.apps.read_namespaced_deployment, name, ns, sleep=self.sleep)
+            self._uids[name] = deployment.metadata.uid
             selector = ",".join(f"{k}={v}" for k, v in (deployment.spec.selector.match_labels or {}).items())
             pods = with_retry(self.core.list_namespaced_pod, ns, label_selector=selector, sleep=self.sleep).items
             counted = 0
@@ -186,15 +187,34 @@ class KubernetesActuator:
             with_retry(self.apps.patch_namespaced_deployment_scale, name, self.target.namespace,
                        {"spec": {"replicas": replicas}}, sleep=self.sleep)
             sent.append(line)
-            self._record_event(name, scale.metadata.uid, current, replicas, why)
+            self._record_event(name, scale_event(self.target.namespace, name, scale.metadata.uid, current,
+                                                 replicas, why, self.instance, self._stamp()))
         self.last_requests = sent
         return sent
 
-    def _record_event(self, deployment: str, uid: str | None, old: int, new: int, why: str) -> None:
-        """The rescale as an Event on its Deployment; a failure is logged once (until one succeeds again)."""
+    def announce(self, warning: bool, reason: str, note: str) -> None:
+        """An Event on each of the service's Deployments (``kubectl describe`` of any pool shows it, and
+        ``kubectl get events --field-selector type=Warning`` lists it): for what changed in how the
+        controller decides, not for each scale. Best effort, as the rescale Events; nothing in shadow."""
+        if self.shadow:
+            return
+        for name in dict.fromkeys(self.target.workloads.values()):
+            self._record_event(name, event(self.target.namespace, name, self._uids.get(name), warning, reason,
+                                           "Decide", note, self.instance, self._stamp()))
+
+    def _stamp(self) -> datetime:
+        """The time of a new Event, after the last one's: an Event is named by its object and its time,
+        and a second one of the same name is refused (409 AlreadyExists)."""
+        now = self.clock()
+        if self._last_stamp is not None and now <= self._last_stamp:
+            now = self._last_stamp + timedelta(microseconds=1)
+        self._last_stamp = now
+        return now
+
+    def _record_event(self, deployment: str, body: dict) -> None:
+        """An Event on a Deployment; a failure is logged once (until one succeeds again)."""
         from kubernetes.client.exceptions import ApiException
 
-        body = scale_event(self.target.namespace, deployment, uid, old, new, why, self.instance, self.clock())
         try:
             with_retry(self.events.create_namespaced_event, self.target.namespace, body, attempts=1,
                        sleep=self.sleep)
@@ -203,8 +223,8 @@ class KubernetesActuator:
             if how != self._event_failure:
                 hint = " (the controller's Role needs create on events.k8s.io events: deploy/controller-rbac.yaml)" \
                     if getattr(exc, "status", None) == 403 else ""
-                log.warning("could not record the rescale of %s as a Kubernetes Event: %s%s; the scale itself "
-                            "was sent", deployment, how, hint)
+                log.warning("could not record a Kubernetes Event (%s) on %s: %s%s; the controller goes on "
+                            "without it", body["reason"], deployment, how, hint)
             self._event_failure = how
         else:
             self._event_failure = None
@@ -215,23 +235,6 @@ class KubernetesActuator:
             if cost != str(left):
                 with_retry(self.core.patch_namespaced_pod, name, self.target.namespace,
                            {"metadata": {"annotations": {DELETION_COST: str(left)}}}, sleep=self.sleep)
-
-
-def scale_event(namespace: str, deployment: str, uid: str | None, old: int, new: int, why: str, instance: str,
-                now: datetime) -> dict:
-    """An ``events.k8s.io/v1`` Event saying a Deployment was rescaled and why, named as client-go names
-    its events (the object's name and the time in nanoseconds)."""
-    regarding = {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": namespace, "name": deployment}
-    if uid:  # kubectl describe finds an object's events by its uid
-        regarding["uid"] = uid
-    note = f"replicas {old} -> {new}; {why}"
-    if len(note.encode()) > EVENT_NOTE_MAX:
-        note = note.encode()[: EVENT_NOTE_MAX - 3].decode(errors="ignore") + "..."
-    return {"apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"name": f"{deployment}.{int(now.timestamp() * 1e9):x}", "namespace": namespace},
-            "eventTime": micro_time(now),
-            "type": "Normal", "reason": EVENT_REASON, "action": "Scale", "note": note, "regarding": regarding,
-            "reportingController": REPORTING_CONTROLLER, "reportingInstance": instance[:128]}
 
 
 # Container states that do not end by themselves: the kubelet retries them with growing back-off, and the

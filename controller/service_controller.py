@@ -74,6 +74,10 @@ class ServiceController:
     stopped: bool = field(default=False, init=False)
     # What the last cycle decided (mode, and nodes per class): a change is logged once, with its reason.
     _said: dict = field(default_factory=dict, init=False)
+    # What the operator was last told through the actuator (Kubernetes Events): the mode, the autoscalers.
+    _announced: dict = field(default_factory=dict, init=False)
+    _no_forecast: str | None = field(default=None, init=False)  # why the last cycle had no forecast
+    _training_problem: str | None = field(default=None, init=False)  # why the last training failed
 
     def __post_init__(self) -> None:
         self.policy = load_policy(self.policy_path)  # a broken policy at start is the caller's to report
@@ -177,12 +181,14 @@ class ServiceController:
             try:
                 history = signals.history(now)
             except SignalError as exc:
-                self._error("signals", f"no history to retrain on: {exc}; the last model stays")
+                self._training_problem = f"no history to train on: {exc}"
+                self._error("signals", f"{self._training_problem}; the last model stays")
                 return
             try:
                 model, status = fit_with_fallback(policy.planning.model, history, seed=self.seed,
                                                   options=horizon_options(policy.planning.horizon_min))
             except Exception as exc:
+                self._training_problem = f"training failed: {exc}"
                 self._error("forecast", f"retrain failed: {exc}; the last model stays")
                 return
             if policy.reserved.count == "auto":
@@ -191,6 +197,7 @@ class ServiceController:
                 load = history.counts.to_numpy() / history.step.total_seconds()
                 self._auto_reserved = recommend_reserved(load, policy, rps_per_node)["reserved"]
             self.model, self.model_status, self._trained_for = model, status, trained_for(policy)
+            self._training_problem = None
             if not self.stopped:
                 self.metrics.fallback.labels(self.service).set(int(model.name != policy.planning.model))
                 self.metrics.last_trained.labels(self.service).set(time.time())
@@ -262,6 +269,8 @@ class ServiceController:
             except Exception as exc:
                 self._error("actuator", f"apply failed: {exc}")
         self._log_changes(result, acting)
+        if acting:
+            self._announce(result, view.conflicts)
         cost = sum(view.active(c) * policy.price(c) for c in CLASSES)
         row = {"load_rps": observed, "forecast_q50": None, "forecast_q90": None,
                "ready": view.ready(), "warming": sum(view.warming(c) + view.counts[c]["pending"] for c in CLASSES),
@@ -323,22 +332,50 @@ class ServiceController:
                         "" if d.desired == 1 else "s", d.current, d.reason)
             self._said[d.cls] = d.desired
 
+    def _announce(self, result, conflicts: list[str]) -> None:
+        """Tell the operator, where the cluster keeps what it is told (Warning Events on the service's
+        Deployments), of what needs a look: a fall back to the reactive safety net, and the return from
+        it; another autoscaler on a pool. Once per change, by the replica that acts; never fails a cycle."""
+        said = []
+        mode, was = result.mode, self._announced.get("mode")
+        if mode == "reactive" and was != "reactive":
+            said.append((True, "FallbackToReactive", f"{self.service}: the reactive safety net alone decides: "
+                                                     f"{self._no_forecast or result.reason}"))
+        elif mode == "predictive" and was == "reactive":
+            said.append((False, "ForecastResumed", f"{self.service}: planning on the forecast again"))
+        if conflicts and conflicts != self._announced.get("conflicts"):
+            said.append((True, "ConflictingAutoscaler", f"{self.service}: {'; '.join(conflicts)}: each undoes the "
+                                                        "other's replicas; delete it"))
+        self._announced.update(mode=mode, conflicts=conflicts)
+        for warning, reason, note in said:
+            try:
+                self.actuator.announce(warning, reason, note)
+            except Exception as exc:  # a message about the cycle must not fail it
+                log.warning("%s: could not announce %s: %s", self.service, reason, exc)
+
     def _model_fits(self) -> bool:
         """A model is in, trained on the policy's series and for its horizon (another model name will do
         until its successor is in)."""
         return self.model is not None and self._trained_for in (None, trained_for(self.policy))
 
     def _forecast(self, now: np.datetime64) -> MinuteForecast | None:
-        if not self._model_fits():
-            return None  # the safety net decides alone until a model for this policy is trained
+        self._no_forecast = None
+        if not self._model_fits():  # the safety net decides alone until a model for this policy is trained
+            self._no_forecast = ("no model yet" if self.model is None else
+                                 "the model in use was trained for another series or a shorter horizon") + \
+                (f" ({self._training_problem}; tried again every {UNTRAINED_RETRY_MIN} min)" if self._training_problem
+                 else " (a training is under way)")
+            return None
         try:
             history = self.signals.history(now)
             fc = self.model.predict(history, self.policy.planning.horizon_min)
         except SignalError as exc:
-            self._error("signals", f"no history for the forecast: {exc}")
+            self._no_forecast = f"no history for the forecast: {exc}"
+            self._error("signals", self._no_forecast)
             return None
         except Exception as exc:
-            self._error("forecast", f"forecast failed: {exc}")
+            self._no_forecast = f"forecast failed: {exc}"
+            self._error("forecast", self._no_forecast)
             return None
         return minute_forecast(fc, self.model_status)
 

@@ -204,6 +204,9 @@ class FakeKubeAPI:
                 if problems:
                     return 422, status_body(422, "Invalid", f'Event "{body.get("metadata", {}).get("name")}" is '
                                                            f'invalid: {"; ".join(problems)}'), {}
+                name = body["metadata"]["name"]
+                if any(e["metadata"]["name"] == name for e in self.events):
+                    return 409, status_body(409, "AlreadyExists", f'events.events.k8s.io "{name}" already exists'), {}
                 event = merge(copy.deepcopy(body), {"metadata": {"resourceVersion": self._rv()}})
                 self.events.append(event)
                 return 201, event, {}

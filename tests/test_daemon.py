@@ -70,6 +70,9 @@ class FlakyActuator:
         self.applied.append({d.cls: d.desired for d in decisions})
         return self.inner.apply(decisions, placeholder)
 
+    def announce(self, warning, reason, note):
+        self.inner.announce(warning, reason, note)
+
 
 def make(policy_file, trace, store, clock, actuator, signals=None):
     metrics = DaemonMetrics()
@@ -300,10 +303,59 @@ def test_an_hpa_on_a_pool_it_scales_is_said_once_and_exported(tmp_path, policy_f
             assert len(said) == 1 and "HorizontalPodAutoscaler llm-spot scales Deployment llm-spot too" in said[0]
             assert 'peakpilot_conflicting_autoscalers{service="llm-chat"} 1.0' in \
                 generate_latest(service.metrics.registry).decode()
+            # Told once as a Warning Event on each pool too (kubectl get events --field-selector type=Warning).
+            told = [(e["regarding"]["name"], e["type"], e["note"]) for e in kube.events
+                    if e["reason"] == "ConflictingAutoscaler"]
+            assert [t[:2] for t in told] == [("llm-reserved", "Warning"), ("llm-spot", "Warning"),
+                                             ("llm-on-demand", "Warning")]
+            assert told[0][2] == ("llm-chat: HorizontalPodAutoscaler llm-spot scales Deployment llm-spot too: "
+                                  "each undoes the other's replicas; delete it")
             del kube.hpas["llm-spot"]  # deleted, as the log says to
             run_cycles(daemon, clock, 1)
         assert 'peakpilot_conflicting_autoscalers{service="llm-chat"} 0.0' in \
             generate_latest(service.metrics.registry).decode()
+
+
+def test_a_fall_back_to_reactive_and_back_is_told_once_as_kubernetes_events(tmp_path, policy_file, trace):
+    """``kubectl get events --field-selector type=Warning`` shows when, and why, the controller lost its
+    forecast and scales on observed load alone, once per fall (not once a minute), and a Normal Event
+    when it plans on the forecast again; a follower of the Lease tells nothing."""
+
+    class Broken:
+        name = "ensemble"
+
+        def predict(self, history, horizon_min):
+            raise RuntimeError("injected: the model's file is corrupt")
+
+    def told(kube):
+        return [(e["reason"], e["type"], e["regarding"]["name"], e["note"]) for e in kube.events
+                if e["reason"] != "SuccessfulRescale"]
+
+    with FakeKubeAPI("inference") as kube:
+        for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
+            kube.add_deployment(name, 1)
+        target = KubernetesTarget("inference", {"reserved": "llm-reserved", "spot": "llm-spot",
+                                                "on_demand": "llm-on-demand"}, "llm-placeholder")
+        clock = Clock()
+        daemon, service, _ = make(policy_file, trace, Store(str(tmp_path / "e.db")), clock,
+                                  KubernetesActuator(api_client(host=kube.url), target, sleep=lambda s: None))
+        run_cycles(daemon, clock, 3)  # never trained: the safety net alone
+        assert [t[:3] for t in told(kube)] == [("FallbackToReactive", "Warning", n)
+                                               for n in ("llm-reserved", "llm-spot", "llm-on-demand")]
+        assert told(kube)[0][3].startswith("llm-chat: the reactive safety net alone decides: no model yet")
+        run_cycles(daemon, clock, 2, retrain_at=(0,))
+        assert [t[:2] for t in told(kube)[3:]] == [("ForecastResumed", "Normal")] * 3
+        model = service.model
+        service.model = Broken()
+        run_cycles(daemon, clock, 3)
+        assert len(told(kube)) == 9 and all(t[0] == "FallbackToReactive" for t in told(kube)[6:])
+        assert told(kube)[-1][3].endswith("forecast failed: injected: the model's file is corrupt")
+        service.model = model
+        service.acting = lambda: False  # another replica leads now: it tells, not this one
+        run_cycles(daemon, clock, 2)
+        service.model = Broken()
+        run_cycles(daemon, clock, 2)
+        assert len(told(kube)) == 9
 
 
 def test_failed_pods_are_said_once_counted_and_not_held(tmp_path, policy_file, trace, caplog):
@@ -473,12 +525,29 @@ def test_daemon_process_serves_metrics_follows_its_policy_folder_and_stops_clean
         assert len(runs) == 2 and all(r["kind"] == "daemon" and len(st.timeline(r["id"])) >= 1 for r in runs)
 
 
+def test_dry_run_prints_the_events_it_would_record():
+    import io
+
+    from controller.actuators import DryRunActuator
+
+    out = io.StringIO()
+    act = DryRunActuator({"reserved": "llm-reserved", "spot": "llm-spot", "on_demand": "llm-od"}, "inference", out)
+    act.announce(True, "FallbackToReactive", "llm-chat: the reactive safety net alone decides: no model yet")
+    assert out.getvalue().splitlines() == [
+        f"dry-run: POST /apis/events.k8s.io/v1/namespaces/inference/events (Warning FallbackToReactive on "
+        f"deployments/{name})  # llm-chat: the reactive safety net alone decides: no model yet"
+        for name in ("llm-reserved", "llm-spot", "llm-od")]
+
+
 def test_run_once_and_a_broken_policy_at_start(tmp_path, policy_file):
     ok = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(policy_file), "--once",
                          "--backend", "dry-run", "--store", str(tmp_path / "o.db")], capture_output=True, text=True,
                         timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert "dry-run: PATCH /apis/apps/v1/namespaces/inference/deployments/llm-spot/scale" in ok.stdout
+    # and, beside each scale, the Event a cluster would record for it
+    assert ("dry-run: POST /apis/events.k8s.io/v1/namespaces/inference/events (Normal SuccessfulRescale on "
+            "deployments/llm-spot)") in ok.stdout
     broken = tmp_path / "broken.yaml"
     broken.write_text(policy_file.read_text().replace("max_share: 0.6", "max_share: 1.6"))
     out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(broken), "--once"],

@@ -142,6 +142,27 @@ def test_an_event_that_cannot_be_written_never_fails_the_scale_and_is_said_once(
     assert act._event_failure is None
 
 
+def test_an_announcement_is_a_warning_event_on_each_of_the_services_deployments(kube):
+    """What needs an operator's look (the forecast lost, another autoscaler) is a Warning Event on every
+    pool of the service, so that ``kubectl describe`` of any of them and ``kubectl get events
+    --field-selector type=Warning`` show it; not on the placeholder, and nothing in shadow mode. Two
+    Events in the same microsecond (a fixed clock here) get distinct names: the API server refuses a
+    second Event of the same name (409 AlreadyExists)."""
+    at = datetime(2026, 11, 27, 18, 0, 5, tzinfo=timezone.utc)
+    act = actuator(kube, instance="peakpilot-7d9f-x2", clock=lambda: at)
+    act.view()
+    act.announce(True, "FallbackToReactive", "llm-chat: the reactive safety net alone decides: forecast failed")
+    act.apply([Decision("spot", 5, 3, "reactive")])
+    assert [(e["regarding"]["name"], e["type"], e["reason"]) for e in kube.events] == [
+        ("llm-reserved", "Warning", "FallbackToReactive"), ("llm-spot", "Warning", "FallbackToReactive"),
+        ("llm-od", "Warning", "FallbackToReactive"), ("llm-spot", "Normal", "SuccessfulRescale")]
+    assert kube.events[1]["regarding"]["uid"] == "uid-deployment-llm-spot"  # as the view read it
+    assert kube.events[1]["note"].endswith("forecast failed") and kube.events[1]["action"] == "Decide"
+    assert len({e["metadata"]["name"] for e in kube.events}) == 4 and act._event_failure is None
+    actuator(kube, shadow=True).announce(True, "ConflictingAutoscaler", "x")
+    assert len(kube.events) == 4
+
+
 @pytest.mark.parametrize("status", [409, 429, 500, 503])
 def test_conflicts_throttling_and_server_errors_are_retried(kube, status):
     kube.fail("PATCH", "/llm-spot/scale", status, retry_after=0 if status == 429 else None)
