@@ -24,6 +24,7 @@ TIMELINE_COLUMNS = ("load_rps", "forecast_q50", "forecast_q90", "ready", "warmin
                     "ready_spot", "ready_on_demand", "cost_per_hour", "cost_reserved", "cost_spot", "cost_on_demand",
                     "in_time", "late", "busy", "plan_nodes", "plan_cost_per_hour", "plan_ready", "plan_in_time",
                     "plan_late", "plan_busy")
+TEXT_COLUMNS = ("mode",)  # the daemon's: predictive, or reactive (the safety net alone, for want of a forecast)
 
 metadata = sa.MetaData()
 runs = sa.Table(
@@ -42,6 +43,7 @@ timeline = sa.Table(
     sa.Column("minute", sa.BigInteger, primary_key=True),  # minutes since the epoch for the daemon
     sa.Column("ts", sa.Text, nullable=False),
     *(sa.Column(c, sa.Float) for c in TIMELINE_COLUMNS),
+    *(sa.Column(c, sa.Text) for c in TEXT_COLUMNS),
 )
 decisions = sa.Table(
     "decisions", metadata,
@@ -145,10 +147,11 @@ class Store:
     def _migrate(conn) -> None:
         """Add timeline columns a newer version records to a store an older one created."""
         have = {c["name"] for c in sa.inspect(conn).get_columns("timeline")}
-        kind = sa.Float().compile(dialect=conn.dialect)
-        for column in TIMELINE_COLUMNS:
-            if column not in have:
-                conn.exec_driver_sql(f"ALTER TABLE timeline ADD COLUMN {column} {kind}")
+        for columns, kind in ((TIMELINE_COLUMNS, sa.Float()), (TEXT_COLUMNS, sa.Text())):
+            for column in columns:
+                if column not in have:
+                    conn.exec_driver_sql(f"ALTER TABLE timeline ADD COLUMN {column} "
+                                         f"{kind.compile(dialect=conn.dialect)}")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -219,7 +222,7 @@ class Store:
         with self._write() as conn:
             conn.execute(timeline.delete().where(timeline.c.run_id == run_id, timeline.c.minute == minute))
             conn.execute(timeline.insert().values(run_id=run_id, minute=minute, ts=ts,
-                                                  **{c: row.get(c) for c in TIMELINE_COLUMNS}))
+                                                  **{c: row.get(c) for c in TIMELINE_COLUMNS + TEXT_COLUMNS}))
             conn.execute(decisions.delete().where(decisions.c.run_id == run_id, decisions.c.minute == minute))
             if decided:
                 conn.execute(decisions.insert(), [{"run_id": run_id, "minute": minute, "ts": ts, "cls": d.cls,
@@ -255,6 +258,26 @@ class Store:
         if text is None:
             raise KeyError(f"no run {run_id} in {self.name}")
         return json.loads(text)
+
+    def latest_cycles(self) -> list[dict]:
+        """Each service the daemon has run: its last recorded cycle, with that cycle's decisions (what
+        ``peakpilot status`` shows), by service name. One indexed read per table, however long the timeline."""
+        last = (sa.select(timeline.c.run_id, sa.func.max(timeline.c.minute).label("minute"))
+                .group_by(timeline.c.run_id).subquery())
+        joined = runs.join(timeline, timeline.c.run_id == runs.c.id).join(
+            last, sa.and_(last.c.run_id == timeline.c.run_id, last.c.minute == timeline.c.minute))
+        c = decisions.c
+        with self._read() as conn:
+            have = {col["name"] for col in sa.inspect(conn).get_columns("timeline")}  # read-only: not migrated
+            query = (sa.select(runs.c.strategy.label("service"), runs.c.policy,
+                               *(col for col in timeline.c if col.name in have))
+                     .select_from(joined).where(runs.c.kind == "daemon").order_by(runs.c.strategy))
+            found = [dict(r) for r in conn.execute(query).mappings().all()]
+            for cycle in found:
+                cycle["decisions"] = [dict(d) for d in conn.execute(
+                    sa.select(c.cls, c.desired, c.current, c.reason)
+                    .where(c.run_id == cycle["run_id"], c.minute == cycle["minute"]).order_by(c.cls)).mappings()]
+        return found
 
     def timeline(self, run_id: int):
         import pandas as pd

@@ -609,6 +609,37 @@ def loadgen(
 
 
 @app.command()
+def status(
+    store: str = typer.Option("sqlite:///runs/daemon/peakpilot.db", "--store", envvar="PEAKPILOT_STORE",
+                              help="The store the daemon writes (as `run` reads it: the same variable and "
+                                   "default); read-only."),
+    service: Optional[str] = typer.Option(None, "--service", help="Only this service."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: {\"store\", \"services\": [...]}."),
+) -> None:
+    """What each service's controller last decided and why: load, forecast, nodes ready against nodes
+    asked for, by class, and each class's reason. Flags a service whose last cycle is old."""
+    from controller.status import render_status, service_status
+    from controller.store import Store, StoreError
+
+    try:
+        with Store(store, readonly=True) as st:
+            found = service_status(st)
+            name = st.name
+    except (StoreError, FileNotFoundError) as exc:
+        fail(f"{exc} (`peakpilot run --store` writes it)")
+    if service is not None:
+        found = [s for s in found if s["service"] == service]
+        if not found:
+            fail(f"no service {service!r} in the store {name}")
+    elif not found:
+        fail(f"the store {name} holds no cycle of a daemon yet (`peakpilot run` records one a cycle)")
+    if as_json:
+        typer.echo(json.dumps({"store": name, "services": found}))
+    else:
+        typer.echo(render_status(found))
+
+
+@app.command()
 def dashboard(
     store: str = typer.Option(str(default_runs_dir() / "demo" / "peakpilot.db"),
                               "--store", envvar="PEAKPILOT_STORE",

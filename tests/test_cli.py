@@ -150,6 +150,57 @@ def test_bad_input_exits_2_with_a_clear_message(args, message):
     assert "Retrying" not in out.stderr  # urllib3's retries are logged only with --verbose
 
 
+def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(tmp_path):
+    """``peakpilot status`` on the store a daemon writes: a line per service (load, forecast, ready
+    against decided by class), each class's reason, a service whose last cycle is old flagged as such;
+    ``--json``, ``--service``, and exit 2 naming the store where there is nothing to show."""
+    from datetime import datetime, timedelta, timezone
+
+    import numpy as np
+
+    from controller.state import Decision
+    from controller.store import Store
+
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0, tzinfo=None)
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    with Store(url) as st:
+        for service, ago, mode, spot in (("llm-chat", 1, "predictive", 7), ("llm-old", 45, "reactive", 2)):
+            at = now - timedelta(minutes=ago)
+            minute = int(np.datetime64(at, "m").astype("int64"))
+            st.record_cycle(st.service_run(service, f"{service}.yaml"), minute, at.isoformat(timespec="minutes"),
+                            {"load_rps": 412.25, "forecast_q50": 400.0, "forecast_q90": 498.0, "mode": mode,
+                             "ready_reserved": 4.0, "ready_spot": 5.0, "ready_on_demand": 0.0, "warming": 2.0,
+                             "draining": 0.0, "cost_per_hour": 17.6},
+                            [Decision("spot", spot, 7, "forecast needs 11 by +14 min (q90, lead 16 min)"),
+                             Decision("reserved", 4, 4, "reserved count 4")], {})
+    out = run("status", "--store", url)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["SERVICE", "LAST", "CYCLE", "MODE", "LOAD", "req/s", "FORECAST", "q90", "READY",
+                                "r/s/od", "WARMING", "DECIDED", "r/s/od", "COST/h"]
+    chat, old = lines[1].split(), lines[2].split()
+    assert chat[0] == "llm-chat" and chat[3:5] == ["min", "ago)"] and chat[2] in ("(1", "(2")
+    assert chat[5:] == ["predictive", "412.2", "498.0", "4/5/0", "2", "4/7/-", "17.60"]
+    assert old[0] == "llm-old" and old[5] == "stale"
+    assert "  reserved: 4 nodes (4 running): reserved count 4" in lines
+    assert "  spot: 7 nodes (7 running): forecast needs 11 by +14 min (q90, lead 16 min)" in lines
+    assert any(line.startswith("llm-old: no cycle recorded for 4") and "its daemon is not running" in line
+               for line in lines)
+    doc = json.loads(run("status", "--store", url, "--json", "--service", "llm-chat").stdout)
+    assert [s["service"] for s in doc["services"]] == ["llm-chat"] and doc["store"] == url
+    chat = doc["services"][0]
+    assert (chat["mode"], chat["stale"], chat["ready"], chat["warming"]) == (
+        "predictive", False, {"reserved": 4, "spot": 5, "on_demand": 0}, 2)
+    assert [(d["cls"], d["desired"]) for d in chat["decisions"]] == [("reserved", 4), ("spot", 7)]
+    for args, message in ((["--service", "llm-nope"], "no service 'llm-nope' in the store"),
+                          ([], "does not exist")):
+        bad = run("status", "--store", url if args else str(tmp_path / "none.db"), *args)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+    Store(f"sqlite:///{tmp_path / 'empty.db'}").close()
+    empty = run("status", "--store", str(tmp_path / "empty.db"))
+    assert empty.returncode == 2 and "holds no cycle of a daemon yet" in empty.stderr
+
+
 def test_check_policy_passes_the_shipped_ones_and_names_every_problem(tmp_path):
     out = run("check-policy")
     assert out.returncode == 0, out.stderr

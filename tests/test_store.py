@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -53,6 +54,32 @@ def test_a_daemon_run_continues_across_reopening(store_url):
         made = st.decisions(run_id)
         assert list(made["desired"]) == [2 + m % 3 for m in range(10)] and set(made["reason"]) == {"forecast peak"}
         assert [r["kind"] for r in st.runs()] == ["daemon"]
+
+
+def test_the_last_cycle_of_each_service_is_read_with_its_decisions(store_url):
+    """What ``peakpilot status`` reads: per service the daemon runs, the row of its latest minute and that
+    minute's decisions (not a replay's, not an earlier minute's); from a store an older version wrote,
+    read-only and so not migrated, too."""
+    with Store(store_url) as st:
+        chat, search = st.service_run("llm-chat", "chat.yaml"), st.service_run("llm-search", "search.yaml")
+        for minute in range(5):
+            st.record_cycle(chat, 100 + minute, ts(100 + minute), {**row(10.0 + minute), "mode": "predictive"},
+                            [decision("spot", 2 + minute), decision("reserved", 3)], {})
+        st.record_cycle(search, 90, ts(90), {**row(7.0), "mode": "reactive"}, [decision("on_demand", 4, "reactive")],
+                        {})
+        st.record_replay({"trace": "x.csv"}, SimpleNamespace(
+            strategy="predictive", timeline={c: np.ones(3) for c in TIMELINE_COLUMNS},
+            decisions=[]), np.arange(np.datetime64("2026-01-01T00:00"), np.datetime64("2026-01-01T00:03")))
+    with Store(store_url, readonly=True) as st:
+        found = st.latest_cycles()
+    assert [(c["service"], c["policy"], c["minute"], c["load_rps"], c["mode"]) for c in found] == [
+        ("llm-chat", "chat.yaml", 104, 14.0, "predictive"), ("llm-search", "search.yaml", 90, 7.0, "reactive")]
+    assert [(d["cls"], d["desired"]) for d in found[0]["decisions"]] == [("reserved", 3), ("spot", 6)]
+    assert found[1]["decisions"] == [{"cls": "on_demand", "desired": 4, "current": 3, "reason": "reactive"}]
+    with Store(store_url) as st, st.engine.begin() as conn:  # as an older version left it
+        conn.exec_driver_sql("ALTER TABLE timeline DROP COLUMN mode")
+    with Store(store_url, readonly=True) as st:
+        assert [c.get("mode") for c in st.latest_cycles()] == [None, None]
 
 
 def test_a_cycle_redone_replaces_its_rows_and_retention_drops_old_ones(store_url):
