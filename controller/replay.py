@@ -227,6 +227,8 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
     start, end = window
     n = end - start
     timeline = {k: np.zeros(n) for k in TIMELINE} if record else None
+    if record:  # the control cycle's mode each minute (predictive, or reactive for want of a forecast)
+        timeline["mode"] = np.full(n, None, dtype=object)
     if record:  # the shadow estimate's columns are the daemon's; a replay measures its plan directly
         for k in ("plan_ready", "plan_in_time", "plan_late", "plan_busy"):
             timeline[k][:] = np.nan
@@ -260,6 +262,7 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
             in_time, late, busy = service.serve_minute(arrivals, ready)
             busy_share = busy / a if a else 0.0
         if record:
+            timeline["mode"][i] = getattr(getattr(decider, "last", None), "mode", None)
             timeline["plan_nodes"][i] = sum(d.desired for d in chosen) if chosen else np.nan
             timeline["plan_cost_per_hour"][i] = sum(d.desired * policy.price(d.cls) for d in chosen) if chosen else np.nan
             for d in chosen:

@@ -185,7 +185,8 @@ class Store:
             run_id = self._new_run(conn, "replay", doc.get("trace"), doc.get("policy"), run.strategy, doc)
             tl = run.timeline
             rows = [{"run_id": run_id, "minute": i, "ts": str(times[i]),
-                     **{c: None if np.isnan(tl[c][i]) else float(tl[c][i]) for c in TIMELINE_COLUMNS}}
+                     **{c: None if np.isnan(tl[c][i]) else float(tl[c][i]) for c in TIMELINE_COLUMNS},
+                     **{c: tl[c][i] for c in TEXT_COLUMNS if c in tl}}
                     for i in range(len(times))]
             if rows:
                 conn.execute(timeline.insert(), rows)

@@ -147,8 +147,15 @@ with tabs[1]:
     fig.add_trace(go.Scatter(x=part["ts"], y=part["forecast_q90"], name="forecast q90", line={"color": "#f58518", "dash": "dot"}))
     fig.add_trace(go.Scatter(x=part["ts"], y=part["forecast_q50"], name="forecast q50", line={"color": "#f58518"}))
     fig.add_trace(go.Scatter(x=part["ts"], y=part["load_rps"], name="actual", line={"color": COLORS["load"]}))
+    spans = data.safety_net_spans(part)
+    for x0, x1 in spans:  # no usable forecast: the safety net alone decided
+        fig.add_vrect(x0=x0, x1=x1, fillcolor="#d62728", opacity=0.12, line_width=0)
     fig.update_layout(height=380, margin={"t": 30}, yaxis_title="req/s", title="forecast against actual")
     st.plotly_chart(fig, key="forecast_vs_actual")
+    if spans:
+        minutes = sum((b - a) / pd.Timedelta(minutes=1) for a, b in spans)
+        st.caption(f"shaded: {minutes:,.0f} minutes in {len(spans)} stretch(es) without a usable forecast, "
+                   "when the reactive safety net alone decided (the Decisions tab says why)")
     f = summary.get("forecast") or {}
     st.caption(f"model: {f.get('model')} ({f.get('status')}); forecasts issued from complete intervals only")
     backtest = read_or_stop(cached_backtest, STORE, version)

@@ -90,6 +90,18 @@ def overview(view: ReplayView) -> dict:
     }
 
 
+def safety_net_spans(tl: pd.DataFrame) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """The stretches (first minute, the minute after the last) the controller ran on the reactive safety
+    net alone, for want of a usable forecast: shaded on the forecast chart. None in a run that does not
+    record its mode (a baseline strategy's, or one from before the mode was recorded)."""
+    if "mode" not in tl or tl.empty:
+        return []
+    reactive = (tl["mode"] == "reactive").to_numpy()
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], reactive.astype(int), [0]])))
+    ts = tl["ts"].reset_index(drop=True)
+    return [(ts[a], ts[b - 1] + pd.Timedelta(minutes=1)) for a, b in zip(edges[::2], edges[1::2])]
+
+
 def sla_status(view: ReplayView, window_min: int = 60) -> dict:
     """Compliance, busy and late shares, the error budget and how fast it burns."""
     tl = view.timeline

@@ -52,6 +52,35 @@ def test_rates_are_shown_to_about_three_digits():
         ["561,044 req/s", "1,043 req/s", "97.7 req/s", "3.14 req/s"]
 
 
+def test_stretches_without_a_forecast_are_shaded_on_the_forecast_chart(app, tmp_path):
+    """Minutes the controller decided on the safety net alone (mode reactive) are shaded, stretch by
+    stretch, and the caption says how long: here a daemon run that lost its forecast twice."""
+    import numpy as np
+
+    from controller.state import Decision
+    from controller.store import Store
+
+    modes = ["predictive"] * 5 + ["reactive"] * 3 + ["predictive"] * 2 + ["reactive"] * 4
+    t0 = np.datetime64("2026-11-27T10:00", "m")
+    url = str(tmp_path / "d.db")
+    with Store(url) as st:
+        run_id = st.service_run("llm-chat")
+        for i, mode in enumerate(modes):
+            minute = t0 + np.timedelta64(i, "m")
+            st.record_cycle(run_id, int(minute.astype("int64")), str(minute),
+                            {"load_rps": 100.0, "forecast_q50": None if mode == "reactive" else 95.0, "mode": mode,
+                             "ready": 4.0, "warming": 0.0, "draining": 0.0, "cost_per_hour": 10.0,
+                             **{f"ready_{c}": 4.0 * (c == "reserved") for c in ("reserved", "spot", "on_demand")}},
+                            [Decision("spot", 1, 1, mode)], {})
+        spans = data.safety_net_spans(st.timeline(run_id))
+    stamp = lambda i: (t0 + np.timedelta64(i, "m")).astype("datetime64[ns]")  # noqa: E731
+    assert [(np.datetime64(a), np.datetime64(b)) for a, b in spans] == [(stamp(5), stamp(8)), (stamp(10), stamp(14))]
+    at = app(url)
+    assert not at.exception
+    assert any(c.value.startswith("shaded: 7 minutes in 2 stretch(es) without a usable forecast") for c in at.caption)
+    assert data.safety_net_spans(data.load_replay(url).timeline.assign(mode="predictive")) == []
+
+
 def test_every_page_shows_the_store_numbers(app, store):
     at = app(store)
     assert not at.exception

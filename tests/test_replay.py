@@ -138,6 +138,7 @@ class FailingFeed:
 def test_forecaster_failing_falls_back_to_reactive(setup, baseline):
     hit = run(setup, feed=FailingFeed())
     assert hit.sla >= 0.99
+    assert set(hit.timeline["mode"]) == {"reactive"} and "predictive" in set(baseline.timeline["mode"])
     assert all("reactive (no forecast)" in d["reason"] or d["reason"].startswith(("safety net", "hold", "scale down"))
                for d in hit.decisions)
     assert hit.sla <= baseline.sla + 1e-9
@@ -171,6 +172,7 @@ def test_replay_cli_json_and_store(tmp_path):
         assert len(runs) == 1 and runs[0]["strategy"] == "predictive"
         timeline = st.timeline(runs[0]["id"])
         assert len(timeline) == 2 * 1440
+        assert set(timeline["mode"]) == {"predictive"}  # each minute's mode, for the dashboard's shading
         assert abs(timeline["in_time"].sum() / np.nansum(timeline["load_rps"] * 60)
                    - doc["strategies"]["predictive"]["sla_compliance"]) < 1e-3
         assert len(st.decisions(runs[0]["id"])) > 10
