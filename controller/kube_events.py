@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 from controller.kube_client import micro_time
 
 REPORTING_CONTROLLER = "peakpilot.io/controller"  # who wrote them
-EVENT_REASON = "SuccessfulRescale"  # the HPA's reason for the same act, so filters written for it match
+EVENT_REASON = "SuccessfulRescale"  # the HPA's reasons for the same acts, so filters written for it match
+FAILED_RESCALE = "FailedRescale"
 EVENT_NOTE_MAX = 1024  # the API's limit on a note, in bytes
 
 

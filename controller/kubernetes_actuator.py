@@ -22,7 +22,8 @@
   as the HPA records its rescales: ``kubectl describe deployment`` and ``kubectl get events`` say why.
   Events are best effort: one that cannot be written (RBAC without ``create`` on events) is said once
   in the log and never fails the scale. What an operator should look into is a Warning Event on the
-  service's Deployments (``announce``): a fall back to the reactive safety net, another autoscaler on a pool.
+  service's Deployments (``announce``): a fall back to the reactive safety net, another autoscaler on a pool;
+  and a scale the API server refused (``FailedRescale``, as the HPA's), once per refusal.
 * A HorizontalPodAutoscaler left on one of the workloads (say, from before peakpilot) would undo every
   scale and have its own undone: the view names it, and the daemon says so and exports it. In shadow
   mode, which runs beside the autoscaler it is compared with, that is expected and not looked for.
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from controller.kube_client import ApiUnreachable, with_retry
-from controller.kube_events import event, scale_event
+from controller.kube_events import FAILED_RESCALE, event, scale_event
 from controller.policy import CLASSES
 from controller.state import ClusterView, Decision, paid_minutes_left
 
@@ -73,6 +74,7 @@ class KubernetesActuator:
     _hpa_failure: str | None = field(default=None, init=False)  # why autoscalers could not be listed last time
     _uids: dict = field(default_factory=dict, init=False)  # Deployment name -> uid, as the last view read them
     _last_stamp: datetime | None = field(default=None, init=False)  # the last Event's time
+    _scale_failures: dict = field(default_factory=dict, init=False)  # Deployment -> why its last scale was refused
 
     def __post_init__(self) -> None:
         from kubernetes import client
@@ -164,6 +166,8 @@ class KubernetesActuator:
 
     # -- acting ----------------------------------------------------------------------------------
     def apply(self, decisions: list[Decision], placeholder: int = 0) -> list[str]:
+        from kubernetes.client.exceptions import ApiException
+
         sent: list[str] = []
         if not self.shadow:
             for d in decisions:
@@ -184,8 +188,17 @@ class KubernetesActuator:
             if self.shadow:
                 sent.append(f"shadow (not sent): {line}")
                 continue
-            with_retry(self.apps.patch_namespaced_deployment_scale, name, self.target.namespace,
-                       {"spec": {"replicas": replicas}}, sleep=self.sleep)
+            try:
+                with_retry(self.apps.patch_namespaced_deployment_scale, name, self.target.namespace,
+                           {"spec": {"replicas": replicas}}, sleep=self.sleep)
+            except ApiException as exc:  # refused (unreachable: no Event could be written either)
+                if self._scale_failures.get(name) != str(exc):  # once per refusal, not once a cycle
+                    self._record_event(name, event(self.target.namespace, name, scale.metadata.uid, True,
+                                                   FAILED_RESCALE, "Scale", f"replicas {current} -> {replicas} "
+                                                   f"refused: {exc}; {why}", self.instance, self._stamp()))
+                self._scale_failures[name] = str(exc)
+                raise
+            self._scale_failures.pop(name, None)
             sent.append(line)
             self._record_event(name, scale_event(self.target.namespace, name, scale.metadata.uid, current,
                                                  replicas, why, self.instance, self._stamp()))

@@ -193,6 +193,24 @@ def test_errors_that_retrying_cannot_fix_are_raised(kube):
     assert len(kube.calls("PATCH", "/llm-spot/scale")) == 6
 
 
+def test_a_refused_scale_is_a_warning_event_once_per_refusal(kube):
+    """As the HPA's FailedRescale: ``kubectl describe deployment`` says the scale was refused and why
+    (here an admission webhook's 422), once while the same refusal repeats each cycle, again when it
+    changes; the error still reaches the cycle."""
+    act = actuator(kube)
+    for status in (422, 422, 403):
+        kube.fail("PATCH", "/llm-spot/scale", status)
+        with pytest.raises(ApiException):
+            act.apply([Decision("spot", 6, 3, "forecast needs 9")])
+    act.apply([Decision("spot", 6, 3, "forecast needs 9")])  # accepted at last
+    told = [(e["type"], e["reason"], e["regarding"]["name"], e["note"]) for e in kube.events]
+    assert [t[:3] for t in told] == [("Warning", "FailedRescale", "llm-spot")] * 2 + \
+        [("Normal", "SuccessfulRescale", "llm-spot")]
+    assert told[0][3].startswith("replicas 3 -> 6 refused: kubernetes patch_namespaced_deployment_scale(llm-spot, "
+                                 "inference): 422") and told[0][3].endswith("; spot: forecast needs 9")
+    assert "403" in told[1][3]
+
+
 def test_a_refusal_is_said_on_one_line_naming_the_request_and_the_servers_message(kube):
     """The client's own text spans lines of HTTP headers, and the daemon logged it every cycle."""
     del kube.deployments["llm-od"]  # deleted by hand while the policy still names it
