@@ -497,6 +497,37 @@ def run_daemon(
 
 
 @app.command()
+def status(
+    store: str = typer.Option("sqlite:///runs/daemon/peakpilot.db", "--store", envvar="PEAKPILOT_STORE",
+                              help="The store the daemon writes (as `run` reads it: the same variable and "
+                                   "default); read-only."),
+    service: Optional[str] = typer.Option(None, "--service", help="Only this service."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: {\"store\", \"services\": [...]}."),
+) -> None:
+    """What each service's controller last decided and why: load, forecast, nodes ready against nodes
+    asked for, by class, and each class's reason. Flags a service whose last cycle is old."""
+    from controller.status import render_status, service_status
+    from controller.store import Store, StoreError
+
+    try:
+        with Store(store, readonly=True) as st:
+            found = service_status(st)
+            name = st.name
+    except (StoreError, FileNotFoundError) as exc:
+        fail(f"{exc} (`peakpilot run --store` writes it)")
+    if service is not None:
+        found = [s for s in found if s["service"] == service]
+        if not found:
+            fail(f"no service {service!r} in the store {name}")
+    elif not found:
+        fail(f"the store {name} holds no cycle of a daemon yet (`peakpilot run` records one a cycle)")
+    if as_json:
+        typer.echo(json.dumps({"store": name, "services": found}))
+    else:
+        typer.echo(render_status(found))
+
+
+@app.command()
 def serve(
     model: str = typer.Option("builtin", "--model", help="builtin[:tiny|small|medium], a TorchScript file, "
                                                           "or module:factory returning (nn.Module, tokenizer)."),
@@ -606,37 +637,6 @@ def loadgen(
     typer.echo(f"sent {result['sent']} in {result['seconds']} s ({result['rate_rps']} req/s): "
                f"ok {o['ok']}, busy {o['busy']}, error {o['error']}" + (f" ({kinds})" if kinds else ""))
     typer.echo(f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
-
-
-@app.command()
-def status(
-    store: str = typer.Option("sqlite:///runs/daemon/peakpilot.db", "--store", envvar="PEAKPILOT_STORE",
-                              help="The store the daemon writes (as `run` reads it: the same variable and "
-                                   "default); read-only."),
-    service: Optional[str] = typer.Option(None, "--service", help="Only this service."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object: {\"store\", \"services\": [...]}."),
-) -> None:
-    """What each service's controller last decided and why: load, forecast, nodes ready against nodes
-    asked for, by class, and each class's reason. Flags a service whose last cycle is old."""
-    from controller.status import render_status, service_status
-    from controller.store import Store, StoreError
-
-    try:
-        with Store(store, readonly=True) as st:
-            found = service_status(st)
-            name = st.name
-    except (StoreError, FileNotFoundError) as exc:
-        fail(f"{exc} (`peakpilot run --store` writes it)")
-    if service is not None:
-        found = [s for s in found if s["service"] == service]
-        if not found:
-            fail(f"no service {service!r} in the store {name}")
-    elif not found:
-        fail(f"the store {name} holds no cycle of a daemon yet (`peakpilot run` records one a cycle)")
-    if as_json:
-        typer.echo(json.dumps({"store": name, "services": found}))
-    else:
-        typer.echo(render_status(found))
 
 
 @app.command()
