@@ -73,7 +73,11 @@ class Trace:
 
 
 def load_trace(path: str | Path) -> Trace:
-    history = load_csv(path)
+    return trace_from_history(load_csv(path), str(path))
+
+
+def trace_from_history(history: History, name: str) -> Trace:
+    """A history (from a CSV, or read from Prometheus) as replay needs it."""
     sub_minute = None
     if history.step < MINUTE:
         # Each minute's arrivals in the trace's own intervals (sub-steps of the service model): 60 for a
@@ -81,7 +85,7 @@ def load_trace(path: str | Path) -> Trace:
         # its seconds. (A 30-s count placed in its first second would be a burst the traffic never had.)
         step_s = history.step.total_seconds()
         if step_s % 1:
-            raise ValueError(f"{path}: step {history.step} is not a whole number of seconds")
+            raise ValueError(f"{name}: step {history.step} is not a whole number of seconds")
         counts = history.counts
         size = int(step_s) if 60 % step_s == 0 else 1
         values = np.repeat(counts.to_numpy() / (step_s / size), int(step_s / size))
@@ -90,13 +94,13 @@ def load_trace(path: str | Path) -> Trace:
         grid = sub.reindex(pd.date_range(history.start, history.end - pd.Timedelta(seconds=size), freq=f"{size}s"))
         sub_minute = grid.fillna(0).to_numpy().reshape(-1, 60 // size)
     if (history.step / MINUTE) % 1:
-        raise ValueError(f"{path}: step {history.step} is not a whole number of minutes")
+        raise ValueError(f"{name}: step {history.step} is not a whole number of minutes")
     step_min = int(history.step / MINUTE)
     arrivals = np.repeat(history.counts.to_numpy() / step_min, step_min)
     index = history.counts.index
     start = (index[0].tz_localize(None) if index.tz is not None else index[0]).to_datetime64()
     times = np.datetime64(start, "m") + np.arange(len(arrivals)) * np.timedelta64(1, "m")
-    return Trace(str(path), history, times, arrivals, sub_minute)
+    return Trace(name, history, times, arrivals, sub_minute)
 
 
 # -- forecasts, computed once per replay ----------------------------------------------------------

@@ -91,23 +91,42 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def load_history(trace: Optional[Path], prometheus: Optional[str], query: Optional[str], days: float,
-                 step: Optional[str]):
+                 step: Optional[str], end: Optional[str] = None):
     """History from a CSV trace or a Prometheus range query (exactly one of them)."""
     from forecaster.errors import HistoryError
 
     if trace and prometheus:
         fail("give --trace or --prometheus, not both")
+    if (query or end) and not prometheus:
+        fail(f"{'--query' if query else '--end'} reads Prometheus: give --prometheus URL too")
     try:
         if prometheus:
             from forecaster.prometheus_source import PrometheusSource
 
             source = PrometheusSource(prometheus, query=query, step=step or "1m")
-            return source.load_days(days, progress=True)  # weeks of history come in many chunks
+            # weeks of history come in many chunks
+            return source.load_days(days, end=parse_end(end), progress=True)
         from forecaster.csv_source import load_csv
 
         return load_csv(trace or DEFAULT_TRACE, step=step)
     except HistoryError as exc:
         fail(str(exc))
+
+
+def parse_end(text: Optional[str]):
+    """--end: an ISO time (UTC unless it says otherwise), or None for now."""
+    import pandas as pd
+
+    if text is None:
+        return None
+    try:
+        end = pd.Timestamp(text)
+    except ValueError:
+        fail(f"--end {text!r}: not a time; write it as 2026-11-20T18:00 (UTC) or with an offset")
+    return (end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")).to_pydatetime()
+
+
+END_HELP = "Read Prometheus up to this time (ISO, UTC unless it says otherwise; default: now)."
 
 
 @app.command()
@@ -118,6 +137,7 @@ def forecast(
     query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
                                                               "default: the inference nodes' request rate."),
     days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus."),
+    end: Optional[str] = typer.Option(None, "--end", help=END_HELP),
     step: Optional[str] = typer.Option(None, "--step", help="History step (e.g. 5m): a CSV is aggregated to it, "
                                                             "Prometheus queried at it (default 1m there)."),
     model: str = typer.Option("ensemble", "--model", help="ensemble (torch + lightgbm), torch, lightgbm, prophet, "
@@ -135,7 +155,7 @@ def forecast(
 
     if model not in MODELS:
         fail(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-    history = load_history(trace, prometheus, query, days, step)
+    history = load_history(trace, prometheus, query, days, step, end)
     try:
         fitted, status = fit_with_fallback(model, history, seed=seed, options=horizon_options(max(horizon, 60)))
         result = fitted.predict(history, horizon)
@@ -160,6 +180,12 @@ def forecast(
 @app.command()
 def backtest(
     trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace. Default: the sample trace in data/."),
+    prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: backtest on the "
+                                                                        "history it holds instead of a trace."),
+    query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
+                                                              "default: the inference nodes' request rate."),
+    days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus."),
+    end: Optional[str] = typer.Option(None, "--end", help=END_HELP),
     models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models; default: all, "
                                                                 "seasonal_naive and the statsforecast peer included."),
     horizon: float = typer.Option(30, "--horizon", min=1, max=MAX_HORIZON_MIN, help="Minutes ahead (at most a week)."),
@@ -168,7 +194,8 @@ def backtest(
     stride: Optional[float] = typer.Option(None, "--stride", help="Minutes between forecast origins "
                                                                   "(default: max(step, 10))."),
     refit_hours: float = typer.Option(24, "--refit-hours", help="Refit every model this often."),
-    step: Optional[str] = typer.Option(None, "--step", help="Aggregate the trace to this step first."),
+    step: Optional[str] = typer.Option(None, "--step", help="Aggregate the trace to this step first (query "
+                                                            "Prometheus at it; default 1m there)."),
     seed: int = typer.Option(0, "--seed"),
     store: Optional[str] = typer.Option(None, "--store", help="Also record the result here, for the dashboard."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
@@ -177,7 +204,7 @@ def backtest(
     from forecaster.backtest import DEFAULT_MODELS, BacktestConfig, run_backtest
     from forecaster.errors import HistoryError
 
-    history = load_history(trace, None, None, 0, step)
+    history = load_history(trace, prometheus, query, days, step, end)
     st = open_store(store) if store else None
     names = [m.strip() for m in models.split(",") if m.strip()] if models else list(DEFAULT_MODELS)
     config = BacktestConfig(horizon_min=horizon, test_days=test_days, stride_min=stride, refit_hours=refit_hours,
@@ -236,7 +263,16 @@ def load_trace_or_exit(path: Path):
 
 @app.command()
 def replay(
-    trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="CSV trace to replay (default: the sample trace)."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace to replay (default: the sample trace)."),
+    prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: replay the history "
+                                                                        "it holds (your own service's load) "
+                                                                        "instead of a trace."),
+    query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
+                                                              "default: the inference nodes' request rate."),
+    days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus (the first half "
+                                                  "trains, the rest is replayed)."),
+    end: Optional[str] = typer.Option(None, "--end", help=END_HELP),
+    step: Optional[str] = typer.Option(None, "--step", help="Step to query Prometheus at (default 1m)."),
     policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Policy YAML (default: configs/policy.yaml)."),
     strategies: str = typer.Option(",".join(("predictive", "reactive", "reactive_spot", "static", "oracle")),
                                    "--strategies", help="Comma-separated: predictive, reactive, reactive_spot, "
@@ -262,7 +298,18 @@ def replay(
     if unknown:
         fail(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
     pol = load_policy_or_exit(policy)
-    tr = load_trace_or_exit(trace)
+    if prometheus:
+        from controller.replay import trace_from_history
+
+        history = load_history(trace, prometheus, query, days, step, end)
+        try:
+            tr = trace_from_history(history, history.source)
+        except ValueError as exc:
+            fail(str(exc))
+    else:
+        if query or step or end:
+            fail("--query, --step and --end read Prometheus: give --prometheus URL too")
+        tr = load_trace_or_exit(trace or DEFAULT_TRACE)
     st = open_store(store) if store else None
     try:
         doc, chosen = run_replay(tr, pol, names, peak_nodes=peak_nodes, sweep=not no_sweep, train_days=train_days,

@@ -151,3 +151,42 @@ def test_steps_are_written_as_promql_durations_whatever_their_spelling():
         PrometheusSource("http://prometheus:9090", step="often")
     with pytest.raises(HistoryError, match="whole number of seconds"):
         PrometheusSource("http://prometheus:9090", step="1500ms")
+
+
+def test_replay_and_backtest_run_on_the_history_prometheus_holds(backfilled, tmp_path):
+    """What peakpilot would have done on your own service's load: ``replay`` and ``backtest`` read it from
+    Prometheus (``--prometheus``, ``--days``, ``--end``) and give what they give on the same counts as a
+    CSV trace."""
+    import json
+    import subprocess
+    import sys
+
+    server, counts, shift = backfilled
+    utc = counts.index.tz_convert("UTC") + shift
+    csv = tmp_path / "same.csv"
+    pd.DataFrame({"timestamp": utc.tz_localize(None).strftime("%Y-%m-%dT%H:%M:%S"),
+                  "requests": counts.to_numpy()}).to_csv(csv, index=False)
+    end = (utc[-1] + pd.Timedelta(minutes=1)).isoformat()
+
+    def peakpilot(*args):
+        out = subprocess.run([sys.executable, "-m", "peakpilot.cli", *args, "--json"], capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    replay = ["replay", "--train-days", "1", "--no-sweep", "--strategies", "predictive,reactive"]
+    live = peakpilot(*replay, "--prometheus", server.url, "--days", "2", "--end", end)
+    trace = peakpilot(*replay, "--trace", str(csv))
+    assert live["trace"].startswith(f"{server.url} query ") and live["minutes"] == trace["minutes"] == 1440
+    for name in ("predictive", "reactive"):
+        a, b = live["strategies"][name], trace["strategies"][name]
+        assert a["cost_usd"] == pytest.approx(b["cost_usd"], rel=1e-3)
+        assert a["sla_compliance"] == pytest.approx(b["sla_compliance"], abs=1e-4)
+    backtest = ["backtest", "--models", "seasonal_naive,recent_level", "--test-days", "0.5"]
+    live = peakpilot(*backtest, "--prometheus", server.url, "--days", "2", "--end", end)
+    trace = peakpilot(*backtest, "--trace", str(csv))
+    for name in ("seasonal_naive", "recent_level"):
+        assert live["models"][name]["pinball_q90"] == pytest.approx(trace["models"][name]["pinball_q90"], rel=1e-6)
+    bad = subprocess.run([sys.executable, "-m", "peakpilot.cli", "replay", "--prometheus", server.url, "--end",
+                          "yesterday-ish"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--end 'yesterday-ish': not a time" in bad.stderr
