@@ -90,8 +90,9 @@ class SimulatedCluster:
 
     def apply(self, decisions: list[Decision]) -> None:
         for d in decisions:
-            if d.cls == "reserved":
-                continue  # committed capacity does not move
+            # Reserved nodes follow their decided count like the others (the replay's committed pool is
+            # there from the start and decided at that count, so nothing moves; the daemon's count comes
+            # from its training with ``reserved: auto``, after the cluster was made).
             active = [n for n in self.nodes if n.cls == d.cls and
                       n.state in ("pending", "booting", "warming", "ready", "failed")]
             if d.desired > len(active):

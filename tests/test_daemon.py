@@ -176,6 +176,25 @@ def test_a_shadow_or_follower_daemon_says_what_it_would_do_as_such(tmp_path, pol
     assert any(r.levelname == "DEBUG" and "follower, not applied: " in r.getMessage() for r in caplog.records)
 
 
+def test_an_auto_reserved_count_is_there_on_the_simulated_cluster(tmp_path, trace):
+    """``peakpilot run`` on the embedded default (simulated cluster, ``reserved: auto``): the count the
+    training recommends is started and ready one lead time on, as on Kubernetes, where the reserved
+    Deployment is scaled to it. The simulated cluster was made with none (the count is not known before
+    the training) and kept none, so the plan counted four reserved nodes that never came."""
+    path = tmp_path / "auto.yaml"
+    path.write_text((ROOT / "configs" / "policy.yaml").read_text().replace("model: torch ", "model: seasonal_naive "))
+    clock = Clock()
+    cluster = SimulatedActuator(load_policy_of(path), reserved=0, seed=1)
+    store = Store(str(tmp_path / "a.db"))
+    daemon, service, _ = make(path, trace, store, clock, cluster)
+    run_cycles(daemon, clock, 40, retrain_at=(0,))
+    assert service.reserved() >= 1  # recommended by the training
+    view = cluster.view()
+    assert view.ready("reserved") == service.reserved()
+    last = store.latest_cycles()[0]
+    assert last["ready"] >= sum(d["desired"] for d in last["decisions"]) - last["warming"]
+
+
 def test_the_share_of_missed_surges_that_lasted_is_a_metric(tmp_path, policy_file, trace):
     """Operators see whether the safety net chases rises here (controller/surprises.py): absent until
     enough surges are scored, then their share."""
