@@ -147,6 +147,7 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
                               + (f", busy {obs.busy_share:.2%}" if busy else "")
                               + (f", {obs.load_rps / max(ready_rps, 1e-9):.0%} of ready capacity" if hot else ""))
         reason = f"{observed} needs {floor} (forecast: {up})"
+    down = False  # said once the blend is known: its preemption buffer may keep the fleet as it is
     if target < current:  # scaling down: keep what is needed again soon, and stabilize
         held = max(keep, stabilized(memory, obs.now, policy.limits.scale_down_stabilization_min))
         if held > target:
@@ -154,7 +155,7 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
             reason = (f"hold {target}: needed again within {policy.planning.keep_min:g} min or in the "
                       f"{policy.limits.scale_down_stabilization_min:g}-min stabilization window ({reason})")
         else:
-            reason = f"scale down: {reason}"
+            down = True
 
     limited = min(max(target, policy.limits.min_nodes, reserved), policy.limits.max_nodes)
     step = policy.limits.max_step_per_cycle
@@ -165,6 +166,8 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
 
     spot_lead = lead_time_min(policy, memory, "spot")
     split, notes = blend(limited, reserved, policy, view, spot_lead, expected=expected)
+    if down and sum(split.values()) < current:
+        reason = f"scale down: {reason}"
     decisions = []
     for cls in CLASSES:
         # Never release a node that is still warming; and while nodes warm, the ready ones that serve

@@ -73,6 +73,20 @@ def test_scale_down_keeps_what_is_needed_again_soon(policy):
     assert desired(released) == 2 and released.reason.startswith("scale down")
 
 
+def test_a_plan_the_spot_buffer_keeps_at_the_fleet_it_has_is_not_called_a_scale_down(policy):
+    """8 needed where 9 spot nodes run: the blend adds a spot node for preemption risk and the fleet
+    stays at 9, so no decision says "scale down" (an operator reading ``peakpilot status`` saw it on
+    every line of a fleet that did not move)."""
+    spotty = policy.with_changes(spot={"max_share": 1.0})
+    result = control_cycle(Observation(NOW, 80.0), flat_forecast([(0, 80.0)], minutes=120), view_with(spot_ready=9),
+                           spotty, Memory(), 10.0, 0)
+    assert sum(d.desired for d in result.decisions) == 9
+    assert not any(d.reason.startswith("scale down") for d in result.decisions), result.decisions[1].reason
+    fewer = control_cycle(Observation(NOW, 60.0), flat_forecast([(0, 60.0)], minutes=120), view_with(spot_ready=9),
+                          spotty, Memory(), 10.0, 0)
+    assert sum(d.desired for d in fewer.decisions) < 9 and fewer.reason.startswith("scale down")
+
+
 def test_stabilization_window_holds_the_highest_recent_recommendation(policy):
     memory = Memory()
     decide(policy, flat_forecast([(0, 70.0)]), view_with(7), load=70.0, memory=memory)
