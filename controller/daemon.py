@@ -92,6 +92,8 @@ class Daemon:
             ok &= result["ok"]
             self.last_cycle[service.service] = {"at": str(now), "ok": result["ok"], "mode": result.get("mode"),
                                                 "reason": result.get("reason")}
+            if not result["ok"]:
+                self.last_cycle[service.service]["error"] = result.get("error")
             stamp = self.wall()
             self.metrics.last_cycle.labels(service.service).set(stamp)
             if result["ok"]:

@@ -17,24 +17,42 @@ import logging
 import random
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = (409, 429, 500, 502, 503, 504)
 
 
+class KubeConfigError(RuntimeError):
+    """No way to reach and authenticate to an API server: not in a pod, and no usable kubeconfig."""
+
+
 def api_client(host: str | None = None, kubeconfig: str | None = None):
-    """In-cluster auth when running in a pod, else the kubeconfig; ``host`` for a plain endpoint (tests)."""
+    """The kubeconfig named (``--kubeconfig``), else in-cluster auth when running in a pod, else the
+    default kubeconfig (``KUBECONFIG``, ``~/.kube/config``); ``host`` for a plain endpoint (tests)."""
     from kubernetes import client, config
     from urllib3.util.retry import Retry
 
     if host:
         cfg = client.Configuration(host=host)
     else:
+        if kubeconfig and not Path(kubeconfig).expanduser().is_file():
+            raise KubeConfigError(f"cannot reach the Kubernetes API: the kubeconfig {kubeconfig} does not exist")
         try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config(config_file=kubeconfig)
+            if kubeconfig:
+                config.load_kube_config(config_file=kubeconfig)
+            else:
+                try:
+                    config.load_incluster_config()
+                except config.ConfigException:
+                    config.load_kube_config()
+        except (config.ConfigException, OSError) as exc:
+            where = f"the kubeconfig {kubeconfig}" if kubeconfig else (
+                "no in-cluster ServiceAccount (not in a pod) and no kubeconfig (KUBECONFIG, ~/.kube/config)")
+            raise KubeConfigError(f"cannot reach the Kubernetes API: {where}: {str(exc).rstrip('.')}; give "
+                                  f"--kubeconfig, or run "
+                                  f"in a pod with the ServiceAccount of deploy/controller-rbac.yaml") from None
         cfg = client.Configuration.get_default_copy()
     # urllib3's default tries a GET four times, each waiting its whole read timeout: a silent API server
     # would hold a cycle for minutes. Refused connections are still tried again, quickly.

@@ -467,7 +467,9 @@ def run_daemon(
     shadow: bool = typer.Option(False, "--shadow", help="Read the cluster, record what would be done, act on nothing."),
     lease_name: Optional[str] = typer.Option(None, "--lease-name", help="Lease for leader election (kubernetes); "
                                                                         "default peakpilot[-selector]."),
-    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig"),
+    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="kubernetes: this kubeconfig (default: "
+                                                                        "the pod's ServiceAccount, else "
+                                                                        "KUBECONFIG or ~/.kube/config)."),
     retention_days: float = typer.Option(30, "--retention-days", help="Keep this much timeline in the store."),
 ) -> None:
     """Run the controller as a daemon: every cycle forecast, plan, act and record, for every service."""
@@ -500,10 +502,13 @@ def run_daemon(
     st = open_store(store)
     api = lease = None
     if backend == "kubernetes":
-        from controller.kube_client import api_client
+        from controller.kube_client import KubeConfigError, api_client
         from controller.lease import LeaseLock, lease_duration_s
 
-        api = api_client(kubeconfig=kubeconfig)
+        try:
+            api = api_client(kubeconfig=kubeconfig)
+        except KubeConfigError as exc:
+            fail(str(exc))
         first = next(iter(policies.values()))
         name = lease_name or ("peakpilot" + (f"-{selector.replace('=', '-')}" if selector else ""))
         lease = LeaseLock(api, first.kubernetes.namespace, name, f"{socket.gethostname()}-{os.getpid()}",
@@ -538,7 +543,8 @@ def run_daemon(
         daemon.retrain_all()
         ok = daemon.cycle_all()
         for name, last in daemon.last_cycle.items():
-            typer.echo(f"{name}: {'ok' if last['ok'] else 'FAILED'} ({last['mode']}) {last['reason']}")
+            typer.echo(f"{name}: ok ({last['mode']}) {last['reason']}" if last["ok"]
+                       else f"{name}: FAILED: {last.get('error')}")
         raise typer.Exit(0 if ok else 1)
     daemon.run()
 

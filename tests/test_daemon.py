@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -576,6 +577,30 @@ def test_run_once_and_a_broken_policy_at_start(tmp_path, policy_file):
     out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(tmp_path / "empty"), "--once"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and f"no policy files (*.yaml) in {tmp_path / 'empty'}" in out.stderr
+
+
+def test_a_kubernetes_start_without_credentials_or_cluster_says_so(tmp_path, policy_file):
+    """Not in a pod and no kubeconfig: exit 2 with what to give (it was a traceback); a kubeconfig that
+    does not exist, the same; an API server that does not answer: ``--once`` fails naming it (it printed
+    "FAILED (None) None")."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    env["HOME"] = str(tmp_path)  # no ~/.kube/config
+    base = [sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(policy_file), "--once", "--backend",
+            "kubernetes", "--store", str(tmp_path / "k.db")]
+    bare = subprocess.run(base, capture_output=True, text=True, timeout=120, env=env)
+    assert bare.returncode == 2 and "Traceback" not in bare.stderr, bare.stderr
+    assert "cannot reach the Kubernetes API: no in-cluster ServiceAccount (not in a pod) and no kubeconfig" in bare.stderr
+    assert "give --kubeconfig" in bare.stderr
+    missing = subprocess.run(base + ["--kubeconfig", str(tmp_path / "nope.yaml")], capture_output=True, text=True,
+                             timeout=120, env=env)
+    assert missing.returncode == 2 and f"the kubeconfig {tmp_path / 'nope.yaml'} does not exist" in missing.stderr
+    with FakeKubeAPI("inference") as kube:
+        url = kube.url
+    down = run_once_on(SimpleNamespace(url=url), policy_file.parent, tmp_path, "down")  # nothing listens there now
+    assert down.returncode == 1
+    assert down.stdout.strip().startswith(f"llm-chat: FAILED: {url}: ") and "unreachable" in down.stdout
 
 
 def run_once_on(kube: FakeKubeAPI, folder: Path, tmp_path: Path, store: str) -> subprocess.CompletedProcess:
