@@ -23,7 +23,8 @@ def service_status(store: Store, now: datetime | None = None) -> list[dict]:
     found = []
     for cycle in store.latest_cycles():
         at = datetime.fromisoformat(cycle["ts"]).replace(tzinfo=timezone.utc)
-        age = (now - at).total_seconds() / 60
+        written = datetime.fromtimestamp(cycle["written"], timezone.utc) if cycle.get("written") else at
+        age = max(0.0, (now - written).total_seconds() / 60)
         order = {cls: i for i, cls in enumerate(CLASSES)}
         decided = sorted(cycle["decisions"], key=lambda d: order.get(d["cls"], len(order)))
         found.append({
@@ -79,6 +80,8 @@ def _number(value, digits: int = 1) -> str:
 
 
 def _age(minutes: float) -> str:
+    if minutes < 1:
+        return f"{minutes * 60:.0f} s"
     if minutes < 120:
         return f"{minutes:.0f} min"
     if minutes < 48 * 60:

@@ -275,6 +275,9 @@ class Store:
                      .select_from(joined).where(runs.c.kind == "daemon").order_by(runs.c.strategy))
             found = [dict(r) for r in conn.execute(query).mappings().all()]
             for cycle in found:
+                # when the cycle was written (the timeline's minute is the minute it planned for)
+                cycle["written"] = conn.execute(sa.select(memory.c.updated)
+                                                .where(memory.c.run_id == cycle["run_id"])).scalar()
                 cycle["decisions"] = [dict(d) for d in conn.execute(
                     sa.select(c.cls, c.desired, c.current, c.reason)
                     .where(c.run_id == cycle["run_id"], c.minute == cycle["minute"]).order_by(c.cls)).mappings()]

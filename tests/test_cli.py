@@ -164,22 +164,26 @@ def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(
     now = datetime.now(timezone.utc).replace(second=0, microsecond=0, tzinfo=None)
     url = f"sqlite:///{tmp_path / 'd.db'}"
     with Store(url) as st:
-        for service, ago, mode, spot in (("llm-chat", 1, "predictive", 7), ("llm-old", 45, "reactive", 2)):
+        for service, ago, mode, spot in (("llm-chat", 3, "predictive", 7), ("llm-old", 45, "reactive", 2)):
             at = now - timedelta(minutes=ago)
             minute = int(np.datetime64(at, "m").astype("int64"))
-            st.record_cycle(st.service_run(service, f"{service}.yaml"), minute, at.isoformat(timespec="minutes"),
+            run_id = st.service_run(service, f"{service}.yaml")
+            st.record_cycle(run_id, minute, at.isoformat(timespec="minutes"),
                             {"load_rps": 412.25, "forecast_q50": 400.0, "forecast_q90": 498.0, "mode": mode,
                              "ready_reserved": 4.0, "ready_spot": 5.0, "ready_on_demand": 0.0, "warming": 2.0,
                              "draining": 0.0, "cost_per_hour": 17.6},
                             [Decision("spot", spot, 7, "forecast needs 11 by +14 min (q90, lead 16 min)"),
                              Decision("reserved", 4, 4, "reserved count 4")], {})
+            with st.engine.begin() as conn:  # written then, as a daemon writes each cycle as it runs it
+                conn.exec_driver_sql(f"UPDATE memory SET updated = {at.replace(tzinfo=timezone.utc).timestamp()}"
+                                     f" WHERE run_id = {run_id}")
     out = run("status", "--store", url)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["SERVICE", "LAST", "CYCLE", "MODE", "LOAD", "req/s", "FORECAST", "q90", "READY",
                                 "r/s/od", "WARMING", "DECIDED", "r/s/od", "COST/h"]
     chat, old = lines[1].split(), lines[2].split()
-    assert chat[0] == "llm-chat" and chat[3:5] == ["min", "ago)"] and chat[2] in ("(1", "(2")
+    assert chat[0] == "llm-chat" and chat[3:5] == ["min", "ago)"] and chat[2] in ("(3", "(4")
     assert chat[5:] == ["predictive", "412.2", "498.0", "4/5/0", "2", "4/7/-", "17.60"]
     assert old[0] == "llm-old" and old[5] == "stale"
     assert "  reserved: 4 nodes (4 running): reserved count 4" in lines
