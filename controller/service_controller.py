@@ -62,6 +62,7 @@ class ServiceController:
     model_status: str = "not trained"
     _failures: list = field(default_factory=list, init=False)  # the failed nodes last reported
     _conflicts: list = field(default_factory=list, init=False)  # the other autoscalers last reported
+    _spot_available: bool = field(default=True, init=False)  # as last reported
     _trained_at_try: np.datetime64 | None = field(default=None, init=False)  # when training was last tried
     _tries: int = field(default=0, init=False)  # trainings finished, failed or not
     _trained_for: tuple | None = field(default=None, init=False)  # what the model in use was trained on and for
@@ -260,6 +261,13 @@ class ServiceController:
                             self.service, "; ".join(view.conflicts))
             self._conflicts = view.conflicts
         self.metrics.conflicts.labels(self.service).set(len(view.conflicts))
+        if view.spot_available != self._spot_available:  # said once when it changes
+            if not view.spot_available:
+                log.warning("%s: spot cannot be had%s; on-demand stands in for the spot asked for until it can",
+                            self.service, f" ({view.spot_unavailable_why})" if view.spot_unavailable_why else "")
+            else:
+                log.info("%s: spot can be had again; the on-demand standing in goes once spot is ready", self.service)
+            self._spot_available = view.spot_available
         result = control_cycle(obs, forecast, view, policy, self.memory, self.rps_per_node, self.reserved())
         acting = self.acting() and not self.shadow
         sent: list[str] = []
@@ -270,7 +278,7 @@ class ServiceController:
                 self._error("actuator", f"apply failed: {exc}")
         self._log_changes(result, acting)
         if acting:
-            self._announce(result, view.conflicts)
+            self._announce(result, view)
         cost = sum(view.active(c) * policy.price(c) for c in CLASSES)
         row = {"load_rps": observed, "forecast_q50": None, "forecast_q90": None, "mode": result.mode,
                "ready": view.ready(), "warming": sum(view.warming(c) + view.counts[c]["pending"] for c in CLASSES),
@@ -332,11 +340,21 @@ class ServiceController:
                         "" if d.desired == 1 else "s", d.current, d.reason)
             self._said[d.cls] = d.desired
 
-    def _announce(self, result, conflicts: list[str]) -> None:
+    def _announce(self, result, view) -> None:
         """Tell the operator, where the cluster keeps what it is told (Warning Events on the service's
         Deployments), of what needs a look: a fall back to the reactive safety net, and the return from
-        it; another autoscaler on a pool. Once per change, by the replica that acts; never fails a cycle."""
+        it; spot not to be had, and back; another autoscaler on a pool. Once per change, by the replica
+        that acts; never fails a cycle."""
         said = []
+        conflicts = view.conflicts
+        spot, had = view.spot_available, self._announced.get("spot", True)
+        if not spot and had:
+            said.append((True, "SpotUnavailable", f"{self.service}: spot cannot be had"
+                         + (f" ({view.spot_unavailable_why})" if view.spot_unavailable_why else "")
+                         + "; on-demand stands in for the spot asked for until it can"))
+        elif spot and not had:
+            said.append((False, "SpotAvailable", f"{self.service}: spot can be had again; the on-demand standing "
+                                                 "in goes once spot is ready"))
         mode, was = result.mode, self._announced.get("mode")
         if mode == "reactive" and was != "reactive":
             said.append((True, "FallbackToReactive", f"{self.service}: the reactive safety net alone decides: "
@@ -346,7 +364,7 @@ class ServiceController:
         if conflicts and conflicts != self._announced.get("conflicts"):
             said.append((True, "ConflictingAutoscaler", f"{self.service}: {'; '.join(conflicts)}: each undoes the "
                                                         "other's replicas; delete it"))
-        self._announced.update(mode=mode, conflicts=conflicts)
+        self._announced.update(mode=mode, conflicts=conflicts, spot=spot)
         for warning, reason, note in said:
             try:
                 self.actuator.announce(warning, reason, note)

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from controller.actuators import DryRunActuator, SimulatedActuator
-from controller.policy import CLASSES, Policy, selected
+from controller.policy import Policy, selected
 from controller.signals import PrometheusSignals, TraceSignals
 
 
@@ -57,19 +57,17 @@ class ServiceParts:
         from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget
 
         k = policy.kubernetes
-        return KubernetesActuator(self.api, KubernetesTarget(k.namespace, dict(k.workloads), k.placeholder),
-                                  shadow=self.shadow,
-                                  billing_min={c: getattr(policy.classes, c).billing_min for c in CLASSES})
+        actuator = KubernetesActuator(self.api, KubernetesTarget(k.namespace, dict(k.workloads), k.placeholder),
+                                      shadow=self.shadow)
+        actuator.use_policy(policy)
+        return actuator
 
     def actuator_after_change(self, actuator, old: Policy, new: Policy):
         """The actuator a changed policy needs: a new one where it names other Deployments (or another
-        namespace, placeholder or billing), the same one otherwise. The simulated cluster keeps its
-        nodes and takes the new prices and lead times."""
-        if self.backend == "simulated":
-            if hasattr(actuator, "use_policy"):
-                actuator.use_policy(new)
-            return actuator
-        moved = old.kubernetes != new.kubernetes or (
-            self.backend == "kubernetes" and any(getattr(old.classes, c).billing_min != getattr(new.classes, c).billing_min
-                                                 for c in CLASSES))
-        return self.actuator(new) if moved else actuator
+        namespace or placeholder), the same one otherwise, taking the new policy's prices, lead times and
+        billing (the simulated cluster keeps its nodes; the Kubernetes one what it has seen)."""
+        if old.kubernetes != new.kubernetes and self.backend != "simulated":
+            return self.actuator(new)
+        if hasattr(actuator, "use_policy"):
+            actuator.use_policy(new)
+        return actuator

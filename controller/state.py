@@ -42,6 +42,7 @@ class ClusterView:
 
     counts: dict[str, dict[str, int]] = field(default_factory=lambda: {c: dict.fromkeys(STATES, 0) for c in CLASSES})
     spot_available: bool = True
+    spot_unavailable_why: str | None = None  # what showed it, where the actuator can tell (on Kubernetes)
     lead_samples: list[tuple[str, float]] = field(default_factory=list)  # (class, minutes) of nodes that became ready
     preempted: int = 0  # spot nodes preempted since the last view
     # Minutes until each ready node's paid billing block ends, per class billed by the hour (or any

@@ -378,6 +378,48 @@ def test_a_fall_back_to_reactive_and_back_is_told_once_as_kubernetes_events(tmp_
         assert len(told(kube)) == 9
 
 
+def test_spot_not_to_be_had_on_a_cluster_is_covered_by_on_demand_and_told(tmp_path, policy_file, trace, caplog):
+    """The live controller falls back to on-demand when spot cannot be had, as the replay's does: spot pods
+    no node is found for past spot's lead time are covered by on-demand at once, a Warning Event and a
+    log line say so once; when nodes are found for them, a Normal Event says spot is back."""
+    from datetime import datetime, timedelta, timezone
+
+    from controller.service_parts import ServiceParts
+
+    long_ago = (datetime.now(timezone.utc) - timedelta(minutes=40)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with FakeKubeAPI("inference") as kube:
+        kube.add_deployment("llm-reserved", 3)
+        kube.add_deployment("llm-spot", 6)
+        kube.add_deployment("llm-on-demand", 0)
+        kube.add_deployment("llm-placeholder", 0)
+        for i in range(3):
+            kube.add_pod(f"r{i}", {"app": "llm-reserved"}, "ready")
+        for i in range(6):
+            kube.add_pod(f"s{i}", {"app": "llm-spot"}, "pending", created=long_ago)
+        parts = ServiceParts("kubernetes", Clock(), api=api_client(host=kube.url), trace=lambda: trace)
+        actuator = parts.actuator(load_policy_of(policy_file))
+        actuator.sleep = lambda s: None
+        clock = Clock()
+        daemon, service, _ = make(policy_file, trace, Store(str(tmp_path / "spot.db")), clock, actuator)
+        daemon.retrain_all()
+        with caplog.at_level("INFO", logger="peakpilot.daemon"):
+            run_cycles(daemon, clock, 3)
+        decided = {cls: kube.deployments[name]["spec"]["replicas"] for cls, name in
+                   (("spot", "llm-spot"), ("on_demand", "llm-on-demand"))}
+        assert decided["spot"] >= 1 and decided["on_demand"] >= decided["spot"]  # every spot node covered
+        said = [r.getMessage() for r in caplog.records if "spot cannot be had" in r.getMessage()]
+        assert len(said) == 1 and "(spot pod s" in said[0] and " unscheduled for 4" in said[0]  # 40 or 41 min
+        told = [(e["type"], e["reason"]) for e in kube.events if "Spot" in e["reason"]]
+        assert told == [("Warning", "SpotUnavailable")] * 3
+        for pod in kube.pods.values():  # nodes found for them at last
+            if pod["metadata"]["name"].startswith("s"):
+                pod["status"]["conditions"][0]["status"] = "True"
+                pod["status"]["phase"] = "Running"
+        run_cycles(daemon, clock, 1)
+        told = [(e["type"], e["reason"]) for e in kube.events if "Spot" in e["reason"]]
+        assert told[3:] == [("Normal", "SpotAvailable")] * 3
+
+
 def test_failed_pods_are_said_once_counted_and_not_held(tmp_path, policy_file, trace, caplog):
     """A spot pod whose container crash-loops: one warning naming it (not one a minute), the
     ``failed`` state in the node metric, and decisions that say it and do not keep it as warming."""
