@@ -18,6 +18,7 @@ import pandas as pd
 
 from controller.cycle import control_cycle
 from controller.daemon_metrics import DaemonMetrics
+from controller.notices import Notices
 from controller.planner import lead_time_min
 from controller.policy import CLASSES, Policy, PolicyError, backend_problems, load_policy
 from controller.shadow import ShadowEstimate
@@ -60,9 +61,6 @@ class ServiceController:
     memory: Memory = field(init=False)
     model: object = None
     model_status: str = "not trained"
-    _failures: list = field(default_factory=list, init=False)  # the failed nodes last reported
-    _conflicts: list = field(default_factory=list, init=False)  # the other autoscalers last reported
-    _spot_available: bool = field(default=True, init=False)  # as last reported
     _trained_at_try: np.datetime64 | None = field(default=None, init=False)  # when training was last tried
     _tries: int = field(default=0, init=False)  # trainings finished, failed or not
     _trained_for: tuple | None = field(default=None, init=False)  # what the model in use was trained on and for
@@ -73,16 +71,15 @@ class ServiceController:
     # No longer run by the daemon (its file went, or another daemon took it): a training still under way
     # on the trainer's thread must not bring back the metrics the daemon removed.
     stopped: bool = field(default=False, init=False)
-    # What the last cycle decided (mode, and nodes per class): a change is logged once, with its reason.
-    _said: dict = field(default_factory=dict, init=False)
-    # What the operator was last told through the actuator (Kubernetes Events): the mode, the autoscalers.
-    _announced: dict = field(default_factory=dict, init=False)
+    # What the operator is told (log lines, Kubernetes Events), each once per change.
+    notices: Notices = field(init=False)
     _no_forecast: str | None = field(default=None, init=False)  # why the last cycle had no forecast
     _training_problem: str | None = field(default=None, init=False)  # why the last training failed
 
     def __post_init__(self) -> None:
         self.policy = load_policy(self.policy_path)  # a broken policy at start is the caller's to report
         self._mtime = self.policy_path.stat().st_mtime
+        self.notices = Notices(self.policy.service)
         if self.signals is None:
             self.signals = self.parts.signals(self.policy)
         if self.actuator is None:
@@ -248,26 +245,8 @@ class ServiceController:
         except Exception as exc:
             self._error("actuator", f"cannot read the cluster: {exc}")
             return {"ok": False, "error": str(exc)}
-        failures = sorted(view.failures)
-        if failures != self._failures:  # said once when the set changes, not every minute
-            if failures:
-                log.warning("%s: %d node(s) failed and will not turn ready by themselves: %s", self.service,
-                            len(failures), "; ".join(failures))
-            self._failures = failures
-        if view.conflicts != self._conflicts:
-            if view.conflicts:
-                log.warning("%s: another autoscaler scales the same workloads, and each will undo the other's "
-                            "replicas: %s. Delete it (to compare peakpilot with it first, run with --shadow)",
-                            self.service, "; ".join(view.conflicts))
-            self._conflicts = view.conflicts
+        self.notices.cluster(view)
         self.metrics.conflicts.labels(self.service).set(len(view.conflicts))
-        if view.spot_available != self._spot_available:  # said once when it changes
-            if not view.spot_available:
-                log.warning("%s: spot cannot be had%s; on-demand stands in for the spot asked for until it can",
-                            self.service, f" ({view.spot_unavailable_why})" if view.spot_unavailable_why else "")
-            else:
-                log.info("%s: spot can be had again; the on-demand standing in goes once spot is ready", self.service)
-            self._spot_available = view.spot_available
         result = control_cycle(obs, forecast, view, policy, self.memory, self.rps_per_node, self.reserved())
         acting = self.acting() and not self.shadow
         sent: list[str] = []
@@ -276,9 +255,9 @@ class ServiceController:
                 sent = self.actuator.apply(result.decisions, result.placeholder)
             except Exception as exc:
                 self._error("actuator", f"apply failed: {exc}")
-        self._log_changes(result, acting)
+        self.notices.decided(result, acting, self.shadow)
         if acting:
-            self._announce(result, view)
+            self.notices.announce(result, view, self.actuator, self._no_forecast)
         cost = sum(view.active(c) * policy.price(c) for c in CLASSES)
         row = {"load_rps": observed, "forecast_q50": None, "forecast_q90": None, "mode": result.mode,
                "ready": view.ready(), "warming": sum(view.warming(c) + view.counts[c]["pending"] for c in CLASSES),
@@ -319,57 +298,6 @@ class ServiceController:
                 m.forecast.labels(self.service, q).set(float(forecast.rps[min(len(forecast.rps) - 1, 10), k]))
         return {"ok": True, "mode": result.mode, "target": result.target, "reason": result.reason, "sent": sent,
                 "acting": acting, "decisions": result.decisions}
-
-    def _log_changes(self, result, acting: bool) -> None:
-        """A line when the mode or a class's decided size changes, with why: what an operator reading the
-        controller's log (``kubectl logs``) needs. A cycle that changes nothing says nothing, and a
-        follower of the Lease, which decides without acting, says it at debug level only."""
-        level = logging.INFO if acting or self.shadow else logging.DEBUG
-        prefix = "shadow, not applied: " if self.shadow else "" if acting else "follower, not applied: "
-        mode, was = result.mode, self._said.get("mode")
-        if mode != was and (was is not None or mode != "predictive"):
-            why = result.reason if mode != "predictive" else "a fresh forecast again"
-            log.log(logging.WARNING if mode == "reactive" and acting else level, "%s: %s%s mode: %s",
-                    self.service, prefix, mode, why)
-        self._said["mode"] = mode
-        for d in result.decisions:
-            before = self._said.get(d.cls)
-            if d.desired != before:
-                change = f"{d.desired}" if before is None else f"{before} -> {d.desired}"
-                log.log(level, "%s: %s%s %s node%s (%d running): %s", self.service, prefix, d.cls, change,
-                        "" if d.desired == 1 else "s", d.current, d.reason)
-            self._said[d.cls] = d.desired
-
-    def _announce(self, result, view) -> None:
-        """Tell the operator, where the cluster keeps what it is told (Warning Events on the service's
-        Deployments), of what needs a look: a fall back to the reactive safety net, and the return from
-        it; spot not to be had, and back; another autoscaler on a pool. Once per change, by the replica
-        that acts; never fails a cycle."""
-        said = []
-        conflicts = view.conflicts
-        spot, had = view.spot_available, self._announced.get("spot", True)
-        if not spot and had:
-            said.append((True, "SpotUnavailable", f"{self.service}: spot cannot be had"
-                         + (f" ({view.spot_unavailable_why})" if view.spot_unavailable_why else "")
-                         + "; on-demand stands in for the spot asked for until it can"))
-        elif spot and not had:
-            said.append((False, "SpotAvailable", f"{self.service}: spot can be had again; the on-demand standing "
-                                                 "in goes once spot is ready"))
-        mode, was = result.mode, self._announced.get("mode")
-        if mode == "reactive" and was != "reactive":
-            said.append((True, "FallbackToReactive", f"{self.service}: the reactive safety net alone decides: "
-                                                     f"{self._no_forecast or result.reason}"))
-        elif mode == "predictive" and was == "reactive":
-            said.append((False, "ForecastResumed", f"{self.service}: planning on the forecast again"))
-        if conflicts and conflicts != self._announced.get("conflicts"):
-            said.append((True, "ConflictingAutoscaler", f"{self.service}: {'; '.join(conflicts)}: each undoes the "
-                                                        "other's replicas; delete it"))
-        self._announced.update(mode=mode, conflicts=conflicts, spot=spot)
-        for warning, reason, note in said:
-            try:
-                self.actuator.announce(warning, reason, note)
-            except Exception as exc:  # a message about the cycle must not fail it
-                log.warning("%s: could not announce %s: %s", self.service, reason, exc)
 
     def _model_fits(self) -> bool:
         """A model is in, trained on the policy's series and for its horizon (another model name will do

@@ -1,0 +1,93 @@
+"""What the operator is told about one service: a line in the controller's log (``kubectl logs``), and
+where the cluster keeps it, an Event on the service's Deployments (``kubectl get events``). Each is said
+once when it changes, not once a minute: a class's decided size and why, a fall back to the reactive
+safety net and the return from it, failed nodes, another autoscaler on a pool, spot not to be had.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+log = logging.getLogger("peakpilot.daemon")
+
+
+@dataclass
+class Notices:
+    service: str
+    _said: dict = field(default_factory=dict)  # what the log said last: the mode, and nodes per class
+    _announced: dict = field(default_factory=dict)  # what the Events said last: mode, autoscalers, spot
+    _failures: list = field(default_factory=list)  # the failed nodes last reported
+    _conflicts: list = field(default_factory=list)  # the other autoscalers last reported
+    _spot_available: bool = True  # as last reported
+
+    def cluster(self, view) -> None:
+        """What the cluster's view shows that needs a look, in the log (every replica reads it)."""
+        failures = sorted(view.failures)
+        if failures != self._failures:
+            if failures:
+                log.warning("%s: %d node(s) failed and will not turn ready by themselves: %s", self.service,
+                            len(failures), "; ".join(failures))
+            self._failures = failures
+        if view.conflicts != self._conflicts:
+            if view.conflicts:
+                log.warning("%s: another autoscaler scales the same workloads, and each will undo the other's "
+                            "replicas: %s. Delete it (to compare peakpilot with it first, run with --shadow)",
+                            self.service, "; ".join(view.conflicts))
+            self._conflicts = view.conflicts
+        if view.spot_available != self._spot_available:
+            if not view.spot_available:
+                log.warning("%s: spot cannot be had%s; on-demand stands in for the spot asked for until it can",
+                            self.service, f" ({view.spot_unavailable_why})" if view.spot_unavailable_why else "")
+            else:
+                log.info("%s: spot can be had again; the on-demand standing in goes once spot is ready", self.service)
+            self._spot_available = view.spot_available
+
+    def decided(self, result, acting: bool, shadow: bool) -> None:
+        """A line when the mode or a class's decided size changes, with why. A follower of the Lease,
+        which decides without acting, says it at debug level only."""
+        level = logging.INFO if acting or shadow else logging.DEBUG
+        prefix = "shadow, not applied: " if shadow else "" if acting else "follower, not applied: "
+        mode, was = result.mode, self._said.get("mode")
+        if mode != was and (was is not None or mode != "predictive"):
+            why = result.reason if mode != "predictive" else "a fresh forecast again"
+            log.log(logging.WARNING if mode == "reactive" and acting else level, "%s: %s%s mode: %s",
+                    self.service, prefix, mode, why)
+        self._said["mode"] = mode
+        for d in result.decisions:
+            before = self._said.get(d.cls)
+            if d.desired != before:
+                change = f"{d.desired}" if before is None else f"{before} -> {d.desired}"
+                log.log(level, "%s: %s%s %s node%s (%d running): %s", self.service, prefix, d.cls, change,
+                        "" if d.desired == 1 else "s", d.current, d.reason)
+            self._said[d.cls] = d.desired
+
+    def announce(self, result, view, actuator, no_forecast: str | None) -> None:
+        """Events for what needs a look (by the replica that acts only): a fall back to the reactive safety
+        net (``no_forecast``: why) and the return from it; spot not to be had, and back; another
+        autoscaler on a pool. Never fails a cycle."""
+        said = []
+        mode, was = result.mode, self._announced.get("mode")
+        if mode == "reactive" and was != "reactive":
+            said.append((True, "FallbackToReactive", f"{self.service}: the reactive safety net alone decides: "
+                                                     f"{no_forecast or result.reason}"))
+        elif mode == "predictive" and was == "reactive":
+            said.append((False, "ForecastResumed", f"{self.service}: planning on the forecast again"))
+        spot, had = view.spot_available, self._announced.get("spot", True)
+        if not spot and had:
+            said.append((True, "SpotUnavailable", f"{self.service}: spot cannot be had"
+                         + (f" ({view.spot_unavailable_why})" if view.spot_unavailable_why else "")
+                         + "; on-demand stands in for the spot asked for until it can"))
+        elif spot and not had:
+            said.append((False, "SpotAvailable", f"{self.service}: spot can be had again; the on-demand standing "
+                                                 "in goes once spot is ready"))
+        conflicts = view.conflicts
+        if conflicts and conflicts != self._announced.get("conflicts"):
+            said.append((True, "ConflictingAutoscaler", f"{self.service}: {'; '.join(conflicts)}: each undoes the "
+                                                        "other's replicas; delete it"))
+        self._announced.update(mode=mode, conflicts=conflicts, spot=spot)
+        for warning, reason, note in said:
+            try:
+                actuator.announce(warning, reason, note)
+            except Exception as exc:  # a message about the cycle must not fail it
+                log.warning("%s: could not announce %s: %s", self.service, reason, exc)
