@@ -131,6 +131,8 @@ with tabs[0]:
             fig.add_trace(go.Scatter(x=[o["peak"]["timestamp"]], y=[o["peak"]["q50"]], mode="markers+text",
                                      text=["peak"], textposition="top center", name="predicted peak",
                                      marker={"size": 10, "color": "#f58518"}))
+    for x0, x1 in data.safety_net_spans(recent):  # no usable forecast: the safety net alone decided
+        fig.add_vrect(x0=x0, x1=x1, fillcolor="#d62728", opacity=0.12, line_width=0)
     fig.update_layout(height=360, margin={"t": 30}, yaxis_title="req/s", title="load and the next hour")
     st.plotly_chart(fig, key="overview_load")
     nodes = go.Figure([go.Bar(x=list(o["nodes"]), y=list(o["nodes"].values()), marker_color=[COLORS[k] for k in o["nodes"]],

@@ -78,6 +78,10 @@ def test_stretches_without_a_forecast_are_shaded_on_the_forecast_chart(app, tmp_
     at = app(url)
     assert not at.exception
     assert any(c.value.startswith("shaded: 7 minutes in 2 stretch(es) without a usable forecast") for c in at.caption)
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    shaded = [len(c["layout"].get("shapes", [])) for c in charts if "load and the next hour" in json.dumps(c["layout"])
+              or "forecast against actual" in json.dumps(c["layout"])]
+    assert shaded == [2, 2]  # the Overview's last hours and the Forecast tab
     assert data.safety_net_spans(data.load_replay(url).timeline.assign(mode="predictive")) == []
 
 
