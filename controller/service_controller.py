@@ -260,6 +260,7 @@ class ServiceController:
             self.notices.announce(result, view, self.actuator, self._no_forecast)
         cost = sum(view.active(c) * policy.price(c) for c in CLASSES)
         row = {"load_rps": observed, "forecast_q50": None, "forecast_q90": None, "mode": result.mode,
+               "role": "shadow" if self.shadow else "leader" if acting else "follower",
                "ready": view.ready(), "warming": sum(view.warming(c) + view.counts[c]["pending"] for c in CLASSES),
                "draining": sum(view.counts[c]["draining"] for c in CLASSES), "cost_per_hour": cost,
                **{f"ready_{c}": view.ready(c) for c in CLASSES},

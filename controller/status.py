@@ -29,7 +29,7 @@ def service_status(store: Store, now: datetime | None = None) -> list[dict]:
         decided = sorted(cycle["decisions"], key=lambda d: order.get(d["cls"], len(order)))
         found.append({
             "service": cycle["service"], "policy": cycle["policy"], "at": at.strftime("%Y-%m-%dT%H:%M"),
-            "age_min": round(age, 1), "stale": age > STALE_MIN, "mode": cycle.get("mode"),
+            "age_min": round(age, 1), "stale": age > STALE_MIN, "mode": cycle.get("mode"), "role": cycle.get("role"),
             "load_rps": cycle["load_rps"], "forecast_q50": cycle["forecast_q50"],
             "forecast_q90": cycle["forecast_q90"],
             "ready": {cls: _count(cycle[f"ready_{cls}"]) for cls in CLASSES},
@@ -46,13 +46,14 @@ def _count(value) -> int | None:
 
 def render_status(services: list[dict]) -> str:
     """A table, one line per service, then each class's decision with its reason (``kubectl describe``'s
-    shape), and a line for each service no longer being run."""
-    header = ("SERVICE", "LAST CYCLE", "MODE", "LOAD req/s", "FORECAST q90", "READY r/s/od", "WARMING",
+    shape), a line for each service no longer being run, and one where the decisions were not applied
+    (a follower of the Lease, or shadow mode): this replica's store holds its own decisions."""
+    header = ("SERVICE", "LAST CYCLE", "ROLE", "MODE", "LOAD req/s", "FORECAST q90", "READY r/s/od", "WARMING",
               "DECIDED r/s/od", "COST/h")
     rows = [header]
     for s in services:
         decided = {d["cls"]: d["desired"] for d in s["decisions"]}
-        rows.append((s["service"], f"{s['at']} ({_age(s['age_min'])} ago)",
+        rows.append((s["service"], f"{s['at']} ({_age(s['age_min'])} ago)", s["role"] or "-",
                      "stale" if s["stale"] else (s["mode"] or "-"), _number(s["load_rps"]),
                      _number(s["forecast_q90"]), "/".join(_number(s["ready"][c]) for c in CLASSES),
                      _number(s["warming"]), "/".join(_number(decided.get(c)) for c in CLASSES),
@@ -67,6 +68,10 @@ def render_status(services: list[dict]) -> str:
                          f"what follows is its last cycle")
         else:
             lines.append(f"{s['service']} ({s['policy']}):" if s["policy"] else f"{s['service']}:")
+        if s["role"] == "follower":
+            lines.append("  (this replica follows the Lease: these decisions were not applied; the leader's were)")
+        elif s["role"] == "shadow":
+            lines.append("  (shadow mode: these decisions were not applied)")
         for d in s["decisions"]:
             nodes = "node" if d["desired"] == 1 else "nodes"
             lines.append(f"  {d['cls']}: {d['desired']} {nodes} ({d['current']} running): {d['reason']}")

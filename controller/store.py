@@ -24,7 +24,9 @@ TIMELINE_COLUMNS = ("load_rps", "forecast_q50", "forecast_q90", "ready", "warmin
                     "ready_spot", "ready_on_demand", "cost_per_hour", "cost_reserved", "cost_spot", "cost_on_demand",
                     "in_time", "late", "busy", "plan_nodes", "plan_cost_per_hour", "plan_ready", "plan_in_time",
                     "plan_late", "plan_busy")
-TEXT_COLUMNS = ("mode",)  # the daemon's: predictive, or reactive (the safety net alone, for want of a forecast)
+# The daemon's: its mode (predictive, or reactive: the safety net alone, for want of a forecast), and
+# whether this replica's decisions were applied (leader), or not (follower of the Lease, shadow).
+TEXT_COLUMNS = ("mode", "role")
 
 metadata = sa.MetaData()
 runs = sa.Table(

@@ -164,12 +164,13 @@ def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(
     now = datetime.now(timezone.utc).replace(second=0, microsecond=0, tzinfo=None)
     url = f"sqlite:///{tmp_path / 'd.db'}"
     with Store(url) as st:
-        for service, ago, mode, spot in (("llm-chat", 3, "predictive", 7), ("llm-old", 45, "reactive", 2)):
+        for service, ago, mode, spot, role in (("llm-chat", 3, "predictive", 7, "leader"),
+                                               ("llm-old", 45, "reactive", 2, "follower")):
             at = now - timedelta(minutes=ago)
             minute = int(np.datetime64(at, "m").astype("int64"))
             run_id = st.service_run(service, f"{service}.yaml")
             st.record_cycle(run_id, minute, at.isoformat(timespec="minutes"),
-                            {"load_rps": 412.25, "forecast_q50": 400.0, "forecast_q90": 498.0, "mode": mode,
+                            {"load_rps": 412.25, "forecast_q50": 400.0, "forecast_q90": 498.0, "mode": mode, "role": role,
                              "ready_reserved": 4.0, "ready_spot": 5.0, "ready_on_demand": 0.0, "warming": 2.0,
                              "draining": 0.0, "cost_per_hour": 17.6},
                             [Decision("spot", spot, 7, "forecast needs 11 by +14 min (q90, lead 16 min)"),
@@ -180,12 +181,13 @@ def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(
     out = run("status", "--store", url)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["SERVICE", "LAST", "CYCLE", "MODE", "LOAD", "req/s", "FORECAST", "q90", "READY",
-                                "r/s/od", "WARMING", "DECIDED", "r/s/od", "COST/h"]
+    assert lines[0].split() == ["SERVICE", "LAST", "CYCLE", "ROLE", "MODE", "LOAD", "req/s", "FORECAST", "q90",
+                                "READY", "r/s/od", "WARMING", "DECIDED", "r/s/od", "COST/h"]
     chat, old = lines[1].split(), lines[2].split()
     assert chat[0] == "llm-chat" and chat[3:5] == ["min", "ago)"] and chat[2] in ("(3", "(4")
-    assert chat[5:] == ["predictive", "412.2", "498.0", "4/5/0", "2", "4/7/-", "17.60"]
-    assert old[0] == "llm-old" and old[5] == "stale"
+    assert chat[5:] == ["leader", "predictive", "412.2", "498.0", "4/5/0", "2", "4/7/-", "17.60"]
+    assert old[0] == "llm-old" and old[5:7] == ["follower", "stale"]
+    assert "  (this replica follows the Lease: these decisions were not applied; the leader's were)" in lines
     assert "  reserved: 4 nodes (4 running): reserved count 4" in lines
     assert "  spot: 7 nodes (7 running): forecast needs 11 by +14 min (q90, lead 16 min)" in lines
     assert any(line.startswith("llm-old: no cycle recorded for 4") and "its daemon is not running" in line
@@ -193,8 +195,8 @@ def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(
     doc = json.loads(run("status", "--store", url, "--json", "--service", "llm-chat").stdout)
     assert [s["service"] for s in doc["services"]] == ["llm-chat"] and doc["store"] == url
     chat = doc["services"][0]
-    assert (chat["mode"], chat["stale"], chat["ready"], chat["warming"]) == (
-        "predictive", False, {"reserved": 4, "spot": 5, "on_demand": 0}, 2)
+    assert (chat["mode"], chat["role"], chat["stale"], chat["ready"], chat["warming"]) == (
+        "predictive", "leader", False, {"reserved": 4, "spot": 5, "on_demand": 0}, 2)
     assert [(d["cls"], d["desired"]) for d in chat["decisions"]] == [("reserved", 4), ("spot", 7)]
     for args, message in ((["--service", "llm-nope"], "no service 'llm-nope' in the store"),
                           ([], "does not exist")):

@@ -175,6 +175,8 @@ def test_a_shadow_or_follower_daemon_says_what_it_would_do_as_such(tmp_path, pol
     with caplog.at_level("DEBUG", logger="peakpilot.daemon"):
         follower.cycle(T0 + np.timedelta64(600, "m"))
     assert any(r.levelname == "DEBUG" and "follower, not applied: " in r.getMessage() for r in caplog.records)
+    # and each store says whose decisions it holds (`peakpilot status` shows it)
+    assert [(s.store.latest_cycles()[0]["role"]) for s in (shadow, follower)] == ["shadow", "follower"]
 
 
 def test_an_auto_reserved_count_is_there_on_the_simulated_cluster(tmp_path, trace):

@@ -78,8 +78,9 @@ def test_the_last_cycle_of_each_service_is_read_with_its_decisions(store_url):
     assert found[1]["decisions"] == [{"cls": "on_demand", "desired": 4, "current": 3, "reason": "reactive"}]
     with Store(store_url) as st, st.engine.begin() as conn:  # as an older version left it
         conn.exec_driver_sql("ALTER TABLE timeline DROP COLUMN mode")
+        conn.exec_driver_sql("ALTER TABLE timeline DROP COLUMN role")
     with Store(store_url, readonly=True) as st:
-        assert [c.get("mode") for c in st.latest_cycles()] == [None, None]
+        assert [(c.get("mode"), c.get("role")) for c in st.latest_cycles()] == [(None, None), (None, None)]
 
 
 def test_a_cycle_redone_replaces_its_rows_and_retention_drops_old_ones(store_url):
