@@ -73,7 +73,6 @@ class ServiceController:
     stopped: bool = field(default=False, init=False)
     # What the operator is told (log lines, Kubernetes Events), each once per change.
     notices: Notices = field(init=False)
-    _no_forecast: str | None = field(default=None, init=False)  # why the last cycle had no forecast
     _training_problem: str | None = field(default=None, init=False)  # why the last training failed
 
     def __post_init__(self) -> None:
@@ -239,7 +238,7 @@ class ServiceController:
         except SignalError as exc:
             self._error("signals", f"{exc}; keeping the last plan")
             obs = Observation(now, self.memory.last_load_rps, stale=True)  # the last load stays the floor
-        forecast = self._forecast(now)
+        forecast, no_forecast = self._forecast(now)
         try:
             view = self.actuator.view()
         except Exception as exc:
@@ -257,7 +256,7 @@ class ServiceController:
                 self._error("actuator", f"apply failed: {exc}")
         self.notices.decided(result, acting, self.shadow)
         if acting:
-            self.notices.announce(result, view, self.actuator, self._no_forecast)
+            self.notices.announce(result, view, self.actuator, no_forecast)
         cost = sum(view.active(c) * policy.price(c) for c in CLASSES)
         row = {"load_rps": observed, "forecast_q50": None, "forecast_q90": None, "mode": result.mode,
                "role": "shadow" if self.shadow else "leader" if acting else "follower",
@@ -305,26 +304,26 @@ class ServiceController:
         until its successor is in)."""
         return self.model is not None and self._trained_for in (None, trained_for(self.policy))
 
-    def _forecast(self, now: np.datetime64) -> MinuteForecast | None:
-        self._no_forecast = None
-        if not self._model_fits():  # the safety net decides alone until a model for this policy is trained
-            self._no_forecast = ("no model yet" if self.model is None else
-                                 "the model in use was trained for another series or a shorter horizon") + \
+    def _forecast(self, now: np.datetime64) -> tuple[MinuteForecast | None, str | None]:
+        """The forecast for this cycle, or None and why there is none (the safety net then decides alone)."""
+        if not self._model_fits():  # until a model for this policy is trained
+            why = ("no model yet" if self.model is None else
+                   "the model in use was trained for another series or a shorter horizon") + \
                 (f" ({self._training_problem}; tried again every {UNTRAINED_RETRY_MIN} min)" if self._training_problem
                  else " (a training is under way)")
-            return None
+            return None, why
         try:
             history = self.signals.history(now)
             fc = self.model.predict(history, self.policy.planning.horizon_min)
         except SignalError as exc:
-            self._no_forecast = f"no history for the forecast: {exc}"
-            self._error("signals", self._no_forecast)
-            return None
+            why = f"no history for the forecast: {exc}"
+            self._error("signals", why)
+            return None, why
         except Exception as exc:
-            self._no_forecast = f"forecast failed: {exc}"
-            self._error("forecast", self._no_forecast)
-            return None
-        return minute_forecast(fc, self.model_status)
+            why = f"forecast failed: {exc}"
+            self._error("forecast", why)
+            return None, why
+        return minute_forecast(fc, self.model_status), None
 
     def _error(self, kind: str, message: str) -> None:
         if not self.stopped:

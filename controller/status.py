@@ -20,12 +20,12 @@ STALE_MIN = 5  # a service whose last cycle is older than this is no longer bein
 def service_status(store: Store, now: datetime | None = None) -> list[dict]:
     """One entry per service the daemon has run, from its last recorded cycle."""
     now = now or datetime.now(timezone.utc)
+    order = {cls: i for i, cls in enumerate(CLASSES)}
     found = []
     for cycle in store.latest_cycles():
         at = datetime.fromisoformat(cycle["ts"]).replace(tzinfo=timezone.utc)
         written = datetime.fromtimestamp(cycle["written"], timezone.utc) if cycle.get("written") else at
         age = max(0.0, (now - written).total_seconds() / 60)
-        order = {cls: i for i, cls in enumerate(CLASSES)}
         decided = sorted(cycle["decisions"], key=lambda d: order.get(d["cls"], len(order)))
         found.append({
             "service": cycle["service"], "policy": cycle["policy"], "at": at.strftime("%Y-%m-%dT%H:%M"),

@@ -264,22 +264,22 @@ class Store:
 
     def latest_cycles(self) -> list[dict]:
         """Each service the daemon has run: its last recorded cycle, with that cycle's decisions (what
-        ``peakpilot status`` shows), by service name. One indexed read per table, however long the timeline."""
+        ``peakpilot status`` shows), by service name: one indexed read, and one for each service's
+        decisions, however long the timeline."""
         last = (sa.select(timeline.c.run_id, sa.func.max(timeline.c.minute).label("minute"))
                 .group_by(timeline.c.run_id).subquery())
         joined = runs.join(timeline, timeline.c.run_id == runs.c.id).join(
-            last, sa.and_(last.c.run_id == timeline.c.run_id, last.c.minute == timeline.c.minute))
+            last, sa.and_(last.c.run_id == timeline.c.run_id, last.c.minute == timeline.c.minute)).outerjoin(
+            memory, memory.c.run_id == runs.c.id)
         c = decisions.c
         with self._read() as conn:
             have = {col["name"] for col in sa.inspect(conn).get_columns("timeline")}  # read-only: not migrated
-            query = (sa.select(runs.c.strategy.label("service"), runs.c.policy,
+            # ``written``: when the cycle was written (the timeline's minute is the minute it planned for)
+            query = (sa.select(runs.c.strategy.label("service"), runs.c.policy, memory.c.updated.label("written"),
                                *(col for col in timeline.c if col.name in have))
                      .select_from(joined).where(runs.c.kind == "daemon").order_by(runs.c.strategy))
             found = [dict(r) for r in conn.execute(query).mappings().all()]
             for cycle in found:
-                # when the cycle was written (the timeline's minute is the minute it planned for)
-                cycle["written"] = conn.execute(sa.select(memory.c.updated)
-                                                .where(memory.c.run_id == cycle["run_id"])).scalar()
                 cycle["decisions"] = [dict(d) for d in conn.execute(
                     sa.select(c.cls, c.desired, c.current, c.reason)
                     .where(c.run_id == cycle["run_id"], c.minute == cycle["minute"]).order_by(c.cls)).mappings()]

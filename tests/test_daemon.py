@@ -543,9 +543,7 @@ def test_metrics_say_who_acts_when_the_loop_last_turned_and_whether_the_forecast
 
 def test_daemon_process_serves_metrics_follows_its_policy_folder_and_stops_cleanly_on_sigterm(tmp_path, policy_file):
     port = free_port()
-    folder = tmp_path / "policies"
-    folder.mkdir()
-    (folder / "chat.yaml").write_text(policy_file.read_text())
+    folder = policy_folder(tmp_path, policy_file.read_text())
     proc = subprocess.Popen([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(folder),
                              "--store", str(tmp_path / "d.db"), "--interval-s", "0.5", "--metrics-port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -663,9 +661,7 @@ def run_once_on(kube: FakeKubeAPI, folder: Path, tmp_path: Path, store: str) -> 
 def test_run_on_the_kubernetes_backend_from_a_kubeconfig_takes_the_lease_and_scales(tmp_path, policy_file):
     """The command as a cluster runs it (`peakpilot run --backend kubernetes`), end to end against the fake
     API server: the kubeconfig's server is used, the Lease taken, each class's Deployment scaled."""
-    folder = tmp_path / "policies"
-    folder.mkdir()
-    (folder / "chat.yaml").write_text(policy_file.read_text())
+    folder = policy_folder(tmp_path, policy_file.read_text())
     with FakeKubeAPI("inference") as kube:
         for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
             kube.add_deployment(name, 1)
@@ -689,9 +685,7 @@ def test_a_start_on_a_cluster_says_which_permissions_the_account_lacks_and_how_t
 
     role = next(d for d in _yaml.safe_load_all((ROOT / "deploy" / "controller-rbac.yaml").read_text())
                 if d and d["kind"] == "Role")
-    folder = tmp_path / "policies"
-    folder.mkdir()
-    (folder / "chat.yaml").write_text(policy_file.read_text())
+    folder = policy_folder(tmp_path, policy_file.read_text())
     said = {}
     for case, rules in (("deployed", role["rules"]),
                         ("no events", [r for r in role["rules"] if r["resources"] != ["events"]])):
@@ -910,6 +904,31 @@ def parts_for(backend, trace, clock, **kwargs):
     return ServiceParts(backend, clock, trace=lambda: trace, **kwargs)
 
 
+def watching_daemon(folder, store, metrics, clock, signals_for):
+    """A daemon on a watched policy folder, training on its worker thread, its first service trained:
+    each service on the simulated cluster, its signals from ``signals_for(path)``."""
+    from controller.policy_watch import PolicyWatch
+    from controller.trainer import Trainer
+
+    def make_service(path):
+        return ServiceController(path, signals_for(path), SimulatedActuator(load_policy_of(path), reserved=3, seed=1),
+                                 store, metrics)
+
+    trainer = Trainer()
+    daemon = Daemon([make_service(folder / "chat.yaml")], metrics, clock=clock, trainer=trainer,
+                    watch=PolicyWatch([folder], "simulated", lambda p: True), make_service=make_service)
+    daemon.retrain_all()
+    return daemon, trainer
+
+
+def policy_folder(tmp_path, text: str) -> Path:
+    """A folder of policy files, as the ConfigMap is mounted: ``chat.yaml`` holding ``text``."""
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "chat.yaml").write_text(text)
+    return folder
+
+
 def test_a_changed_policy_rebuilds_what_it_moves_and_retrains_for_what_the_model_learns(tmp_path, policy_file,
                                                                                        trace, caplog):
     """A policy reload used to swap only the policy object: the Prometheus, query and Deployments built
@@ -1019,10 +1038,8 @@ def test_policy_files_that_appear_or_go_start_or_stop_their_services(tmp_path, p
     being run (its nodes are left as they are, its record stays in the store)."""
     from controller.policy_watch import PolicyWatch
 
-    folder = tmp_path / "policies"
-    folder.mkdir()
     text = policy_file.read_text()
-    (folder / "chat.yaml").write_text(text)
+    folder = policy_folder(tmp_path, text)
     clock = Clock()
     metrics = DaemonMetrics()
     store = Store(str(tmp_path / "f.db"))
@@ -1249,27 +1266,16 @@ def test_a_training_never_holds_up_the_cycles_of_the_other_services(tmp_path, po
     (a ConfigMap adding five services skipped minutes of cycles). Now it trains on the daemon's worker:
     the others' cycles go on while it trains, it decides nothing until its first training has had its
     try, and then it cycles with the rest."""
-    from controller.policy_watch import PolicyWatch
-    from controller.trainer import Trainer
-
-    folder = tmp_path / "policies"
-    folder.mkdir()
     text = policy_file.read_text()
-    (folder / "chat.yaml").write_text(text)
+    folder = policy_folder(tmp_path, text)
     clock = Clock()
     metrics = DaemonMetrics()
     store = Store(str(tmp_path / "t.db"))
     gated = GatedSignals(trace, 8 * 1440, T0)
 
-    def make_service(path):
-        signals = gated if "search" in path.name else TraceSignals(trace, 8 * 1440, T0)
-        return ServiceController(path, signals, SimulatedActuator(load_policy_of(path), reserved=3, seed=1),
-                                 store, metrics)
-
-    trainer = Trainer()
-    daemon = Daemon([make_service(folder / "chat.yaml")], metrics, clock=clock, trainer=trainer,
-                    watch=PolicyWatch([folder], "simulated", lambda p: True), make_service=make_service)
-    daemon.retrain_all()
+    daemon, trainer = watching_daemon(
+        folder, store, metrics, clock,
+        lambda path: gated if "search" in path.name else TraceSignals(trace, 8 * 1440, T0))
     gated.hold = True
     (folder / "search.yaml").write_text(text.replace("service: llm-chat", "service: llm-search"))
     started = time.monotonic()
@@ -1395,29 +1401,20 @@ def test_a_service_whose_file_goes_while_it_trains_leaves_no_metrics_behind(tmp_
     for ever)."""
     from prometheus_client import generate_latest
 
-    from controller.policy_watch import PolicyWatch
-    from controller.trainer import Trainer
-
-    folder = tmp_path / "policies"
-    folder.mkdir()
     text = policy_file.read_text()
-    (folder / "chat.yaml").write_text(text)
+    folder = policy_folder(tmp_path, text)
     clock = Clock()
     metrics = DaemonMetrics()
     store = Store(str(tmp_path / "g.db"))
     gates = {}
 
-    def make_service(path):
+    def gate(path):
         signals = GatedSignals(trace, 8 * 1440, T0)
         signals.hold = path.name != "chat.yaml"
         gates[path.name] = signals
-        return ServiceController(path, signals, SimulatedActuator(load_policy_of(path), reserved=3, seed=1),
-                                 store, metrics)
+        return signals
 
-    trainer = Trainer()
-    daemon = Daemon([make_service(folder / "chat.yaml")], metrics, clock=clock, trainer=trainer,
-                    watch=PolicyWatch([folder], "simulated", lambda p: True), make_service=make_service)
-    daemon.retrain_all()
+    daemon, trainer = watching_daemon(folder, store, metrics, clock, gate)
     for name in ("running", "queued"):
         (folder / f"{name}.yaml").write_text(text.replace("service: llm-chat", f"service: llm-{name}"))
         run_cycles(daemon, clock, 1)
