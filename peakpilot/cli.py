@@ -268,11 +268,13 @@ def replay(
                                                                         "it holds (your own service's load) "
                                                                         "instead of a trace."),
     query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
-                                                              "default: the inference nodes' request rate."),
+                                                              "default: the policy's signals.query, else "
+                                                              "the inference nodes' request rate."),
     days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus (the first half "
                                                   "trains, the rest is replayed)."),
     end: Optional[str] = typer.Option(None, "--end", help=END_HELP),
-    step: Optional[str] = typer.Option(None, "--step", help="Step to query Prometheus at (default 1m)."),
+    step: Optional[str] = typer.Option(None, "--step", help="Step to query Prometheus at (default: the "
+                                                            "policy's signals.step, 1m)."),
     policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Policy YAML (default: configs/policy.yaml)."),
     strategies: str = typer.Option(",".join(("predictive", "reactive", "reactive_spot", "static", "oracle")),
                                    "--strategies", help="Comma-separated: predictive, reactive, reactive_spot, "
@@ -301,7 +303,8 @@ def replay(
     if prometheus:
         from controller.replay import trace_from_history
 
-        history = load_history(trace, prometheus, query, days, step, end)
+        # The service's own load as the daemon reads it: the policy names the query when it is not the default.
+        history = load_history(trace, prometheus, query or pol.signals.query, days, step or pol.signals.step, end)
         try:
             tr = trace_from_history(history, history.source)
         except ValueError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -174,10 +176,16 @@ def test_replay_and_backtest_run_on_the_history_prometheus_holds(backfilled, tmp
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
-    replay = ["replay", "--train-days", "1", "--no-sweep", "--strategies", "predictive,reactive"]
+    # The policy names the service's own query (here the one node's series): replay reads the load the daemon would.
+    query = 'sum(rate(peakpilot_requests_total{node="a"}[{step}]))'
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(Path("configs/policy.yaml").read_text().replace("  query: null ", f"  query: '{query}' "))
+    replay = ["replay", "--train-days", "1", "--no-sweep", "--strategies", "predictive,reactive", "--policy",
+              str(policy)]
     live = peakpilot(*replay, "--prometheus", server.url, "--days", "2", "--end", end)
     trace = peakpilot(*replay, "--trace", str(csv))
-    assert live["trace"].startswith(f"{server.url} query ") and live["minutes"] == trace["minutes"] == 1440
+    assert live["trace"] == f"{server.url} query {query.replace('{step}', '1m')!r}"
+    assert live["minutes"] == trace["minutes"] == 1440
     for name in ("predictive", "reactive"):
         a, b = live["strategies"][name], trace["strategies"][name]
         assert a["cost_usd"] == pytest.approx(b["cost_usd"], rel=1e-3)
