@@ -28,9 +28,10 @@
   scale and have its own undone: the view names it, and the daemon says so and exports it. In shadow
   mode, which runs beside the autoscaler it is compared with, that is expected and not looked for.
 * Spot that cannot be had shows as spot pods the scheduler cannot place (the cluster autoscaler or
-  Karpenter gets no spot node for them): once one has waited unscheduled longer than spot's lead time
-  (``spot_wait_min``, the policy's mean + 2 spreads), the view says spot is unavailable, and the cycle
-  covers the spot asked for with on-demand until spot pods are placed again, as on the simulated cluster.
+  Karpenter gets no spot node for them): the view names the one that has waited longest
+  (``spot_unscheduled``); past spot's lead time (``ClusterView.judge_spot``, with the lead time the cycle
+  plans with) spot counts as unavailable, and the cycle covers the spot asked for with on-demand until
+  spot pods are placed again, as on the simulated cluster.
 * Shadow mode reads the cluster and acts on nothing.
 """
 
@@ -71,7 +72,6 @@ class KubernetesActuator:
     seen_ready: set = field(default_factory=set)
     last_requests: list = field(default_factory=list)
     billing_min: dict = field(default_factory=dict)  # class -> billing block in minutes (from the policy)
-    spot_wait_min: float | None = None  # a spot pod unscheduled longer than this: spot cannot be had (None: never)
     clock: object = lambda: datetime.now(timezone.utc)
     instance: str = field(default_factory=socket.gethostname)  # the Events' reportingInstance: the pod's name
     _paid: dict = field(default_factory=dict)  # class -> [(pod name, paid minutes left, its deletion cost now)]
@@ -108,12 +108,10 @@ class KubernetesActuator:
             for pod in pods:
                 state = pod_state(pod)
                 view.counts[cls][state] += 1
-                if cls == "spot" and state == "pending" and self.spot_wait_min is not None:
+                if cls == "spot" and state == "pending":
                     waited = unscheduled_minutes(pod, now)
-                    if waited is not None and waited > self.spot_wait_min:
-                        view.spot_available = False
-                        view.spot_unavailable_why = (f"spot pod {pod.metadata.name} unscheduled for {waited:.0f} min "
-                                                     f"(spot's lead time is {self.spot_wait_min:g})")
+                    if waited is not None and (view.spot_unscheduled is None or waited > view.spot_unscheduled[1]):
+                        view.spot_unscheduled = (pod.metadata.name, waited)
                 if state == "failed":
                     view.failures.append(f"{pod.metadata.name}: {failure(pod)}")
                     self._release_first(pod)
@@ -136,9 +134,8 @@ class KubernetesActuator:
         return view
 
     def use_policy(self, policy) -> None:
-        """A reloaded policy naming the same Deployments: its billing blocks and spot's lead time."""
+        """A reloaded policy naming the same Deployments: its billing blocks."""
         self.billing_min = {c: getattr(policy.classes, c).billing_min for c in CLASSES}
-        self.spot_wait_min = spot_wait_min(policy)
 
     def _other_autoscalers(self) -> list[str]:
         """HorizontalPodAutoscalers whose target is one of ours. Listing them is a check, not the cycle's
@@ -296,13 +293,6 @@ def pod_state(pod) -> str:
     if pod.status is None or pod.status.phase == "Pending" and conditions.get("PodScheduled") != "True":
         return "pending"
     return "warming"
-
-
-def spot_wait_min(policy) -> float:
-    """How long a spot pod may wait for a node before spot counts as not to be had: the policy's guess at
-    spot's lead time (mean + 2 spreads), which includes the node's boot the scheduler waits for."""
-    lead = policy.classes.spot.lead_time
-    return lead.mean_min + 2 * lead.spread_min
 
 
 def unscheduled_minutes(pod, now: datetime) -> float | None:

@@ -244,6 +244,7 @@ class ServiceController:
         except Exception as exc:
             self._error("actuator", f"cannot read the cluster: {exc}")
             return {"ok": False, "error": str(exc)}
+        view.judge_spot(lead_time_min(policy, self.memory, "spot"))
         self.notices.cluster(view)
         self.metrics.conflicts.labels(self.service).set(len(view.conflicts))
         result = control_cycle(obs, forecast, view, policy, self.memory, self.rps_per_node, self.reserved())

@@ -43,6 +43,9 @@ class ClusterView:
     counts: dict[str, dict[str, int]] = field(default_factory=lambda: {c: dict.fromkeys(STATES, 0) for c in CLASSES})
     spot_available: bool = True
     spot_unavailable_why: str | None = None  # what showed it, where the actuator can tell (on Kubernetes)
+    # The spot node asked for that has waited longest for the scheduler to place it: (pod, minutes), where
+    # the actuator can tell (on Kubernetes). Past spot's lead time, spot cannot be had (``judge_spot``).
+    spot_unscheduled: tuple[str, float] | None = None
     lead_samples: list[tuple[str, float]] = field(default_factory=list)  # (class, minutes) of nodes that became ready
     preempted: int = 0  # spot nodes preempted since the last view
     # Minutes until each ready node's paid billing block ends, per class billed by the hour (or any
@@ -52,6 +55,15 @@ class ClusterView:
     # Other autoscalers that scale the same workloads (an HPA left in place): each undoes the other's
     # replicas, e.g. "HorizontalPodAutoscaler llm-spot-hpa scales Deployment llm-spot too".
     conflicts: list[str] = field(default_factory=list)
+
+    def judge_spot(self, lead_min: float) -> None:
+        """Spot cannot be had when a spot node has waited unscheduled longer than spot's whole lead time
+        (the one the cycle plans with: learned p95 once measured, else the policy's): no node was found for
+        it, and on-demand must cover it."""
+        if self.spot_unscheduled is not None and self.spot_unscheduled[1] > lead_min:
+            pod, waited = self.spot_unscheduled
+            self.spot_available = False
+            self.spot_unavailable_why = f"spot pod {pod} unscheduled for {waited:.0f} min (spot's lead time is {lead_min:g})"
 
     def alive(self, cls: str) -> int:
         """Nodes that are serving or on their way (not pending, not draining)."""

@@ -23,6 +23,7 @@ from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget
 from controller.lease import LeaseLock
 from controller.replay import load_trace
 from controller.signals import TraceSignals
+from controller.state import Memory
 from controller.store import Store
 from tests.conftest import SAMPLE, free_port
 from tests.kube_api import FakeKubeAPI
@@ -383,7 +384,8 @@ def test_a_fall_back_to_reactive_and_back_is_told_once_as_kubernetes_events(tmp_
 def test_spot_not_to_be_had_on_a_cluster_is_covered_by_on_demand_and_told(tmp_path, policy_file, trace, caplog):
     """The live controller falls back to on-demand when spot cannot be had, as the replay's does: spot pods
     no node is found for past spot's lead time are covered by on-demand at once, a Warning Event and a
-    log line say so once; when nodes are found for them, a Normal Event says spot is back."""
+    log line say so once; when nodes are found for them, a Normal Event says spot is back. The lead time
+    is the one the cycle plans with: once spot's starts are measured at 45 minutes, 40 is not too long."""
     from datetime import datetime, timedelta, timezone
 
     from controller.service_parts import ServiceParts
@@ -404,7 +406,12 @@ def test_spot_not_to_be_had_on_a_cluster_is_covered_by_on_demand_and_told(tmp_pa
         clock = Clock()
         daemon, service, _ = make(policy_file, trace, Store(str(tmp_path / "spot.db")), clock, actuator)
         daemon.retrain_all()
+        service.memory.lead_samples["spot"] = [45.0] * 20
         with caplog.at_level("INFO", logger="peakpilot.daemon"):
+            run_cycles(daemon, clock, 1)
+            assert not [r for r in caplog.records if "spot cannot be had" in r.getMessage()]
+            assert not [e for e in kube.events if "Spot" in e["reason"]]
+            service.memory = Memory()  # no start measured: the policy's guess, 16 minutes
             run_cycles(daemon, clock, 3)
         decided = {cls: kube.deployments[name]["spec"]["replicas"] for cls, name in
                    (("spot", "llm-spot"), ("on_demand", "llm-on-demand"))}

@@ -243,23 +243,30 @@ def test_an_hpa_left_on_a_pool_is_named_and_one_elsewhere_is_not(kube, caplog):
 
 
 def test_spot_pods_left_unscheduled_past_spots_lead_time_mean_spot_cannot_be_had(kube):
-    """On a cluster, spot that cannot be had is spot pods no node is found for: one waiting longer than
-    spot's lead time makes the view say so (and why), so the cycle covers the spot with on-demand;
-    pods waiting less, or placed, do not."""
+    """On a cluster, spot that cannot be had is spot pods no node is found for: the view names the one
+    waiting longest, and one waiting longer than spot's lead time makes it say so (and why), so the cycle
+    covers the spot with on-demand; pods waiting less, or placed, do not."""
     now = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
-    act = actuator(kube, clock=lambda: now, spot_wait_min=16)
-    view = act.view()  # the fixture's pending pod is llm-od's, and s1-s3 are placed
-    assert view.spot_available and view.spot_unavailable_why is None
+    act = actuator(kube, clock=lambda: now)
+
+    def judged(lead_min=16):
+        view = act.view()
+        view.judge_spot(lead_min)
+        return view
+
+    view = judged()  # the fixture's pending pod is llm-od's, and s1-s3 are placed
+    assert view.spot_available and view.spot_unscheduled is None and view.spot_unavailable_why is None
     kube.add_pod("s4", {"app": "llm-spot"}, "pending", created="2024-05-01T12:20:00Z")  # 10 min: on its way
-    assert act.view().spot_available
+    view = judged()
+    assert view.spot_available and view.spot_unscheduled == ("s4", 10.0)
     kube.add_pod("s5", {"app": "llm-spot"}, "pending", created="2024-05-01T12:05:00Z")  # 25 min
-    view = act.view()
-    assert not view.spot_available and view.counts["spot"]["pending"] == 2
+    view = judged()
+    assert not view.spot_available and view.counts["spot"]["pending"] == 2 and view.spot_unscheduled == ("s5", 25.0)
     assert view.spot_unavailable_why == "spot pod s5 unscheduled for 25 min (spot's lead time is 16)"
+    assert judged(lead_min=30).spot_available  # spot's nodes are known to take longer than that
     kube.pods["s5"]["status"]["conditions"][0]["status"] = "True"  # a node was found for it
     kube.pods["s5"]["status"]["phase"] = "Running"
-    assert act.view().spot_available
-    assert actuator(kube, clock=lambda: now).view().spot_available  # no spot_wait_min: never said
+    assert judged().spot_available
 
 
 def test_shadow_mode_reads_but_never_writes(kube):
