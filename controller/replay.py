@@ -339,10 +339,13 @@ def frontier_cost_at(points: list[dict], level: float) -> float | None:
 
 def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int | None = None, sweep: bool = True,
            train_days: float | None = None, seed: int = 0, progress: bool = True, faults: Faults | None = None,
-           policy_name: str = "", on_progress=None) -> tuple[dict, dict[str, RunResult]]:
+           policy_name: str = "", on_progress=None, feeds: dict | None = None) -> tuple[dict, dict[str, RunResult]]:
     """Replay every strategy; returns the JSON document and the runs at the policy's own settings.
 
-    ``on_progress(share_done, what)`` is called as the work goes on (the dashboard's progress bar)."""
+    ``on_progress(share_done, what)`` is called as the work goes on (the dashboard's progress bar).
+    ``feeds`` keeps the forecasts computed for the trace, keyed by what they depend on (the window, the
+    seed, the model, the horizon, the retraining period): a replay whose policy changes nothing of those
+    (a what-if of headroom, quantile, spot share, ...) reuses them instead of training again."""
     from controller.reserved import recommend_reserved
 
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -365,9 +368,17 @@ def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int 
     else:
         reserved = policy.reserved.count
 
-    if on_progress:
-        on_progress(0.0, "training the forecaster")
-    feed = ForecastFeed(trace, policy, start, total_min - 1, seed, progress) if "predictive" in strategies else None
+    feed = None
+    if "predictive" in strategies:
+        plan = policy.planning
+        key = (trace.name, total_min, start, seed, plan.model, plan.horizon_min, plan.retrain_hours)
+        feed = None if feeds is None else feeds.get(key)
+        if on_progress:
+            on_progress(0.0, "training the forecaster" if feed is None else "the same forecasts as before")
+        if feed is None:
+            feed = ForecastFeed(trace, policy, start, total_min - 1, seed, progress)
+        if feeds is not None:
+            feeds[key] = feed
     oracle = OracleFeed(trace, policy.planning.horizon_min) if "oracle" in strategies else None
     need = np.nan_to_num(trace.arrivals[start:]) / 60.0 / rps_per_node
     knobs = dict(KNOBS)

@@ -278,6 +278,10 @@ with tabs[5]:
         bar = st.progress(0.0, text="starting")
         changes = {"planning": {"headroom": headroom, "quantile": quantile, "keep_min": keep},
                    "spot": {"max_share": spot_share, "share_of": share_of}, "safety_net": {"follow_rises": follow}}
-        result = run_whatif(trace, policy_path, changes, lambda share, what: bar.progress(min(1.0, share), text=what))
+        # The forecasts of the last trace replayed: the next what-if on it skips the training.
+        if st.session_state.get("whatif_feeds", (None,))[0] != trace:
+            st.session_state["whatif_feeds"] = (trace, {})
+        result = run_whatif(trace, policy_path, changes, lambda share, what: bar.progress(min(1.0, share), text=what),
+                            feeds=st.session_state["whatif_feeds"][1])
         bar.progress(1.0, text="done")
         st.dataframe(result, key="whatif_table")

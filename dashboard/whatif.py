@@ -26,14 +26,20 @@ def current_policy(policy_path: str) -> Policy:
     return load_policy(policy_path if policy_path and Path(policy_path).exists() else DEFAULT_POLICY)
 
 
-def run_whatif(trace_path: str, policy_path: str, changes: dict, on_progress=None) -> pd.DataFrame:
-    """The current policy and the changed one, side by side (predictive and the best reactive peer)."""
+def run_whatif(trace_path: str, policy_path: str, changes: dict, on_progress=None,
+               feeds: dict | None = None) -> pd.DataFrame:
+    """The current policy and the changed one, side by side (predictive and the best reactive peer).
+
+    The form's settings do not change the forecasts, so both replays share one set (``feeds``, which the
+    page keeps for the next what-if on the same trace): the forecaster trains once, not twice each time."""
     current = current_policy(policy_path)
     changed = current.with_changes(**changes)
     trace = load_trace(trace_path)
+    feeds = {} if feeds is None else feeds
     rows = {}
     for label, policy, lo, hi in (("current policy", current, 0.0, 0.5), ("what-if", changed, 0.5, 1.0)):
         doc, _ = replay(trace, policy, strategies=("predictive", "reactive_spot"), sweep=False, progress=False,
+                        feeds=feeds,
                         on_progress=None if on_progress is None else
                         (lambda share, what, lo=lo, hi=hi, label=label: on_progress(lo + (hi - lo) * share,
                                                                                    f"{label}: {what}")))

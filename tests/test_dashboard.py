@@ -154,6 +154,9 @@ def test_what_if_runs_a_replay_side_by_side(app, store):
     assert list(table.columns) == ["current policy", "what-if"]
     # Less headroom costs less (and risks more): the table shows two real, different replays.
     assert table.loc["cost_usd", "what-if"] < table.loc["cost_usd", "current policy"]
+    # ... of one set of forecasts, kept for the next what-if on the trace.
+    trace, feeds = at.session_state["whatif_feeds"]
+    assert trace == at.selectbox(key="whatif_trace").value and len(feeds) == 1
 
 
 def test_what_if_names_a_run_policy_that_no_longer_loads_and_starts_from_the_default(app, store, tmp_path):

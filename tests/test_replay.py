@@ -195,6 +195,33 @@ def test_replay_of_a_one_day_trace_trains_on_half_with_the_recent_level():
     assert cost["predictive"] < cost["reactive"], (predictive, reactive)
 
 
+def test_a_replay_that_changes_no_forecasting_setting_reuses_the_forecasts(monkeypatch):
+    """The dashboard's what-if replays one trace under two policies: where they differ in nothing the
+    forecasts depend on, the second replay reuses the first's forecasts (no training) and gives what a
+    replay of its own gives; a changed horizon forecasts again."""
+    from controller import replay as replay_module
+
+    trace = load_trace(trace_path("servegen_reason_deepseek_r1.csv"))
+    policy = load_policy(ROOT / "configs" / "policy.yaml")
+    built = []
+    real = replay_module.ForecastFeed
+    monkeypatch.setattr(replay_module, "ForecastFeed", lambda *a, **k: built.append(a[1]) or real(*a, **k))
+
+    def replayed(pol, feeds=None):
+        doc, _ = replay_module.replay(trace, pol, ("predictive",), sweep=False, progress=False, feeds=feeds)
+        return doc["strategies"]["predictive"]
+
+    feeds = {}
+    first = replayed(policy, feeds)
+    leaner = policy.with_changes(planning={"headroom": 0.0}, spot={"max_share": 0.8})
+    reused = replayed(leaner, feeds)
+    assert len(built) == 1 and len(feeds) == 1
+    assert reused == replayed(leaner) and reused["cost_usd"] < first["cost_usd"]
+    assert len(built) == 2
+    replayed(policy.with_changes(planning={"horizon_min": 45}), feeds)
+    assert len(built) == 3 and len(feeds) == 2
+
+
 def test_replay_moves_up_the_fallback_chain_as_history_grows(tmp_path):
     # 2.5 days of ServeGen m_small: training on the first 30 hours only seasonal_naive can run; the
     # retrain at 48 hours has the two days the ensemble needs, and the replay moves to it as the daemon
