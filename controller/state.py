@@ -63,7 +63,7 @@ class ClusterView:
         if self.spot_unscheduled is not None and self.spot_unscheduled[1] > lead_min:
             pod, waited = self.spot_unscheduled
             self.spot_available = False
-            self.spot_unavailable_why = f"spot pod {pod} unscheduled for {waited:.0f} min (spot's lead time is {lead_min:g})"
+            self.spot_unavailable_why = f"spot pod {pod} unscheduled for {waited:.0f} min (spot's lead time is {lead_min:g} min)"
 
     def alive(self, cls: str) -> int:
         """Nodes that are serving or on their way (not pending, not draining)."""

@@ -262,7 +262,7 @@ def test_spot_pods_left_unscheduled_past_spots_lead_time_mean_spot_cannot_be_had
     kube.add_pod("s5", {"app": "llm-spot"}, "pending", created="2024-05-01T12:05:00Z")  # 25 min
     view = judged()
     assert not view.spot_available and view.counts["spot"]["pending"] == 2 and view.spot_unscheduled == ("s5", 25.0)
-    assert view.spot_unavailable_why == "spot pod s5 unscheduled for 25 min (spot's lead time is 16)"
+    assert view.spot_unavailable_why == "spot pod s5 unscheduled for 25 min (spot's lead time is 16 min)"
     assert judged(lead_min=30).spot_available  # spot's nodes are known to take longer than that
     kube.pods["s5"]["status"]["conditions"][0]["status"] = "True"  # a node was found for it
     kube.pods["s5"]["status"]["phase"] = "Running"
