@@ -312,6 +312,9 @@ def replay(
     else:
         if query or step or end:
             fail("--query, --step and --end read Prometheus: give --prometheus URL too")
+        if trace is None and pol.signals.prometheus:  # the policy names where its own load is
+            typer.echo(f"replaying the sample trace; --prometheus {pol.signals.prometheus} replays the history "
+                       f"of {pol.service}", err=True)
         tr = load_trace_or_exit(trace or DEFAULT_TRACE)
     st = open_store(store) if store else None
     try:

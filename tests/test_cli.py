@@ -207,6 +207,19 @@ def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(
     assert empty.returncode == 2 and "holds no cycle of a daemon yet" in empty.stderr
 
 
+def test_replay_of_the_sample_says_how_to_replay_the_policys_own_prometheus(tmp_path):
+    """A policy that names its Prometheus, replayed without a trace: the sample trace it replays is said,
+    with the option that replays the service's own history instead."""
+    policy = tmp_path / "mine.yaml"
+    policy.write_text((ROOT / "configs" / "policy.yaml").read_text()
+                      .replace("  prometheus: null ", "  prometheus: http://prometheus.monitoring:9090 "))
+    out = run("replay", "--policy", str(policy), "--strategies", "static", "--no-sweep")
+    assert out.returncode == 0, out.stderr
+    assert ("replaying the sample trace; --prometheus http://prometheus.monitoring:9090 replays the history of "
+            "llm-chat") in out.stderr
+    assert "replaying the sample" not in run("replay", "--strategies", "static", "--no-sweep").stderr
+
+
 def test_check_policy_passes_the_shipped_ones_and_names_every_problem(tmp_path):
     out = run("check-policy")
     assert out.returncode == 0, out.stderr
