@@ -157,6 +157,8 @@ class Signals(Strict):
     query: str | None = Field(None, description="PromQL for the request rate per second ({step} is substituted)")
     step: str = Field("1m", description="Prometheus duration of one history step (it is also the query's {step})")
     history_days: float = Field(14, gt=0)
+    busy_query: str | None = Field(None, description="PromQL for the share of requests answered busy now, 0-1 "
+                                                     "({step} is substituted); null: the inference nodes' busy answers")
 
     @field_validator("step")
     @classmethod

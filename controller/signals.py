@@ -6,6 +6,8 @@ keeps its last plan and recovers by itself when the source answers again.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
@@ -14,6 +16,7 @@ from forecaster.errors import HistoryError
 from forecaster.history import History
 
 MINUTE = np.timedelta64(1, "m")
+log = logging.getLogger("peakpilot.daemon")
 
 
 class SignalError(RuntimeError):
@@ -54,18 +57,23 @@ class TraceSignals:
 
 
 class PrometheusSignals:
-    """Live load from Prometheus: the history at ``step`` and the last minute's rate and busy share."""
+    """Live load from Prometheus: the history at ``step`` and the last minute's rate and busy share.
 
-    BUSY = 'sum(rate(peakpilot_requests_total{{outcome="busy"}}[{step}])) / sum(rate(peakpilot_requests_total[{step}]))'
+    The busy share is a refinement of the load (the safety net's ``busy_share_trigger``): a query that
+    fails or answers nothing counts as no busy answers, and a failing one is said once, not every cycle."""
+
+    BUSY = 'sum(rate(peakpilot_requests_total{outcome="busy"}[{step}])) / sum(rate(peakpilot_requests_total[{step}]))'
 
     def __init__(self, url: str, query: str | None = None, step: str = "1m", history_days: float = 14,
-                 timeout_s: float = 30.0):
+                 timeout_s: float = 30.0, busy_query: str | None = None):
         from forecaster.prometheus_source import PrometheusSource
 
         self.source = PrometheusSource(url, query=query, step=step, timeout_s=timeout_s)
         self.step = self.source.step_text  # as PromQL writes it, for the busy share's window too
+        self.busy_query = (busy_query or self.BUSY).replace("{step}", self.step)
         self.history_days = history_days
         self._history: History | None = None
+        self._busy_failure: str | None = None  # why the busy query failed last (said when it changes)
 
     def _load(self, start: pd.Timestamp, end: pd.Timestamp) -> History:
         try:
@@ -91,12 +99,21 @@ class PrometheusSignals:
         history = self._load(end - pd.Timedelta(minutes=5), end)
         last = history.counts.dropna()
         load = float(last.iloc[-1]) / history.step.total_seconds() if len(last) else None
-        busy = 0.0
+        return Observation(np.datetime64(end.tz_localize(None), "m"), load, self._busy_share(end))
+
+    def _busy_share(self, at: pd.Timestamp) -> float:
+        """The busy share at ``at`` (the minute observed, not the wall clock's), 0 where there is none."""
         try:
-            answer = self.source.client().custom_query(self.BUSY.format(step=self.step))
-            if answer:
-                busy = float(answer[0]["value"][1])
-                busy = 0.0 if not np.isfinite(busy) else busy
-        except Exception:  # the busy share is a refinement; the load is what matters
-            pass
-        return Observation(np.datetime64(end.tz_localize(None), "m"), load, busy)
+            answer = self.source.client().custom_query(self.busy_query, params={"time": at.timestamp()})
+            busy = float(answer[0]["value"][1]) if answer else 0.0
+            failure = None
+        except Exception as exc:  # the load is what matters; this refines it
+            busy, failure = 0.0, str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        if failure != self._busy_failure:
+            if failure:
+                log.warning("busy share %s from %s failed: %s; counting no busy answers until it answers",
+                            self.busy_query, self.source.url, failure)
+            else:
+                log.info("busy share %s from %s answers again", self.busy_query, self.source.url)
+            self._busy_failure = failure
+        return min(1.0, max(0.0, busy)) if np.isfinite(busy) else 0.0

@@ -198,3 +198,36 @@ def test_replay_and_backtest_run_on_the_history_prometheus_holds(backfilled, tmp
     bad = subprocess.run([sys.executable, "-m", "peakpilot.cli", "replay", "--prometheus", server.url, "--end",
                           "yesterday-ish"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--end 'yesterday-ish': not a time" in bad.stderr
+
+
+def test_the_busy_share_is_read_at_the_minute_observed_from_the_nodes_or_the_policys_query(prometheus_factory, caplog):
+    """The safety net's busy share: by default the inference nodes' busy answers over all answers, or the
+    policy's ``signals.busy_query`` (here a queue depth scaled to 0-1), read at the minute observed; a
+    query that fails counts as none and is said once, not every cycle."""
+    from controller.signals import PrometheusSignals
+
+    end = pd.Timestamp.now(tz="UTC").floor("1h") - pd.Timedelta(hours=3)
+    stamps = [int((end - pd.Timedelta(seconds=s)).timestamp()) for s in range(1800, -1, -15)]
+    lines = ["# TYPE peakpilot_requests counter"]
+    for outcome, per_s in (("ok", 9), ("busy", 1)):
+        lines += [f'peakpilot_requests_total{{outcome="{outcome}"}} {per_s * (t - stamps[0])} {t}' for t in stamps]
+    lines += ["# TYPE llm_queue_waiting gauge", *(f"llm_queue_waiting 30 {t}" for t in stamps), "# EOF"]
+    server = prometheus_factory()
+    server.backfill("\n".join(lines) + "\n")
+    server.start()
+    minute = np.datetime64(end.tz_localize(None), "m")
+
+    nodes = PrometheusSignals(server.url).observe(minute)  # three hours ago, where the wall clock has no samples
+    assert nodes.busy_share == pytest.approx(0.1) and nodes.load_rps == pytest.approx(10.0)
+    queue = PrometheusSignals(server.url, busy_query="clamp_max(max(llm_queue_waiting) / 100, 1)")
+    assert queue.observe(minute).busy_share == pytest.approx(0.3)
+
+    broken = PrometheusSignals(server.url, busy_query="sum(rate(llm_requests_total[{step}])")
+    with caplog.at_level("INFO", logger="peakpilot.daemon"):
+        observed = [broken.observe(minute) for _ in range(3)]
+        broken.busy_query = "max(llm_queue_waiting) / 100"
+        assert broken.observe(minute).busy_share == pytest.approx(0.3)
+    assert [o.busy_share for o in observed] == [0.0] * 3 and observed[0].load_rps == pytest.approx(10.0)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and "sum(rate(llm_requests_total[1m])" in said[0] and "failed" in said[0]
+    assert "answers again" in said[1]
