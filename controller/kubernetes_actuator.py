@@ -28,10 +28,13 @@
   scale and have its own undone: the view names it, and the daemon says so and exports it. In shadow
   mode, which runs beside the autoscaler it is compared with, that is expected and not looked for.
 * Spot that cannot be had shows as spot pods the scheduler cannot place (the cluster autoscaler or
-  Karpenter gets no spot node for them): the view names the one that has waited longest
-  (``spot_unscheduled``); past spot's lead time (``ClusterView.judge_spot``, with the lead time the cycle
+  Karpenter gets no spot node for them), or as spot pods not even created: the view names what has
+  waited longest (``spot_wait``); past spot's lead time (``ClusterView.judge_spot``, with the lead time the cycle
   plans with) spot counts as unavailable, and the cycle covers the spot asked for with on-demand until
   spot pods are placed again, as on the simulated cluster.
+* Pods a Deployment asks for and cannot create (a ResourceQuota on GPUs, an admission webhook: the
+  Deployment's ``ReplicaFailure`` condition) are named in the view (``uncreated``), said once in the log,
+  and still counted as pending.
 * Shadow mode reads the cluster and acts on nothing.
 """
 
@@ -110,8 +113,8 @@ class KubernetesActuator:
                 view.counts[cls][state] += 1
                 if cls == "spot" and state == "pending":
                     waited = unscheduled_minutes(pod, now)
-                    if waited is not None and (view.spot_unscheduled is None or waited > view.spot_unscheduled[1]):
-                        view.spot_unscheduled = (pod.metadata.name, waited)
+                    if waited is not None:
+                        view.waits_for_spot(f"spot pod {pod.metadata.name} unscheduled", waited)
                 if state == "failed":
                     view.failures.append(f"{pod.metadata.name}: {failure(pod)}")
                     self._release_first(pod)
@@ -129,6 +132,13 @@ class KubernetesActuator:
             replicas = deployment.spec.replicas or 0
             if replicas > counted:  # asked for but no pod yet: pending
                 view.counts[cls]["pending"] += replicas - counted
+                refused = replica_failure(deployment)
+                if refused is not None:
+                    why, since = refused
+                    view.uncreated.append(f"{name}: {replicas - counted} pod(s) not created ({why})")
+                    if cls == "spot" and since is not None:
+                        view.waits_for_spot(f"{replicas - counted} spot pod(s) of {name} not created ({why})",
+                                            (now - since).total_seconds() / 60)
         if not self.shadow:
             view.conflicts = self._other_autoscalers()
         return view
@@ -293,6 +303,15 @@ def pod_state(pod) -> str:
     if pod.status is None or pod.status.phase == "Pending" and conditions.get("PodScheduled") != "True":
         return "pending"
     return "warming"
+
+
+def replica_failure(deployment) -> tuple[str, datetime | None] | None:
+    """Why a Deployment cannot create the pods it asks for, and since when: its ``ReplicaFailure``
+    condition, which the Deployment controller copies from its ReplicaSet's failed creates."""
+    for c in (deployment.status.conditions if deployment.status else None) or []:
+        if c.type == "ReplicaFailure" and c.status == "True":
+            return f"{c.reason or 'FailedCreate'}: {c.message or 'no message'}", c.last_transition_time
+    return None
 
 
 def unscheduled_minutes(pod, now: datetime) -> float | None:

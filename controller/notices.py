@@ -1,7 +1,8 @@
 """What the operator is told about one service: a line in the controller's log (``kubectl logs``), and
 where the cluster keeps it, an Event on the service's Deployments (``kubectl get events``). Each is said
 once when it changes, not once a minute: a class's decided size and why, a fall back to the reactive
-safety net and the return from it, failed nodes, another autoscaler on a pool, spot not to be had.
+safety net and the return from it, failed nodes, pods not created, another autoscaler on a pool, spot
+not to be had.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Notices:
     _announced: dict = field(default_factory=dict)  # what the Events said last: mode, autoscalers, spot
     _failures: list = field(default_factory=list)  # the failed nodes last reported
     _conflicts: list = field(default_factory=list)  # the other autoscalers last reported
+    _uncreated: list = field(default_factory=list)  # the workloads whose pods are not created, last reported
     _spot_available: bool = True  # as last reported
 
     def cluster(self, view) -> None:
@@ -29,6 +31,14 @@ class Notices:
                 log.warning("%s: %d node(s) failed and will not turn ready by themselves: %s", self.service,
                             len(failures), "; ".join(failures))
             self._failures = failures
+        uncreated = sorted(view.uncreated)
+        if uncreated != self._uncreated:
+            if uncreated:
+                log.warning("%s: pods asked for are not being created, so their nodes will not come: %s (counted as "
+                            "pending meanwhile)", self.service, "; ".join(uncreated))
+            else:
+                log.info("%s: the pods asked for are created again", self.service)
+            self._uncreated = uncreated
         if view.conflicts != self._conflicts:
             if view.conflicts:
                 log.warning("%s: another autoscaler scales the same workloads, and each will undo the other's "

@@ -43,9 +43,13 @@ class ClusterView:
     counts: dict[str, dict[str, int]] = field(default_factory=lambda: {c: dict.fromkeys(STATES, 0) for c in CLASSES})
     spot_available: bool = True
     spot_unavailable_why: str | None = None  # what showed it, where the actuator can tell (on Kubernetes)
-    # The spot node asked for that has waited longest for the scheduler to place it: (pod, minutes), where
-    # the actuator can tell (on Kubernetes). Past spot's lead time, spot cannot be had (``judge_spot``).
-    spot_unscheduled: tuple[str, float] | None = None
+    # The spot node asked for that has waited longest for capacity, where the actuator can tell (on
+    # Kubernetes): (what waits, minutes), e.g. ("spot pod s5 unscheduled", 25.0). Past spot's lead time,
+    # spot cannot be had (``judge_spot``).
+    spot_wait: tuple[str, float] | None = None
+    # Pods asked for that are not being created (a quota, an admission webhook refusing them), per
+    # workload: "llm-spot: 3 pod(s) not created (FailedCreate: ...)". They count as pending meanwhile.
+    uncreated: list[str] = field(default_factory=list)
     lead_samples: list[tuple[str, float]] = field(default_factory=list)  # (class, minutes) of nodes that became ready
     preempted: int = 0  # spot nodes preempted since the last view
     # Minutes until each ready node's paid billing block ends, per class billed by the hour (or any
@@ -60,10 +64,15 @@ class ClusterView:
         """Spot cannot be had when a spot node has waited unscheduled longer than spot's whole lead time
         (the one the cycle plans with: learned p95 once measured, else the policy's): no node was found for
         it, and on-demand must cover it."""
-        if self.spot_unscheduled is not None and self.spot_unscheduled[1] > lead_min:
-            pod, waited = self.spot_unscheduled
+        if self.spot_wait is not None and self.spot_wait[1] > lead_min:
+            what, waited = self.spot_wait
             self.spot_available = False
-            self.spot_unavailable_why = f"spot pod {pod} unscheduled for {waited:.0f} min (spot's lead time is {lead_min:g} min)"
+            self.spot_unavailable_why = f"{what} for {waited:.0f} min (spot's lead time is {lead_min:g} min)"
+
+    def waits_for_spot(self, what: str, minutes: float) -> None:
+        """Note a spot node waiting for capacity; the longest wait is the one judged."""
+        if self.spot_wait is None or minutes > self.spot_wait[1]:
+            self.spot_wait = (what, minutes)
 
     def alive(self, cls: str) -> int:
         """Nodes that are serving or on their way (not pending, not draining)."""

@@ -85,6 +85,13 @@ class FakeKubeAPI:
                                   "spec": {"containers": [{"name": "node", "image": "peakpilot/node"}]}}},
             "status": {"replicas": replicas}}
 
+    def refuse_pods(self, deployment: str, message: str, since: str) -> None:
+        """The Deployment's ReplicaSet cannot create its pods (a quota, a webhook): the condition the
+        Deployment controller then sets on the Deployment."""
+        self.deployments[deployment]["status"]["conditions"] = [
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message,
+             "lastTransitionTime": since, "lastUpdateTime": since}]
+
     def add_pod(self, name: str, labels: dict, state: str, created: str = "2024-05-01T12:00:00Z",
                 ready_at: str | None = None, waiting: str | None = None, restarts: int = 0) -> None:
         """A pod in ``state``; ``waiting`` gives its container a waiting reason (CrashLoopBackOff, ...)."""

@@ -429,6 +429,22 @@ def test_spot_not_to_be_had_on_a_cluster_is_covered_by_on_demand_and_told(tmp_pa
         assert told[3:] == [("Normal", "SpotAvailable")] * 3
 
 
+def test_pods_not_created_are_said_once_and_so_is_their_return(caplog):
+    """A quota refusing a pool's pods is news once, not every cycle; so is its end."""
+    from controller.notices import Notices
+    from controller.state import ClusterView
+
+    notices = Notices("llm-chat")
+    refused = ClusterView(uncreated=["llm-od: 2 pod(s) not created (FailedCreate: exceeded quota: gpus)"])
+    with caplog.at_level("INFO", logger="peakpilot.daemon"):
+        for view in (refused, refused, ClusterView(), ClusterView()):
+            notices.cluster(view)
+    assert [r.getMessage() for r in caplog.records] == [
+        "llm-chat: pods asked for are not being created, so their nodes will not come: llm-od: 2 pod(s) not "
+        "created (FailedCreate: exceeded quota: gpus) (counted as pending meanwhile)",
+        "llm-chat: the pods asked for are created again"]
+
+
 def test_failed_pods_are_said_once_counted_and_not_held(tmp_path, policy_file, trace, caplog):
     """A spot pod whose container crash-loops: one warning naming it (not one a minute), the
     ``failed`` state in the node metric, and decisions that say it and do not keep it as warming."""

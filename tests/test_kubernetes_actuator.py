@@ -255,18 +255,46 @@ def test_spot_pods_left_unscheduled_past_spots_lead_time_mean_spot_cannot_be_had
         return view
 
     view = judged()  # the fixture's pending pod is llm-od's, and s1-s3 are placed
-    assert view.spot_available and view.spot_unscheduled is None and view.spot_unavailable_why is None
+    assert view.spot_available and view.spot_wait is None and view.spot_unavailable_why is None
     kube.add_pod("s4", {"app": "llm-spot"}, "pending", created="2024-05-01T12:20:00Z")  # 10 min: on its way
     view = judged()
-    assert view.spot_available and view.spot_unscheduled == ("s4", 10.0)
+    assert view.spot_available and view.spot_wait == ("spot pod s4 unscheduled", 10.0)
     kube.add_pod("s5", {"app": "llm-spot"}, "pending", created="2024-05-01T12:05:00Z")  # 25 min
     view = judged()
-    assert not view.spot_available and view.counts["spot"]["pending"] == 2 and view.spot_unscheduled == ("s5", 25.0)
+    assert not view.spot_available and view.counts["spot"]["pending"] == 2
+    assert view.spot_wait == ("spot pod s5 unscheduled", 25.0)
     assert view.spot_unavailable_why == "spot pod s5 unscheduled for 25 min (spot's lead time is 16 min)"
     assert judged(lead_min=30).spot_available  # spot's nodes are known to take longer than that
     kube.pods["s5"]["status"]["conditions"][0]["status"] = "True"  # a node was found for it
     kube.pods["s5"]["status"]["phase"] = "Running"
     assert judged().spot_available
+
+
+def test_pods_a_deployment_cannot_create_are_named_and_spot_ones_count_as_spot_not_to_be_had(kube):
+    """A quota (or a webhook) refusing a pool's pods: the Deployment says ReplicaFailure, the view names the
+    pool and why (the pods still count as pending); spot pods refused longer than spot's lead time make
+    spot unavailable, so on-demand covers them."""
+    now = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
+    act = actuator(kube, clock=lambda: now)
+    quota = ('pods "llm-od-7d9f-x2" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=1, '
+             'used: requests.nvidia.com/gpu=8, limited: requests.nvidia.com/gpu=8')
+    kube.deployments["llm-od"]["spec"]["replicas"] = 3  # one pod (o1) exists
+    kube.refuse_pods("llm-od", quota, since="2024-05-01T12:00:00Z")
+    view = act.view()
+    assert view.uncreated == [f"llm-od: 2 pod(s) not created (FailedCreate: {quota})"]
+    assert view.counts["on_demand"]["pending"] == 3 and view.spot_wait is None  # on-demand: told, not judged
+    kube.deployments["llm-spot"]["spec"]["replicas"] = 6  # s1 and s2 exist (s3 drains: not a replica)
+    kube.refuse_pods("llm-spot", quota.replace("llm-od", "llm-spot"), since="2024-05-01T12:10:00Z")
+    view = act.view()
+    view.judge_spot(16)
+    assert len(view.uncreated) == 2 and not view.spot_available
+    assert view.spot_unavailable_why.startswith("4 spot pod(s) of llm-spot not created (FailedCreate: pods "
+                                                '"llm-spot-7d9f-x2" is forbidden: exceeded quota: gpus')
+    assert view.spot_unavailable_why.endswith(" for 20 min (spot's lead time is 16 min)")
+    kube.deployments["llm-spot"]["status"]["conditions"] = []  # the quota was raised
+    view = act.view()
+    view.judge_spot(16)
+    assert view.spot_available and view.uncreated == [f"llm-od: 2 pod(s) not created (FailedCreate: {quota})"]
 
 
 def test_shadow_mode_reads_but_never_writes(kube):
