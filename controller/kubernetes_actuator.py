@@ -29,9 +29,9 @@
   mode, which runs beside the autoscaler it is compared with, that is expected and not looked for.
 * Spot that cannot be had shows as spot pods the scheduler cannot place (the cluster autoscaler or
   Karpenter gets no spot node for them), or as spot pods not even created: the view names what has
-  waited longest (``spot_wait``); past spot's lead time (``ClusterView.judge_spot``, with the lead time the cycle
-  plans with) spot counts as unavailable, and the cycle covers the spot asked for with on-demand until
-  spot pods are placed again, as on the simulated cluster.
+  waited longest (``spot_wait``); past spot's lead time (``ClusterView.judge_spot``, with the lead time
+  the cycle plans with) spot counts as unavailable, and the cycle covers the spot asked for with
+  on-demand until spot pods are placed again, as on the simulated cluster.
 * Pods a Deployment asks for and cannot create (a ResourceQuota on GPUs, an admission webhook: the
   Deployment's ``ReplicaFailure`` condition) are named in the view (``uncreated``), said once in the log,
   and still counted as pending.

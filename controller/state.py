@@ -61,9 +61,9 @@ class ClusterView:
     conflicts: list[str] = field(default_factory=list)
 
     def judge_spot(self, lead_min: float) -> None:
-        """Spot cannot be had when a spot node has waited unscheduled longer than spot's whole lead time
-        (the one the cycle plans with: learned p95 once measured, else the policy's): no node was found for
-        it, and on-demand must cover it."""
+        """Spot cannot be had when a spot node has waited for capacity (unscheduled, or not even created)
+        longer than spot's whole lead time (the one the cycle plans with: learned p95 once measured, else
+        the policy's): on-demand must cover it."""
         if self.spot_wait is not None and self.spot_wait[1] > lead_min:
             what, waited = self.spot_wait
             self.spot_available = False
