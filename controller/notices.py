@@ -13,6 +13,19 @@ from dataclasses import dataclass, field
 log = logging.getLogger("peakpilot.daemon")
 
 
+def attention(view) -> list[str]:
+    """What the cluster's view shows that needs an operator's look, a line each: recorded with the cycle,
+    so ``peakpilot status`` says why on-demand stands in or why nodes asked for do not come."""
+    lines = []
+    if not view.spot_available:
+        lines.append("spot cannot be had" + (f" ({view.spot_unavailable_why})" if view.spot_unavailable_why else "")
+                     + ": on-demand stands in for the spot asked for")
+    lines += [f"pods not created: {u}" for u in view.uncreated]
+    lines += [f"failed node: {f}" for f in view.failures]
+    lines += [f"another autoscaler: {c}" for c in view.conflicts]
+    return lines
+
+
 @dataclass
 class Notices:
     service: str

@@ -18,7 +18,7 @@ import pandas as pd
 
 from controller.cycle import control_cycle
 from controller.daemon_metrics import DaemonMetrics
-from controller.notices import Notices
+from controller.notices import Notices, attention
 from controller.planner import lead_time_min
 from controller.policy import CLASSES, Policy, PolicyError, backend_problems, load_policy
 from controller.shadow import ShadowEstimate
@@ -261,6 +261,7 @@ class ServiceController:
         cost = sum(view.active(c) * policy.price(c) for c in CLASSES)
         row = {"load_rps": observed, "forecast_q50": None, "forecast_q90": None, "mode": result.mode,
                "role": "shadow" if self.shadow else "leader" if acting else "follower",
+               "attention": "\n".join(attention(view)) or None,
                "ready": view.ready(), "warming": sum(view.warming(c) + view.counts[c]["pending"] for c in CLASSES),
                "draining": sum(view.counts[c]["draining"] for c in CLASSES), "cost_per_hour": cost,
                **{f"ready_{c}": view.ready(c) for c in CLASSES},

@@ -35,6 +35,8 @@ def service_status(store: Store, now: datetime | None = None) -> list[dict]:
             "ready": {cls: _count(cycle[f"ready_{cls}"]) for cls in CLASSES},
             "warming": _count(cycle["warming"]), "draining": _count(cycle["draining"]),
             "cost_per_hour": cycle["cost_per_hour"],
+            # what the cluster showed that needs a look (none recorded by a store older than the column)
+            "attention": (cycle.get("attention") or "").splitlines(),
             "decisions": [{"cls": d["cls"], "desired": d["desired"], "current": d["current"],
                            "reason": d["reason"]} for d in decided]})
     return found
@@ -46,8 +48,9 @@ def _count(value) -> int | None:
 
 def render_status(services: list[dict]) -> str:
     """A table, one line per service, then each class's decision with its reason (``kubectl describe``'s
-    shape), a line for each service no longer being run, and one where the decisions were not applied
-    (a follower of the Lease, or shadow mode): this replica's store holds its own decisions."""
+    shape) and what the cluster showed that needs a look (``!``), a line for each service no longer being
+    run, and one where the decisions were not applied (a follower of the Lease, or shadow mode): this
+    replica's store holds its own decisions."""
     header = ("SERVICE", "LAST CYCLE", "ROLE", "MODE", "LOAD req/s", "FORECAST q90", "READY r/s/od", "WARMING",
               "DECIDED r/s/od", "COST/h")
     rows = [header]
@@ -75,6 +78,7 @@ def render_status(services: list[dict]) -> str:
         for d in s["decisions"]:
             nodes = "node" if d["desired"] == 1 else "nodes"
             lines.append(f"  {d['cls']}: {d['desired']} {nodes} ({d['current']} running): {d['reason']}")
+        lines += [f"  ! {line}" for line in s["attention"]]
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ TIMELINE_COLUMNS = ("load_rps", "forecast_q50", "forecast_q90", "ready", "warmin
                     "plan_late", "plan_busy")
 # The daemon's: its mode (predictive, or reactive: the safety net alone, for want of a forecast), and
 # whether this replica's decisions were applied (leader), or not (follower of the Lease, shadow).
-TEXT_COLUMNS = ("mode", "role")
+TEXT_COLUMNS = ("mode", "role", "attention")
 
 metadata = sa.MetaData()
 runs = sa.Table(

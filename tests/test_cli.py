@@ -152,8 +152,9 @@ def test_bad_input_exits_2_with_a_clear_message(args, message):
 
 def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(tmp_path):
     """``peakpilot status`` on the store a daemon writes: a line per service (load, forecast, ready
-    against decided by class), each class's reason, a service whose last cycle is old flagged as such;
-    ``--json``, ``--service``, and exit 2 naming the store where there is nothing to show."""
+    against decided by class), each class's reason and what the cluster showed that needs a look, a
+    service whose last cycle is old flagged as such; ``--json``, ``--service``, and exit 2 naming the
+    store where there is nothing to show."""
     from datetime import datetime, timedelta, timezone
 
     import numpy as np
@@ -163,6 +164,9 @@ def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(
 
     now = datetime.now(timezone.utc).replace(second=0, microsecond=0, tzinfo=None)
     url = f"sqlite:///{tmp_path / 'd.db'}"
+    looks = ["spot cannot be had (spot pod s5 unscheduled for 25 min (spot's lead time is 16 min)): on-demand "
+             "stands in for the spot asked for", "pods not created: llm-od: 2 pod(s) not created (FailedCreate: "
+             "exceeded quota: gpus)"]
     with Store(url) as st:
         for service, ago, mode, spot, role in (("llm-chat", 3, "predictive", 7, "leader"),
                                                ("llm-old", 45, "reactive", 2, "follower")):
@@ -172,7 +176,8 @@ def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(
             st.record_cycle(run_id, minute, at.isoformat(timespec="minutes"),
                             {"load_rps": 412.25, "forecast_q50": 400.0, "forecast_q90": 498.0, "mode": mode, "role": role,
                              "ready_reserved": 4.0, "ready_spot": 5.0, "ready_on_demand": 0.0, "warming": 2.0,
-                             "draining": 0.0, "cost_per_hour": 17.6},
+                             "draining": 0.0, "cost_per_hour": 17.6,
+                             "attention": "\n".join(looks) if service == "llm-chat" else None},
                             [Decision("spot", spot, 7, "forecast needs 11 by +14 min (q90, lead 16 min)"),
                              Decision("reserved", 4, 4, "reserved count 4")], {})
             with st.engine.begin() as conn:  # written then, as a daemon writes each cycle as it runs it
@@ -190,6 +195,8 @@ def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(
     assert "  (this replica follows the Lease: these decisions were not applied; the leader's were)" in lines
     assert "  reserved: 4 nodes (4 running): reserved count 4" in lines
     assert "  spot: 7 nodes (7 running): forecast needs 11 by +14 min (q90, lead 16 min)" in lines
+    at = lines.index("  spot: 7 nodes (7 running): forecast needs 11 by +14 min (q90, lead 16 min)")
+    assert lines[at + 1:at + 3] == [f"  ! {line}" for line in looks] and not lines[at + 3].startswith("  !")
     assert any(line.startswith("llm-old: no cycle recorded for 4") and "its daemon is not running" in line
                for line in lines)
     doc = json.loads(run("status", "--store", url, "--json", "--service", "llm-chat").stdout)
@@ -198,6 +205,7 @@ def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(
     assert (chat["mode"], chat["role"], chat["stale"], chat["ready"], chat["warming"]) == (
         "predictive", "leader", False, {"reserved": 4, "spot": 5, "on_demand": 0}, 2)
     assert [(d["cls"], d["desired"]) for d in chat["decisions"]] == [("reserved", 4), ("spot", 7)]
+    assert chat["attention"] == looks
     for args, message in ((["--service", "llm-nope"], "no service 'llm-nope' in the store"),
                           ([], "does not exist")):
         bad = run("status", "--store", url if args else str(tmp_path / "none.db"), *args)

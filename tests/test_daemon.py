@@ -420,6 +420,8 @@ def test_spot_not_to_be_had_on_a_cluster_is_covered_by_on_demand_and_told(tmp_pa
         assert len(said) == 1 and "(spot pod s" in said[0] and " unscheduled for 4" in said[0]  # 40 or 41 min
         told = [(e["type"], e["reason"]) for e in kube.events if "Spot" in e["reason"]]
         assert told == [("Warning", "SpotUnavailable")] * 3
+        looks = service.store.latest_cycles()[0]["attention"]  # what `peakpilot status` shows
+        assert looks.startswith("spot cannot be had (spot pod s") and looks.endswith("stands in for the spot asked for")
         for pod in kube.pods.values():  # nodes found for them at last
             if pod["metadata"]["name"].startswith("s"):
                 pod["status"]["conditions"][0]["status"] = "True"
@@ -427,6 +429,7 @@ def test_spot_not_to_be_had_on_a_cluster_is_covered_by_on_demand_and_told(tmp_pa
         run_cycles(daemon, clock, 1)
         told = [(e["type"], e["reason"]) for e in kube.events if "Spot" in e["reason"]]
         assert told[3:] == [("Normal", "SpotAvailable")] * 3
+        assert service.store.latest_cycles()[0]["attention"] is None
 
 
 def test_pods_not_created_are_said_once_and_so_is_their_return(caplog):
