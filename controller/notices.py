@@ -13,13 +13,18 @@ from dataclasses import dataclass, field
 log = logging.getLogger("peakpilot.daemon")
 
 
+def spot_unavailable(view) -> str:
+    """"spot cannot be had", with what showed it where the actuator can tell (the log, the Event and
+    ``peakpilot status`` say it alike)."""
+    return "spot cannot be had" + (f" ({view.spot_unavailable_why})" if view.spot_unavailable_why else "")
+
+
 def attention(view) -> list[str]:
     """What the cluster's view shows that needs an operator's look, a line each: recorded with the cycle,
     so ``peakpilot status`` says why on-demand stands in or why nodes asked for do not come."""
     lines = []
     if not view.spot_available:
-        lines.append("spot cannot be had" + (f" ({view.spot_unavailable_why})" if view.spot_unavailable_why else "")
-                     + ": on-demand stands in for the spot asked for")
+        lines.append(f"{spot_unavailable(view)}: on-demand stands in for the spot asked for")
     lines += [f"pods not created: {u}" for u in view.uncreated]
     lines += [f"failed node: {f}" for f in view.failures]
     lines += [f"another autoscaler: {c}" for c in view.conflicts]
@@ -60,8 +65,8 @@ class Notices:
             self._conflicts = view.conflicts
         if view.spot_available != self._spot_available:
             if not view.spot_available:
-                log.warning("%s: spot cannot be had%s; on-demand stands in for the spot asked for until it can",
-                            self.service, f" ({view.spot_unavailable_why})" if view.spot_unavailable_why else "")
+                log.warning("%s: %s; on-demand stands in for the spot asked for until it can", self.service,
+                            spot_unavailable(view))
             else:
                 log.info("%s: spot can be had again; the on-demand standing in goes once spot is ready", self.service)
             self._spot_available = view.spot_available
@@ -98,9 +103,8 @@ class Notices:
             said.append((False, "ForecastResumed", f"{self.service}: planning on the forecast again"))
         spot, had = view.spot_available, self._announced.get("spot", True)
         if not spot and had:
-            said.append((True, "SpotUnavailable", f"{self.service}: spot cannot be had"
-                         + (f" ({view.spot_unavailable_why})" if view.spot_unavailable_why else "")
-                         + "; on-demand stands in for the spot asked for until it can"))
+            said.append((True, "SpotUnavailable", f"{self.service}: {spot_unavailable(view)}; on-demand stands in "
+                                                  "for the spot asked for until it can"))
         elif spot and not had:
             said.append((False, "SpotAvailable", f"{self.service}: spot can be had again; the on-demand standing "
                                                  "in goes once spot is ready"))

@@ -160,6 +160,14 @@ class ForecastFeed:
                  "status": status} for p, name, status in self.switches]
 
 
+def forecast_key(trace: Trace, policy: Policy, first_minute: int, last_minute: int, seed: int = 0) -> tuple:
+    """Everything a ``ForecastFeed`` reads, kept beside it: two replays with the same key have the same
+    forecasts (``replay``'s ``feeds``)."""
+    plan = policy.planning
+    return (trace.name, len(trace.arrivals), first_minute, last_minute, seed, plan.model, plan.horizon_min,
+            plan.retrain_hours)
+
+
 class OracleFeed:
     """The true future load as a forecast (all quantiles equal): a perfect forecaster."""
 
@@ -370,8 +378,7 @@ def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int 
 
     feed = None
     if "predictive" in strategies:
-        plan = policy.planning
-        key = (trace.name, total_min, start, seed, plan.model, plan.horizon_min, plan.retrain_hours)
+        key = forecast_key(trace, policy, start, total_min - 1, seed)
         feed = None if feeds is None else feeds.get(key)
         if on_progress:
             on_progress(0.0, "training the forecaster" if feed is None else "the same forecasts as before")
