@@ -64,13 +64,23 @@ def _load_and_warm(spec: EngineSpec):
     return model, timings
 
 
+def describe_device(device) -> str:
+    """What the model runs on, as /ready and the start log say it: 'cpu', or 'cuda:0 (NVIDIA H100 ...)'."""
+    import torch
+
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
 class ThreadEngine:
     """The model in the server's own process."""
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
         self.model = None
-        self.name = self.tokenizer = None
+        self.name = self.tokenizer = self.device = None
         self.timings: dict[str, float] = {}
 
     def start(self) -> None:
@@ -84,6 +94,7 @@ class ThreadEngine:
         self._generate = generate
         self.model, self.timings = _load_and_warm(self.spec)
         self.name, self.tokenizer = self.model.name, self.model.tokenizer
+        self.device = describe_device(self.model.device)
 
     def run(self, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
             seed: int) -> list[list[int]]:
@@ -101,7 +112,8 @@ def _engine_main(conn, spec: EngineSpec) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         model, timings = _load_and_warm(spec)
-        conn.send(("ready", {"name": model.name, "tokenizer": model.tokenizer, "timings": timings}))
+        conn.send(("ready", {"name": model.name, "tokenizer": model.tokenizer, "timings": timings,
+                             "device": describe_device(model.device)}))
     except Exception as exc:
         try:
             conn.send(("failed", f"{type(exc).__name__}: {exc}"))
@@ -128,7 +140,7 @@ class ProcessEngine:
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
-        self.name = self.tokenizer = None
+        self.name = self.tokenizer = self.device = None
         self.timings: dict[str, float] = {}
         self._proc = self._conn = None
         self._lock = threading.Lock()
@@ -149,6 +161,7 @@ class ProcessEngine:
             raise EngineError(f"{payload}; a tokenizer that cannot be sent between processes needs --engine thread"
                               if "pickle" in str(payload).lower() else payload)
         self.name, self.tokenizer, self.timings = payload["name"], payload["tokenizer"], payload["timings"]
+        self.device = payload["device"]
 
     def run(self, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
             seed: int) -> list[list[int]]:

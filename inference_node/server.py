@@ -128,8 +128,8 @@ class Node:
         if self.state == "starting":
             self.state = "ready"
             self.metrics.ready.set(1)
-            log.info("ready after %.2f s (load %.2f s, warm-up %.2f s; %s engine)", self.timings["total"],
-                     self.timings["model_load"], self.timings["warmup"], self.config.engine)
+            log.info("ready after %.2f s (load %.2f s, warm-up %.2f s; %s engine on %s)", self.timings["total"],
+                     self.timings["model_load"], self.timings["warmup"], self.config.engine, self.engine.device)
 
     # -- drain -----------------------------------------------------------------------------------
     def begin_drain(self) -> None:
@@ -199,7 +199,7 @@ def create_app(config: NodeConfig) -> FastAPI:
 
     @app.get("/ready")
     async def ready():
-        body = {"state": node.state, "model": node.model_name,
+        body = {"state": node.state, "model": node.model_name, "device": node.engine.device,
                 "start_seconds": {k: round(v, 4) for k, v in node.timings.items()}}
         return JSONResponse(body, status_code=200 if node.state == "ready" else 503)
 

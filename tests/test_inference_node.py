@@ -96,6 +96,7 @@ def test_ready_only_after_warm_up(node_factory):
     body = n.wait_ready()
     assert n.seen_not_ready  # /ready said 503 (while /health said alive) before it said 200
     assert body["state"] == "ready" and body["start_seconds"]["warmup"] > 0
+    assert body["device"] == "cpu"  # what the model runs on, said by the engine process ("cuda:0 (NAME)" on a GPU)
     assert body["start_seconds"]["total"] >= body["start_seconds"]["model_load"] + body["start_seconds"]["warmup"]
     metrics = httpx.get(f"{n.url}/metrics").text
     assert "peakpilot_warm 1.0" in metrics and 'peakpilot_start_seconds{phase="warmup"}' in metrics
@@ -365,6 +366,7 @@ def test_answers_slower_than_the_slo_are_counted_as_late():
             deadline = time.time() + 60
             while client.get("/ready").status_code != 200 and time.time() < deadline:
                 time.sleep(0.05)
+            assert client.get("/ready").json()["device"] == "cpu"
             codes = [client.post("/v1/completions", json={"prompt": "x", "max_tokens": 8}).status_code
                      for _ in range(2)]
             got = samples(client)
@@ -374,3 +376,17 @@ def test_answers_slower_than_the_slo_are_counted_as_late():
                 assert codes == [200, 429] and got["peakpilot_requests_total{busy}"] == 1
             else:
                 assert codes == [200, 200] and got["peakpilot_requests_total{ok}"] == 2
+
+
+def test_device_named_as_ready_says_it(monkeypatch):
+    """/ready names the GPU a node runs on (measured on an H100 by bench/node_gpu.py; CI has no GPU, so the
+    CUDA name comes from a stand-in here)."""
+    import torch
+
+    from inference_node.engine import describe_device
+
+    assert describe_device(torch.device("cpu")) == "cpu"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"GPU {index}")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert describe_device(torch.device("cuda")) == "cuda:0 (GPU 0)"
+    assert describe_device(torch.device("cuda", 1)) == "cuda:1 (GPU 1)"
