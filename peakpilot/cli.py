@@ -129,6 +129,19 @@ def parse_end(text: Optional[str]):
 END_HELP = "Read Prometheus up to this time (ISO, UTC unless it says otherwise; default: now)."
 
 
+TABLE_ROWS = 60
+
+
+def table_rows(n: int, peak_at: int, limit: int | None) -> tuple[list[int], int]:
+    """The rows a readable forecast prints: all of them up to `limit`, else every k-th (the first and
+    the last among them) and the peak's, so a 30-minute forecast of a 1-second series is 60 rows, not
+    1,800. Returns the row numbers and k."""
+    if limit is None or n <= limit:
+        return list(range(n)), 1
+    every = -(-n // limit)
+    return sorted(set(range(0, n, every)) | {n - 1, peak_at}), every
+
+
 @app.command()
 def forecast(
     trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace (timestamp,requests) or request log. "
@@ -147,6 +160,9 @@ def forecast(
     horizon: float = typer.Option(30, "--horizon", min=1, max=MAX_HORIZON_MIN, help="Minutes ahead (at most a week)."),
     seed: int = typer.Option(0, "--seed"),
     save: Optional[Path] = typer.Option(None, "--save", help="Also save the fitted model here."),
+    every_step: bool = typer.Option(False, "--every-step", help=f"Print a row for every step; by default a "
+                                                                f"forecast of more than {TABLE_ROWS} steps shows "
+                                                                f"every n-th and the peak's (--json has all)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Forecast the load from the end of the history: q50/q90/q99 per step and the predicted peak."""
@@ -170,10 +186,17 @@ def forecast(
     typer.echo(f"history: {history.source}  ({len(history)} x {history.step_min:g} min, "
                f"{len(history.gaps)} gaps)")
     typer.echo(f"model:   {result.model}  [{status}]")
+    frame, peak = result.frame, result.peak()
+    peak_at = int(frame["q50"].to_numpy().argmax())
+    shown, every = table_rows(len(frame), peak_at, None if every_step else TABLE_ROWS)
     typer.echo(f"{'timestamp':<27}{'q50':>12}{'q90':>12}{'q99':>12}")
-    for t, row in result.frame.iterrows():
-        typer.echo(f"{t.isoformat():<27}{row.q50:>12.1f}{row.q90:>12.1f}{row.q99:>12.1f}")
-    peak = result.peak()
+    for i in shown:
+        t, row = frame.index[i], frame.iloc[i]
+        mark = "  <- peak" if i == peak_at and every > 1 else ""
+        typer.echo(f"{t.isoformat():<27}{row.q50:>12.1f}{row.q90:>12.1f}{row.q99:>12.1f}{mark}")
+    if every > 1:
+        typer.echo(f"({len(shown)} of {len(frame):,} steps shown: one in {every} and the peak's; "
+                   f"--every-step or --json for all)")
     typer.echo(f"peak:    {peak['timestamp']}  q50 {peak['q50']:.1f}  q90 {peak['q90']:.1f}")
 
 

@@ -45,6 +45,29 @@ def test_forecast_readable_table(tmp_path):
     assert (tmp_path / "m.pt").stat().st_size > 0
 
 
+def test_forecast_table_of_a_one_second_series_is_readable():
+    """30 minutes ahead of a 1-second series is 1,800 steps: the table shows 60 and the peak's, and says so."""
+    trace = trace_path("azure_llm_code_2023_1s.csv")
+    out = run("forecast", "--trace", str(trace), "--model", "recent_level")
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line[:4].isdigit()]
+    assert 60 <= len(rows) <= 62, out.stdout
+    assert "of 1,800 steps shown: one in 30" in out.stdout and "--every-step" in out.stdout
+    peak = next(line for line in out.stdout.splitlines() if line.startswith("peak:")).split()[1]
+    assert any(row.startswith(peak) and row.endswith("<- peak") for row in rows)
+    full = run("forecast", "--trace", str(trace), "--model", "recent_level", "--every-step")
+    assert len([line for line in full.stdout.splitlines() if line[:4].isdigit()]) == 1800
+
+
+def test_table_rows_keep_first_last_and_peak():
+    from peakpilot.cli import table_rows
+
+    assert table_rows(3, 1, 60) == ([0, 1, 2], 1)
+    shown, every = table_rows(1800, 1234, 60)
+    assert every == 30 and shown[0] == 0 and shown[-1] == 1799 and 1234 in shown and len(shown) == 62
+    assert table_rows(1800, 1234, None) == (list(range(1800)), 1)
+
+
 def test_forecast_on_an_hour_of_history_uses_the_recent_level_and_says_so():
     # The Azure LLM code trace holds 58 minutes: too short for every seasonal model.
     trace = trace_path("azure_llm_code_2023.csv")
