@@ -44,7 +44,8 @@ class ServiceParts:
     def signals(self, policy: Policy):
         s = policy.signals
         if s.prometheus:
-            return PrometheusSignals(s.prometheus, s.query, s.step, s.history_days, busy_query=s.busy_query)
+            return PrometheusSignals(s.prometheus, s.query, s.step, s.history_days, busy_query=s.busy_query,
+                                     service=policy.service)
         trace = self.trace()
         return TraceSignals(trace, len(trace.arrivals) // 2, self.clock())
 

@@ -65,9 +65,10 @@ class PrometheusSignals:
     BUSY = 'sum(rate(peakpilot_requests_total{outcome="busy"}[{step}])) / sum(rate(peakpilot_requests_total[{step}]))'
 
     def __init__(self, url: str, query: str | None = None, step: str = "1m", history_days: float = 14,
-                 timeout_s: float = 30.0, busy_query: str | None = None):
+                 timeout_s: float = 30.0, busy_query: str | None = None, service: str | None = None):
         from forecaster.prometheus_source import PrometheusSource
 
+        self.service = service  # named in what is logged, where one daemon runs many
         self.source = PrometheusSource(url, query=query, step=step, timeout_s=timeout_s)
         self.step = self.source.step_text  # as PromQL writes it, for the busy share's window too
         self.busy_query = (busy_query or self.BUSY).replace("{step}", self.step)
@@ -110,10 +111,11 @@ class PrometheusSignals:
         except Exception as exc:  # the load is what matters; this refines it
             busy, failure = 0.0, str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         if failure != self._busy_failure:
+            who = f"{self.service}: " if self.service else ""
             if failure:
-                log.warning("busy share %s from %s failed: %s; counting no busy answers until it answers",
-                            self.busy_query, self.source.url, failure)
+                log.warning("%sbusy share %s from %s failed: %s; counting no busy answers until it answers",
+                            who, self.busy_query, self.source.url, failure)
             else:
-                log.info("busy share %s from %s answers again", self.busy_query, self.source.url)
+                log.info("%sbusy share %s from %s answers again", who, self.busy_query, self.source.url)
             self._busy_failure = failure
         return min(1.0, max(0.0, busy)) if np.isfinite(busy) else 0.0

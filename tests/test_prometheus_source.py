@@ -222,7 +222,7 @@ def test_the_busy_share_is_read_at_the_minute_observed_from_the_nodes_or_the_pol
     queue = PrometheusSignals(server.url, busy_query="clamp_max(max(llm_queue_waiting) / 100, 1)")
     assert queue.observe(minute).busy_share == pytest.approx(0.3)
 
-    broken = PrometheusSignals(server.url, busy_query="sum(rate(llm_requests_total[{step}])")
+    broken = PrometheusSignals(server.url, busy_query="sum(rate(llm_requests_total[{step}])", service="chat")
     with caplog.at_level("INFO", logger="peakpilot.daemon"):
         observed = [broken.observe(minute) for _ in range(3)]
         broken.busy_query = "max(llm_queue_waiting) / 100"
@@ -230,4 +230,5 @@ def test_the_busy_share_is_read_at_the_minute_observed_from_the_nodes_or_the_pol
     assert [o.busy_share for o in observed] == [0.0] * 3 and observed[0].load_rps == pytest.approx(10.0)
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 2 and "sum(rate(llm_requests_total[1m])" in said[0] and "failed" in said[0]
+    assert said[0].startswith("chat: busy share") and said[1].startswith("chat: busy share")
     assert "answers again" in said[1]
