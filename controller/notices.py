@@ -36,40 +36,40 @@ class Notices:
     service: str
     _said: dict = field(default_factory=dict)  # what the log said last: the mode, and nodes per class
     _announced: dict = field(default_factory=dict)  # what the Events said last: mode, autoscalers, spot
-    _failures: list = field(default_factory=list)  # the failed nodes last reported
-    _conflicts: list = field(default_factory=list)  # the other autoscalers last reported
-    _uncreated: list = field(default_factory=list)  # the workloads whose pods are not created, last reported
-    _spot_available: bool = True  # as last reported
+    # What the log said last of the cluster's view: failed nodes, pods not created, other autoscalers
+    # (each as a sorted list, none at first) and whether spot can be had (yes at first).
+    _reported: dict = field(default_factory=lambda: {"spot": True})
+
+    def _changed(self, what: str, now) -> bool:
+        """Whether ``what`` differs from what the log said last (and it is noted as said)."""
+        if now == self._reported.get(what, []):
+            return False
+        self._reported[what] = now
+        return True
 
     def cluster(self, view) -> None:
         """What the cluster's view shows that needs a look, in the log (every replica reads it)."""
         failures = sorted(view.failures)
-        if failures != self._failures:
-            if failures:
-                log.warning("%s: %d node(s) failed and will not turn ready by themselves: %s", self.service,
-                            len(failures), "; ".join(failures))
-            self._failures = failures
+        if self._changed("failures", failures) and failures:
+            log.warning("%s: %d node(s) failed and will not turn ready by themselves: %s", self.service,
+                        len(failures), "; ".join(failures))
         uncreated = sorted(view.uncreated)
-        if uncreated != self._uncreated:
+        if self._changed("uncreated", uncreated):
             if uncreated:
                 log.warning("%s: pods asked for are not being created, so their nodes will not come: %s (counted as "
                             "pending meanwhile)", self.service, "; ".join(uncreated))
             else:
                 log.info("%s: the pods asked for are created again", self.service)
-            self._uncreated = uncreated
-        if view.conflicts != self._conflicts:
-            if view.conflicts:
-                log.warning("%s: another autoscaler scales the same workloads, and each will undo the other's "
-                            "replicas: %s. Delete it (to compare peakpilot with it first, run with --shadow)",
-                            self.service, "; ".join(view.conflicts))
-            self._conflicts = view.conflicts
-        if view.spot_available != self._spot_available:
+        if self._changed("conflicts", list(view.conflicts)) and view.conflicts:
+            log.warning("%s: another autoscaler scales the same workloads, and each will undo the other's "
+                        "replicas: %s. Delete it (to compare peakpilot with it first, run with --shadow)",
+                        self.service, "; ".join(view.conflicts))
+        if self._changed("spot", view.spot_available):
             if not view.spot_available:
                 log.warning("%s: %s; on-demand stands in for the spot asked for until it can", self.service,
                             spot_unavailable(view))
             else:
                 log.info("%s: spot can be had again; the on-demand standing in goes once spot is ready", self.service)
-            self._spot_available = view.spot_available
 
     def decided(self, result, acting: bool, shadow: bool) -> None:
         """A line when the mode or a class's decided size changes, with why. A follower of the Lease,
