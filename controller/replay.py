@@ -195,6 +195,10 @@ class RunResult:
     timeline: dict | None = None
     decisions: list[dict] = field(default_factory=list)
     hourly_cost: list[float] = field(default_factory=list)  # cumulative cost at the end of each hour
+    # Node-hours the Kubernetes placeholder pods (``kubernetes.placeholder``) would hold for this run's
+    # decisions: not simulated, so neither in the cost nor in the shorter starts they buy; None where
+    # the strategy or the policy has none.
+    placeholder_node_hours: float | None = None
 
     @property
     def cost_usd(self) -> float:
@@ -210,7 +214,9 @@ class RunResult:
                 "sla_compliance": self.service["sla_compliance"], "busy_share": self.service["busy_share"],
                 "late_share": self.service["late_share"], "node_hours": round(self.node_hours, 1),
                 "cold_starts": self.cold_starts, "preemptions": self.preemptions,
-                "minutes_short": self.service["minutes_short"]}
+                "minutes_short": self.service["minutes_short"],
+                "placeholder_node_hours": None if self.placeholder_node_hours is None
+                else round(self.placeholder_node_hours, 1)}
 
 
 def rps_per_node_for(policy: Policy, trace: Trace, peak_nodes: int | None = None) -> float:
@@ -248,6 +254,8 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
     decisions: list[dict] = []
     last_desired: dict[str, int] = {}
     busy_share = 0.0
+    placeholders = strategy in ("predictive", "oracle") and bool(policy.kubernetes.placeholder)
+    placeholder_minutes = 0
     # Warm start: the fleet the previous minutes needed is there at the start of the window.
     first_load = np.nanmean(trace.arrivals[max(0, start - 10):start]) / 60.0 if start else 0.0
     if strategy != "static" and np.isfinite(first_load):
@@ -261,6 +269,8 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
             forecast = None
         view = cluster.view()
         chosen = decider.decide(obs, forecast, view)
+        if placeholders:
+            placeholder_minutes += decider.last.placeholder
         cluster.apply(chosen)
         cluster.advance()
         ready = cluster.ready_nodes()
@@ -290,6 +300,8 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
     result = RunResult(strategy, knob, cost, service.totals.as_dict(), sum(billed.values()) / 60.0,
                        cluster.cold_starts, cluster.preemptions, timeline, decisions)
     result.hourly_cost = hourly_cost + [result.cost_usd]
+    if placeholders:
+        result.placeholder_node_hours = placeholder_minutes / 60.0
     return result
 
 

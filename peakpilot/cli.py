@@ -366,6 +366,12 @@ def replay(
         typer.echo(f"{name:<15}{r['knob']:>7g}{r['cost_usd']:>12,.0f}{r['sla_compliance']:>10.4%}"
                    f"{r['busy_share']:>9.3%}{r['late_share']:>9.3%}{r['node_hours']:>9,.0f}{r['cold_starts']:>8}"
                    f"{r['preemptions']:>8}")
+    held = doc["strategies"].get("predictive", {}).get("placeholder_node_hours")
+    if held is not None:
+        r = doc["strategies"]["predictive"]
+        typer.echo(f"placeholders (kubernetes.placeholder): predictive's would hold {held:,.0f} node-hours warm on "
+                   f"a cluster, {held / max(r['node_hours'], 1e-9):.1%} beyond its {r['node_hours']:,.0f}; "
+                   f"not simulated, so neither their cost nor the shorter starts they buy is above")
     typer.echo("cheapest cost reaching each SLA level:")
     for name, levels in doc["cost_at_sla"].items():
         cells = "  ".join(f"{k}: {'-' if v is None else f'${v:,.0f}'}" for k, v in levels.items())

@@ -48,6 +48,17 @@ def test_predictive_meets_the_sla_cheaper_than_reactive(setup, baseline):
     assert baseline.cost_by_class["spot"] > 0 and baseline.cost_by_class["reserved"] > 0
 
 
+def test_the_placeholders_a_cluster_would_hold_are_reported_not_costed(setup, baseline):
+    """The default policy's placeholder pods hold nodes for what is needed one to two lead times ahead
+    beyond what is asked now: not simulated, so reported beside the cost, and only where there are some."""
+    _, pol, *_ = setup
+    assert pol.kubernetes.placeholder and 0 < baseline.placeholder_node_hours < 0.1 * baseline.node_hours
+    assert baseline.as_dict()["placeholder_node_hours"] == round(baseline.placeholder_node_hours, 1)
+    assert run(setup, "reactive", 0.6).placeholder_node_hours is None
+    none = run(setup, policy=pol.with_changes(kubernetes={"placeholder": None}))
+    assert none.placeholder_node_hours is None and none.cost_usd == baseline.cost_usd
+
+
 def test_oracle_is_the_floor(setup, baseline):
     tr, pol, window, _, _ = setup
     from controller.replay import OracleFeed
@@ -165,8 +176,10 @@ def test_replay_cli_json_and_store(tmp_path):
     assert doc["minutes"] == 2 * 1440 and set(doc["strategies"]) == {"predictive", "reactive", "static", "oracle"}
     for r in doc["strategies"].values():
         assert {"cost_usd", "cost_by_class", "sla_compliance", "busy_share", "late_share", "node_hours",
-                "cold_starts", "preemptions", "minutes_short"} <= set(r)
+                "cold_starts", "preemptions", "minutes_short", "placeholder_node_hours"} <= set(r)
     assert set(doc["cost_at_sla"]["reactive"]) == {"0.99", "0.995", "0.999"}
+    assert doc["strategies"]["predictive"]["placeholder_node_hours"] > 0
+    assert doc["strategies"]["reactive"]["placeholder_node_hours"] is None
     with Store(str(db), readonly=True) as st:
         runs = st.runs()
         assert len(runs) == 1 and runs[0]["strategy"] == "predictive"
