@@ -30,7 +30,7 @@ DEFAULT_MODELS = tuple(MODELS)
 class BacktestConfig:
     horizon_min: float = 30
     test_days: float | None = None  # default: min(3 days, a quarter of the history)
-    stride_min: float | None = None  # default: max(step, 10 minutes)
+    stride_min: float | None = None  # default: 10 minutes, less where 20 origins would not fit; at least a step
     refit_hours: float = 24
     seed: int = 0
 
@@ -58,19 +58,30 @@ class BacktestResult:
         return min(scored, key=scored.get) if scored else None
 
 
+MIN_ORIGINS = 20  # the default stride shrinks below 10 minutes on a short trace to issue this many
+
+
+def minutes(x: float) -> str:
+    """A count of minutes as a person writes it: 14.6, 4,320."""
+    return f"{x:,.1f}".removesuffix(".0")
+
+
 def origins_for(history: History, config: BacktestConfig) -> np.ndarray:
-    """Positions (indices into the history) of the forecast origins."""
+    """Positions (indices into the history) of the forecast origins: every ``stride_min`` through the
+    test window (by default every 10 minutes, or closer on a short trace, so that an hour-long trace
+    is scored on some 20 forecasts rather than one)."""
     span_days = history.span / pd.Timedelta(days=1)
     test_days = config.test_days if config.test_days is not None else min(3.0, span_days / 4)
     if test_days <= 0 or test_days >= span_days:
         raise HistoryError(history.source, f"cannot hold out {test_days:g} days of a {span_days:.1f}-day history")
-    stride = history.steps_for(config.stride_min or max(10.0, history.step_min))
     horizon = history.steps_for(config.horizon_min)
+    room_min = test_days * 1440 - config.horizon_min  # where origins can lie
+    stride = history.steps_for(config.stride_min or max(history.step_min, min(10.0, room_min / MIN_ORIGINS)))
     first = len(history) - history.steps_per(pd.Timedelta(days=test_days))
     positions = np.arange(first, len(history) - horizon + 1, stride)
     if len(positions) == 0:
         held = "" if config.test_days is not None else f", a quarter of the {span_days * 1440:.0f}-minute history"
-        raise HistoryError(history.source, f"the test window ({test_days * 1440:g} minutes{held}) is shorter "
+        raise HistoryError(history.source, f"the test window ({minutes(test_days * 1440)} minutes{held}) is shorter "
                                            f"than the {config.horizon_min:g}-minute horizon; hold out more with "
                                            f"--test-days or ask for a shorter --horizon")
     return positions

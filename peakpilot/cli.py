@@ -215,7 +215,8 @@ def backtest(
     test_days: Optional[float] = typer.Option(None, "--test-days", help="Days held out at the end "
                                                                         "(default: min(3, a quarter of the trace))."),
     stride: Optional[float] = typer.Option(None, "--stride", help="Minutes between forecast origins "
-                                                                  "(default: max(step, 10))."),
+                                                                  "(default: 10, closer on a short trace so "
+                                                                  "that 20 fit; at least one step)."),
     refit_hours: float = typer.Option(24, "--refit-hours", help="Refit every model this often."),
     step: Optional[str] = typer.Option(None, "--step", help="Aggregate the trace to this step first (query "
                                                             "Prometheus at it; default 1m there)."),

@@ -84,7 +84,9 @@ def test_backtest_bad_windows():
     with pytest.raises(HistoryError, match=r"test window \(14.5 minutes, a quarter of the 58-minute history\) "
                                            r"is shorter than the 30-minute horizon; hold out more with --test-days"):
         origins_for(hour, BacktestConfig(horizon_min=30))
-    assert len(origins_for(hour, BacktestConfig(horizon_min=10))) == 1
+    # 4.5 minutes where origins can lie: every step (a minute) there, not one origin every 10 minutes
+    assert len(origins_for(hour, BacktestConfig(horizon_min=10))) == 5
+    assert len(origins_for(hour, BacktestConfig(horizon_min=10, stride_min=10))) == 1
     with pytest.raises(ValueError, match="unknown model"):
         run_backtest(history, ["arima"], BacktestConfig(test_days=1), progress=False)
 
