@@ -74,13 +74,31 @@ def describe_device(device) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
+def missing_gpu() -> str | None:
+    """Why a container that was given a GPU serves on the CPU, or None. The NVIDIA device plugin names
+    the GPUs it gives a container in ``NVIDIA_VISIBLE_DEVICES``; a CPU build of torch in the image (the
+    Dockerfile's smaller controller image, say) or a driver older than torch's CUDA would otherwise
+    serve on the CPU, far slower, with nothing saying why."""
+    import os
+
+    import torch
+
+    visible = os.environ.get("NVIDIA_VISIBLE_DEVICES", "").strip()
+    if visible.lower() in ("", "void", "none") or torch.cuda.is_available():
+        return None
+    why = (f"torch {torch.__version__} is a CPU build" if torch.version.cuda is None else
+           f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU: is the node's driver older "
+           f"than that CUDA?")
+    return f"NVIDIA_VISIBLE_DEVICES={visible} says this container was given a GPU, but {why}; serving on the CPU"
+
+
 class ThreadEngine:
     """The model in the server's own process."""
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
         self.model = None
-        self.name = self.tokenizer = self.device = None
+        self.name = self.tokenizer = self.device = self.device_warning = None
         self.timings: dict[str, float] = {}
 
     def start(self) -> None:
@@ -95,6 +113,7 @@ class ThreadEngine:
         self.model, self.timings = _load_and_warm(self.spec)
         self.name, self.tokenizer = self.model.name, self.model.tokenizer
         self.device = describe_device(self.model.device)
+        self.device_warning = missing_gpu() if self.model.device.type == "cpu" else None
 
     def run(self, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
             seed: int) -> list[list[int]]:
@@ -113,7 +132,8 @@ def _engine_main(conn, spec: EngineSpec) -> None:
     try:
         model, timings = _load_and_warm(spec)
         conn.send(("ready", {"name": model.name, "tokenizer": model.tokenizer, "timings": timings,
-                             "device": describe_device(model.device)}))
+                             "device": describe_device(model.device),
+                             "device_warning": missing_gpu() if model.device.type == "cpu" else None}))
     except Exception as exc:
         try:
             conn.send(("failed", f"{type(exc).__name__}: {exc}"))
@@ -140,7 +160,7 @@ class ProcessEngine:
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
-        self.name = self.tokenizer = self.device = None
+        self.name = self.tokenizer = self.device = self.device_warning = None
         self.timings: dict[str, float] = {}
         self._proc = self._conn = None
         self._lock = threading.Lock()
@@ -161,7 +181,7 @@ class ProcessEngine:
             raise EngineError(f"{payload}; a tokenizer that cannot be sent between processes needs --engine thread"
                               if "pickle" in str(payload).lower() else payload)
         self.name, self.tokenizer, self.timings = payload["name"], payload["tokenizer"], payload["timings"]
-        self.device = payload["device"]
+        self.device, self.device_warning = payload["device"], payload["device_warning"]
 
     def run(self, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
             seed: int) -> list[list[int]]:

@@ -130,6 +130,8 @@ class Node:
             self.metrics.ready.set(1)
             log.info("ready after %.2f s (load %.2f s, warm-up %.2f s; %s engine on %s)", self.timings["total"],
                      self.timings["model_load"], self.timings["warmup"], self.config.engine, self.engine.device)
+            if self.engine.device_warning:
+                log.warning("%s", self.engine.device_warning)
 
     # -- drain -----------------------------------------------------------------------------------
     def begin_drain(self) -> None:
@@ -201,6 +203,8 @@ def create_app(config: NodeConfig) -> FastAPI:
     async def ready():
         body = {"state": node.state, "model": node.model_name, "device": node.engine.device,
                 "start_seconds": {k: round(v, 4) for k, v in node.timings.items()}}
+        if node.engine.device_warning:  # given a GPU, serving on the CPU
+            body["device_warning"] = node.engine.device_warning
         return JSONResponse(body, status_code=200 if node.state == "ready" else 503)
 
     @app.get("/metrics")

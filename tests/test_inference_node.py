@@ -397,3 +397,23 @@ def test_device_named_as_ready_says_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert describe_device(torch.device("cuda")) == "cuda:0 (GPU 0)"
     assert describe_device(torch.device("cuda", 1)) == "cuda:1 (GPU 1)"
+
+
+def test_a_container_given_a_gpu_that_torch_cannot_use_says_so(monkeypatch, node_factory):
+    """The device plugin names the GPUs it gives a container in NVIDIA_VISIBLE_DEVICES: a node that still
+    serves on the CPU (a CPU build of torch in the image, a driver too old) says so in its log and /ready."""
+    import torch
+
+    from inference_node.engine import missing_gpu
+
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here")
+    monkeypatch.delenv("NVIDIA_VISIBLE_DEVICES", raising=False)
+    assert missing_gpu() is None  # no GPU given: the CPU is what was asked for
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "void")
+    assert missing_gpu() is None
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "GPU-5f3c")
+    n = node_factory("--model", "builtin:tiny")
+    body = n.wait_ready()
+    assert body["device"] == "cpu" and "is a CPU build; serving on the CPU" in body["device_warning"]
+    assert "NVIDIA_VISIBLE_DEVICES=GPU-5f3c says this container was given a GPU, but torch" in n.output()
