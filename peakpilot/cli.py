@@ -13,12 +13,34 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from controller.shipped import DEFAULT_POLICY, default_runs_dir
 from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
 from peakpilot import __version__
 
+class _BareFlags:
+    """Help that shows a flag (``--json``, ``--help``) without a type: typer 0.29 writes ``<bool>`` beside
+    every flag, which reads as if it took a value (``--json true``)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_BareFlags, TyperCommand):
+    pass
+
+
+class Group(_BareFlags, TyperGroup):
+    pass
+
+
 app = typer.Typer(
+    cls=Group,
     name="peakpilot",
     help="Predictive autoscaler for GPU inference services: forecast the load, prewarm GPU nodes "
          "before the peak, blend reserved, spot and on-demand capacity.",
@@ -142,7 +164,7 @@ def table_rows(n: int, peak_at: int, limit: int | None) -> tuple[list[int], int]
     return sorted(set(range(0, n, every)) | {n - 1, peak_at}), every
 
 
-@app.command()
+@app.command(cls=Command)
 def forecast(
     trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace (timestamp,requests) or request log. "
                                                                "Default: the sample trace in data/."),
@@ -200,7 +222,7 @@ def forecast(
     typer.echo(f"peak:    {peak['timestamp']}  q50 {peak['q50']:.1f}  q90 {peak['q90']:.1f}")
 
 
-@app.command()
+@app.command(cls=Command)
 def backtest(
     trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace. Default: the sample trace in data/."),
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: backtest on the "
@@ -285,7 +307,7 @@ def load_trace_or_exit(path: Path):
         fail(str(exc))
 
 
-@app.command()
+@app.command(cls=Command)
 def replay(
     trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace to replay (default: the sample trace)."),
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: replay the history "
@@ -314,8 +336,7 @@ def replay(
     seed: int = typer.Option(0, "--seed", help="Seed of the simulated cluster and the forecaster."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
-    """Replay a trace through the real control cycle and compare cost and SLA with reactive, static
-    and oracle strategies."""
+    """Replay a trace through the real control cycle: cost and SLA against reactive, static and oracle."""
     from controller.replay import STRATEGIES
     from controller.replay import replay as run_replay
 
@@ -381,7 +402,7 @@ def replay(
         typer.echo(f"timeline written to {st.name} (run {doc['store_run_id']})")
 
 
-@app.command("recommend-reserved")
+@app.command("recommend-reserved", cls=Command)
 def recommend_reserved_cmd(
     trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="CSV trace of the history."),
     policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Policy YAML (prices, capacity, spot share)."),
@@ -404,7 +425,7 @@ def recommend_reserved_cmd(
                f"${result['cost_usd_without']:,.0f} without")
 
 
-@app.command("check-policy")
+@app.command("check-policy", cls=Command)
 def check_policy(
     paths: Optional[list[Path]] = typer.Argument(None, help="Policy files, or folders of them (as the daemon's "
                                                             "--policy). Default: configs/policy.yaml."),
@@ -481,7 +502,7 @@ def say_missing_permissions(api, policies, lease_name: str, shadow: bool, given:
             "; ".join(missing), fix)
 
 
-@app.command("run")
+@app.command("run", cls=Command)
 def run_daemon(
     policy: list[Path] = typer.Option(..., "--policy", help="Policy YAML, or a folder of them; repeat for "
                                                             "several services."),
@@ -585,7 +606,7 @@ def run_daemon(
     daemon.run()
 
 
-@app.command()
+@app.command(cls=Command)
 def status(
     store: str = typer.Option("sqlite:///runs/daemon/peakpilot.db", "--store", envvar="PEAKPILOT_STORE",
                               help="The store the daemon writes (as `run` reads it: the same variable and "
@@ -593,8 +614,10 @@ def status(
     service: Optional[str] = typer.Option(None, "--service", help="Only this service."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object: {\"store\", \"services\": [...]}."),
 ) -> None:
-    """What each service's controller last decided and why: load, forecast, nodes ready against nodes
-    asked for, by class, and each class's reason. Flags a service whose last cycle is old."""
+    """What each service's controller last decided and why, from the store the daemon writes.
+
+    Load, forecast, nodes ready against nodes asked for, by class, and each class's reason; flags a
+    service whose last cycle is old."""
     from controller.status import render_status, service_status
     from controller.store import Store, StoreError
 
@@ -616,7 +639,7 @@ def status(
         typer.echo(render_status(found))
 
 
-@app.command()
+@app.command(cls=Command)
 def serve(
     model: str = typer.Option("builtin", "--model", help="builtin[:tiny|small|medium], a TorchScript file, "
                                                           "or module:factory returning (nn.Module, tokenizer)."),
@@ -655,7 +678,7 @@ def serve(
         fail(str(exc), 1)
 
 
-@app.command()
+@app.command(cls=Command)
 def profile(
     url: str = typer.Option(..., "--url", help="Base URL of a ready node."),
     slo_ms: float = typer.Option(..., "--slo-ms", help="Latency target for p99, milliseconds."),
@@ -692,7 +715,7 @@ def profile(
                    f"process start to ready {start.get('total', 0):.1f} s (add boot and image pull for lead_time)")
 
 
-@app.command()
+@app.command(cls=Command)
 def loadgen(
     trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="CSV trace whose arrivals to replay."),
     url: str = typer.Option(..., "--url", help="Base URL of the node (or load balancer)."),
@@ -728,7 +751,7 @@ def loadgen(
     typer.echo(f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
 
 
-@app.command()
+@app.command(cls=Command)
 def dashboard(
     store: str = typer.Option(str(default_runs_dir() / "demo" / "peakpilot.db"),
                               "--store", envvar="PEAKPILOT_STORE",

@@ -28,6 +28,27 @@ def test_help_lists_every_command():
         assert run(command, "--help").returncode == 0
 
 
+def test_help_reads_as_a_person_writes_it():
+    """Every command is listed with a summary of one line in the source (the list keeps its breaks), and
+    no flag is shown with a type, which reads as if it took a value (`--json <bool>`)."""
+    from typer.testing import CliRunner
+
+    from peakpilot.cli import app
+
+    runner = CliRunner()
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert len(names) >= 11
+    top = runner.invoke(app, ["--help"], terminal_width=200)
+    assert top.exit_code == 0 and "<bool>" not in top.output
+    for command in app.registered_commands:
+        assert "\n" not in command.callback.__doc__.split("\n\n")[0], command.callback.__name__
+    for name in names:
+        assert name in top.output
+        page = runner.invoke(app, [name, "--help"], terminal_width=200)
+        assert page.exit_code == 0, (name, page.output)
+        assert "<bool>" not in page.output, name
+
+
 def test_forecast_json_on_the_default_trace():
     out = run("forecast", "--model", "seasonal_naive", "--horizon", "30", "--json")
     assert out.returncode == 0, out.stderr
