@@ -504,8 +504,9 @@ def say_missing_permissions(api, policies, lease_name: str, shadow: bool, given:
 
 @app.command("run", cls=Command)
 def run_daemon(
-    policy: list[Path] = typer.Option(..., "--policy", help="Policy YAML, or a folder of them; repeat for "
-                                                            "several services."),
+    policy: Optional[list[Path]] = typer.Option(None, "--policy", help="Policy YAML, or a folder of them; repeat "
+                                                "for several services. Required with --backend kubernetes; "
+                                                "otherwise the default is configs/policy.yaml."),
     backend: str = typer.Option("simulated", "--backend", help="simulated | kubernetes | dry-run"),
     store: str = typer.Option("sqlite:///runs/daemon/peakpilot.db", "--store", envvar="PEAKPILOT_STORE",
                               help="Where to record: sqlite:///path.db, a path, or postgresql://user:pw@host/db "
@@ -541,6 +542,12 @@ def run_daemon(
     from controller.replay import load_trace
     from controller.service_parts import ServiceParts
     check_backend(backend)
+    if not policy:
+        if backend == "kubernetes":
+            fail("--backend kubernetes needs --policy: the policy files (or a folder of them) of the services to "
+                 "scale, as deploy/controller.yaml gives --policy /etc/peakpilot")
+        policy = [DEFAULT_POLICY]
+        typer.echo(f"no --policy: running the default policy {DEFAULT_POLICY} on the {backend} backend", err=True)
     paths = policy_files(policy)
     if not paths:
         fail(f"no policy files (*.yaml) in {', '.join(map(str, policy))}")

@@ -22,6 +22,7 @@ from controller.kube_client import api_client
 from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget
 from controller.lease import LeaseLock
 from controller.replay import load_trace
+from controller.shipped import DEFAULT_POLICY
 from controller.signals import TraceSignals
 from controller.state import Memory
 from controller.store import Store
@@ -645,6 +646,23 @@ def test_run_once_and_a_broken_policy_at_start(tmp_path, policy_file):
     out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(tmp_path / "empty"), "--once"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and f"no policy files (*.yaml) in {tmp_path / 'empty'}" in out.stderr
+
+
+def test_run_without_a_policy_runs_the_default_but_not_on_a_cluster(tmp_path):
+    """`peakpilot run` alone runs the shipped default policy on the simulated (or dry-run) backend and says
+    so, as every other command defaults to it; on Kubernetes, where a default service would scale
+    Deployments nobody named, it asks for --policy (it was "Missing option" for every backend)."""
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--once", "--backend", "dry-run", "--store",
+                          str(tmp_path / "d.db")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"no --policy: running the default policy {DEFAULT_POLICY}" in out.stderr
+    assert "llm-chat: ok (predictive)" in out.stdout
+    assert "dry-run: PATCH /apis/apps/v1/namespaces/inference/deployments/llm-spot/scale" in out.stdout
+    cluster = subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--once", "--backend", "kubernetes",
+                              "--store", str(tmp_path / "k.db")], capture_output=True, text=True, timeout=120)
+    assert cluster.returncode == 2 and "Traceback" not in cluster.stderr
+    assert "--backend kubernetes needs --policy" in cluster.stderr
+    assert not (tmp_path / "k.db").exists()  # refused before anything is opened
 
 
 def test_a_kubernetes_start_without_credentials_or_cluster_says_so(tmp_path, policy_file):
