@@ -25,7 +25,7 @@ import numpy as np
 from controller.blend import blend
 from controller.planner import lead_time_min, nodes_needed, planned_load
 from controller.policy import CLASSES, Policy
-from controller.state import ClusterView, Decision, Memory, MinuteForecast, Observation
+from controller.state import ClusterView, Decision, Memory, MinuteForecast, Observation, Start
 
 MINUTE = np.timedelta64(1, "m")
 REPLACE_FAILED_SHARE = 0.5  # failed nodes replaced at most up to this share of their class's nodes
@@ -63,9 +63,19 @@ def stabilized(memory: Memory, now: np.datetime64, window_min: float) -> int:
     return best
 
 
+def lead_times_to_learn(starts: list[Start], policy: Policy, memory: Memory) -> list[Start]:
+    """The starts that measure a lead time. A spot node that waited for the scheduler more than twice
+    spot's lead time waited out spot that could not be had (on-demand stood in for it: ``judge_spot``),
+    which the simulated cluster, starting its clock once spot is there, never counts; one spot outage
+    would otherwise make spot's p95 hours long. Within twice it is learned, so a guess too short corrects
+    itself."""
+    limit = 2 * lead_time_min(policy, memory, "spot")
+    return [s for s in starts if s.cls != "spot" or s.unscheduled_min <= limit]
+
+
 def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: ClusterView, policy: Policy,
                   memory: Memory, rps_per_node: float, reserved: int, headroom: float | None = None) -> CycleResult:
-    memory.learn(view.lead_samples)
+    memory.learn(lead_times_to_learn(view.lead_samples, policy, memory))
     headroom = policy.planning.headroom if headroom is None else headroom
     elastic = ("spot", "on_demand") if policy.spot.max_share > 0 else ("on_demand",)
     lead = node_lead = max(lead_time_min(policy, memory, c) for c in elastic)

@@ -6,7 +6,9 @@
   pending / warming / ready / draining.
 * Pods still warming get the usual do-not-disrupt annotation (``karpenter.sh/do-not-disrupt``) so no
   voluntary disruption takes them before they serve; it comes off once they are ready.
-* Records each pod's creation-to-ready time, so the controller learns real lead times.
+* Records each pod's creation-to-ready time, so the controller learns real lead times: once per pod, for
+  pods it saw before they were ready (not those a restarted controller finds ready), with the minutes the
+  pod waited for a node, so that a wait for spot that could not be had is not learned as a lead time.
 * A pod that will not turn ready by itself (its container crash-loops, its image cannot be pulled) is
   *failed*: not capacity on its way, not protected, and given the lowest deletion cost so a scale-down
   removes it first; the view says why each one failed.
@@ -49,7 +51,7 @@ from datetime import datetime, timedelta, timezone
 from controller.kube_client import ApiUnreachable, with_retry
 from controller.kube_events import FAILED_RESCALE, event, scale_event
 from controller.policy import CLASSES
-from controller.state import ClusterView, Decision, paid_minutes_left
+from controller.state import ClusterView, Decision, Start, paid_minutes_left
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,6 @@ class KubernetesActuator:
     target: KubernetesTarget
     shadow: bool = False
     sleep: object = time.sleep
-    seen_ready: set = field(default_factory=set)
     last_requests: list = field(default_factory=list)
     billing_min: dict = field(default_factory=dict)  # class -> billing block in minutes (from the policy)
     clock: object = lambda: datetime.now(timezone.utc)
@@ -83,6 +84,11 @@ class KubernetesActuator:
     _uids: dict = field(default_factory=dict, init=False)  # Deployment name -> uid, as the last view read them
     _last_stamp: datetime | None = field(default=None, init=False)  # the last Event's time
     _scale_failures: dict = field(default_factory=dict, init=False)  # Deployment -> why its last scale was refused
+    # Pod uid -> whether its start will measure a lead time: seen before it was ready and not yet measured,
+    # never failed. A pod ready when first seen started before this controller watched (a restarted
+    # controller would count every ready pod again), and one whose readiness comes back after a restart
+    # or a crash loop measures the crash, not the start.
+    _starting: dict = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         from kubernetes import client
@@ -97,6 +103,7 @@ class KubernetesActuator:
         view = ClusterView()
         ns = self.target.namespace
         now = self.clock()
+        seen = set()
         for cls in CLASSES:
             name = self.target.workloads.get(cls)
             if not name:
@@ -124,11 +131,10 @@ class KubernetesActuator:
                     self._paid[cls].append((pod.metadata.name, left, (pod.metadata.annotations or {}).get(DELETION_COST)))
                 counted += state != "draining"
                 self._protect(pod, state)
-                if state == "ready" and pod.metadata.uid not in self.seen_ready:
-                    self.seen_ready.add(pod.metadata.uid)
-                    lead = ready_minutes(pod)
-                    if lead is not None:
-                        view.lead_samples.append((cls, lead))
+                seen.add(pod.metadata.uid)
+                start = self._started(cls, pod, state)
+                if start is not None:
+                    view.lead_samples.append(start)
             replicas = deployment.spec.replicas or 0
             if replicas > counted:  # asked for but no pod yet: pending
                 view.counts[cls]["pending"] += replicas - counted
@@ -139,9 +145,22 @@ class KubernetesActuator:
                     if cls == "spot" and since is not None:
                         view.waits_for_spot(f"{replicas - counted} spot pod(s) of {name} not created ({why})",
                                             (now - since).total_seconds() / 60)
+        self._starting = {uid: measure for uid, measure in self._starting.items() if uid in seen}
         if not self.shadow:
             view.conflicts = self._other_autoscalers()
         return view
+
+    def _started(self, cls: str, pod, state: str) -> Start | None:
+        """The pod's start, once, when it turns ready under this controller's eyes (``_starting``)."""
+        uid = pod.metadata.uid
+        if state in ("pending", "warming"):
+            self._starting.setdefault(uid, True)
+        elif state in ("ready", "failed"):
+            measure = self._starting.get(uid, False)
+            self._starting[uid] = False
+            if state == "ready" and measure:
+                return measured_start(cls, pod)
+        return None
 
     def use_policy(self, policy) -> None:
         """A reloaded policy naming the same Deployments: its billing blocks."""
@@ -323,10 +342,13 @@ def unscheduled_minutes(pod, now: datetime) -> float | None:
     return (now - pod.metadata.creation_timestamp).total_seconds() / 60
 
 
-def ready_minutes(pod) -> float | None:
+def measured_start(cls: str, pod) -> Start | None:
+    """Minutes from the pod's creation to ready, and how many of them it waited for the scheduler (a node
+    for it: the cluster autoscaler's boot, or capacity that could not be had)."""
     created = pod.metadata.creation_timestamp
-    ready = next((c.last_transition_time for c in (pod.status.conditions or [])
-                  if c.type == "Ready" and c.status == "True"), None)
+    since = {c.type: c.last_transition_time for c in (pod.status.conditions or []) if c.status == "True"}
+    ready, scheduled = since.get("Ready"), since.get("PodScheduled")
     if created is None or ready is None:
         return None
-    return max(0.0, (ready - created).total_seconds() / 60.0)
+    unscheduled = 0.0 if scheduled is None else max(0.0, (scheduled - created).total_seconds() / 60.0)
+    return Start(cls, max(0.0, (ready - created).total_seconds() / 60.0), unscheduled)

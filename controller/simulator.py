@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from controller.policy import CLASSES, Policy
-from controller.state import ClusterView, Decision, paid_minutes_left
+from controller.state import ClusterView, Decision, Start, paid_minutes_left
 
 WARMUP_SHARE = 0.3
 DRAIN_MIN = 1
@@ -61,7 +61,7 @@ class SimulatedCluster:
         self.billed_minutes = dict.fromkeys(CLASSES, 0.0)
         self.cold_starts = 0
         self.preemptions = 0
-        self._lead_samples: list[tuple[str, float]] = []
+        self._lead_samples: list[Start] = []
         self._preempted_since_view = 0
         spot = policy.spot
         self._p_recover = 1.0 / spot.unavailable_mean_min
@@ -153,7 +153,7 @@ class SimulatedCluster:
                     n.state = "ready"
                     # Lead time runs from when capacity was had (the boot began), not from the request:
                     # waiting for spot capacity says nothing about how long a node takes to be ready.
-                    self._lead_samples.append((n.cls, float(n.ready_at - n.started)))
+                    self._lead_samples.append(Start(n.cls, float(n.ready_at - n.started)))
                 elif n.state == "booting" and m >= n.ready_at - WARMUP_SHARE * (n.ready_at - n.started):
                     n.state = "warming"
             if n.state == "draining" and m >= n.gone_at:

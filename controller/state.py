@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,6 +32,15 @@ class Decision:
         return self.desired - self.current
 
 
+class Start(NamedTuple):
+    """A node that became ready: its class, minutes from when it was asked for to ready, and how many of
+    them it waited for the scheduler (a node for it; on Kubernetes only, 0 where nobody can tell)."""
+
+    cls: str
+    minutes: float
+    unscheduled_min: float = 0.0
+
+
 def paid_minutes_left(elapsed_min: int, block_min: int) -> int:
     """Minutes until a node running ``elapsed_min`` minutes reaches the end of its billing block (0 there)."""
     return (-elapsed_min) % block_min
@@ -50,7 +60,7 @@ class ClusterView:
     # Pods asked for that are not being created (a quota, an admission webhook refusing them), per
     # workload: "llm-spot: 3 pod(s) not created (FailedCreate: ...)". They count as pending meanwhile.
     uncreated: list[str] = field(default_factory=list)
-    lead_samples: list[tuple[str, float]] = field(default_factory=list)  # (class, minutes) of nodes that became ready
+    lead_samples: list[Start] = field(default_factory=list)  # nodes that became ready since the last view
     preempted: int = 0  # spot nodes preempted since the last view
     # Minutes until each ready node's paid billing block ends, per class billed by the hour (or any
     # block over a minute), where the actuator knows: such a node serves for free until then.
@@ -147,8 +157,8 @@ class Memory:
             self._p95[cls] = float(np.percentile(self.lead_samples[cls], 95))
         return self._p95[cls]
 
-    def learn(self, samples: list[tuple[str, float]]) -> None:
-        for cls, minutes in samples:
+    def learn(self, samples: list[Start]) -> None:
+        for cls, minutes, _ in samples:
             self._p95.pop(cls, None)
             bucket = self.lead_samples[cls]
             bucket.append(minutes)

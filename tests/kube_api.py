@@ -93,10 +93,11 @@ class FakeKubeAPI:
              "lastTransitionTime": since, "lastUpdateTime": since}]
 
     def add_pod(self, name: str, labels: dict, state: str, created: str = "2024-05-01T12:00:00Z",
-                ready_at: str | None = None, waiting: str | None = None, restarts: int = 0) -> None:
+                ready_at: str | None = None, waiting: str | None = None, restarts: int = 0,
+                scheduled_at: str | None = None) -> None:
         """A pod in ``state``; ``waiting`` gives its container a waiting reason (CrashLoopBackOff, ...)."""
         conditions = [{"type": "PodScheduled", "status": "False" if state == "pending" else "True",
-                       "lastTransitionTime": created}]
+                       "lastTransitionTime": created if state == "pending" else scheduled_at or created}]
         if state in ("ready", "draining"):
             conditions.append({"type": "Ready", "status": "True", "lastTransitionTime": ready_at or created})
         else:

@@ -12,7 +12,7 @@ from controller.blend import blend, spot_buffer
 from controller.cycle import control_cycle
 from controller.planner import event_multipliers, lead_time_min, plan_need
 from controller.policy import load_policy
-from controller.state import ClusterView, Memory, MinuteForecast, Observation
+from controller.state import ClusterView, Memory, MinuteForecast, Observation, Start
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = np.datetime64("2024-05-01T12:00", "m")
@@ -185,11 +185,27 @@ def test_known_events_raise_the_plan(policy):
 
 def test_lead_times_are_learned_as_p95_of_measured_starts(policy):
     memory = Memory()
-    memory.learn([("on_demand", float(m)) for m in range(1, 21)])  # 20 samples: 1..20 minutes
+    memory.learn([Start("on_demand", float(m)) for m in range(1, 21)])  # 20 samples: 1..20 minutes
     assert lead_time_min(policy, memory, "on_demand") == 20  # ceil(p95 = 19.05)
     assert lead_time_min(policy, memory, "spot") == 16  # still the policy's guess: 10 + 2 x 3
-    memory.learn([("on_demand", 40.0)] * 20)  # slower starts since: the plan follows them at once
+    memory.learn([Start("on_demand", 40.0)] * 20)  # slower starts since: the plan follows them at once
     assert lead_time_min(policy, memory, "on_demand") == 40
+
+
+def test_a_wait_for_spot_that_could_not_be_had_is_not_learned_as_a_lead_time(policy):
+    """Spot pods that waited out a spot outage turn ready hours after they were asked for (on Kubernetes,
+    where the clock runs from the pod's creation); learned, one outage made spot's p95 hours long, so the
+    cycle prewarmed spot hours ahead and judged it unavailable only after hours of waiting."""
+    memory = Memory()
+    memory.learn([Start("spot", 12.0, 2.0)] * 19)
+    view = view_with(on_demand_ready=1)
+    view.lead_samples = [Start("spot", 185.0, 175.0), Start("spot", 40.0, 30.0), Start("on_demand", 95.0, 90.0)]
+    decide(policy, flat_forecast([(0, 5.0)]), view, load=5.0, memory=memory)
+    # 30 minutes unscheduled is within twice spot's lead (16): a guess too short still corrects itself.
+    assert memory.lead_samples["spot"] == [12.0] * 19 + [40.0]
+    # On-demand has no stand-in: the time it waits for a node is how long it takes to get one.
+    assert memory.lead_samples["on_demand"] == [95.0]
+    assert lead_time_min(policy, memory, "spot") == 14  # ceil(p95 of 19 x 12 and 40: 13.4), not 185
 
 
 def test_blend_reserved_first_then_spot_share_with_buffer_then_on_demand():

@@ -41,17 +41,36 @@ def test_view_reads_replicas_and_pod_states(kube):
     assert view.counts["reserved"]["ready"] == 2
     assert view.counts["spot"] == {"pending": 1, "booting": 0, "warming": 1, "ready": 1, "draining": 1, "failed": 0}
     assert view.counts["on_demand"]["pending"] == 1
-    # Creation-to-ready minutes of each pod seen ready, once.
-    assert sorted(view.lead_samples) == [("reserved", 0.0), ("reserved", 0.0), ("spot", 7.5)]
+    # Pods ready when first seen started before this controller watched: not measured.
+    assert view.lead_samples == []
     # Pod reads go through each Deployment's own selector: one list per class.
     assert len(kube.calls("GET", "/api/v1/namespaces/inference/pods")) == 3
-    assert actuator_again_sees_nothing_new(kube)
 
 
-def actuator_again_sees_nothing_new(kube) -> bool:
+def test_lead_times_are_measured_once_per_start_seen(kube):
+    """Creation-to-ready minutes of each pod seen before it was ready, once, with the minutes it waited for
+    a node. A restarted controller counted every ready pod again (its memory, in the store, had them), and
+    a pod ready again after a crash counted the crash as a lead time."""
     act = actuator(kube)
     act.view()
-    return act.view().lead_samples == []
+    kube.add_pod("s2", {"app": "llm-spot"}, "ready", created="2024-05-01T12:00:00Z",
+                 scheduled_at="2024-05-01T12:03:00Z", ready_at="2024-05-01T12:09:00Z")
+    kube.add_pod("o1", {"app": "llm-od"}, "ready", created="2024-05-01T12:00:00Z", ready_at="2024-05-01T12:12:00Z")
+    assert sorted(act.view().lead_samples) == [("on_demand", 12.0, 0.0), ("spot", 9.0, 3.0)]
+    assert act.view().lead_samples == []
+    # s2 crashes and turns ready again hours later: its start was measured already.
+    kube.add_pod("s2", {"app": "llm-spot"}, "warming", created="2024-05-01T12:00:00Z")
+    act.view()
+    kube.add_pod("s2", {"app": "llm-spot"}, "ready", created="2024-05-01T12:00:00Z", ready_at="2024-05-01T18:00:00Z")
+    assert act.view().lead_samples == []
+    # A start that crash-loops first measures the crash: not counted.
+    kube.add_pod("s7", {"app": "llm-spot"}, "warming", waiting="CrashLoopBackOff", restarts=3)
+    act.view()
+    kube.add_pod("s7", {"app": "llm-spot"}, "ready", ready_at="2024-05-01T14:00:00Z")
+    assert act.view().lead_samples == []
+    # A restarted controller finds them all ready and measures none again.
+    fresh = actuator(kube)
+    assert fresh.view().lead_samples == [] and fresh.view().lead_samples == []
 
 
 def test_warming_pods_are_protected_until_ready(kube):

@@ -10,7 +10,7 @@ import pytest
 from controller.policy import load_policy
 from controller.service_model import ServiceModel
 from controller.simulator import Faults, SimulatedCluster
-from controller.state import Decision
+from controller.state import Decision, Start
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,4 +126,4 @@ def test_lead_time_fault_doubles_the_wait(policy):
     assert slow.ready_nodes() == 0
     run(slow, 2)
     assert slow.ready_nodes() == 1
-    assert slow.view().lead_samples == [("on_demand", 10.0)]
+    assert slow.view().lead_samples == [Start("on_demand", 10.0)]
