@@ -82,11 +82,18 @@ class PrometheusSignals:
         except HistoryError as exc:
             raise SignalError(str(exc)) from None
 
+    def _load_days(self, end: pd.Timestamp) -> History:
+        """The last ``history_days`` before ``end``, from where the data begins if that is later."""
+        try:
+            return self.source.load_days(self.history_days, end=end)
+        except HistoryError as exc:
+            raise SignalError(str(exc)) from None
+
     def history(self, now: np.datetime64) -> History:
         """The history up to ``now``, read whole once and then extended by what is new."""
         end = pd.Timestamp(now, tz="UTC").floor(self.source.step)
         if self._history is None or self._history.end < end - pd.Timedelta(days=1):
-            self._history = self._load(end - pd.Timedelta(days=self.history_days), end)
+            self._history = self._load_days(end)
         elif self._history.end < end:
             new = self._load(self._history.end, end)
             counts = pd.concat([self._history.counts, new.counts])

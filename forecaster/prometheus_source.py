@@ -23,6 +23,7 @@ Prometheus then waits for it once per cycle, not once per service.
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime, timezone
 
@@ -32,6 +33,8 @@ import pandas as pd
 from forecaster.errors import HistoryError
 from forecaster.history import History, mark_gaps
 from forecaster.progress import progress as show_progress
+
+log = logging.getLogger(__name__)
 
 DEFAULT_QUERY = "sum(rate(peakpilot_requests_total[{step}]))"
 COUNTER = "peakpilot_requests_total"
@@ -125,8 +128,17 @@ class PrometheusSource:
                 f"sum(rate({COUNTER}[{suggest}m]))")
 
     def load_days(self, days: float, end: datetime | None = None, progress: bool = False) -> History:
+        """The last ``days`` before ``end`` (now), from where Prometheus's data begins if that is later:
+        its retention, or a service younger than ``days`` (said in the log; the missing start would be
+        filled with days of one value, ``History.from_first_data``)."""
         end_ts = pd.Timestamp(end or datetime.now(timezone.utc)).floor(self.step)
-        return self.load(end_ts - pd.Timedelta(days=days), end_ts, progress=progress)
+        history = self.load(end_ts - pd.Timedelta(days=days), end_ts, progress=progress)
+        held = history.from_first_data()
+        if held is not history:
+            log.warning("%s: no samples before %s, so the history starts there: %.1f days of the %g asked for "
+                        "(Prometheus's retention, or a service that is newer)", self.where,
+                        held.start.tz_convert("UTC").isoformat(), held.span / pd.Timedelta(days=1), days)
+        return held
 
     def load(self, start: datetime, end: datetime, progress: bool = False) -> History:
         """Counts per step for the intervals starting in [start, end)."""

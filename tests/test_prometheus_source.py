@@ -61,6 +61,31 @@ def test_prometheus_gaps_are_reported_and_filled(backfilled):
     assert history.filled().notna().all()
 
 
+def test_a_history_asked_for_more_days_than_prometheus_holds_starts_where_its_data_does(backfilled, caplog):
+    """Asked for 5 days where Prometheus holds 2 (its retention, or a young service), the history starts
+    at the first sample and says so; it began with 3 days of gap, filled with the first value repeated,
+    which the models learned as the service's usual week (and replay trained on only that)."""
+    import logging
+
+    from controller.signals import PrometheusSignals
+
+    server, counts, shift = backfilled
+    start = counts.index[0] + shift
+    end = start + pd.Timedelta(days=2)
+    with caplog.at_level(logging.WARNING):
+        history = PrometheusSource(server.url, step="1m").load_days(5, end=end.to_pydatetime())
+    assert history.start == start and len(history) == len(counts) and history.gaps == []
+    np.testing.assert_allclose(history.counts.to_numpy(), counts.to_numpy(), rtol=1e-9, atol=1e-6)
+    assert f"no samples before {start.tz_convert('UTC').isoformat()}" in caplog.text
+    assert "2.0 days of the 5 asked for" in caplog.text
+    # The daemon reads its history the same way.
+    live = PrometheusSignals(server.url, step="1m", history_days=5).history(np.datetime64(end.tz_convert(None), "m"))
+    assert live.start == start and len(live) == len(counts)
+    # A source's own range keeps its missing start as a gap (a window of the live history extended).
+    assert PrometheusSource(server.url, step="1m").load(end - pd.Timedelta(days=3), end).gaps[0].start \
+        == end - pd.Timedelta(days=3)
+
+
 def test_prometheus_errors_name_the_url_and_query(backfilled):
     server, counts, shift = backfilled
     start = counts.index[0] + shift
