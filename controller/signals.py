@@ -13,7 +13,7 @@ import pandas as pd
 
 from controller.state import Observation
 from forecaster.errors import HistoryError
-from forecaster.history import History
+from forecaster.history import History, mark_gaps
 
 MINUTE = np.timedelta64(1, "m")
 log = logging.getLogger("peakpilot.daemon")
@@ -99,7 +99,11 @@ class PrometheusSignals:
             counts = pd.concat([self._history.counts, new.counts])
             counts = counts[counts.index >= end - pd.Timedelta(days=self.history_days)]
             counts.index.freq = self.source.step
-            self._history = History(counts, self._history.source)
+            # Judged again whole: zeros that came in a minute at a time are an outage only in the light of
+            # the traffic around them (``mark_gaps``), as in a history read at once; judged a minute at a
+            # time they stayed zeros, learned as a time of no demand.
+            marked, gaps = mark_gaps(counts, self._history.source)
+            self._history = History(marked, self._history.source, gaps)
         return self._history
 
     def observe(self, now: np.datetime64) -> Observation:

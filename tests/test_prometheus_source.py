@@ -86,6 +86,34 @@ def test_a_history_asked_for_more_days_than_prometheus_holds_starts_where_its_da
         == end - pd.Timedelta(days=3)
 
 
+def test_an_outage_the_daemon_reads_a_minute_at_a_time_is_a_gap_as_in_a_history_read_whole(prometheus_factory):
+    """The daemon extends its history by the minutes since the last cycle. Two hours of zeros where the
+    traffic stopped (the service down, not its users) came in a minute at a time, too short each to be
+    judged, and stayed zeros: learned as two hours of no demand. Judged again whole, they are the gap a
+    history read at once shows."""
+    from controller.signals import PrometheusSignals
+
+    history = load_csv(trace_path("nasa_http_1995_jul.csv"))
+    counts = history.counts["1995-07-10T00:00:00-04:00":].iloc[: 2 * 1440].fillna(0)
+    counts.index.freq = "1min"
+    counts.iloc[30 * 60:32 * 60] = 0.0  # day 2, 06:00-08:00: the service was down
+    now = pd.Timestamp.now(tz="UTC").floor("1h")
+    shift = (now - pd.Timedelta(days=3)) - counts.index[0].tz_convert("UTC")
+    server = prometheus_factory()
+    server.backfill(openmetrics_from(counts, shift))
+    server.start()
+    start = (counts.index[0] + shift).tz_convert(None)
+    signals = PrometheusSignals(server.url, step="1m", history_days=5)
+    for minute in range(29 * 60, 33 * 60 + 1):  # from an hour before the outage to an hour after, cycle by cycle
+        live = signals.history(np.datetime64(start + pd.Timedelta(minutes=minute), "m"))
+    whole = PrometheusSource(server.url, step="1m").load_days(5, end=(start + pd.Timedelta(hours=33)).tz_localize("UTC"))
+    assert live.start == whole.start and len(live) == len(whole) == 33 * 60
+    outage = live.counts.iloc[30 * 60:32 * 60]
+    assert outage.isna().all() and whole.counts.iloc[30 * 60:32 * 60].isna().all()
+    assert (live.counts.isna() == whole.counts.isna()).all()
+    assert [(g.start, g.end) for g in live.gaps] == [(g.start, g.end) for g in whole.gaps]
+
+
 def test_prometheus_errors_name_the_url_and_query(backfilled):
     server, counts, shift = backfilled
     start = counts.index[0] + shift
