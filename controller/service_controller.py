@@ -191,8 +191,7 @@ class ServiceController:
             if policy.reserved.count == "auto":
                 from controller.reserved import recommend_reserved
 
-                load = history.counts.to_numpy() / history.step.total_seconds()
-                self._auto_reserved = recommend_reserved(load, policy, rps_per_node)["reserved"]
+                self._auto_reserved = recommend_reserved(history.minute_rates(), policy, rps_per_node)["reserved"]
             self.model, self.model_status, self._trained_for = model, status, trained_for(policy)
             self._training_problem = None
             if not self.stopped:

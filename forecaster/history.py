@@ -139,6 +139,15 @@ class History:
         counts = self.counts[self.counts.index >= self.end - period]
         return History(counts.copy(), self.source, [g for g in self.gaps if g.end > counts.index[0]])
 
+    def minute_rates(self) -> np.ndarray:
+        """Requests per second in each minute (NaN in gaps), whatever the step: the grain costs and node
+        counts are reckoned in (billing blocks are minutes)."""
+        rate = self.counts / self.step.total_seconds()
+        if self.step <= pd.Timedelta(minutes=1):
+            return rate.resample("1min").mean().to_numpy()
+        grid = pd.date_range(self.start, self.end, freq="1min", inclusive="left")
+        return rate.reindex(grid, method="ffill").to_numpy()
+
     def filled(self) -> pd.Series:
         """Counts with gaps filled by the documented rule (for model inputs, never for scoring)."""
         return fill_gaps(self.counts)

@@ -36,6 +36,29 @@ def test_a_layer_used_ten_minutes_an_hour_is_worth_reserving_only_when_billed_by
     assert hourly["cost_usd"] < hourly["cost_usd_without"]
 
 
+def test_a_history_at_any_step_is_costed_minute_by_minute():
+    """The daemon recommends from its Prometheus history at ``signals.step``; costed step by step as if
+    each were a minute, a 5-minute history's hourly blocks were five hours long, and the same load gave
+    another count than ``recommend-reserved`` on a 1-minute trace."""
+    import pandas as pd
+
+    from forecaster.history import History
+
+    # Two nodes all the time, a third for one hour in five: paid by the hour on-demand, 4.00 / 5 an hour
+    # against 2.50 reserved, so not worth reserving.
+    need_rps = np.tile(np.where(np.arange(300) < 60, 25.0, 15.0), 10)
+    minutes = pd.date_range("2024-05-01", periods=need_rps.size, freq="1min")
+    five = History(pd.Series(need_rps * 60, index=minutes)).resample(pd.Timedelta(minutes=5))
+    np.testing.assert_allclose(five.minute_rates(), need_rps)
+    hourly = no_spot(60)
+    assert recommend_reserved(need_rps, hourly, 10.0)["reserved"] == 2
+    assert recommend_reserved(five.minute_rates(), hourly, 10.0)["reserved"] == 2
+    assert recommend_reserved(five.counts.to_numpy() / 300, hourly, 10.0)["reserved"] == 3  # step by step
+    seconds = History(pd.Series(np.repeat(need_rps, 2) * 30,
+                                index=pd.date_range("2024-05-01", periods=2 * need_rps.size, freq="30s")))
+    np.testing.assert_allclose(seconds.minute_rates(), need_rps)
+
+
 def test_billing_blocks_pay_each_block_for_the_most_nodes_it_held():
     count = np.array([1, 3, 0, 0, 2, 2])
     assert billed_node_hours(count, 1) == 8 / 60
