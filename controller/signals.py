@@ -7,6 +7,7 @@ keeps its last plan and recovers by itself when the source answers again.
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pandas as pd
@@ -107,8 +108,11 @@ class PrometheusSignals:
         return self._history
 
     def observe(self, now: np.datetime64) -> Observation:
+        """The last step's rate: read over the last 5 minutes, or two steps where a step is longer (the
+        last observed one stands in for a missing latest)."""
         end = pd.Timestamp(now, tz="UTC").floor("1min")
-        history = self._load(end - pd.Timedelta(minutes=5), end)
+        step = self.source.step
+        history = self._load(end - step * max(2, math.ceil(pd.Timedelta(minutes=5) / step)), end)
         last = history.counts.dropna()
         load = float(last.iloc[-1]) / history.step.total_seconds() if len(last) else None
         return Observation(np.datetime64(end.tz_localize(None), "m"), load, self._busy_share(end))

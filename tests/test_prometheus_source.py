@@ -114,6 +114,20 @@ def test_an_outage_the_daemon_reads_a_minute_at_a_time_is_a_gap_as_in_a_history_
     assert [(g.start, g.end) for g in live.gaps] == [(g.start, g.end) for g in whole.gaps]
 
 
+def test_the_load_is_observed_at_any_step(backfilled):
+    """The daemon observes the last step's rate. It read the last 5 minutes, which hold no whole step of
+    10 minutes or more (``signals.step`` may be up to 1h): every cycle failed with "no samples", and the
+    service ran on the last load it had."""
+    from controller.signals import PrometheusSignals
+
+    server, counts, shift = backfilled
+    end = (counts.index[0] + shift + pd.Timedelta(days=1)).tz_convert(None)
+    for step, minutes in (("1m", 1), ("5m", 5), ("10m", 10), ("1h", 60)):
+        seen = PrometheusSignals(server.url, step=step).observe(np.datetime64(end, "m"))
+        expected = counts.iloc[1440 - minutes:1440].sum() / (minutes * 60)
+        assert seen.load_rps == pytest.approx(expected, rel=1e-6), step
+
+
 def test_prometheus_errors_name_the_url_and_query(backfilled):
     server, counts, shift = backfilled
     start = counts.index[0] + shift
