@@ -2,7 +2,7 @@
 where the cluster keeps it, an Event on the service's Deployments (``kubectl get events``). Each is said
 once when it changes, not once a minute: a class's decided size and why, a fall back to the reactive
 safety net and the return from it, failed nodes, pods not created, another autoscaler on a pool, spot
-not to be had.
+not to be had, a gap in the live load (an outage) and its end.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ class Notices:
     _said: dict = field(default_factory=dict)  # what the log said last: the mode, and nodes per class
     _announced: dict = field(default_factory=dict)  # what the Events said last: mode, autoscalers, spot
     # What the log said last of the cluster's view: failed nodes, pods not created, other autoscalers
-    # (each as a sorted list, none at first) and whether spot can be had (yes at first).
-    _reported: dict = field(default_factory=lambda: {"spot": True})
+    # (each as a sorted list, none at first), whether spot can be had (yes at first), and where the gap the
+    # live load is in began (none at first).
+    _reported: dict = field(default_factory=lambda: {"spot": True, "gap": None})
 
     def _changed(self, what: str, now) -> bool:
         """Whether ``what`` differs from what the log said last (and it is noted as said)."""
@@ -70,6 +71,22 @@ class Notices:
                             spot_unavailable(view))
             else:
                 log.info("%s: spot can be had again; the on-demand standing in goes once spot is ready", self.service)
+
+    def live_gap(self, history) -> None:
+        """The live load in a gap (no traffic where the usual level predicts some, or no samples), and its
+        end: the plan then follows the forecast, not the zero load, and holds nodes nothing uses, which an
+        operator should hear about once, with why."""
+        last = history.gaps[-1] if history.gaps else None
+        gap = last if last is not None and last.end >= history.end else None
+        was = self._reported["gap"]
+        if not self._changed("gap", gap.start if gap else None):
+            return
+        if gap is not None:
+            what = "no load samples" if gap.reason == "no data" else "no traffic"
+            log.warning("%s: %s since %s (%s): read as an outage, not as no demand, so the plan follows the "
+                        "forecast until the load returns", self.service, what, _minute(gap.start), gap.reason)
+        else:
+            log.info("%s: the load is back after the gap since %s", self.service, _minute(was))
 
     def decided(self, result, acting: bool, shadow: bool) -> None:
         """A line when the mode or a class's decided size changes, with why. A follower of the Lease,
@@ -118,3 +135,7 @@ class Notices:
                 actuator.announce(warning, reason, note)
             except Exception as exc:  # a message about the cycle must not fail it
                 log.warning("%s: could not announce %s: %s", self.service, reason, exc)
+
+
+def _minute(t) -> str:
+    return t.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M") if t.tzinfo else t.strftime("%Y-%m-%dT%H:%M")

@@ -315,6 +315,7 @@ class ServiceController:
             return None, why
         try:
             history = self.signals.history(now)
+            self.notices.live_gap(history)
             fc = self.model.predict(history, self.policy.planning.horizon_min)
         except SignalError as exc:
             why = f"no history for the forecast: {exc}"

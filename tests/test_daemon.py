@@ -449,6 +449,39 @@ def test_pods_not_created_are_said_once_and_so_is_their_return(caplog):
         "llm-chat: the pods asked for are created again"]
 
 
+def test_an_outage_in_the_live_load_is_said_once_and_so_is_its_end(caplog):
+    """Traffic that stops where the usual level predicts it is a gap, and the plan follows the forecast
+    through it, holding nodes no request uses: the log says so once, and once when the load returns."""
+    import pandas as pd
+
+    from controller.notices import Notices
+    from forecaster.history import History, mark_gaps
+
+    index = pd.date_range("2024-05-01T00:00", periods=180, freq="1min", tz="UTC")
+    load = pd.Series(600.0, index=index)
+    load.iloc[120:] = 0.0  # the service went down at 02:00
+
+    def live(minutes: int) -> History:
+        counts = load.iloc[:minutes].copy()
+        counts.index.freq = "1min"
+        marked, gaps = mark_gaps(counts, "prometheus")
+        return History(marked, "prometheus", gaps)
+
+    back = load.copy()
+    back.iloc[150:] = 600.0  # and came back at 02:30
+    notices = Notices("llm-chat")
+    with caplog.at_level("INFO", logger="peakpilot.daemon"):
+        for minutes in (110, 124, 125, 140, 150):
+            notices.live_gap(live(minutes))
+        load = back
+        for minutes in (151, 160):
+            notices.live_gap(live(minutes))
+    assert [r.getMessage() for r in caplog.records] == [
+        "llm-chat: no traffic since 2024-05-01T02:00 (zeros where the usual level predicts traffic): read as an "
+        "outage, not as no demand, so the plan follows the forecast until the load returns",
+        "llm-chat: the load is back after the gap since 2024-05-01T02:00"]
+
+
 def test_failed_pods_are_said_once_counted_and_not_held(tmp_path, policy_file, trace, caplog):
     """A spot pod whose container crash-loops: one warning naming it (not one a minute), the
     ``failed`` state in the node metric, and decisions that say it and do not keep it as warming."""
