@@ -8,6 +8,7 @@ within the SLO.
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 
 import numpy as np
 
@@ -24,13 +25,18 @@ def event_multipliers(policy: Policy, start: np.datetime64, minutes: int) -> np.
         return out
     times = start + np.arange(minutes) * np.timedelta64(1, "m")
     for event in policy.events:
-        lo = np.datetime64(event.start.replace(tzinfo=None) if event.start.tzinfo is None else
-                           event.start.astimezone(tz=None).replace(tzinfo=None), "m")
-        hi = np.datetime64(event.end.replace(tzinfo=None) if event.end.tzinfo is None else
-                           event.end.astimezone(tz=None).replace(tzinfo=None), "m")
-        inside = (times >= lo) & (times < hi)
+        inside = (times >= utc_minute(event.start)) & (times < utc_minute(event.end))
         out[inside] = np.maximum(out[inside], event.multiplier)
     return out
+
+
+def utc_minute(t: datetime) -> np.datetime64:
+    """A policy's time as the cycle's clock reads it: UTC, naive (a time without an offset is UTC). Not the
+    machine's local time: ``astimezone()`` without a zone, used before, moved every event by the local
+    offset on a machine outside UTC (a laptop replaying a trace)."""
+    if t.tzinfo is not None:
+        t = t.astimezone(timezone.utc).replace(tzinfo=None)
+    return np.datetime64(t, "m")
 
 
 def nodes_needed(load_rps: np.ndarray, rps_per_node: float, headroom: float) -> np.ndarray:

@@ -183,6 +183,25 @@ def test_known_events_raise_the_plan(policy):
     assert need[0] == 2 and need[15] == 6
 
 
+def test_known_events_are_read_in_utc_whatever_the_machines_zone(policy, monkeypatch):
+    """An event written with an offset is at that instant on every machine; it was moved by the local
+    offset on one outside UTC (five hours, replaying on a laptop in New York)."""
+    import time
+
+    evented = policy.with_changes(events=[
+        {"name": "launch", "start": "2024-05-01T12:10:00Z", "end": "2024-05-01T12:20:00Z", "multiplier": 2.0},
+        {"name": "berlin", "start": "2024-05-01T14:25:00+02:00", "end": "2024-05-01T14:27:00+02:00", "multiplier": 3.0}])
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        mult = event_multipliers(evented, NOW, 30)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert np.flatnonzero(mult == 2.0).tolist() == list(range(10, 20))
+    assert np.flatnonzero(mult == 3.0).tolist() == [25, 26]
+
+
 def test_lead_times_are_learned_as_p95_of_measured_starts(policy):
     memory = Memory()
     memory.learn([Start("on_demand", float(m)) for m in range(1, 21)])  # 20 samples: 1..20 minutes
