@@ -98,7 +98,9 @@ def trace_from_history(history: History, name: str) -> Trace:
     step_min = int(history.step / MINUTE)
     arrivals = np.repeat(history.counts.to_numpy() / step_min, step_min)
     index = history.counts.index
-    start = (index[0].tz_localize(None) if index.tz is not None else index[0]).to_datetime64()
+    # The cycle's clock is UTC, as the daemon's: a trace written with an offset is read at its instants, so
+    # the policy's events (UTC) fall where they would live.
+    start = (index[0].tz_convert("UTC").tz_localize(None) if index.tz is not None else index[0]).to_datetime64()
     times = np.datetime64(start, "m") + np.arange(len(arrivals)) * np.timedelta64(1, "m")
     return Trace(name, history, times, arrivals, sub_minute)
 

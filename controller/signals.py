@@ -51,7 +51,7 @@ class TraceSignals:
         step = self.trace.step_min
         steps = self.minute(now) // step
         counts = self.trace.history.counts.iloc[:steps].copy()
-        index = counts.index.tz_localize(None) if counts.index.tz is not None else counts.index
+        index = counts.index.tz_convert("UTC").tz_localize(None) if counts.index.tz is not None else counts.index
         counts.index = index + self.shift
         counts.index.freq = self.trace.history.step
         return History(counts, self.trace.name)

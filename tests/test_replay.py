@@ -287,3 +287,27 @@ def test_a_trace_at_a_30_second_step_is_spread_over_its_seconds(tmp_path):
     sla = {name: simulate(trace, policy, "static", 16, window, rpn, 0).sla
            for name, trace in (("minute", by_minute), ("half", by_half))}
     assert sla["minute"] > 0.99 and abs(sla["half"] - sla["minute"]) < 0.002, sla
+
+
+def test_a_trace_with_an_offset_runs_on_the_utc_clock_so_events_fall_where_they_would_live(tmp_path):
+    """A trace written with an offset (NASA's -04:00) ran on its wall clock, and a policy's event, UTC as
+    the daemon's clock is, fell four hours late in its replay; the trace played to the daemon keeps its
+    history's end at the daemon's now."""
+    import pandas as pd
+
+    from controller.planner import event_multipliers
+    from controller.signals import TraceSignals
+
+    minute = pd.read_csv(trace_path("nasa_http_1995_jul.csv")).iloc[: 3 * 1440]
+    assert minute.timestamp.iloc[0] == "1995-07-01T00:00:00-04:00"
+    minute.to_csv(tmp_path / "nasa.csv", index=False)
+    trace = load_trace(tmp_path / "nasa.csv")
+    assert trace.times[0] == np.datetime64("1995-07-01T04:00")
+    policy = load_policy(Path(__file__).resolve().parent.parent / "configs" / "policy.yaml").with_changes(
+        events=[{"name": "noon", "start": "1995-07-03T12:00:00-04:00", "end": "1995-07-03T13:00:00-04:00",
+                 "multiplier": 3.0}])
+    noon = 2 * 1440 + 12 * 60  # the trace's minute at noon on the 3rd, its own time
+    assert event_multipliers(policy, trace.times[noon - 1], 62).tolist() == [1.0] + [3.0] * 60 + [1.0]
+    t0 = np.datetime64("2026-11-28T10:00")
+    played = TraceSignals(trace, 1440, t0)
+    assert played.history(t0 + np.timedelta64(30, "m")).end == pd.Timestamp("2026-11-28T10:30")
