@@ -51,7 +51,7 @@ def render_status(services: list[dict]) -> str:
     shape) and what the cluster showed that needs a look (``!``), a line for each service no longer being
     run, and one where the decisions were not applied (a follower of the Lease, or shadow mode): this
     replica's store holds its own decisions."""
-    header = ("SERVICE", "LAST CYCLE", "ROLE", "MODE", "LOAD req/s", "FORECAST q90", "READY r/s/od", "WARMING",
+    header = ("SERVICE", "LAST CYCLE (UTC)", "ROLE", "MODE", "LOAD req/s", "FORECAST q90", "READY r/s/od", "WARMING",
               "DECIDED r/s/od", "COST/h")
     rows = [header]
     for s in services:

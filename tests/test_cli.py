@@ -230,7 +230,7 @@ def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(
     out = run("status", "--store", url)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["SERVICE", "LAST", "CYCLE", "ROLE", "MODE", "LOAD", "req/s", "FORECAST", "q90",
+    assert lines[0].split() == ["SERVICE", "LAST", "CYCLE", "(UTC)", "ROLE", "MODE", "LOAD", "req/s", "FORECAST", "q90",
                                 "READY", "r/s/od", "WARMING", "DECIDED", "r/s/od", "COST/h"]
     chat, old = lines[1].split(), lines[2].split()
     assert chat[0] == "llm-chat" and chat[3:5] == ["min", "ago)"] and chat[2] in ("(3", "(4")
