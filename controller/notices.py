@@ -82,7 +82,8 @@ class Notices:
         if not self._changed("gap", gap.start if gap else None):
             return
         if gap is not None:
-            what = "no load samples" if gap.reason == "no data" else "no traffic"
+            what = ("no load samples" if gap.reason == "no data" else
+                    "almost no traffic" if gap.reason.startswith("near zero") else "no traffic")
             log.warning("%s: %s since %s (%s): read as an outage, not as no demand, so the plan follows the "
                         "forecast until the load returns", self.service, what, _minute(gap.start), gap.reason)
         else:
