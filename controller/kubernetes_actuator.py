@@ -116,6 +116,8 @@ class KubernetesActuator:
             block = self.billing_min.get(cls, 1)
             self._paid[cls] = []
             for pod in pods:
+                if terminated(pod):
+                    continue
                 state = pod_state(pod)
                 view.counts[cls][state] += 1
                 if cls == "spot" and state == "pending":
@@ -298,12 +300,18 @@ STUCK_REASONS = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull
                            "CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
 
 
+def terminated(pod) -> bool:
+    """A pod that ran to its end: phase Failed (evicted for a node's memory or disk, or its node shut
+    down, as a preempted GKE spot VM's pods are) or Succeeded. Its ReplicaSet no longer counts it and has
+    started another in its place, and it may stay listed until it is garbage-collected: it is no node of
+    the class. (Counted failed, it was replaced a second time, a node paid for each.)"""
+    return pod.status is not None and pod.status.phase in ("Failed", "Succeeded")
+
+
 def failure(pod) -> str | None:
     """Why a pod that is not ready will not get there by itself, or None."""
     if pod.status is None:
         return None
-    if pod.status.phase == "Failed":
-        return f"phase Failed ({pod.status.reason or 'no reason given'})"
     for cs in pod.status.container_statuses or []:
         waiting = cs.state.waiting if cs.state else None
         if waiting is not None and waiting.reason in STUCK_REASONS:

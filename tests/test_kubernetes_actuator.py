@@ -73,6 +73,20 @@ def test_lead_times_are_measured_once_per_start_seen(kube):
     assert fresh.view().lead_samples == [] and fresh.view().lead_samples == []
 
 
+def test_a_pod_that_ran_to_its_end_is_no_node_of_the_class(kube):
+    """An evicted pod (phase Failed) stays listed until it is garbage-collected, while its ReplicaSet has
+    already started another in its place: it is neither capacity nor a failed node to replace. Counted
+    failed, the class asked for a replacement beside the ReplicaSet's own, a second node paid for each."""
+    for name, reason, message in (("s8", "Evicted", "The node was low on resource: ephemeral-storage."),
+                                  ("s9", "Terminated", "Pod was terminated in response to imminent node shutdown.")):
+        kube.add_pod(name, {"app": "llm-spot"}, "warming")
+        kube.pods[name]["status"].update(phase="Failed", reason=reason, message=message)
+    view = actuator(kube).view()
+    assert view.counts["spot"] == {"pending": 1, "booting": 0, "warming": 1, "ready": 1, "draining": 1, "failed": 0}
+    assert view.failures == []
+    assert DO_NOT_DISRUPT not in kube.pods["s8"]["metadata"]["annotations"]
+
+
 def test_warming_pods_are_protected_until_ready(kube):
     act = actuator(kube)
     act.view()
