@@ -15,6 +15,7 @@ Errors name the file, the 1-based line, and what is wrong with it.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,10 +113,12 @@ def _parse_times(path: Path, raw: pd.Series) -> pd.DatetimeIndex:
         return pd.to_datetime(raw, format="ISO8601", errors="coerce", utc=utc)
 
     try:
-        times = parse(False)
+        with warnings.catch_warnings():  # pandas warns before it mixes offsets: read as mixed, in UTC
+            warnings.filterwarnings("error", message=".*mixed time zones", category=FutureWarning)
+            times = parse(False)
         if times.dtype == object:  # mixed offsets
             times = parse(True)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, FutureWarning):
         times = parse(True)
     bad = times.isna().to_numpy()
     if bad.any():

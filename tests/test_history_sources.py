@@ -147,6 +147,25 @@ def test_unix_time_in_seconds_or_milliseconds_and_relative_seconds(tmp_path):
     assert list(log.counts) == [2.0, 2.0] and log.start == pd.Timestamp("1970-01-01T00:00:00Z")
 
 
+def test_a_trace_across_a_daylight_saving_change_is_read_in_utc_without_a_warning(tmp_path):
+    """Local time with its offset changing at the end of summer time (-04:00 to -05:00, 01:00-02:00 twice):
+    read at its instants, in UTC, one regular series; pandas' warning about mixed offsets (which says a
+    future pandas will refuse them) reached the user's terminal."""
+    import warnings
+
+    utc = pd.date_range("2024-11-03T04:00:00Z", periods=360, freq="1min")
+    local = [t.tz_convert("America/New_York").isoformat() for t in utc]
+    assert local[119:121] == ["2024-11-03T01:59:00-04:00", "2024-11-03T01:00:00-05:00"]
+    path = tmp_path / "dst.csv"
+    pd.DataFrame({"timestamp": local, "requests": np.arange(360)}).to_csv(path, index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = load_csv(path)
+    assert len(history) == 360 and history.step_min == 1 and history.gaps == []
+    assert history.start == utc[0] and str(history.counts.index.tz) == "UTC"
+    assert history.counts.iloc[120] == 120.0
+
+
 def test_missing_rows_become_gaps(tmp_path):
     rows = "\n".join(f"2024-01-01T{h:02d}:{m:02d}:00,{50 + m}" for h in range(3) for m in range(60)
                      if not (h == 1 and 10 <= m < 30))
