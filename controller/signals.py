@@ -14,7 +14,7 @@ import pandas as pd
 
 from controller.state import Observation
 from forecaster.errors import HistoryError
-from forecaster.history import History, mark_gaps
+from forecaster.history import Gap, History, mark_gaps
 
 MINUTE = np.timedelta64(1, "m")
 log = logging.getLogger("peakpilot.daemon")
@@ -51,10 +51,18 @@ class TraceSignals:
         step = self.trace.step_min
         steps = self.minute(now) // step
         counts = self.trace.history.counts.iloc[:steps].copy()
-        index = counts.index.tz_convert("UTC").tz_localize(None) if counts.index.tz is not None else counts.index
-        counts.index = index + self.shift
+        counts.index = self._moved(counts.index)
         counts.index.freq = self.trace.history.step
-        return History(counts, self.trace.name)
+        # the trace's gaps up to now (one still open runs on past it), on the daemon's clock as the counts are
+        gaps = [Gap(self._moved(g.start), self._moved(g.end), g.reason) for g in self.trace.history.gaps
+                if self._moved(g.start) <= counts.index[-1]]
+        return History(counts, self.trace.name, gaps)
+
+    def _moved(self, t):
+        """A time (or index) of the trace on the daemon's clock: UTC, naive, shifted."""
+        if t.tzinfo is not None:
+            t = t.tz_convert("UTC").tz_localize(None)
+        return t + self.shift
 
 
 class PrometheusSignals:

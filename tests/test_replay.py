@@ -311,3 +311,24 @@ def test_a_trace_with_an_offset_runs_on_the_utc_clock_so_events_fall_where_they_
     t0 = np.datetime64("2026-11-28T10:00")
     played = TraceSignals(trace, 1440, t0)
     assert played.history(t0 + np.timedelta64(30, "m")).end == pd.Timestamp("2026-11-28T10:30")
+
+
+def test_the_trace_played_to_the_daemon_carries_its_gaps_on_the_daemons_clock():
+    """The demo daemon plays the sample trace; its history now carries the trace's gaps (it had the NaN
+    but not the list), moved onto the daemon's clock, so the daemon says when the load is in one."""
+    import pandas as pd
+
+    from controller.signals import TraceSignals
+    from tests.conftest import SAMPLE
+
+    trace = load_trace(SAMPLE)
+    gap = trace.history.gaps[4]  # 2000-01-13 06:00-07:10
+    minute = int((gap.start - trace.history.start) / pd.Timedelta(minutes=1))
+    t0 = np.datetime64("2026-11-28T10:00")
+    played = TraceSignals(trace, 0, t0)
+    during = played.history(t0 + np.timedelta64(minute + 10, "m"))
+    assert during.gaps[-1].start == pd.Timestamp(t0) + pd.Timedelta(minutes=minute)
+    assert during.gaps[-1].end >= during.end and during.gaps[-1].reason == gap.reason
+    after = played.history(t0 + np.timedelta64(minute + 80, "m"))
+    assert after.gaps[-1].end == pd.Timestamp(t0) + pd.Timedelta(minutes=minute + 70) < after.end
+    assert len(after.gaps) == 5
