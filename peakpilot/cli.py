@@ -180,7 +180,7 @@ def forecast(
                                                           "falls back along ensemble > torch > prophet > "
                                                           "seasonal_naive > recent_level."),
     horizon: float = typer.Option(30, "--horizon", min=1, max=MAX_HORIZON_MIN, help="Minutes ahead (at most a week)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the learned models (same seed, same forecast)."),
     save: Optional[Path] = typer.Option(None, "--save", help="Also save the fitted model here."),
     every_step: bool = typer.Option(False, "--every-step", help=f"Print a row for every step; by default a "
                                                                 f"forecast of more than {TABLE_ROWS} steps shows "
@@ -242,7 +242,7 @@ def backtest(
     refit_hours: float = typer.Option(24, "--refit-hours", help="Refit every model this often."),
     step: Optional[str] = typer.Option(None, "--step", help="Aggregate the trace to this step first (query "
                                                             "Prometheus at it; default 1m there)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the learned models (same seed, same scores)."),
     store: Optional[str] = typer.Option(None, "--store", help="Also record the result here, for the dashboard."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
@@ -406,8 +406,10 @@ def replay(
 def recommend_reserved_cmd(
     trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="CSV trace of the history."),
     policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Policy YAML (prices, capacity, spot share)."),
-    peak_nodes: Optional[int] = typer.Option(None, "--peak-nodes", min=1),
-    as_json: bool = typer.Option(False, "--json"),
+    peak_nodes: Optional[int] = typer.Option(None, "--peak-nodes", min=1,
+                                             help="Size capacity so the trace's busiest minute needs N nodes."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: the count, the costs of each "
+                                                       "count, the layers' use."),
 ) -> None:
     """Recommend how many nodes to reserve, from the history's need and the prices."""
     from controller.replay import rps_per_node_for
@@ -650,8 +652,8 @@ def status(
 def serve(
     model: str = typer.Option("builtin", "--model", help="builtin[:tiny|small|medium], a TorchScript file, "
                                                           "or module:factory returning (nn.Module, tokenizer)."),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 in a pod)."),
+    port: int = typer.Option(8000, "--port", help="Port to serve on."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most requests in one batch."),
     max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", min=0, help="Longest wait to fill a batch."),
     max_queue: int = typer.Option(64, "--max-queue", min=0, help="Waiting requests before answering 429 busy."),
@@ -690,8 +692,9 @@ def profile(
     url: str = typer.Option(..., "--url", help="Base URL of a ready node."),
     slo_ms: float = typer.Option(..., "--slo-ms", help="Latency target for p99, milliseconds."),
     seconds: float = typer.Option(5.0, "--seconds", help="Seconds of load per measured rate."),
-    max_tokens: int = typer.Option(16, "--max-tokens"),
-    as_json: bool = typer.Option(False, "--json"),
+    max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens each request asks for."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: rps_per_node and every "
+                                                       "measured step."),
 ) -> None:
     """Measure the requests/s a node sustains within a latency SLO; print it in the policy's form."""
     import asyncio
@@ -730,8 +733,9 @@ def loadgen(
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
     rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply the trace's counts (e.g. 0.001)."),
     start: Optional[str] = typer.Option(None, "--start", help="Start at this timestamp of the trace."),
-    max_tokens: int = typer.Option(16, "--max-tokens"),
-    as_json: bool = typer.Option(False, "--json"),
+    max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens each request asks for."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: outcomes and latency "
+                                                       "percentiles."),
 ) -> None:
     """Replay a trace's arrivals open-loop over HTTP; report outcomes and latency percentiles."""
     import asyncio
@@ -766,7 +770,7 @@ def dashboard(
                                    "read-only. The controller's, from the same variable as `run` reads."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default: in a pod, "
                                                            "reached through kubectl port-forward)."),
-    port: int = typer.Option(8501, "--port"),
+    port: int = typer.Option(8501, "--port", help="Port to serve on."),
 ) -> None:
     """Open the Streamlit dashboard: forecast vs actual, capacity, cost, SLA, decisions, what-if."""
     import os

@@ -47,6 +47,11 @@ def test_help_reads_as_a_person_writes_it():
         page = runner.invoke(app, [name, "--help"], terminal_width=200)
         assert page.exit_code == 0, (name, page.output)
         assert "<bool>" not in page.output, name
+    # and every option says what it is for
+    from typer.main import get_command
+
+    bare = [(name, p.opts) for name, sub in get_command(app).commands.items() for p in sub.params if not p.help]
+    assert bare == []
 
 
 def test_forecast_json_on_the_default_trace():
