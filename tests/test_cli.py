@@ -30,7 +30,8 @@ def test_help_lists_every_command():
 
 def test_help_reads_as_a_person_writes_it():
     """Every command is listed with a summary of one line in the source (the list keeps its breaks), and
-    no flag is shown with a type, which reads as if it took a value (`--json <bool>`)."""
+    no flag is shown with a type, which reads as if it took a value (`--json <bool>`); every option has a
+    help text."""
     from typer.testing import CliRunner
 
     from peakpilot.cli import app
