@@ -19,6 +19,14 @@ def spot_unavailable(view) -> str:
     return "spot cannot be had" + (f" ({view.spot_unavailable_why})" if view.spot_unavailable_why else "")
 
 
+def in_gap(gap) -> str:
+    """What a gap the live load is in means for the plan (the log and ``peakpilot status`` say it alike)."""
+    what = ("no load samples" if gap.reason == "no data" else
+            "almost no traffic" if gap.reason.startswith("near zero") else "no traffic")
+    return (f"{what} since {_minute(gap.start)} ({gap.reason}): read as an outage, not as no demand, so the "
+            f"plan follows the forecast until the load returns")
+
+
 def attention(view) -> list[str]:
     """What the cluster's view shows that needs an operator's look, a line each: recorded with the cycle,
     so ``peakpilot status`` says why on-demand stands in or why nodes asked for do not come."""
@@ -72,22 +80,19 @@ class Notices:
             else:
                 log.info("%s: spot can be had again; the on-demand standing in goes once spot is ready", self.service)
 
-    def live_gap(self, history) -> None:
+    def live_gap(self, history):
         """The live load in a gap (no traffic where the usual level predicts some, or no samples), and its
         end: the plan then follows the forecast, not the zero load, and holds nodes nothing uses, which an
-        operator should hear about once, with why."""
+        operator should hear about once, with why. Returns the gap the load is in, or None."""
         last = history.gaps[-1] if history.gaps else None
         gap = last if last is not None and last.end >= history.end else None
         was = self._reported["gap"]
-        if not self._changed("gap", gap.start if gap else None):
-            return
-        if gap is not None:
-            what = ("no load samples" if gap.reason == "no data" else
-                    "almost no traffic" if gap.reason.startswith("near zero") else "no traffic")
-            log.warning("%s: %s since %s (%s): read as an outage, not as no demand, so the plan follows the "
-                        "forecast until the load returns", self.service, what, _minute(gap.start), gap.reason)
-        else:
-            log.info("%s: the load is back after the gap since %s", self.service, _minute(was))
+        if self._changed("gap", gap.start if gap else None):
+            if gap is not None:
+                log.warning("%s: %s", self.service, in_gap(gap))
+            else:
+                log.info("%s: the load is back after the gap since %s", self.service, _minute(was))
+        return gap
 
     def decided(self, result, acting: bool, shadow: bool) -> None:
         """A line when the mode or a class's decided size changes, with why. A follower of the Lease,

@@ -18,7 +18,7 @@ import pandas as pd
 
 from controller.cycle import control_cycle
 from controller.daemon_metrics import DaemonMetrics
-from controller.notices import Notices, attention
+from controller.notices import Notices, attention, in_gap
 from controller.planner import lead_time_min
 from controller.policy import CLASSES, Policy, PolicyError, backend_problems, load_policy
 from controller.shadow import ShadowEstimate
@@ -74,6 +74,7 @@ class ServiceController:
     # What the operator is told (log lines, Kubernetes Events), each once per change.
     notices: Notices = field(init=False)
     _training_problem: str | None = field(default=None, init=False)  # why the last training failed
+    _live_gap: object = field(default=None, init=False)  # the gap the live load is in (Gap), as the last forecast read it
 
     def __post_init__(self) -> None:
         self.policy = load_policy(self.policy_path)  # a broken policy at start is the caller's to report
@@ -258,9 +259,10 @@ class ServiceController:
         if acting:
             self.notices.announce(result, view, self.actuator, no_forecast)
         cost = sum(view.active(c) * policy.price(c) for c in CLASSES)
+        looks = attention(view) + ([in_gap(self._live_gap)] if self._live_gap is not None else [])
         row = {"load_rps": observed, "forecast_q50": None, "forecast_q90": None, "mode": result.mode,
                "role": "shadow" if self.shadow else "leader" if acting else "follower",
-               "attention": "\n".join(attention(view)) or None,
+               "attention": "\n".join(looks) or None,
                "ready": view.ready(), "warming": sum(view.warming(c) + view.counts[c]["pending"] for c in CLASSES),
                "draining": sum(view.counts[c]["draining"] for c in CLASSES), "cost_per_hour": cost,
                **{f"ready_{c}": view.ready(c) for c in CLASSES},
@@ -307,6 +309,7 @@ class ServiceController:
 
     def _forecast(self, now: np.datetime64) -> tuple[MinuteForecast | None, str | None]:
         """The forecast for this cycle, or None and why there is none (the safety net then decides alone)."""
+        self._live_gap = None
         if not self._model_fits():  # until a model for this policy is trained
             why = ("no model yet" if self.model is None else
                    "the model in use was trained for another series or a shorter horizon") + \
@@ -315,7 +318,7 @@ class ServiceController:
             return None, why
         try:
             history = self.signals.history(now)
-            self.notices.live_gap(history)
+            self._live_gap = self.notices.live_gap(history)
             fc = self.model.predict(history, self.policy.planning.horizon_min)
         except SignalError as exc:
             why = f"no history for the forecast: {exc}"

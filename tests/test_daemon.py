@@ -482,6 +482,27 @@ def test_an_outage_in_the_live_load_is_said_once_and_so_is_its_end(caplog):
         "llm-chat: the load is back after the gap since 2024-05-01T02:00"]
 
 
+def test_the_outage_the_load_is_in_is_recorded_for_status(tmp_path, policy_file, trace):
+    """While the load is in a gap, each cycle's record says so beside the cluster's warnings (what
+    ``peakpilot status`` prints under ``!``), and stops saying it once the load is back."""
+    import pandas as pd
+
+    gap = trace.history.gaps[4]  # 2000-01-13 06:00-07:10 of the sample trace
+    minute = int((gap.start - trace.history.start) / pd.Timedelta(minutes=1))
+    clock = Clock()
+    store = Store(str(tmp_path / "g.db"))
+    cluster = SimulatedActuator(load_policy_of(policy_file), reserved=3, seed=1)
+    daemon, service, _ = make(policy_file, trace, store, clock, cluster, signals=TraceSignals(trace, minute - 20, T0))
+    daemon.retrain_all()
+    run_cycles(daemon, clock, 40)  # 20 minutes into the gap
+    since = str(np.datetime64(T0 + np.timedelta64(20, "m"), "m"))
+    assert store.latest_cycles()[0]["attention"] == (
+        f"no traffic since {since} (zeros where the usual level predicts traffic): read as an outage, not as no "
+        f"demand, so the plan follows the forecast until the load returns")
+    run_cycles(daemon, clock, 70)  # 10 minutes after it, once a step after it is in
+    assert store.latest_cycles()[0]["attention"] is None
+
+
 def test_failed_pods_are_said_once_counted_and_not_held(tmp_path, policy_file, trace, caplog):
     """A spot pod whose container crash-loops: one warning naming it (not one a minute), the
     ``failed`` state in the node metric, and decisions that say it and do not keep it as warming."""
