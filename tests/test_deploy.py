@@ -22,7 +22,7 @@ from tests.kube_api import role_allows
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 MODELS = {"Deployment": "V1Deployment", "ServiceAccount": "V1ServiceAccount", "Role": "V1Role",
           "RoleBinding": "V1RoleBinding", "ConfigMap": "V1ConfigMap", "PriorityClass": "V1PriorityClass",
-          "Namespace": "V1Namespace", "Service": "V1Service"}
+          "Namespace": "V1Namespace", "Service": "V1Service", "PodDisruptionBudget": "V1PodDisruptionBudget"}
 
 
 def documents():
@@ -413,3 +413,16 @@ def test_the_dockerfile_passes_hadolint():
         pytest.skip("hadolint is not installed (the dev extra brings it on Linux x86_64)")
     result = subprocess.run([hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_voluntary_disruptions_take_one_serving_node_at_a_time():
+    """A drain or Karpenter's consolidation may take one serving node of the three pools at a time (each
+    is a cold start of minutes), never a placeholder's, which exists to be displaced."""
+    budgets = [d for _, d in documents() if d["kind"] == "PodDisruptionBudget"]
+    assert len(budgets) == 1 and budgets[0]["spec"]["maxUnavailable"] == 1
+    wanted = budgets[0]["spec"]["selector"]["matchLabels"]
+    pools = {d["metadata"]["name"]: d for _, d in documents() if d["kind"] == "Deployment"
+             and d["metadata"]["namespace"] == budgets[0]["metadata"]["namespace"]}
+    held = {name for name, d in pools.items()
+            if wanted.items() <= d["spec"]["template"]["metadata"]["labels"].items()}
+    assert held == {"llm-reserved", "llm-spot", "llm-on-demand"}
