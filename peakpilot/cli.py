@@ -19,6 +19,7 @@ from controller.shipped import DEFAULT_POLICY, default_runs_dir
 from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
 from peakpilot import __version__
 
+
 class _BareFlags:
     """Help that shows a flag (``--json``, ``--help``) without a type: typer 0.29 writes ``<bool>`` beside
     every flag, which reads as if it took a value (``--json true``)."""
@@ -506,9 +507,10 @@ def say_missing_permissions(api, policies, lease_name: str, shadow: bool, given:
 
 @app.command("run", cls=Command)
 def run_daemon(
-    policy: Optional[list[Path]] = typer.Option(None, "--policy", help="Policy YAML, or a folder of them; repeat "
-                                                "for several services. Required with --backend kubernetes; "
-                                                "otherwise the default is configs/policy.yaml."),
+    policy: Optional[list[Path]] = typer.Option(None, "--policy", help="Policy YAML, or a folder of them; "
+                                                                       "repeat for several services. Required "
+                                                                       "with --backend kubernetes; otherwise the "
+                                                                       "default is configs/policy.yaml."),
     backend: str = typer.Option("simulated", "--backend", help="simulated | kubernetes | dry-run"),
     store: str = typer.Option("sqlite:///runs/daemon/peakpilot.db", "--store", envvar="PEAKPILOT_STORE",
                               help="Where to record: sqlite:///path.db, a path, or postgresql://user:pw@host/db "
