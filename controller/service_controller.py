@@ -74,7 +74,7 @@ class ServiceController:
     # What the operator is told (log lines, Kubernetes Events), each once per change.
     notices: Notices = field(init=False)
     _training_problem: str | None = field(default=None, init=False)  # why the last training failed
-    _live_gap: object = field(default=None, init=False)  # the gap the live load is in (Gap), as the last forecast read it
+    _live_gap: object = field(default=None, init=False)  # the Gap the live load is in, as the last forecast read
 
     def __post_init__(self) -> None:
         self.policy = load_policy(self.policy_path)  # a broken policy at start is the caller's to report

@@ -134,7 +134,8 @@ with tabs[0]:
                                      marker={"size": 10, "color": "#f58518"}))
     for x0, x1 in data.safety_net_spans(recent):  # no usable forecast: the safety net alone decided
         fig.add_vrect(x0=x0, x1=x1, fillcolor="#d62728", opacity=0.12, line_width=0)
-    fig.update_layout(height=360, margin={"t": 30}, yaxis_title="req/s", title="load and the next hour", xaxis_title=TIME_AXIS)
+    fig.update_layout(height=360, margin={"t": 30}, yaxis_title="req/s", title="load and the next hour",
+                      xaxis_title=TIME_AXIS)
     st.plotly_chart(fig, key="overview_load")
     nodes = go.Figure([go.Bar(x=list(o["nodes"]), y=list(o["nodes"].values()), marker_color=[COLORS[k] for k in o["nodes"]],
                               name="ready")])
@@ -153,7 +154,8 @@ with tabs[1]:
     spans = data.safety_net_spans(part)
     for x0, x1 in spans:  # no usable forecast: the safety net alone decided
         fig.add_vrect(x0=x0, x1=x1, fillcolor="#d62728", opacity=0.12, line_width=0)
-    fig.update_layout(height=380, margin={"t": 30}, yaxis_title="req/s", title="forecast against actual", xaxis_title=TIME_AXIS)
+    fig.update_layout(height=380, margin={"t": 30}, yaxis_title="req/s", title="forecast against actual",
+                      xaxis_title=TIME_AXIS)
     st.plotly_chart(fig, key="forecast_vs_actual")
     if spans:
         minutes = sum((b - a) / pd.Timedelta(minutes=1) for a, b in spans)
@@ -193,13 +195,15 @@ with tabs[2]:
                        "nodes count as ready one (p95) lead time after it asked for them (controller/shadow.py).")
     hourly = tl.set_index("ts")[[f"cost_{c}" for c in CLASSES]].resample("1h").sum() / 60.0
     spend = go.Figure([go.Bar(x=hourly.index, y=hourly[f"cost_{c}"], name=c, marker_color=COLORS[c]) for c in CLASSES])
-    spend.update_layout(barmode="stack", height=320, margin={"t": 30}, yaxis_title="USD per hour", title="spend by class", xaxis_title=TIME_AXIS)
+    spend.update_layout(barmode="stack", height=320, margin={"t": 30}, yaxis_title="USD per hour",
+                        title="spend by class", xaxis_title=TIME_AXIS)
     st.plotly_chart(spend, key="cost_by_class")
     cum = go.Figure()
     start = tl["ts"].iloc[0]
     for name, values in summary.get("hourly_cumulative_cost", {}).items():
         cum.add_trace(go.Scatter(x=start + pd.to_timedelta(np.arange(1, len(values) + 1), "h"), y=values, name=name))
-    cum.update_layout(height=320, margin={"t": 30}, yaxis_title="USD", title="cumulative cost against the baselines", xaxis_title=TIME_AXIS)
+    cum.update_layout(height=320, margin={"t": 30}, yaxis_title="USD", title="cumulative cost against the baselines",
+                      xaxis_title=TIME_AXIS)
     st.plotly_chart(cum, key="cost_cumulative")
     if len(rows):
         st.dataframe(rows, key="cost_table")
@@ -242,7 +246,8 @@ with tabs[4]:
         shown = shown[shown["reason"].str.contains(text, case=False, regex=False)]
     fig = go.Figure([go.Scatter(x=pd.to_datetime(g["ts"]), y=g["desired"], mode="lines+markers", line_shape="hv",
                                 name=c, marker_color=COLORS[c]) for c, g in shown.groupby("cls")])
-    fig.update_layout(height=320, margin={"t": 30}, yaxis_title="desired nodes", title="decisions", xaxis_title=TIME_AXIS)
+    fig.update_layout(height=320, margin={"t": 30}, yaxis_title="desired nodes", title="decisions",
+                      xaxis_title=TIME_AXIS)
     st.plotly_chart(fig, key="decisions_chart")
     st.caption(f"{len(shown)} of {len(dec)} decisions")
     st.dataframe(shown[["ts", "cls", "current", "desired", "reason"]], key="decisions_table", hide_index=True)

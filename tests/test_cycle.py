@@ -190,7 +190,8 @@ def test_known_events_are_read_in_utc_whatever_the_machines_zone(policy, monkeyp
 
     evented = policy.with_changes(events=[
         {"name": "launch", "start": "2024-05-01T12:10:00Z", "end": "2024-05-01T12:20:00Z", "multiplier": 2.0},
-        {"name": "berlin", "start": "2024-05-01T14:25:00+02:00", "end": "2024-05-01T14:27:00+02:00", "multiplier": 3.0}])
+        {"name": "berlin", "start": "2024-05-01T14:25:00+02:00", "end": "2024-05-01T14:27:00+02:00",
+         "multiplier": 3.0}])
     monkeypatch.setenv("TZ", "America/New_York")
     time.tzset()
     try:

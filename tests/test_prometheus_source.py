@@ -106,7 +106,8 @@ def test_an_outage_the_daemon_reads_a_minute_at_a_time_is_a_gap_as_in_a_history_
     signals = PrometheusSignals(server.url, step="1m", history_days=5)
     for minute in range(29 * 60, 33 * 60 + 1):  # from an hour before the outage to an hour after, cycle by cycle
         live = signals.history(np.datetime64(start + pd.Timedelta(minutes=minute), "m"))
-    whole = PrometheusSource(server.url, step="1m").load_days(5, end=(start + pd.Timedelta(hours=33)).tz_localize("UTC"))
+    end = (start + pd.Timedelta(hours=33)).tz_localize("UTC")
+    whole = PrometheusSource(server.url, step="1m").load_days(5, end=end)
     assert live.start == whole.start and len(live) == len(whole) == 33 * 60
     outage = live.counts.iloc[30 * 60:32 * 60]
     assert outage.isna().all() and whole.counts.iloc[30 * 60:32 * 60].isna().all()
