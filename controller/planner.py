@@ -8,12 +8,12 @@ within the SLO.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime
 
 import numpy as np
 
 from controller.policy import Policy
-from controller.state import Memory
+from controller.state import Memory, on_cycle_clock
 
 QUANTILE_INDEX = {"q50": 0, "q90": 1, "q99": 2}
 
@@ -31,12 +31,10 @@ def event_multipliers(policy: Policy, start: np.datetime64, minutes: int) -> np.
 
 
 def utc_minute(t: datetime) -> np.datetime64:
-    """A policy's time as the cycle's clock reads it: UTC, naive (a time without an offset is UTC). Not the
-    machine's local time: ``astimezone()`` without a zone, used before, moved every event by the local
-    offset on a machine outside UTC (a laptop replaying a trace)."""
-    if t.tzinfo is not None:
-        t = t.astimezone(timezone.utc).replace(tzinfo=None)
-    return np.datetime64(t, "m")
+    """A policy's time as the cycle's clock reads it (``on_cycle_clock``). Not the machine's local time:
+    ``astimezone()`` without a zone, used before, moved every event by the local offset on a machine
+    outside UTC (a laptop replaying a trace)."""
+    return np.datetime64(on_cycle_clock(t), "m")
 
 
 def nodes_needed(load_rps: np.ndarray, rps_per_node: float, headroom: float) -> np.ndarray:

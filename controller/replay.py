@@ -24,7 +24,7 @@ from controller.blend import spot_nodes
 from controller.policy import CLASSES, Policy
 from controller.service_model import ServiceModel
 from controller.simulator import Faults, SimulatedCluster
-from controller.state import MinuteForecast, Observation
+from controller.state import MinuteForecast, Observation, on_cycle_clock
 from controller.store import TIMELINE_COLUMNS as TIMELINE
 from controller.strategies import HPADecider, PredictiveDecider, StaticDecider
 from forecaster.csv_source import load_csv
@@ -98,9 +98,8 @@ def trace_from_history(history: History, name: str) -> Trace:
     step_min = int(history.step / MINUTE)
     arrivals = np.repeat(history.counts.to_numpy() / step_min, step_min)
     index = history.counts.index
-    # The cycle's clock is UTC, as the daemon's: a trace written with an offset is read at its instants, so
-    # the policy's events (UTC) fall where they would live.
-    start = (index[0].tz_convert("UTC").tz_localize(None) if index.tz is not None else index[0]).to_datetime64()
+    # A trace written with an offset is read at its instants: the policy's events fall where they would live.
+    start = on_cycle_clock(index[0]).to_datetime64()
     times = np.datetime64(start, "m") + np.arange(len(arrivals)) * np.timedelta64(1, "m")
     return Trace(name, history, times, arrivals, sub_minute)
 

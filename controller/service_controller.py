@@ -23,7 +23,7 @@ from controller.planner import lead_time_min
 from controller.policy import CLASSES, Policy, PolicyError, backend_problems, load_policy
 from controller.shadow import ShadowEstimate
 from controller.signals import SignalError
-from controller.state import Memory, MinuteForecast, Observation
+from controller.state import Memory, MinuteForecast, Observation, on_cycle_clock
 from controller.store import Store
 from forecaster.models import fit_with_fallback, horizon_options
 
@@ -347,7 +347,7 @@ def minute_forecast(fc, status: str) -> MinuteForecast:
     minute holds for each of its minutes; steps under a minute (signals.step 30s) are taken at their
     busiest in each minute, since a minute's nodes must serve its busiest part."""
     seconds = fc.step.total_seconds()
-    start = fc.start.tz_convert("UTC").tz_localize(None) if fc.start.tzinfo else fc.start
+    start = on_cycle_clock(fc.start)
     rps = fc.values / seconds
     if seconds >= 60:
         rps = np.repeat(rps, int(round(seconds / 60)), axis=0)

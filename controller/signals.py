@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from controller.state import Observation
+from controller.state import Observation, on_cycle_clock
 from forecaster.errors import HistoryError
 from forecaster.history import Gap, History, mark_gaps
 
@@ -59,10 +59,8 @@ class TraceSignals:
         return History(counts, self.trace.name, gaps)
 
     def _moved(self, t):
-        """A time (or index) of the trace on the daemon's clock: UTC, naive, shifted."""
-        if t.tzinfo is not None:
-            t = t.tz_convert("UTC").tz_localize(None)
-        return t + self.shift
+        """A time (or index) of the trace on the daemon's clock, shifted."""
+        return on_cycle_clock(t) + self.shift
 
 
 class PrometheusSignals:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 
 from controller.policy import CLASSES
 from controller.surprises import Surprises
@@ -30,6 +31,17 @@ class Decision:
     @property
     def delta(self) -> int:
         return self.desired - self.current
+
+
+def on_cycle_clock(t):
+    """A time (a datetime, a Timestamp or an index of them) as the cycle's clock reads it: UTC, naive, as
+    the daemon's clock and replay's are. A time without a zone is UTC already; one with an offset is
+    converted (not the machine's local time, and not its own wall clock with the offset dropped)."""
+    if t.tzinfo is None:
+        return t
+    if not isinstance(t, (pd.Timestamp, pd.DatetimeIndex)):
+        t = pd.Timestamp(t)
+    return t.tz_convert("UTC").tz_localize(None)
 
 
 class Start(NamedTuple):
