@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -143,6 +144,16 @@ class KubernetesSpec(Strict):
     placeholder: str | None = Field(None, description="low-priority Deployment that holds nodes warm ahead of a peak")
 
 
+def check_timezone(zone: str) -> str:
+    """``zone`` if it names a time zone (IANA, as the tz database has it), else a ValueError that says so."""
+    try:
+        ZoneInfo(zone)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise ValueError(f"{zone!r} is not a time zone this machine knows: an IANA name such as UTC, "
+                         "Europe/Berlin or America/New_York") from None
+    return zone
+
+
 PROM_DURATION = re.compile(r"(\d+(ms|s|m|h|d|w|y))+")
 PROM_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
@@ -159,6 +170,10 @@ class Signals(Strict):
     history_days: float = Field(14, gt=0)
     busy_query: str | None = Field(None, description="PromQL for the share of requests answered busy now, 0-1 "
                                                      "({step} is substituted); null: the inference nodes' busy answers")
+    timezone: str | None = Field(None, description="IANA time zone of the users' day (e.g. America/New_York): the "
+                                                   "forecaster reads hour of day and day of week on its clock, "
+                                                   "daylight saving included; null: the history's own (a CSV's "
+                                                   "offset, else UTC)")
 
     @field_validator("step")
     @classmethod
@@ -170,6 +185,11 @@ class Signals(Strict):
         if seconds < 1 or seconds % 1 or seconds > 3600:
             raise ValueError(f"{v!r}: the step must be whole seconds, from 1s to 1h")
         return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str | None) -> str | None:
+        return v if v is None else check_timezone(v)
 
 
 class Policy(Strict):

@@ -112,7 +112,7 @@ class ForecastFeed:
                  progress: bool = True):
         self.trace = trace
         self.step = trace.step_min
-        history = trace.history
+        history = trace.history.in_timezone(policy.signals.timezone)  # the users' calendar, for the models
         self.horizon_steps = history.steps_for(policy.planning.horizon_min)
         first = first_minute // self.step
         last = last_minute // self.step + 1
@@ -166,7 +166,7 @@ def forecast_key(trace: Trace, policy: Policy, first_minute: int, last_minute: i
     forecasts (``replay``'s ``feeds``)."""
     plan = policy.planning
     return (trace.name, len(trace.arrivals), first_minute, last_minute, seed, plan.model, plan.horizon_min,
-            plan.retrain_hours)
+            plan.retrain_hours, policy.signals.timezone)
 
 
 class OracleFeed:

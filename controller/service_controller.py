@@ -183,7 +183,8 @@ class ServiceController:
                 self._error("signals", f"{self._training_problem}; the last model stays")
                 return
             try:
-                model, status = fit_with_fallback(policy.planning.model, history, seed=self.seed,
+                model, status = fit_with_fallback(policy.planning.model, history.in_timezone(policy.signals.timezone),
+                                                  seed=self.seed,
                                                   options=horizon_options(policy.planning.horizon_min))
             except Exception as exc:
                 self._training_problem = f"training failed: {exc}"
@@ -319,7 +320,7 @@ class ServiceController:
         try:
             history = self.signals.history(now)
             self._live_gap = self.notices.live_gap(history)
-            fc = self.model.predict(history, self.policy.planning.horizon_min)
+            fc = self.model.predict(history.in_timezone(self.policy.signals.timezone), self.policy.planning.horizon_min)
         except SignalError as exc:
             why = f"no history for the forecast: {exc}"
             self._error("signals", why)

@@ -139,6 +139,21 @@ class History:
         counts = self.counts[self.counts.index >= self.end - period]
         return History(counts.copy(), self.source, [g for g in self.gaps if g.end > counts.index[0]])
 
+    def in_timezone(self, zone: str | None) -> History:
+        """The same counts, their times read on ``zone``'s clock (an IANA name; None: as they are). The
+        instants do not move; the hour of day and day of week the models learn do: a service whose users
+        follow New York's day peaks at 9:00 there all year, at 13:00 or 14:00 UTC by the season. Times
+        without a zone are UTC, as everywhere in peakpilot."""
+        if zone is None:
+            return self
+
+        def moved(t):
+            return (t.tz_localize("UTC") if t.tzinfo is None else t).tz_convert(zone)
+
+        counts = self.counts.copy()
+        counts.index = moved(counts.index)
+        return History(counts, self.source, [Gap(moved(g.start), moved(g.end), g.reason) for g in self.gaps])
+
     def minute_rates(self) -> np.ndarray:
         """Requests per second in each minute (NaN in gaps), whatever the step: the grain costs and node
         counts are reckoned in (billing blocks are minutes)."""

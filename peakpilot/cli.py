@@ -150,6 +150,21 @@ def parse_end(text: Optional[str]):
 
 
 END_HELP = "Read Prometheus up to this time (ISO, UTC unless it says otherwise; default: now)."
+TIMEZONE_HELP = ("IANA time zone of the users' day (e.g. America/New_York): the models read hour of day and day "
+                 "of week on its clock, daylight saving included; times without an offset are UTC (default: "
+                 "the history's own clock, a CSV's offset or UTC; a policy's is signals.timezone).")
+
+
+def on_users_clock(history, timezone: Optional[str]):
+    """--timezone: the history read on that zone's clock, or exit 2 naming the unknown zone."""
+    from controller.policy import check_timezone
+
+    if timezone is None:
+        return history
+    try:
+        return history.in_timezone(check_timezone(timezone))
+    except ValueError as exc:
+        fail(f"--timezone: {exc}")
 
 
 TABLE_ROWS = 60
@@ -181,6 +196,7 @@ def forecast(
                                                           "falls back along ensemble > torch > prophet > "
                                                           "seasonal_naive > recent_level."),
     horizon: float = typer.Option(30, "--horizon", min=1, max=MAX_HORIZON_MIN, help="Minutes ahead (at most a week)."),
+    timezone: Optional[str] = typer.Option(None, "--timezone", help=TIMEZONE_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of the learned models (same seed, same forecast)."),
     save: Optional[Path] = typer.Option(None, "--save", help="Also save the fitted model here."),
     every_step: bool = typer.Option(False, "--every-step", help=f"Print a row for every step; by default a "
@@ -194,7 +210,7 @@ def forecast(
 
     if model not in MODELS:
         fail(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-    history = load_history(trace, prometheus, query, days, step, end)
+    history = on_users_clock(load_history(trace, prometheus, query, days, step, end), timezone)
     try:
         fitted, status = fit_with_fallback(model, history, seed=seed, options=horizon_options(max(horizon, 60)))
         result = fitted.predict(history, horizon)
@@ -241,6 +257,7 @@ def backtest(
                                                                   "(default: 10, closer on a short trace so "
                                                                   "that 20 fit; at least one step)."),
     refit_hours: float = typer.Option(24, "--refit-hours", help="Refit every model this often."),
+    timezone: Optional[str] = typer.Option(None, "--timezone", help=TIMEZONE_HELP),
     step: Optional[str] = typer.Option(None, "--step", help="Aggregate the trace to this step first (query "
                                                             "Prometheus at it; default 1m there)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the learned models (same seed, same scores)."),
@@ -251,7 +268,7 @@ def backtest(
     from forecaster.backtest import DEFAULT_MODELS, BacktestConfig, run_backtest
     from forecaster.errors import HistoryError
 
-    history = load_history(trace, prometheus, query, days, step, end)
+    history = on_users_clock(load_history(trace, prometheus, query, days, step, end), timezone)
     st = open_store(store) if store else None
     names = [m.strip() for m in models.split(",") if m.strip()] if models else list(DEFAULT_MODELS)
     config = BacktestConfig(horizon_min=horizon, test_days=test_days, stride_min=stride, refit_hours=refit_hours,

@@ -62,6 +62,14 @@ def daily_series(days: int = 7, step_min: int = 5, level: float = 200.0, seed: i
     return series
 
 
+def users_day():
+    """A load that follows New York's day across the change to summer time on 8 March 2026, at 5-minute
+    steps in UTC (``bench/users_clock.py``, where its forecasts on either clock are measured)."""
+    from bench.users_clock import users_day as made
+
+    return made("2026-02-01", "2026-03-17")
+
+
 class PrometheusServer:
     """A real Prometheus (Debian's package) with a temporary config and data dir."""
 

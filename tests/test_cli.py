@@ -65,6 +65,17 @@ def test_forecast_json_on_the_default_trace():
     assert set(doc["peak"]) == {"timestamp", "q50", "q90"}
 
 
+def test_forecast_on_the_users_clock():
+    """--timezone: the sample's UTC times read on Kolkata's clock, the forecast's times written with its
+    offset; the same instants, so the same forecast."""
+    utc = json.loads(run("forecast", "--model", "seasonal_naive", "--horizon", "30", "--json").stdout)
+    out = run("forecast", "--model", "seasonal_naive", "--horizon", "30", "--timezone", "Asia/Kolkata", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["forecast"][0]["timestamp"] == "2000-01-17T05:30:00+05:30"
+    assert [r["q50"] for r in doc["forecast"]] == [r["q50"] for r in utc["forecast"]]
+
+
 def test_forecast_readable_table(tmp_path):
     out = run("forecast", "--trace", str(SAMPLE), "--model", "seasonal_naive", "--save", str(tmp_path / "m.pt"))
     assert out.returncode == 0, out.stderr
@@ -192,6 +203,8 @@ def test_progress_bars_are_drawn_on_a_terminal():
     (["backtest", "--models", "arima", "--test-days", "1"], "unknown model(s) arima"),
     (["forecast", "--prometheus", "http://127.0.0.1:9"], "Prometheus is unreachable"),
     (["forecast", "--horizon", "20000"], "Invalid value for '--horizon'"),
+    (["backtest", "--timezone", "EST5EDT/Nowhere"],
+     "--timezone: 'EST5EDT/Nowhere' is not a time zone this machine knows"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(args, message):
     out = run(*args)

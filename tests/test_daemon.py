@@ -1079,6 +1079,44 @@ def test_a_changed_policy_rebuilds_what_it_moves_and_retrains_for_what_the_model
     assert sample(metrics.registry, "peakpilot_errors_total", service="llm-chat", kind="signals") >= 1
 
 
+def test_a_policy_time_zone_puts_the_model_on_the_users_clock_and_the_plan_on_the_cycles(tmp_path, policy_file,
+                                                                                        trace):
+    """``signals.timezone``: the model learns and forecasts on the users' clock (its hour of day, its
+    "same time yesterday"), the cycle still plans on its own (UTC); another zone retrains the model."""
+    policy_file.write_text(policy_file.read_text().replace("timezone: null", "timezone: Asia/Kolkata"))
+    clock = Clock()
+    metrics = DaemonMetrics()
+    service = ServiceController(policy_file, None, None, Store(str(tmp_path / "z.db")), metrics,
+                                parts=parts_for("simulated", trace, clock))
+    daemon = Daemon([service], metrics, clock=clock)
+    run_cycles(daemon, clock, 3, retrain_at=(0,))
+    trained = service.model
+    assert str(trained.fitted_until.tz) == "Asia/Kolkata"
+
+    seen = []
+
+    class Spy:
+        name = trained.name
+
+        def predict(self, history, horizon_min):
+            seen.append(history)
+            return trained.predict(history, horizon_min)
+
+    service.model = Spy()
+    forecast, why = service._forecast(clock.now)
+    utc = service.signals.history(clock.now)
+    assert why is None and str(seen[0].counts.index.tz) == "Asia/Kolkata"
+    assert seen[0].end == utc.end.tz_localize("UTC") and seen[0].end.hour == 5  # one instant, two clocks
+    assert forecast.start == np.datetime64(utc.end, "m")  # 5:30 ahead on the users' clock, not on the cycle's
+    service.model = trained
+
+    policy_file.write_text(policy_file.read_text().replace("Asia/Kolkata", "America/Chicago"))
+    bump(policy_file)
+    run_cycles(daemon, clock, 1)
+    assert service.model is not trained and str(service.model.fitted_until.tz) == "America/Chicago"
+    assert daemon.last_cycle["llm-chat"]["ok"] and daemon.last_cycle["llm-chat"]["mode"] != "reactive"
+
+
 def kubernetes_service(kube, policy_file, trace, tmp_path, clock, extra=()):
     """One service on the kubernetes backend against the fake API server, trained and one cycle in."""
     for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder", *extra):

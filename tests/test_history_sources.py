@@ -8,7 +8,7 @@ import pytest
 
 from forecaster.csv_source import load_csv, load_request_log
 from forecaster.errors import HistoryError
-from forecaster.history import History, fill_gaps
+from forecaster.history import Gap, History, fill_gaps
 from tests.conftest import trace_path
 
 
@@ -164,6 +164,22 @@ def test_a_trace_across_a_daylight_saving_change_is_read_in_utc_without_a_warnin
     assert len(history) == 360 and history.step_min == 1 and history.gaps == []
     assert history.start == utc[0] and str(history.counts.index.tz) == "UTC"
     assert history.counts.iloc[120] == 120.0
+
+
+def test_a_history_on_the_users_clock_keeps_its_instants_and_gaps():
+    """``in_timezone``: the same counts at the same instants (a time without a zone is UTC), read on the
+    zone's clock across its daylight-saving change; the gaps move with them."""
+    utc = pd.date_range("2026-03-08T05:00", periods=240, freq="1min")
+    counts = pd.Series(np.arange(240.0), index=utc)
+    counts.iloc[60:70] = np.nan
+    history = History(counts, "t", [Gap(utc[60], utc[70], "no data")])
+    local = history.in_timezone("America/New_York")
+    assert str(local.counts.index.tz) == "America/New_York" and local.step == history.step
+    assert (local.counts.index.tz_convert("UTC").tz_localize(None) == utc).all()
+    assert sorted(set(local.counts.index.hour)) == [0, 1, 3, 4]  # 2:00 does not exist that night
+    np.testing.assert_array_equal(local.counts.to_numpy(), counts.to_numpy())
+    assert local.gaps == [Gap(local.counts.index[60], local.counts.index[70], "no data")]
+    assert history.in_timezone(None) is history
 
 
 def test_missing_rows_become_gaps(tmp_path):

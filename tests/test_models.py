@@ -9,7 +9,7 @@ import pytest
 from forecaster.errors import NotEnoughHistory
 from forecaster.history import History
 from forecaster.models import MODELS, fit_with_fallback, load_model, make_model
-from tests.conftest import daily_series
+from tests.conftest import daily_series, users_day
 
 FAST = {"torch": {"time_budget_s": 8, "max_epochs": 25}}
 
@@ -239,3 +239,38 @@ def test_the_policy_accepts_exactly_the_models_there_are():
     from controller.policy import Planning
 
     assert set(get_args(Planning.model_fields["model"].annotation)) == set(MODELS)
+
+
+def test_the_same_time_yesterday_and_last_week_is_read_on_the_users_clock():
+    """On a clock with daylight saving, yesterday at 9:00 is 23 hours back the day the clocks go forward
+    and 25 the day they go back, and last week at 9:00 is 167 hours back for the week after the first."""
+    from forecaster.models.features import DAY, WEEK, wall_clock_shift
+
+    utc = pd.date_range("2026-02-20", "2026-11-10", freq="1h", inclusive="left")
+    history = History(pd.Series(1.0, index=utc), "clock")
+    local = history.in_timezone("America/New_York")
+    at = {t: local.counts.index.get_loc(pd.Timestamp(t, tz="America/New_York"))
+          for t in ("2026-03-08 09:00", "2026-03-09 09:00", "2026-03-16 09:00", "2026-11-01 09:00")}
+    positions = np.array(list(at.values()))
+    assert wall_clock_shift(local, positions, DAY).tolist() == [1, 0, 0, -1]
+    assert wall_clock_shift(local, positions, WEEK).tolist() == [1, 1, 0, -1]
+    assert not wall_clock_shift(history, positions, DAY).any()  # UTC: a day is 24 hours
+
+
+@pytest.mark.parametrize("name", ["seasonal_naive", "lightgbm", "torch"])
+def test_a_load_that_follows_the_users_clock_is_forecast_on_it_across_a_daylight_saving_change(name):
+    """Trained on UTC, the models put the week after the change's peaks an hour late (the calendar, and
+    the same time yesterday and last week, read on the wrong clock); on the users' clock
+    (``History.in_timezone``, the policy's ``signals.timezone``) they are where they were."""
+    def wape(history: History) -> float:
+        cut = 36 * 288 + 60  # 9 March 2026, 05:00 UTC: the day after the change, from midnight there
+        model = make_model(name, **FAST.get(name, {})).fit(History(history.counts.iloc[:cut].copy(), "past"))
+        starts = list(history.counts.index[cut:len(history) - 12:6])
+        values = model.predict_many(history, starts, 60)[..., 0]
+        actual = np.stack([history.counts.iloc[history.counts.index.get_loc(s):][:12].to_numpy() for s in starts])
+        return float(np.abs(values - actual).sum() / actual.sum())
+
+    history = users_day()
+    on_utc, on_users_clock = wape(history), wape(history.in_timezone("America/New_York"))
+    assert on_users_clock < 0.5 * on_utc, f"{name}: WAPE {on_users_clock:.3f} on New York's clock, {on_utc:.3f} on UTC"
+    assert on_users_clock < 0.05

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from controller.policy import load_policy
-from controller.replay import ForecastFeed, load_trace, rps_per_node_for, simulate
+from controller.replay import ForecastFeed, forecast_key, load_trace, rps_per_node_for, simulate, trace_from_history
 from controller.simulator import Faults
 from controller.store import Store
-from tests.conftest import trace_path
+from tests.conftest import trace_path, users_day
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_DAYS = 11
@@ -332,3 +332,25 @@ def test_the_trace_played_to_the_daemon_carries_its_gaps_on_the_daemons_clock():
     after = played.history(t0 + np.timedelta64(minute + 80, "m"))
     assert after.gaps[-1].end == pd.Timestamp(t0) + pd.Timedelta(minutes=minute + 70) < after.end
     assert len(after.gaps) == 5
+
+
+def test_replay_forecasts_on_the_policys_time_zone():
+    """The replay's forecaster reads the calendar on ``signals.timezone``'s clock as the daemon's does: on
+    a load that follows New York's day, the week after its clocks went forward is forecast where its peaks
+    are, not an hour off; forecasts for another zone are never reused for this one."""
+    trace = trace_from_history(users_day(), "users_day")
+    policy = load_policy(ROOT / "configs" / "policy.yaml").with_changes(planning={"model": "seasonal_naive"})
+    first = 36 * 1440 + 300  # 9 March 2026, 05:00 UTC: from midnight in New York, the day after the change
+    last = first + 7 * 1440
+
+    def wape(pol) -> float:
+        feed = ForecastFeed(trace, pol, first, last, progress=False)
+        counts = trace.history.counts.to_numpy()
+        at = np.arange(first, last + 1, 5) // 5
+        actual = np.stack([counts[p:p + feed.horizon_steps] for p in at])
+        return float(np.abs(feed.values[:len(at), :, 0] - actual).sum() / actual.sum())
+
+    on_utc, on_new_york = wape(policy), wape(policy.with_changes(signals={"timezone": "America/New_York"}))
+    assert on_new_york < 0.25 * on_utc, (on_new_york, on_utc)
+    assert forecast_key(trace, policy, first, last) != forecast_key(
+        trace, policy.with_changes(signals={"timezone": "America/New_York"}), first, last)

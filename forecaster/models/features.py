@@ -58,6 +58,20 @@ def stamps_at(history: History, positions: np.ndarray) -> pd.DatetimeIndex:
     return stamps
 
 
+def wall_clock_shift(history: History, positions: np.ndarray, period: pd.Timedelta) -> np.ndarray:
+    """Steps to add to each position before going ``period``'s steps back, to land on the same wall-clock
+    time ``period`` earlier: 0 on a clock without daylight saving; across a change an hour's steps, so
+    that "yesterday at 9:00" and "last week at 9:00" stay 9:00 on the users' clock."""
+    tz = history.counts.index.tz
+    zero = np.zeros(len(positions), dtype=np.int64)
+    if tz is None or not len(positions):
+        return zero
+    stamps = stamps_at(history, positions)
+    earlier = (stamps.tz_localize(None) - period).tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+    shift = int(round(period / history.step)) - (stamps - earlier) / history.step
+    return np.where(np.isnan(shift), 0, np.round(shift)).astype(np.int64)
+
+
 def lagged(values: np.ndarray, positions: np.ndarray, lag: int) -> np.ndarray:
     """values[p - lag] for each p, NaN outside the series."""
     return windows(values, positions, -lag, 1)[:, 0]

@@ -1,4 +1,5 @@
-"""Seasonal naive: the load at the same time last week (or yesterday, when history is short).
+"""Seasonal naive: the load at the same time last week (or yesterday, when history is short), on the
+history's clock (``History.in_timezone``).
 
 The baseline every model must beat. Its band is the empirical quantiles of its own past errors.
 """
@@ -10,6 +11,7 @@ import pandas as pd
 
 from forecaster.history import History
 from forecaster.models.base import Forecaster
+from forecaster.models.features import wall_clock_shift
 
 
 class SeasonalNaive(Forecaster):
@@ -32,7 +34,9 @@ class SeasonalNaive(Forecaster):
         lag = history.steps_per(self.season)
         ahead = np.arange(horizon)
         back = lag * (ahead // lag + 1)  # beyond one season ahead, the last season seen repeats
-        idx = positions[:, None] + ahead[None, :] - back[None, :]
+        target = positions[:, None] + ahead[None, :]
+        # the same time on the users' clock (an hour off for a week after a daylight-saving change otherwise)
+        idx = target - back[None, :] + wall_clock_shift(history, target.ravel(), self.season).reshape(target.shape)
         values = history.filled().to_numpy()
         base = np.where(idx >= 0, values[np.clip(idx, 0, None)], np.nan)
         base = np.nan_to_num(base, nan=float(np.nanmean(history.counts.to_numpy())))

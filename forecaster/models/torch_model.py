@@ -36,7 +36,7 @@ from forecaster.history import History
 from forecaster.models.base import Forecaster, windows
 from forecaster.models.calibration import apply_spreads, holdout_size, spread_factors
 from forecaster.models.features import (DAY, FIXED_ALPHAS, WEEK, best_alpha, levels_at, stamps_at,
-                                        window_scale)
+                                        wall_clock_shift, window_scale)
 
 
 class QuantileMLP(nn.Module):
@@ -94,8 +94,8 @@ class TorchQuantileForecaster(Forecaster):
         ctx = windows(values, positions, -L, L)
         scale = window_scale(ctx, self.global_scale)
         parts = [np.nan_to_num(ctx / scale[:, None], nan=1.0)]
-        for lag in (self.day, self.week):
-            past = windows(values, positions, -lag - L, L + H)
+        for lag, period in ((self.day, DAY), (self.week, WEEK)):  # the same hours on the users' clock
+            past = windows(values, positions + wall_clock_shift(history, positions, period), -lag - L, L + H)
             have = ~np.isnan(past).any(axis=1)
             parts.append(np.where(have[:, None], np.nan_to_num(past / scale[:, None], nan=1.0), 1.0))
             parts.append(have[:, None].astype(float))
