@@ -7,8 +7,9 @@
 * Pods still warming get the usual do-not-disrupt annotation (``karpenter.sh/do-not-disrupt``) so no
   voluntary disruption takes them before they serve; it comes off once they are ready.
 * Records each pod's creation-to-ready time, so the controller learns real lead times: once per pod, for
-  pods it saw before they were ready (not those a restarted controller finds ready), with the minutes the
-  pod waited for a node, so that a wait for spot that could not be had is not learned as a lead time.
+  pods it saw before they were ready or that were not there at its last look (not those a restarted
+  controller finds ready), with the minutes the pod waited for a node, so that a wait for spot that could
+  not be had is not learned as a lead time.
 * A pod that will not turn ready by itself (its container crash-loops, its image cannot be pulled) is
   *failed*: not capacity on its way, not protected, and given the lowest deletion cost so a scale-down
   removes it first; the view says why each one failed.
@@ -89,6 +90,10 @@ class KubernetesActuator:
     # controller would count every ready pod again), and one whose readiness comes back after a restart
     # or a crash loop measures the crash, not the start.
     _starting: dict = field(default_factory=dict, init=False)
+    # Whether a whole view has been read: a pod then first seen ready was not there at the last look, so
+    # its whole start (a warm node, a cached image: under a cycle) happened under this controller's eyes.
+    # Left out, the fastest starts were never measured, and the learned p95 kept only the slow ones.
+    _looked: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         from kubernetes import client
@@ -148,17 +153,19 @@ class KubernetesActuator:
                         view.waits_for_spot(f"{replicas - counted} spot pod(s) of {name} not created ({why})",
                                             (now - since).total_seconds() / 60)
         self._starting = {uid: measure for uid, measure in self._starting.items() if uid in seen}
+        self._looked = True
         if not self.shadow:
             view.conflicts = self._other_autoscalers()
         return view
 
     def _started(self, cls: str, pod, state: str) -> Start | None:
-        """The pod's start, once, when it turns ready under this controller's eyes (``_starting``)."""
+        """The pod's start, once, when it turns ready under this controller's eyes (``_starting``,
+        ``_looked``)."""
         uid = pod.metadata.uid
         if state in ("pending", "warming"):
             self._starting.setdefault(uid, True)
         elif state in ("ready", "failed"):
-            measure = self._starting.get(uid, False)
+            measure = self._starting.get(uid, self._looked and not restarted(pod))
             self._starting[uid] = False
             if state == "ready" and measure:
                 return measured_start(cls, pod)
@@ -317,6 +324,11 @@ def failure(pod) -> str | None:
         if waiting is not None and waiting.reason in STUCK_REASONS:
             return f"{waiting.reason} (restarts: {cs.restart_count or 0})"
     return None
+
+
+def restarted(pod) -> bool:
+    """A container of the pod has restarted: its readiness since then dates the restart, not the start."""
+    return any(cs.restart_count for cs in (pod.status.container_statuses if pod.status else None) or [])
 
 
 def pod_state(pod) -> str:

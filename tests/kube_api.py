@@ -111,6 +111,10 @@ class FakeKubeAPI:
             pod["status"]["containerStatuses"] = [{
                 "name": "node", "image": "peakpilot/node", "imageID": "", "ready": False, "restartCount": restarts,
                 "state": {"waiting": {"reason": waiting, "message": f"{waiting}: see the pod's events"}}}]
+        elif restarts:
+            pod["status"]["containerStatuses"] = [{
+                "name": "node", "image": "peakpilot/node", "imageID": "", "ready": state in ("ready", "draining"),
+                "restartCount": restarts, "state": {"running": {"startedAt": ready_at or created}}}]
         if state == "draining":
             pod["metadata"]["deletionTimestamp"] = created
         self.pods[name] = pod

@@ -73,6 +73,25 @@ def test_lead_times_are_measured_once_per_start_seen(kube):
     assert fresh.view().lead_samples == [] and fresh.view().lead_samples == []
 
 
+def test_a_start_that_is_over_between_two_looks_is_measured_too(kube):
+    """A pod on a warm node with its image cached is ready within one cycle: never seen warming, its start
+    went unmeasured, and the learned p95 kept only the slow starts. A pod not there at the last whole
+    look started under this controller's eyes; one that has restarted since dates its restart, and pods a
+    restarted controller finds ready are still not its to measure."""
+    act = actuator(kube)
+    assert act.view().lead_samples == []
+    kube.add_pod("r3", {"app": "llm-reserved"}, "ready", created="2024-05-01T13:00:00Z",
+                 ready_at="2024-05-01T13:00:40Z")
+    kube.add_pod("o2", {"app": "llm-od"}, "ready", created="2024-05-01T13:00:00Z",
+                 ready_at="2024-05-01T13:00:50Z", restarts=1)
+    assert act.view().lead_samples == [("reserved", 40 / 60, 0.0)]
+    assert act.view().lead_samples == []
+    kube.add_pod("s4", {"app": "llm-spot"}, "ready", created="2024-05-01T13:05:00Z", ready_at="2024-05-01T13:05:30Z")
+    fresh = actuator(kube)
+    assert fresh.view().lead_samples == []  # s4 too: it may have been there for hours, restarted or not
+    assert fresh.view().lead_samples == []
+
+
 def test_a_pod_that_ran_to_its_end_is_no_node_of_the_class(kube):
     """An evicted pod (phase Failed) stays listed until it is garbage-collected, while its ReplicaSet has
     already started another in its place: it is neither capacity nor a failed node to replace. Counted
