@@ -495,7 +495,8 @@ def check_policy(
             typer.echo(f"ok     {path}: service {pol.service}, SLO {pol.slo.compliance_target:g} within "
                        f"{pol.slo.latency_ms:g} ms, reserved {pol.reserved.count}, spot up to {pol.spot.max_share:.0%} of the "
                        f"{'expected load' if pol.spot.share_of == 'expected' and pol.spot.max_share else 'fleet'}, "
-                       f"plan {pol.planning.quantile} +{pol.planning.headroom:.0%}, {len(pol.events)} events")
+                       f"plan {pol.planning.quantile} +{pol.planning.headroom:.0%}, {len(pol.events)} events"
+                       + (f", calendar on {pol.signals.timezone}" if pol.signals.timezone else ""))
         for message in messages:
             typer.echo(f"error  {message}", err=True)
     if problems:

@@ -296,7 +296,8 @@ def test_check_policy_passes_the_shipped_ones_and_names_every_problem(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "ok" in out.stdout and "service llm-chat" in out.stdout
     (tmp_path / "good.yaml").write_text((ROOT / "configs" / "policy.yaml").read_text())
-    (tmp_path / "again.yaml").write_text((ROOT / "configs" / "policy.yaml").read_text())
+    (tmp_path / "again.yaml").write_text((ROOT / "configs" / "policy.yaml").read_text()
+                                         .replace("timezone: null", "timezone: Europe/Berlin"))
     (tmp_path / "bad.yaml").write_text("service: x\ncapacity: {peak_nodes: 0}\n")
     out = run("check-policy", str(tmp_path))
     assert out.returncode == 2
@@ -304,6 +305,7 @@ def test_check_policy_passes_the_shipped_ones_and_names_every_problem(tmp_path):
     assert f"{tmp_path / 'good.yaml'}: service 'llm-chat' is also the service of {tmp_path / 'again.yaml'}" \
         in out.stderr
     assert f"ok     {tmp_path / 'again.yaml'}" in out.stdout and "good.yaml" not in out.stdout
+    assert out.stdout.rstrip().endswith("0 events, calendar on Europe/Berlin")
     doc = json.loads(run("check-policy", str(ROOT / "configs"), "--json").stdout)
     assert doc["ok"] and doc["problems"] == []
     # every default filled in: what the daemon will run with
