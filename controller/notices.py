@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from forecaster.history import GAP_MIN_DURATION
+
 log = logging.getLogger("peakpilot.daemon")
 
 
@@ -83,9 +85,12 @@ class Notices:
     def live_gap(self, history):
         """The live load in a gap (no traffic where the usual level predicts some, or no samples), and its
         end: the plan then follows the forecast, not the zero load, and holds nodes nothing uses, which an
-        operator should hear about once, with why. Returns the gap the load is in, or None."""
+        operator should hear about once, with why. Returns the gap the load is in, or None. A gap of
+        less than ``GAP_MIN_DURATION`` is not one yet: the newest samples may still be on their way
+        (``signals.REREAD``), as a run of zeros that short is data."""
         last = history.gaps[-1] if history.gaps else None
-        gap = last if last is not None and last.end >= history.end else None
+        gap = last if last is not None and last.end >= history.end and last.end - last.start >= GAP_MIN_DURATION \
+            else None
         was = self._reported["gap"]
         if self._changed("gap", gap.start if gap else None):
             if gap is not None:

@@ -14,9 +14,13 @@ import pandas as pd
 
 from controller.state import Observation, on_cycle_clock
 from forecaster.errors import HistoryError
-from forecaster.history import Gap, History, mark_gaps
+from forecaster.history import Gap, History
 
 MINUTE = np.timedelta64(1, "m")
+REREAD = pd.Timedelta(minutes=5)
+"""The newest stretch of the live history read again each cycle (two steps at least). Prometheus appends
+a scrape once it completes, and a remote-write backend (Mimir, Thanos Receive) later still, so a step read
+the moment it ends may lack its last samples: a lower rate, or none (a window that held two holds one)."""
 log = logging.getLogger("peakpilot.daemon")
 
 
@@ -80,37 +84,40 @@ class PrometheusSignals:
         self.step = self.source.step_text  # as PromQL writes it, for the busy share's window too
         self.busy_query = (busy_query or self.BUSY).replace("{step}", self.step)
         self.history_days = history_days
-        self._history: History | None = None
+        self._counts: pd.Series | None = None  # the history's counts as read (unjudged: ``read``)
+        self._history: History | None = None  # and judged
         self._busy_failure: str | None = None  # why the busy query failed last (said when it changes)
 
-    def _load(self, start: pd.Timestamp, end: pd.Timestamp) -> History:
+    def _read(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
         try:
-            return self.source.load(start, end)
-        except HistoryError as exc:
-            raise SignalError(str(exc)) from None
-
-    def _load_days(self, end: pd.Timestamp) -> History:
-        """The last ``history_days`` before ``end``, from where the data begins if that is later."""
-        try:
-            return self.source.load_days(self.history_days, end=end)
+            return self.source.read(start, end)
         except HistoryError as exc:
             raise SignalError(str(exc)) from None
 
     def history(self, now: np.datetime64) -> History:
-        """The history up to ``now``, read whole once and then extended by what is new."""
-        end = pd.Timestamp(now, tz="UTC").floor(self.source.step)
-        if self._history is None or self._history.end < end - pd.Timedelta(days=1):
-            self._history = self._load_days(end)
-        elif self._history.end < end:
-            new = self._load(self._history.end, end)
-            counts = pd.concat([self._history.counts, new.counts])
+        """The history up to ``now``, read whole once and then extended by what is new (its last
+        minutes read again: ``REREAD``)."""
+        step = self.source.step
+        end = pd.Timestamp(now, tz="UTC").floor(step)
+        if self._counts is None or self._counts.index[-1] + step < end - pd.Timedelta(days=1):
+            try:  # from where the data begins, if that is later than history_days ago
+                self._counts = self.source.read_days(self.history_days, end=end)
+            except HistoryError as exc:
+                raise SignalError(str(exc)) from None
+        elif self._counts.index[-1] + step < end:
+            last = self._counts.index[-1] + step
+            since = max(self._counts.index[0], last - step * max(2, math.ceil(REREAD / step)))
+            new = self._read(since, end)  # its newest steps again (REREAD), and what is new
+            counts = pd.concat([self._counts[self._counts.index < since], new])
             counts = counts[counts.index >= end - pd.Timedelta(days=self.history_days)]
-            counts.index.freq = self.source.step
-            # Judged again whole: zeros that came in a minute at a time are an outage only in the light of
-            # the traffic around them (``mark_gaps``), as in a history read at once; judged a minute at a
-            # time they stayed zeros, learned as a time of no demand.
-            marked, gaps = mark_gaps(counts, self._history.source)
-            self._history = History(marked, self._history.source, gaps)
+            counts.index.freq = step
+            self._counts = counts
+        else:
+            return self._history
+        # Judged whole, on the counts as read: zeros that came in a minute at a time are an outage only in
+        # the light of the traffic around them (``mark_gaps``), as in a history read at once; judged a
+        # minute at a time they stayed zeros, learned as a time of no demand.
+        self._history = self.source.marked(self._counts)
         return self._history
 
     def observe(self, now: np.datetime64) -> Observation:
@@ -118,9 +125,8 @@ class PrometheusSignals:
         last observed one stands in for a missing latest)."""
         end = pd.Timestamp(now, tz="UTC").floor("1min")
         step = self.source.step
-        history = self._load(end - step * max(2, math.ceil(pd.Timedelta(minutes=5) / step)), end)
-        last = history.counts.dropna()
-        load = float(last.iloc[-1]) / history.step.total_seconds() if len(last) else None
+        last = self._read(end - step * max(2, math.ceil(pd.Timedelta(minutes=5) / step)), end).dropna()
+        load = float(last.iloc[-1]) / step.total_seconds() if len(last) else None
         return Observation(np.datetime64(end.tz_localize(None), "m"), load, self._busy_share(end))
 
     def _busy_share(self, at: pd.Timestamp) -> float:

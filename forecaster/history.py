@@ -119,17 +119,6 @@ class History:
     def observed(self) -> pd.Series:
         return self.counts.notna()
 
-    def from_first_data(self) -> History:
-        """The history from its first observed interval. A source asked for more than it holds (a
-        Prometheus that keeps 7 days asked for 14, a service started 3 days ago) answers with a missing
-        stretch at the start; filled, it would be days of the first value repeated, which every model
-        would learn as the service's usual week."""
-        first = self.counts.first_valid_index()
-        if first is None or first == self.start:
-            return self
-        counts = self.counts[self.counts.index >= first]
-        return History(counts.copy(), self.source, [g for g in self.gaps if g.start >= first])
-
     def until(self, t: pd.Timestamp) -> History:
         """The history strictly before ``t`` (what a forecaster at time t may know)."""
         counts = self.counts[self.counts.index < t]

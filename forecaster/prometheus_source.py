@@ -129,19 +129,35 @@ class PrometheusSource:
 
     def load_days(self, days: float, end: datetime | None = None, progress: bool = False) -> History:
         """The last ``days`` before ``end`` (now), from where Prometheus's data begins if that is later:
-        its retention, or a service younger than ``days`` (said in the log; the missing start would be
-        filled with days of one value, ``History.from_first_data``)."""
-        end_ts = pd.Timestamp(end or datetime.now(timezone.utc)).floor(self.step)
-        history = self.load(end_ts - pd.Timedelta(days=days), end_ts, progress=progress)
-        held = history.from_first_data()
-        if held is not history:
-            log.warning("%s: no samples before %s, so the history starts there: %.1f days of the %g asked for "
-                        "(Prometheus's retention, or a service that is newer)", self.where,
-                        held.start.tz_convert("UTC").isoformat(), held.span / pd.Timedelta(days=1), days)
-        return held
+        its retention, or a service younger than ``days`` (said in the log): filled, the missing start
+        would be days of one value, which every model would learn as the service's usual week."""
+        return self.marked(self.read_days(days, end, progress))
 
     def load(self, start: datetime, end: datetime, progress: bool = False) -> History:
-        """Counts per step for the intervals starting in [start, end)."""
+        """Counts per step for the intervals starting in [start, end), its gaps marked."""
+        return self.marked(self.read(start, end, progress))
+
+    def marked(self, counts: pd.Series) -> History:
+        """Counts as :meth:`read` gives them, as a History with its gaps judged (``mark_gaps``)."""
+        marked, gaps = mark_gaps(counts, self.where)
+        return History(marked, self.where, gaps)
+
+    def read_days(self, days: float, end: datetime | None = None, progress: bool = False) -> pd.Series:
+        """:meth:`load_days`'s counts, unjudged (:meth:`read`)."""
+        end_ts = pd.Timestamp(end or datetime.now(timezone.utc)).floor(self.step)
+        counts = self.read(end_ts - pd.Timedelta(days=days), end_ts, progress=progress)
+        first = counts.first_valid_index()
+        if first is not None and first > counts.index[0]:
+            counts = counts[counts.index >= first]
+            log.warning("%s: no samples before %s, so the history starts there: %.1f days of the %g asked for "
+                        "(Prometheus's retention, or a service that is newer)", self.where,
+                        first.tz_convert("UTC").isoformat(), (end_ts - first) / pd.Timedelta(days=1), days)
+        return counts
+
+    def read(self, start: datetime, end: datetime, progress: bool = False) -> pd.Series:
+        """Counts per step for the intervals starting in [start, end) as Prometheus answers them: NaN
+        where it has no sample, zeros as zeros (not judged yet: whether a zero run is an outage depends on
+        the traffic around it, which a window of the last minutes does not hold)."""
         import requests
 
         start, end = pd.Timestamp(start), pd.Timestamp(end)
@@ -197,6 +213,5 @@ class PrometheusSource:
             raise HistoryError(self.where, "negative request rate in the answer")
         series = pd.Series(counts, index=index, name="requests")
         series.index.freq = self.step
-        marked, gaps = mark_gaps(series, self.where)
-        return History(marked, self.where, gaps)
+        return series
 
