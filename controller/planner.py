@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -24,16 +25,20 @@ def event_multipliers(policy: Policy, start: np.datetime64, minutes: int) -> np.
     if not policy.events:
         return out
     times = start + np.arange(minutes) * np.timedelta64(1, "m")
+    zone = policy.signals.timezone
     for event in policy.events:
-        inside = (times >= utc_minute(event.start)) & (times < utc_minute(event.end))
+        inside = (times >= utc_minute(event.start, zone)) & (times < utc_minute(event.end, zone))
         out[inside] = np.maximum(out[inside], event.multiplier)
     return out
 
 
-def utc_minute(t: datetime) -> np.datetime64:
-    """A policy's time as the cycle's clock reads it (``on_cycle_clock``). Not the machine's local time:
-    ``astimezone()`` without a zone, used before, moved every event by the local offset on a machine
-    outside UTC (a laptop replaying a trace)."""
+def utc_minute(t: datetime, zone: str | None = None) -> np.datetime64:
+    """A policy's time as the cycle's clock reads it (``on_cycle_clock``). One written without an offset
+    is on the users' clock where the policy names it (``signals.timezone``, as a CronJob's ``timeZone``
+    reads its schedule), else UTC. Not the machine's local time: ``astimezone()`` without a zone, used
+    before, moved every event by the local offset on a machine outside UTC (a laptop replaying a trace)."""
+    if t.tzinfo is None and zone is not None:
+        t = t.replace(tzinfo=ZoneInfo(zone))
     return np.datetime64(on_cycle_clock(t), "m")
 
 

@@ -183,6 +183,18 @@ def test_known_events_raise_the_plan(policy):
     assert need[0] == 2 and need[15] == 6
 
 
+def test_an_event_without_an_offset_is_on_the_users_clock_where_the_policy_names_it(policy):
+    """With ``signals.timezone``, "09:00" in the policy is 09:00 where the users are (14:00 UTC in New
+    York's winter), as a CronJob's timeZone reads its schedule; one with an offset stays that instant."""
+    events = [{"name": "launch", "start": "2024-05-01T08:10:00", "end": "2024-05-01T08:20:00", "multiplier": 2.0},
+              {"name": "utc", "start": "2024-05-01T12:25:00Z", "end": "2024-05-01T12:27:00Z", "multiplier": 3.0}]
+    on_users_clock = policy.with_changes(events=events, signals={"timezone": "America/New_York"})
+    mult = event_multipliers(on_users_clock, NOW, 30)  # NOW is 12:00 UTC, 08:00 in New York's summer
+    assert np.flatnonzero(mult == 2.0).tolist() == list(range(10, 20))
+    assert np.flatnonzero(mult == 3.0).tolist() == [25, 26]
+    assert not (event_multipliers(policy.with_changes(events=events), NOW, 30) == 2.0).any()  # 08:10 UTC
+
+
 def test_known_events_are_read_in_utc_whatever_the_machines_zone(policy, monkeypatch):
     """An event written with an offset is at that instant on every machine; it was moved by the local
     offset on one outside UTC (five hours, replaying on a laptop in New York)."""
