@@ -85,8 +85,10 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
     current = sum(view.active(c) for c in CLASSES) - stuck
 
     age = None if forecast is None else (obs.now - forecast.start) / MINUTE
-    usable = forecast is not None and 0 <= age <= policy.planning.max_forecast_age_min and \
-        len(forecast.rps) > age + 1
+    # A forecast from the newest complete step starts up to a step before now (at signals.step 10m, up to
+    # 9 minutes) and is still the freshest there is: stale is older than that by max_forecast_age_min.
+    stale_after = None if forecast is None else policy.planning.max_forecast_age_min + forecast.step_min - 1
+    usable = forecast is not None and 0 <= age <= stale_after and len(forecast.rps) > age + 1
 
     def nodes_for(load_rps: float) -> int:
         # (A replay sweep may plan below the forecast quantile with a negative headroom; never below
@@ -115,7 +117,7 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         later = np.zeros(0, dtype=int)
         mode = "reactive"
         why = "no forecast" if forecast is None else (
-            f"forecast is {age:.0f} min old" if age > policy.planning.max_forecast_age_min
+            f"forecast is {age:.0f} min old" if age > stale_after
             else "forecast from the future" if age < 0 else "forecast too short")
         load = obs.load_rps if obs.load_rps is not None else 0.0
         need_now = nodes_for(load)

@@ -6,6 +6,7 @@ Unknown keys and bad values are refused with the key path and the reason (``Poli
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from datetime import datetime
@@ -110,7 +111,8 @@ class Planning(Strict):
     model: Literal["ensemble", "torch", "lightgbm", "prophet", "seasonal_naive", "recent_level",
                    "statsforecast_autoets"] = "ensemble"
     retrain_hours: float = Field(6, gt=0)
-    max_forecast_age_min: float = Field(15, gt=0, description="older forecasts are stale: go reactive")
+    max_forecast_age_min: float = Field(15, gt=0, description="a forecast older than this (beyond its history's "
+                                                               "step) is stale: go reactive")
     learn_lead_times_after: int = Field(20, ge=1, description="samples per class before planning with their p95")
 
 
@@ -206,6 +208,21 @@ class Policy(Strict):
     events: list[Event] = []
     kubernetes: KubernetesSpec = KubernetesSpec()
     signals: Signals = Signals()
+
+    @model_validator(mode="after")
+    def _step_within_horizon(self) -> Policy:
+        # A forecast is made from the newest complete step and reaches horizon_min past that step's start,
+        # so by the step's end it reaches a step less ahead of the cycle: past half the horizon, too little
+        # to prewarm and keep nodes by.
+        step_min = duration_seconds(self.signals.step) / 60
+        horizon = self.planning.horizon_min
+        if step_min > horizon / 2:
+            reach = horizon - math.ceil(step_min) + 1
+            raise ValueError(f"signals.step {self.signals.step} is more than half of planning.horizon_min ({horizon}): "
+                             f"a forecast from the newest complete step reaches only {reach} minute"
+                             f"{'s' if reach != 1 else ''} ahead by the step's end; use a step of at most "
+                             f"{horizon // 2}m, or horizon_min {2 * math.ceil(step_min)} or more")
+        return self
 
     def with_changes(self, **changes) -> Policy:
         """A copy with nested values replaced, validated again: ``with_changes(planning={"headroom": 0.2})``."""

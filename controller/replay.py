@@ -154,7 +154,7 @@ class ForecastFeed:
         p = minute // self.step
         _, name, status = next(s for s in reversed(self.switches) if s[0] <= p)
         return MinuteForecast(self.trace.times[0] + np.timedelta64(p * self.step, "m"), self.rps[p - self.first],
-                              name, status)
+                              name, status, self.step)
 
     def switches_as_dicts(self) -> list[dict]:
         return [{"from": str(self.trace.times[0] + np.timedelta64(p * self.step, "m")), "model": name,

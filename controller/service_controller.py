@@ -355,4 +355,4 @@ def minute_forecast(fc, status: str) -> MinuteForecast:
     else:
         index = pd.date_range(start, periods=len(rps), freq=fc.step)
         rps = pd.DataFrame(rps, index=index).resample("1min").max().to_numpy()
-    return MinuteForecast(np.datetime64(start, "m"), rps, fc.model, status)
+    return MinuteForecast(np.datetime64(start, "m"), rps, fc.model, status, max(1.0, seconds / 60))

@@ -136,6 +136,7 @@ class MinuteForecast:
     rps: np.ndarray  # (minutes, 3)
     model: str = ""
     status: str = "ok"
+    step_min: float = 1.0  # the step of the history it was made from: fresh, it starts up to a step ago
 
 
 @dataclass

@@ -157,6 +157,18 @@ def test_a_negative_headroom_plans_below_the_forecast_but_never_below_the_observ
     assert floor.target == 9 and "safety net: observed 90.0 req/s needs 9 (forecast: 8)" in floor.reason
 
 
+def test_a_forecast_from_a_coarse_step_is_as_fresh_as_its_step_allows(policy):
+    """At signals.step 30m the newest complete step ends up to 29 minutes before the cycle; read as stale
+    past 15 minutes, the daemon planned on the safety net alone for half of every hour, a fresh forecast
+    in hand. Stale is older than the step by max_forecast_age_min."""
+    rps = flat_forecast([(0, 90.0)], minutes=90).rps
+    fresh = MinuteForecast(NOW - np.timedelta64(25, "m"), rps, step_min=30)
+    assert decide(policy, fresh, view_with(3), load=40.0).mode == "predictive"
+    old = MinuteForecast(NOW - np.timedelta64(45, "m"), rps, step_min=30)
+    result = decide(policy, old, view_with(3), load=40.0)
+    assert result.mode == "reactive" and "forecast is 45 min old" in result.reason
+
+
 def test_stale_or_missing_forecast_falls_back_to_reactive_and_says_so(policy):
     stale = MinuteForecast(NOW - np.timedelta64(30, "m"), flat_forecast([(0, 90.0)]).rps)
     result = decide(policy, stale, view_with(3), load=40.0)

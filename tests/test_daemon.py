@@ -992,6 +992,7 @@ def test_a_forecast_under_a_minute_is_read_per_minute_at_its_busiest():
     assert np.allclose(minutes.rps[15], 10.0) and np.allclose(np.delete(minutes.rps, 15, axis=0), 1.0)
     tens = minute_forecast(Forecast("x", start, pd.Timedelta(minutes=10), np.array([[600.0] * 3, [1200.0] * 3])), "ok")
     assert tens.rps.shape == (20, 3) and np.allclose(tens.rps[:10], 1.0) and np.allclose(tens.rps[10:], 2.0)
+    assert (minutes.step_min, tens.step_min) == (1.0, 10.0)  # how old a fresh one may be (``cycle.decide``)
 
 
 # -- policies that change what a service reads or acts on, and policy files that come and go ---------

@@ -53,6 +53,9 @@ classes:
      "events.0: Value error, end must be after start"),
     ("signals: {step: 5min}\n", "signals.step: Value error, '5min' is not a Prometheus duration (e.g. 30s, 1m, 5m)"),
     ("signals: {step: 500ms}\n", "signals.step: Value error, '500ms': the step must be whole seconds, from 1s to 1h"),
+    ("signals: {step: 1h}\n", "Value error, signals.step 1h is more than half of planning.horizon_min (60): a "
+                              "forecast from the newest complete step reaches only 1 minute ahead by the step's "
+                              "end; use a step of at most 30m, or horizon_min 120 or more"),
     ("signals: {timezone: US/Eastern Standard}\n", "signals.timezone: Value error, 'US/Eastern Standard' is not a "
                                                    "time zone this machine knows: an IANA name such as UTC"),
     ("signals: {timezone: ../../etc/passwd}\n", "signals.timezone: Value error, '../../etc/passwd' is not a time zone"),
