@@ -426,3 +426,18 @@ def test_voluntary_disruptions_take_one_serving_node_at_a_time():
     held = {name for name, d in pools.items()
             if wanted.items() <= d["spec"]["template"]["metadata"]["labels"].items()}
     assert held == {"llm-reserved", "llm-spot", "llm-on-demand"}
+
+
+def test_a_pool_node_serves_until_the_service_has_dropped_it_then_drains_within_its_grace():
+    """Deleting a pod removes it from the Service's endpoints and sends it SIGTERM at the same moment; a
+    node that stops taking work at SIGTERM answers 503 to what the proxies still send it, at every
+    scale-down. Each serving pool's node waits in preStop first, and its grace period holds that wait
+    and the node's drain."""
+    for name in ("llm-reserved", "llm-spot", "llm-on-demand"):
+        spec = next(d for _, d in documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+        pod = spec["spec"]["template"]["spec"]
+        node = pod["containers"][0]
+        command = node["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep" and 3 <= float(command[1]) <= 15, name
+        drain = float(node["args"][node["args"].index("--drain-seconds") + 1])
+        assert pod["terminationGracePeriodSeconds"] >= float(command[1]) + drain + 5, name
