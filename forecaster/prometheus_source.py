@@ -149,6 +149,7 @@ class PrometheusSource:
         first = counts.first_valid_index()
         if first is not None and first > counts.index[0]:
             counts = counts[counts.index >= first]
+            counts.index.freq = self.step
             log.warning("%s: no samples before %s, so the history starts there: %.1f days of the %g asked for "
                         "(Prometheus's retention, or a service that is newer)", self.where,
                         first.tz_convert("UTC").isoformat(), (end_ts - first) / pd.Timedelta(days=1), days)
