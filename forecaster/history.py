@@ -166,19 +166,41 @@ class History:
         return History(counts, self.source, self.gaps)
 
 
+def wall_clock_shift_at(stamps: pd.DatetimeIndex, period: pd.Timedelta, step: pd.Timedelta) -> np.ndarray:
+    """Steps to add to each stamp's position before going ``period``'s steps back, to land on the same
+    wall-clock time ``period`` earlier: 0 on a clock without daylight saving (UTC, a fixed offset); across
+    a change an hour's steps, so that "yesterday at 9:00" stays 9:00 on the users' clock (``in_timezone``)."""
+    if stamps.tz is None or not len(stamps):
+        return np.zeros(len(stamps), dtype=np.int64)
+    earlier = (stamps.tz_localize(None) - period).tz_localize(stamps.tz, ambiguous="NaT", nonexistent="NaT")
+    shift = int(round(period / step)) - (stamps - earlier) / step
+    return np.where(np.isnan(shift), 0, np.round(shift)).astype(np.int64)
+
+
 def fill_gaps(counts: pd.Series) -> pd.Series:
-    """Fill NaN with the value a day earlier, filled first if it was missing (module docstring)."""
+    """Fill NaN with the value a day earlier (on the history's clock), filled first if it was missing
+    (module docstring)."""
     if not counts.isna().any():
         return counts
     values = counts.to_numpy(dtype=float, copy=True)
-    day = int(round(pd.Timedelta(days=1) / pd.Timedelta(counts.index.freq)))
-    # Chronologically and a day at a time, so every reference is observed or already filled (and the
-    # value before a run, ``values[start - 1]``, is never missing).
-    for start, end in _runs(np.isnan(values)):
-        for t in range(start, end, day):
-            stop = min(end, t + day)
+    step = pd.Timedelta(counts.index.freq)
+    day = int(round(pd.Timedelta(days=1) / step))
+    missing = np.isnan(values)
+    shift = np.zeros(len(values), dtype=np.int64)
+    at = np.flatnonzero(missing)
+    shift[at] = wall_clock_shift_at(counts.index[at], pd.Timedelta(days=1), step)
+    # Chronologically and a day at a time (an hour less across a change, where a day back is 23 hours),
+    # so every reference is observed or already filled (and ``values[start - 1]`` is never missing).
+    span = day - max(0, int(shift.max()))
+    for start, end in _runs(missing):
+        for t in range(start, end, span):
+            stop = min(end, t + span)
             if t >= day:
-                values[t:stop] = values[t - day:stop - day]
+                source = np.arange(t, stop) - day + shift[t:stop]
+                ok = source >= 0
+                values[t:stop][ok] = values[source[ok]]
+                if start and not ok.all():
+                    values[t:stop][~ok] = values[start - 1]
             elif start:  # the first day: no day before, the last observed value
                 values[t:stop] = values[start - 1]
     out = pd.Series(values, index=counts.index, name=counts.name)

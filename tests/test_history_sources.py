@@ -124,6 +124,19 @@ def test_fill_reads_yesterdays_fill_when_a_gap_recurs_daily_and_across_a_long_ga
     assert filled.notna().all()
 
 
+@pytest.mark.parametrize("day", ["2026-03-08", "2026-11-01"])
+def test_a_gap_on_the_users_clock_is_filled_from_the_same_time_the_day_before(day):
+    """On the users' clock the days the clocks change have 23 and 25 hours: a gap at 9:00 that day is
+    filled from 9:00 the day before, 23 or 25 hours back; 24 hours back, the fill was an hour off."""
+    utc = pd.date_range(pd.Timestamp(day) - pd.Timedelta(days=2), periods=96, freq="1h", tz="UTC")
+    hours = utc.tz_convert("America/New_York").hour.to_numpy().astype(float)  # each hour's value: its hour
+    history = History(pd.Series(hours, index=utc.tz_localize(None)), "clock").in_timezone("America/New_York")
+    gap = (history.counts.index >= pd.Timestamp(f"{day} 09:00", tz="America/New_York")) & \
+        (history.counts.index < pd.Timestamp(f"{day} 12:00", tz="America/New_York"))
+    history.counts[gap] = np.nan
+    assert history.filled()[gap].tolist() == [9.0, 10.0, 11.0]
+
+
 def test_request_log_is_counted_per_step(tmp_path):
     path = write(tmp_path, "TIMESTAMP,ContextTokens\n2023-11-16 18:15:46.68,10\n2023-11-16 18:15:59.1,3\n"
                            "2023-11-16 18:17:01,4\n2023-11-16 18:16:30,4\n")

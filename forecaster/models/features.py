@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
-from forecaster.history import History
+from forecaster.history import History, wall_clock_shift_at
 from forecaster.models.base import windows
 
 DAY = pd.Timedelta(days=1)
@@ -59,17 +59,11 @@ def stamps_at(history: History, positions: np.ndarray) -> pd.DatetimeIndex:
 
 
 def wall_clock_shift(history: History, positions: np.ndarray, period: pd.Timedelta) -> np.ndarray:
-    """Steps to add to each position before going ``period``'s steps back, to land on the same wall-clock
-    time ``period`` earlier: 0 on a clock without daylight saving; across a change an hour's steps, so
-    that "yesterday at 9:00" and "last week at 9:00" stay 9:00 on the users' clock."""
-    tz = history.counts.index.tz
-    zero = np.zeros(len(positions), dtype=np.int64)
-    if tz is None or not len(positions):
-        return zero
-    stamps = stamps_at(history, positions)
-    earlier = (stamps.tz_localize(None) - period).tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
-    shift = int(round(period / history.step)) - (stamps - earlier) / history.step
-    return np.where(np.isnan(shift), 0, np.round(shift)).astype(np.int64)
+    """``wall_clock_shift_at`` for positions of the history, and past its end: so that "yesterday at 9:00"
+    and "last week at 9:00" stay 9:00 on the users' clock."""
+    if history.counts.index.tz is None or not len(positions):
+        return np.zeros(len(positions), dtype=np.int64)
+    return wall_clock_shift_at(stamps_at(history, positions), period, history.step)
 
 
 def lagged(values: np.ndarray, positions: np.ndarray, lag: int) -> np.ndarray:
