@@ -38,6 +38,13 @@ from controller.trainer import Trainer
 log = logging.getLogger("peakpilot.daemon")
 
 
+CYCLE_SECOND = 30
+"""The second of the minute the cycles run at. The cycle reads the minute just ended; Prometheus appends a
+scrape once it completes (a remote-write backend later still), so read at its very end that minute can
+lack its last samples, every cycle, for a daemon whose start put its cycles there. Half a minute on, it
+has settled (``signals.REREAD`` heals what comes later still)."""
+
+
 def utc_now() -> np.datetime64:
     return np.datetime64(datetime.now(timezone.utc).replace(tzinfo=None), "m")
 
@@ -199,10 +206,16 @@ class Daemon:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server
 
+    def cycle_trigger(self, now: datetime):
+        """Every ``interval_s`` from ``CYCLE_SECOND`` past a minute (the first cycle runs at start)."""
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        return IntervalTrigger(seconds=self.interval_s, timezone="UTC",
+                               start_date=now.replace(second=CYCLE_SECOND, microsecond=0))
+
     def run(self) -> None:
         from apscheduler.schedulers.blocking import BlockingScheduler
         from apscheduler.triggers.cron import CronTrigger
-        from apscheduler.triggers.interval import IntervalTrigger
 
         self.retrain_all()
         if self.trainer is None:
@@ -210,7 +223,7 @@ class Daemon:
         sched = self.scheduler = BlockingScheduler(
             timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1,
                                           "misfire_grace_time": max(1, int(self.interval_s))})
-        sched.add_job(self.cycle_all, IntervalTrigger(seconds=self.interval_s), id="cycle",
+        sched.add_job(self.cycle_all, self.cycle_trigger(datetime.now(timezone.utc)), id="cycle",
                       next_run_time=datetime.now(timezone.utc))
         sched.add_job(self.queue_retrain_all, CronTrigger.from_crontab(self.retrain_cron, timezone="UTC"),
                       id="retrain")

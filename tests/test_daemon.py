@@ -668,6 +668,22 @@ def test_daemon_process_serves_metrics_follows_its_policy_folder_and_stops_clean
         assert len(runs) == 2 and all(r["kind"] == "daemon" and len(st.timeline(r["id"])) >= 1 for r in runs)
 
 
+def test_cycles_run_half_a_minute_into_the_minute_whenever_the_daemon_started(tmp_path, policy_file, trace):
+    """A cycle reads the minute just ended; read at its very end (a daemon started on the minute), that
+    minute can lack the scrape Prometheus is still appending, every cycle. The cycles run at :30."""
+    from datetime import datetime, timedelta, timezone
+
+    daemon, _, _ = make(policy_file, trace, Store(str(tmp_path / "t.db")), Clock(), SimulatedActuator(
+        load_policy_of(policy_file)))
+    for second in (0, 29, 31, 59):
+        started = datetime(2026, 1, 5, 10, 0, second, 400000, tzinfo=timezone.utc)
+        trigger = daemon.cycle_trigger(started)
+        first = trigger.get_next_fire_time(None, started)
+        second_fire = trigger.get_next_fire_time(first, first)
+        assert first.second == 30 and first.microsecond == 0 and started <= first < started + timedelta(seconds=60)
+        assert (second_fire - first).total_seconds() == 60
+
+
 def test_dry_run_prints_the_events_it_would_record():
     import io
 
