@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from controller.state import on_cycle_clock
 from forecaster.history import GAP_MIN_DURATION
 
 log = logging.getLogger("peakpilot.daemon")
@@ -149,4 +150,4 @@ class Notices:
 
 
 def _minute(t) -> str:
-    return t.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M") if t.tzinfo else t.strftime("%Y-%m-%dT%H:%M")
+    return on_cycle_clock(t).strftime("%Y-%m-%dT%H:%M")

@@ -1019,6 +1019,15 @@ def parts_for(backend, trace, clock, **kwargs):
     return ServiceParts(backend, clock, trace=lambda: trace, **kwargs)
 
 
+def simulated_service(policy_file, trace, db, clock):
+    """One service on the simulated cluster, built from its policy as the daemon builds it (reloads
+    rebuild its parts): the daemon, the service and their metrics."""
+    metrics = DaemonMetrics()
+    service = ServiceController(policy_file, None, None, Store(str(db)), metrics,
+                                parts=parts_for("simulated", trace, clock))
+    return Daemon([service], metrics, clock=clock), service, metrics
+
+
 def watching_daemon(folder, store, metrics, clock, signals_for):
     """A daemon on a watched policy folder, training on its worker thread, its first service trained:
     each service on the simulated cluster, its signals from ``signals_for(path)``."""
@@ -1055,10 +1064,7 @@ def test_a_changed_policy_rebuilds_what_it_moves_and_retrains_for_what_the_model
 
     caplog.set_level(logging.INFO)
     clock = Clock()
-    metrics = DaemonMetrics()
-    service = ServiceController(policy_file, None, None, Store(str(tmp_path / "s.db")), metrics,
-                                parts=parts_for("simulated", trace, clock))
-    daemon = Daemon([service], metrics, clock=clock)
+    daemon, service, metrics = simulated_service(policy_file, trace, tmp_path / "s.db", clock)
     run_cycles(daemon, clock, 2, retrain_at=(0,))
     signals, actuator, trained = service.signals, service.actuator, service.model
     text = policy_file.read_text()
@@ -1102,10 +1108,7 @@ def test_a_policy_time_zone_puts_the_model_on_the_users_clock_and_the_plan_on_th
     "same time yesterday"), the cycle still plans on its own (UTC); another zone retrains the model."""
     policy_file.write_text(policy_file.read_text().replace("timezone: null", "timezone: Asia/Kolkata"))
     clock = Clock()
-    metrics = DaemonMetrics()
-    service = ServiceController(policy_file, None, None, Store(str(tmp_path / "z.db")), metrics,
-                                parts=parts_for("simulated", trace, clock))
-    daemon = Daemon([service], metrics, clock=clock)
+    daemon, service, _ = simulated_service(policy_file, trace, tmp_path / "z.db", clock)
     run_cycles(daemon, clock, 3, retrain_at=(0,))
     trained = service.model
     assert str(trained.fitted_until.tz) == "Asia/Kolkata"

@@ -61,9 +61,10 @@ class LightGBMQuantileForecaster(Forecaster):
         self.week = int(round(WEEK / step))
 
     # -- features --------------------------------------------------------------------------------
-    def _origin_features(self, history: History, values: np.ndarray, positions: np.ndarray):
+    def _origin_features(self, values: np.ndarray, positions: np.ndarray, shifts: dict):
         """What is known at each origin, scaled by its window's mean: (origins, features), the scale, and
-        the mean level a day and a week before each window (to read those days' shape against)."""
+        the mean level a day and a week before each window (to read those days' shape against; ``shifts``
+        puts them on the users' clock: ``wall_clock_shift`` of the origins, by period)."""
         ctx = windows(values, positions, -self.context, self.context)
         scale = window_scale(ctx, self.global_scale)
         with np.errstate(all="ignore"):
@@ -73,22 +74,23 @@ class LightGBMQuantileForecaster(Forecaster):
                  np.nan_to_num(spread / scale[:, None], nan=0.0), np.log(scale / self.global_scale)[:, None]]
         with warnings.catch_warnings():  # a window entirely before the series has no level (NaN, as meant)
             warnings.simplefilter("ignore", RuntimeWarning)
-            own = [np.nanmean(windows(values, positions + wall_clock_shift(history, positions, period),
-                                      -lag - self.context, self.context), axis=1)
+            own = [np.nanmean(windows(values, positions + shifts[period], -lag - self.context, self.context),
+                              axis=1)
                    for lag, period in ((self.day, DAY), (self.week, WEEK))]
         return np.concatenate(parts, axis=1), scale, own
 
     def _rows(self, history: History, values: np.ndarray, positions: np.ndarray, ahead: np.ndarray):
         """Features of the rows (positions[i] forecasting ``ahead[i]`` steps on, 0 = the origin's step)."""
         unique, inverse = np.unique(positions, return_inverse=True)
-        base, scale, own = self._origin_features(history, values, unique)
+        shifts = {period: wall_clock_shift(history, unique, period) for period in (DAY, WEEK)}  # once per origin
+        base, scale, own = self._origin_features(values, unique, shifts)
         base, scale = base[inverse], scale[inverse]
         target = positions + ahead
         parts = [base]
         with np.errstate(all="ignore"):
             for lag, period, level in zip((self.day, self.week), (DAY, WEEK), own):  # on the users' clock
                 then = lagged(values, target + wall_clock_shift(history, target, period), lag)
-                last = lagged(values, positions + wall_clock_shift(history, positions, period), lag + 1)
+                last = lagged(values, positions + shifts[period][inverse], lag + 1)
                 parts.append(np.stack([then / scale, then / np.maximum(level[inverse], 1e-6), last / scale], axis=1))
         stamps = stamps_at(history, target)
         parts.append(np.stack([(stamps.hour * 60 + stamps.minute).to_numpy() / 1440.0,
