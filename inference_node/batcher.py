@@ -63,11 +63,11 @@ class Batcher:
     def idle(self) -> bool:
         return self.queue.empty() and self.in_flight == 0
 
-    def expected_wait(self) -> float:
-        """Seconds a request arriving now would take: the batches ahead of it, the running one and its own,
-        or what requests have lately really taken, whichever is more (the model of the queue does not
-        see a CPU shared with other work)."""
-        batches_ahead = self.queue.qsize() // self.max_batch + 1
+    def expected_wait(self, count: int = 1) -> float:
+        """Seconds the last of ``count`` requests arriving now would take: the batches ahead of it, the
+        running one and its own, or what requests have lately really taken, whichever is more (the model
+        of the queue does not see a CPU shared with other work)."""
+        batches_ahead = (self.queue.qsize() + count - 1) // self.max_batch + 1
         modelled = (batches_ahead + (1 if self.running else 0)) * self.batch_seconds
         if self.in_flight == 0:
             # Nothing in the node: the past latency says nothing about now (and shedding on it alone
@@ -76,19 +76,28 @@ class Batcher:
         return max(modelled, self.latency_seconds)
 
     async def submit(self, prompt: list[int], max_tokens: int, temperature: float) -> list[int]:
-        if self.queue.qsize() >= self.max_queue:
-            raise QueueFull(self.queue.qsize())
-        if self.slo is not None and self.batch_seconds and self.expected_wait() > self.slo:
-            raise QueueFull(self.queue.qsize(), f"the expected wait {self.expected_wait():.2f} s is over the "
+        return (await self.submit_all([prompt], max_tokens, temperature))[0]
+
+    async def submit_all(self, prompts: list[list[int]], max_tokens: int, temperature: float) -> list[list[int]]:
+        """Generate for every prompt of one request, admitted or refused as one: a request refused busy
+        leaves no part of itself in the queue, to spend the model's time on an answer nobody gets."""
+        count = len(prompts)
+        if self.queue.qsize() + count > self.max_queue:
+            raise QueueFull(self.queue.qsize(), "the queue is full" if count == 1 else
+                            f"the queue has no room for {count} prompts")
+        if self.slo is not None and self.batch_seconds and self.expected_wait(count) > self.slo:
+            raise QueueFull(self.queue.qsize(), f"the expected wait {self.expected_wait(count):.2f} s is over the "
                                                 f"{self.slo:g} s latency target")
-        job = Job(prompt, max_tokens, temperature, asyncio.get_running_loop().create_future())
-        self.in_flight += 1
-        self.queue.put_nowait(job)
+        loop = asyncio.get_running_loop()
+        jobs = [Job(p, max_tokens, temperature, loop.create_future()) for p in prompts]
+        self.in_flight += count
+        for job in jobs:
+            self.queue.put_nowait(job)
         self._gauge()
         try:
-            return await job.future
+            return list(await asyncio.gather(*(job.future for job in jobs)))
         finally:
-            self.in_flight -= 1
+            self.in_flight -= count
 
     def _gauge(self) -> None:
         if self.metrics:

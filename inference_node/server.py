@@ -159,6 +159,9 @@ def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> tuple[list[s
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         return error(400, "'prompt' must be a string or a non-empty list of strings", "invalid_request_error", "prompt")
+    if len(prompts) > config.max_queue:  # could never be admitted: not busy, too big
+        return error(400, f"'prompt' holds {len(prompts)} prompts; this node takes at most {config.max_queue} in one "
+                          f"request (its --max-queue)", "invalid_request_error", "prompt")
     for p in prompts:
         if len(tokenizer.encode(p)) > config.max_prompt_tokens:
             return error(400, f"'prompt' is longer than {config.max_prompt_tokens} tokens", "invalid_request_error",
@@ -241,7 +244,7 @@ def create_app(config: NodeConfig) -> FastAPI:
         started = time.perf_counter()
         tok = node.engine.tokenizer
         try:
-            outs = await asyncio.gather(*(node.batcher.submit(tok.encode(p), max_tokens, temperature) for p in prompts))
+            outs = await node.batcher.submit_all([tok.encode(p) for p in prompts], max_tokens, temperature)
         except QueueFull as exc:
             m.requests.labels("busy").inc()
             m.busy_latency.observe(time.perf_counter() - started)

@@ -676,7 +676,8 @@ def serve(
     port: int = typer.Option(8000, "--port", help="Port to serve on."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most requests in one batch."),
     max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", min=0, help="Longest wait to fill a batch."),
-    max_queue: int = typer.Option(64, "--max-queue", min=0, help="Waiting requests before answering 429 busy."),
+    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Prompts waiting to be batched before answering "
+                                    "429 busy; a request's prompts are admitted whole, one with more is a 400."),
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="Deadline for in-flight work on SIGTERM."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantization of Linear "
                                                                     "layers (CPU)."),

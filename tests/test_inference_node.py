@@ -166,12 +166,49 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(node):
     ('{"prompt": "a", "max_tokens": 5000}', "max_tokens", "over the limit of 256"),
     ('{"prompt": "a", "temperature": 9}', "temperature", "between 0 and 2"),
     ('{"prompt": "a", "stream": "yes"}', "stream", "true or false"),
+    (json.dumps({"prompt": ["a"] * 17}), "prompt", "holds 17 prompts; this node takes at most 16"),
 ])
 def test_bad_requests_get_400_naming_the_field(node, body, field, message):
     r = httpx.post(f"{node.url}/v1/completions", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["param"] == field and message in err["message"]
+
+
+def test_a_request_of_many_prompts_is_admitted_or_refused_whole():
+    """A request with a list of prompts that does not fit in the queue is refused busy with none of its
+    prompts queued: before, the prompts that fitted were generated for an answer already refused (the
+    model's time spent on nobody, under the very load that made it refuse)."""
+    import threading
+
+    from inference_node.batcher import Batcher, QueueFull
+
+    release, seen = threading.Event(), []
+
+    def run(prompts, max_tokens, temperatures, seed):
+        release.wait(10)
+        seen.extend(p[0] for p in prompts)
+        return [[p[0]] for p in prompts]
+
+    async def scenario():
+        batcher = Batcher(run, max_batch=1, max_wait_ms=0, max_queue=4)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit([0], 1, 0.0))
+        while not batcher.running:  # the first one is taken off the queue and runs
+            await asyncio.sleep(0.001)
+        queued = [asyncio.ensure_future(batcher.submit([i], 1, 0.0)) for i in (1, 2, 3)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull, match="no room for 2 prompts"):
+            await batcher.submit_all([[10], [11]], 1, 0.0)
+        whole = asyncio.ensure_future(batcher.submit_all([[20]], 1, 0.0))  # the one place left
+        release.set()
+        answers = await asyncio.gather(running, *queued, whole)
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers == [[0], [1], [2], [3], [[20]]]
+    assert seen == [0, 1, 2, 3, 20]  # nothing of the refused request ran
 
 
 def test_prometheus_scrapes_the_node_and_the_forecaster_reads_back_the_rate(node, prometheus_factory):
