@@ -1,13 +1,17 @@
 """Dynamic batching with a bounded queue: requests wait at most ``max_wait_ms`` to be batched, at most
 ``max_batch`` run together, and past ``max_queue`` waiting a request is refused at once (busy) rather
-than left to time out. One worker thread hands the batches to the engine (inference_node/engine.py),
-so the event loop keeps answering ``/health``, ``/metrics`` and busy refusals while the model works.
+than left to time out. A request withdrawn while it waits (its client went away) leaves the queue at
+once: under overload, clients that time out and retry elsewhere would otherwise have the node generate
+their abandoned answers ahead of the ones still wanted. One worker thread hands the batches to the engine
+(inference_node/engine.py), so the event loop keeps answering ``/health``, ``/metrics`` and busy
+refusals while the model works.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,7 +25,7 @@ class QueueFull(Exception):
         self.why = why
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     prompt: list[int]
     max_tokens: int
@@ -42,7 +46,8 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.metrics = metrics
-        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.queue: deque[Job] = deque()  # waiting to be batched, oldest first
+        self._arrived = asyncio.Event()
         self.in_flight = 0
         self.batches = 0
         self._task: asyncio.Task | None = None
@@ -57,17 +62,17 @@ class Batcher:
 
     @property
     def waiting(self) -> int:
-        return self.queue.qsize()
+        return len(self.queue)
 
     @property
     def idle(self) -> bool:
-        return self.queue.empty() and self.in_flight == 0
+        return not self.queue and self.in_flight == 0
 
     def expected_wait(self, count: int = 1) -> float:
         """Seconds the last of ``count`` requests arriving now would take: the batches ahead of it, the
         running one and its own, or what requests have lately really taken, whichever is more (the model
         of the queue does not see a CPU shared with other work)."""
-        batches_ahead = (self.queue.qsize() + count - 1) // self.max_batch + 1
+        batches_ahead = (len(self.queue) + count - 1) // self.max_batch + 1
         modelled = (batches_ahead + (1 if self.running else 0)) * self.batch_seconds
         if self.in_flight == 0:
             # Nothing in the node: the past latency says nothing about now (and shedding on it alone
@@ -82,44 +87,64 @@ class Batcher:
         """Generate for every prompt of one request, admitted or refused as one: a request refused busy
         leaves no part of itself in the queue, to spend the model's time on an answer nobody gets."""
         count = len(prompts)
-        if self.queue.qsize() + count > self.max_queue:
-            raise QueueFull(self.queue.qsize(), "the queue is full" if count == 1 else
+        if len(self.queue) + count > self.max_queue:
+            raise QueueFull(len(self.queue), "the queue is full" if count == 1 else
                             f"the queue has no room for {count} prompts")
         if self.slo is not None and self.batch_seconds and self.expected_wait(count) > self.slo:
-            raise QueueFull(self.queue.qsize(), f"the expected wait {self.expected_wait(count):.2f} s is over the "
+            raise QueueFull(len(self.queue), f"the expected wait {self.expected_wait(count):.2f} s is over the "
                                                 f"{self.slo:g} s latency target")
         loop = asyncio.get_running_loop()
         jobs = [Job(p, max_tokens, temperature, loop.create_future()) for p in prompts]
         self.in_flight += count
-        for job in jobs:
-            self.queue.put_nowait(job)
+        self.queue.extend(jobs)
+        self._arrived.set()
         self._gauge()
         try:
             return list(await asyncio.gather(*(job.future for job in jobs)))
+        except asyncio.CancelledError:  # withdrawn: what has not been batched yet will not be
+            for job in jobs:
+                if job in self.queue:
+                    self.queue.remove(job)
+            self._gauge()
+            raise
         finally:
             self.in_flight -= count
 
     def _gauge(self) -> None:
         if self.metrics:
-            self.metrics.queue_depth.set(self.queue.qsize())
+            self.metrics.queue_depth.set(len(self.queue))
+
+    async def _next(self, timeout: float | None = None) -> Job | None:
+        """The oldest waiting job, waiting for one if none is there (at most ``timeout`` seconds: None)."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        while not self.queue:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(),
+                                       None if deadline is None else max(0.0, deadline - time.perf_counter()))
+            except asyncio.TimeoutError:
+                return None
+        return self.queue.popleft()
 
     async def _run(self) -> None:
         while True:
-            first = await self.queue.get()
-            batch = [first]
+            batch = [await self._next()]
             deadline = time.perf_counter() + self.max_wait
             while len(batch) < self.max_batch:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except asyncio.TimeoutError:
+                job = await self._next(remaining)
+                if job is None:
                     break
+                batch.append(job)
             self._gauge()
             await self._execute(batch)
 
     async def _execute(self, batch: list[Job]) -> None:
+        batch = [job for job in batch if not job.future.cancelled()]  # withdrawn while the batch filled
+        if not batch:
+            return
         self._seed += 1
         started = time.perf_counter()
         self.running = True

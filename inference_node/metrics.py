@@ -32,5 +32,5 @@ class NodeMetrics:
                                 registry=r)
         self.slo = Gauge("peakpilot_slo_seconds", "The node's latency target (--slo-ms); 0 without one",
                          registry=r)
-        for outcome in ("ok", "busy", "error", "bad_request", "draining"):
+        for outcome in ("ok", "busy", "error", "bad_request", "draining", "cancelled"):
             self.requests.labels(outcome)

@@ -181,6 +181,29 @@ def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> tuple[list[s
     return prompts, max_tokens, float(temperature), stream
 
 
+class ClientGone(Exception):
+    """The client closed its connection before its answer was ready."""
+
+
+async def until_gone(request: Request, work):
+    """Await ``work``, unless the client goes away first: then withdraw it (what is still queued is never
+    generated) and raise ``ClientGone``. The body has been read, so the next ASGI message can only be
+    the disconnect (as vLLM's ``with_cancellation`` listens for it)."""
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, gone = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientGone
+    return task.result()
+
+
 def create_app(config: NodeConfig) -> FastAPI:
     node = Node(config)
     app = FastAPI(title="peakpilot inference node", docs_url=None, redoc_url=None)
@@ -244,7 +267,11 @@ def create_app(config: NodeConfig) -> FastAPI:
         started = time.perf_counter()
         tok = node.engine.tokenizer
         try:
-            outs = await node.batcher.submit_all([tok.encode(p) for p in prompts], max_tokens, temperature)
+            outs = await until_gone(request, node.batcher.submit_all([tok.encode(p) for p in prompts], max_tokens,
+                                                                     temperature))
+        except ClientGone:
+            m.requests.labels("cancelled").inc()
+            return Response(status_code=499)  # nobody is there to read it (nginx's "client closed request")
         except QueueFull as exc:
             m.requests.labels("busy").inc()
             m.busy_latency.observe(time.perf_counter() - started)

@@ -211,6 +211,44 @@ def test_a_request_of_many_prompts_is_admitted_or_refused_whole():
     assert seen == [0, 1, 2, 3, 20]  # nothing of the refused request ran
 
 
+def test_requests_whose_clients_went_away_are_not_generated(node_factory):
+    """Clients that give up while their requests wait (a timeout, a retry on another node) withdraw them:
+    the node does not spend the model on answers nobody reads, ahead of the ones still wanted (before,
+    every abandoned request in the queue was generated)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    n = node_factory("--model", "builtin:medium", "--max-batch", "1", "--max-queue", "16")
+    n.wait_ready()
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=n.url, timeout=60) as client:
+            long = asyncio.ensure_future(client.post("/v1/completions", json={"prompt": "x" * 64, "max_tokens": 128}))
+            await asyncio.sleep(0.2)  # the long one runs; the ones below wait behind it and give up
+
+            async def impatient():
+                async with httpx.AsyncClient(base_url=n.url, timeout=0.3) as quick:
+                    try:
+                        return (await quick.post("/v1/completions", json={"prompt": "y", "max_tokens": 128})).status_code
+                    except httpx.TimeoutException:
+                        return "gave up"
+
+            gave_up = await asyncio.gather(*(impatient() for _ in range(6)))
+            return gave_up, await long
+
+    gave_up, long = asyncio.run(scenario())
+    assert long.status_code == 200 and gave_up.count("gave up") >= 5
+    after = httpx.post(f"{n.url}/v1/completions", json={"prompt": "z", "max_tokens": 4}, timeout=30)
+    assert after.status_code == 200
+    time.sleep(0.2)
+    got = {(s.name, s.labels.get("outcome")): s.value
+           for f in text_string_to_metric_families(httpx.get(f"{n.url}/metrics").text) for s in f.samples}
+    cancelled, ok = got[("peakpilot_requests_total", "cancelled")], got[("peakpilot_requests_total", "ok")]
+    assert cancelled == gave_up.count("gave up") and ok == 2 + gave_up.count(200)
+    # Only what was answered ran, and at most one withdrawn request that was already in the engine.
+    assert ok <= got[("peakpilot_batch_size_count", None)] <= ok + 1
+    assert got[("peakpilot_queue_depth", None)] == 0
+
+
 def test_prometheus_scrapes_the_node_and_the_forecaster_reads_back_the_rate(node, prometheus_factory):
     """loadgen replays a slice of a real trace; Prometheus scrapes the node; the forecaster's Prometheus
     source reads back the request rate that was sent."""
