@@ -115,7 +115,7 @@ class KubernetesActuator:
                 continue
             deployment = with_retry(self.apps.read_namespaced_deployment, name, ns, sleep=self.sleep)
             self._uids[name] = deployment.metadata.uid
-            selector = ",".join(f"{k}={v}" for k, v in (deployment.spec.selector.match_labels or {}).items())
+            selector = label_selector(deployment.spec.selector)
             pods = with_retry(self.core.list_namespaced_pod, ns, label_selector=selector, sleep=self.sleep).items
             counted = 0
             block = self.billing_min.get(cls, 1)
@@ -342,6 +342,24 @@ def pod_state(pod) -> str:
     if pod.status is None or pod.status.phase == "Pending" and conditions.get("PodScheduled") != "True":
         return "pending"
     return "warming"
+
+
+def label_selector(selector) -> str:
+    """A Deployment's selector (a ``V1LabelSelector``) as the ``labelSelector`` query of a pod list, its
+    ``matchExpressions`` included (left out, a selector of expressions alone listed every pod of the
+    namespace as the class's capacity): ``app=x,tier in (gpu,spot),!canary``."""
+    terms = [f"{k}={v}" for k, v in (selector.match_labels or {}).items()]
+    for e in selector.match_expressions or []:
+        if e.operator in ("In", "NotIn"):
+            terms.append(f"{e.key} {e.operator.lower()} ({','.join(e.values or [])})")
+        elif e.operator == "Exists":
+            terms.append(e.key)
+        elif e.operator == "DoesNotExist":
+            terms.append(f"!{e.key}")
+        else:
+            raise ValueError(f"selector operator {e.operator!r} on {e.key!r} is not one of In, NotIn, Exists, "
+                             f"DoesNotExist")
+    return ",".join(terms)
 
 
 def replica_failure(deployment) -> tuple[str, datetime | None] | None:

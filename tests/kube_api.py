@@ -74,13 +74,15 @@ class FakeKubeAPI:
         self.server.server_close()
 
     # -- fixtures ---------------------------------------------------------------------------------
-    def add_deployment(self, name: str, replicas: int, labels: dict | None = None) -> None:
+    def add_deployment(self, name: str, replicas: int, labels: dict | None = None,
+                       selector: dict | None = None) -> None:
+        """A Deployment whose pods carry ``labels``, selected by them (or by ``selector``, a LabelSelector)."""
         labels = labels or {"app": name}
         self.deployments[name] = {
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": name, "namespace": self.ns, "uid": f"uid-deployment-{name}",
                          "resourceVersion": self._rv()},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+            "spec": {"replicas": replicas, "selector": selector or {"matchLabels": labels},
                      "template": {"metadata": {"labels": labels},
                                   "spec": {"containers": [{"name": "node", "image": "peakpilot/node"}]}}},
             "status": {"replicas": replicas}}
@@ -165,9 +167,11 @@ class FakeKubeAPI:
                                  "status": {"replicas": d["status"]["replicas"]}}, {}
                 return 200, d, {}
             if path == f"/api/v1/namespaces/{ns}/pods" and method == "GET":
-                selector = dict(kv.split("=", 1) for kv in query.get("labelSelector", [""])[0].split(",") if kv)
-                items = [p for p in self.pods.values()
-                         if all(p["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+                try:
+                    selects = parse_selector(query.get("labelSelector", [""])[0])
+                except ValueError as exc:
+                    return 400, status_body(400, "BadRequest", f"unable to parse requirement: {exc}"), {}
+                items = [p for p in self.pods.values() if selects(p["metadata"].get("labels") or {})]
                 return 200, {"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": self._rv()},
                              "items": items}, {}
             m = re.fullmatch(rf"/api/v1/namespaces/{ns}/pods/([^/]+)", path)
@@ -279,6 +283,25 @@ def role_allows(role: dict, group: str, resource: str, verb: str, name: str | No
 
 
 MICRO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)")
+
+
+def parse_selector(text: str):
+    """A ``labelSelector`` as the API server parses it (apimachinery's labels.Parse): terms joined by
+    commas, each ``k=v``, ``k==v``, ``k!=v``, ``k in (a,b)``, ``k notin (a,b)``, ``k`` or ``!k``; a
+    predicate on a pod's labels."""
+    terms, tests = re.findall(r"[^,(]+(?:\([^)]*\))?", text), []
+    for term in (t.strip() for t in terms):
+        if m := re.fullmatch(r"([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)", term):
+            key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(",")}
+            tests.append(lambda labels, k=key, vs=values, o=op: (labels.get(k) in vs) == (o == "in"))
+        elif m := re.fullmatch(r"([\w./-]+)\s*(==|=|!=)\s*([\w./-]*)", term):
+            key, op, value = m.groups()
+            tests.append(lambda labels, k=key, v=value, o=op: (labels.get(k) == v) == (o != "!="))
+        elif m := re.fullmatch(r"(!?)([\w./-]+)", term):
+            tests.append(lambda labels, k=m.group(2), no=m.group(1): (k in labels) != bool(no))
+        else:
+            raise ValueError(f"{term!r}")
+    return lambda labels: all(t(labels) for t in tests)
 
 
 def micro_time_problem(body: dict | None, *paths: tuple[str, ...]) -> str | None:

@@ -106,6 +106,30 @@ def test_a_pod_that_ran_to_its_end_is_no_node_of_the_class(kube):
     assert DO_NOT_DISRUPT not in kube.pods["s8"]["metadata"]["annotations"]
 
 
+def test_a_selector_of_expressions_lists_only_its_own_pods(kube):
+    """A Deployment may select its pods with ``matchExpressions`` (set-based); its pods are listed with
+    them. Before, only ``matchLabels`` made the query, so a selector of expressions alone listed every
+    pod of the namespace as the class's capacity (here: the other pools' six and a stranger's)."""
+    kube.add_deployment("llm-reserved", 2, labels={"app": "llm", "pool": "reserved"},
+                        selector={"matchExpressions": [{"key": "app", "operator": "In", "values": ["llm"]},
+                                                       {"key": "pool", "operator": "In", "values": ["reserved"]},
+                                                       {"key": "canary", "operator": "DoesNotExist"}]})
+    for name in ("r1", "r2"):
+        kube.pods[name]["metadata"]["labels"] = {"app": "llm", "pool": "reserved"}
+    kube.add_pod("r3", {"app": "llm", "pool": "reserved", "canary": "yes"}, "ready")  # another Deployment's
+    kube.add_pod("x1", {"app": "llm", "pool": "batch"}, "ready")
+    view = actuator(kube).view()
+    assert view.counts["reserved"] == {"pending": 0, "booting": 0, "warming": 0, "ready": 2, "draining": 0,
+                                       "failed": 0}
+    from kubernetes.client import V1LabelSelector, V1LabelSelectorRequirement
+
+    from controller.kubernetes_actuator import label_selector
+
+    assert label_selector(V1LabelSelector(match_labels={"app": "llm"}, match_expressions=[
+        V1LabelSelectorRequirement(key="tier", operator="NotIn", values=["cpu", "tpu"]),
+        V1LabelSelectorRequirement(key="gpu", operator="Exists")])) == "app=llm,tier notin (cpu,tpu),gpu"
+
+
 def test_warming_pods_are_protected_until_ready(kube):
     act = actuator(kube)
     act.view()
