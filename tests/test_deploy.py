@@ -296,6 +296,31 @@ def test_spot_pool_selects_and_tolerates_spot_capacity_and_placeholder_is_lowest
     assert node["readinessProbe"]["httpGet"]["path"] == "/ready"
 
 
+def test_a_placeholders_node_fits_the_pod_that_displaces_it():
+    """The scheduler preempts a placeholder only for a pod that then fits on its node, and the autoscaler
+    boots the cheapest node that fits the placeholder: a pause pod asking for a GPU alone got a node too
+    small for a serving pod (4 CPUs, 16 GiB), and the node held warm served nobody. So the placeholder
+    asks for what every pool it holds nodes for asks for, on nodes those pools may run on."""
+    from kubernetes.utils import parse_quantity
+
+    docs = all_docs()
+    hold = docs[("Deployment", "llm-placeholder")]["spec"]["template"]["spec"]
+    held = hold["containers"][0]["resources"]
+    fits = []
+    for name in ("llm-reserved", "llm-on-demand", "llm-spot"):
+        pod = docs[("Deployment", name)]["spec"]["template"]["spec"]
+        wants = pod["containers"][0]["resources"]
+        selects = pod.get("nodeSelector") or {}
+        if any((hold.get("nodeSelector") or {}).get(k) != v for k, v in selects.items()):
+            continue  # not a pool the placeholders hold nodes for (spot: its nodes are the market's)
+        for kind in ("requests", "limits"):
+            for resource, quantity in wants.get(kind, {}).items():
+                assert parse_quantity(held.get(kind, {}).get(resource, "0")) >= parse_quantity(quantity), \
+                    (name, kind, resource)
+        fits.append(name)
+    assert fits == ["llm-reserved", "llm-on-demand"]
+
+
 ROOT = DEPLOY.parent
 
 
