@@ -119,6 +119,9 @@ class ThreadEngine:
             seed: int) -> list[list[int]]:
         return self._generate(self.model, prompts, max_tokens, temperatures, seed)
 
+    def gone(self) -> str | None:
+        return None  # the model lives in the server's own process
+
     def close(self) -> None:
         self.model = None
 
@@ -195,6 +198,13 @@ class ProcessEngine:
         if kind != "ok":
             raise EngineError(payload)
         return payload
+
+    def gone(self) -> str | None:
+        """Why the engine process cannot run a batch any more (it died: killed for memory, a crash in
+        native code), or None while it lives. Asked by the probes, so an idle node finds out too."""
+        if self._proc is None or self._proc.exitcode is None:
+            return None
+        return f"the engine process is gone (exit code {self._proc.exitcode})"
 
     @property
     def pid(self) -> int | None:

@@ -10,8 +10,8 @@ process of its own by default, see engine.py) and runs warm-up passes over the b
 lengths the batcher will use, then the node turns ready. SIGTERM (how a
 preempted spot node is told): ``/ready`` turns 503, new work is refused with 503, requests in flight
 finish within ``drain_seconds``, and the process exits 0. A second SIGTERM exits at once. A model
-that fails to load, or an engine process that dies, turns ``/ready`` and ``/health`` 503 with the reason,
-and ``serve`` stops and exits 1 (on Kubernetes the container restarts, visibly, rather than holding a GPU
+that fails to load, or an engine process that dies (found by the next request or probe, whichever comes
+first), turns ``/ready`` and ``/health`` 503 with the reason, and ``serve`` stops and exits 1 (on Kubernetes the container restarts, visibly, rather than holding a GPU
 node that never serves).
 """
 
@@ -113,6 +113,14 @@ class Node:
         log.error("%s", why)
         if self.on_failed is not None:
             self.on_failed()
+
+    def check_engine(self) -> None:
+        """Fail the node if its engine died while no request was there to find out (at night, say): the
+        probes ask, so Kubernetes restarts it before the morning's traffic meets a dead engine."""
+        if self.state in ("ready", "draining"):
+            why = self.engine.gone()
+            if why is not None:
+                self.fail(f"engine failed: {why}")
 
     @property
     def model_name(self) -> str | None:
@@ -221,14 +229,18 @@ def create_app(config: NodeConfig) -> FastAPI:
     async def health():
         # A failed node (model not loaded, engine gone) is not healthy: 503, so a liveness or startup probe
         # restarts it instead of holding a GPU node that will never serve.
+        node.check_engine()
         failed = node.state == "failed"
         return JSONResponse({"status": "failed" if failed else "alive", "state": node.state, "error": node.error},
                             status_code=503 if failed else 200)
 
     @app.get("/ready")
     async def ready():
+        node.check_engine()
         body = {"state": node.state, "model": node.model_name, "device": node.engine.device,
                 "start_seconds": {k: round(v, 4) for k, v in node.timings.items()}}
+        if node.error:  # why it failed
+            body["error"] = node.error
         if node.engine.device_warning:  # given a GPU, serving on the CPU
             body["device_warning"] = node.engine.device_warning
         return JSONResponse(body, status_code=200 if node.state == "ready" else 503)

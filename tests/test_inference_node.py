@@ -399,6 +399,25 @@ def test_an_engine_that_dies_turns_the_node_unready_and_the_server_exits_1(node_
     assert "peakpilot: error: engine failed: the engine process is gone (exit code -9) (--model builtin)" in out
 
 
+def test_an_engine_that_dies_while_idle_is_found_by_the_probes(node_factory):
+    """No request comes (the night): the next probe finds the engine gone, says so, and the server exits 1,
+    where before the node stayed ready until the morning's first request met a dead engine."""
+    node = node_factory()
+    node.wait_ready()
+    engines = [pid for pid in children(node.proc.pid) if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    os.kill(engines[0], signal.SIGKILL)
+    deadline = time.time() + 10
+    while time.time() < deadline:  # the process is reaped once gone; until then it is a zombie, still "alive"
+        r = httpx.get(f"{node.url}/ready", timeout=5)
+        if r.status_code == 503:
+            break
+        time.sleep(0.05)
+    assert r.status_code == 503 and r.json()["state"] == "failed"
+    assert r.json()["error"] == "engine failed: the engine process is gone (exit code -9)"
+    assert node.proc.wait(timeout=30) == 1
+    assert "engine failed: the engine process is gone (exit code -9)" in node.output()
+
+
 def test_loadgen_and_profile_commands_against_a_node_and_against_nothing(node, tmp_path):
     cli = [sys.executable, "-m", "peakpilot.cli"]
     # 20 one-minute intervals of 3 requests, at 60x: 60 requests over 20 s of trace time -> 20 s / 60.
