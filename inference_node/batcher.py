@@ -1,6 +1,7 @@
 """Dynamic batching with a bounded queue: requests wait at most ``max_wait_ms`` to be batched, at most
 ``max_batch`` run together, and past ``max_queue`` waiting a request is refused at once (busy) rather
-than left to time out. A request withdrawn while it waits (its client went away) leaves the queue at
+than left to time out. Each request is answered as soon as the engine says its row is done (rows leave
+the batch as they finish: ``model.generate``), not when the batch's longest is. A request withdrawn while it waits (its client went away) leaves the queue at
 once: under overload, clients that time out and retry elsewhere would otherwise have the node generate
 their abandoned answers ahead of the ones still wanted. One worker thread hands the batches to the engine
 (inference_node/engine.py), so the event loop keeps answering ``/health``, ``/metrics`` and busy
@@ -15,7 +16,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-RunBatch = Callable[[list[list[int]], list[int], list[float], int], list[list[int]]]
+# (prompts, max_tokens, temperatures, seed, on_finished=(row, tokens) -> None) -> tokens per row; blocking
+RunBatch = Callable[..., list[list[int]]]
 
 
 class QueueFull(Exception):
@@ -37,7 +39,7 @@ class Job:
 class Batcher:
     def __init__(self, run: RunBatch, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 64,
                  metrics=None, slo_ms: float | None = None):
-        self.run = run  # blocking: (prompts, max_tokens, temperatures, seed) -> generated token lists
+        self.run = run  # blocking: (prompts, max_tokens, temperatures, seed, on_finished) -> token lists
         self.slo = None if slo_ms is None else slo_ms / 1000.0
         self.batch_seconds = 0.0  # moving average of a batch's run time
         self.latency_seconds = 0.0  # moving average of requests' time in the node (enqueue to answer)
@@ -148,10 +150,15 @@ class Batcher:
         self._seed += 1
         started = time.perf_counter()
         self.running = True
+        loop = asyncio.get_running_loop()
+
+        def finished(i: int, tokens: list[int]) -> None:  # on the worker thread, as each row is done
+            loop.call_soon_threadsafe(self._answer, batch[i], tokens)
+
         try:
             outputs = await asyncio.to_thread(self.run, [j.prompt for j in batch],
                                               [j.max_tokens for j in batch], [j.temperature for j in batch],
-                                              self._seed)
+                                              self._seed, on_finished=finished)
         except Exception as exc:  # a failing batch answers its requests with an error, the server lives on
             for job in batch:
                 if not job.future.done():
@@ -169,9 +176,12 @@ class Batcher:
             self.metrics.batch_size.observe(len(batch))
             self.metrics.tokens.inc(tokens)
             self.metrics.tokens_per_second.set(tokens / elapsed if elapsed > 0 else 0.0)
-        now = time.perf_counter()
-        for job, out in zip(batch, outputs):
-            waited = now - job.enqueued
-            self.latency_seconds = waited if not self.latency_seconds else 0.8 * self.latency_seconds + 0.2 * waited
-            if not job.future.done():
-                job.future.set_result(out)
+        for job, out in zip(batch, outputs):  # those the engine did not report one by one
+            self._answer(job, out)
+
+    def _answer(self, job: Job, tokens: list[int]) -> None:
+        if job.future.done():  # answered already as its row finished, or withdrawn
+            return
+        waited = time.perf_counter() - job.enqueued
+        self.latency_seconds = waited if not self.latency_seconds else 0.8 * self.latency_seconds + 0.2 * waited
+        job.future.set_result(tokens)

@@ -116,8 +116,8 @@ class ThreadEngine:
         self.device_warning = missing_gpu() if self.model.device.type == "cpu" else None
 
     def run(self, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
-            seed: int) -> list[list[int]]:
-        return self._generate(self.model, prompts, max_tokens, temperatures, seed)
+            seed: int, on_finished=None) -> list[list[int]]:
+        return self._generate(self.model, prompts, max_tokens, temperatures, seed, on_finished)
 
     def gone(self) -> str | None:
         return None  # the model lives in the server's own process
@@ -153,7 +153,8 @@ def _engine_main(conn, spec: EngineSpec) -> None:
         if message is None:
             return
         try:
-            conn.send(("ok", generate(model, *message)))
+            # Each row as it finishes, then the batch: a short request is answered at its own length.
+            conn.send(("ok", generate(model, *message, on_finished=lambda i, tokens: conn.send(("row", i, tokens)))))
         except Exception as exc:  # a failing batch is answered; the engine lives on
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -187,17 +188,23 @@ class ProcessEngine:
         self.device, self.device_warning = payload["device"], payload["device_warning"]
 
     def run(self, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
-            seed: int) -> list[list[int]]:
+            seed: int, on_finished=None) -> list[list[int]]:
+        """One batch; ``on_finished(i, tokens)`` for each row as the engine reports it done."""
         with self._lock:
             try:
                 self._conn.send((prompts, max_tokens, temperatures, seed))
-                kind, payload = self._conn.recv()
+                while True:
+                    kind, *payload = self._conn.recv()
+                    if kind != "row":
+                        break
+                    if on_finished is not None:
+                        on_finished(*payload)
             except (EOFError, OSError):
                 self._proc.join(1)
                 raise EngineGone(f"the engine process is gone (exit code {self._proc.exitcode})") from None
         if kind != "ok":
-            raise EngineError(payload)
-        return payload
+            raise EngineError(payload[0])
+        return payload[0]
 
     def gone(self) -> str | None:
         """Why the engine process cannot run a batch any more (it died: killed for memory, a crash in

@@ -137,10 +137,18 @@ def load_model(spec: str = "builtin", seed: int = 0, device: torch.device | None
     return LoadedModel(module.to(device), tokenizer, name, device)
 
 
+EOS_EVERY = 8  # steps between looks for rows that ended with their end-of-text token
+
+
 @torch.inference_mode()
 def generate(model: LoadedModel, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
-             seed: int = 0) -> list[list[int]]:
-    """Generate for a batch: left-padded prompts, one forward per new token (KV cache if the model has one)."""
+             seed: int = 0, on_finished=None) -> list[list[int]]:
+    """Generate for a batch: left-padded prompts, one forward per new token (KV cache if the model has one).
+
+    A row leaves the batch once it has its ``max_tokens`` or its end-of-text token (seen within
+    ``EOS_EVERY`` steps), and
+    ``on_finished(i, tokens)`` is told then: a short request batched with a long one is answered at its
+    own length, not the longest's, and the rows still generating stop paying for the finished ones."""
     device = model.device
     b = len(prompts)
     longest = max(len(p) for p in prompts)
@@ -154,6 +162,9 @@ def generate(model: LoadedModel, prompts: list[list[int]], max_tokens: list[int]
     temps = torch.tensor(temperatures, device=device).clamp(min=0)[:, None]
     gen = torch.Generator(device=device).manual_seed(seed)
     out = torch.zeros(b, steps, dtype=torch.long, device=device)
+    alive = list(range(b))  # the rows still in the batch, by their index in ``prompts``
+    result: list[list[int] | None] = [None] * b
+    eos = model.eos
     past = None
     step_ids = ids
     for s in range(steps):
@@ -167,13 +178,39 @@ def generate(model: LoadedModel, prompts: list[list[int]], max_tokens: list[int]
         sampled = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
         nxt = torch.where(temps.squeeze(-1) > 0, sampled, greedy)
         out[:, s] = nxt
-        mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=device)], dim=1)
+        mask = torch.cat([mask, torch.ones(len(alive), 1, dtype=mask.dtype, device=device)], dim=1)
         step_ids = nxt[:, None]
-    result = []
-    for i in range(b):
-        tokens = out[i, : max_tokens[i]].tolist()
-        if model.eos is not None and model.eos in tokens:
-            tokens = tokens[: tokens.index(model.eos)]
-        result.append(tokens)
+        # Done by length is known without reading the device; an end-of-text is read every few steps
+        # (each read waits for the device: on a GPU, every step would stall the queue of launches).
+        done = [r for r, i in enumerate(alive) if s + 1 >= max_tokens[i]]
+        if eos is not None and (s + 1) % EOS_EVERY == 0:
+            ended = (out[:, : s + 1] == eos).any(dim=1).tolist()
+            done = sorted(set(done) | {r for r, e in enumerate(ended) if e})
+        if not done:
+            continue
+        for r in done:
+            i = alive[r]
+            tokens = out[r, : min(s + 1, max_tokens[i])].tolist()
+            if eos is not None and eos in tokens:
+                tokens = tokens[: tokens.index(eos)]
+            result[i] = tokens
+            if on_finished is not None:
+                on_finished(i, tokens)
+        finished = set(done)
+        keep = [r for r in range(len(alive)) if r not in finished]
+        if not keep:
+            break
+        rows = torch.tensor(keep, device=device)
+        alive = [alive[r] for r in keep]
+        ids, mask, out, temps, step_ids = (t.index_select(0, rows) for t in (ids, mask, out, temps, step_ids))
+        past = _select_rows(past, rows)
     return result
 
+
+def _select_rows(past, rows: torch.Tensor):
+    """The KV cache of the rows kept (every tensor in it has the batch first, however it is nested)."""
+    if past is None:
+        return None
+    if isinstance(past, torch.Tensor):
+        return past.index_select(0, rows)
+    return type(past)(_select_rows(p, rows) for p in past)

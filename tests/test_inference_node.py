@@ -185,7 +185,7 @@ def test_a_request_of_many_prompts_is_admitted_or_refused_whole():
 
     release, seen = threading.Event(), []
 
-    def run(prompts, max_tokens, temperatures, seed):
+    def run(prompts, max_tokens, temperatures, seed, on_finished=None):
         release.wait(10)
         seen.extend(p[0] for p in prompts)
         return [[p[0]] for p in prompts]
@@ -209,6 +209,32 @@ def test_a_request_of_many_prompts_is_admitted_or_refused_whole():
     answers = asyncio.run(scenario())
     assert answers == [[0], [1], [2], [3], [[20]]]
     assert seen == [0, 1, 2, 3, 20]  # nothing of the refused request ran
+
+
+def test_a_short_request_batched_with_a_long_one_is_answered_at_its_own_length(node_factory):
+    """Rows leave the batch as they finish and are answered then: a 4-token request that shares a batch
+    with a 192-token one no longer waits for the longer one's last token."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    n = node_factory("--model", "builtin:medium", "--max-batch", "8", "--max-wait-ms", "300")
+    n.wait_ready()
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=n.url, timeout=60) as client:
+            async def timed(max_tokens):
+                started = time.perf_counter()
+                r = await client.post("/v1/completions", json={"prompt": "x" * 32, "max_tokens": max_tokens,
+                                                               "temperature": 0})
+                return r, time.perf_counter() - started
+            return await asyncio.gather(timed(192), timed(4))
+
+    (long, long_s), (short, short_s) = asyncio.run(scenario())
+    assert long.status_code == short.status_code == 200
+    assert long.json()["usage"]["completion_tokens"] == 192 and short.json()["usage"]["completion_tokens"] == 4
+    got = {(s.name, s.labels.get("le")): s.value
+           for f in text_string_to_metric_families(httpx.get(f"{n.url}/metrics").text) for s in f.samples}
+    assert got[("peakpilot_batch_size_count", None)] == 1  # one batch held both
+    assert short_s < 0.3 * long_s, (short_s, long_s)
 
 
 def test_requests_whose_clients_went_away_are_not_generated(node_factory):
