@@ -1,9 +1,10 @@
 """The inference node: an OpenAI-compatible completions server that is ready only when warm, batches
 dynamically, answers "busy" at once when full, and drains on SIGTERM.
 
-Endpoints: ``POST /v1/completions``, ``GET /health`` (alive), ``GET /ready`` (200 only once loaded and
-warmed, 503 while starting or draining; its body says how long each start phase took, so lead times
-are measured rather than guessed), ``GET /metrics`` (Prometheus), ``GET /v1/models``.
+Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (text messages, as one prompt through
+the tokenizer's chat template or ``role: text`` lines), ``GET /health`` (alive), ``GET /ready`` (200
+only once loaded and warmed, 503 while starting or draining; its body says how long each start phase
+took, so lead times are measured rather than guessed), ``GET /metrics`` (Prometheus), ``GET /v1/models``.
 
 Start-up: the HTTP server listens at once (``/health`` answers), the engine loads the model (in a
 process of its own by default, see engine.py) and runs warm-up passes over the batch sizes and
@@ -154,32 +155,35 @@ class Node:
             await asyncio.sleep(0.05)
 
 
-def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> tuple[list[str], int, float, bool] | JSONResponse:
+def _json_object(body: bytes) -> dict | JSONResponse:
     try:
         data = json.loads(body or b"")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return error(400, f"malformed JSON body: {exc}", "invalid_request_error")
     if not isinstance(data, dict):
         return error(400, "the body must be a JSON object", "invalid_request_error")
-    prompt = data.get("prompt")
-    if prompt is None:
-        return error(400, "missing field 'prompt'", "invalid_request_error", "prompt")
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        return error(400, "'prompt' must be a string or a non-empty list of strings", "invalid_request_error", "prompt")
+    return data
+
+
+def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer,
+                max_keys: tuple[str, ...] = ("max_tokens",)) -> tuple[list[str], int, float, bool] | JSONResponse:
+    """What both endpoints ask of a generation: prompts that fit, max tokens, temperature, stream."""
     if len(prompts) > config.max_queue:  # could never be admitted: not busy, too big
         return error(400, f"'prompt' holds {len(prompts)} prompts; this node takes at most {config.max_queue} in one "
                           f"request (its --max-queue)", "invalid_request_error", "prompt")
     for p in prompts:
         if len(tokenizer.encode(p)) > config.max_prompt_tokens:
-            return error(400, f"'prompt' is longer than {config.max_prompt_tokens} tokens", "invalid_request_error",
-                         "prompt")
-    max_tokens = data.get("max_tokens", 16)
+            field = "prompt" if max_keys == ("max_tokens",) else "messages"
+            return error(400, f"'{field}' is longer than {config.max_prompt_tokens} tokens", "invalid_request_error",
+                         field)
+    key = next((k for k in max_keys if data.get(k) is not None), max_keys[0])
+    max_tokens = data.get(key, 16)
+    if max_tokens is None:
+        max_tokens = 16
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        return error(400, "'max_tokens' must be a positive integer", "invalid_request_error", "max_tokens")
+        return error(400, f"'{key}' must be a positive integer", "invalid_request_error", key)
     if max_tokens > config.max_tokens_limit:
-        return error(400, f"'max_tokens' is over the limit of {config.max_tokens_limit}", "invalid_request_error",
-                     "max_tokens")
+        return error(400, f"'{key}' is over the limit of {config.max_tokens_limit}", "invalid_request_error", key)
     temperature = data.get("temperature", 1.0)
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
         return error(400, "'temperature' must be a number between 0 and 2", "invalid_request_error", "temperature")
@@ -187,6 +191,100 @@ def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> tuple[list[s
     if not isinstance(stream, bool):
         return error(400, "'stream' must be true or false", "invalid_request_error", "stream")
     return prompts, max_tokens, float(temperature), stream
+
+
+def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> tuple[list[str], int, float, bool] | JSONResponse:
+    data = _json_object(body)
+    if isinstance(data, JSONResponse):
+        return data
+    prompt = data.get("prompt")
+    if prompt is None:
+        return error(400, "missing field 'prompt'", "invalid_request_error", "prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        return error(400, "'prompt' must be a string or a non-empty list of strings", "invalid_request_error", "prompt")
+    return _generation(data, prompts, config, tokenizer)
+
+
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def chat_prompt(messages: list[dict], tokenizer) -> str:
+    """The conversation as one prompt: the tokenizer's own chat template where it has one (a Hugging Face
+    tokenizer's ``apply_chat_template``), else each message on a line of its own, ``role: text``, and
+    ``assistant:`` for the model to go on from."""
+    template = getattr(tokenizer, "apply_chat_template", None)
+    if callable(template):
+        return template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
+def parse_chat(body: bytes, config: NodeConfig, tokenizer) -> tuple[list[str], int, float, bool] | JSONResponse:
+    """A chat completion request (``messages``, text content only), as one prompt."""
+    data = _json_object(body)
+    if isinstance(data, JSONResponse):
+        return data
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return error(400, "'messages' must be a non-empty list of messages", "invalid_request_error", "messages")
+    turns = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
+            return error(400, f"messages[{i}] must be an object whose 'role' is one of {', '.join(CHAT_ROLES)}",
+                         "invalid_request_error", f"messages[{i}].role")
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: text only
+            if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+                       for part in content):
+                return error(400, f"messages[{i}].content: this node takes text parts only", "invalid_request_error",
+                             f"messages[{i}].content")
+            content = "".join(part["text"] for part in content)
+        if not isinstance(content, str):
+            return error(400, f"messages[{i}].content must be a string or a list of text parts",
+                         "invalid_request_error", f"messages[{i}].content")
+        turns.append({"role": m["role"], "content": content})
+    return _generation(data, [chat_prompt(turns, tokenizer)], config, tokenizer,
+                       max_keys=("max_completion_tokens", "max_tokens"))
+
+
+def completion_answer(model: str, texts: list[str], ended: list[str], usage: dict, stream: bool):
+    """A text completion: the answer, or its server-sent events (the text, then its finish reason)."""
+    choices = [{"text": t, "index": i, "logprobs": None, "finish_reason": e}
+               for i, (t, e) in enumerate(zip(texts, ended))]
+    doc = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+           "model": model, "choices": choices, "usage": usage}
+    if not stream:
+        return doc
+
+    async def events():
+        for choice in choices:
+            chunk = dict(doc, choices=[dict(choice, finish_reason=None)])
+            chunk.pop("usage")
+            yield f"data: {json.dumps(chunk)}\n\n"
+            yield f"data: {json.dumps(dict(doc, choices=[dict(choice, text='')]))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return events()
+
+
+def chat_answer(model: str, text: str, ended: str, usage: dict, stream: bool):
+    """A chat completion: the assistant's message, or its server-sent ``chat.completion.chunk`` events
+    (the role and text, then the finish reason)."""
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
+    if not stream:
+        return dict(head, object="chat.completion", usage=usage, choices=[
+            {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": ended}])
+
+    def chunk(delta: dict, finish_reason: str | None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return f"data: {json.dumps(dict(head, object='chat.completion.chunk', choices=[choice]))}\n\n"
+
+    async def events():
+        yield chunk({"role": "assistant", "content": text}, None)
+        yield chunk({}, ended)
+        yield "data: [DONE]\n\n"
+
+    return events()
 
 
 class ClientGone(Exception):
@@ -256,22 +354,29 @@ def create_app(config: NodeConfig) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
+        return await handled(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await handled(request, chat=True)
+
+    async def handled(request: Request, chat: bool):
         node.active += 1
         node.metrics.in_flight.set(node.active)
         try:
-            return await complete(request)
+            return await complete(request, chat)
         finally:
             node.active -= 1
             node.metrics.in_flight.set(node.active)
 
-    async def complete(request: Request):
+    async def complete(request: Request, chat: bool):
         m = node.metrics
         if node.state != "ready":
             m.requests.labels("draining" if node.state == "draining" else "busy").inc()
             why = "draining: this node is shutting down" if node.state == "draining" else f"not ready ({node.state})"
             return error(503, f"server unavailable: {why}; retry on another node", "unavailable",
                          headers={"Retry-After": "1"})
-        parsed = parse_completion(await request.body(), config, node.engine.tokenizer)
+        parsed = (parse_chat if chat else parse_completion)(await request.body(), config, node.engine.tokenizer)
         if isinstance(parsed, JSONResponse):
             m.requests.labels("bad_request").inc()
             return parsed
@@ -303,26 +408,15 @@ def create_app(config: NodeConfig) -> FastAPI:
         m.latency.observe(elapsed)
         if config.slo_ms is not None and elapsed * 1000.0 > config.slo_ms:
             m.over_slo.inc()
-        choices = [{"text": tok.decode(o), "index": i, "logprobs": None,
-                    "finish_reason": "length" if len(o) >= max_tokens else "stop"} for i, o in enumerate(outs)]
         prompt_tokens = sum(len(tok.encode(p)) for p in prompts)
         completion_tokens = sum(len(o) for o in outs)
-        doc = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-               "model": node.model_name, "choices": choices,
-               "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                         "total_tokens": prompt_tokens + completion_tokens}}
-        if not stream:
-            return doc
-
-        async def events():
-            for choice in choices:
-                chunk = dict(doc, choices=[dict(choice, finish_reason=None)])
-                chunk.pop("usage")
-                yield f"data: {json.dumps(chunk)}\n\n"
-                yield f"data: {json.dumps(dict(doc, choices=[dict(choice, text='')]))}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        ended = ["length" if len(o) >= max_tokens else "stop" for o in outs]
+        texts = [tok.decode(o) for o in outs]
+        answer = chat_answer(node.model_name, texts[0], ended[0], usage, stream) if chat else \
+            completion_answer(node.model_name, texts, ended, usage, stream)
+        return StreamingResponse(answer, media_type="text/event-stream") if stream else answer
 
     return app
 

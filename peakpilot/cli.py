@@ -691,7 +691,7 @@ def serve(
     access_log: bool = typer.Option(False, "--access-log", help="Log a line per request (off: /metrics counts "
                                                                 "every outcome)."),
 ) -> None:
-    """Serve a PyTorch model: OpenAI-compatible /v1/completions, /health, /ready, /metrics."""
+    """Serve a PyTorch model: OpenAI-compatible /v1/completions and /v1/chat/completions, /health, /ready, /metrics."""
     from inference_node.engine import ENGINES
     from inference_node.server import NodeConfig, NodeFailed
     from inference_node.server import serve as run_server

@@ -98,6 +98,49 @@ def test_openai_client_gets_a_completion(node):
     assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
 
 
+def test_openai_client_gets_a_chat_completion(node):
+    """The chat endpoint most clients call: the conversation as one prompt, the answer as the assistant's
+    message, streamed as chat.completion.chunk events too; it is batched, counted and shed as completions."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{node.url}/v1", api_key="unused")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    result = client.chat.completions.create(model="x", messages=messages, max_tokens=6, temperature=0)
+    choice = result.choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason in ("length", "stop")
+    # "system: Be brief.\nuser: Hello\nassistant:" in the byte tokenizer
+    assert result.usage.prompt_tokens == 40 and result.usage.completion_tokens <= 6
+    same = client.completions.create(model="x", prompt="system: Be brief.\nuser: Hello\nassistant:", max_tokens=6,
+                                     temperature=0)
+    assert choice.message.content == same.choices[0].text  # one prompt, the same greedy answer
+    chunks = list(client.chat.completions.create(model="x", messages=messages, max_completion_tokens=4,
+                                                 temperature=0, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+    whole = client.chat.completions.create(model="x", messages=messages, max_completion_tokens=4, temperature=0)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert whole.usage.completion_tokens <= 4  # max_completion_tokens, the newer name, is honoured
+    metrics = httpx.get(f"{node.url}/metrics").text
+    assert 'peakpilot_requests_total{outcome="ok"} 4.0' in metrics
+
+
+@pytest.mark.parametrize("body,field,message", [
+    ('{"model": "x"}', "messages", "'messages' must be a non-empty list"),
+    ('{"messages": [{"role": "wizard", "content": "hi"}]}', "messages[0].role", "'role' is one of"),
+    ('{"messages": [{"role": "user", "content": 3}]}', "messages[0].content", "a string or a list of text parts"),
+    ('{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}',
+     "messages[0].content", "text parts only"),
+    ('{"messages": [{"role": "user", "content": "' + "x" * 600 + '"}]}', "messages", "longer than 512 tokens"),
+    ('{"messages": [{"role": "user", "content": "a"}], "max_completion_tokens": 0}', "max_completion_tokens",
+     "positive integer"),
+])
+def test_bad_chat_requests_get_400_naming_the_field(node, body, field, message):
+    r = httpx.post(f"{node.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == field and message in err["message"]
+
+
 def test_ready_only_after_warm_up(node_factory):
     n = node_factory("--model", "builtin:medium", "--max-batch", "16", "--access-log")
     body = n.wait_ready()
