@@ -1,11 +1,11 @@
 """Dynamic batching with a bounded queue: requests wait at most ``max_wait_ms`` to be batched, at most
 ``max_batch`` run together, and past ``max_queue`` waiting a request is refused at once (busy) rather
 than left to time out. Each request is answered as soon as the engine says its row is done (rows leave
-the batch as they finish: ``model.generate``), not when the batch's longest is. A request withdrawn while it waits (its client went away) leaves the queue at
-once: under overload, clients that time out and retry elsewhere would otherwise have the node generate
-their abandoned answers ahead of the ones still wanted. One worker thread hands the batches to the engine
-(inference_node/engine.py), so the event loop keeps answering ``/health``, ``/metrics`` and busy
-refusals while the model works.
+the batch as they finish: ``model.generate``), not when the batch's longest is. A request withdrawn
+while it waits (its client went away) leaves the queue at once: under overload, clients that time out
+and retry elsewhere would otherwise have the node generate their abandoned answers ahead of the ones
+still wanted. One worker thread hands the batches to the engine (inference_node/engine.py), so the
+event loop keeps answering ``/health``, ``/metrics`` and busy refusals while the model works.
 """
 
 from __future__ import annotations

@@ -146,9 +146,9 @@ def generate(model: LoadedModel, prompts: list[list[int]], max_tokens: list[int]
     """Generate for a batch: left-padded prompts, one forward per new token (KV cache if the model has one).
 
     A row leaves the batch once it has its ``max_tokens`` or its end-of-text token (seen within
-    ``EOS_EVERY`` steps), and
-    ``on_finished(i, tokens)`` is told then: a short request batched with a long one is answered at its
-    own length, not the longest's, and the rows still generating stop paying for the finished ones."""
+    ``EOS_EVERY`` steps), and ``on_finished(i, tokens)`` is told then: a short request batched with a
+    long one is answered at its own length, not the longest's, and the rows still generating stop
+    paying for the finished ones."""
     device = model.device
     b = len(prompts)
     longest = max(len(p) for p in prompts)

@@ -12,8 +12,8 @@ lengths the batcher will use, then the node turns ready. SIGTERM (how a
 preempted spot node is told): ``/ready`` turns 503, new work is refused with 503, requests in flight
 finish within ``drain_seconds``, and the process exits 0. A second SIGTERM exits at once. A model
 that fails to load, or an engine process that dies (found by the next request or probe, whichever comes
-first), turns ``/ready`` and ``/health`` 503 with the reason, and ``serve`` stops and exits 1 (on Kubernetes the container restarts, visibly, rather than holding a GPU
-node that never serves).
+first), turns ``/ready`` and ``/health`` 503 with the reason, and ``serve`` stops and exits 1 (on
+Kubernetes the container restarts, visibly, rather than holding a GPU node that never serves).
 """
 
 from __future__ import annotations
@@ -165,17 +165,17 @@ def _json_object(body: bytes) -> dict | JSONResponse:
     return data
 
 
-def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer,
+def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, prompt_field: str = "prompt",
                 max_keys: tuple[str, ...] = ("max_tokens",)) -> tuple[list[str], int, float, bool] | JSONResponse:
-    """What both endpoints ask of a generation: prompts that fit, max tokens, temperature, stream."""
+    """What both endpoints ask of a generation: prompts that fit (from ``prompt_field``), max tokens (the
+    first of ``max_keys`` given), temperature, stream."""
     if len(prompts) > config.max_queue:  # could never be admitted: not busy, too big
-        return error(400, f"'prompt' holds {len(prompts)} prompts; this node takes at most {config.max_queue} in one "
-                          f"request (its --max-queue)", "invalid_request_error", "prompt")
+        return error(400, f"'{prompt_field}' holds {len(prompts)} prompts; this node takes at most "
+                          f"{config.max_queue} in one request (its --max-queue)", "invalid_request_error", prompt_field)
     for p in prompts:
         if len(tokenizer.encode(p)) > config.max_prompt_tokens:
-            field = "prompt" if max_keys == ("max_tokens",) else "messages"
-            return error(400, f"'{field}' is longer than {config.max_prompt_tokens} tokens", "invalid_request_error",
-                         field)
+            return error(400, f"'{prompt_field}' is longer than {config.max_prompt_tokens} tokens",
+                         "invalid_request_error", prompt_field)
     key = next((k for k in max_keys if data.get(k) is not None), max_keys[0])
     max_tokens = data.get(key, 16)
     if max_tokens is None:
@@ -243,8 +243,8 @@ def parse_chat(body: bytes, config: NodeConfig, tokenizer) -> tuple[list[str], i
             return error(400, f"messages[{i}].content must be a string or a list of text parts",
                          "invalid_request_error", f"messages[{i}].content")
         turns.append({"role": m["role"], "content": content})
-    return _generation(data, [chat_prompt(turns, tokenizer)], config, tokenizer,
-                       max_keys=("max_completion_tokens", "max_tokens"))
+    return _generation(data, [chat_prompt(turns, tokenizer)], config, tokenizer, "messages",
+                       ("max_completion_tokens", "max_tokens"))
 
 
 def completion_answer(model: str, texts: list[str], ended: list[str], usage: dict, stream: bool):
@@ -296,8 +296,11 @@ async def until_gone(request: Request, work):
     generated) and raise ``ClientGone``. The body has been read, so the next ASGI message can only be
     the disconnect (as vLLM's ``with_cancellation`` listens for it)."""
     async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
+        try:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # the connection is in no state to answer on
+            return
 
     task, gone = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
     try:

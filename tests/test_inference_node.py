@@ -297,7 +297,8 @@ def test_requests_whose_clients_went_away_are_not_generated(node_factory):
             async def impatient():
                 async with httpx.AsyncClient(base_url=n.url, timeout=0.3) as quick:
                     try:
-                        return (await quick.post("/v1/completions", json={"prompt": "y", "max_tokens": 128})).status_code
+                        r = await quick.post("/v1/completions", json={"prompt": "y", "max_tokens": 128})
+                        return r.status_code
                     except httpx.TimeoutException:
                         return "gave up"
 
