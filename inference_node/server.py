@@ -61,6 +61,9 @@ class NodeConfig:
     max_queue: int = 64
     max_prompt_tokens: int = 512
     max_tokens_limit: int = 256
+    # The most a request's body may hold: a full queue's worth of the longest prompts fits many times over,
+    # and a client sending more (a bug, or worse) is refused before the server holds it all in memory.
+    max_body_bytes: int = 1 << 20
     drain_seconds: float = 30.0
     warmup: bool = True
     quantize: str | None = None
@@ -287,6 +290,20 @@ def chat_answer(model: str, text: str, ended: str, usage: dict, stream: bool):
     return events()
 
 
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None once it is over ``limit`` bytes (by its Content-Length, or as it
+    streams in chunked): reading stops there, so a huge body is never held whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 class ClientGone(Exception):
     """The client closed its connection before its answer was ready."""
 
@@ -379,7 +396,11 @@ def create_app(config: NodeConfig) -> FastAPI:
             why = "draining: this node is shutting down" if node.state == "draining" else f"not ready ({node.state})"
             return error(503, f"server unavailable: {why}; retry on another node", "unavailable",
                          headers={"Retry-After": "1"})
-        parsed = (parse_chat if chat else parse_completion)(await request.body(), config, node.engine.tokenizer)
+        body = await read_body(request, config.max_body_bytes)
+        if body is None:
+            m.requests.labels("bad_request").inc()
+            return error(413, f"the request body is over {config.max_body_bytes} bytes", "invalid_request_error")
+        parsed = (parse_chat if chat else parse_completion)(body, config, node.engine.tokenizer)
         if isinstance(parsed, JSONResponse):
             m.requests.labels("bad_request").inc()
             return parsed

@@ -198,6 +198,24 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(node):
     assert node.proc.wait(30) == 0
 
 
+def test_a_body_over_the_limit_is_refused_413_before_it_is_held_whole(node):
+    """A client that sends megabytes (a bug, or worse) gets 413 at once, whether it declares its length or
+    streams the body chunked; before, the server read any body whole into memory first."""
+    big = b'{"prompt": "' + b"x" * (2 << 20) + b'"}'
+    declared = httpx.post(f"{node.url}/v1/completions", content=big, headers={"content-type": "application/json"})
+
+    def chunks():
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+
+    streamed = httpx.post(f"{node.url}/v1/chat/completions", content=chunks(),
+                          headers={"content-type": "application/json"})
+    for r in (declared, streamed):
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["message"] == "the request body is over 1048576 bytes"
+    assert httpx.post(f"{node.url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}).status_code == 200
+
+
 @pytest.mark.parametrize("body,field,message", [
     ("{not json", None, "malformed JSON"),
     ("[1, 2]", None, "must be a JSON object"),
