@@ -24,7 +24,7 @@ import logging
 import signal
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -168,13 +168,36 @@ def _json_object(body: bytes) -> dict | JSONResponse:
     return data
 
 
+@dataclass
+class Generation:
+    """What a request asks to generate, as both endpoints parse it."""
+
+    prompts: list[str]
+    max_tokens: int
+    temperature: float
+    stream: bool
+    n: int = 1  # answers per prompt
+    stop: list[str] = field(default_factory=list)  # the answer ends before the first of these
+
+
 def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, prompt_field: str = "prompt",
-                max_keys: tuple[str, ...] = ("max_tokens",)) -> tuple[list[str], int, float, bool] | JSONResponse:
+                max_keys: tuple[str, ...] = ("max_tokens",)) -> Generation | JSONResponse:
     """What both endpoints ask of a generation: prompts that fit (from ``prompt_field``), max tokens (the
-    first of ``max_keys`` given), temperature, stream."""
-    if len(prompts) > config.max_queue:  # could never be admitted: not busy, too big
-        return error(400, f"'{prompt_field}' holds {len(prompts)} prompts; this node takes at most "
-                          f"{config.max_queue} in one request (its --max-queue)", "invalid_request_error", prompt_field)
+    first of ``max_keys`` given), temperature, stream, answers per prompt (``n``) and stop strings."""
+    n = data.get("n", 1)
+    if n is None:
+        n = 1
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        return error(400, "'n' must be a positive integer", "invalid_request_error", "n")
+    if len(prompts) * n > config.max_queue:  # could never be admitted: not busy, too big
+        asked = f"{len(prompts)} prompts" + (f" x n={n}" if n > 1 else "")
+        return error(400, f"'{prompt_field}' holds {asked}; this node takes at most {config.max_queue} in one "
+                          f"request (its --max-queue)", "invalid_request_error", prompt_field if n == 1 else "n")
+    stop = data.get("stop")
+    stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(x, str) and x for x in stop):
+        return error(400, "'stop' must be a string or a list of at most 4 non-empty strings", "invalid_request_error",
+                     "stop")
     for p in prompts:
         if len(tokenizer.encode(p)) > config.max_prompt_tokens:
             return error(400, f"'{prompt_field}' is longer than {config.max_prompt_tokens} tokens",
@@ -193,10 +216,10 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, p
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         return error(400, "'stream' must be true or false", "invalid_request_error", "stream")
-    return prompts, max_tokens, float(temperature), stream
+    return Generation(prompts, max_tokens, float(temperature), stream, n, stop)
 
 
-def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> tuple[list[str], int, float, bool] | JSONResponse:
+def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> Generation | JSONResponse:
     data = _json_object(body)
     if isinstance(data, JSONResponse):
         return data
@@ -222,7 +245,7 @@ def chat_prompt(messages: list[dict], tokenizer) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
-def parse_chat(body: bytes, config: NodeConfig, tokenizer) -> tuple[list[str], int, float, bool] | JSONResponse:
+def parse_chat(body: bytes, config: NodeConfig, tokenizer) -> Generation | JSONResponse:
     """A chat completion request (``messages``, text content only), as one prompt."""
     data = _json_object(body)
     if isinstance(data, JSONResponse):
@@ -270,24 +293,33 @@ def completion_answer(model: str, texts: list[str], ended: list[str], usage: dic
     return events()
 
 
-def chat_answer(model: str, text: str, ended: str, usage: dict, stream: bool):
-    """A chat completion: the assistant's message, or its server-sent ``chat.completion.chunk`` events
-    (the role and text, then the finish reason)."""
+def chat_answer(model: str, texts: list[str], ended: list[str], usage: dict, stream: bool):
+    """A chat completion: the assistant's message (one choice per answer asked for, ``n``), or its
+    server-sent ``chat.completion.chunk`` events (each choice's role and text, then its finish reason)."""
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
     if not stream:
         return dict(head, object="chat.completion", usage=usage, choices=[
-            {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": ended}])
+            {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": e}
+            for i, (t, e) in enumerate(zip(texts, ended))])
 
-    def chunk(delta: dict, finish_reason: str | None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def chunk(index: int, delta: dict, finish_reason: str | None) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return f"data: {json.dumps(dict(head, object='chat.completion.chunk', choices=[choice]))}\n\n"
 
     async def events():
-        yield chunk({"role": "assistant", "content": text}, None)
-        yield chunk({}, ended)
+        for i, (t, e) in enumerate(zip(texts, ended)):
+            yield chunk(i, {"role": "assistant", "content": t}, None)
+            yield chunk(i, {}, e)
         yield "data: [DONE]\n\n"
 
     return events()
+
+
+def until_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """The text up to the first of the stop strings (which is left out, as OpenAI's API does), and whether
+    one was found. The model generates on to its ``max_tokens``; the answer ends where the client asked."""
+    cut = min((i for i in (text.find(x) for x in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
@@ -404,12 +436,13 @@ def create_app(config: NodeConfig) -> FastAPI:
         if isinstance(parsed, JSONResponse):
             m.requests.labels("bad_request").inc()
             return parsed
-        prompts, max_tokens, temperature, stream = parsed
+        asked: Generation = parsed
+        prompts = [p for p in asked.prompts for _ in range(asked.n)]  # choice i*n+j: prompt i's j-th answer
         started = time.perf_counter()
         tok = node.engine.tokenizer
         try:
-            outs = await until_gone(request, node.batcher.submit_all([tok.encode(p) for p in prompts], max_tokens,
-                                                                     temperature))
+            outs = await until_gone(request, node.batcher.submit_all([tok.encode(p) for p in prompts],
+                                                                     asked.max_tokens, asked.temperature))
         except ClientGone:
             m.requests.labels("cancelled").inc()
             return Response(status_code=499)  # nobody is there to read it (nginx's "client closed request")
@@ -432,15 +465,19 @@ def create_app(config: NodeConfig) -> FastAPI:
         m.latency.observe(elapsed)
         if config.slo_ms is not None and elapsed * 1000.0 > config.slo_ms:
             m.over_slo.inc()
-        prompt_tokens = sum(len(tok.encode(p)) for p in prompts)
-        completion_tokens = sum(len(o) for o in outs)
+        texts, ended, completion_tokens = [], [], 0
+        for o in outs:
+            text, stopped = until_stop(tok.decode(o), asked.stop)
+            texts.append(text)
+            ended.append("stop" if stopped or len(o) < asked.max_tokens else "length")
+            # the tokens the answer kept: the longest run of them that reads as a beginning of its text
+            completion_tokens += max(k for k in range(len(o) + 1) if text.startswith(tok.decode(o[:k]))) \
+                if stopped else len(o)
+        prompt_tokens = sum(len(tok.encode(p)) for p in asked.prompts)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
-        ended = ["length" if len(o) >= max_tokens else "stop" for o in outs]
-        texts = [tok.decode(o) for o in outs]
-        answer = chat_answer(node.model_name, texts[0], ended[0], usage, stream) if chat else \
-            completion_answer(node.model_name, texts, ended, usage, stream)
-        return StreamingResponse(answer, media_type="text/event-stream") if stream else answer
+        answer = (chat_answer if chat else completion_answer)(node.model_name, texts, ended, usage, asked.stream)
+        return StreamingResponse(answer, media_type="text/event-stream") if asked.stream else answer
 
     return app
 

@@ -98,6 +98,36 @@ def test_openai_client_gets_a_completion(node):
     assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
 
 
+def test_n_answers_per_prompt_and_stop_strings(node):
+    """``n`` answers per prompt (choice i*n+j is prompt i's j-th, as OpenAI orders them) and ``stop``: the
+    answer ends before the first stop string, finish_reason "stop", its tokens counted up to there."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{node.url}/v1", api_key="unused")
+    many = client.completions.create(model="x", prompt=["Hello", "Bye"], n=3, max_tokens=5, temperature=0)
+    assert [c.index for c in many.choices] == list(range(6))
+    assert len({c.text for c in many.choices[:3]}) == 1 and len({c.text for c in many.choices[3:]}) == 1
+    alone = client.completions.create(model="x", prompt="Bye", max_tokens=5, temperature=0)
+    assert many.choices[3].text == alone.choices[0].text
+    chats = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}], n=2,
+                                           max_tokens=4, temperature=1.0)
+    assert [c.index for c in chats.choices] == [0, 1]
+
+    whole = client.completions.create(model="x", prompt="Tell me", max_tokens=16, temperature=0).choices[0].text
+    stop = whole[4:6]
+    cut = client.completions.create(model="x", prompt="Tell me", max_tokens=16, temperature=0, stop=[stop, "never"])
+    assert cut.choices[0].text == whole[:whole.find(stop)] and cut.choices[0].finish_reason == "stop"
+    assert cut.usage.completion_tokens < 16
+
+    for body, param, message in (({"prompt": "a", "n": 0}, "n", "'n' must be a positive integer"),
+                                 ({"prompt": ["a"] * 4, "n": 5}, "n", "holds 4 prompts x n=5"),
+                                 ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+                                 ({"prompt": "a", "stop": [""]}, "stop", "non-empty strings")):
+        r = httpx.post(f"{node.url}/v1/completions", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+        assert message in r.json()["error"]["message"]
+
+
 def test_openai_client_gets_a_chat_completion(node):
     """The chat endpoint most clients call: the conversation as one prompt, the answer as the assistant's
     message, streamed as chat.completion.chunk events too; it is batched, counted and shed as completions."""
