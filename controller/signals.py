@@ -24,6 +24,11 @@ the moment it ends may lack its last samples: a lower rate, or none (a window th
 log = logging.getLogger("peakpilot.daemon")
 
 
+def recent(step: pd.Timedelta) -> pd.Timedelta:
+    """The newest stretch read again each cycle: ``REREAD``, and two steps at least."""
+    return step * max(2, math.ceil(REREAD / step))
+
+
 class SignalError(RuntimeError):
     pass
 
@@ -106,7 +111,7 @@ class PrometheusSignals:
                 raise SignalError(str(exc)) from None
         elif self._counts.index[-1] + step < end:
             last = self._counts.index[-1] + step
-            since = max(self._counts.index[0], last - step * max(2, math.ceil(REREAD / step)))
+            since = max(self._counts.index[0], last - recent(step))
             new = self._read(since, end)  # its newest steps again (REREAD), and what is new
             counts = pd.concat([self._counts[self._counts.index < since], new])
             counts = counts[counts.index >= end - pd.Timedelta(days=self.history_days)]
@@ -125,7 +130,7 @@ class PrometheusSignals:
         last observed one stands in for a missing latest)."""
         end = pd.Timestamp(now, tz="UTC").floor("1min")
         step = self.source.step
-        last = self._read(end - step * max(2, math.ceil(pd.Timedelta(minutes=5) / step)), end).dropna()
+        last = self._read(end - recent(step), end).dropna()
         load = float(last.iloc[-1]) / step.total_seconds() if len(last) else None
         return Observation(np.datetime64(end.tz_localize(None), "m"), load, self._busy_share(end))
 

@@ -153,8 +153,9 @@ def _engine_main(conn, spec: EngineSpec) -> None:
         if message is None:
             return
         try:
-            # Each row as it finishes, then the batch: a short request is answered at its own length.
-            conn.send(("ok", generate(model, *message, on_finished=lambda i, tokens: conn.send(("row", i, tokens)))))
+            # Each row as it finishes (a short request is answered at its own length); then the batch's end.
+            generate(model, *message, on_finished=lambda i, tokens: conn.send(("row", i, tokens)))
+            conn.send(("ok", None))
         except Exception as exc:  # a failing batch is answered; the engine lives on
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -189,7 +190,9 @@ class ProcessEngine:
 
     def run(self, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
             seed: int, on_finished=None) -> list[list[int]]:
-        """One batch; ``on_finished(i, tokens)`` for each row as the engine reports it done."""
+        """One batch; ``on_finished(i, tokens)`` for each row as the engine reports it done (every row is,
+        once: the batch's answer is those rows)."""
+        rows: dict[int, list[int]] = {}
         with self._lock:
             try:
                 self._conn.send((prompts, max_tokens, temperatures, seed))
@@ -197,14 +200,16 @@ class ProcessEngine:
                     kind, *payload = self._conn.recv()
                     if kind != "row":
                         break
+                    i, tokens = payload
+                    rows[i] = tokens
                     if on_finished is not None:
-                        on_finished(*payload)
+                        on_finished(i, tokens)
             except (EOFError, OSError):
                 self._proc.join(1)
                 raise EngineGone(f"the engine process is gone (exit code {self._proc.exitcode})") from None
         if kind != "ok":
             raise EngineError(payload[0])
-        return payload[0]
+        return [rows[i] for i in range(len(prompts))]
 
     def gone(self) -> str | None:
         """Why the engine process cannot run a batch any more (it died: killed for memory, a crash in

@@ -172,7 +172,7 @@ def _json_object(body: bytes) -> dict | JSONResponse:
 class Generation:
     """What a request asks to generate, as both endpoints parse it."""
 
-    prompts: list[str]
+    prompts: list[list[int]]  # as the tokenizer encodes them
     max_tokens: int
     temperature: float
     stream: bool
@@ -198,10 +198,10 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, p
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(x, str) and x for x in stop):
         return error(400, "'stop' must be a string or a list of at most 4 non-empty strings", "invalid_request_error",
                      "stop")
-    for p in prompts:
-        if len(tokenizer.encode(p)) > config.max_prompt_tokens:
-            return error(400, f"'{prompt_field}' is longer than {config.max_prompt_tokens} tokens",
-                         "invalid_request_error", prompt_field)
+    ids = [tokenizer.encode(p) for p in prompts]
+    if any(len(p) > config.max_prompt_tokens for p in ids):
+        return error(400, f"'{prompt_field}' is longer than {config.max_prompt_tokens} tokens",
+                     "invalid_request_error", prompt_field)
     key = next((k for k in max_keys if data.get(k) is not None), max_keys[0])
     max_tokens = data.get(key, 16)
     if max_tokens is None:
@@ -216,7 +216,7 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, p
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         return error(400, "'stream' must be true or false", "invalid_request_error", "stream")
-    return Generation(prompts, max_tokens, float(temperature), stream, n, stop)
+    return Generation(ids, max_tokens, float(temperature), stream, n, stop)
 
 
 def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> Generation | JSONResponse:
@@ -441,8 +441,7 @@ def create_app(config: NodeConfig) -> FastAPI:
         started = time.perf_counter()
         tok = node.engine.tokenizer
         try:
-            outs = await until_gone(request, node.batcher.submit_all([tok.encode(p) for p in prompts],
-                                                                     asked.max_tokens, asked.temperature))
+            outs = await until_gone(request, node.batcher.submit_all(prompts, asked.max_tokens, asked.temperature))
         except ClientGone:
             m.requests.labels("cancelled").inc()
             return Response(status_code=499)  # nobody is there to read it (nginx's "client closed request")
@@ -473,7 +472,7 @@ def create_app(config: NodeConfig) -> FastAPI:
             # the tokens the answer kept: the longest run of them that reads as a beginning of its text
             completion_tokens += max(k for k in range(len(o) + 1) if text.startswith(tok.decode(o[:k]))) \
                 if stopped else len(o)
-        prompt_tokens = sum(len(tok.encode(p)) for p in asked.prompts)
+        prompt_tokens = sum(len(p) for p in asked.prompts)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
         answer = (chat_answer if chat else completion_answer)(node.model_name, texts, ended, usage, asked.stream)
