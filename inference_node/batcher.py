@@ -1,23 +1,29 @@
-"""Dynamic batching with a bounded queue: requests wait at most ``max_wait_ms`` to be batched, at most
-``max_batch`` run together, and past ``max_queue`` waiting a request is refused at once (busy) rather
-than left to time out. Each request is answered as soon as the engine says its row is done (rows leave
-the batch as they finish: ``model.generate``), not when the batch's longest is. A request withdrawn
-while it waits (its client went away) leaves the queue at once: under overload, clients that time out
-and retry elsewhere would otherwise have the node generate their abandoned answers ahead of the ones
-still wanted. One worker thread hands the batches to the engine (inference_node/engine.py), so the
-event loop keeps answering ``/health``, ``/metrics`` and busy refusals while the model works.
+"""Continuous batching with a bounded queue: a request joins the batch the engine is generating at its
+next step, as soon as one of the batch's ``max_batch`` rows is free (rows free as their requests
+finish), not once the whole batch is done. When the engine is idle the first request waits at most
+``max_wait_ms`` for others to start with it (one prefill for all). Past ``max_queue`` waiting a request
+is refused at once (busy) rather than left to time out, and with a latency target (``slo_ms``) so is one
+whose expected wait is over it. ``continuous=False`` runs each batch to its end before the next starts
+(the node's choice on a CPU: ``--batching``, server.py).
+
+A request withdrawn (its client went away) leaves the queue at once, or the batch at the engine's next
+step: under overload, clients that time out and retry elsewhere would otherwise have the node generate
+their abandoned answers ahead of the ones still wanted. The engine (inference_node/engine.py) generates
+on a thread or process of its own and reports each row as it finishes, so the event loop keeps
+answering ``/health``, ``/metrics`` and busy refusals while the model works.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
 
-# (prompts, max_tokens, temperatures, seed, on_finished=(row, tokens) -> None) -> tokens per row; blocking
-RunBatch = Callable[..., list[list[int]]]
+from inference_node.engine import EngineError, EngineGone
+
+RATE_WINDOW = 5.0  # seconds of answers the tokens-per-second gauge covers
 
 
 class QueueFull(Exception):
@@ -29,34 +35,48 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)
 class Job:
+    key: int
     prompt: list[int]
     max_tokens: int
     temperature: float
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    joined: float = 0.0  # when it joined the engine's batch
+    alongside: int = 0  # rows generating in the batch as it joined, itself included
 
 
 class Batcher:
-    def __init__(self, run: RunBatch, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 64,
-                 metrics=None, slo_ms: float | None = None):
-        self.run = run  # blocking: (prompts, max_tokens, temperatures, seed, on_finished) -> token lists
+    def __init__(self, engine, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 64,
+                 metrics=None, slo_ms: float | None = None, continuous: bool = True):
+        """``engine``: ``submit(key, prompt, max_tokens, temperature)``, ``drop(key)`` and ``listen(fn)``,
+        ``fn(kind, key, payload)`` called on the engine's thread as rows finish (engine.py). Not
+        ``continuous``: a batch runs to its end before the next starts (rows still leave as they finish)."""
+        self.engine = engine
+        self.continuous = continuous
         self.slo = None if slo_ms is None else slo_ms / 1000.0
-        self.batch_seconds = 0.0  # moving average of a batch's run time
+        self.row_seconds = 0.0  # moving average of a request's time generating (joined to answered)
+        self.batch_seconds = 0.0  # run to end: moving average of a batch's time, first row in to last out
+        self._batch = (0.0, 0)  # run to end: when the running batch started, and its rows
         self.latency_seconds = 0.0  # moving average of requests' time in the node (enqueue to answer)
-        self.running = False
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.metrics = metrics
-        self.queue: deque[Job] = deque()  # waiting to be batched, oldest first
-        self._arrived = asyncio.Event()
+        self.queue: deque[Job] = deque()  # waiting for a row, oldest first
+        self.generating: dict[int, Job] = {}  # in the engine's batch, by key
         self.in_flight = 0
-        self.batches = 0
+        self.joins = 0  # groups of requests that joined the batch
+        self._keys = itertools.count()
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._answered: deque[tuple[float, int]] = deque()  # (when, tokens) over the last RATE_WINDOW s
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
-        self._seed = 0
+        engine.listen(self._heard)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run())
 
     async def stop(self) -> None:
         if self._task:
@@ -67,15 +87,24 @@ class Batcher:
         return len(self.queue)
 
     @property
+    def running(self) -> bool:
+        return bool(self.generating)
+
+    @property
     def idle(self) -> bool:
         return not self.queue and self.in_flight == 0
 
     def expected_wait(self, count: int = 1) -> float:
-        """Seconds the last of ``count`` requests arriving now would take: the batches ahead of it, the
-        running one and its own, or what requests have lately really taken, whichever is more (the model
-        of the queue does not see a CPU shared with other work)."""
-        batches_ahead = (len(self.queue) + count - 1) // self.max_batch + 1
-        modelled = (batches_ahead + (1 if self.running else 0)) * self.batch_seconds
+        """Seconds the last of ``count`` requests arriving now would take, or what requests have lately
+        really taken, whichever is more (the model of the queue does not see a CPU shared with other work).
+        Continuous: its wait for a free row (rows free ``max_batch`` per row-time, as the requests generating
+        finish) and its own time generating. Run to end: the batch running, the batches ahead and its own."""
+        if self.continuous:
+            ahead = len(self.queue) + count - (self.max_batch - len(self.generating))
+            modelled = (max(0, ahead) / self.max_batch + 1) * self.row_seconds
+        else:
+            batches = (len(self.queue) + count - 1) // self.max_batch + 1 + (1 if self.generating else 0)
+            modelled = batches * self.batch_seconds
         if self.in_flight == 0:
             # Nothing in the node: the past latency says nothing about now (and shedding on it alone
             # would refuse every request for ever, since none would finish to correct it).
@@ -92,25 +121,32 @@ class Batcher:
         if len(self.queue) + count > self.max_queue:
             raise QueueFull(len(self.queue), "the queue is full" if count == 1 else
                             f"the queue has no room for {count} prompts")
-        if self.slo is not None and self.batch_seconds and self.expected_wait(count) > self.slo:
+        measured = self.row_seconds if self.continuous else self.batch_seconds
+        if self.slo is not None and measured and self.expected_wait(count) > self.slo:
             raise QueueFull(len(self.queue), f"the expected wait {self.expected_wait(count):.2f} s is over the "
                                                 f"{self.slo:g} s latency target")
         loop = asyncio.get_running_loop()
-        jobs = [Job(p, max_tokens, temperature, loop.create_future()) for p in prompts]
+        jobs = [Job(next(self._keys), p, max_tokens, temperature, loop.create_future()) for p in prompts]
         self.in_flight += count
         self.queue.extend(jobs)
         self._arrived.set()
         self._gauge()
         try:
             return list(await asyncio.gather(*(job.future for job in jobs)))
-        except asyncio.CancelledError:  # withdrawn: what has not been batched yet will not be
-            for job in jobs:
-                if job in self.queue:
-                    self.queue.remove(job)
-            self._gauge()
+        except BaseException:  # withdrawn (or a part failed): the rest is not generated for nobody
+            self._withdraw(jobs)
             raise
         finally:
             self.in_flight -= count
+
+    def _withdraw(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job in self.queue:
+                self.queue.remove(job)
+            elif self.generating.pop(job.key, None) is not None:
+                self.engine.drop(job.key)
+                self._room.set()
+        self._gauge()
 
     def _gauge(self) -> None:
         if self.metrics:
@@ -130,58 +166,91 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._next()]
-            deadline = time.perf_counter() + self.max_wait
-            while len(batch) < self.max_batch:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                job = await self._next(remaining)
+            while len(self.generating) >= (self.max_batch if self.continuous else 1):
+                self._room.clear()
+                await self._room.wait()
+            group = [await self._next()]
+            # An idle engine: the first request waits a moment for others to start with it. A busy one:
+            # whoever is waiting joins at its next step.
+            deadline = time.perf_counter() + self.max_wait if not self.generating else None
+            while len(group) < self.max_batch - len(self.generating):
+                if deadline is None or deadline <= time.perf_counter():
+                    if not self.queue:
+                        break
+                    group.append(self.queue.popleft())
+                    continue
+                job = await self._next(deadline - time.perf_counter())
                 if job is None:
                     break
-                batch.append(job)
+                group.append(job)
             self._gauge()
-            await self._execute(batch)
+            self._join(group)
 
-    async def _execute(self, batch: list[Job]) -> None:
-        batch = [job for job in batch if not job.future.cancelled()]  # withdrawn while the batch filled
-        if not batch:
+    def _join(self, group: list[Job]) -> None:
+        group = [job for job in group if not job.future.done()]  # withdrawn while the group formed
+        if not group:
             return
-        self._seed += 1
-        started = time.perf_counter()
-        self.running = True
-        loop = asyncio.get_running_loop()
-
-        def finished(i: int, tokens: list[int]) -> None:  # on the worker thread, as each row is done
-            loop.call_soon_threadsafe(self._answer, batch[i], tokens)
-
-        try:
-            outputs = await asyncio.to_thread(self.run, [j.prompt for j in batch],
-                                              [j.max_tokens for j in batch], [j.temperature for j in batch],
-                                              self._seed, on_finished=finished)
-        except Exception as exc:  # a failing batch answers its requests with an error, the server lives on
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            return
-        finally:
-            self.running = False
-        elapsed = time.perf_counter() - started
-        # Full batches say most about the cost of the next one under load.
-        weight = 0.3 if len(batch) >= self.max_batch // 2 else 0.05
-        self.batch_seconds = elapsed if not self.batch_seconds else (1 - weight) * self.batch_seconds + weight * elapsed
-        self.batches += 1
-        tokens = sum(len(o) for o in outputs)
+        now = time.perf_counter()
+        for i, job in enumerate(group):
+            try:
+                self.engine.submit(job.key, job.prompt, job.max_tokens, job.temperature)
+            except Exception as exc:  # the engine is gone: these cannot be generated
+                for lost in group[i:]:
+                    if not lost.future.done():
+                        lost.future.set_exception(exc)
+                return
+            job.joined = now
+            self.generating[job.key] = job
+        if len(self.generating) == len(group):
+            self._batch = (now, len(group))
+        for job in group:
+            job.alongside = len(self.generating)
+        self.joins += 1
         if self.metrics:
-            self.metrics.batch_size.observe(len(batch))
-            self.metrics.tokens.inc(tokens)
-            self.metrics.tokens_per_second.set(tokens / elapsed if elapsed > 0 else 0.0)
-        for job, out in zip(batch, outputs):  # those the engine did not report one by one
-            self._answer(job, out)
+            self.metrics.batch_size.observe(len(self.generating))
+
+    def _heard(self, kind: str, key, payload) -> None:
+        """From the engine's thread: a row finished (``row``), failed (``error``), or the engine died (``gone``)."""
+        try:
+            self._loop.call_soon_threadsafe(self._settle, kind, key, payload)
+        except RuntimeError:  # the loop is closed: the server is shutting down
+            pass
+
+    def _settle(self, kind: str, key, payload) -> None:
+        if kind == "gone":
+            for job in self.generating.values():
+                if not job.future.done():
+                    job.future.set_exception(EngineGone(payload))
+            self.generating.clear()
+            self._room.set()
+            return
+        job = self.generating.pop(key, None)
+        if job is None:  # withdrawn; the engine had finished it before it heard
+            return
+        self._room.set()
+        if not self.generating and not self.continuous:  # a batch's end
+            took, rows = time.perf_counter() - self._batch[0], self._batch[1]
+            weight = 0.3 if rows >= self.max_batch // 2 else 0.05  # full batches say most about the next
+            self.batch_seconds = took if not self.batch_seconds else (1 - weight) * self.batch_seconds + weight * took
+        if job.future.done():
+            return
+        if kind == "error":
+            job.future.set_exception(EngineError(payload))
+        else:
+            self._answer(job, payload)
 
     def _answer(self, job: Job, tokens: list[int]) -> None:
-        if job.future.done():  # answered already as its row finished, or withdrawn
-            return
-        waited = time.perf_counter() - job.enqueued
+        now = time.perf_counter()
+        waited = now - job.enqueued
         self.latency_seconds = waited if not self.latency_seconds else 0.8 * self.latency_seconds + 0.2 * waited
+        # Rows generated alongside many others say most about a row's time under load.
+        took, weight = now - job.joined, 0.2 if job.alongside >= self.max_batch // 2 else 0.05
+        self.row_seconds = took if not self.row_seconds else (1 - weight) * self.row_seconds + weight * took
+        if self.metrics:
+            self.metrics.tokens.inc(len(tokens))
+            self._answered.append((now, len(tokens)))
+            while self._answered[0][0] < now - RATE_WINDOW:
+                self._answered.popleft()
+            span = max(now - self._answered[0][0], 1.0)
+            self.metrics.tokens_per_second.set(sum(n for _, n in self._answered) / span)
         job.future.set_result(tokens)

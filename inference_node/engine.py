@@ -15,10 +15,12 @@ generates one batch (blocking: the batcher calls it from a worker thread).
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import signal
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 ENGINES = ("process", "thread")
 
@@ -46,7 +48,7 @@ def _load_and_warm(spec: EngineSpec):
     run, twice over. Returns the loaded model and the seconds each phase took."""
     import torch
 
-    from inference_node.model import generate, load_model
+    from inference_node.model import DecodeBatch, generate, load_model
 
     if spec.threads:
         torch.set_num_threads(spec.threads)
@@ -60,6 +62,12 @@ def _load_and_warm(spec: EngineSpec):
             for b in sizes:
                 for length in (8, 64):
                     generate(model, [[65] * length] * b, [8] * b, [0.0] * b)
+            joined = DecodeBatch(model)  # and a request joining a batch already generating
+            joined.add(0, [65] * 8, 8, 0.0)
+            joined.step()
+            joined.add(1, [65] * 64, 4, 0.0)
+            while len(joined):
+                joined.step()
     timings["warmup"] = time.perf_counter() - warm_started
     return model, timings
 
@@ -92,14 +100,53 @@ def missing_gpu() -> str | None:
     return f"NVIDIA_VISIBLE_DEVICES={visible} says this container was given a GPU, but {why}; serving on the CPU"
 
 
+Listener = Callable[[str, object, object], None]  # (kind, key, payload), on the engine's own thread
+
+
+def engine_loop(model, seed: int, receive, send) -> None:
+    """Generate for whatever requests are in: take the messages that came in (``receive(block)``:
+    ``("add", key, prompt, max_tokens, temperature)``, ``("drop", key)``, or None to stop; blocking only
+    while nothing is generating), run one step, ``send`` the rows that finished; again. A step that fails
+    answers every request in the batch with the error, and the loop goes on with an empty batch."""
+    from inference_node.model import DecodeBatch
+
+    batch, inside = DecodeBatch(model, seed), set()
+    while True:
+        for message in receive(not len(batch)):
+            if message is None:
+                return
+            kind, key, *args = message
+            if kind == "add":
+                batch.add(key, *args)
+                inside.add(key)
+            elif kind == "drop" and batch.drop(key):
+                inside.discard(key)
+        if not len(batch):
+            continue
+        try:
+            finished = batch.step()
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            for key in inside:
+                send(("error", key, why))
+            batch, inside = DecodeBatch(model, seed + batch.steps), set()
+            continue
+        for key, tokens in finished:
+            inside.discard(key)
+            send(("row", key, tokens))
+
+
 class ThreadEngine:
-    """The model in the server's own process."""
+    """The model in the server's own process, generating on a thread of its own."""
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
         self.model = None
         self.name = self.tokenizer = self.device = self.device_warning = None
         self.timings: dict[str, float] = {}
+        self._inbox: queue.Queue = queue.Queue()
+        self._listener: Listener = lambda kind, key, payload: None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         import sys
@@ -107,29 +154,47 @@ class ThreadEngine:
         # The generation thread holds the GIL between torch ops; a short switch interval lets the event
         # loop answer /ready, /metrics and 429s promptly while a batch runs.
         sys.setswitchinterval(0.0005)
-        from inference_node.model import generate
-
-        self._generate = generate
         self.model, self.timings = _load_and_warm(self.spec)
         self.name, self.tokenizer = self.model.name, self.model.tokenizer
         self.device = describe_device(self.model.device)
         self.device_warning = missing_gpu() if self.model.device.type == "cpu" else None
 
-    def run(self, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
-            seed: int, on_finished=None) -> list[list[int]]:
-        return self._generate(self.model, prompts, max_tokens, temperatures, seed, on_finished)
+        def receive(block: bool) -> list:
+            messages = [self._inbox.get()] if block else []
+            while True:
+                try:
+                    messages.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    return messages
+
+        self._thread = threading.Thread(target=engine_loop, name="peakpilot-engine", daemon=True,
+                                        args=(self.model, self.spec.seed, receive, lambda e: self._listener(*e)))
+        self._thread.start()
+
+    def listen(self, listener: Listener) -> None:
+        self._listener = listener
+
+    def submit(self, key, prompt: list[int], max_tokens: int, temperature: float) -> None:
+        self._inbox.put(("add", key, prompt, max_tokens, temperature))
+
+    def drop(self, key) -> None:
+        self._inbox.put(("drop", key))
 
     def gone(self) -> str | None:
         return None  # the model lives in the server's own process
 
     def close(self) -> None:
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join(5)
+            self._thread = None
         self.model = None
 
 
 def _engine_main(conn, spec: EngineSpec) -> None:
-    """The engine process: load, warm, report; then one batch per message until told to stop or the
-    server's end of the pipe closes (the server died: the engine goes with it)."""
-    # Signals are the server's to handle: a drain needs the engine alive until the last batch is done.
+    """The engine process: load, warm, report; then the engine loop until told to stop or the server's
+    end of the pipe closes (the server died: the engine goes with it)."""
+    # Signals are the server's to handle: a drain needs the engine alive until the last request is done.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -143,32 +208,31 @@ def _engine_main(conn, spec: EngineSpec) -> None:
         except Exception:
             pass
         return
-    from inference_node.model import generate
 
-    while True:
+    def receive(block: bool) -> list:
         try:
-            message = conn.recv()
+            messages = [conn.recv()] if block else []
+            while conn.poll():
+                messages.append(conn.recv())
         except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        try:
-            # Each row as it finishes (a short request is answered at its own length); then the batch's end.
-            generate(model, *message, on_finished=lambda i, tokens: conn.send(("row", i, tokens)))
-            conn.send(("ok", None))
-        except Exception as exc:  # a failing batch is answered; the engine lives on
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            return [None]
+        return messages
+
+    engine_loop(model, spec.seed, receive, conn.send)
 
 
 class ProcessEngine:
-    """The model in an engine process of its own (spawned: safe with CUDA and threads)."""
+    """The model in an engine process of its own (spawned: safe with CUDA and threads). A reader thread
+    hands the engine's reports to the listener."""
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
         self.name = self.tokenizer = self.device = self.device_warning = None
         self.timings: dict[str, float] = {}
         self._proc = self._conn = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # sends come from the event loop and from close
+        self._listener: Listener = lambda kind, key, payload: None
+        self._reader: threading.Thread | None = None
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -187,33 +251,43 @@ class ProcessEngine:
                               if "pickle" in str(payload).lower() else payload)
         self.name, self.tokenizer, self.timings = payload["name"], payload["tokenizer"], payload["timings"]
         self.device, self.device_warning = payload["device"], payload["device_warning"]
+        self._reader = threading.Thread(target=self._read, name="peakpilot-engine-reader", daemon=True)
+        self._reader.start()
 
-    def run(self, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
-            seed: int, on_finished=None) -> list[list[int]]:
-        """One batch; ``on_finished(i, tokens)`` for each row as the engine reports it done (every row is,
-        once: the batch's answer is those rows)."""
-        rows: dict[int, list[int]] = {}
-        with self._lock:
+    def _read(self) -> None:
+        conn = self._conn
+        while True:
             try:
-                self._conn.send((prompts, max_tokens, temperatures, seed))
-                while True:
-                    kind, *payload = self._conn.recv()
-                    if kind != "row":
-                        break
-                    i, tokens = payload
-                    rows[i] = tokens
-                    if on_finished is not None:
-                        on_finished(i, tokens)
+                kind, key, payload = conn.recv()
             except (EOFError, OSError):
-                self._proc.join(1)
-                raise EngineGone(f"the engine process is gone (exit code {self._proc.exitcode})") from None
-        if kind != "ok":
-            raise EngineError(payload[0])
-        return [rows[i] for i in range(len(prompts))]
+                break
+            self._listener(kind, key, payload)
+        proc = self._proc
+        if proc is not None:  # not closed by us: it died
+            proc.join(1)
+            self._listener("gone", None, self.gone() or "the engine process closed its pipe")
+
+    def listen(self, listener: Listener) -> None:
+        self._listener = listener
+
+    def submit(self, key, prompt: list[int], max_tokens: int, temperature: float) -> None:
+        try:
+            with self._lock:
+                self._conn.send(("add", key, prompt, max_tokens, temperature))
+        except (OSError, ValueError):
+            self._proc.join(1)
+            raise EngineGone(self.gone() or "the engine process closed its pipe") from None
+
+    def drop(self, key) -> None:
+        try:
+            with self._lock:
+                self._conn.send(("drop", key))
+        except (OSError, ValueError):
+            pass  # gone: the reader tells the listener
 
     def gone(self) -> str | None:
-        """Why the engine process cannot run a batch any more (it died: killed for memory, a crash in
-        native code), or None while it lives. Asked by the probes, so an idle node finds out too."""
+        """Why the engine process cannot generate any more (it died: killed for memory, a crash in native
+        code), or None while it lives. Asked by the probes, so an idle node finds out too."""
         if self._proc is None or self._proc.exitcode is None:
             return None
         return f"the engine process is gone (exit code {self._proc.exitcode})"
@@ -225,16 +299,17 @@ class ProcessEngine:
     def close(self) -> None:
         if self._proc is None:
             return
+        proc, self._proc = self._proc, None
         try:
-            self._conn.send(None)
-        except OSError:
+            with self._lock:
+                self._conn.send(None)
+        except (OSError, ValueError):
             pass
-        self._proc.join(5)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(5)
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
         self._conn.close()
-        self._proc = None
 
 
 def make_engine(kind: str, spec: EngineSpec):

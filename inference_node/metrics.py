@@ -18,11 +18,13 @@ class NodeMetrics:
         self.busy_latency = Histogram("peakpilot_busy_answer_seconds", "Time to answer 429 busy",
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r)
         self.in_flight = Gauge("peakpilot_requests_in_flight", "Completion requests being handled", registry=r)
-        self.queue_depth = Gauge("peakpilot_queue_depth", "Requests waiting for a batch", registry=r)
-        self.batch_size = Histogram("peakpilot_batch_size", "Requests per batch",
+        self.queue_depth = Gauge("peakpilot_queue_depth", "Requests waiting for a row of the batch", registry=r)
+        self.batch_size = Histogram("peakpilot_batch_size",
+                                    "Requests generating together, as each group joins the batch",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.tokens = Counter("peakpilot_generated_tokens", "Generated tokens", registry=r)
-        self.tokens_per_second = Gauge("peakpilot_tokens_per_second", "Tokens per second of the last batch",
+        self.tokens_per_second = Gauge("peakpilot_tokens_per_second",
+                                       "Generated tokens per second, over the last 5 s of answers",
                                        registry=r)
         self.warm = Gauge("peakpilot_warm", "1 once the model is loaded and warmed up", registry=r)
         self.ready = Gauge("peakpilot_ready", "1 while the node takes work", registry=r)

@@ -140,71 +140,180 @@ def load_model(spec: str = "builtin", seed: int = 0, device: torch.device | None
 EOS_EVERY = 8  # steps between looks for rows that ended with their end-of-text token
 
 
-@torch.inference_mode()
-def generate(model: LoadedModel, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
-             seed: int = 0, on_finished=None) -> list[list[int]]:
-    """Generate for a batch: left-padded prompts, one forward per new token (KV cache if the model has one).
+class DecodeBatch:
+    """The rows a node is generating, one token per step for all of them; requests join between steps and
+    leave as they finish (continuous batching, as vLLM and TGI schedule): a request arriving while others
+    generate starts at the next step, not when the longest of them is done.
 
-    A row leaves the batch once it has its ``max_tokens`` or its end-of-text token (seen within
-    ``EOS_EVERY`` steps), and ``on_finished(i, tokens)`` is told then: a short request batched with a
-    long one is answered at its own length, not the longest's, and the rows still generating stop
-    paying for the finished ones."""
-    device = model.device
-    b = len(prompts)
-    longest = max(len(p) for p in prompts)
-    ids = torch.zeros(b, longest, dtype=torch.long, device=device)
-    mask = torch.zeros(b, longest, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        if p:
-            ids[i, longest - len(p):] = torch.tensor(p, device=device)
-            mask[i, longest - len(p):] = 1
-    steps = max(max_tokens)
-    temps = torch.tensor(temperatures, device=device).clamp(min=0)[:, None]
-    gen = torch.Generator(device=device).manual_seed(seed)
-    out = torch.zeros(b, steps, dtype=torch.long, device=device)
-    alive = list(range(b))  # the rows still in the batch, by their index in ``prompts``
-    result: list[list[int] | None] = [None] * b
-    eos = model.eos
-    past = None
-    step_ids = ids
-    for s in range(steps):
-        if model.supports_cache:
-            logits, past = model.module(step_ids, mask, past)
-        else:
-            logits = model.module(torch.cat([ids, out[:, :s]], dim=1), mask)
+    Rows are left-padded to a common width (positions come from the attention mask, so padding changes
+    no answer). A joining row is prefilled on its own and its KV cache padded to the batch's; the columns
+    that only padding still fills are cut as rows leave. A model with a KV cache returns it as layers of
+    tensors shaped ``(batch, ..., time, dim)`` (the built-in model's, and Hugging Face's legacy layout)."""
+
+    def __init__(self, model: LoadedModel, seed: int = 0):
+        self.model = model
+        self.gen = torch.Generator(device=model.device).manual_seed(seed)
+        self.keys: list = []  # by row: the caller's name for it
+        self.max_tokens: list[int] = []
+        self.made: list[int] = []  # by row: tokens generated so far (the last ``made`` columns of ``seq``)
+        # (rows, width): every token so far, prompt and generated, left-padded; the KV cache (``past``)
+        # covers all but the last column, whose token the next step feeds.
+        self.seq = self.mask = self.temps = self.past = None
+        self.pending: list[tuple] = []  # (key, prompt, max_tokens, temperature), joining at the next step
+        self.steps = 0
+
+    def __len__(self) -> int:
+        return len(self.keys) + len(self.pending)
+
+    def add(self, key, prompt: list[int], max_tokens: int, temperature: float) -> None:
+        # An empty prompt starts from the end-of-text token, as a new document does.
+        prompt = list(prompt) or [self.model.eos if self.model.eos is not None else 0]
+        self.pending.append((key, prompt, max_tokens, temperature))
+
+    def drop(self, key) -> bool:
+        """Stop generating for ``key`` (its client went away); False if it is not here."""
+        for j, p in enumerate(self.pending):
+            if p[0] == key:
+                del self.pending[j]
+                return True
+        if key not in self.keys:
+            return False
+        self._keep([r for r, k in enumerate(self.keys) if k != key])
+        return True
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[object, list[int]]]:
+        """One new token for every row (the joiners' first, from their prompts); returns the rows that
+        finished, ``(key, tokens)``, which have left the batch."""
+        if self.keys:
+            self._decode()
+        if self.pending:
+            self._join()
+        self.steps += 1
+        return self._finished()
+
+    def _sample(self, logits: torch.Tensor, temps: torch.Tensor) -> torch.Tensor:
         logits = logits[:, -1, :].float()
-        greedy = logits.argmax(-1)
         probs = torch.softmax(logits / temps.clamp(min=1e-4), dim=-1)
-        sampled = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-        nxt = torch.where(temps.squeeze(-1) > 0, sampled, greedy)
-        out[:, s] = nxt
-        mask = torch.cat([mask, torch.ones(len(alive), 1, dtype=mask.dtype, device=device)], dim=1)
-        step_ids = nxt[:, None]
+        sampled = torch.multinomial(probs, 1, generator=self.gen).squeeze(-1)
+        return torch.where(temps.squeeze(-1) > 0, sampled, logits.argmax(-1))
+
+    def _forward(self, ids, mask, past):
+        if self.model.supports_cache:
+            return self.model.module(ids, mask, past)
+        return self.model.module(ids, mask), None  # no cache: the whole sequence every step
+
+    def _decode(self) -> None:
+        ids = self.seq[:, -1:] if self.model.supports_cache else self.seq
+        logits, self.past = self._forward(ids, self.mask, self.past)
+        nxt = self._sample(logits, self.temps)
+        self.seq = torch.cat([self.seq, nxt[:, None]], dim=1)
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        self.made = [m + 1 for m in self.made]
+
+    def _join(self) -> None:
+        device = self.model.device
+        joining, self.pending = self.pending, []
+        width = max(len(p[1]) for p in joining)
+        ids = torch.zeros(len(joining), width, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for i, (_, prompt, _, _) in enumerate(joining):
+            ids[i, width - len(prompt):] = torch.tensor(prompt, device=device)
+            mask[i, width - len(prompt):] = 1
+        temps = torch.tensor([[max(0.0, p[3])] for p in joining], device=device)
+        logits, past = self._forward(ids, mask, None)
+        nxt = self._sample(logits, temps)
+        seq = torch.cat([ids, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if self.seq is None:
+            self.seq, self.mask, self.temps, self.past = seq, mask, temps, past
+        else:
+            wide = max(seq.shape[1], self.seq.shape[1])
+            self.seq = torch.cat([_pad_left(self.seq, wide), _pad_left(seq, wide)])
+            self.mask = torch.cat([_pad_left(self.mask, wide), _pad_left(mask, wide)])
+            self.temps = torch.cat([self.temps, temps])
+            self.past = _join_caches(self.past, past, wide - 1)
+        self.keys += [p[0] for p in joining]
+        self.max_tokens += [p[2] for p in joining]
+        self.made += [1] * len(joining)
+
+    def _finished(self) -> list[tuple[object, list[int]]]:
         # Done by length is known without reading the device; an end-of-text is read every few steps
         # (each read waits for the device: on a GPU, every step would stall the queue of launches).
-        done = [r for r, i in enumerate(alive) if s + 1 >= max_tokens[i]]
-        if eos is not None and (s + 1) % EOS_EVERY == 0:
-            ended = (out[:, : s + 1] == eos).any(dim=1).tolist()
-            done = sorted(set(done) | {r for r, e in enumerate(ended) if e})
+        done = {r for r in range(len(self.keys)) if self.made[r] >= self.max_tokens[r]}
+        eos = self.model.eos
+        if eos is not None and self.steps % EOS_EVERY == 0 and self.keys:
+            width = self.seq.shape[1]
+            made = torch.tensor(self.made, device=self.seq.device)
+            generated = torch.arange(width, device=self.seq.device)[None, :] >= (width - made)[:, None]
+            ended = ((self.seq == eos) & generated).any(dim=1).tolist()
+            done |= {r for r, e in enumerate(ended) if e}
         if not done:
-            continue
-        for r in done:
-            i = alive[r]
-            tokens = out[r, : min(s + 1, max_tokens[i])].tolist()
+            return []
+        finished = []
+        for r in sorted(done):
+            n = min(self.made[r], self.max_tokens[r])
+            tokens = self.seq[r, self.seq.shape[1] - self.made[r]:][:n].tolist()
             if eos is not None and eos in tokens:
                 tokens = tokens[: tokens.index(eos)]
+            finished.append((self.keys[r], tokens))
+        self._keep([r for r in range(len(self.keys)) if r not in done])
+        return finished
+
+    def _keep(self, rows: list[int]) -> None:
+        """Keep only ``rows``; then cut the leading columns that are padding in every row left."""
+        self.keys, self.max_tokens, self.made = ([x[r] for r in rows] for x in (self.keys, self.max_tokens, self.made))
+        if not rows:
+            self.seq = self.mask = self.temps = self.past = None
+            return
+        index = torch.tensor(rows, device=self.seq.device)
+        self.seq, self.mask, self.temps = (t.index_select(0, index) for t in (self.seq, self.mask, self.temps))
+        self.past = _select_rows(self.past, index)
+        cut = int(self.mask.any(dim=0).long().argmax())  # the first column some row still uses
+        if cut:
+            self.seq, self.mask = self.seq[:, cut:], self.mask[:, cut:]
+            self.past = _cut_time(self.past, cut)
+
+
+def generate(model: LoadedModel, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
+             seed: int = 0, on_finished=None) -> list[list[int]]:
+    """Generate for one batch of prompts that start together (a ``DecodeBatch`` nobody joins).
+
+    A row leaves the batch once it has its ``max_tokens`` or its end-of-text token (seen within
+    ``EOS_EVERY`` steps), and ``on_finished(i, tokens)`` is told then."""
+    batch = DecodeBatch(model, seed)
+    for i, (p, n, t) in enumerate(zip(prompts, max_tokens, temperatures)):
+        batch.add(i, p, n, t)
+    result: list[list[int] | None] = [None] * len(prompts)
+    while len(batch):
+        for i, tokens in batch.step():
             result[i] = tokens
             if on_finished is not None:
                 on_finished(i, tokens)
-        finished = set(done)
-        keep = [r for r in range(len(alive)) if r not in finished]
-        if not keep:
-            break
-        rows = torch.tensor(keep, device=device)
-        alive = [alive[r] for r in keep]
-        ids, mask, out, temps, step_ids = (t.index_select(0, rows) for t in (ids, mask, out, temps, step_ids))
-        past = _select_rows(past, rows)
     return result
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(t, (width - t.shape[1], 0)) if t.shape[1] < width else t
+
+
+def _join_caches(a, b, time: int):
+    """Two KV caches, rows of ``a`` then of ``b``, each left-padded with zeros to ``time`` positions."""
+    if a is None or b is None:
+        return None
+    if isinstance(a, torch.Tensor):
+        pad = [(0, 0, time - x.shape[-2], 0) for x in (a, b)]
+        return torch.cat([F.pad(a, pad[0]), F.pad(b, pad[1])])
+    return type(a)(_join_caches(x, y, time) for x, y in zip(a, b))
+
+
+def _cut_time(past, cut: int):
+    """The KV cache without its first ``cut`` positions (padding in every row)."""
+    if past is None:
+        return None
+    if isinstance(past, torch.Tensor):
+        return past[..., cut:, :]
+    return type(past)(_cut_time(p, cut) for p in past)
 
 
 def _select_rows(past, rows: torch.Tensor):

@@ -1,5 +1,6 @@
 """The inference node: an OpenAI-compatible completions server that is ready only when warm, batches
-dynamically, answers "busy" at once when full, and drains on SIGTERM.
+continuously (a request joins the batch being generated at its next step), answers "busy" at once when
+full, and drains on SIGTERM.
 
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (text messages, as one prompt through
 the tokenizer's chat template or ``role: text`` lines), ``GET /health`` (alive), ``GET /ready`` (200
@@ -71,6 +72,25 @@ class NodeConfig:
     threads: int | None = None  # torch intra-op threads (default: torch's choice, all cores)
     slo_ms: float | None = None  # shed requests whose expected wait is over this
     engine: str = "process"  # where the model runs: its own process, or a thread (inference_node/engine.py)
+    # continuous: a request joins the running batch; run-to-end: the next batch starts when the last ends;
+    # auto: continuous on a GPU, run to end on a CPU (bench/node_continuous.py: see ``batching_for``)
+    batching: str = "auto"
+
+
+BATCHING = ("auto", "continuous", "run-to-end")
+
+
+def batching_for(choice: str, device: str) -> str:
+    """What ``auto`` means on ``device``. Rows of a batch share one rectangular KV cache, padded to its
+    longest row: on a CPU, where a step costs about as much as the cache it copies, a batch kept full of
+    long and short rows generated fewer tokens a second under overload than batches run to their end
+    (bench/node_continuous.py), so a CPU runs batches to their end; on a GPU a step costs about the same
+    for one row or sixteen, and a request joining at the next step is what vLLM and TGI do."""
+    if choice not in BATCHING:
+        raise ValueError(f"unknown batching {choice!r}; choose {', '.join(BATCHING)}")
+    if choice != "auto":
+        return choice
+    return "run-to-end" if device.startswith("cpu") else "continuous"
 
 
 def error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -82,6 +102,7 @@ class Node:
     """State of one node: starting -> ready -> draining, or failed (it cannot serve)."""
 
     def __init__(self, config: NodeConfig):
+        batching_for(config.batching, "cpu")  # a choice it knows, or ValueError now
         self.config = config
         self.metrics = NodeMetrics()
         if config.slo_ms is not None:
@@ -90,6 +111,7 @@ class Node:
         self.engine = make_engine(config.engine, EngineSpec(config.model, config.seed, config.quantize, config.threads,
                                                             config.warmup, config.max_batch))
         self.batcher: Batcher | None = None
+        self.batching: str | None = None  # continuous or run-to-end, once the device is known
         self.timings: dict[str, float] = {}
         self.error: str | None = None
         self.active = 0  # completion requests inside the handler, from arrival to response
@@ -134,14 +156,16 @@ class Node:
         await asyncio.to_thread(self.load_and_warm)
         if self.state == "failed":
             return
-        self.batcher = Batcher(self.engine.run, self.config.max_batch, self.config.max_wait_ms, self.config.max_queue,
-                               self.metrics, self.config.slo_ms)
+        self.batching = batching_for(self.config.batching, self.engine.device or "cpu")
+        self.batcher = Batcher(self.engine, self.config.max_batch, self.config.max_wait_ms, self.config.max_queue,
+                               self.metrics, self.config.slo_ms, continuous=self.batching == "continuous")
         self.batcher.start()
         if self.state == "starting":
             self.state = "ready"
             self.metrics.ready.set(1)
-            log.info("ready after %.2f s (load %.2f s, warm-up %.2f s; %s engine on %s)", self.timings["total"],
-                     self.timings["model_load"], self.timings["warmup"], self.config.engine, self.engine.device)
+            log.info("ready after %.2f s (load %.2f s, warm-up %.2f s; %s engine on %s, %s batching)",
+                     self.timings["total"], self.timings["model_load"], self.timings["warmup"], self.config.engine,
+                     self.engine.device, self.batching)
             if self.engine.device_warning:
                 log.warning("%s", self.engine.device_warning)
 
@@ -387,7 +411,7 @@ def create_app(config: NodeConfig) -> FastAPI:
     @app.get("/ready")
     async def ready():
         node.check_engine()
-        body = {"state": node.state, "model": node.model_name, "device": node.engine.device,
+        body = {"state": node.state, "model": node.model_name, "device": node.engine.device, "batching": node.batching,
                 "start_seconds": {k: round(v, 4) for k, v in node.timings.items()}}
         if node.error:  # why it failed
             body["error"] = node.error

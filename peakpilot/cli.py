@@ -674,9 +674,11 @@ def serve(
                                                           "or module:factory returning (nn.Module, tokenizer)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 in a pod)."),
     port: int = typer.Option(8000, "--port", help="Port to serve on."),
-    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most requests in one batch."),
-    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", min=0, help="Longest wait to fill a batch."),
-    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Prompts waiting to be batched before answering "
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most requests generating together; "
+                                   "a request joins the batch at the next step once one of these rows is free."),
+    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", min=0, help="Longest a request "
+                                     "waits for others to start with it while nothing is generating."),
+    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Prompts waiting for a row before answering "
                                     "429 busy; a request's prompts are admitted whole, one with more is a 400."),
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="Deadline for in-flight work on SIGTERM."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantization of Linear "
@@ -688,21 +690,27 @@ def serve(
     engine: str = typer.Option("process", "--engine", help="Where the model runs: 'process' (its own, so "
                                                             "generation never waits on the HTTP side's GIL) or "
                                                             "'thread' (in the server's process)."),
+    batching: str = typer.Option("auto", "--batching", help="'continuous' (a request joins the running batch at "
+                                 "its next step), 'run-to-end' (the next batch starts when the last ends) or "
+                                 "'auto': continuous on a GPU, run to end on a CPU."),
     access_log: bool = typer.Option(False, "--access-log", help="Log a line per request (off: /metrics counts "
                                                                 "every outcome)."),
 ) -> None:
     """Serve a PyTorch model: OpenAI-compatible /v1/completions and /v1/chat/completions, /health, /ready, /metrics."""
     from inference_node.engine import ENGINES
-    from inference_node.server import NodeConfig, NodeFailed
+    from inference_node.server import BATCHING, NodeConfig, NodeFailed
     from inference_node.server import serve as run_server
 
     if engine not in ENGINES:
         fail(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}")
+    if batching not in BATCHING:
+        fail(f"unknown batching {batching!r}; choose {', '.join(BATCHING)}")
     logging.getLogger().setLevel(logging.INFO)
     try:
         run_server(NodeConfig(model=model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                               drain_seconds=drain_seconds, warmup=not no_warmup, quantize=quantize,
-                              threads=threads, slo_ms=slo_ms, engine=engine),
+                              threads=threads, slo_ms=slo_ms, engine=engine,
+                              batching=batching),
                    host, port, access_log=access_log)
     except NodeFailed as exc:
         fail(str(exc), 1)

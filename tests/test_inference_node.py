@@ -96,6 +96,9 @@ def test_openai_client_gets_a_completion(node):
     stream = client.completions.create(model="x", prompt="Hi", max_tokens=4, stream=True, temperature=0)
     chunks = list(stream)
     assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
+    # An empty prompt (OpenAI's API takes one) starts from the end-of-text token; it was a 500.
+    empty = client.completions.create(model="x", prompt="", max_tokens=3, temperature=0)
+    assert empty.usage.prompt_tokens == 0 and empty.usage.completion_tokens <= 3
 
 
 def test_n_answers_per_prompt_and_stop_strings(node):
@@ -177,6 +180,8 @@ def test_ready_only_after_warm_up(node_factory):
     assert n.seen_not_ready  # /ready said 503 (while /health said alive) before it said 200
     assert body["state"] == "ready" and body["start_seconds"]["warmup"] > 0
     assert body["device"] == this_device()  # what the model runs on, said by the engine process
+    # --batching auto: batches run to their end on a CPU, requests join the running batch on a GPU
+    assert body["batching"] == ("run-to-end" if this_device() == "cpu" else "continuous")
     assert body["start_seconds"]["total"] >= body["start_seconds"]["model_load"] + body["start_seconds"]["warmup"]
     metrics = httpx.get(f"{n.url}/metrics").text
     assert "peakpilot_warm 1.0" in metrics and 'peakpilot_start_seconds{phase="warmup"}' in metrics
@@ -274,18 +279,30 @@ def test_a_request_of_many_prompts_is_admitted_or_refused_whole():
 
     from inference_node.batcher import Batcher, QueueFull
 
-    release, seen = threading.Event(), []
+    class HeldEngine:
+        """Answers each row with its prompt's first token once released."""
 
-    def run(prompts, max_tokens, temperatures, seed, on_finished=None):
-        release.wait(10)
-        seen.extend(p[0] for p in prompts)
-        return [[p[0]] for p in prompts]
+        def __init__(self):
+            self.release, self.seen, self.listener = threading.Event(), [], None
+
+        def listen(self, listener):
+            self.listener = listener
+
+        def submit(self, key, prompt, max_tokens, temperature):
+            self.seen.append(prompt[0])
+            threading.Thread(target=lambda: (self.release.wait(10), self.listener("row", key, [prompt[0]]))).start()
+
+        def drop(self, key):
+            pass
+
+    engine = HeldEngine()
+    release, seen = engine.release, engine.seen
 
     async def scenario():
-        batcher = Batcher(run, max_batch=1, max_wait_ms=0, max_queue=4)
+        batcher = Batcher(engine, max_batch=1, max_wait_ms=0, max_queue=4)
         batcher.start()
         running = asyncio.ensure_future(batcher.submit([0], 1, 0.0))
-        while not batcher.running:  # the first one is taken off the queue and runs
+        while not batcher.running:  # the first one is taken off the queue and generates
             await asyncio.sleep(0.001)
         queued = [asyncio.ensure_future(batcher.submit([i], 1, 0.0)) for i in (1, 2, 3)]
         await asyncio.sleep(0.01)
@@ -368,6 +385,95 @@ def test_requests_whose_clients_went_away_are_not_generated(node_factory):
     assert got[("peakpilot_queue_depth", None)] == 0
 
 
+def test_rows_joining_a_batch_mid_generation_get_the_answers_they_would_alone():
+    """Continuous batching changes when a request is generated, not what: rows that join a running batch
+    (a shorter prompt, a longer one) or share it with a row withdrawn mid-way get, greedily, exactly their
+    tokens alone; the batch's width is cut back as its oldest rows leave; an empty prompt is answered."""
+    from inference_node.model import DecodeBatch, generate, load_model
+
+    model = load_model("builtin:small", device=__import__("torch").device("cpu"))
+    asked = {"a": ([65] * 30, 40), "b": ([66, 67, 68], 12), "c": ([69] * 50, 20), "empty": ([], 6)}
+    alone = {k: generate(model, [p], [n], [0.0])[0] for k, (p, n) in asked.items()}
+    batch, got, widths = DecodeBatch(model), {}, []
+    batch.add("a", *asked["a"], 0.0)
+    for step in range(80):
+        if step == 5:
+            batch.add("b", *asked["b"], 0.0)
+        if step == 9:
+            for k in ("c", "withdrawn", "empty"):
+                batch.add(k, *asked.get(k, ([1, 2], 30)), 0.0)
+        if step == 12:
+            assert batch.drop("withdrawn") and not batch.drop("withdrawn")
+        got.update(batch.step())
+        widths.append(None if batch.seq is None else batch.seq.shape[1])
+        if not len(batch):
+            break
+    assert got == alone and len(alone["empty"]) == 6
+    assert "withdrawn" not in got and batch.seq is None
+    # "c" (a 50-token prompt, from step 9) widened the batch to its own width; once it left at step 28 the
+    # batch is "a"'s width again (its 30-token prompt and 29 tokens), not the padding "c" left behind.
+    assert widths[27] == 50 + 19 and widths[28] == 30 + 29 and widths[-1] is None
+
+
+def test_a_request_arriving_while_a_batch_generates_joins_it(node_factory):
+    """A request that arrives while the node generates a long answer starts at the engine's next step
+    (continuous batching): before, it waited for the whole batch to end, a 4-token answer as slow as a
+    192-token one."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    n = node_factory("--model", "builtin:medium", "--max-batch", "8", "--max-wait-ms", "0", "--batching", "continuous")
+    assert n.wait_ready()["batching"] == "continuous"
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=n.url, timeout=60) as client:
+            async def timed(max_tokens, after):
+                await asyncio.sleep(after)
+                started = time.perf_counter()
+                r = await client.post("/v1/completions", json={"prompt": "x" * 32, "max_tokens": max_tokens,
+                                                               "temperature": 0})
+                return r, time.perf_counter() - started
+            return await asyncio.gather(timed(192, 0), timed(4, 0.3))
+
+    (long, long_s), (short, short_s) = asyncio.run(scenario())
+    assert long.status_code == short.status_code == 200
+    assert long.json()["usage"]["completion_tokens"] == 192 and short.json()["usage"]["completion_tokens"] == 4
+    got = {(s.name, s.labels.get("le")): s.value
+           for f in text_string_to_metric_families(httpx.get(f"{n.url}/metrics").text) for s in f.samples}
+    assert got[("peakpilot_batch_size_count", None)] == 2 and got[("peakpilot_batch_size_bucket", "2.0")] == 2
+    assert long_s > 0.6 and short_s < 0.25 * (long_s - 0.3), (short_s, long_s)
+
+
+def test_a_request_withdrawn_while_generating_frees_its_row(node_factory):
+    """A client that gives up on a request already generating takes it out of the batch at the next step:
+    its row goes to the next request at once (before, the abandoned answer was generated to its end, and
+    the request behind it waited for that)."""
+    n = node_factory("--model", "builtin:medium", "--max-batch", "1")
+    n.wait_ready()
+    ask = {"prompt": "x" * 32, "max_tokens": 256, "temperature": 0}
+    started = time.perf_counter()
+    assert httpx.post(f"{n.url}/v1/completions", json=ask, timeout=60).status_code == 200
+    whole = time.perf_counter() - started
+
+    async def scenario():
+        async def abandoned():
+            async with httpx.AsyncClient(base_url=n.url, timeout=0.3) as quick:
+                with pytest.raises(httpx.TimeoutException):
+                    await quick.post("/v1/completions", json=ask)
+
+        async def next_one():
+            await asyncio.sleep(0.1)  # behind the abandoned one, which holds the one row
+            async with httpx.AsyncClient(base_url=n.url, timeout=60) as client:
+                begun = time.perf_counter()
+                r = await client.post("/v1/completions", json={"prompt": "y", "max_tokens": 4})
+                return r, time.perf_counter() - begun
+
+        return (await asyncio.gather(abandoned(), next_one()))[1]
+
+    r, waited = asyncio.run(scenario())
+    assert r.status_code == 200
+    assert whole > 1.0 and waited < 0.2 + 0.3 * whole, (waited, whole)
+
+
 def test_prometheus_scrapes_the_node_and_the_forecaster_reads_back_the_rate(node, prometheus_factory):
     """loadgen replays a slice of a real trace; Prometheus scrapes the node; the forecaster's Prometheus
     source reads back the request rate that was sent."""
@@ -391,8 +497,10 @@ def test_prometheus_scrapes_the_node_and_the_forecaster_reads_back_the_rate(node
     assert abs(read_back - result.sent) <= 0.1 * result.sent, (read_back, result.sent)
 
 
-def test_slo_aware_shedding_refuses_what_would_be_late(node_factory):
-    n = node_factory("--max-batch", "4", "--max-queue", "256", "--slo-ms", "300", "--threads", "1")
+@pytest.mark.parametrize("batching", ["run-to-end", "continuous"])
+def test_slo_aware_shedding_refuses_what_would_be_late(node_factory, batching):
+    n = node_factory("--max-batch", "4", "--max-queue", "256", "--slo-ms", "300", "--threads", "1",
+                     "--batching", batching)
     n.wait_ready()
 
     async def flood(k):
@@ -477,6 +585,9 @@ def test_an_unknown_engine_is_refused():
     out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "serve", "--engine", "gpu-magic"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown engine 'gpu-magic'" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "serve", "--batching", "paged"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unknown batching 'paged'; choose auto, continuous, run-to-end" in out.stderr
 
 
 def test_a_model_that_fails_to_load_is_unhealthy_and_the_server_exits_1(tmp_path):
