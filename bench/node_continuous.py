@@ -5,11 +5,11 @@ Requests arrive as a seeded Poisson stream, each asking for 4 to 256 new tokens 
 generates them on one torch thread, in this process, at most ``--max-batch`` at a time, side by side in
 one run (the two policies take turns at each rate, so the machine's noise falls on both alike):
 
-* ``continuous`` (``serve --batching continuous``, the node's choice on a GPU): a request joins the
-  batch at the next step when a row is free;
-* ``run_to_end`` (``--batching run-to-end``, its choice on a CPU, and all it did before): a batch takes
-  the requests waiting when it starts, and the next batch starts once the last of its rows has finished
-  (rows still leave as they finish).
+* ``continuous`` (``serve --batching continuous``, the default): a request joins the batch at the next
+  step when a row is free;
+* ``run_to_end`` (``--batching run-to-end``, all the node did before): a batch takes the requests
+  waiting when it starts, and the next batch starts once the last of its rows has finished (rows still
+  leave as they finish).
 
 Latency is arrival to last token, real time. Prints one JSON object: per rate and policy, the requests'
 mean, p50 and p95 latency, the tokens per second generated, and the ratios run_to_end / continuous.

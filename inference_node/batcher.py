@@ -4,7 +4,7 @@ finish), not once the whole batch is done. When the engine is idle the first req
 ``max_wait_ms`` for others to start with it (one prefill for all). Past ``max_queue`` waiting a request
 is refused at once (busy) rather than left to time out, and with a latency target (``slo_ms``) so is one
 whose expected wait is over it. ``continuous=False`` runs each batch to its end before the next starts
-(the node's choice on a CPU: ``--batching``, server.py).
+(``serve --batching run-to-end``: what the node did before; bench/node_continuous.py compares them).
 
 A request withdrawn (its client went away) leaves the queue at once, or the batch at the engine's next
 step: under overload, clients that time out and retry elsewhere would otherwise have the node generate

@@ -72,25 +72,12 @@ class NodeConfig:
     threads: int | None = None  # torch intra-op threads (default: torch's choice, all cores)
     slo_ms: float | None = None  # shed requests whose expected wait is over this
     engine: str = "process"  # where the model runs: its own process, or a thread (inference_node/engine.py)
-    # continuous: a request joins the running batch; run-to-end: the next batch starts when the last ends;
-    # auto: continuous on a GPU, run to end on a CPU (bench/node_continuous.py: see ``batching_for``)
-    batching: str = "auto"
+    # continuous: a request joins the running batch at its next step; run-to-end: the next batch starts when
+    # the last one ends (what the node did before; bench/node_continuous.py compares them)
+    batching: str = "continuous"
 
 
-BATCHING = ("auto", "continuous", "run-to-end")
-
-
-def batching_for(choice: str, device: str) -> str:
-    """What ``auto`` means on ``device``. Rows of a batch share one rectangular KV cache, padded to its
-    longest row: on a CPU, where a step costs about as much as the cache it copies, a batch kept full of
-    long and short rows generated fewer tokens a second under overload than batches run to their end
-    (bench/node_continuous.py), so a CPU runs batches to their end; on a GPU a step costs about the same
-    for one row or sixteen, and a request joining at the next step is what vLLM and TGI do."""
-    if choice not in BATCHING:
-        raise ValueError(f"unknown batching {choice!r}; choose {', '.join(BATCHING)}")
-    if choice != "auto":
-        return choice
-    return "run-to-end" if device.startswith("cpu") else "continuous"
+BATCHING = ("continuous", "run-to-end")
 
 
 def error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -102,7 +89,8 @@ class Node:
     """State of one node: starting -> ready -> draining, or failed (it cannot serve)."""
 
     def __init__(self, config: NodeConfig):
-        batching_for(config.batching, "cpu")  # a choice it knows, or ValueError now
+        if config.batching not in BATCHING:
+            raise ValueError(f"unknown batching {config.batching!r}; choose {' or '.join(BATCHING)}")
         self.config = config
         self.metrics = NodeMetrics()
         if config.slo_ms is not None:
@@ -111,7 +99,6 @@ class Node:
         self.engine = make_engine(config.engine, EngineSpec(config.model, config.seed, config.quantize, config.threads,
                                                             config.warmup, config.max_batch))
         self.batcher: Batcher | None = None
-        self.batching: str | None = None  # continuous or run-to-end, once the device is known
         self.timings: dict[str, float] = {}
         self.error: str | None = None
         self.active = 0  # completion requests inside the handler, from arrival to response
@@ -156,16 +143,15 @@ class Node:
         await asyncio.to_thread(self.load_and_warm)
         if self.state == "failed":
             return
-        self.batching = batching_for(self.config.batching, self.engine.device or "cpu")
         self.batcher = Batcher(self.engine, self.config.max_batch, self.config.max_wait_ms, self.config.max_queue,
-                               self.metrics, self.config.slo_ms, continuous=self.batching == "continuous")
+                               self.metrics, self.config.slo_ms, continuous=self.config.batching == "continuous")
         self.batcher.start()
         if self.state == "starting":
             self.state = "ready"
             self.metrics.ready.set(1)
             log.info("ready after %.2f s (load %.2f s, warm-up %.2f s; %s engine on %s, %s batching)",
                      self.timings["total"], self.timings["model_load"], self.timings["warmup"], self.config.engine,
-                     self.engine.device, self.batching)
+                     self.engine.device, self.config.batching)
             if self.engine.device_warning:
                 log.warning("%s", self.engine.device_warning)
 
@@ -411,7 +397,8 @@ def create_app(config: NodeConfig) -> FastAPI:
     @app.get("/ready")
     async def ready():
         node.check_engine()
-        body = {"state": node.state, "model": node.model_name, "device": node.engine.device, "batching": node.batching,
+        body = {"state": node.state, "model": node.model_name, "device": node.engine.device,
+                "batching": config.batching,
                 "start_seconds": {k: round(v, 4) for k, v in node.timings.items()}}
         if node.error:  # why it failed
             body["error"] = node.error

@@ -690,9 +690,8 @@ def serve(
     engine: str = typer.Option("process", "--engine", help="Where the model runs: 'process' (its own, so "
                                                             "generation never waits on the HTTP side's GIL) or "
                                                             "'thread' (in the server's process)."),
-    batching: str = typer.Option("auto", "--batching", help="'continuous' (a request joins the running batch at "
-                                 "its next step), 'run-to-end' (the next batch starts when the last ends) or "
-                                 "'auto': continuous on a GPU, run to end on a CPU."),
+    batching: str = typer.Option("continuous", "--batching", help="'continuous': a request joins the running batch "
+                                 "at its next step; 'run-to-end': the next batch starts when the last one ends."),
     access_log: bool = typer.Option(False, "--access-log", help="Log a line per request (off: /metrics counts "
                                                                 "every outcome)."),
 ) -> None:
@@ -704,7 +703,7 @@ def serve(
     if engine not in ENGINES:
         fail(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}")
     if batching not in BATCHING:
-        fail(f"unknown batching {batching!r}; choose {', '.join(BATCHING)}")
+        fail(f"unknown batching {batching!r}; choose {' or '.join(BATCHING)}")
     logging.getLogger().setLevel(logging.INFO)
     try:
         run_server(NodeConfig(model=model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,

@@ -180,8 +180,7 @@ def test_ready_only_after_warm_up(node_factory):
     assert n.seen_not_ready  # /ready said 503 (while /health said alive) before it said 200
     assert body["state"] == "ready" and body["start_seconds"]["warmup"] > 0
     assert body["device"] == this_device()  # what the model runs on, said by the engine process
-    # --batching auto: batches run to their end on a CPU, requests join the running batch on a GPU
-    assert body["batching"] == ("run-to-end" if this_device() == "cpu" else "continuous")
+    assert body["batching"] == "continuous"  # the default
     assert body["start_seconds"]["total"] >= body["start_seconds"]["model_load"] + body["start_seconds"]["warmup"]
     metrics = httpx.get(f"{n.url}/metrics").text
     assert "peakpilot_warm 1.0" in metrics and 'peakpilot_start_seconds{phase="warmup"}' in metrics
@@ -409,6 +408,22 @@ def test_rows_joining_a_batch_mid_generation_get_the_answers_they_would_alone():
         if not len(batch):
             break
     assert got == alone and len(alone["empty"]) == 6
+    # The cache written in place, grown past its room (3 + 150 positions), reads as recomputing the whole
+    # sequence at every step does.
+    import dataclasses
+
+    import torch
+
+    class Uncached(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, ids, mask):
+            return self.inner(ids, mask)[0]
+
+    uncached = dataclasses.replace(model, module=Uncached(model.module))
+    assert generate(model, [[65] * 3], [150], [0.0]) == generate(uncached, [[65] * 3], [150], [0.0])
     assert "withdrawn" not in got and batch.seq is None
     # "c" (a 50-token prompt, from step 9) widened the batch to its own width; once it left at step 28 the
     # batch is "a"'s width again (its 30-token prompt and 29 tokens), not the padding "c" left behind.
@@ -421,8 +436,8 @@ def test_a_request_arriving_while_a_batch_generates_joins_it(node_factory):
     192-token one."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    n = node_factory("--model", "builtin:medium", "--max-batch", "8", "--max-wait-ms", "0", "--batching", "continuous")
-    assert n.wait_ready()["batching"] == "continuous"
+    n = node_factory("--model", "builtin:medium", "--max-batch", "8", "--max-wait-ms", "0")
+    n.wait_ready()
 
     async def scenario():
         async with httpx.AsyncClient(base_url=n.url, timeout=60) as client:
@@ -587,7 +602,7 @@ def test_an_unknown_engine_is_refused():
     assert out.returncode == 2 and "unknown engine 'gpu-magic'" in out.stderr
     out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "serve", "--batching", "paged"],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "unknown batching 'paged'; choose auto, continuous, run-to-end" in out.stderr
+    assert out.returncode == 2 and "unknown batching 'paged'; choose continuous or run-to-end" in out.stderr
 
 
 def test_a_model_that_fails_to_load_is_unhealthy_and_the_server_exits_1(tmp_path):
