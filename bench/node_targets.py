@@ -6,7 +6,8 @@ Measured side by side in one run (issue 5):
   warm-up, for contrast);
 * under 5x overload: no 5xx, every refused request answered 429 within 50 ms, p99 of accepted
   requests within the SLO, resident memory flat;
-* the effect of --quantize int8 on capacity.
+* the effect of --quantize int8 on capacity, and of continuous batching (the default) against batches
+  run to their end (``--batching run-to-end``).
 
 Usage: python bench/node_targets.py [--slo-ms 1000] [--seconds 4]
 """
@@ -116,6 +117,7 @@ def main() -> None:
 
     capacity = {}
     for label, extra in (("batch_1", ["--max-batch", "1"]), ("batch_16", ["--max-batch", "16"]),
+                         ("batch_16_run_to_end", ["--max-batch", "16", "--batching", "run-to-end"]),
                          ("batch_16_int8", ["--max-batch", "16", "--quantize", "int8"])):
         node = Node("--model", args.model, "--max-queue", "256", *extra)
         try:
@@ -125,6 +127,8 @@ def main() -> None:
             node.stop()
     report["capacity_rps"] = {k: v["rps_per_node"] for k, v in capacity.items()}
     report["batching_speedup"] = round(capacity["batch_16"]["rps_per_node"] / max(capacity["batch_1"]["rps_per_node"], 1e-9), 2)
+    report["continuous_over_run_to_end"] = round(
+        capacity["batch_16"]["rps_per_node"] / max(capacity["batch_16_run_to_end"]["rps_per_node"], 1e-9), 2)
     report["int8_speedup"] = round(capacity["batch_16_int8"]["rps_per_node"] / max(capacity["batch_16"]["rps_per_node"], 1e-9), 2)
 
     report["first_request_warm"] = first_vs_steady("--model", args.model)

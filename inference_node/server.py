@@ -352,8 +352,9 @@ class ClientGone(Exception):
 
 async def until_gone(request: Request, work):
     """Await ``work``, unless the client goes away first: then withdraw it (what is still queued is never
-    generated) and raise ``ClientGone``. The body has been read, so the next ASGI message can only be
-    the disconnect (as vLLM's ``with_cancellation`` listens for it)."""
+    generated, and a row generating leaves the batch at the engine's next step) and raise ``ClientGone``.
+    The body has been read, so the next ASGI message can only be the disconnect (as vLLM's
+    ``with_cancellation`` listens for it)."""
     async def disconnected() -> None:
         try:
             while (await request.receive())["type"] != "http.disconnect":
