@@ -39,6 +39,7 @@ class KVCache:
     rows of 170 tokens (torch.profiler), more than the model's own matrix products."""
 
     SLACK = 64  # positions of room a rebuilt cache gets (a step adds one)
+    MAX_GROWTH = 256  # the most positions of room a growing cache adds (memory is the GPU's scarcest)
 
     def __init__(self, layers: int, length: int = 0):
         self.keys: list[torch.Tensor | None] = [None] * layers
@@ -50,8 +51,9 @@ class KVCache:
         end = self.length + k.shape[2]
         for store, new in ((self.keys, k), (self.values, v)):
             buf = store[layer]
-            if buf is None or buf.shape[2] < end:  # grow, doubling: a copy every so many steps, not every one
-                grown = new.new_empty(new.shape[0], new.shape[1], max(end + self.SLACK, 2 * end), new.shape[3])
+            if buf is None or buf.shape[2] < end:  # grow: a copy every so many steps, not every one
+                room = max(self.SLACK, min(end, self.MAX_GROWTH))  # doubling while small
+                grown = new.new_empty(new.shape[0], new.shape[1], end + room, new.shape[3])
                 if buf is not None:
                     grown[:, :, :self.length] = buf[:, :, :self.length]
                 store[layer] = buf = grown
