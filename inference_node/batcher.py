@@ -1,5 +1,5 @@
-"""Continuous batching with a bounded queue: a request joins the batch the engine is generating at its
-next step, as soon as one of the batch's ``max_batch`` rows is free (rows free as their requests
+"""Continuous batching with a bounded queue: a request joins the batch the engine is generating within a
+few steps (``model.DecodeBatch``), as soon as one of the batch's ``max_batch`` rows is free (rows free as their requests
 finish), not once the whole batch is done. When the engine is idle the first request waits at most
 ``max_wait_ms`` for others to start with it (one prefill for all). Past ``max_queue`` waiting a request
 is refused at once (busy) rather than left to time out, and with a latency target (``slo_ms``) so is one
@@ -65,11 +65,11 @@ class Batcher:
         self.queue: deque[Job] = deque()  # waiting for a row, oldest first
         self.generating: dict[int, Job] = {}  # in the engine's batch, by key
         self.in_flight = 0
-        self.joins = 0  # groups of requests that joined the batch
         self._keys = itertools.count()
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._answered: deque[tuple[float, int]] = deque()  # (when, tokens) over the last RATE_WINDOW s
+        self._answered_tokens = 0  # their sum
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
         engine.listen(self._heard)
@@ -81,10 +81,6 @@ class Batcher:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-
-    @property
-    def waiting(self) -> int:
-        return len(self.queue)
 
     @property
     def running(self) -> bool:
@@ -122,9 +118,11 @@ class Batcher:
             raise QueueFull(len(self.queue), "the queue is full" if count == 1 else
                             f"the queue has no room for {count} prompts")
         measured = self.row_seconds if self.continuous else self.batch_seconds
-        if self.slo is not None and measured and self.expected_wait(count) > self.slo:
-            raise QueueFull(len(self.queue), f"the expected wait {self.expected_wait(count):.2f} s is over the "
-                                                f"{self.slo:g} s latency target")
+        if self.slo is not None and measured:
+            wait = self.expected_wait(count)
+            if wait > self.slo:
+                raise QueueFull(len(self.queue), f"the expected wait {wait:.2f} s is over the {self.slo:g} s "
+                                                 f"latency target")
         loop = asyncio.get_running_loop()
         jobs = [Job(next(self._keys), p, max_tokens, temperature, loop.create_future()) for p in prompts]
         self.in_flight += count
@@ -171,7 +169,7 @@ class Batcher:
                 await self._room.wait()
             group = [await self._next()]
             # An idle engine: the first request waits a moment for others to start with it. A busy one:
-            # whoever is waiting joins at its next step.
+            # whoever is waiting goes to the engine now, and joins within a few steps (DecodeBatch).
             deadline = time.perf_counter() + self.max_wait if not self.generating else None
             while len(group) < self.max_batch - len(self.generating):
                 if deadline is None or deadline <= time.perf_counter():
@@ -205,7 +203,6 @@ class Batcher:
             self._batch = (now, len(group))
         for job in group:
             job.alongside = len(self.generating)
-        self.joins += 1
         if self.metrics:
             self.metrics.batch_size.observe(len(self.generating))
 
@@ -249,8 +246,9 @@ class Batcher:
         if self.metrics:
             self.metrics.tokens.inc(len(tokens))
             self._answered.append((now, len(tokens)))
+            self._answered_tokens += len(tokens)
             while self._answered[0][0] < now - RATE_WINDOW:
-                self._answered.popleft()
+                self._answered_tokens -= self._answered.popleft()[1]
             span = max(now - self._answered[0][0], 1.0)
-            self.metrics.tokens_per_second.set(sum(n for _, n in self._answered) / span)
+            self.metrics.tokens_per_second.set(self._answered_tokens / span)
         job.future.set_result(tokens)

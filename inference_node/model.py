@@ -202,7 +202,7 @@ JOIN_WAIT_STEPS = 4  # the most steps a request waits to join a busy batch with 
 class DecodeBatch:
     """The rows a node is generating, one token per step for all of them; requests join between steps and
     leave as they finish (continuous batching, as vLLM and TGI schedule): a request arriving while others
-    generate starts at the next step, not when the longest of them is done.
+    generate starts within ``JOIN_WAIT_STEPS`` steps, not when the longest of them is done.
 
     Rows are left-padded to a common width (positions come from the attention mask, so padding changes
     no answer). Joining rows are prefilled together and their KV cache padded to the batch's; the columns

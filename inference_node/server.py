@@ -1,5 +1,5 @@
 """The inference node: an OpenAI-compatible completions server that is ready only when warm, batches
-continuously (a request joins the batch being generated at its next step), answers "busy" at once when
+continuously (a request joins the batch being generated within a few steps), answers "busy" at once when
 full, and drains on SIGTERM.
 
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (text messages, as one prompt through
@@ -72,7 +72,7 @@ class NodeConfig:
     threads: int | None = None  # torch intra-op threads (default: torch's choice, all cores)
     slo_ms: float | None = None  # shed requests whose expected wait is over this
     engine: str = "process"  # where the model runs: its own process, or a thread (inference_node/engine.py)
-    # continuous: a request joins the running batch at its next step; run-to-end: the next batch starts when
+    # continuous: a request joins the running batch within 4 steps; run-to-end: the next batch starts when
     # the last one ends (what the node did before; bench/node_continuous.py compares them)
     batching: str = "continuous"
 

@@ -675,7 +675,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 in a pod)."),
     port: int = typer.Option(8000, "--port", help="Port to serve on."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most requests generating together; "
-                                   "a request joins the batch at the next step once one of these rows is free."),
+                                   "a request joins the batch within 4 steps once one of these rows is free."),
     max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", min=0, help="Longest a request "
                                      "waits for others to start with it while nothing is generating."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Prompts waiting for a row before answering "
@@ -691,7 +691,7 @@ def serve(
                                                             "generation never waits on the HTTP side's GIL) or "
                                                             "'thread' (in the server's process)."),
     batching: str = typer.Option("continuous", "--batching", help="'continuous': a request joins the running batch "
-                                 "at its next step; 'run-to-end': the next batch starts when the last one ends."),
+                                 "within 4 steps; 'run-to-end': the next batch starts when the last one ends."),
     access_log: bool = typer.Option(False, "--access-log", help="Log a line per request (off: /metrics counts "
                                                                 "every outcome)."),
 ) -> None:
