@@ -8,9 +8,12 @@ whose expected wait is over it. ``continuous=False`` runs each batch to its end 
 
 A request withdrawn (its client went away) leaves the queue at once, or the batch at the engine's next
 step: under overload, clients that time out and retry elsewhere would otherwise have the node generate
-their abandoned answers ahead of the ones still wanted. The engine (inference_node/engine.py) generates
-on a thread or process of its own and reports each row as it finishes, so the event loop keeps
-answering ``/health``, ``/metrics`` and busy refusals while the model works.
+their abandoned answers ahead of the ones still wanted. A request admitted ``watch``-ed hears its
+tokens as they are generated (``Admission.events``: a streamed answer, or one with stop strings), and
+one of its rows can be ended early (``Admission.end``: its stop string came), freeing the row at once.
+The engine (inference_node/engine.py) generates on a thread or process of its own and reports each row as
+it finishes, so the event loop keeps answering ``/health``, ``/metrics`` and busy refusals while the
+model works.
 """
 
 from __future__ import annotations
@@ -43,6 +46,64 @@ class Job:
     enqueued: float = field(default_factory=time.perf_counter)
     joined: float = 0.0  # when it joined the engine's batch
     alongside: int = 0  # rows generating in the batch as it joined, itself included
+    admission: Admission | None = None  # set for a watched job: where its tokens are told
+    index: int = 0  # its place among its admission's jobs
+    heard: list[int] = field(default_factory=list)  # watched: the tokens told so far
+
+
+class Admission:
+    """The jobs of one admitted request (one per prompt and answer asked for). Unwatched, ``answers``
+    awaits them whole; watched, ``events`` yields ``(index, new tokens, finished)`` as they are generated,
+    the last of a job's with ``finished`` true and the rest of its answer. ``close`` (always, once done
+    with it) withdraws whatever is unfinished, so a client gone leaves nothing generating for nobody."""
+
+    def __init__(self, batcher: Batcher, jobs: list[Job], watch: bool):
+        self.batcher, self.jobs = batcher, jobs
+        self._events: asyncio.Queue | None = asyncio.Queue() if watch else None
+        self._closed = False
+        for i, job in enumerate(jobs):
+            job.index = i
+            if watch:
+                job.admission = self
+
+    @property
+    def watched(self) -> bool:
+        return self._events is not None
+
+    async def answers(self) -> list[list[int]]:
+        return list(await asyncio.gather(*(job.future for job in self.jobs)))
+
+    async def events(self):
+        """What was told since the last look, a job's tokens together: a reader that keeps up gets each
+        step's token as it comes; one that falls behind (a client reading slowly, a busy CPU) gets the
+        steps it missed in one piece, not one event (and one write to its client) per token."""
+        left = len(self.jobs)
+        while left:
+            told = [await self._events.get()]
+            while not self._events.empty():
+                told.append(self._events.get_nowait())
+            merged: dict[int, list] = {}
+            for index, tokens, finished in told:
+                if isinstance(tokens, BaseException):
+                    raise tokens
+                job = merged.setdefault(index, [[], False])
+                job[0] += tokens
+                job[1] = job[1] or finished
+            for index, (tokens, finished) in merged.items():
+                left -= finished
+                yield index, tokens, finished
+
+    def tell(self, job: Job, tokens, finished: bool) -> None:
+        self._events.put_nowait((job.index, tokens, finished))
+
+    def end(self, index: int) -> None:
+        """Job ``index`` is answered with what it has: its row leaves the batch at the engine's next step."""
+        self.batcher._end(self.jobs[index])
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.batcher._release(self.jobs)
 
 
 class Batcher:
@@ -111,8 +172,15 @@ class Batcher:
         return (await self.submit_all([prompt], max_tokens, temperature))[0]
 
     async def submit_all(self, prompts: list[list[int]], max_tokens: int, temperature: float) -> list[list[int]]:
-        """Generate for every prompt of one request, admitted or refused as one: a request refused busy
-        leaves no part of itself in the queue, to spend the model's time on an answer nobody gets."""
+        admission = self.admit(prompts, max_tokens, temperature)
+        try:
+            return await admission.answers()
+        finally:
+            admission.close()
+
+    def admit(self, prompts: list[list[int]], max_tokens: int, temperature: float, watch: bool = False) -> Admission:
+        """Queue every prompt of one request, admitted or refused (``QueueFull``) as one: a request refused
+        busy leaves no part of itself in the queue, to spend the model's time on an answer nobody gets."""
         count = len(prompts)
         if len(self.queue) + count > self.max_queue:
             raise QueueFull(len(self.queue), "the queue is full" if count == 1 else
@@ -129,22 +197,28 @@ class Batcher:
         self.queue.extend(jobs)
         self._arrived.set()
         self._gauge()
-        try:
-            return list(await asyncio.gather(*(job.future for job in jobs)))
-        except BaseException:  # withdrawn (or a part failed): the rest is not generated for nobody
-            self._withdraw(jobs)
-            raise
-        finally:
-            self.in_flight -= count
+        return Admission(self, jobs, watch)
 
-    def _withdraw(self, jobs: list[Job]) -> None:
-        for job in jobs:
+    def _release(self, jobs: list[Job]) -> None:
+        """A request is done with: what of it is unfinished is withdrawn (from the queue, or from the
+        engine's batch at its next step)."""
+        self.in_flight -= len(jobs)
+        for job in jobs:  # (a job answered is in neither the queue nor the batch)
+            job.future.cancel()  # (its future, if awaited, was cancelled with the request: not a sign it is done)
             if job in self.queue:
                 self.queue.remove(job)
             elif self.generating.pop(job.key, None) is not None:
                 self.engine.drop(job.key)
                 self._room.set()
         self._gauge()
+
+    def _end(self, job: Job) -> None:
+        """Answer a generating job with the tokens it has (its stop string came), and free its row."""
+        if job.future.done() or self.generating.pop(job.key, None) is None:
+            return
+        self.engine.drop(job.key)
+        self._left()
+        self._answer(job, list(job.heard))
 
     def _gauge(self) -> None:
         if self.metrics:
@@ -191,11 +265,11 @@ class Batcher:
         now = time.perf_counter()
         for i, job in enumerate(group):
             try:
-                self.engine.submit(job.key, job.prompt, job.max_tokens, job.temperature)
+                self.engine.submit(job.key, job.prompt, job.max_tokens, job.temperature,
+                                   watch=job.admission is not None)
             except Exception as exc:  # the engine is gone: these cannot be generated
                 for lost in group[i:]:
-                    if not lost.future.done():
-                        lost.future.set_exception(exc)
+                    self._fail(lost, exc)
                 return
             job.joined = now
             self.generating[job.key] = job
@@ -207,36 +281,55 @@ class Batcher:
             self.metrics.batch_size.observe(len(self.generating))
 
     def _heard(self, kind: str, key, payload) -> None:
-        """From the engine's thread: a row finished (``row``), failed (``error``), or the engine died (``gone``)."""
+        """From the engine's thread: a row finished (``row``), failed (``error``), watched rows' new tokens
+        (``tokens``), or the engine died (``gone``)."""
         try:
             self._loop.call_soon_threadsafe(self._settle, kind, key, payload)
         except RuntimeError:  # the loop is closed: the server is shutting down
             pass
 
     def _settle(self, kind: str, key, payload) -> None:
+        if kind == "tokens":
+            for k, tokens in payload.items():
+                job = self.generating.get(k)
+                if job is not None and job.admission is not None and not job.future.done():
+                    job.heard += tokens
+                    job.admission.tell(job, tokens, False)
+            return
         if kind == "gone":
             for job in self.generating.values():
-                if not job.future.done():
-                    job.future.set_exception(EngineGone(payload))
+                self._fail(job, EngineGone(payload))
             self.generating.clear()
             self._room.set()
             return
         job = self.generating.pop(key, None)
-        if job is None:  # withdrawn; the engine had finished it before it heard
+        if job is None:  # withdrawn or ended; the engine had finished it before it heard
             return
-        self._room.set()
-        if not self.generating and not self.continuous:  # a batch's end
-            took, rows = time.perf_counter() - self._batch[0], self._batch[1]
-            weight = 0.3 if rows >= self.max_batch // 2 else 0.05  # full batches say most about the next
-            self.batch_seconds = took if not self.batch_seconds else (1 - weight) * self.batch_seconds + weight * took
-        if job.future.done():
-            return
+        self._left()
         if kind == "error":
-            job.future.set_exception(EngineError(payload))
+            self._fail(job, EngineError(payload))
         else:
             self._answer(job, payload)
 
+    def _left(self) -> None:
+        """A row left the batch, answered: room for the next; in run-to-end, perhaps the batch's end."""
+        self._room.set()
+        if not self.generating and not self.continuous:
+            took, rows = time.perf_counter() - self._batch[0], self._batch[1]
+            weight = 0.3 if rows >= self.max_batch // 2 else 0.05  # full batches say most about the next
+            self.batch_seconds = took if not self.batch_seconds else (1 - weight) * self.batch_seconds + weight * took
+
+    def _fail(self, job: Job, exc: Exception) -> None:
+        if job.future.done():
+            return
+        job.future.set_exception(exc)
+        if job.admission is not None:  # heard through its events, not its future
+            job.future.exception()  # (marks it retrieved: asyncio would log it as never seen)
+            job.admission.tell(job, exc, True)
+
     def _answer(self, job: Job, tokens: list[int]) -> None:
+        if job.future.done():
+            return
         now = time.perf_counter()
         waited = now - job.enqueued
         self.latency_seconds = waited if not self.latency_seconds else 0.8 * self.latency_seconds + 0.2 * waited
@@ -252,3 +345,5 @@ class Batcher:
             span = max(now - self._answered[0][0], 1.0)
             self.metrics.tokens_per_second.set(self._answered_tokens / span)
         job.future.set_result(tokens)
+        if job.admission is not None:
+            job.admission.tell(job, tokens[len(job.heard):], True)

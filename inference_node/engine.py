@@ -4,12 +4,14 @@ Generation is a Python loop of many small torch ops. In the server's process it 
 the event loop that parses requests and answers 429s, and under a flood every op boundary waits for
 the loop (the convoy effect): the node then serves far fewer requests than it measured idle, and the
 latencies it promised when it admitted them are broken. So by default the model lives in an engine
-process of its own (as vLLM's engine core does), fed one batch at a time over a pipe; the server's
-process only tokenizes, batches and answers. ``thread`` keeps everything in one process, for models
-whose tokenizer cannot be sent between processes.
+process of its own (as vLLM's engine core does), told over a pipe which requests join and leave its
+batch; the server's process only tokenizes, schedules and answers. ``thread`` keeps everything in one
+process, for models whose tokenizer cannot be sent between processes.
 
-Both engines load the model, run the warm-up passes and report how long each phase took; ``run``
-generates one batch (blocking: the batcher calls it from a worker thread).
+Both engines load the model, run the warm-up passes and report how long each phase took, then run
+``engine_loop``: requests join its batch (``submit``) and leave it (``drop``); it reports each row as it
+finishes, and the new tokens of the rows ``submit`` asked to watch (a streamed answer, or one with stop
+strings) at every step.
 """
 
 from __future__ import annotations
@@ -105,34 +107,44 @@ Listener = Callable[[str, object, object], None]  # (kind, key, payload), on the
 
 def engine_loop(model, seed: int, receive, send) -> None:
     """Generate for whatever requests are in: take the messages that came in (``receive(block)``:
-    ``("add", key, prompt, max_tokens, temperature)``, ``("drop", key)``, or None to stop; blocking only
-    while nothing is generating), run one step, ``send`` the rows that finished; again. A step that fails
-    answers every request in the batch with the error, and the loop goes on with an empty batch."""
+    ``("add", key, prompt, max_tokens, temperature, watch)``, ``("drop", key)``, or None to stop; blocking
+    only while nothing is generating), run one step, ``send`` the watched rows' new tokens (``("tokens",
+    None, {key: tokens})``, one message a step for all) and the rows that finished (``("row", key,
+    tokens)``, the whole answer); again. A step that fails answers every request in the batch with the
+    error, and the loop goes on with an empty batch."""
     from inference_node.model import DecodeBatch
 
-    batch, inside = DecodeBatch(model, seed), set()
+    batch, inside, watched = DecodeBatch(model, seed), set(), set()
     while True:
         for message in receive(not len(batch)):
             if message is None:
                 return
             kind, key, *args = message
             if kind == "add":
-                batch.add(key, *args)
+                prompt, max_tokens, temperature, watch = args
+                batch.add(key, prompt, max_tokens, temperature)
                 inside.add(key)
+                if watch:
+                    watched.add(key)
             elif kind == "drop" and batch.drop(key):
                 inside.discard(key)
+                watched.discard(key)
         if not len(batch):
             continue
         try:
             finished = batch.step()
+            new = batch.new_tokens(watched) if watched else {}
         except Exception as exc:
             why = f"{type(exc).__name__}: {exc}"
             for key in inside:
                 send(("error", key, why))
-            batch, inside = DecodeBatch(model, seed + batch.steps), set()
+            batch, inside, watched = DecodeBatch(model, seed + batch.steps), set(), set()
             continue
+        if new:
+            send(("tokens", None, new))
         for key, tokens in finished:
             inside.discard(key)
+            watched.discard(key)
             send(("row", key, tokens))
 
 
@@ -174,8 +186,8 @@ class ThreadEngine:
     def listen(self, listener: Listener) -> None:
         self._listener = listener
 
-    def submit(self, key, prompt: list[int], max_tokens: int, temperature: float) -> None:
-        self._inbox.put(("add", key, prompt, max_tokens, temperature))
+    def submit(self, key, prompt: list[int], max_tokens: int, temperature: float, watch: bool = False) -> None:
+        self._inbox.put(("add", key, prompt, max_tokens, temperature, watch))
 
     def drop(self, key) -> None:
         self._inbox.put(("drop", key))
@@ -270,10 +282,10 @@ class ProcessEngine:
     def listen(self, listener: Listener) -> None:
         self._listener = listener
 
-    def submit(self, key, prompt: list[int], max_tokens: int, temperature: float) -> None:
+    def submit(self, key, prompt: list[int], max_tokens: int, temperature: float, watch: bool = False) -> None:
         try:
             with self._lock:
-                self._conn.send(("add", key, prompt, max_tokens, temperature))
+                self._conn.send(("add", key, prompt, max_tokens, temperature, watch))
         except (OSError, ValueError):
             self._proc.join(1)
             raise EngineGone(self.gone() or "the engine process closed its pipe") from None

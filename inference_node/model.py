@@ -222,6 +222,8 @@ class DecodeBatch:
         self.pending: list[tuple] = []  # (key, prompt, max_tokens, temperature), joining at a coming step
         self.pending_since = 0  # the step the oldest of them arrived at
         self.steps = 0
+        self.told: dict = {}  # by key, for rows someone reads as they go (``new_tokens``): tokens told so far
+        self.ended: set = set()  # keys whose end-of-text ``new_tokens`` has read: they finish at the next step
 
     def __len__(self) -> int:
         return len(self.keys) + len(self.pending)
@@ -254,6 +256,29 @@ class DecodeBatch:
             self._join()
         self.steps += 1
         return self._finished()
+
+    def new_tokens(self, keys) -> dict:
+        """The tokens each row of ``keys`` generated since it was last asked, up to its end-of-text (for a
+        client reading its answer as it is generated): one read of the device for all of them. A row whose
+        end-of-text is read here finishes at the next step, not at the next periodic look (``EOS_EVERY``)."""
+        rows = [r for r, k in enumerate(self.keys)
+                if k in keys and k not in self.ended and self.told.get(k, 0) < self.made[r]]
+        if not rows:
+            return {}
+        back = max(self.made[r] - self.told.get(self.keys[r], 0) for r in rows)
+        tails = self.seq[rows, self.seq.shape[1] - back:].tolist()
+        new = {}
+        for r, tail in zip(rows, tails):
+            key = self.keys[r]
+            told = self.told.get(key, 0)
+            tokens = tail[back - (self.made[r] - told):][: self.max_tokens[r] - told]
+            if self.model.eos is not None and self.model.eos in tokens:
+                tokens = tokens[: tokens.index(self.model.eos)]
+                self.ended.add(key)
+            self.told[key] = told + len(tokens)
+            if tokens:
+                new[key] = tokens
+        return new
 
     def _joining_now(self) -> bool:
         """Whether the requests waiting join at this step. Joining costs a prefill and a copy of the cache
@@ -312,7 +337,7 @@ class DecodeBatch:
     def _finished(self) -> list[tuple[object, list[int]]]:
         # Done by length is known without reading the device; an end-of-text is read every few steps
         # (each read waits for the device: on a GPU, every step would stall the queue of launches).
-        done = {r for r in range(len(self.keys)) if self.made[r] >= self.max_tokens[r]}
+        done = {r for r in range(len(self.keys)) if self.made[r] >= self.max_tokens[r] or self.keys[r] in self.ended}
         eos = self.model.eos
         if eos is not None and self.steps % EOS_EVERY == 0 and self.keys:
             width = self.seq.shape[1]
@@ -335,6 +360,10 @@ class DecodeBatch:
     def _keep(self, rows: list[int]) -> None:
         """Keep only ``rows``; and cut the leading columns that are padding in every row left."""
         self.keys, self.max_tokens, self.made = ([x[r] for r in rows] for x in (self.keys, self.max_tokens, self.made))
+        if self.told or self.ended:
+            kept = set(self.keys)
+            self.told = {k: n for k, n in self.told.items() if k in kept}
+            self.ended &= kept
         if not rows:
             self.seq = self.mask = self.temps = self.past = None
             return

@@ -24,7 +24,6 @@ import json
 import logging
 import signal
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -32,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from inference_node.answers import DONE, AnswerText, ChatShape, CompletionShape, event, usage
 from inference_node.batcher import Batcher, QueueFull
 from inference_node.metrics import NodeMetrics
 from inference_node.engine import EngineGone, EngineSpec, make_engine
@@ -80,9 +80,12 @@ class NodeConfig:
 BATCHING = ("continuous", "run-to-end")
 
 
+def error_body(message: str, kind: str, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": kind}}
+
+
 def error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": kind}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(message, kind, param), status_code=status, headers=headers)
 
 
 class Node:
@@ -188,6 +191,7 @@ class Generation:
     stream: bool
     n: int = 1  # answers per prompt
     stop: list[str] = field(default_factory=list)  # the answer ends before the first of these
+    include_usage: bool = False  # streamed: a last chunk with the usage (``stream_options.include_usage``)
 
 
 def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, prompt_field: str = "prompt",
@@ -224,9 +228,19 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, p
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
         return error(400, "'temperature' must be a number between 0 and 2", "invalid_request_error", "temperature")
     stream = data.get("stream", False)
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         return error(400, "'stream' must be true or false", "invalid_request_error", "stream")
-    return Generation(ids, max_tokens, float(temperature), stream, n, stop)
+    options = data.get("stream_options")
+    if options is not None and not stream:
+        return error(400, "'stream_options' is only allowed when 'stream' is true", "invalid_request_error",
+                     "stream_options")
+    options = options if options is not None else {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        return error(400, "'stream_options' must be an object whose 'include_usage' is true or false",
+                     "invalid_request_error", "stream_options")
+    return Generation(ids, max_tokens, float(temperature), stream, n, stop, options.get("include_usage", False))
 
 
 def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> Generation | JSONResponse:
@@ -283,55 +297,6 @@ def parse_chat(body: bytes, config: NodeConfig, tokenizer) -> Generation | JSONR
                        ("max_completion_tokens", "max_tokens"))
 
 
-def completion_answer(model: str, texts: list[str], ended: list[str], usage: dict, stream: bool):
-    """A text completion: the answer, or its server-sent events (the text, then its finish reason)."""
-    choices = [{"text": t, "index": i, "logprobs": None, "finish_reason": e}
-               for i, (t, e) in enumerate(zip(texts, ended))]
-    doc = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-           "model": model, "choices": choices, "usage": usage}
-    if not stream:
-        return doc
-
-    async def events():
-        for choice in choices:
-            chunk = dict(doc, choices=[dict(choice, finish_reason=None)])
-            chunk.pop("usage")
-            yield f"data: {json.dumps(chunk)}\n\n"
-            yield f"data: {json.dumps(dict(doc, choices=[dict(choice, text='')]))}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return events()
-
-
-def chat_answer(model: str, texts: list[str], ended: list[str], usage: dict, stream: bool):
-    """A chat completion: the assistant's message (one choice per answer asked for, ``n``), or its
-    server-sent ``chat.completion.chunk`` events (each choice's role and text, then its finish reason)."""
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
-    if not stream:
-        return dict(head, object="chat.completion", usage=usage, choices=[
-            {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": e}
-            for i, (t, e) in enumerate(zip(texts, ended))])
-
-    def chunk(index: int, delta: dict, finish_reason: str | None) -> str:
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return f"data: {json.dumps(dict(head, object='chat.completion.chunk', choices=[choice]))}\n\n"
-
-    async def events():
-        for i, (t, e) in enumerate(zip(texts, ended)):
-            yield chunk(i, {"role": "assistant", "content": t}, None)
-            yield chunk(i, {}, e)
-        yield "data: [DONE]\n\n"
-
-    return events()
-
-
-def until_stop(text: str, stop: list[str]) -> tuple[str, bool]:
-    """The text up to the first of the stop strings (which is left out, as OpenAI's API does), and whether
-    one was found. The model generates on to its ``max_tokens``; the answer ends where the client asked."""
-    cut = min((i for i in (text.find(x) for x in stop) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
 async def read_body(request: Request, limit: int) -> bytes | None:
     """The request's body, or None once it is over ``limit`` bytes (by its Content-Length, or as it
     streams in chunked): reading stops there, so a huge body is never held whole."""
@@ -371,6 +336,42 @@ async def until_gone(request: Request, work):
         task.cancel()
         raise ClientGone
     return task.result()
+
+
+async def heard(admission, answers: list[AnswerText]):
+    """Feed each answer its tokens as the batcher tells them, yielding the index of the answer that grew
+    (or finished). A stop string ends its row at once: the model does not go on to ``max_tokens`` for
+    text nobody gets."""
+    if not admission.watched:
+        for i, tokens in enumerate(await admission.answers()):
+            answers[i].feed(tokens, finished=True)
+            yield i
+        return
+    async for i, tokens, finished in admission.events():
+        answers[i].feed(tokens, finished)
+        if answers[i].stopped and not finished:
+            admission.end(i)
+        yield i
+
+
+async def heard_whole(admission, answers: list[AnswerText]) -> None:
+    async for _ in heard(admission, answers):
+        pass
+
+
+class AnswerStream(StreamingResponse):
+    """Server-sent events, and ``closed()`` called once they end however they end (the last one sent,
+    the client gone, the server shutting down), even if they never began."""
+
+    def __init__(self, events, closed):
+        super().__init__(events, media_type="text/event-stream")
+        self._closed = closed
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._closed()
 
 
 def create_app(config: NodeConfig) -> FastAPI:
@@ -424,14 +425,36 @@ def create_app(config: NodeConfig) -> FastAPI:
     async def chat_completions(request: Request):
         return await handled(request, chat=True)
 
+    def leave() -> None:
+        node.active -= 1
+        node.metrics.in_flight.set(node.active)
+
     async def handled(request: Request, chat: bool):
         node.active += 1
         node.metrics.in_flight.set(node.active)
+        response = None
         try:
-            return await complete(request, chat)
+            response = await complete(request, chat)
+            return response
         finally:
-            node.active -= 1
-            node.metrics.in_flight.set(node.active)
+            if not isinstance(response, AnswerStream):  # a stream is in flight until its last event
+                leave()
+
+    def served(started: float) -> None:
+        m = node.metrics
+        m.requests.labels("ok").inc()
+        elapsed = time.perf_counter() - started
+        m.latency.observe(elapsed)
+        if config.slo_ms is not None and elapsed * 1000.0 > config.slo_ms:
+            m.over_slo.inc()
+
+    def failed(exc: Exception) -> tuple[int, str, str]:
+        """A generation that failed: the status, message and type to answer with."""
+        if isinstance(exc, EngineGone):
+            node.fail(f"engine failed: {exc}")
+            return 503, f"server unavailable: {exc}; retry on another node", "unavailable"
+        log.error("generation failed", exc_info=exc)
+        return 500, f"generation failed: {type(exc).__name__}", "server_error"
 
     async def complete(request: Request, chat: bool):
         m = node.metrics
@@ -451,44 +474,70 @@ def create_app(config: NodeConfig) -> FastAPI:
         asked: Generation = parsed
         prompts = [p for p in asked.prompts for _ in range(asked.n)]  # choice i*n+j: prompt i's j-th answer
         started = time.perf_counter()
-        tok = node.engine.tokenizer
         try:
-            outs = await until_gone(request, node.batcher.submit_all(prompts, asked.max_tokens, asked.temperature))
-        except ClientGone:
-            m.requests.labels("cancelled").inc()
-            return Response(status_code=499)  # nobody is there to read it (nginx's "client closed request")
+            # Watched (its tokens heard as they come) when it streams, or when a stop string may end it early.
+            admission = node.batcher.admit(prompts, asked.max_tokens, asked.temperature,
+                                           watch=asked.stream or bool(asked.stop))
         except QueueFull as exc:
             m.requests.labels("busy").inc()
             m.busy_latency.observe(time.perf_counter() - started)
             return error(429, f"server busy: {exc.why} ({exc.waiting} waiting); retry after 1 s",
                          "server_busy", headers={"Retry-After": "1"})
-        except EngineGone as exc:
-            m.requests.labels("error").inc()
-            node.fail(f"engine failed: {exc}")
-            return error(503, f"server unavailable: {exc}; retry on another node", "unavailable",
-                         headers={"Retry-After": "1"})
+        answers = [AnswerText(node.engine.tokenizer, asked.stop, asked.max_tokens) for _ in prompts]
+        shape = (ChatShape if chat else CompletionShape)(node.model_name)
+        if asked.stream:
+            return streamed(admission, answers, shape, asked, started)
+        try:
+            await until_gone(request, heard_whole(admission, answers))
+        except ClientGone:
+            m.requests.labels("cancelled").inc()
+            return Response(status_code=499)  # nobody is there to read it (nginx's "client closed request")
         except Exception as exc:
             m.requests.labels("error").inc()
-            log.exception("generation failed")
-            return error(500, f"generation failed: {type(exc).__name__}", "server_error")
-        m.requests.labels("ok").inc()
-        elapsed = time.perf_counter() - started
-        m.latency.observe(elapsed)
-        if config.slo_ms is not None and elapsed * 1000.0 > config.slo_ms:
-            m.over_slo.inc()
-        texts, ended, completion_tokens = [], [], 0
-        for o in outs:
-            text, stopped = until_stop(tok.decode(o), asked.stop)
-            texts.append(text)
-            ended.append("stop" if stopped or len(o) < asked.max_tokens else "length")
-            # the tokens the answer kept: the longest run of them that reads as a beginning of its text
-            completion_tokens += max(k for k in range(len(o) + 1) if text.startswith(tok.decode(o[:k]))) \
-                if stopped else len(o)
-        prompt_tokens = sum(len(p) for p in asked.prompts)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
-        answer = (chat_answer if chat else completion_answer)(node.model_name, texts, ended, usage, asked.stream)
-        return StreamingResponse(answer, media_type="text/event-stream") if asked.stream else answer
+            status, message, kind = failed(exc)
+            return error(status, message, kind, headers={"Retry-After": "1"} if status == 503 else None)
+        finally:
+            admission.close()
+        served(started)
+        return shape.whole(answers, usage(asked.prompts, answers))
+
+    def streamed(admission, answers: list[AnswerText], shape, asked: Generation, started: float) -> AnswerStream:
+        """The answers as server-sent events, each piece of text as soon as it can be sent. The request is
+        in flight (for the drain, and withdrawn if its client goes) until its last event is sent."""
+        m, outcome = node.metrics, ["cancelled"]
+
+        async def events():
+            try:
+                for opening in shape.opening(len(answers)):
+                    yield opening
+                first = True
+                async for i in heard(admission, answers):
+                    if first:
+                        m.first_token.observe(time.perf_counter() - started)
+                        first = False
+                    answer = answers[i]
+                    piece = answer.take()
+                    if answer.finished:
+                        yield shape.piece(i, piece, answer.finish_reason)
+                    elif piece:
+                        yield shape.piece(i, piece)
+                if asked.include_usage:
+                    yield shape.usage(usage(asked.prompts, answers))
+                outcome[0] = "ok"
+                served(started)
+                yield DONE
+            except Exception as exc:  # the status is sent: the error goes in the stream, as OpenAI's does
+                outcome[0] = "error"
+                _, message, kind = failed(exc)
+                yield event(error_body(message, kind))
+
+        def closed() -> None:
+            admission.close()
+            if outcome[0] != "ok":
+                m.requests.labels(outcome[0]).inc()
+            leave()
+
+        return AnswerStream(events(), closed)
 
     return app
 

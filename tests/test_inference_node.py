@@ -211,8 +211,10 @@ def test_overload_answers_429_busy_at_once(node):
 def test_sigterm_finishes_requests_in_flight_and_exits_0(node):
     async def scenario():
         async with httpx.AsyncClient(base_url=node.url, timeout=60) as client:
-            inflight = [asyncio.create_task(client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 256}))
-                        for _ in range(8)]
+            # two of them streamed: a stream is in flight until its last event, and the drain waits for it
+            inflight = [asyncio.create_task(client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 256,
+                                                                                 "stream": i < 2}))
+                        for i in range(8)]
             for _ in range(200):  # until all eight are inside the node
                 metrics = (await client.get("/metrics")).text
                 if "peakpilot_requests_in_flight 8.0" in metrics:
@@ -229,6 +231,8 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(node):
     assert ready.status_code == 503 and ready.json()["state"] == "draining"
     assert late.status_code == 503 and "draining" in late.json()["error"]["message"]
     assert [r.status_code for r in done] == [200] * 8
+    for r in done[:2]:
+        assert r.text.endswith("data: [DONE]\n\n") and '"error"' not in r.text, r.text[-600:]
     assert node.proc.wait(30) == 0
 
 
@@ -287,7 +291,7 @@ def test_a_request_of_many_prompts_is_admitted_or_refused_whole():
         def listen(self, listener):
             self.listener = listener
 
-        def submit(self, key, prompt, max_tokens, temperature):
+        def submit(self, key, prompt, max_tokens, temperature, watch=False):
             self.seen.append(prompt[0])
             threading.Thread(target=lambda: (self.release.wait(10), self.listener("row", key, [prompt[0]]))).start()
 
@@ -316,6 +320,61 @@ def test_a_request_of_many_prompts_is_admitted_or_refused_whole():
     answers = asyncio.run(scenario())
     assert answers == [[0], [1], [2], [3], [[20]]]
     assert seen == [0, 1, 2, 3, 20]  # nothing of the refused request ran
+
+
+def test_a_watched_request_hears_its_tokens_and_a_reader_behind_gets_them_in_one_piece():
+    """A watched request hears each step's tokens (``Admission.events``); a reader that fell behind gets
+    the steps it missed merged, one event per answer rather than one per token; ``end`` answers a row with
+    what it has and drops it from the engine; ``close`` withdraws what is left."""
+    from inference_node.batcher import Batcher
+
+    class SteppingEngine:
+        """Tells a watched row's tokens, one a step, when ``run`` is called (on the event loop's thread)."""
+
+        def __init__(self):
+            self.rows, self.dropped, self.listener, self.at = {}, [], None, 0
+
+        def listen(self, listener):
+            self.listener = listener
+
+        def submit(self, key, prompt, max_tokens, temperature, watch=False):
+            assert watch
+            self.rows[key] = list(range(prompt[0], prompt[0] + max_tokens))
+
+        def drop(self, key):
+            self.dropped.append(key)
+            self.rows.pop(key, None)
+
+        def run(self, steps):
+            for step in range(self.at, self.at + steps):
+                self.listener("tokens", None, {k: [t[step]] for k, t in self.rows.items() if step < len(t)})
+            self.at += steps
+            for k in [k for k, t in self.rows.items() if len(t) <= self.at]:
+                self.listener("row", k, self.rows.pop(k))
+
+    async def scenario():
+        engine = SteppingEngine()
+        batcher = Batcher(engine, max_batch=4, max_wait_ms=0)
+        batcher.start()
+        admission = batcher.admit([[100], [200], [300]], 5, 0.0, watch=True)
+        while len(batcher.generating) < 3:
+            await asyncio.sleep(0.001)
+        events = admission.events()
+        engine.run(2)
+        await asyncio.sleep(0.01)  # the two steps' reports are in before the reader looks
+        first = [await events.__anext__() for _ in range(3)]
+        admission.end(1)  # answer 1's stop string came: answered with what it has, its row dropped
+        engine.run(5)  # the rest of 0 and 2, their rows finishing
+        await asyncio.sleep(0.01)
+        rest = [e async for e in events]
+        admission.close()
+        await batcher.stop()
+        return first, rest, engine.dropped, batcher.in_flight
+
+    first, rest, dropped, in_flight = asyncio.run(scenario())
+    assert first == [(0, [100, 101], False), (1, [200, 201], False), (2, [300, 301], False)]
+    assert rest == [(1, [], True), (0, [102, 103, 104], True), (2, [302, 303, 304], True)]
+    assert dropped == [1] and in_flight == 0
 
 
 def test_a_short_request_batched_with_a_long_one_is_answered_at_its_own_length(node_factory):
@@ -489,6 +548,62 @@ def test_a_request_withdrawn_while_generating_frees_its_row(node_factory):
     assert whole > 1.0 and waited < 0.2 + 0.3 * whole, (waited, whole)
 
 
+def test_a_streamed_answer_arrives_as_it_is_generated_and_a_stop_string_ends_it(node_factory):
+    """``stream``: the text goes out as the tokens are generated, the first of it long before the last
+    (before, the whole answer was generated and then sent as one event), reading as the answer does whole;
+    a client that goes away mid-stream frees its row at once. ``stop``: the row leaves the batch where the
+    stop string appears, rather than generating on to ``max_tokens`` for text nobody gets."""
+    from openai import OpenAI
+    from prometheus_client.parser import text_string_to_metric_families
+
+    n = node_factory("--model", "builtin:medium", "--max-batch", "1")
+    n.wait_ready()
+    ask = {"prompt": "x" * 32, "max_tokens": 192, "temperature": 0}
+    whole = httpx.post(f"{n.url}/v1/completions", json=ask, timeout=60).json()
+    text = whole["choices"][0]["text"]
+
+    started, pieces, events = time.perf_counter(), [], []
+    with httpx.stream("POST", f"{n.url}/v1/completions", timeout=60,
+                      json=dict(ask, stream=True, stream_options={"include_usage": True})) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+                if events[-1]["choices"] and events[-1]["choices"][0]["text"]:
+                    pieces.append(time.perf_counter() - started)
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == text
+    assert events[-1]["usage"] == whole["usage"] and events[-2]["choices"][0]["finish_reason"] == "length"
+    assert len(pieces) > 20 and pieces[-1] > 0.5 and pieces[0] < 0.2 * pieces[-1], pieces
+
+    client = OpenAI(base_url=f"{n.url}/v1", api_key="unused")
+    chat = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, stream=True)]
+    assert "".join(chat) == client.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0).choices[0].message.content
+
+    def generated() -> float:
+        return next(s.value for f in text_string_to_metric_families(httpx.get(f"{n.url}/metrics").text)
+                    for s in f.samples if s.name == "peakpilot_generated_tokens_total")
+
+    stop = text[6:8]
+    before = generated()
+    cut = httpx.post(f"{n.url}/v1/completions", json=dict(ask, stop=stop), timeout=60).json()
+    assert cut["choices"][0]["text"] == text[:text.find(stop)] and cut["choices"][0]["finish_reason"] == "stop"
+    assert cut["usage"]["completion_tokens"] < 16
+    assert generated() - before < 32  # of 192: the row left where its stop string came
+
+    with httpx.stream("POST", f"{n.url}/v1/completions", json=dict(ask, max_tokens=256, stream=True),
+                      timeout=60) as r:
+        next(r.iter_lines())  # the first piece; then the client goes away
+    begun = time.perf_counter()
+    after = httpx.post(f"{n.url}/v1/completions", json={"prompt": "y", "max_tokens": 4}, timeout=60)
+    assert after.status_code == 200 and time.perf_counter() - begun < 0.3 * pieces[-1]
+    got = {(s.name, s.labels.get("outcome")): s.value
+           for f in text_string_to_metric_families(httpx.get(f"{n.url}/metrics").text) for s in f.samples}
+    assert got[("peakpilot_requests_total", "cancelled")] == 1 and got[("peakpilot_requests_total", "ok")] == 6
+    assert got[("peakpilot_time_to_first_token_seconds_count", None)] == 3  # the streamed ones
+    assert got[("peakpilot_requests_in_flight", None)] == 0 and got[("peakpilot_queue_depth", None)] == 0
+
+
 def test_prometheus_scrapes_the_node_and_the_forecaster_reads_back_the_rate(node, prometheus_factory):
     """loadgen replays a slice of a real trace; Prometheus scrapes the node; the forecaster's Prometheus
     source reads back the request rate that was sent."""
@@ -642,6 +757,25 @@ def test_an_engine_that_dies_turns_the_node_unready_and_the_server_exits_1(node_
     assert node.proc.wait(timeout=30) == 1
     out = node.output()
     assert "peakpilot: error: engine failed: the engine process is gone (exit code -9) (--model builtin)" in out
+
+
+def test_an_engine_that_dies_mid_stream_ends_the_stream_with_an_error(node_factory):
+    """The status (200) went out with the first piece: the failure goes in the stream as an error event, as
+    OpenAI's does, which its client raises; the node then fails and exits 1 as for any request."""
+    import openai
+
+    node = node_factory("--model", "builtin:medium", "--max-batch", "1")
+    node.wait_ready()
+    client = openai.OpenAI(base_url=f"{node.url}/v1", api_key="unused", max_retries=0)
+    stream = client.completions.create(model="x", prompt="x" * 32, max_tokens=256, temperature=0, stream=True)
+    pieces = iter(stream)
+    assert next(pieces).choices[0].finish_reason is None
+    engines = [pid for pid in children(node.proc.pid) if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    os.kill(engines[0], signal.SIGKILL)
+    with pytest.raises(openai.APIError, match="the engine process is gone"):
+        for _ in pieces:
+            pass
+    assert node.proc.wait(timeout=30) == 1
 
 
 def test_an_engine_that_dies_while_idle_is_found_by_the_probes(node_factory):

@@ -1,0 +1,76 @@
+"""An answer's text as its tokens arrive (inference_node/answers.py): streamed in pieces, it reads the same
+as whole, never sends a character before it is whole, and never sends a stop string or any part of one."""
+
+import random
+
+import pytest
+
+from inference_node.answers import AnswerText
+from inference_node.tokenizer import ByteTokenizer
+
+TOK = ByteTokenizer()
+
+
+def streamed(tokens: list[int], stop: list[str], max_tokens: int, chunks: list[int]):
+    """Feed ``tokens`` in pieces of the sizes in ``chunks`` (the last piece finished), as the engine tells
+    them; the text taken after each piece, and the answer. Stops feeding once a stop string came (the
+    row leaves the batch then)."""
+    answer, pieces, at = AnswerText(TOK, stop, max_tokens), [], 0
+    for size in chunks:
+        part, at = tokens[at:at + size], at + size
+        answer.feed(part, finished=at >= len(tokens))
+        pieces.append(answer.take())
+        if answer.stopped or answer.finished:
+            break
+    if not answer.finished:  # ended early by its stop string: the batcher's last word, no tokens
+        answer.feed([], finished=True)
+        pieces.append(answer.take())
+    return pieces, answer
+
+
+def test_a_character_split_over_tokens_is_sent_once_whole():
+    tokens = list("é€!".encode())  # 2 + 3 + 1 bytes
+    pieces, answer = streamed(tokens, [], 16, [1] * len(tokens))
+    assert pieces == ["", "é", "", "", "€", "!"]
+    assert answer.text == "é€!" and answer.finish_reason == "stop"  # ended before max_tokens: end-of-text
+
+
+def test_text_that_could_begin_a_stop_string_waits_and_the_stop_string_is_never_sent():
+    pieces, answer = streamed(list(b"abc\nUser: more"), ["\nUser:"], 64, [1] * 14)
+    assert "".join(pieces) == "abc" and answer.stopped and answer.finish_reason == "stop"
+    assert pieces[:4] == ["a", "b", "c", ""]  # "\n" might begin the stop string
+    assert answer.kept_tokens == 3
+    # a false start is sent once it is known not to be one
+    pieces, answer = streamed(list(b"a\nUs!"), ["\nUser:"], 5, [1] * 5)
+    assert pieces == ["a", "", "", "", "\nUs!"] and not answer.stopped and answer.finish_reason == "length"
+
+
+def test_a_stop_string_is_not_matched_by_a_character_not_yet_whole():
+    """A decoder writes U+FFFD for the first byte of a character still to come; a stop string of U+FFFD
+    must not end the answer there (whole, that text holds no U+FFFD)."""
+    tokens = list("aé".encode())
+    pieces, answer = streamed(tokens, ["\ufffd"], 8, [2, 1])
+    assert not answer.stopped and "".join(pieces) == "aé"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_streamed_in_any_pieces_an_answer_reads_as_it_does_whole(seed):
+    rng = random.Random(seed)
+    alphabet = [list(c.encode()) for c in "ab \n:é€日"] + [[0xff], [0xc3], [256]]  # stray bytes, end-of-text
+    tokens = [t for _ in range(rng.randint(0, 40)) for t in rng.choice(alphabet)]
+    whole_text = TOK.decode(tokens)
+    stop = [whole_text[i:i + rng.randint(1, 4)] for i in rng.choices(range(len(whole_text) + 1), k=2)]
+    stop = [s for s in stop if s] or ["zz"]
+    max_tokens = len(tokens) + rng.randint(0, 2)
+    whole = AnswerText(TOK, stop, max_tokens)
+    whole.feed(tokens, finished=True)
+
+    chunks = [rng.randint(1, 3) for _ in range(len(tokens) + 1)]
+    pieces, answer = streamed(tokens, stop, max_tokens, chunks)
+    assert "".join(pieces) == whole.text == answer.text
+    assert answer.stopped == whole.stopped and answer.finish_reason == whole.finish_reason
+    assert answer.kept_tokens == whole.kept_tokens
+    sent = ""
+    for piece in pieces:  # what was sent is always the start of the answer, and holds no stop string
+        sent += piece
+        assert whole.text.startswith(sent) and not any(s in sent for s in stop)
