@@ -9,6 +9,7 @@ thickens the counts, so a trace of millions of requests per 10 minutes can drive
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ class LoadResult:
     sent: int = 0
     outcomes: dict[str, int] = field(default_factory=lambda: {"ok": 0, "busy": 0, "error": 0})
     latencies_ok: list[float] = field(default_factory=list)
+    first_text_ok: list[float] = field(default_factory=list)  # streamed: to the first text read
     latencies_busy: list[float] = field(default_factory=list)
     seconds: float = 0.0
     late_sends: int = 0
@@ -41,6 +43,9 @@ class LoadResult:
                 "outcomes": dict(self.outcomes),
                 "latency_ms": {"p50": pct(self.latencies_ok, 50), "p90": pct(self.latencies_ok, 90),
                                "p99": pct(self.latencies_ok, 99), "max": pct(self.latencies_ok, 100)},
+                # streamed (``stream: true``): when the first text of each served answer was read; else null
+                "first_text_ms": {"p50": pct(self.first_text_ok, 50), "p90": pct(self.first_text_ok, 90),
+                                  "p99": pct(self.first_text_ok, 99), "max": pct(self.first_text_ok, 100)},
                 "busy_latency_ms": {"p99": pct(self.latencies_busy, 99), "max": pct(self.latencies_busy, 100)},
                 "late_sends": self.late_sends, "errors": dict(self.errors)}
 
@@ -83,19 +88,43 @@ async def run_open_loop(url: str, send_times: np.ndarray, body: dict | None = No
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=256)
     sem = asyncio.Semaphore(max_in_flight)
 
+    async def streamed(client: httpx.AsyncClient, started: float) -> tuple[int, float | None, str | None]:
+        """(status, seconds to the first text, the error the stream ended with)."""
+        first, failed = None, None
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                return r.status_code, None, None
+            async for line in r.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    failed = f"stream error: {event['error'].get('type')}"
+                elif first is None and any(c.get("text") for c in event.get("choices", [])):
+                    first = time.perf_counter() - started
+        return 200, first, failed
+
     async def one(client: httpx.AsyncClient) -> None:
         started = time.perf_counter()
         try:
-            r = await client.post("/v1/completions", json=body)
+            if body.get("stream"):
+                status, first, failed = await streamed(client, started)
+                if failed:
+                    result.error(failed)
+                    return
+                if status == 200:
+                    result.first_text_ok.append(first if first is not None else time.perf_counter() - started)
+            else:
+                status = (await client.post("/v1/completions", json=body)).status_code
             elapsed = time.perf_counter() - started
-            if r.status_code == 200:
+            if status == 200:
                 result.outcomes["ok"] += 1
                 result.latencies_ok.append(elapsed)
-            elif r.status_code in (429, 503):
+            elif status in (429, 503):
                 result.outcomes["busy"] += 1
                 result.latencies_busy.append(elapsed)
             else:
-                result.error(f"HTTP {r.status_code}")
+                result.error(f"HTTP {status}")
         except httpx.HTTPError as exc:
             result.error(type(exc).__name__)
         finally:

@@ -762,10 +762,13 @@ def loadgen(
     rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply the trace's counts (e.g. 0.001)."),
     start: Optional[str] = typer.Option(None, "--start", help="Start at this timestamp of the trace."),
     max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens each request asks for."),
+    stream: bool = typer.Option(False, "--stream", help="Ask for streamed answers, and report when each "
+                                                        "one's first text was read too."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: outcomes and latency "
                                                        "percentiles."),
 ) -> None:
-    """Replay a trace's arrivals open-loop over HTTP; report outcomes and latency percentiles."""
+    """Replay a trace's arrivals open-loop over HTTP; report outcomes and latency percentiles (with
+    --stream, of the first text read as well as of the whole answer)."""
     import asyncio
 
     from inference_node.loadgen import BODY, describe_errors, run_open_loop, schedule_from_counts
@@ -779,7 +782,7 @@ def loadgen(
         fail("nothing to send: the slice is empty (check --start, --duration, --rate-scale)")
     require_reachable(url)
     typer.echo(f"sending {len(times)} requests over {times[-1]:.0f} s", err=True)
-    result = asyncio.run(run_open_loop(url, times, dict(BODY, max_tokens=max_tokens))).summary()
+    result = asyncio.run(run_open_loop(url, times, dict(BODY, max_tokens=max_tokens, stream=stream))).summary()
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -788,6 +791,9 @@ def loadgen(
     typer.echo(f"sent {result['sent']} in {result['seconds']} s ({result['rate_rps']} req/s): "
                f"ok {o['ok']}, busy {o['busy']}, error {o['error']}" + (f" ({kinds})" if kinds else ""))
     typer.echo(f"latency ms: p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
+    if stream:
+        first = result["first_text_ms"]
+        typer.echo(f"first text ms: p50 {first['p50']}  p90 {first['p90']}  p99 {first['p99']}  max {first['max']}")
 
 
 @app.command(cls=Command)

@@ -809,6 +809,18 @@ def test_loadgen_and_profile_commands_against_a_node_and_against_nothing(node, t
     assert result["sent"] == 60 and result["outcomes"] == {"ok": 60, "busy": 0, "error": 0}
     assert result["errors"] == {} and 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
     assert "POST /v1/completions" not in node.output()  # no line per request unless --access-log
+    assert result["first_text_ms"]["p50"] is None  # not streamed
+    # --stream: answers streamed, and when each one's first text was read (it comes before the last)
+    out = subprocess.run([*cli, "loadgen", "--trace", str(trace), "--url", node.url, "--speedup", "60",
+                          "--duration", "5", "--max-tokens", "64", "--stream"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    sent, latency, first = out.stdout.splitlines()
+    assert sent.startswith("sent 15 in") and ": ok 15, busy 0, error 0" in sent
+    p50 = lambda line: float(line.split("p50 ")[1].split()[0])  # noqa: E731
+    assert first.startswith("first text ms: p50 ") and 0 < p50(first) < p50(latency), out.stdout
+    metrics = httpx.get(f"{node.url}/metrics").text
+    assert "peakpilot_time_to_first_token_seconds_count 15.0" in metrics
 
     out = subprocess.run([*cli, "profile", "--url", node.url, "--slo-ms", "2000", "--seconds", "0.5",
                           "--max-tokens", "4", "--json"], capture_output=True, text=True, timeout=300)
