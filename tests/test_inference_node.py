@@ -153,8 +153,11 @@ def test_openai_client_gets_a_chat_completion(node):
     whole = client.chat.completions.create(model="x", messages=messages, max_completion_tokens=4, temperature=0)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
     assert whole.usage.completion_tokens <= 4  # max_completion_tokens, the newer name, is honoured
+    counted = list(client.chat.completions.create(model="x", messages=messages, max_completion_tokens=4,
+                                                  temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert counted[-1].choices == [] and counted[-1].usage == whole.usage and chunks[-1].usage is None
     metrics = httpx.get(f"{node.url}/metrics").text
-    assert 'peakpilot_requests_total{outcome="ok"} 4.0' in metrics
+    assert 'peakpilot_requests_total{outcome="ok"} 5.0' in metrics
 
 
 @pytest.mark.parametrize("body,field,message", [
@@ -265,6 +268,8 @@ def test_a_body_over_the_limit_is_refused_413_before_it_is_held_whole(node):
     ('{"prompt": "a", "max_tokens": 5000}', "max_tokens", "over the limit of 256"),
     ('{"prompt": "a", "temperature": 9}', "temperature", "between 0 and 2"),
     ('{"prompt": "a", "stream": "yes"}', "stream", "true or false"),
+    ('{"prompt": "a", "stream_options": {"include_usage": true}}', "stream_options", "only allowed when 'stream'"),
+    ('{"prompt": "a", "stream": true, "stream_options": {"include_usage": 1}}', "stream_options", "true or false"),
     (json.dumps({"prompt": ["a"] * 17}), "prompt", "holds 17 prompts; this node takes at most 16"),
 ])
 def test_bad_requests_get_400_naming_the_field(node, body, field, message):
