@@ -457,7 +457,7 @@ def test_rows_joining_a_batch_mid_generation_get_the_answers_they_would_alone():
     model = load_model("builtin:small", device=__import__("torch").device("cpu"))
     asked = {"a": ([65] * 30, 40), "b": ([66, 67, 68], 12), "c": ([69] * 50, 20), "empty": ([], 6)}
     alone = {k: generate(model, [p], [n], [0.0])[0] for k, (p, n) in asked.items()}
-    batch, got, widths = DecodeBatch(model), {}, []
+    batch, got, widths, told = DecodeBatch(model), {}, [], {}
     batch.add("a", *asked["a"], 0.0)
     for step in range(80):
         if step == 5:
@@ -468,10 +468,14 @@ def test_rows_joining_a_batch_mid_generation_get_the_answers_they_would_alone():
         if step == 12:
             assert batch.drop("withdrawn") and not batch.drop("withdrawn")
         got.update(batch.step())
+        for key, tokens in batch.new_tokens({"a", "c", "empty"}).items():  # read as they come (streamed)
+            told.setdefault(key, []).extend(tokens)
         widths.append(None if batch.seq is None else batch.seq.shape[1])
         if not len(batch):
             break
     assert got == alone and len(alone["empty"]) == 6
+    # each read as it came is its answer, less the tokens of the step it finished at
+    assert all(told[k] == got[k][:len(told[k])] and len(got[k]) - len(told[k]) <= 1 for k in ("a", "c", "empty"))
     # The cache written in place, grown past its room (3 + 150 positions), reads as recomputing the whole
     # sequence at every step does.
     import dataclasses
