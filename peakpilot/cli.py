@@ -767,8 +767,10 @@ def loadgen(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: outcomes and latency "
                                                        "percentiles."),
 ) -> None:
-    """Replay a trace's arrivals open-loop over HTTP; report outcomes and latency percentiles (with
-    --stream, of the first text read as well as of the whole answer)."""
+    """Replay a trace's arrivals open-loop over HTTP; report outcomes and latency percentiles.
+
+    With --stream the answers are streamed, and the percentiles of when each one's first text was read
+    are reported as well."""
     import asyncio
 
     from inference_node.loadgen import BODY, describe_errors, run_open_loop, schedule_from_counts
