@@ -645,8 +645,7 @@ def status(
 ) -> None:
     """What each service's controller last decided and why, from the store the daemon writes.
 
-    Load, forecast, nodes ready against nodes asked for, by class, and each class's reason; flags a
-    service whose last cycle is old."""
+    Load, forecast, nodes ready against asked for, by class, each class's reason; flags an old last cycle."""
     from controller.status import render_status, service_status
     from controller.store import Store, StoreError
 
@@ -769,8 +768,7 @@ def loadgen(
 ) -> None:
     """Replay a trace's arrivals open-loop over HTTP; report outcomes and latency percentiles.
 
-    With --stream the answers are streamed, and the percentiles of when each one's first text was read
-    are reported as well."""
+    With --stream the answers are streamed, and when each one's first text was read is reported too."""
     import asyncio
 
     from inference_node.loadgen import BODY, describe_errors, run_open_loop, schedule_from_counts
