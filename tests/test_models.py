@@ -50,6 +50,23 @@ def test_save_and_load_round_trip(tmp_path, name):
     assert after.start == history.end and len(after.values) == 6
 
 
+def test_a_model_refuses_a_history_read_on_another_clock_and_its_file_remembers_the_clock(tmp_path):
+    """The hours and weekdays a model learned are its history's clock's: predicting on a history read on
+    another zone's clock would be off by the zones' difference with nothing saying so (before, a saved
+    model did not even record the zone). Now it is refused, naming both clocks, saved and loaded alike."""
+    history, _ = clean_history(days=3)
+    paris = history.in_timezone("Europe/Paris")
+    model = make_model("seasonal_naive").fit(paris)
+    assert model.clock == "Europe/Paris"
+    with pytest.raises(ValueError, match="fitted on a history read on the Europe/Paris clock, this one is on UTC"):
+        model.predict(history, 30)
+    model.save(tmp_path / "paris.pt")
+    loaded = load_model(tmp_path / "paris.pt")
+    np.testing.assert_allclose(loaded.predict(paris, 30).values, model.predict(paris, 30).values)
+    with pytest.raises(ValueError, match="America/New_York"):
+        loaded.predict(history.in_timezone("America/New_York"), 30)
+
+
 def test_torch_is_deterministic_under_a_seed():
     history, _ = clean_history(days=3)
     a = make_model("torch", seed=7, **FAST["torch"]).fit(history).predict(history, 30).values

@@ -77,6 +77,7 @@ class Forecaster(abc.ABC):
         self.seed = seed
         self.step: pd.Timedelta | None = None
         self.fitted_until: pd.Timestamp | None = None
+        self.clock: str | None = None  # the zone whose clock its history was read on (None: not known)
         self.fit_seconds: float = 0.0
 
     # -- what a model needs ----------------------------------------------------------------------
@@ -98,6 +99,7 @@ class Forecaster(abc.ABC):
 
         self.check_history(history)
         self.step = history.step
+        self.clock = clock_of(history)
         started = time.perf_counter()
         self._fit(history)
         self.fit_seconds = time.perf_counter() - started
@@ -120,6 +122,11 @@ class Forecaster(abc.ABC):
             raise RuntimeError(f"{self.name}: predict before fit")
         if history.step != self.step:
             raise ValueError(f"{self.name} was fitted at a {self.step} step, history has {history.step}")
+        if self.clock is not None and clock_of(history) != self.clock:
+            # The hours of day and days of week it learned are that clock's: on another they are wrong by
+            # the zones' difference, and nothing else would say so.
+            raise ValueError(f"{self.name} was fitted on a history read on the {self.clock} clock, this one is "
+                             f"on {clock_of(history)}: read it on the same zone (--timezone, signals.timezone)")
         horizon = history.steps_for(horizon_min)
         positions = np.array([history.counts.index.get_indexer([s])[0] if s < history.end else
                               len(history) + int((s - history.end) / history.step) for s in starts])
@@ -144,7 +151,7 @@ class Forecaster(abc.ABC):
     def save(self, path: str | Path) -> None:
         payload = {"name": self.name, "seed": self.seed, "step_ns": None if self.step is None else self.step.value,
                    "fitted_until": None if self.fitted_until is None else self.fitted_until.isoformat(),
-                   "state": self.state()}
+                   "clock": self.clock, "state": self.state()}
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         Path(path).write_bytes(buffer.getvalue())
@@ -158,8 +165,15 @@ def load_model(path: str | Path) -> Forecaster:
     model = MODELS[payload["name"]](seed=payload["seed"])
     model.step = None if payload["step_ns"] is None else pd.Timedelta(payload["step_ns"], "ns")
     model.fitted_until = None if payload["fitted_until"] is None else pd.Timestamp(payload["fitted_until"])
+    model.clock = payload.get("clock")  # (files saved before it was recorded: not known)
     model.load_state(payload["state"])
     return model
+
+
+def clock_of(history: History) -> str:
+    """The zone whose clock the history's times are read on: its index's zone, UTC where it has none."""
+    tz = history.counts.index.tz
+    return "UTC" if tz is None else str(tz)
 
 
 def _human(delta: pd.Timedelta) -> str:
