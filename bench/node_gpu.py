@@ -6,7 +6,9 @@ with a GPU:
   with warm-up and without (`--no-warmup`), per model size, and the seconds to /ready each way;
 * dynamic batching on the GPU: the requests/s within the SLO at batch 16 against batch 1;
 * the same node on the same machine's CPU (one torch thread, as the CPU bench runs it) for scale;
-* greedy completions on the GPU equal the CPU's for the same prompts.
+* greedy completions on the GPU equal the CPU's for the same prompts;
+* streamed answers against whole ones (``node_streaming.py``'s comparison, on the GPU): a step with a
+  streamed row in it reads the device once, which the CPU cannot show the price of.
 
 Usage: python bench/node_gpu.py [--slo-ms 2000] [--seconds 3] > bench/node_gpu.json
 Exits with code 2 where torch sees no CUDA device (CI has none; run it where a GPU is).
@@ -27,6 +29,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from node_streaming import compare, poisson_arrivals  # noqa: E402
 from node_targets import ROOT, Node, first_vs_steady  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
@@ -87,6 +90,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3, help="seconds per load step of the capacity search")
     parser.add_argument("--sizes", default="small,medium", help="built-in model sizes for the warm-up rows")
     parser.add_argument("--capacity-model", default="builtin:medium")
+    parser.add_argument("--stream-rate", type=float, default=20.0,
+                        help="requests per second of the streamed-against-whole comparison (default 20)")
+    parser.add_argument("--stream-seconds", type=float, default=10.0)
     args = parser.parse_args()
 
     import torch
@@ -127,6 +133,12 @@ def main() -> None:
     report["gpu_over_cpu"] = round(gpu["batch_16"]["rps"] / max(cpu["batch_16"]["rps"], 1e-9), 2)
     report["capacity_steps"] = {"gpu_batch_1": gpu["batch_1"]["steps"], "gpu_batch_16": gpu["batch_16"]["steps"],
                                 "cpu_1_thread_batch_16": cpu["batch_16"]["steps"]}
+    node = Node("--model", model, "--max-batch", "16", "--max-queue", "512")
+    try:
+        streaming = compare(node, poisson_arrivals(args.stream_rate, args.stream_seconds, 0), 2, "streaming, ")
+    finally:
+        node.stop()
+    report["streaming"] = dict(streaming, rate_rps=args.stream_rate, seconds=args.stream_seconds)
     report["greedy_same_as_cpu"] = gpu_text == cpu_text
     report["completions"] = {"gpu": gpu_text, "cpu": cpu_text}
     report["targets_met"] = {

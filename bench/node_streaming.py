@@ -30,10 +30,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.node_targets import Node  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from node_targets import Node  # noqa: E402
 
 LENGTHS = [4, 8, 16, 32, 64, 128, 192, 256]
 
@@ -107,6 +105,29 @@ def pooled(runs: list[dict]) -> dict:
             "tokens_per_s": med(("tokens_per_s",))}
 
 
+def poisson_arrivals(rate: float, seconds: float, seed: int) -> list[tuple[float, int]]:
+    """``(second, max tokens)`` of a seeded Poisson stream of requests asking for ``LENGTHS``."""
+    rng = np.random.default_rng(seed)
+    times = np.cumsum(rng.exponential(1.0 / rate, size=int(rate * seconds * 2)))
+    return [(float(t), int(rng.choice(LENGTHS))) for t in times[times < seconds]]
+
+
+def compare(node: Node, arrivals: list[tuple[float, int]], rounds: int, label: str = "") -> dict:
+    """Both ways on one node, taking turns for ``rounds`` rounds; each way's figures and the ratios."""
+    runs = {"whole": [], "streamed": []}
+    for r in range(rounds):
+        for way in (("whole", "streamed") if r % 2 == 0 else ("streamed", "whole")):
+            print(f"{label}round {r + 1}/{rounds}: {way}, {len(arrivals)} requests", file=sys.stderr)
+            runs[way].append(asyncio.run(run(node, arrivals, way == "streamed")))
+    whole, streamed = pooled(runs["whole"]), pooled(runs["streamed"])
+    return {"whole": whole, "streamed": streamed,
+            "first_text_sooner": round(whole["first_text_s"]["p50"] / streamed["first_text_s"]["p50"], 2),
+            "streamed_over_whole": {
+                "last_text_p50": round(streamed["last_text_s"]["p50"] / whole["last_text_s"]["p50"], 2),
+                "tokens_per_s": round(streamed["tokens_per_s"] / whole["tokens_per_s"], 2)},
+            "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin:small")
@@ -122,23 +143,8 @@ def main() -> None:
     node = Node("--model", args.model, "--max-batch", str(args.max_batch))
     try:
         for rate in (float(r) for r in args.rates.split(",")):
-            rng = np.random.default_rng(args.seed)
-            times = np.cumsum(rng.exponential(1.0 / rate, size=int(rate * args.seconds * 2)))
-            arrivals = [(float(t), int(rng.choice(LENGTHS))) for t in times[times < args.seconds]]
-            runs = {"whole": [], "streamed": []}
-            for r in range(args.rounds):
-                for way in (("whole", "streamed") if r % 2 == 0 else ("streamed", "whole")):
-                    print(f"rate {rate:g}/s, round {r + 1}/{args.rounds}: {way}, {len(arrivals)} requests",
-                          file=sys.stderr)
-                    runs[way].append(asyncio.run(run(node, arrivals, way == "streamed")))
-            whole, streamed = pooled(runs["whole"]), pooled(runs["streamed"])
-            out["rates"][f"{rate:g}"] = {
-                "whole": whole, "streamed": streamed,
-                "first_text_sooner": round(whole["first_text_s"]["p50"] / streamed["first_text_s"]["p50"], 2),
-                "streamed_over_whole": {
-                    "last_text_p50": round(streamed["last_text_s"]["p50"] / whole["last_text_s"]["p50"], 2),
-                    "tokens_per_s": round(streamed["tokens_per_s"] / whole["tokens_per_s"], 2)},
-                "runs": runs}
+            arrivals = poisson_arrivals(rate, args.seconds, args.seed)
+            out["rates"][f"{rate:g}"] = compare(node, arrivals, args.rounds, f"rate {rate:g}/s, ")
     finally:
         node.stop()
     print(json.dumps(out, indent=1))
