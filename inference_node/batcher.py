@@ -43,6 +43,7 @@ class Job:
     max_tokens: int
     temperature: float
     future: asyncio.Future
+    top_p: float = 1.0
     enqueued: float = field(default_factory=time.perf_counter)
     joined: float = 0.0  # when it joined the engine's batch
     alongside: int = 0  # rows generating in the batch as it joined, itself included
@@ -178,7 +179,8 @@ class Batcher:
         finally:
             admission.close()
 
-    def admit(self, prompts: list[list[int]], max_tokens: int, temperature: float, watch: bool = False) -> Admission:
+    def admit(self, prompts: list[list[int]], max_tokens: int, temperature: float, watch: bool = False,
+              top_p: float = 1.0) -> Admission:
         """Queue every prompt of one request, admitted or refused (``QueueFull``) as one: a request refused
         busy leaves no part of itself in the queue, to spend the model's time on an answer nobody gets."""
         count = len(prompts)
@@ -192,7 +194,7 @@ class Batcher:
                 raise QueueFull(len(self.queue), f"the expected wait {wait:.2f} s is over the {self.slo:g} s "
                                                  f"latency target")
         loop = asyncio.get_running_loop()
-        jobs = [Job(next(self._keys), p, max_tokens, temperature, loop.create_future()) for p in prompts]
+        jobs = [Job(next(self._keys), p, max_tokens, temperature, loop.create_future(), top_p) for p in prompts]
         self.in_flight += count
         self.queue.extend(jobs)
         self._arrived.set()
@@ -265,7 +267,7 @@ class Batcher:
         now = time.perf_counter()
         for i, job in enumerate(group):
             try:
-                self.engine.submit(job.key, job.prompt, job.max_tokens, job.temperature,
+                self.engine.submit(job.key, job.prompt, job.max_tokens, job.temperature, top_p=job.top_p,
                                    watch=job.admission is not None)
             except Exception as exc:  # the engine is gone: these cannot be generated
                 for lost in group[i:]:

@@ -107,7 +107,7 @@ Listener = Callable[[str, object, object], None]  # (kind, key, payload), on the
 
 def engine_loop(model, seed: int, receive, send) -> None:
     """Generate for whatever requests are in: take the messages that came in (``receive(block)``:
-    ``("add", key, prompt, max_tokens, temperature, watch)``, ``("drop", key)``, or None to stop; blocking
+    ``("add", key, prompt, max_tokens, temperature, top_p, watch)``, ``("drop", key)``, or None to stop; blocking
     only while nothing is generating), run one step, ``send`` the watched rows' new tokens (``("tokens",
     None, {key: tokens})``, one message a step for all) and the rows that finished (``("row", key,
     tokens)``, the whole answer); again. A step that fails answers every request in the batch with the
@@ -121,8 +121,8 @@ def engine_loop(model, seed: int, receive, send) -> None:
                 return
             kind, key, *args = message
             if kind == "add":
-                prompt, max_tokens, temperature, watch = args
-                batch.add(key, prompt, max_tokens, temperature)
+                prompt, max_tokens, temperature, top_p, watch = args
+                batch.add(key, prompt, max_tokens, temperature, top_p)
                 inside.add(key)
                 if watch:
                     watched.add(key)
@@ -186,8 +186,9 @@ class ThreadEngine:
     def listen(self, listener: Listener) -> None:
         self._listener = listener
 
-    def submit(self, key, prompt: list[int], max_tokens: int, temperature: float, watch: bool = False) -> None:
-        self._inbox.put(("add", key, prompt, max_tokens, temperature, watch))
+    def submit(self, key, prompt: list[int], max_tokens: int, temperature: float, top_p: float = 1.0,
+               watch: bool = False) -> None:
+        self._inbox.put(("add", key, prompt, max_tokens, temperature, top_p, watch))
 
     def drop(self, key) -> None:
         self._inbox.put(("drop", key))
@@ -282,10 +283,11 @@ class ProcessEngine:
     def listen(self, listener: Listener) -> None:
         self._listener = listener
 
-    def submit(self, key, prompt: list[int], max_tokens: int, temperature: float, watch: bool = False) -> None:
+    def submit(self, key, prompt: list[int], max_tokens: int, temperature: float, top_p: float = 1.0,
+               watch: bool = False) -> None:
         try:
             with self._lock:
-                self._conn.send(("add", key, prompt, max_tokens, temperature, watch))
+                self._conn.send(("add", key, prompt, max_tokens, temperature, top_p, watch))
         except (OSError, ValueError):
             self._proc.join(1)
             raise EngineGone(self.gone() or "the engine process closed its pipe") from None

@@ -218,8 +218,9 @@ class DecodeBatch:
         self.made: list[int] = []  # by row: tokens generated so far (the last ``made`` columns of ``seq``)
         # (rows, width): every token so far, prompt and generated, left-padded; the KV cache (``past``)
         # covers all but the last column, whose token the next step feeds.
-        self.seq = self.mask = self.temps = self.past = None
-        self.pending: list[tuple] = []  # (key, prompt, max_tokens, temperature), joining at a coming step
+        # ``sampling``: (rows, 2), each row's temperature (0: greedy) and top_p (1: the whole distribution)
+        self.seq = self.mask = self.sampling = self.past = None
+        self.pending: list[tuple] = []  # (key, prompt, max_tokens, temperature, top_p), joining at a coming step
         self.pending_since = 0  # the step the oldest of them arrived at
         self.steps = 0
         self.told: dict = {}  # by key, for rows someone reads as they go (``new_tokens``): tokens told so far
@@ -228,12 +229,12 @@ class DecodeBatch:
     def __len__(self) -> int:
         return len(self.keys) + len(self.pending)
 
-    def add(self, key, prompt: list[int], max_tokens: int, temperature: float) -> None:
+    def add(self, key, prompt: list[int], max_tokens: int, temperature: float, top_p: float = 1.0) -> None:
         # An empty prompt starts from the end-of-text token, as a new document does.
         prompt = list(prompt) or [self.model.eos if self.model.eos is not None else 0]
         if not self.pending:
             self.pending_since = self.steps
-        self.pending.append((key, prompt, max_tokens, temperature))
+        self.pending.append((key, prompt, max_tokens, temperature, top_p))
 
     def drop(self, key) -> bool:
         """Stop generating for ``key`` (its client went away); False if it is not here."""
@@ -289,9 +290,16 @@ class DecodeBatch:
         return (len(self.pending) >= max(1, len(self) // 4)
                 or self.steps - self.pending_since >= JOIN_WAIT_STEPS)
 
-    def _sample(self, logits: torch.Tensor, temps: torch.Tensor) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, sampling: torch.Tensor) -> torch.Tensor:
         logits = logits[:, -1, :].float()
+        temps, top_p = sampling[:, :1], sampling[:, 1:]
         probs = torch.softmax(logits / temps.clamp(min=1e-4), dim=-1)
+        if bool((top_p < 1).any()):
+            # Nucleus sampling: only the most likely tokens whose probabilities reach top_p (the first always
+            # kept); rows at 1 keep every probability as it is, so their draws are those without it.
+            ranked, order = probs.sort(dim=-1, descending=True)
+            beyond = ((ranked.cumsum(dim=-1) - ranked) >= top_p) & (top_p < 1)
+            probs = torch.zeros_like(probs).scatter(-1, order, ranked.masked_fill(beyond, 0.0))
         sampled = torch.multinomial(probs, 1, generator=self.gen).squeeze(-1)
         return torch.where(temps.squeeze(-1) > 0, sampled, logits.argmax(-1))
 
@@ -303,7 +311,7 @@ class DecodeBatch:
     def _decode(self) -> None:
         ids = self.seq[:, -1:] if self.model.supports_cache else self.seq
         logits, self.past = self._forward(ids, self.mask, self.past)
-        nxt = self._sample(logits, self.temps)
+        nxt = self._sample(logits, self.sampling)
         self.seq = torch.cat([self.seq, nxt[:, None]], dim=1)
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         self.made = [m + 1 for m in self.made]
@@ -314,21 +322,21 @@ class DecodeBatch:
         width = max(len(p[1]) for p in joining)
         ids = torch.zeros(len(joining), width, dtype=torch.long, device=device)
         mask = torch.zeros_like(ids)
-        for i, (_, prompt, _, _) in enumerate(joining):
+        for i, (_, prompt, *_) in enumerate(joining):
             ids[i, width - len(prompt):] = torch.tensor(prompt, device=device)
             mask[i, width - len(prompt):] = 1
-        temps = torch.tensor([[max(0.0, p[3])] for p in joining], device=device)
+        sampling = torch.tensor([[max(0.0, p[3]), p[4]] for p in joining], device=device)
         logits, past = self._forward(ids, mask, None)
-        nxt = self._sample(logits, temps)
+        nxt = self._sample(logits, sampling)
         seq = torch.cat([ids, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         if self.seq is None:
-            self.seq, self.mask, self.temps, self.past = seq, mask, temps, past
+            self.seq, self.mask, self.sampling, self.past = seq, mask, sampling, past
         else:
             wide = max(seq.shape[1], self.seq.shape[1])
             self.seq = torch.cat([_pad_left(self.seq, wide), _pad_left(seq, wide)])
             self.mask = torch.cat([_pad_left(self.mask, wide), _pad_left(mask, wide)])
-            self.temps = torch.cat([self.temps, temps])
+            self.sampling = torch.cat([self.sampling, sampling])
             self.past = _join_caches(self.past, past, wide - 1)
         self.keys += [p[0] for p in joining]
         self.max_tokens += [p[2] for p in joining]
@@ -365,10 +373,10 @@ class DecodeBatch:
             self.told = {k: n for k, n in self.told.items() if k in kept}
             self.ended &= kept
         if not rows:
-            self.seq = self.mask = self.temps = self.past = None
+            self.seq = self.mask = self.sampling = self.past = None
             return
         index = torch.tensor(rows, device=self.seq.device)
-        self.seq, self.mask, self.temps = (t.index_select(0, index) for t in (self.seq, self.mask, self.temps))
+        self.seq, self.mask, self.sampling = (t.index_select(0, index) for t in (self.seq, self.mask, self.sampling))
         cut = int(self.mask.any(dim=0).long().argmax())  # the first column some row still uses
         self.seq, self.mask = self.seq[:, cut:], self.mask[:, cut:]
         self.past = _keep_in_cache(self.past, index, cut)

@@ -192,6 +192,17 @@ class Generation:
     n: int = 1  # answers per prompt
     stop: list[str] = field(default_factory=list)  # the answer ends before the first of these
     include_usage: bool = False  # streamed: a last chunk with the usage (``stream_options.include_usage``)
+    top_p: float = 1.0  # nucleus sampling: draw from the most likely tokens whose probabilities reach it
+
+
+# What OpenAI's API takes that this node does not do, with the values that ask for nothing: anything else
+# is refused by name, where ignoring it would answer something other than what the client asked for
+# (log probabilities that never come, tools never called, penalties never applied).
+UNSUPPORTED: dict[str, tuple] = {
+    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
+    "suffix": (None, ""), "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+    "tools": (None, []), "functions": (None, []), "response_format": (None, {"type": "text"}),
+}
 
 
 def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, prompt_field: str = "prompt",
@@ -224,9 +235,18 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, p
         return error(400, f"'{key}' must be a positive integer", "invalid_request_error", key)
     if max_tokens > config.max_tokens_limit:
         return error(400, f"'{key}' is over the limit of {config.max_tokens_limit}", "invalid_request_error", key)
-    temperature = data.get("temperature", 1.0)
+    temperature = data.get("temperature")
+    temperature = 1.0 if temperature is None else temperature
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
         return error(400, "'temperature' must be a number between 0 and 2", "invalid_request_error", "temperature")
+    top_p = data.get("top_p")
+    top_p = 1.0 if top_p is None else top_p
+    if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1:
+        return error(400, "'top_p' must be a number above 0 and at most 1", "invalid_request_error", "top_p")
+    for name, neutral in UNSUPPORTED.items():
+        if name in data and data[name] not in neutral:
+            return error(400, f"'{name}' is not supported by this node: leave it out (or at its default, "
+                              f"{json.dumps(neutral[-1])})", "invalid_request_error", name)
     stream = data.get("stream", False)
     if stream is None:
         stream = False
@@ -240,7 +260,8 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, p
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         return error(400, "'stream_options' must be an object whose 'include_usage' is true or false",
                      "invalid_request_error", "stream_options")
-    return Generation(ids, max_tokens, float(temperature), stream, n, stop, options.get("include_usage", False))
+    return Generation(ids, max_tokens, float(temperature), stream, n, stop, options.get("include_usage", False),
+                      float(top_p))
 
 
 def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> Generation | JSONResponse:
@@ -477,7 +498,7 @@ def create_app(config: NodeConfig) -> FastAPI:
         try:
             # Watched (its tokens heard as they come) when it streams, or when a stop string may end it early.
             admission = node.batcher.admit(prompts, asked.max_tokens, asked.temperature,
-                                           watch=asked.stream or bool(asked.stop))
+                                           watch=asked.stream or bool(asked.stop), top_p=asked.top_p)
         except QueueFull as exc:
             m.requests.labels("busy").inc()
             m.busy_latency.observe(time.perf_counter() - started)
