@@ -18,6 +18,10 @@ class NodeMetrics:
         self.first_token = Histogram("peakpilot_time_to_first_token_seconds",
                                      "Time from a streamed completion's arrival to its first generated token",
                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.per_token = Histogram("peakpilot_time_per_output_token_seconds",
+                                   "A streamed answer's mean time per token after its first",
+                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+                                   registry=r)
         self.busy_latency = Histogram("peakpilot_busy_answer_seconds", "Time to answer 429 busy",
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r)
         self.in_flight = Gauge("peakpilot_requests_in_flight", "Completion requests being handled", registry=r)

@@ -531,14 +531,17 @@ def create_app(config: NodeConfig) -> FastAPI:
             try:
                 for opening in shape.opening(len(answers)):
                     yield opening
-                first = True
+                first_heard: dict[int, float] = {}  # by answer: when its first tokens came
                 async for i in heard(admission, answers):
-                    if first:
-                        m.first_token.observe(time.perf_counter() - started)
-                        first = False
+                    now = time.perf_counter()
+                    if not first_heard:
+                        m.first_token.observe(now - started)
+                    first_heard.setdefault(i, now)
                     answer = answers[i]
                     piece = answer.take()
                     if answer.finished:
+                        if len(answer.tokens) > 1:  # its pace once started: what a reader waits per token
+                            m.per_token.observe((now - first_heard[i]) / (len(answer.tokens) - 1))
                         yield shape.piece(i, piece, answer.finish_reason)
                     elif piece:
                         yield shape.piece(i, piece)

@@ -652,6 +652,11 @@ def test_a_streamed_answer_arrives_as_it_is_generated_and_a_stop_string_ends_it(
            for f in text_string_to_metric_families(httpx.get(f"{n.url}/metrics").text) for s in f.samples}
     assert got[("peakpilot_requests_total", "cancelled")] == 1 and got[("peakpilot_requests_total", "ok")] == 6
     assert got[("peakpilot_time_to_first_token_seconds_count", None)] == 3  # the streamed ones
+    # the two streamed to their end: each one's pace per token once started (the 192-token one's: about
+    # 1/191 of its time)
+    per_token = (got[("peakpilot_time_per_output_token_seconds_sum", None)],
+                 got[("peakpilot_time_per_output_token_seconds_count", None)])
+    assert per_token[1] == 2 and 0 < per_token[0] < pieces[-1] / 30, (per_token, pieces[-1])
     assert got[("peakpilot_requests_in_flight", None)] == 0 and got[("peakpilot_queue_depth", None)] == 0
 
 
