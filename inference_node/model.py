@@ -215,6 +215,7 @@ class DecodeBatch:
         self.gen = torch.Generator(device=model.device).manual_seed(seed)
         self.keys: list = []  # by row: the caller's name for it
         self.max_tokens: list[int] = []
+        self.nucleus: list[bool] = []  # by row: whether it samples with a top_p under 1 (known without the device)
         self.made: list[int] = []  # by row: tokens generated so far (the last ``made`` columns of ``seq``)
         # (rows, width): every token so far, prompt and generated, left-padded; the KV cache (``past``)
         # covers all but the last column, whose token the next step feeds.
@@ -290,11 +291,11 @@ class DecodeBatch:
         return (len(self.pending) >= max(1, len(self) // 4)
                 or self.steps - self.pending_since >= JOIN_WAIT_STEPS)
 
-    def _sample(self, logits: torch.Tensor, sampling: torch.Tensor) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, sampling: torch.Tensor, nucleus: bool) -> torch.Tensor:
         logits = logits[:, -1, :].float()
         temps, top_p = sampling[:, :1], sampling[:, 1:]
         probs = torch.softmax(logits / temps.clamp(min=1e-4), dim=-1)
-        if bool((top_p < 1).any()):
+        if nucleus:  # (a host-side flag: asking the tensor would wait for the device at every step)
             # Nucleus sampling: only the most likely tokens whose probabilities reach top_p (the first always
             # kept); rows at 1 keep every probability as it is, so their draws are those without it.
             ranked, order = probs.sort(dim=-1, descending=True)
@@ -311,7 +312,7 @@ class DecodeBatch:
     def _decode(self) -> None:
         ids = self.seq[:, -1:] if self.model.supports_cache else self.seq
         logits, self.past = self._forward(ids, self.mask, self.past)
-        nxt = self._sample(logits, self.sampling)
+        nxt = self._sample(logits, self.sampling, any(self.nucleus))
         self.seq = torch.cat([self.seq, nxt[:, None]], dim=1)
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         self.made = [m + 1 for m in self.made]
@@ -327,7 +328,7 @@ class DecodeBatch:
             mask[i, width - len(prompt):] = 1
         sampling = torch.tensor([[max(0.0, p[3]), p[4]] for p in joining], device=device)
         logits, past = self._forward(ids, mask, None)
-        nxt = self._sample(logits, sampling)
+        nxt = self._sample(logits, sampling, any(p[4] < 1 for p in joining))
         seq = torch.cat([ids, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         if self.seq is None:
@@ -340,6 +341,7 @@ class DecodeBatch:
             self.past = _join_caches(self.past, past, wide - 1)
         self.keys += [p[0] for p in joining]
         self.max_tokens += [p[2] for p in joining]
+        self.nucleus += [p[4] < 1 for p in joining]
         self.made += [1] * len(joining)
 
     def _finished(self) -> list[tuple[object, list[int]]]:
@@ -367,7 +369,8 @@ class DecodeBatch:
 
     def _keep(self, rows: list[int]) -> None:
         """Keep only ``rows``; and cut the leading columns that are padding in every row left."""
-        self.keys, self.max_tokens, self.made = ([x[r] for r in rows] for x in (self.keys, self.max_tokens, self.made))
+        self.keys, self.max_tokens, self.made, self.nucleus = (
+            [x[r] for r in rows] for x in (self.keys, self.max_tokens, self.made, self.nucleus))
         if self.told or self.ended:
             kept = set(self.keys)
             self.told = {k: n for k, n in self.told.items() if k in kept}
