@@ -44,6 +44,7 @@ class Job:
     temperature: float
     future: asyncio.Future
     top_p: float = 1.0
+    seed: int | None = None
     enqueued: float = field(default_factory=time.perf_counter)
     joined: float = 0.0  # when it joined the engine's batch
     alongside: int = 0  # rows generating in the batch as it joined, itself included
@@ -180,7 +181,7 @@ class Batcher:
             admission.close()
 
     def admit(self, prompts: list[list[int]], max_tokens: int, temperature: float, watch: bool = False,
-              top_p: float = 1.0) -> Admission:
+              top_p: float = 1.0, seed: int | None = None) -> Admission:
         """Queue every prompt of one request, admitted or refused (``QueueFull``) as one: a request refused
         busy leaves no part of itself in the queue, to spend the model's time on an answer nobody gets."""
         count = len(prompts)
@@ -194,7 +195,9 @@ class Batcher:
                 raise QueueFull(len(self.queue), f"the expected wait {wait:.2f} s is over the {self.slo:g} s "
                                                  f"latency target")
         loop = asyncio.get_running_loop()
-        jobs = [Job(next(self._keys), p, max_tokens, temperature, loop.create_future(), top_p) for p in prompts]
+        # n answers of one prompt with one seed must still differ: the i-th prompt's draws start from seed + i
+        jobs = [Job(next(self._keys), p, max_tokens, temperature, loop.create_future(), top_p,
+                    None if seed is None else seed + i) for i, p in enumerate(prompts)]
         self.in_flight += count
         self.queue.extend(jobs)
         self._arrived.set()
@@ -268,7 +271,7 @@ class Batcher:
         for i, job in enumerate(group):
             try:
                 self.engine.submit(job.key, job.prompt, job.max_tokens, job.temperature, top_p=job.top_p,
-                                   watch=job.admission is not None)
+                                   seed=job.seed, watch=job.admission is not None)
             except Exception as exc:  # the engine is gone: these cannot be generated
                 for lost in group[i:]:
                     self._fail(lost, exc)

@@ -107,7 +107,7 @@ Listener = Callable[[str, object, object], None]  # (kind, key, payload), on the
 
 def engine_loop(model, seed: int, receive, send) -> None:
     """Generate for whatever requests are in: take the messages that came in (``receive(block)``:
-    ``("add", key, prompt, max_tokens, temperature, top_p, watch)``, ``("drop", key)``, or None to stop; blocking
+    ``("add", key, prompt, max_tokens, temperature, top_p, seed, watch)``, ``("drop", key)``, or None to stop; blocking
     only while nothing is generating), run one step, ``send`` the watched rows' new tokens (``("tokens",
     None, {key: tokens})``, one message a step for all) and the rows that finished (``("row", key,
     tokens)``, the whole answer); again. A step that fails answers every request in the batch with the
@@ -121,8 +121,8 @@ def engine_loop(model, seed: int, receive, send) -> None:
                 return
             kind, key, *args = message
             if kind == "add":
-                prompt, max_tokens, temperature, top_p, watch = args
-                batch.add(key, prompt, max_tokens, temperature, top_p)
+                prompt, max_tokens, temperature, top_p, seed, watch = args
+                batch.add(key, prompt, max_tokens, temperature, top_p, seed)
                 inside.add(key)
                 if watch:
                     watched.add(key)
@@ -187,8 +187,8 @@ class ThreadEngine:
         self._listener = listener
 
     def submit(self, key, prompt: list[int], max_tokens: int, temperature: float, top_p: float = 1.0,
-               watch: bool = False) -> None:
-        self._inbox.put(("add", key, prompt, max_tokens, temperature, top_p, watch))
+               seed: int | None = None, watch: bool = False) -> None:
+        self._inbox.put(("add", key, prompt, max_tokens, temperature, top_p, seed, watch))
 
     def drop(self, key) -> None:
         self._inbox.put(("drop", key))
@@ -284,10 +284,10 @@ class ProcessEngine:
         self._listener = listener
 
     def submit(self, key, prompt: list[int], max_tokens: int, temperature: float, top_p: float = 1.0,
-               watch: bool = False) -> None:
+               seed: int | None = None, watch: bool = False) -> None:
         try:
             with self._lock:
-                self._conn.send(("add", key, prompt, max_tokens, temperature, top_p, watch))
+                self._conn.send(("add", key, prompt, max_tokens, temperature, top_p, seed, watch))
         except (OSError, ValueError):
             self._proc.join(1)
             raise EngineGone(self.gone() or "the engine process closed its pipe") from None

@@ -216,12 +216,14 @@ class DecodeBatch:
         self.keys: list = []  # by row: the caller's name for it
         self.max_tokens: list[int] = []
         self.nucleus: list[bool] = []  # by row: whether it samples with a top_p under 1 (known without the device)
+        self.generators: list = []  # by row: its own random generator where the request gave a seed, else None
         self.made: list[int] = []  # by row: tokens generated so far (the last ``made`` columns of ``seq``)
         # (rows, width): every token so far, prompt and generated, left-padded; the KV cache (``past``)
         # covers all but the last column, whose token the next step feeds.
         # ``sampling``: (rows, 2), each row's temperature (0: greedy) and top_p (1: the whole distribution)
         self.seq = self.mask = self.sampling = self.past = None
-        self.pending: list[tuple] = []  # (key, prompt, max_tokens, temperature, top_p), joining at a coming step
+        # (key, prompt, max_tokens, temperature, top_p, seed), joining at a coming step
+        self.pending: list[tuple] = []
         self.pending_since = 0  # the step the oldest of them arrived at
         self.steps = 0
         self.told: dict = {}  # by key, for rows someone reads as they go (``new_tokens``): tokens told so far
@@ -230,12 +232,15 @@ class DecodeBatch:
     def __len__(self) -> int:
         return len(self.keys) + len(self.pending)
 
-    def add(self, key, prompt: list[int], max_tokens: int, temperature: float, top_p: float = 1.0) -> None:
+    def add(self, key, prompt: list[int], max_tokens: int, temperature: float, top_p: float = 1.0,
+            seed: int | None = None) -> None:
+        """A request joins at a coming step. With a ``seed`` its draws come from a generator of its own, so
+        it gets the same answer whatever else is in the batch (as far as the batch's arithmetic allows)."""
         # An empty prompt starts from the end-of-text token, as a new document does.
         prompt = list(prompt) or [self.model.eos if self.model.eos is not None else 0]
         if not self.pending:
             self.pending_since = self.steps
-        self.pending.append((key, prompt, max_tokens, temperature, top_p))
+        self.pending.append((key, prompt, max_tokens, temperature, top_p, seed))
 
     def drop(self, key) -> bool:
         """Stop generating for ``key`` (its client went away); False if it is not here."""
@@ -291,7 +296,7 @@ class DecodeBatch:
         return (len(self.pending) >= max(1, len(self) // 4)
                 or self.steps - self.pending_since >= JOIN_WAIT_STEPS)
 
-    def _sample(self, logits: torch.Tensor, sampling: torch.Tensor, nucleus: bool) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, sampling: torch.Tensor, nucleus: bool, generators: list) -> torch.Tensor:
         logits = logits[:, -1, :].float()
         temps, top_p = sampling[:, :1], sampling[:, 1:]
         probs = torch.softmax(logits / temps.clamp(min=1e-4), dim=-1)
@@ -302,6 +307,9 @@ class DecodeBatch:
             beyond = ((ranked.cumsum(dim=-1) - ranked) >= top_p) & (top_p < 1)
             probs = torch.zeros_like(probs).scatter(-1, order, ranked.masked_fill(beyond, 0.0))
         sampled = torch.multinomial(probs, 1, generator=self.gen).squeeze(-1)
+        for r, own in enumerate(generators):  # seeded rows draw again, from their own generators
+            if own is not None:
+                sampled[r] = torch.multinomial(probs[r], 1, generator=own)[0]
         return torch.where(temps.squeeze(-1) > 0, sampled, logits.argmax(-1))
 
     def _forward(self, ids, mask, past):
@@ -312,7 +320,7 @@ class DecodeBatch:
     def _decode(self) -> None:
         ids = self.seq[:, -1:] if self.model.supports_cache else self.seq
         logits, self.past = self._forward(ids, self.mask, self.past)
-        nxt = self._sample(logits, self.sampling, any(self.nucleus))
+        nxt = self._sample(logits, self.sampling, any(self.nucleus), self.generators)
         self.seq = torch.cat([self.seq, nxt[:, None]], dim=1)
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         self.made = [m + 1 for m in self.made]
@@ -328,7 +336,8 @@ class DecodeBatch:
             mask[i, width - len(prompt):] = 1
         sampling = torch.tensor([[max(0.0, p[3]), p[4]] for p in joining], device=device)
         logits, past = self._forward(ids, mask, None)
-        nxt = self._sample(logits, sampling, any(p[4] < 1 for p in joining))
+        generators = [None if p[5] is None else torch.Generator(device=device).manual_seed(p[5]) for p in joining]
+        nxt = self._sample(logits, sampling, any(p[4] < 1 for p in joining), generators)
         seq = torch.cat([ids, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         if self.seq is None:
@@ -342,6 +351,7 @@ class DecodeBatch:
         self.keys += [p[0] for p in joining]
         self.max_tokens += [p[2] for p in joining]
         self.nucleus += [p[4] < 1 for p in joining]
+        self.generators += generators
         self.made += [1] * len(joining)
 
     def _finished(self) -> list[tuple[object, list[int]]]:
@@ -369,8 +379,8 @@ class DecodeBatch:
 
     def _keep(self, rows: list[int]) -> None:
         """Keep only ``rows``; and cut the leading columns that are padding in every row left."""
-        self.keys, self.max_tokens, self.made, self.nucleus = (
-            [x[r] for r in rows] for x in (self.keys, self.max_tokens, self.made, self.nucleus))
+        self.keys, self.max_tokens, self.made, self.nucleus, self.generators = (
+            [x[r] for r in rows] for x in (self.keys, self.max_tokens, self.made, self.nucleus, self.generators))
         if self.told or self.ended:
             kept = set(self.keys)
             self.told = {k: n for k, n in self.told.items() if k in kept}

@@ -193,6 +193,7 @@ class Generation:
     stop: list[str] = field(default_factory=list)  # the answer ends before the first of these
     include_usage: bool = False  # streamed: a last chunk with the usage (``stream_options.include_usage``)
     top_p: float = 1.0  # nucleus sampling: draw from the most likely tokens whose probabilities reach it
+    seed: int | None = None  # the same seed, the same answers, whatever else the batch holds
 
 
 # What OpenAI's API takes that this node does not do, with the values that ask for nothing: anything else
@@ -243,6 +244,9 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, p
     top_p = 1.0 if top_p is None else top_p
     if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1:
         return error(400, "'top_p' must be a number above 0 and at most 1", "invalid_request_error", "top_p")
+    seed = data.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not -2**63 <= seed < 2**63):
+        return error(400, "'seed' must be a 64-bit integer", "invalid_request_error", "seed")
     for name, neutral in UNSUPPORTED.items():
         if name in data and data[name] not in neutral:
             return error(400, f"'{name}' is not supported by this node: leave it out (or at its default, "
@@ -261,7 +265,7 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, p
         return error(400, "'stream_options' must be an object whose 'include_usage' is true or false",
                      "invalid_request_error", "stream_options")
     return Generation(ids, max_tokens, float(temperature), stream, n, stop, options.get("include_usage", False),
-                      float(top_p))
+                      float(top_p), None if seed is None else seed % 2**62)
 
 
 def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> Generation | JSONResponse:
@@ -498,7 +502,8 @@ def create_app(config: NodeConfig) -> FastAPI:
         try:
             # Watched (its tokens heard as they come) when it streams, or when a stop string may end it early.
             admission = node.batcher.admit(prompts, asked.max_tokens, asked.temperature,
-                                           watch=asked.stream or bool(asked.stop), top_p=asked.top_p)
+                                           watch=asked.stream or bool(asked.stop), top_p=asked.top_p,
+                                           seed=asked.seed)
         except QueueFull as exc:
             m.requests.labels("busy").inc()
             m.busy_latency.observe(time.perf_counter() - started)

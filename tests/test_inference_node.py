@@ -131,11 +131,12 @@ def test_n_answers_per_prompt_and_stop_strings(node):
         assert message in r.json()["error"]["message"]
 
 
-def test_top_p_draws_from_the_most_likely_tokens_and_defaults_are_taken_as_defaults(node):
+def test_top_p_and_seed_shape_the_draws_and_defaults_are_taken_as_defaults(node):
     """``top_p`` (nucleus sampling): at a top_p too small for a second token, sampling at temperature 1 is
     the greedy answer, while without it the draws differ from it; a row at top_p 1 draws as it would
-    beside no other top_p. The neutral values clients send by default are taken; before, top_p was
-    ignored whatever its value."""
+    beside no other top_p. ``seed``: the same seed gives the same sampled answer, alone or sharing the
+    batch with others, and ``n`` answers of one seed still differ. The neutral values clients send by
+    default are taken. Before, top_p and seed were ignored whatever their values."""
     from inference_node.model import DecodeBatch, load_model
 
     ask = {"prompt": "Tell me", "max_tokens": 24}
@@ -145,6 +146,21 @@ def test_top_p_draws_from_the_most_likely_tokens_and_defaults_are_taken_as_defau
     free = httpx.post(f"{node.url}/v1/completions", json=dict(ask, temperature=1, n=4), timeout=30).json()
     assert {c["text"] for c in nucleus["choices"]} == {greedy["choices"][0]["text"]}
     assert greedy["choices"][0]["text"] not in {c["text"] for c in free["choices"]}
+    seeded = dict(ask, temperature=1, seed=1234)
+    alone = httpx.post(f"{node.url}/v1/completions", json=seeded, timeout=30).json()["choices"][0]["text"]
+
+    async def beside_others():
+        async with httpx.AsyncClient(base_url=node.url, timeout=60) as client:
+            others = [client.post("/v1/completions", json=dict(ask, prompt=f"other {i}", temperature=1))
+                      for i in range(3)]
+            answers = await asyncio.gather(client.post("/v1/completions", json=seeded), *others)
+            return answers[0].json()["choices"][0]["text"]
+
+    assert asyncio.run(beside_others()) == alone
+    two = httpx.post(f"{node.url}/v1/completions", json=dict(seeded, n=2), timeout=30).json()["choices"]
+    assert two[0]["text"] == alone and two[1]["text"] != alone
+    assert httpx.post(f"{node.url}/v1/completions", json=dict(seeded, seed=1235),
+                      timeout=30).json()["choices"][0]["text"] != alone
     defaults = dict(ask, temperature=None, top_p=1, frequency_penalty=0, presence_penalty=0, logprobs=None,
                     echo=False, best_of=1, logit_bias={}, response_format={"type": "text"})
     assert httpx.post(f"{node.url}/v1/completions", json=defaults, timeout=30).status_code == 200
@@ -305,6 +321,7 @@ def test_a_body_over_the_limit_is_refused_413_before_it_is_held_whole(node):
     ('{"prompt": "a", "stream": "yes"}', "stream", "true or false"),
     ('{"prompt": "a", "top_p": 0}', "top_p", "above 0 and at most 1"),
     ('{"prompt": "a", "top_p": 1.5}', "top_p", "above 0 and at most 1"),
+    ('{"prompt": "a", "seed": "7"}', "seed", "64-bit integer"),
     # asked of OpenAI's API and not done here: refused by name, not ignored
     ('{"prompt": "a", "logprobs": 3}', "logprobs", "'logprobs' is not supported by this node"),
     ('{"prompt": "a", "echo": true}', "echo", "not supported"),
@@ -338,7 +355,7 @@ def test_a_request_of_many_prompts_is_admitted_or_refused_whole():
         def listen(self, listener):
             self.listener = listener
 
-        def submit(self, key, prompt, max_tokens, temperature, top_p=1.0, watch=False):
+        def submit(self, key, prompt, max_tokens, temperature, top_p=1.0, seed=None, watch=False):
             self.seen.append(prompt[0])
             threading.Thread(target=lambda: (self.release.wait(10), self.listener("row", key, [prompt[0]]))).start()
 
@@ -384,7 +401,7 @@ def test_a_watched_request_hears_its_tokens_and_a_reader_behind_gets_them_in_one
         def listen(self, listener):
             self.listener = listener
 
-        def submit(self, key, prompt, max_tokens, temperature, top_p=1.0, watch=False):
+        def submit(self, key, prompt, max_tokens, temperature, top_p=1.0, seed=None, watch=False):
             assert watch
             self.rows[key] = list(range(prompt[0], prompt[0] + max_tokens))
 
