@@ -31,7 +31,10 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from node_targets import Node  # noqa: E402
+from node_targets import ROOT, Node  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from inference_node.loadgen import read_stream  # noqa: E402
 
 LENGTHS = [4, 8, 16, 32, 64, 128, 192, 256]
 
@@ -46,20 +49,11 @@ async def one(client: httpx.AsyncClient, at: float, max_tokens: int, stream: boo
         r.raise_for_status()
         done = time.perf_counter() - sent
         return done, done, r.json()["usage"]["completion_tokens"]
-    body["stream_options"] = {"include_usage": True}
-    first, tokens = None, 0
-    async with client.stream("POST", "/v1/completions", json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            event = json.loads(line[6:])
-            if first is None and event["choices"] and event["choices"][0]["text"]:
-                first = time.perf_counter() - sent
-            if event.get("usage"):
-                tokens = event["usage"]["completion_tokens"]
+    got = await read_stream(client, dict(body, stream_options={"include_usage": True}), sent)
+    if got.status != 200 or got.error:
+        raise RuntimeError(f"streamed completion failed: HTTP {got.status} {got.error or ''}")
     last = time.perf_counter() - sent
-    return first if first is not None else last, last, tokens
+    return got.first_text_s if got.first_text_s is not None else last, last, got.usage["completion_tokens"]
 
 
 def cpu_seconds(node: Node) -> dict:
@@ -71,9 +65,8 @@ def cpu_seconds(node: Node) -> dict:
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    engines = [int(c) for task in Path(f"/proc/{node.proc.pid}/task").iterdir()
-               for c in (task / "children").read_text().split()]
-    return {"server": of(node.proc.pid), "engine": sum(of(pid) for pid in engines), "client": time.process_time()}
+    return {"server": of(node.proc.pid), "engine": sum(of(pid) for pid in node.children()),
+            "client": time.process_time()}
 
 
 async def run(node: Node, arrivals: list[tuple[float, int]], stream: bool) -> dict:

@@ -58,13 +58,15 @@ class Node:
             time.sleep(0.02)
         raise TimeoutError("node did not become ready")
 
+    def children(self) -> list[int]:
+        """The server's child processes (its engine)."""
+        return [int(c) for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+
     def rss_mb(self) -> float:
         """Resident memory of the server and its engine process together."""
-        pids = [self.proc.pid]
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            pids += [int(c) for c in (task / "children").read_text().split()]
         total = 0.0
-        for pid in pids:
+        for pid in [self.proc.pid, *self.children()]:
             for line in open(f"/proc/{pid}/status"):
                 if line.startswith("VmRSS"):
                     total += int(line.split()[1]) / 1024

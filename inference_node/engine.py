@@ -105,6 +105,12 @@ def missing_gpu() -> str | None:
 Listener = Callable[[str, object, object], None]  # (kind, key, payload), on the engine's own thread
 
 
+def add_message(key, prompt: list[int], max_tokens: int, temperature: float, top_p: float, seed: int | None,
+                watch: bool) -> tuple:
+    """What tells ``engine_loop`` a request joins its batch (both engines send the same)."""
+    return ("add", key, prompt, max_tokens, temperature, top_p, seed, watch)
+
+
 def engine_loop(model, seed: int, receive, send) -> None:
     """Generate for whatever requests are in: take the messages that came in (``receive(block)``:
     ``("add", key, prompt, max_tokens, temperature, top_p, seed, watch)``, ``("drop", key)``, or None to stop; blocking
@@ -188,7 +194,7 @@ class ThreadEngine:
 
     def submit(self, key, prompt: list[int], max_tokens: int, temperature: float, top_p: float = 1.0,
                seed: int | None = None, watch: bool = False) -> None:
-        self._inbox.put(("add", key, prompt, max_tokens, temperature, top_p, seed, watch))
+        self._inbox.put(add_message(key, prompt, max_tokens, temperature, top_p, seed, watch))
 
     def drop(self, key) -> None:
         self._inbox.put(("drop", key))
@@ -287,7 +293,7 @@ class ProcessEngine:
                seed: int | None = None, watch: bool = False) -> None:
         try:
             with self._lock:
-                self._conn.send(("add", key, prompt, max_tokens, temperature, top_p, seed, watch))
+                self._conn.send(add_message(key, prompt, max_tokens, temperature, top_p, seed, watch))
         except (OSError, ValueError):
             self._proc.join(1)
             raise EngineGone(self.gone() or "the engine process closed its pipe") from None

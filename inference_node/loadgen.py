@@ -35,19 +35,46 @@ class LoadResult:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def summary(self) -> dict:
-        def pct(values, q):
-            return round(float(np.percentile(values, q)) * 1000, 2) if values else None
+        def pcts(values, qs=(("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))) -> dict:
+            return {name: round(float(np.percentile(values, q)) * 1000, 2) if values else None for name, q in qs}
 
         return {"sent": self.sent, "seconds": round(self.seconds, 2),
                 "rate_rps": round(self.sent / self.seconds, 2) if self.seconds else 0.0,
                 "outcomes": dict(self.outcomes),
-                "latency_ms": {"p50": pct(self.latencies_ok, 50), "p90": pct(self.latencies_ok, 90),
-                               "p99": pct(self.latencies_ok, 99), "max": pct(self.latencies_ok, 100)},
+                "latency_ms": pcts(self.latencies_ok),
                 # streamed (``stream: true``): when the first text of each served answer was read; else null
-                "first_text_ms": {"p50": pct(self.first_text_ok, 50), "p90": pct(self.first_text_ok, 90),
-                                  "p99": pct(self.first_text_ok, 99), "max": pct(self.first_text_ok, 100)},
-                "busy_latency_ms": {"p99": pct(self.latencies_busy, 99), "max": pct(self.latencies_busy, 100)},
+                "first_text_ms": pcts(self.first_text_ok),
+                "busy_latency_ms": pcts(self.latencies_busy, (("p99", 99), ("max", 100))),
                 "late_sends": self.late_sends, "errors": dict(self.errors)}
+
+
+@dataclass
+class Streamed:
+    """A streamed completion as its client read it."""
+
+    status: int
+    first_text_s: float | None = None  # from ``started`` to the first text read (None: no text came)
+    error: str | None = None  # the error event the stream ended with
+    usage: dict | None = None  # its usage chunk, where ``stream_options.include_usage`` asked for one
+
+
+async def read_stream(client: httpx.AsyncClient, body: dict, started: float) -> Streamed:
+    """POST a streamed completion and read its server-sent events to the end."""
+    async with client.stream("POST", "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            return Streamed(r.status_code)
+        got = Streamed(200)
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                got.error = f"stream error: {event['error'].get('type')}"
+            elif got.first_text_s is None and any(c.get("text") for c in event.get("choices", [])):
+                got.first_text_s = time.perf_counter() - started
+            if event.get("usage"):
+                got.usage = event["usage"]
+        return got
 
 
 def describe_errors(errors: dict[str, int]) -> str:
@@ -88,32 +115,18 @@ async def run_open_loop(url: str, send_times: np.ndarray, body: dict | None = No
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=256)
     sem = asyncio.Semaphore(max_in_flight)
 
-    async def streamed(client: httpx.AsyncClient, started: float) -> tuple[int, float | None, str | None]:
-        """(status, seconds to the first text, the error the stream ended with)."""
-        first, failed = None, None
-        async with client.stream("POST", "/v1/completions", json=body) as r:
-            if r.status_code != 200:
-                return r.status_code, None, None
-            async for line in r.aiter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                event = json.loads(line[6:])
-                if "error" in event:
-                    failed = f"stream error: {event['error'].get('type')}"
-                elif first is None and any(c.get("text") for c in event.get("choices", [])):
-                    first = time.perf_counter() - started
-        return 200, first, failed
-
     async def one(client: httpx.AsyncClient) -> None:
         started = time.perf_counter()
         try:
             if body.get("stream"):
-                status, first, failed = await streamed(client, started)
-                if failed:
-                    result.error(failed)
+                got = await read_stream(client, body, started)
+                if got.error:
+                    result.error(got.error)
                     return
+                status = got.status
                 if status == 200:
-                    result.first_text_ok.append(first if first is not None else time.perf_counter() - started)
+                    result.first_text_ok.append(got.first_text_s if got.first_text_s is not None
+                                                else time.perf_counter() - started)
             else:
                 status = (await client.post("/v1/completions", json=body)).status_code
             elapsed = time.perf_counter() - started
