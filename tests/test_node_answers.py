@@ -74,3 +74,31 @@ def test_streamed_in_any_pieces_an_answer_reads_as_it_does_whole(seed):
     for piece in pieces:  # what was sent is always the start of the answer, and holds no stop string
         sent += piece
         assert whole.text.startswith(sent) and not any(s in sent for s in stop)
+
+
+class WordTokenizer:
+    """Words as tokens, a space between them: a token reads otherwise at the start of a text than after
+    another (as a SentencePiece tokenizer's leading space does), so an answer's new tokens cannot be
+    decoded alone."""
+
+    words = ["Hello", "world", "and", "GPUs", "!"]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(self.words[i] for i in ids)
+
+
+def test_new_tokens_are_read_after_the_ones_before_them():
+    tok = WordTokenizer()
+    tokens = [0, 1, 2, 3, 4, 1]
+    answer, pieces = AnswerText(tok, [], 16), []
+    for i, token in enumerate(tokens):
+        answer.feed([token], finished=i == len(tokens) - 1)
+        pieces.append(answer.take())
+    assert pieces == ["Hello", " world", " and", " GPUs", " !", " world"]
+    assert answer.text == tok.decode(tokens)
+    stopped = AnswerText(tok, ["d an"], 16)  # a stop string over two tokens
+    for token in tokens:
+        stopped.feed([token])
+        if stopped.stopped:
+            break
+    assert stopped.text == "Hello worl" and stopped.kept_tokens == 1 and stopped.finish_reason == "stop"
