@@ -8,10 +8,10 @@ process of its own (as vLLM's engine core does), told over a pipe which requests
 batch; the server's process only tokenizes, schedules and answers. ``thread`` keeps everything in one
 process, for models whose tokenizer cannot be sent between processes.
 
-Both engines load the model, run the warm-up passes and report how long each phase took, then run
-``engine_loop``: requests join its batch (``submit``) and leave it (``drop``); it reports each row as it
-finishes, and the new tokens of the rows ``submit`` asked to watch (a streamed answer, or one with stop
-strings) at every step.
+Both engines load the model, run the warm-up passes and report how long each phase took (and the model's
+context, where it says), then run ``engine_loop``: requests join its batch (``submit``) and leave it
+(``drop``); it reports each row as it finishes, and the new tokens of the rows ``submit`` asked to watch
+(a streamed answer, or one with stop strings) at every step.
 """
 
 from __future__ import annotations
@@ -60,14 +60,16 @@ def _load_and_warm(spec: EngineSpec):
     warm_started = time.perf_counter()
     if spec.warmup:
         sizes = sorted({1, max(1, spec.max_batch // 2), spec.max_batch})
+        # prompt lengths with room for their 8 tokens of answer in the model's context
+        short, long = (max(1, min(length, (model.context or length + 8) - 8)) for length in (8, 64))
         for _ in range(2):
             for b in sizes:
-                for length in (8, 64):
+                for length in (short, long):
                     generate(model, [[65] * length] * b, [8] * b, [0.0] * b)
             joined = DecodeBatch(model)  # and a request joining a batch already generating
-            joined.add(0, [65] * 8, 8, 0.0)
+            joined.add(0, [65] * short, 8, 0.0)
             joined.step()
-            joined.add(1, [65] * 64, 4, 0.0)
+            joined.add(1, [65] * long, 4, 0.0)
             while len(joined):
                 joined.step()
     timings["warmup"] = time.perf_counter() - warm_started
@@ -160,7 +162,7 @@ class ThreadEngine:
     def __init__(self, spec: EngineSpec):
         self.spec = spec
         self.model = None
-        self.name = self.tokenizer = self.device = self.device_warning = None
+        self.name = self.tokenizer = self.device = self.device_warning = self.context = None
         self.timings: dict[str, float] = {}
         self._inbox: queue.Queue = queue.Queue()
         self._listener: Listener = lambda kind, key, payload: None
@@ -173,7 +175,7 @@ class ThreadEngine:
         # loop answer /ready, /metrics and 429s promptly while a batch runs.
         sys.setswitchinterval(0.0005)
         self.model, self.timings = _load_and_warm(self.spec)
-        self.name, self.tokenizer = self.model.name, self.model.tokenizer
+        self.name, self.tokenizer, self.context = self.model.name, self.model.tokenizer, self.model.context
         self.device = describe_device(self.model.device)
         self.device_warning = missing_gpu() if self.model.device.type == "cpu" else None
 
@@ -219,7 +221,7 @@ def _engine_main(conn, spec: EngineSpec) -> None:
     try:
         model, timings = _load_and_warm(spec)
         conn.send(("ready", {"name": model.name, "tokenizer": model.tokenizer, "timings": timings,
-                             "device": describe_device(model.device),
+                             "context": model.context, "device": describe_device(model.device),
                              "device_warning": missing_gpu() if model.device.type == "cpu" else None}))
     except Exception as exc:
         try:
@@ -246,7 +248,7 @@ class ProcessEngine:
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
-        self.name = self.tokenizer = self.device = self.device_warning = None
+        self.name = self.tokenizer = self.device = self.device_warning = self.context = None
         self.timings: dict[str, float] = {}
         self._proc = self._conn = None
         self._lock = threading.Lock()  # sends come from the event loop and from close
@@ -269,6 +271,7 @@ class ProcessEngine:
             raise EngineError(f"{payload}; a tokenizer that cannot be sent between processes needs --engine thread"
                               if "pickle" in str(payload).lower() else payload)
         self.name, self.tokenizer, self.timings = payload["name"], payload["tokenizer"], payload["timings"]
+        self.context = payload["context"]
         self.device, self.device_warning = payload["device"], payload["device_warning"]
         self._reader = threading.Thread(target=self._read, name="peakpilot-engine-reader", daemon=True)
         self._reader.start()

@@ -154,6 +154,29 @@ class LoadedModel:
     def eos(self) -> int | None:
         return getattr(self.tokenizer, "eos", None)
 
+    @property
+    def context(self) -> int | None:
+        return model_context(self.module, self.tokenizer)
+
+
+# A Hugging Face tokenizer that does not know its model's context says 1e30; nothing real is this long.
+_UNKNOWN_CONTEXT = 10**7
+
+
+def model_context(module, tokenizer) -> int | None:
+    """The most tokens, prompt and answer together, the model takes, where it says: its ``context_length``
+    (a user's factory can set it), the built-in model's ``max_seq``, a Hugging Face config's
+    ``max_position_embeddings`` or ``n_positions``, or the tokenizer's ``model_max_length``; else None. Past
+    it a model fails (a position it has no embedding for, one request failing the whole batch) or, as the
+    built-in one would, answers from positions it never learned."""
+    config = getattr(module, "config", None)
+    for owner, name in ((module, "context_length"), (module, "max_seq"), (config, "max_position_embeddings"),
+                        (config, "n_positions"), (tokenizer, "model_max_length")):
+        value = getattr(owner, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _UNKNOWN_CONTEXT:
+            return value
+    return None
+
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -60,8 +60,11 @@ class NodeConfig:
     max_batch: int = 16
     max_wait_ms: float = 10.0
     max_queue: int = 64
+    # The longest prompt and answer a request may ask for (they bound one request's share of the batch), and
+    # together no longer than the model's context: its own (where it says, model.model_context) or this.
     max_prompt_tokens: int = 512
     max_tokens_limit: int = 256
+    max_model_len: int | None = None
     # The most a request's body may hold: a full queue's worth of the longest prompts fits many times over,
     # and a client sending more (a bug, or worse) is refused before the server holds it all in memory.
     max_body_bytes: int = 1 << 20
@@ -103,6 +106,7 @@ class Node:
                                                             config.warmup, config.max_batch))
         self.batcher: Batcher | None = None
         self.timings: dict[str, float] = {}
+        self.context: int | None = None  # the most tokens, prompt and answer, a request may take (None: unknown)
         self.error: str | None = None
         self.active = 0  # completion requests inside the handler, from arrival to response
         self.on_failed = None  # called once the node fails (model not loaded, engine gone): the server exits 1
@@ -111,6 +115,11 @@ class Node:
     def load_and_warm(self) -> None:
         try:
             self.engine.start()
+            own, asked = self.engine.context, self.config.max_model_len
+            if asked is not None and own is not None and asked > own:
+                self.fail(f"--max-model-len {asked} is over the context of {self.engine.name}, {own} tokens")
+                return
+            self.context = asked if asked is not None else own
             self.timings = dict(self.engine.timings)
             self.timings["total"] = time.time() - PROCESS_START
             for phase, seconds in self.timings.items():
@@ -206,10 +215,13 @@ UNSUPPORTED: dict[str, tuple] = {
 }
 
 
-def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, prompt_field: str = "prompt",
-                max_keys: tuple[str, ...] = ("max_tokens",)) -> Generation | JSONResponse:
+def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, context: int | None,
+                prompt_field: str = "prompt", max_keys: tuple[str, ...] = ("max_tokens",),
+                default_max_tokens: int | None = 16) -> Generation | JSONResponse:
     """What both endpoints ask of a generation: prompts that fit (from ``prompt_field``), max tokens (the
-    first of ``max_keys`` given), temperature, stream, answers per prompt (``n``) and stop strings."""
+    first of ``max_keys`` given; by default ``default_max_tokens``, None for as many as the limit and the
+    context allow; either within the ``context`` the prompt leaves), temperature, stream, answers per
+    prompt (``n``) and stop strings."""
     n = data.get("n", 1)
     if n is None:
         n = 1
@@ -225,17 +237,28 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, p
         return error(400, "'stop' must be a string or a list of at most 4 non-empty strings", "invalid_request_error",
                      "stop")
     ids = [tokenizer.encode(p) for p in prompts]
-    if any(len(p) > config.max_prompt_tokens for p in ids):
-        return error(400, f"'{prompt_field}' is longer than {config.max_prompt_tokens} tokens",
-                     "invalid_request_error", prompt_field)
+    longest = max(len(p) for p in ids)
+    if longest > config.max_prompt_tokens:
+        return error(400, f"'{prompt_field}' is longer than {config.max_prompt_tokens} tokens (this node's "
+                          f"--max-prompt-tokens)", "invalid_request_error", prompt_field)
+    room = config.max_tokens_limit if context is None else min(config.max_tokens_limit, context - longest)
+    if room < 1:
+        return error(400, f"This model's maximum context length is {context} tokens, and '{prompt_field}' is "
+                          f"{longest} of them: it leaves no room for an answer", "invalid_request_error", prompt_field)
     key = next((k for k in max_keys if data.get(k) is not None), max_keys[0])
-    max_tokens = data.get(key, 16)
-    if max_tokens is None:
-        max_tokens = 16
+    max_tokens = data.get(key)
+    if max_tokens is None:  # not asked: the default, within the room the prompt leaves
+        max_tokens = room if default_max_tokens is None else min(default_max_tokens, room)
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         return error(400, f"'{key}' must be a positive integer", "invalid_request_error", key)
     if max_tokens > config.max_tokens_limit:
-        return error(400, f"'{key}' is over the limit of {config.max_tokens_limit}", "invalid_request_error", key)
+        return error(400, f"'{key}' is over the limit of {config.max_tokens_limit} (this node's --max-new-tokens)",
+                     "invalid_request_error", key)
+    if max_tokens > room:  # as vLLM and OpenAI word it
+        return error(400, f"This model's maximum context length is {context} tokens. However, you requested "
+                          f"{longest + max_tokens} tokens ({longest} in the {prompt_field}, {max_tokens} in the "
+                          f"completion): shorten the {prompt_field} or ask for at most {room}",
+                     "invalid_request_error", key)
     temperature = data.get("temperature")
     temperature = 1.0 if temperature is None else temperature
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
@@ -268,7 +291,9 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, p
                       float(top_p), None if seed is None else seed % 2**62)
 
 
-def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> Generation | JSONResponse:
+def parse_completion(body: bytes, config: NodeConfig, tokenizer,
+                     context: int | None = None) -> Generation | JSONResponse:
+    """A completion request; ``max_tokens`` is 16 when not given, as in OpenAI's API."""
     data = _json_object(body)
     if isinstance(data, JSONResponse):
         return data
@@ -278,7 +303,7 @@ def parse_completion(body: bytes, config: NodeConfig, tokenizer) -> Generation |
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         return error(400, "'prompt' must be a string or a non-empty list of strings", "invalid_request_error", "prompt")
-    return _generation(data, prompts, config, tokenizer)
+    return _generation(data, prompts, config, tokenizer, context)
 
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -294,8 +319,11 @@ def chat_prompt(messages: list[dict], tokenizer) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
-def parse_chat(body: bytes, config: NodeConfig, tokenizer) -> Generation | JSONResponse:
-    """A chat completion request (``messages``, text content only), as one prompt."""
+def parse_chat(body: bytes, config: NodeConfig, tokenizer,
+               context: int | None = None) -> Generation | JSONResponse:
+    """A chat completion request (``messages``, text content only), as one prompt. Its answer, unless
+    ``max_completion_tokens`` or ``max_tokens`` say otherwise, goes on until the model ends it (as OpenAI's
+    does), within this node's --max-new-tokens and the model's context."""
     data = _json_object(body)
     if isinstance(data, JSONResponse):
         return data
@@ -318,8 +346,8 @@ def parse_chat(body: bytes, config: NodeConfig, tokenizer) -> Generation | JSONR
             return error(400, f"messages[{i}].content must be a string or a list of text parts",
                          "invalid_request_error", f"messages[{i}].content")
         turns.append({"role": m["role"], "content": content})
-    return _generation(data, [chat_prompt(turns, tokenizer)], config, tokenizer, "messages",
-                       ("max_completion_tokens", "max_tokens"))
+    return _generation(data, [chat_prompt(turns, tokenizer)], config, tokenizer, context, "messages",
+                       ("max_completion_tokens", "max_tokens"), default_max_tokens=None)
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
@@ -425,7 +453,7 @@ def create_app(config: NodeConfig) -> FastAPI:
     async def ready():
         node.check_engine()
         body = {"state": node.state, "model": node.model_name, "device": node.engine.device,
-                "batching": config.batching,
+                "batching": config.batching, "max_model_len": node.context,
                 "start_seconds": {k: round(v, 4) for k, v in node.timings.items()}}
         if node.error:  # why it failed
             body["error"] = node.error
@@ -440,7 +468,8 @@ def create_app(config: NodeConfig) -> FastAPI:
     @app.get("/v1/models")
     async def models():
         name = node.model_name or config.model
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "peakpilot"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "peakpilot",
+                                            "max_model_len": node.context}]}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -492,7 +521,7 @@ def create_app(config: NodeConfig) -> FastAPI:
         if body is None:
             m.requests.labels("bad_request").inc()
             return error(413, f"the request body is over {config.max_body_bytes} bytes", "invalid_request_error")
-        parsed = (parse_chat if chat else parse_completion)(body, config, node.engine.tokenizer)
+        parsed = (parse_chat if chat else parse_completion)(body, config, node.engine.tokenizer, node.context)
         if isinstance(parsed, JSONResponse):
             m.requests.labels("bad_request").inc()
             return parsed

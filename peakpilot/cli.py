@@ -679,6 +679,13 @@ def serve(
                                      "waits for others to start with it while nothing is generating."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Prompts waiting for a row before answering "
                                     "429 busy; a request's prompts are admitted whole, one with more is a 400."),
+    max_prompt_tokens: int = typer.Option(512, "--max-prompt-tokens", min=1, help="Longest prompt a request may "
+                                          "send, in tokens (a longer one is a 400)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Most tokens a request may ask for "
+                                       "(its max_tokens; a chat request that asks nothing gets up to this)."),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", min=2, help="Most tokens, prompt and "
+                                                "answer together, a request may take; default: the model's own "
+                                                "context, where it says (over it is refused at start)."),
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="Deadline for in-flight work on SIGTERM."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantization of Linear "
                                                                     "layers (CPU)."),
@@ -706,7 +713,8 @@ def serve(
     logging.getLogger().setLevel(logging.INFO)
     try:
         run_server(NodeConfig(model=model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                              drain_seconds=drain_seconds, warmup=not no_warmup, quantize=quantize,
+                              max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_new_tokens,
+                              max_model_len=max_model_len, drain_seconds=drain_seconds, warmup=not no_warmup, quantize=quantize,
                               threads=threads, slo_ms=slo_ms, engine=engine,
                               batching=batching),
                    host, port, access_log=access_log)

@@ -228,6 +228,106 @@ def test_bad_chat_requests_get_400_naming_the_field(node, body, field, message):
     assert err["param"] == field and message in err["message"]
 
 
+def test_a_request_fits_the_nodes_limits_and_the_models_context():
+    """--max-prompt-tokens, --max-new-tokens and --max-model-len, each refused by name with what would fit;
+    a default max_tokens is cut to the room the prompt leaves, and a chat answer not limited by its request
+    runs on to the node's limit (it was cut at 16 tokens, the completions default)."""
+    from fastapi.testclient import TestClient
+
+    from inference_node.server import NodeConfig, create_app
+
+    config = NodeConfig(engine="thread", max_model_len=64, max_prompt_tokens=64, max_tokens_limit=40, max_batch=4)
+    with TestClient(create_app(config)) as client:
+        deadline = time.time() + 60
+        while client.get("/ready").status_code != 200 and time.time() < deadline:
+            time.sleep(0.05)
+        assert client.get("/ready").json()["max_model_len"] == 64
+        assert client.get("/v1/models").json()["data"][0]["max_model_len"] == 64
+
+        def ask(**body) -> tuple[int, dict]:
+            r = client.post("/v1/completions", json={"temperature": 0, **body})
+            return r.status_code, r.json()
+
+        for body, field, message in [
+            ({"prompt": "x" * 65}, "prompt", "'prompt' is longer than 64 tokens (this node's --max-prompt-tokens)"),
+            ({"prompt": "x" * 64}, "prompt", "maximum context length is 64 tokens, and 'prompt' is 64 of them: it "
+                                             "leaves no room for an answer"),
+            ({"prompt": "x" * 40, "max_tokens": 41}, "max_tokens",
+             "over the limit of 40 (this node's --max-new-tokens)"),
+            ({"prompt": "x" * 40, "max_tokens": 30}, "max_tokens", "However, you requested 70 tokens (40 in the "
+                                                                   "prompt, 30 in the completion): shorten the prompt "
+                                                                   "or ask for at most 24"),
+        ]:
+            status, answer = ask(**body)
+            assert status == 400 and answer["error"]["param"] == field and message in answer["error"]["message"]
+        for prompt, tokens in (("x" * 40, 16), ("x" * 60, 4)):  # the default, 16, within the room left
+            status, answer = ask(prompt=prompt)
+            assert status == 200 and answer["usage"]["completion_tokens"] == tokens, answer
+            assert answer["choices"][0]["finish_reason"] == "length"
+        status, answer = ask(prompt="x" * 60, max_tokens=4)
+        assert status == 200 and answer["usage"]["total_tokens"] == 64
+        chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
+                                                         "temperature": 0}).json()
+        # "user: Hi\nassistant:" is 19 tokens; the answer runs to --max-new-tokens (40), inside the 64 of context
+        assert chat["usage"] == {"prompt_tokens": 19, "completion_tokens": 40, "total_tokens": 59}, chat
+        chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "y" * 38}],
+                                                         "temperature": 0}).json()
+        assert chat["usage"]["total_tokens"] == 64 and chat["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_request_past_a_users_models_context_is_refused_not_run(node_factory):
+    """A model of the user's own (module:factory) whose context is 48 tokens, and which fails past it as
+    most models do: the node reads its context at load and refuses a request that would run past it with
+    a 400, where it used to fail the batch's step, and with it every request generating beside it. A
+    --max-model-len over the model's own is refused at start."""
+    import torch
+
+    from inference_node.model import generate, load_model
+
+    model = load_model("tests.node_models:short_context", device=torch.device("cpu"))
+    assert model.context == 48
+    assert len(generate(model, [[65] * 40], [8], [0.0])[0]) <= 8
+    with pytest.raises(IndexError, match="index out of range"):  # what the node no longer lets happen
+        generate(model, [[65] * 40, [66] * 10], [12, 12], [0.0, 0.0])
+
+    n = node_factory("--model", "tests.node_models:short_context", "--max-batch", "4")
+    assert n.wait_ready()["max_model_len"] == 48
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=n.url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/v1/completions", json=body) for body in (
+                {"prompt": "B" * 10, "max_tokens": 12, "temperature": 0},
+                {"prompt": "A" * 40, "max_tokens": 12, "temperature": 0})))
+
+    fits, past = asyncio.run(together())
+    assert fits.status_code == 200 and fits.json()["usage"]["completion_tokens"] <= 12
+    assert past.status_code == 400 and past.json()["error"]["param"] == "max_tokens"
+    assert "maximum context length is 48 tokens" in past.json()["error"]["message"]
+    assert "ask for at most 8" in past.json()["error"]["message"]
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "serve", "--port", str(free_port()), "--model",
+                          "tests.node_models:short_context", "--max-model-len", "100"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "--max-model-len 100 is over the context of tests.node_models:short_context, 48 tokens" in out.stderr
+
+
+def test_a_models_context_is_read_where_it_says_it():
+    """The attributes models carry their context in: the built-in model's, a Hugging Face config's, a
+    tokenizer's (not its "unknown", 1e30), or ``context_length`` set by a user's factory, which wins."""
+    from types import SimpleNamespace
+
+    from inference_node.model import TinyGPT, model_context
+    from inference_node.tokenizer import ByteTokenizer
+
+    assert model_context(TinyGPT(max_seq=300), ByteTokenizer()) == 300
+    hf = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=4096))
+    assert model_context(hf, SimpleNamespace(model_max_length=int(1e30))) == 4096
+    assert model_context(SimpleNamespace(config=SimpleNamespace(n_positions=1024)), None) == 1024
+    assert model_context(SimpleNamespace(), SimpleNamespace(model_max_length=2048)) == 2048
+    assert model_context(SimpleNamespace(), SimpleNamespace(model_max_length=int(1e30))) is None
+    assert model_context(SimpleNamespace(context_length=512, max_seq=1024), None) == 512
+
+
 def test_ready_only_after_warm_up(node_factory):
     n = node_factory("--model", "builtin:medium", "--max-batch", "16", "--access-log")
     body = n.wait_ready()
