@@ -5,6 +5,7 @@ configurable size: it does the same work per token as a real decoder of that siz
 capacity, batching and warm-up are about. Users serve their own model with ``--model``:
 
 * ``builtin`` or ``builtin:tiny|small|medium`` - the decoder below;
+* ``hf:PATH`` - a Hugging Face causal LM (a ``save_pretrained`` directory or a hub id; hf_model.py);
 * ``path/to/model.pt`` - a TorchScript module ``forward(input_ids, attention_mask) -> logits``;
 * ``package.module:factory`` - a function returning ``(nn.Module, tokenizer)`` with the same
   forward; the tokenizer needs ``encode(str) -> list[int]``, ``decode(list[int]) -> str`` and
@@ -155,6 +156,15 @@ class LoadedModel:
         return getattr(self.tokenizer, "eos", None)
 
     @property
+    def end_tokens(self) -> tuple[int, ...]:
+        """The tokens that end an answer: the tokenizer's ``end_tokens`` (a chat model's end of turn as well
+        as its end of text), else its ``eos``."""
+        ends = getattr(self.tokenizer, "end_tokens", None)
+        if ends is not None:
+            return tuple(ends)
+        return () if self.eos is None else (self.eos,)
+
+    @property
     def context(self) -> int | None:
         return model_context(self.module, self.tokenizer)
 
@@ -193,6 +203,10 @@ def load_model(spec: str = "builtin", seed: int = 0, device: torch.device | None
         tokenizer = ByteTokenizer()
         module = TinyGPT(tokenizer.vocab_size, **SIZES[size])
         name = f"peakpilot-builtin-{size}"
+    elif spec.startswith("hf:"):
+        from inference_node.hf_model import load_hf
+
+        module, tokenizer, name = load_hf(spec[3:], device)
     elif spec.endswith((".pt", ".pth", ".ts")):
         path = Path(spec)
         if not path.exists():
@@ -204,7 +218,8 @@ def load_model(spec: str = "builtin", seed: int = 0, device: torch.device | None
         module, tokenizer = factory()
         name = spec
     else:
-        raise ValueError(f"cannot load model {spec!r}: use builtin[:size], a TorchScript file, or module:factory")
+        raise ValueError(f"cannot load model {spec!r}: use builtin[:size], hf:PATH, a TorchScript file, or "
+                         f"module:factory")
     module.eval()
     if quantize == "int8":
         if device.type != "cpu":
@@ -236,6 +251,8 @@ class DecodeBatch:
     def __init__(self, model: LoadedModel, seed: int = 0):
         self.model = model
         self.gen = torch.Generator(device=model.device).manual_seed(seed)
+        self.ends = model.end_tokens  # tokens that end an answer (left out of it)
+        self._ends = torch.tensor(self.ends, dtype=torch.long, device=model.device)
         self.keys: list = []  # by row: the caller's name for it
         self.max_tokens: list[int] = []
         self.nucleus: list[bool] = []  # by row: whether it samples with a top_p under 1 (known without the device)
@@ -301,9 +318,8 @@ class DecodeBatch:
         for r, tail in zip(rows, tails):
             key = self.keys[r]
             told = self.told.get(key, 0)
-            tokens = tail[back - (self.made[r] - told):][: self.max_tokens[r] - told]
-            if self.model.eos is not None and self.model.eos in tokens:
-                tokens = tokens[: tokens.index(self.model.eos)]
+            tokens, ended = _until_end(tail[back - (self.made[r] - told):][: self.max_tokens[r] - told], self.ends)
+            if ended:
                 self.ended.add(key)
             self.told[key] = told + len(tokens)
             if tokens:
@@ -381,12 +397,11 @@ class DecodeBatch:
         # Done by length is known without reading the device; an end-of-text is read every few steps
         # (each read waits for the device: on a GPU, every step would stall the queue of launches).
         done = {r for r in range(len(self.keys)) if self.made[r] >= self.max_tokens[r] or self.keys[r] in self.ended}
-        eos = self.model.eos
-        if eos is not None and self.steps % EOS_EVERY == 0 and self.keys:
+        if self.ends and self.steps % EOS_EVERY == 0 and self.keys:
             width = self.seq.shape[1]
             made = torch.tensor(self.made, device=self.seq.device)
             generated = torch.arange(width, device=self.seq.device)[None, :] >= (width - made)[:, None]
-            ended = ((self.seq == eos) & generated).any(dim=1).tolist()
+            ended = (torch.isin(self.seq, self._ends) & generated).any(dim=1).tolist()
             done |= {r for r, e in enumerate(ended) if e}
         if not done:
             return []
@@ -394,9 +409,7 @@ class DecodeBatch:
         for r in sorted(done):
             n = min(self.made[r], self.max_tokens[r])
             tokens = self.seq[r, self.seq.shape[1] - self.made[r]:][:n].tolist()
-            if eos is not None and eos in tokens:
-                tokens = tokens[: tokens.index(eos)]
-            finished.append((self.keys[r], tokens))
+            finished.append((self.keys[r], _until_end(tokens, self.ends)[0]))
         self._keep([r for r in range(len(self.keys)) if r not in done])
         return finished
 
@@ -434,6 +447,12 @@ def generate(model: LoadedModel, prompts: list[list[int]], max_tokens: list[int]
             if on_finished is not None:
                 on_finished(i, tokens)
     return result
+
+
+def _until_end(tokens: list[int], ends: tuple[int, ...]) -> tuple[list[int], bool]:
+    """The tokens before the first that ends an answer, and whether one did."""
+    cut = next((i for i, t in enumerate(tokens) if t in ends), None)
+    return (tokens, False) if cut is None else (tokens[:cut], True)
 
 
 def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -314,7 +314,7 @@ def chat_prompt(messages: list[dict], tokenizer) -> str:
     tokenizer's ``apply_chat_template``), else each message on a line of its own, ``role: text``, and
     ``assistant:`` for the model to go on from."""
     template = getattr(tokenizer, "apply_chat_template", None)
-    if callable(template):
+    if callable(template) and getattr(tokenizer, "chat_template", True) is not None:  # a tokenizer may have none
         return template(messages, tokenize=False, add_generation_prompt=True)
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
@@ -346,7 +346,12 @@ def parse_chat(body: bytes, config: NodeConfig, tokenizer,
             return error(400, f"messages[{i}].content must be a string or a list of text parts",
                          "invalid_request_error", f"messages[{i}].content")
         turns.append({"role": m["role"], "content": content})
-    return _generation(data, [chat_prompt(turns, tokenizer)], config, tokenizer, context, "messages",
+    try:
+        prompt = chat_prompt(turns, tokenizer)
+    except ValueError as exc:  # the template's own raise_exception (roles that must alternate), or its error
+        return error(400, f"'messages': the model's chat template refused them: {exc}", "invalid_request_error",
+                     "messages")
+    return _generation(data, [prompt], config, tokenizer, context, "messages",
                        ("max_completion_tokens", "max_tokens"), default_max_tokens=None)
 
 

@@ -669,8 +669,9 @@ def status(
 
 @app.command(cls=Command)
 def serve(
-    model: str = typer.Option("builtin", "--model", help="builtin[:tiny|small|medium], a TorchScript file, "
-                                                          "or module:factory returning (nn.Module, tokenizer)."),
+    model: str = typer.Option("builtin", "--model", help="builtin[:tiny|small|medium], hf:PATH (a Hugging Face "
+                                                          "model directory or hub id; the hf extra), a TorchScript "
+                                                          "file, or module:factory returning (nn.Module, tokenizer)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 in a pod)."),
     port: int = typer.Option(8000, "--port", help="Port to serve on."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most requests generating together; "

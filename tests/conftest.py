@@ -1,4 +1,5 @@
-"""Shared fixtures: real traces, a real Prometheus and a real PostgreSQL server on loopback ports."""
+"""Shared fixtures: real traces, a real Prometheus and a real PostgreSQL server on loopback ports, and
+inference nodes (``peakpilot serve`` processes)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -202,3 +205,56 @@ def postgres_url(postgres):
                          autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+class NodeProcess:
+    """``peakpilot serve`` in a process of its own on a free loopback port, its output kept in a file."""
+
+    def __init__(self, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # Output to a file, not a pipe nobody reads while the node runs: a full pipe blocks its writes.
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "peakpilot.cli", "serve", "--port", str(self.port), *args],
+                                     stdout=self.log, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.seen_not_ready = False
+
+    def wait_ready(self, timeout: float = 60) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                r = httpx.get(f"{self.url}/ready", timeout=1)
+                if r.status_code == 200:
+                    return r.json()
+                self.seen_not_ready = True
+                assert httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                pass
+            assert self.proc.poll() is None, self.output()
+            time.sleep(0.02)
+        raise TimeoutError("node not ready")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def node_factory():
+    nodes = []
+
+    def make(*args):
+        node = NodeProcess(*args)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()

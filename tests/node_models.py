@@ -23,3 +23,47 @@ def short_context():
     """A small decoder whose context is 48 tokens."""
     torch.manual_seed(0)
     return StrictPositions(ByteTokenizer.vocab_size, d_model=64, n_layers=1, n_heads=4, max_seq=48), ByteTokenizer()
+
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if loop.index0 > 0 and m['role'] == messages[loop.index0 - 1]['role'] %}"
+    "{{ raise_exception('Conversation roles must alternate') }}{% endif %}"
+    "<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def write_hf_model(path, architecture: str = "llama") -> None:
+    """A small decoder (``llama``, ``qwen2`` or ``gpt2``) with random weights and a byte-level BPE tokenizer
+    trained here (nothing downloaded), saved as ``save_pretrained`` writes a real one: ``config.json``,
+    ``generation_config.json`` (whose end tokens are the end of text and the chat template's end of turn),
+    ``model.safetensors``, ``tokenizer.json`` and its chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import (GPT2Config, GPT2LMHeadModel, GenerationConfig, LlamaConfig, LlamaForCausalLM,
+                              PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
+
+    specials = ["<s>", "</s>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["A GPU node boots, pulls its image, loads the model and warms up before the peak."] * 40 + \
+             ["Hello there! café naïve 日本 € — the service answers, busy or not."] * 20
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                        additional_special_tokens=specials[2:], model_max_length=128)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    # initializer_range spreads the random logits apart: greedy answers then do not hang on near ties
+    shape = dict(vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=1, initializer_range=0.5)
+    if architecture == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, **shape))
+    else:
+        config, cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[architecture]
+        model = cls(config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=128, **shape))
+    model.eval()
+    model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=[1, 2])
+    tokenizer.save_pretrained(path)
+    model.save_pretrained(path)

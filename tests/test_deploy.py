@@ -425,7 +425,8 @@ def test_the_image_holds_every_package_and_the_defaults_beside_them():
         assert (ROOT / directory).is_dir()
         assert f"COPY {directory}/ {directory}/" in dockerfile, f"the image lacks {directory}/"
         assert f"!{directory}/" in ignore, f".dockerignore leaves {directory}/ out of the build context"
-    assert "torch==2.13.0" in dockerfile and 'pip install -e ".[postgres]"' in dockerfile
+    # the PostgreSQL store, and transformers for serve --model hf:PATH
+    assert "torch==2.13.0" in dockerfile and 'pip install -e ".[postgres,hf]"' in dockerfile
     # the user the manifests run as
     user = next(line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER "))
     controller = all_docs()[("Deployment", "peakpilot-controller")]["spec"]["template"]["spec"]

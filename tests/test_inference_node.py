@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import httpx
@@ -26,57 +25,6 @@ def this_device() -> str:
     import torch
 
     return f"cuda:0 ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
-
-
-class NodeProcess:
-    def __init__(self, *args: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        # Output to a file, not a pipe nobody reads while the node runs: a full pipe blocks its writes.
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "peakpilot.cli", "serve", "--port", str(self.port), *args],
-                                     stdout=self.log, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.seen_not_ready = False
-
-    def wait_ready(self, timeout: float = 60) -> dict:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                r = httpx.get(f"{self.url}/ready", timeout=1)
-                if r.status_code == 200:
-                    return r.json()
-                self.seen_not_ready = True
-                assert httpx.get(f"{self.url}/health", timeout=1).status_code == 200
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, self.output()
-            time.sleep(0.02)
-        raise TimeoutError("node not ready")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
-@pytest.fixture
-def node_factory():
-    nodes = []
-
-    def make(*args):
-        node = NodeProcess(*args)
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in nodes:
-        node.stop()
 
 
 @pytest.fixture
