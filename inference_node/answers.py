@@ -101,6 +101,48 @@ class AnswerText:
         return piece
 
 
+def token_offsets(tokenizer, tokens: list[int]) -> list[int]:
+    """Where each token's text begins in the text of them all (a character split over tokens begins at the
+    first of them), decoded incrementally as a stream is."""
+    text, offsets = AnswerText(tokenizer, [], len(tokens) + 1), []
+    for token in tokens:
+        offsets.append(len(text.text))
+        text.feed([token])
+    return offsets
+
+
+def _token_text(tokenizer, token: int) -> str:
+    return tokenizer.decode([token])
+
+
+def _token_bytes(tokenizer, token: int) -> list[int]:
+    """The token's own bytes where the tokenizer knows them (a byte of a character split over tokens), else
+    its text's."""
+    own = getattr(tokenizer, "token_bytes", None)
+    return list(own(token)) if callable(own) else list(_token_text(tokenizer, token).encode("utf-8"))
+
+
+def completion_logprobs(tokenizer, tokens: list[int], entries: list) -> dict:
+    """A completion choice's ``logprobs`` (OpenAI's legacy shape): each token's text, log-probability, the
+    most likely tokens in its place (text: log-probability) and where its text begins. ``entries``
+    (model.score) are those of the last of ``tokens``; the ones before (an echoed prompt's first token,
+    which nothing precedes) have none."""
+    none = [None] * (len(tokens) - len(entries))
+    return {"tokens": [_token_text(tokenizer, t) for t in tokens],
+            "token_logprobs": none + [lp for lp, _ in entries],
+            "top_logprobs": none + [{_token_text(tokenizer, t): lp for t, lp in top} for _, top in entries],
+            "text_offset": token_offsets(tokenizer, tokens)}
+
+
+def chat_logprobs(tokenizer, tokens: list[int], entries: list) -> dict:
+    """A chat choice's ``logprobs``: per token its text, bytes, log-probability and the most likely tokens."""
+    def item(token: int, logprob: float) -> dict:
+        return {"token": _token_text(tokenizer, token), "logprob": logprob, "bytes": _token_bytes(tokenizer, token)}
+
+    return {"content": [dict(item(t, lp), top_logprobs=[item(u, v) for u, v in top])
+                        for t, (lp, top) in zip(tokens, entries)], "refusal": None}
+
+
 def usage(prompts: list[list[int]], answers: list[AnswerText]) -> dict:
     prompt_tokens = sum(len(p) for p in prompts)
     completion_tokens = sum(a.kept_tokens for a in answers)
@@ -122,9 +164,12 @@ class CompletionShape:
         self.head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                      "model": model}
 
-    def whole(self, answers: list[AnswerText], used: dict) -> dict:
+    def whole(self, answers: list[AnswerText], used: dict, logprobs: list | None = None,
+              echoed: list[str] | None = None) -> dict:
+        """``logprobs``: each answer's (``completion_logprobs``); ``echoed``: each answer's prompt, before it."""
         return dict(self.head, usage=used, choices=[
-            {"text": a.text, "index": i, "logprobs": None, "finish_reason": a.finish_reason}
+            {"text": (echoed[i] if echoed else "") + a.text, "index": i,
+             "logprobs": logprobs[i] if logprobs else None, "finish_reason": a.finish_reason}
             for i, a in enumerate(answers)])
 
     def opening(self, count: int) -> list[str]:
@@ -146,10 +191,13 @@ class ChatShape:
     def __init__(self, model: str):
         self.head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
 
-    def whole(self, answers: list[AnswerText], used: dict) -> dict:
+    def whole(self, answers: list[AnswerText], used: dict, logprobs: list | None = None,
+              echoed: list[str] | None = None) -> dict:
+        """``logprobs``: each answer's (``chat_logprobs``)."""
         return dict(self.head, object="chat.completion", usage=used, choices=[
-            {"index": i, "message": {"role": "assistant", "content": a.text}, "logprobs": None,
-             "finish_reason": a.finish_reason} for i, a in enumerate(answers)])
+            {"index": i, "message": {"role": "assistant", "content": a.text},
+             "logprobs": logprobs[i] if logprobs else None, "finish_reason": a.finish_reason}
+            for i, a in enumerate(answers)])
 
     def _chunk(self, choices: list[dict], **extra) -> str:
         return event(dict(self.head, object="chat.completion.chunk", choices=choices, **extra))

@@ -127,6 +127,7 @@ class Batcher:
         self.metrics = metrics
         self.queue: deque[Job] = deque()  # waiting for a row, oldest first
         self.generating: dict[int, Job] = {}  # in the engine's batch, by key
+        self.scoring: dict[int, asyncio.Future] = {}  # sequences the engine is asked to score, by key
         self.in_flight = 0
         self._keys = itertools.count()
         self._arrived = asyncio.Event()
@@ -203,6 +204,17 @@ class Batcher:
         self._arrived.set()
         self._gauge()
         return Admission(self, jobs, watch)
+
+    async def score(self, tokens: list[int], start: int, top: int) -> list:
+        """The log-probabilities of ``tokens[start:]`` and the ``top`` most likely tokens in their places
+        (model.score), worked out by the engine between two of its steps."""
+        key = next(self._keys)
+        self.scoring[key] = future = asyncio.get_running_loop().create_future()
+        try:
+            self.engine.score(key, tokens, start, top)
+            return await future
+        finally:
+            self.scoring.pop(key, None)
 
     def _release(self, jobs: list[Job]) -> None:
         """A request is done with: what of it is unfinished is withdrawn (from the queue, or from the
@@ -287,7 +299,7 @@ class Batcher:
 
     def _heard(self, kind: str, key, payload) -> None:
         """From the engine's thread: a row finished (``row``), failed (``error``), watched rows' new tokens
-        (``tokens``), or the engine died (``gone``)."""
+        (``tokens``), a sequence scored (``scored``), or the engine died (``gone``)."""
         try:
             self._loop.call_soon_threadsafe(self._settle, kind, key, payload)
         except RuntimeError:  # the loop is closed: the server is shutting down
@@ -301,10 +313,22 @@ class Batcher:
                     job.heard += tokens
                     job.admission.tell(job, tokens, False)
             return
+        if key in self.scoring:
+            future = self.scoring.pop(key)
+            if not future.done():
+                if kind == "scored":
+                    future.set_result(payload)
+                else:
+                    future.set_exception(EngineError(payload))
+            return
         if kind == "gone":
             for job in self.generating.values():
                 self._fail(job, EngineGone(payload))
             self.generating.clear()
+            for future in self.scoring.values():
+                if not future.done():
+                    future.set_exception(EngineGone(payload))
+            self.scoring.clear()
             self._room.set()
             return
         job = self.generating.pop(key, None)

@@ -115,20 +115,25 @@ def add_message(key, prompt: list[int], max_tokens: int, temperature: float, top
 
 def engine_loop(model, seed: int, receive, send) -> None:
     """Generate for whatever requests are in: take the messages that came in (``receive(block)``:
-    ``("add", key, prompt, max_tokens, temperature, top_p, seed, watch)``, ``("drop", key)``, or None to stop; blocking
+    ``("add", key, prompt, max_tokens, temperature, top_p, seed, watch)``, ``("drop", key)``, ``("score", key,
+    tokens, start, top)``, or None to stop; blocking
     only while nothing is generating), run one step, ``send`` the watched rows' new tokens (``("tokens",
     None, {key: tokens})``, one message a step for all) and the rows that finished (``("row", key,
-    tokens)``, the whole answer); again. A step that fails answers every request in the batch with the
-    error, and the loop goes on with an empty batch."""
-    from inference_node.model import DecodeBatch
+    tokens)``, the whole answer) and the sequences scored (``("scored", key, entries)``: model.score); again. A
+    step that fails answers every request in the batch with the error, and the loop goes on with an empty
+    batch."""
+    from inference_node.model import DecodeBatch, score
 
     batch, inside, watched = DecodeBatch(model, seed), set(), set()
     while True:
+        scores = []
         for message in receive(not len(batch)):
             if message is None:
                 return
             kind, key, *args = message
-            if kind == "add":
+            if kind == "score":
+                scores.append((key, *args))
+            elif kind == "add":
                 prompt, max_tokens, temperature, top_p, seed, watch = args
                 batch.add(key, prompt, max_tokens, temperature, top_p, seed)
                 inside.add(key)
@@ -137,6 +142,11 @@ def engine_loop(model, seed: int, receive, send) -> None:
             elif kind == "drop" and batch.drop(key):
                 inside.discard(key)
                 watched.discard(key)
+        for key, tokens, start, top in scores:  # between steps, as a joining row's prefill is
+            try:
+                send(("scored", key, score(model, tokens, start, top)))
+            except Exception as exc:
+                send(("error", key, f"{type(exc).__name__}: {exc}"))
         if not len(batch):
             continue
         try:
@@ -200,6 +210,9 @@ class ThreadEngine:
 
     def drop(self, key) -> None:
         self._inbox.put(("drop", key))
+
+    def score(self, key, tokens: list[int], start: int, top: int) -> None:
+        self._inbox.put(("score", key, tokens, start, top))
 
     def gone(self) -> str | None:
         return None  # the model lives in the server's own process
@@ -307,6 +320,14 @@ class ProcessEngine:
                 self._conn.send(("drop", key))
         except (OSError, ValueError):
             pass  # gone: the reader tells the listener
+
+    def score(self, key, tokens: list[int], start: int, top: int) -> None:
+        try:
+            with self._lock:
+                self._conn.send(("score", key, tokens, start, top))
+        except (OSError, ValueError):
+            self._proc.join(1)
+            raise EngineGone(self.gone() or "the engine process closed its pipe") from None
 
     def gone(self) -> str | None:
         """Why the engine process cannot generate any more (it died: killed for memory, a crash in native

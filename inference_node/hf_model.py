@@ -31,6 +31,7 @@ class HFCausalLM(nn.Module):
     past) -> (logits, past)``."""
 
     supports_cache = True
+    keeps_last_logits = True  # only the last position's, unless asked for all (``all_logits``: model.score)
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -40,13 +41,13 @@ class HFCausalLM(nn.Module):
         self._cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 renamed it
         self._logits_to_keep = "logits_to_keep" in params
 
-    def forward(self, input_ids, attention_mask, past=None):
+    def forward(self, input_ids, attention_mask, past=None, all_logits: bool = False):
         from transformers import DynamicCache
 
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
         kwargs = {self._cache_arg: DynamicCache(ddp_cache_data=past) if past else DynamicCache(), "use_cache": True}
         if self._logits_to_keep:
-            kwargs["logits_to_keep"] = 1
+            kwargs["logits_to_keep"] = 0 if all_logits else 1  # (0: all)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **kwargs)
         cache = getattr(out, "cache", None)
         if cache is None:

@@ -431,6 +431,32 @@ class DecodeBatch:
         self.past = _keep_in_cache(self.past, index, cut)
 
 
+@torch.inference_mode()
+def score(model: LoadedModel, tokens: list[int], start: int, top: int) -> list[tuple[float, list[tuple[int, float]]]]:
+    """For each of ``tokens[start:]`` (``start`` at least 1), its log-probability given the tokens before it,
+    and the ``top`` most likely tokens in its place with theirs: one forward pass over the whole sequence,
+    apart from the batch. The model's own distribution, before temperature and top_p (what vLLM reports by
+    default); for a token the batch generated, the figure its step saw, as far as the batch's arithmetic
+    is the same."""
+    start = max(1, start)
+    if start >= len(tokens):
+        return []
+    ids = torch.tensor([tokens], device=model.device)
+    mask = torch.ones_like(ids)
+    module = model.module
+    if model.supports_cache:
+        extra = {"all_logits": True} if getattr(module, "keeps_last_logits", False) else {}
+        logits = module(ids, mask, None, **extra)[0]
+    else:
+        logits = module(ids, mask)
+    logprobs = torch.log_softmax(logits[0, start - 1:-1].float(), dim=-1)
+    chosen = logprobs.gather(-1, ids[0, start:, None]).squeeze(-1).tolist()
+    if not top:
+        return [(lp, []) for lp in chosen]
+    values, indices = logprobs.topk(min(top, logprobs.shape[-1]), dim=-1)
+    return [(lp, list(zip(i, v))) for lp, i, v in zip(chosen, indices.tolist(), values.tolist())]
+
+
 def generate(model: LoadedModel, prompts: list[list[int]], max_tokens: list[int], temperatures: list[float],
              seed: int = 0, on_finished=None) -> list[list[int]]:
     """Generate for one batch of prompts that start together (a ``DecodeBatch`` nobody joins).

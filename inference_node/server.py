@@ -31,7 +31,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from inference_node.answers import DONE, AnswerText, ChatShape, CompletionShape, event, usage
+from inference_node.answers import (DONE, AnswerText, ChatShape, CompletionShape, chat_logprobs, completion_logprobs,
+                                    event, usage)
 from inference_node.batcher import Batcher, QueueFull
 from inference_node.metrics import NodeMetrics
 from inference_node.engine import EngineGone, EngineSpec, make_engine
@@ -203,21 +204,23 @@ class Generation:
     include_usage: bool = False  # streamed: a last chunk with the usage (``stream_options.include_usage``)
     top_p: float = 1.0  # nucleus sampling: draw from the most likely tokens whose probabilities reach it
     seed: int | None = None  # the same seed, the same answers, whatever else the batch holds
+    logprobs: int | None = None  # the answer tokens' log-probabilities, and this many likeliest tokens' in each place
+    echo: list[str] | None = None  # completions: each prompt, before its answer (and in the logprobs)
 
 
 # What OpenAI's API takes that this node does not do, with the values that ask for nothing: anything else
 # is refused by name, where ignoring it would answer something other than what the client asked for
-# (log probabilities that never come, tools never called, penalties never applied).
+# (tools never called, penalties never applied).
 UNSUPPORTED: dict[str, tuple] = {
-    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
-    "suffix": (None, ""), "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
-    "tools": (None, []), "functions": (None, []), "response_format": (None, {"type": "text"}),
+    "best_of": (None, 1), "suffix": (None, ""), "logit_bias": (None, {}), "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0), "tools": (None, []), "functions": (None, []),
+    "response_format": (None, {"type": "text"}),
 }
 
 
 def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, context: int | None,
                 prompt_field: str = "prompt", max_keys: tuple[str, ...] = ("max_tokens",),
-                default_max_tokens: int | None = 16) -> Generation | JSONResponse:
+                default_max_tokens: int | None = 16, least_tokens: int = 1) -> Generation | JSONResponse:
     """What both endpoints ask of a generation: prompts that fit (from ``prompt_field``), max tokens (the
     first of ``max_keys`` given; by default ``default_max_tokens``, None for as many as the limit and the
     context allow; either within the ``context`` the prompt leaves), temperature, stream, answers per
@@ -249,8 +252,9 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
     max_tokens = data.get(key)
     if max_tokens is None:  # not asked: the default, within the room the prompt leaves
         max_tokens = room if default_max_tokens is None else min(default_max_tokens, room)
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        return error(400, f"'{key}' must be a positive integer", "invalid_request_error", key)
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < least_tokens:
+        return error(400, f"'{key}' must be a positive integer" + (" (or 0 with 'echo')" if prompt_field == "prompt"
+                                                                  else ""), "invalid_request_error", key)
     if max_tokens > config.max_tokens_limit:
         return error(400, f"'{key}' is over the limit of {config.max_tokens_limit} (this node's --max-new-tokens)",
                      "invalid_request_error", key)
@@ -293,7 +297,9 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
 
 def parse_completion(body: bytes, config: NodeConfig, tokenizer,
                      context: int | None = None) -> Generation | JSONResponse:
-    """A completion request; ``max_tokens`` is 16 when not given, as in OpenAI's API."""
+    """A completion request; ``max_tokens`` is 16 when not given, as in OpenAI's API. ``logprobs`` (0-5)
+    and ``echo`` (the prompt before its answer; with ``max_tokens`` 0, the prompt alone, scored: how
+    evaluation harnesses read a model's likelihoods) are answered whole, not streamed."""
     data = _json_object(body)
     if isinstance(data, JSONResponse):
         return data
@@ -303,7 +309,27 @@ def parse_completion(body: bytes, config: NodeConfig, tokenizer,
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         return error(400, "'prompt' must be a string or a non-empty list of strings", "invalid_request_error", "prompt")
-    return _generation(data, prompts, config, tokenizer, context)
+    logprobs = data.get("logprobs")
+    logprobs = None if logprobs is False else logprobs
+    if logprobs is not None and (not isinstance(logprobs, int) or isinstance(logprobs, bool) or not 0 <= logprobs <= 5):
+        return error(400, "'logprobs' must be an integer from 0 to 5", "invalid_request_error", "logprobs")
+    echo = data.get("echo")
+    echo = False if echo is None else echo
+    if not isinstance(echo, bool):
+        return error(400, "'echo' must be true or false", "invalid_request_error", "echo")
+    asked = _generation(data, prompts, config, tokenizer, context, least_tokens=0 if echo else 1)
+    if isinstance(asked, JSONResponse):
+        return asked
+    return _scored(asked, logprobs, prompts if echo else None)
+
+
+def _scored(asked: Generation, logprobs: int | None, echo: list[str] | None) -> Generation | JSONResponse:
+    if asked.stream and (logprobs is not None or echo is not None):
+        field = "logprobs" if logprobs is not None else "echo"
+        return error(400, f"'{field}' is not supported with 'stream' on this node: ask for the whole answer",
+                     "invalid_request_error", field)
+    asked.logprobs, asked.echo = logprobs, echo
+    return asked
 
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -346,13 +372,24 @@ def parse_chat(body: bytes, config: NodeConfig, tokenizer,
             return error(400, f"messages[{i}].content must be a string or a list of text parts",
                          "invalid_request_error", f"messages[{i}].content")
         turns.append({"role": m["role"], "content": content})
+    logprobs, top = data.get("logprobs"), data.get("top_logprobs")
+    logprobs = False if logprobs is None else logprobs
+    if not isinstance(logprobs, bool):
+        return error(400, "'logprobs' must be true or false", "invalid_request_error", "logprobs")
+    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20):
+        return error(400, "'top_logprobs' must be an integer from 0 to 20", "invalid_request_error", "top_logprobs")
+    if top and not logprobs:
+        return error(400, "'top_logprobs' needs 'logprobs': true", "invalid_request_error", "top_logprobs")
     try:
         prompt = chat_prompt(turns, tokenizer)
     except ValueError as exc:  # the template's own raise_exception (roles that must alternate), or its error
         return error(400, f"'messages': the model's chat template refused them: {exc}", "invalid_request_error",
                      "messages")
-    return _generation(data, [prompt], config, tokenizer, context, "messages",
-                       ("max_completion_tokens", "max_tokens"), default_max_tokens=None)
+    asked = _generation(data, [prompt], config, tokenizer, context, "messages",
+                        ("max_completion_tokens", "max_tokens"), default_max_tokens=None)
+    if isinstance(asked, JSONResponse):
+        return asked
+    return _scored(asked, (top or 0) if logprobs else None, None)
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
@@ -533,22 +570,31 @@ def create_app(config: NodeConfig) -> FastAPI:
         asked: Generation = parsed
         prompts = [p for p in asked.prompts for _ in range(asked.n)]  # choice i*n+j: prompt i's j-th answer
         started = time.perf_counter()
-        try:
-            # Watched (its tokens heard as they come) when it streams, or when a stop string may end it early.
-            admission = node.batcher.admit(prompts, asked.max_tokens, asked.temperature,
-                                           watch=asked.stream or bool(asked.stop), top_p=asked.top_p,
-                                           seed=asked.seed)
-        except QueueFull as exc:
-            m.requests.labels("busy").inc()
-            m.busy_latency.observe(time.perf_counter() - started)
-            return error(429, f"server busy: {exc.why} ({exc.waiting} waiting); retry after 1 s",
-                         "server_busy", headers={"Retry-After": "1"})
         answers = [AnswerText(node.engine.tokenizer, asked.stop, asked.max_tokens) for _ in prompts]
         shape = (ChatShape if chat else CompletionShape)(node.model_name)
-        if asked.stream:
-            return streamed(admission, answers, shape, asked, started)
+        admission = None
+        if asked.max_tokens:
+            try:
+                # Watched (its tokens heard as they come) when it streams, or when a stop string may end it early.
+                admission = node.batcher.admit(prompts, asked.max_tokens, asked.temperature,
+                                               watch=asked.stream or bool(asked.stop), top_p=asked.top_p,
+                                               seed=asked.seed)
+            except QueueFull as exc:
+                m.requests.labels("busy").inc()
+                m.busy_latency.observe(time.perf_counter() - started)
+                return error(429, f"server busy: {exc.why} ({exc.waiting} waiting); retry after 1 s",
+                             "server_busy", headers={"Retry-After": "1"})
+            if asked.stream:
+                return streamed(admission, answers, shape, asked, started)
+        else:  # 'echo' with max_tokens 0: the prompts alone
+            for answer in answers:
+                answer.feed([], finished=True)
+        scored = None
         try:
-            await until_gone(request, heard_whole(admission, answers))
+            if admission is not None:
+                await until_gone(request, heard_whole(admission, answers))
+            if asked.logprobs is not None:
+                scored = await until_gone(request, logprobs_of(prompts, answers, asked, chat))
         except ClientGone:
             m.requests.labels("cancelled").inc()
             return Response(status_code=499)  # nobody is there to read it (nginx's "client closed request")
@@ -557,9 +603,25 @@ def create_app(config: NodeConfig) -> FastAPI:
             status, message, kind = failed(exc)
             return error(status, message, kind, headers={"Retry-After": "1"} if status == 503 else None)
         finally:
-            admission.close()
+            if admission is not None:
+                admission.close()
         served(started)
-        return shape.whole(answers, usage(asked.prompts, answers))
+        echoed = None if asked.echo is None else [p for p in asked.echo for _ in range(asked.n)]
+        return shape.whole(answers, usage(asked.prompts, answers), scored, echoed)
+
+    async def logprobs_of(prompts: list[list[int]], answers: list[AnswerText], asked: Generation, chat: bool) -> list:
+        """Each answer's log-probabilities (with 'echo', its prompt's too), scored by the engine over the
+        prompt and the tokens the answer kept."""
+        tokenizer, out = node.engine.tokenizer, []
+        for prompt, answer in zip(prompts, answers):
+            kept = answer.tokens[:answer.kept_tokens]
+            # an empty prompt was generated from the end-of-text token (DecodeBatch.add)
+            context = list(prompt) or [getattr(tokenizer, "eos", None) or 0]
+            shown = (list(prompt) if asked.echo else []) + kept
+            entries = await node.batcher.score(context + kept, len(context) + len(kept) - len(shown), asked.logprobs)
+            out.append(chat_logprobs(tokenizer, kept, entries) if chat else
+                       completion_logprobs(tokenizer, shown, entries))
+        return out
 
     def streamed(admission, answers: list[AnswerText], shape, asked: Generation, started: float) -> AnswerStream:
         """The answers as server-sent events, each piece of text as soon as it can be sent. The request is

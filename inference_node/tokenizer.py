@@ -20,6 +20,9 @@ class ByteTokenizer:
     def decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
+    def token_bytes(self, token: int) -> bytes:
+        return bytes([token]) if token < 256 else b""
+
 
 class HFTokenizer:
     """A Hugging Face fast tokenizer (its ``tokenizer.json``) and chat template, as the node's tokenizer.

@@ -79,6 +79,63 @@ def test_n_answers_per_prompt_and_stop_strings(node):
         assert message in r.json()["error"]["message"]
 
 
+def test_log_probabilities_of_answers_and_of_echoed_prompts(node):
+    """``logprobs`` (completions: the 0-5 likeliest tokens too; chat: ``logprobs`` and ``top_logprobs``) and
+    ``echo``, as OpenAI's client reads them: the model's log-probabilities (its own distribution, worked out
+    here again from the same weights) of the tokens it answered, each the likeliest in its place when greedy;
+    of a prompt's tokens with ``echo`` and ``max_tokens`` 0 (how evaluation harnesses score a text); and only
+    of the tokens an answer kept (not its stop string's). Refused by name, these were never computed."""
+    import torch
+    from openai import OpenAI
+
+    from inference_node.model import load_model
+
+    model = load_model("builtin", seed=0, device=torch.device("cpu"))  # the node's: seed 0
+
+    def expected(tokens: list[int], start: int) -> list[float]:
+        with torch.inference_mode():
+            ids = torch.tensor([tokens])
+            logits = model.module(ids, torch.ones_like(ids))[0][0].float()
+        return [torch.log_softmax(logits[i - 1], -1)[tokens[i]].item() for i in range(start, len(tokens))]
+
+    client = OpenAI(base_url=f"{node.url}/v1", api_key="unused")
+    prompt = list(b"Hello")
+    got = client.completions.create(model="x", prompt="Hello", max_tokens=6, temperature=0, logprobs=3)
+    choice = got.choices[0]
+    assert len(choice.logprobs.tokens) == got.usage.completion_tokens == 6
+    assert all(len(top) <= 3 for top in choice.logprobs.top_logprobs)
+    offsets = choice.logprobs.text_offset
+    assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] < len(choice.text)
+    answer = list(choice.text.encode()) if choice.text.isascii() else None
+    chat = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hello"}], max_tokens=5,
+                                          temperature=0, logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens == 5
+    tokens = list(b"user: Hello\nassistant:") + [c.bytes[0] for c in content]
+    assert [c.logprob for c in content] == pytest.approx(expected(tokens, len(tokens) - 5), abs=1e-4)
+    for c in content:  # greedy: the token chosen is the likeliest, first among the top two
+        assert len(c.top_logprobs) == 2 and c.top_logprobs[0].bytes == c.bytes
+        assert c.top_logprobs[0].logprob == pytest.approx(c.logprob) and c.logprob >= c.top_logprobs[1].logprob
+    if answer is not None:  # an ASCII answer: its bytes are its tokens
+        assert choice.logprobs.token_logprobs == pytest.approx(expected(prompt + answer, 5), abs=1e-4)
+
+    scored = client.completions.create(model="x", prompt="Hello world", max_tokens=0, echo=True, logprobs=0)
+    choice = scored.choices[0]
+    assert choice.text == "Hello world" and scored.usage.completion_tokens == 0
+    assert choice.logprobs.tokens == list("Hello world") and choice.logprobs.token_logprobs[0] is None
+    assert choice.logprobs.token_logprobs[1:] == pytest.approx(expected(list(b"Hello world"), 1), abs=1e-4)
+    assert choice.logprobs.text_offset == list(range(11))
+    echoed = client.completions.create(model="x", prompt="Hello", max_tokens=3, echo=True, temperature=0)
+    assert echoed.choices[0].text.startswith("Hello") and echoed.choices[0].logprobs is None
+
+    whole = client.completions.create(model="x", prompt="Tell me", max_tokens=12, temperature=0).choices[0].text
+    stop = next((whole[i:i + 2] for i in range(3, 10) if whole[i:i + 2].isascii() and whole[i:i + 2].strip()), None)
+    if stop is not None:
+        cut = client.completions.create(model="x", prompt="Tell me", max_tokens=12, temperature=0, stop=[stop],
+                                        logprobs=1)
+        assert len(cut.choices[0].logprobs.tokens) == cut.usage.completion_tokens < 12
+
+
 def test_top_p_and_seed_shape_the_draws_and_defaults_are_taken_as_defaults(node):
     """``top_p`` (nucleus sampling): at a top_p too small for a second token, sampling at temperature 1 is
     the greedy answer, while without it the draws differ from it; a row at top_p 1 draws as it would
@@ -168,6 +225,11 @@ def test_openai_client_gets_a_chat_completion(node):
      "positive integer"),
     ('{"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "f"}}]}',
      "tools", "'tools' is not supported by this node"),
+    ('{"messages": [{"role": "user", "content": "a"}], "logprobs": 2}', "logprobs", "'logprobs' must be true or false"),
+    ('{"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}', "top_logprobs",
+     "'top_logprobs' needs 'logprobs': true"),
+    ('{"messages": [{"role": "user", "content": "a"}], "logprobs": true, "top_logprobs": 21}', "top_logprobs",
+     "from 0 to 20"),
 ])
 def test_bad_chat_requests_get_400_naming_the_field(node, body, field, message):
     r = httpx.post(f"{node.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
@@ -371,8 +433,12 @@ def test_a_body_over_the_limit_is_refused_413_before_it_is_held_whole(node):
     ('{"prompt": "a", "top_p": 1.5}', "top_p", "above 0 and at most 1"),
     ('{"prompt": "a", "seed": "7"}', "seed", "64-bit integer"),
     # asked of OpenAI's API and not done here: refused by name, not ignored
-    ('{"prompt": "a", "logprobs": 3}', "logprobs", "'logprobs' is not supported by this node"),
-    ('{"prompt": "a", "echo": true}', "echo", "not supported"),
+    ('{"prompt": "a", "best_of": 3}', "best_of", "'best_of' is not supported by this node"),
+    ('{"prompt": "a", "logprobs": 6}', "logprobs", "'logprobs' must be an integer from 0 to 5"),
+    ('{"prompt": "a", "echo": "yes"}', "echo", "'echo' must be true or false"),
+    ('{"prompt": "a", "max_tokens": 0}', "max_tokens", "positive integer (or 0 with 'echo')"),
+    ('{"prompt": "a", "logprobs": 1, "stream": true}', "logprobs", "not supported with 'stream' on this node"),
+    ('{"prompt": "a", "echo": true, "stream": true}', "echo", "not supported with 'stream'"),
     ('{"prompt": "a", "frequency_penalty": 0.5}', "frequency_penalty", "at its default, 0)"),
     ('{"prompt": "a", "response_format": {"type": "json_object"}}', "response_format", '{"type": "text"}'),
     ('{"prompt": "a", "stream_options": {"include_usage": true}}', "stream_options", "only allowed when 'stream'"),

@@ -62,7 +62,8 @@ def test_rows_batched_by_the_node_get_the_answers_transformers_gives_each_alone(
 def test_a_node_serves_a_hugging_face_model_with_its_chat_template(hf_dir, node_factory):
     """Over HTTP, the engine in its own process: the model's context read from its config, chat through
     its template (a template that refuses the messages is a 400 saying why), the text decoded by its
-    tokenizer, streamed as whole; the server's process does not import torch."""
+    tokenizer, streamed as whole, log-probabilities as transformers computes them; the server's process
+    does not import torch."""
     from openai import OpenAI
     from transformers import AutoTokenizer
 
@@ -92,6 +93,16 @@ def test_a_node_serves_a_hugging_face_model_with_its_chat_template(hf_dir, node_
     assert "chat template refused them: Conversation roles must alternate" in refused.json()["error"]["message"]
     past = httpx.post(f"{node.url}/v1/completions", json={"prompt": "Hello " * 40, "max_tokens": 100})
     assert past.status_code == 400 and "maximum context length is 128 tokens" in past.json()["error"]["message"]
+    # log-probabilities over every position of the prompt (echo, max_tokens 0), as transformers computes them
+    from transformers import AutoModelForCausalLM
+
+    scored = client.completions.create(model="x", prompt="A GPU node boots", max_tokens=0, echo=True, logprobs=2)
+    ids = tok.encode("A GPU node boots")
+    with torch.inference_mode():
+        logits = AutoModelForCausalLM.from_pretrained(hf_dir).eval()(torch.tensor([ids])).logits[0].float()
+    expected = [torch.log_softmax(logits[i - 1], -1)[ids[i]].item() for i in range(1, len(ids))]
+    assert scored.choices[0].logprobs.token_logprobs[0] is None
+    assert scored.choices[0].logprobs.token_logprobs[1:] == pytest.approx(expected, abs=1e-4)
     maps = open(f"/proc/{node.proc.pid}/maps").read()
     assert "libtorch" not in maps and "tokenizers" in maps
 
