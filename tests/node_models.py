@@ -33,7 +33,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-def write_hf_model(path, architecture: str = "llama") -> None:
+def write_hf_model(path, architecture: str = "llama", hidden: int = 64, layers: int = 2, context: int = 128) -> None:
     """A small decoder (``llama``, ``qwen2`` or ``gpt2``) with random weights and a byte-level BPE tokenizer
     trained here (nothing downloaded), saved as ``save_pretrained`` writes a real one: ``config.json``,
     ``generation_config.json`` (whose end tokens are the end of text and the chat template's end of turn),
@@ -48,21 +48,21 @@ def write_hf_model(path, architecture: str = "llama") -> None:
     bpe.decoder = decoders.ByteLevel()
     corpus = ["A GPU node boots, pulls its image, loads the model and warms up before the peak."] * 40 + \
              ["Hello there! café naïve 日本 € — the service answers, busy or not."] * 20
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=320, special_tokens=specials, show_progress=False,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
-                                        additional_special_tokens=specials[2:], model_max_length=128)
+                                        additional_special_tokens=specials[2:], model_max_length=context)
     tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
     # initializer_range spreads the random logits apart: greedy answers then do not hang on near ties
     shape = dict(vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=1, initializer_range=0.5)
     if architecture == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, **shape))
+        model = GPT2LMHeadModel(GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=context, **shape))
     else:
         config, cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[architecture]
-        model = cls(config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, max_position_embeddings=128, **shape))
+        model = cls(config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context, **shape))
     model.eval()
     model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=[1, 2])
     tokenizer.save_pretrained(path)
