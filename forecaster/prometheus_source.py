@@ -1,8 +1,9 @@
 """Request history from Prometheus, through ``prometheus-api-client``.
 
 The query is PromQL that returns the request rate **per second** as one series (``sum`` it over the
-nodes); ``{step}`` in it is replaced by the step (e.g. ``1m``), so the default
-``sum(rate(peakpilot_requests_total[{step}]))`` is the average rate over each step. The rate at an
+nodes); ``{step}`` in it is replaced by the step (e.g. ``1m``), so the default, the inference nodes'
+requests less those their clients say are retries (``DEFAULT_QUERY``), is the average rate over each
+step. The rate at an
 evaluation time ``t`` covers the interval before ``t``; it is multiplied by the step's seconds and
 labelled with the interval's start (``t - step``), so counts line up with a CSV of the same traffic.
 
@@ -36,8 +37,11 @@ from forecaster.progress import progress as show_progress
 
 log = logging.getLogger(__name__)
 
-DEFAULT_QUERY = "sum(rate(peakpilot_requests_total[{step}]))"
 COUNTER = "peakpilot_requests_total"
+RETRIED = "peakpilot_retried_requests_total"
+# Demand: every request, less the ones that repeat a request sent before (a busy answer retried by OpenAI's
+# SDK is one request of demand, not two or three); nodes older than the retry counter count all.
+DEFAULT_QUERY = f"sum(rate({COUNTER}[{{step}}])) - (sum(rate({RETRIED}[{{step}}])) or vector(0))"
 RECENT_STEPS = 30  # the last steps of a load checked for a rate window too narrow for the scrape interval
 CLIENT_MARGIN_S = 5.0  # the client waits this much longer than the query timeout Prometheus is given
 RETRY_AFTER_FAILURE_S = 30.0  # an unreachable Prometheus is not asked again this soon (by any source)

@@ -1,5 +1,6 @@
-"""The node's Prometheus metrics. ``peakpilot_requests_total`` (every request, by outcome) is the
-request history the forecaster reads back: ``sum(rate(peakpilot_requests_total[1m]))``."""
+"""The node's Prometheus metrics. ``peakpilot_requests_total`` (every request, by outcome) less
+``peakpilot_retried_requests_total`` (those a client sent again: a busy answer retried is one request of
+demand, not two) is the request history the forecaster reads back (forecaster.prometheus_source)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ class NodeMetrics:
                                    registry=r)
         self.busy_latency = Histogram("peakpilot_busy_answer_seconds", "Time to answer 429 busy",
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r)
+        self.retried = Counter("peakpilot_retried_requests",
+                               "Requests their client says repeat one it sent before (x-stainless-retry-count of "
+                               "OpenAI's SDKs, x-envoy-attempt-count of Envoy and Istio)", registry=r)
         self.in_flight = Gauge("peakpilot_requests_in_flight", "Completion requests being handled", registry=r)
         self.queue_depth = Gauge("peakpilot_queue_depth", "Requests waiting for a row of the batch", registry=r)
         self.batch_size = Histogram("peakpilot_batch_size",

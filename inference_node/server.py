@@ -406,6 +406,21 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
+# Headers in which clients and proxies say a request repeats one sent before, and the count from which it does:
+# OpenAI's SDKs count retries (0 on the first try; they retry a 429 twice by default), Envoy counts attempts.
+RETRY_HEADERS = (("x-stainless-retry-count", 1), ("x-envoy-attempt-count", 2))
+
+
+def is_retry(headers) -> bool:
+    """Whether the request says it repeats one its client sent before (counted apart: demand is the first
+    tries, and under overload a client that retries each busy answer would count as two or three)."""
+    for name, repeated in RETRY_HEADERS:
+        value = headers.get(name, "").strip()
+        if value.isdigit() and int(value) >= repeated:
+            return True
+    return False
+
+
 class ClientGone(Exception):
     """The client closed its connection before its answer was ready."""
 
@@ -554,6 +569,8 @@ def create_app(config: NodeConfig) -> FastAPI:
 
     async def complete(request: Request, chat: bool):
         m = node.metrics
+        if is_retry(request.headers):
+            m.retried.inc()
         if node.state != "ready":
             m.requests.labels("draining" if node.state == "draining" else "busy").inc()
             why = "draining: this node is shutting down" if node.state == "draining" else f"not ready ({node.state})"
