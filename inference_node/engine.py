@@ -35,6 +35,7 @@ class EngineSpec:
     threads: int | None = None  # torch intra-op threads
     warmup: bool = True
     max_batch: int = 16
+    dtype: str = "auto"  # model.pick_dtype
 
 
 class EngineError(RuntimeError):
@@ -55,7 +56,7 @@ def _load_and_warm(spec: EngineSpec):
     if spec.threads:
         torch.set_num_threads(spec.threads)
     started = time.perf_counter()
-    model = load_model(spec.model, seed=spec.seed, quantize=spec.quantize)
+    model = load_model(spec.model, seed=spec.seed, quantize=spec.quantize, dtype=spec.dtype)
     timings = {"model_load": time.perf_counter() - started}
     warm_started = time.perf_counter()
     if spec.warmup:
@@ -172,7 +173,7 @@ class ThreadEngine:
     def __init__(self, spec: EngineSpec):
         self.spec = spec
         self.model = None
-        self.name = self.tokenizer = self.device = self.device_warning = self.context = None
+        self.name = self.tokenizer = self.device = self.device_warning = self.context = self.dtype = None
         self.timings: dict[str, float] = {}
         self._inbox: queue.Queue = queue.Queue()
         self._listener: Listener = lambda kind, key, payload: None
@@ -186,6 +187,7 @@ class ThreadEngine:
         sys.setswitchinterval(0.0005)
         self.model, self.timings = _load_and_warm(self.spec)
         self.name, self.tokenizer, self.context = self.model.name, self.model.tokenizer, self.model.context
+        self.dtype = self.model.dtype
         self.device = describe_device(self.model.device)
         self.device_warning = missing_gpu() if self.model.device.type == "cpu" else None
 
@@ -234,7 +236,7 @@ def _engine_main(conn, spec: EngineSpec) -> None:
     try:
         model, timings = _load_and_warm(spec)
         conn.send(("ready", {"name": model.name, "tokenizer": model.tokenizer, "timings": timings,
-                             "context": model.context, "device": describe_device(model.device),
+                             "context": model.context, "dtype": model.dtype, "device": describe_device(model.device),
                              "device_warning": missing_gpu() if model.device.type == "cpu" else None}))
     except Exception as exc:
         try:
@@ -261,7 +263,7 @@ class ProcessEngine:
 
     def __init__(self, spec: EngineSpec):
         self.spec = spec
-        self.name = self.tokenizer = self.device = self.device_warning = self.context = None
+        self.name = self.tokenizer = self.device = self.device_warning = self.context = self.dtype = None
         self.timings: dict[str, float] = {}
         self._proc = self._conn = None
         self._lock = threading.Lock()  # sends come from the event loop and from close
@@ -284,7 +286,7 @@ class ProcessEngine:
             raise EngineError(f"{payload}; a tokenizer that cannot be sent between processes needs --engine thread"
                               if "pickle" in str(payload).lower() else payload)
         self.name, self.tokenizer, self.timings = payload["name"], payload["tokenizer"], payload["timings"]
-        self.context = payload["context"]
+        self.context, self.dtype = payload["context"], payload["dtype"]
         self.device, self.device_warning = payload["device"], payload["device_warning"]
         self._reader = threading.Thread(target=self._read, name="peakpilot-engine-reader", daemon=True)
         self._reader.start()

@@ -55,9 +55,9 @@ class HFCausalLM(nn.Module):
         return out.logits, tuple((layer.keys, layer.values) for layer in cache.layers)
 
 
-def load_hf(source: str, device: torch.device) -> tuple[nn.Module, HFTokenizer, str]:
-    """The model and tokenizer at ``source`` (a directory or a hub id), on ``device``: in its own dtype on a
-    GPU (bfloat16 for most), in float32 on a CPU (which has no fast half-precision matrix products)."""
+def load_hf(source: str, device: torch.device, dtype: str = "auto") -> tuple[nn.Module, HFTokenizer, str]:
+    """The model and tokenizer at ``source`` (a directory or a hub id), for ``device``, in ``dtype``
+    (``auto``: model.pick_dtype, from the dtype the model was saved in)."""
     try:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     except ImportError:
@@ -69,7 +69,11 @@ def load_hf(source: str, device: torch.device) -> tuple[nn.Module, HFTokenizer, 
                          f"decoders of attention layers only")
     window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto" if device.type == "cuda" else torch.float32)
+    from inference_node.model import pick_dtype
+
+    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    saved = getattr(torch, saved) if isinstance(saved, str) else saved
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=pick_dtype(dtype, device, saved or torch.float32))
     try:
         ends = GenerationConfig.from_pretrained(source).eos_token_id
     except OSError:  # no generation_config.json

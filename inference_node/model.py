@@ -168,6 +168,14 @@ class LoadedModel:
     def context(self) -> int | None:
         return model_context(self.module, self.tokenizer)
 
+    @property
+    def dtype(self) -> str:
+        """What its weights are held in: float32, float16, bfloat16 (int8: quantized)."""
+        if self.name.endswith("-int8"):
+            return "int8"
+        weights = next(self.module.parameters(), None)
+        return "unknown" if weights is None else str(weights.dtype).removeprefix("torch.")
+
 
 # A Hugging Face tokenizer that does not know its model's context says 1e30; nothing real is this long.
 _UNKNOWN_CONTEXT = 10**7
@@ -192,9 +200,29 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pick_dtype(asked: str, device: torch.device, own: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype to serve in: the one asked for, or ``auto``: float32 on a CPU (it has no fast half-precision
+    matrix products); on a GPU the model's own (a Hugging Face model's saved dtype, bfloat16 for most), but
+    float16 for bfloat16 where the GPU cannot do bfloat16 (before Ampere: a T4, a V100), as vLLM does."""
+    if asked != "auto":
+        if asked not in DTYPES:
+            raise ValueError(f"unknown dtype {asked!r}; choose auto, {', '.join(DTYPES)}")
+        return DTYPES[asked]
+    if device.type != "cuda":
+        return torch.float32
+    if own == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return own if own in DTYPES.values() else torch.float32
+
+
 def load_model(spec: str = "builtin", seed: int = 0, device: torch.device | None = None,
-               quantize: str | None = None) -> LoadedModel:
+               quantize: str | None = None, dtype: str = "auto") -> LoadedModel:
     device = device or pick_device()
+    if quantize == "int8" and dtype not in ("auto", "float32"):
+        raise ValueError(f"--quantize int8 quantizes a float32 model; it cannot be served in {dtype}")
     if spec == "builtin" or spec.startswith("builtin:"):
         size = spec.split(":", 1)[1] if ":" in spec else "tiny"
         if size not in SIZES:
@@ -206,7 +234,7 @@ def load_model(spec: str = "builtin", seed: int = 0, device: torch.device | None
     elif spec.startswith("hf:"):
         from inference_node.hf_model import load_hf
 
-        module, tokenizer, name = load_hf(spec[3:], device)
+        module, tokenizer, name = load_hf(spec[3:], device, dtype)
     elif spec.endswith((".pt", ".pth", ".ts")):
         path = Path(spec)
         if not path.exists():
@@ -230,6 +258,8 @@ def load_model(spec: str = "builtin", seed: int = 0, device: torch.device | None
         name += "-int8"
     elif quantize:
         raise ValueError(f"unknown quantization {quantize!r}; only int8")
+    else:  # (a Hugging Face model was loaded in its dtype already)
+        module = module.to(pick_dtype(dtype, device, next(module.parameters(), torch.empty(0)).dtype))
     return LoadedModel(module.to(device), tokenizer, name, device)
 
 

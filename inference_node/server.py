@@ -72,6 +72,7 @@ class NodeConfig:
     drain_seconds: float = 30.0
     warmup: bool = True
     quantize: str | None = None
+    dtype: str = "auto"  # what the weights are held in (model.pick_dtype)
     seed: int = 0
     threads: int | None = None  # torch intra-op threads (default: torch's choice, all cores)
     slo_ms: float | None = None  # shed requests whose expected wait is over this
@@ -104,7 +105,7 @@ class Node:
             self.metrics.slo.set(config.slo_ms / 1000.0)
         self.state = "starting"
         self.engine = make_engine(config.engine, EngineSpec(config.model, config.seed, config.quantize, config.threads,
-                                                            config.warmup, config.max_batch))
+                                                            config.warmup, config.max_batch, config.dtype))
         self.batcher: Batcher | None = None
         self.timings: dict[str, float] = {}
         self.context: int | None = None  # the most tokens, prompt and answer, a request may take (None: unknown)
@@ -162,9 +163,9 @@ class Node:
         if self.state == "starting":
             self.state = "ready"
             self.metrics.ready.set(1)
-            log.info("ready after %.2f s (load %.2f s, warm-up %.2f s; %s engine on %s, %s batching)",
+            log.info("ready after %.2f s (load %.2f s, warm-up %.2f s; %s engine on %s in %s, %s batching)",
                      self.timings["total"], self.timings["model_load"], self.timings["warmup"], self.config.engine,
-                     self.engine.device, self.config.batching)
+                     self.engine.device, self.engine.dtype, self.config.batching)
             if self.engine.device_warning:
                 log.warning("%s", self.engine.device_warning)
 
@@ -509,7 +510,7 @@ def create_app(config: NodeConfig) -> FastAPI:
     @app.get("/ready")
     async def ready():
         node.check_engine()
-        body = {"state": node.state, "model": node.model_name, "device": node.engine.device,
+        body = {"state": node.state, "model": node.model_name, "device": node.engine.device, "dtype": node.engine.dtype,
                 "batching": config.batching, "max_model_len": node.context,
                 "start_seconds": {k: round(v, 4) for k, v in node.timings.items()}}
         if node.error:  # why it failed

@@ -690,6 +690,9 @@ def serve(
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="Deadline for in-flight work on SIGTERM."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantization of Linear "
                                                                     "layers (CPU)."),
+    dtype: str = typer.Option("auto", "--dtype", help="float32, float16 or bfloat16; auto: float32 on a CPU, on a "
+                                                       "GPU the model's own (bfloat16 as float16 where the GPU has "
+                                                       "none)."),
     no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip warm-up (for measuring a cold start)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads (default: all cores)."),
     slo_ms: Optional[float] = typer.Option(None, "--slo-ms", help="Answer 429 at once when a request's expected "
@@ -711,12 +714,14 @@ def serve(
         fail(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}")
     if batching not in BATCHING:
         fail(f"unknown batching {batching!r}; choose {' or '.join(BATCHING)}")
+    if dtype not in ("auto", "float32", "float16", "bfloat16"):
+        fail(f"unknown dtype {dtype!r}; choose auto, float32, float16 or bfloat16")
     logging.getLogger().setLevel(logging.INFO)
     try:
         run_server(NodeConfig(model=model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                               max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_new_tokens,
-                              max_model_len=max_model_len, drain_seconds=drain_seconds, warmup=not no_warmup, quantize=quantize,
-                              threads=threads, slo_ms=slo_ms, engine=engine,
+                              max_model_len=max_model_len, drain_seconds=drain_seconds, warmup=not no_warmup,
+                              quantize=quantize, dtype=dtype, threads=threads, slo_ms=slo_ms, engine=engine,
                               batching=batching),
                    host, port, access_log=access_log)
     except NodeFailed as exc:

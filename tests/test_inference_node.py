@@ -1065,6 +1065,42 @@ def test_answers_slower_than_the_slo_are_counted_as_late():
                 assert codes == [200, 200] and got["peakpilot_requests_total{ok}"] == 2
 
 
+def test_the_dtype_is_the_one_asked_for_or_the_one_that_fits_the_device(monkeypatch):
+    """--dtype: a node serves in the dtype asked for and /ready says which; auto is float32 on a CPU, and on
+    a GPU the model's own, but float16 for a bfloat16 model on a GPU without bfloat16 (a T4, a V100: CI has
+    no GPU, so the CUDA device's answer comes from a stand-in here)."""
+    import torch
+    from fastapi.testclient import TestClient
+
+    from inference_node.model import load_model, pick_dtype
+    from inference_node.server import NodeConfig, create_app
+
+    cuda = torch.device("cuda")
+    assert pick_dtype("auto", torch.device("cpu"), torch.bfloat16) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert pick_dtype("auto", cuda, torch.bfloat16) == torch.float16
+    assert pick_dtype("bfloat16", cuda, torch.float32) == torch.bfloat16  # asked for: as asked
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pick_dtype("auto", cuda, torch.bfloat16) == torch.bfloat16
+    assert pick_dtype("auto", cuda, torch.float32) == torch.float32
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        pick_dtype("float8", cuda)
+    with pytest.raises(ValueError, match="cannot be served in bfloat16"):
+        load_model("builtin", device=torch.device("cpu"), quantize="int8", dtype="bfloat16")
+
+    for dtype, held in (("auto", "float32"), ("bfloat16", "bfloat16")):
+        with TestClient(create_app(NodeConfig(engine="thread", dtype=dtype, max_batch=2))) as client:
+            deadline = time.time() + 60
+            while client.get("/ready").status_code != 200 and time.time() < deadline:
+                time.sleep(0.05)
+            assert client.get("/ready").json()["dtype"] == held
+            r = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 4, "temperature": 0})
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 4
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "serve", "--dtype", "float8"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unknown dtype 'float8'; choose auto, float32, float16 or bfloat16" in out.stderr
+
+
 def test_device_named_as_ready_says_it(monkeypatch):
     """/ready names the GPU a node runs on (measured on an H100 by bench/node_gpu.py; CI has no GPU, so the
     CUDA name comes from a stand-in here)."""

@@ -107,6 +107,18 @@ def test_a_node_serves_a_hugging_face_model_with_its_chat_template(hf_dir, node_
     assert "libtorch" not in maps and "tokenizers" in maps
 
 
+def test_a_model_saved_in_bfloat16_is_served_in_float32_on_a_cpu_or_as_asked(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from inference_node.model import generate, load_model
+
+    write_hf_model(tmp_path / "m")
+    AutoModelForCausalLM.from_pretrained(tmp_path / "m").to(torch.bfloat16).save_pretrained(tmp_path / "m")
+    assert load_model(f"hf:{tmp_path / 'm'}", device=torch.device("cpu")).dtype == "float32"
+    half = load_model(f"hf:{tmp_path / 'm'}", device=torch.device("cpu"), dtype="bfloat16")
+    assert half.dtype == "bfloat16" and len(generate(half, [[0, 40, 41]], [4], [0.0])[0]) <= 4
+
+
 def test_a_model_that_is_not_there_or_not_a_decoder_of_attention_layers_is_refused(tmp_path):
     from inference_node.model import load_model
 
