@@ -6,7 +6,8 @@ after the last token (the time to first token is what a chat user waits on). Two
 until the tokens after them come, as vLLM's detokenizer does: the bytes of a character not yet whole (a
 byte-level tokenizer splits a multi-byte character over tokens), and text that could be the start of a
 stop string (the answer ends before a stop string, which is never sent). Whole or streamed, the same
-tokens give the same text.
+tokens give the same text. A whole answer can carry its tokens' log-probabilities, in the legacy
+completions shape or the chat one.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class AnswerText:
 
     def _new_text(self) -> str:
         """The text the tokens not yet in ``text`` add: decoded after the ones read last time (a tokenizer may
-        read a token otherwise at the start of a text: a leading space, a merge), less what those read as. None
+        read a token otherwise at the start of a text: a leading space, a merge), less what those read as. Empty
         while it ends in a character not yet whole (the decoder's U+FFFD), unless the answer is over; a
         character that never comes whole is U+FFFD then, as decoding the whole answer writes it."""
         decode = self.tokenizer.decode

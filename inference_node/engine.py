@@ -11,7 +11,8 @@ process, for models whose tokenizer cannot be sent between processes.
 Both engines load the model, run the warm-up passes and report how long each phase took (and the model's
 context, where it says), then run ``engine_loop``: requests join its batch (``submit``) and leave it
 (``drop``); it reports each row as it finishes, and the new tokens of the rows ``submit`` asked to watch
-(a streamed answer, or one with stop strings) at every step.
+(a streamed answer, or one with stop strings) at every step. Between two steps it also scores the
+sequences it is asked to (``score``: their tokens' log-probabilities, model.score).
 """
 
 from __future__ import annotations
@@ -309,9 +310,13 @@ class ProcessEngine:
 
     def submit(self, key, prompt: list[int], max_tokens: int, temperature: float, top_p: float = 1.0,
                seed: int | None = None, watch: bool = False) -> None:
+        self._send(add_message(key, prompt, max_tokens, temperature, top_p, seed, watch))
+
+    def _send(self, message: tuple) -> None:
+        """Tell the engine process something that wants an answer: ``EngineGone`` if it cannot hear."""
         try:
             with self._lock:
-                self._conn.send(add_message(key, prompt, max_tokens, temperature, top_p, seed, watch))
+                self._conn.send(message)
         except (OSError, ValueError):
             self._proc.join(1)
             raise EngineGone(self.gone() or "the engine process closed its pipe") from None
@@ -324,12 +329,7 @@ class ProcessEngine:
             pass  # gone: the reader tells the listener
 
     def score(self, key, tokens: list[int], start: int, top: int) -> None:
-        try:
-            with self._lock:
-                self._conn.send(("score", key, tokens, start, top))
-        except (OSError, ValueError):
-            self._proc.join(1)
-            raise EngineGone(self.gone() or "the engine process closed its pipe") from None
+        self._send(("score", key, tokens, start, top))
 
     def gone(self) -> str | None:
         """Why the engine process cannot generate any more (it died: killed for memory, a crash in native

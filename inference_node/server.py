@@ -325,6 +325,8 @@ def parse_completion(body: bytes, config: NodeConfig, tokenizer,
 
 
 def _scored(asked: Generation, logprobs: int | None, echo: list[str] | None) -> Generation | JSONResponse:
+    """The generation, with the log-probabilities and the echo asked for; refused with ``stream``: they are
+    worked out once the answer is whole (the engine scores prompt and answer in one pass)."""
     if asked.stream and (logprobs is not None or echo is not None):
         field = "logprobs" if logprobs is not None else "echo"
         return error(400, f"'{field}' is not supported with 'stream' on this node: ask for the whole answer",
