@@ -1022,8 +1022,15 @@ def test_loadgen_and_profile_commands_against_a_node_and_against_nothing(node, t
     assert out.returncode == 0, out.stderr
     profiled = json.loads(out.stdout)
     good = [s["rps"] for s in profiled["steps"] if s["within_slo"]]
-    assert profiled["rps_per_node"] == max(good) > 0 and profiled["model"]
+    assert profiled["rps_per_node"] == max(good) > 0 and profiled["model"] and profiled["slo_on"] == "answer"
     assert all(s["errors"] == {} for s in profiled["steps"])
+    # --stream: the SLO is on the first text a chat user reads, which comes before the whole answer
+    out = subprocess.run([*cli, "profile", "--url", node.url, "--slo-ms", "2000", "--seconds", "0.5",
+                          "--max-tokens", "32", "--stream", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    streamed = json.loads(out.stdout)
+    assert streamed["slo_on"] == "first_text" and streamed["rps_per_node"] > 0
+    assert all(s["p99_ms"] < s["answer_p99_ms"] for s in streamed["steps"] if s["p99_ms"] is not None)
 
     # Nothing listening: both refuse at once, naming the URL, instead of sending into refused connections.
     nowhere = f"http://127.0.0.1:{free_port()}"
