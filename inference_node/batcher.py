@@ -110,13 +110,15 @@ class Admission:
 
 class Batcher:
     def __init__(self, engine, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 64,
-                 metrics=None, slo_ms: float | None = None, continuous: bool = True):
+                 metrics=None, slo_ms: float | None = None, continuous: bool = True, slo_on_first_token: bool = False):
         """``engine``: ``submit(key, prompt, max_tokens, temperature)``, ``drop(key)`` and ``listen(fn)``,
         ``fn(kind, key, payload)`` called on the engine's thread as rows finish (engine.py). Not
         ``continuous``: a batch runs to its end before the next starts (rows still leave as they finish)."""
         self.engine = engine
         self.continuous = continuous
         self.slo = None if slo_ms is None else slo_ms / 1000.0
+        self.slo_on_first_token = slo_on_first_token  # the target is on the wait for a row, not the whole answer
+        self.wait_seconds = 0.0  # moving average of requests' wait for a row (enqueue to joining the batch)
         self.row_seconds = 0.0  # moving average of a request's time generating (joined to answered)
         self.batch_seconds = 0.0  # run to end: moving average of a batch's time, first row in to last out
         self._batch = (0.0, 0)  # run to end: when the running batch started, and its rows
@@ -158,18 +160,21 @@ class Batcher:
         """Seconds the last of ``count`` requests arriving now would take, or what requests have lately
         really taken, whichever is more (the model of the queue does not see a CPU shared with other work).
         Continuous: its wait for a free row (rows free ``max_batch`` per row-time, as the requests generating
-        finish) and its own time generating. Run to end: the batch running, the batches ahead and its own."""
+        finish) and its own time generating. Run to end: the batch running, the batches ahead and its own.
+        With the target on the first token (a chat service's, ``serve --slo-on first-token``), the wait for
+        a row alone, against what requests have lately waited for one."""
+        own = 0 if self.slo_on_first_token else 1  # its own generating, unless the target is on its first token
         if self.continuous:
             ahead = len(self.queue) + count - (self.max_batch - len(self.generating))
-            modelled = (max(0, ahead) / self.max_batch + 1) * self.row_seconds
+            modelled = (max(0, ahead) / self.max_batch + own) * self.row_seconds
         else:
-            batches = (len(self.queue) + count - 1) // self.max_batch + 1 + (1 if self.generating else 0)
+            batches = (len(self.queue) + count - 1) // self.max_batch + own + (1 if self.generating else 0)
             modelled = batches * self.batch_seconds
         if self.in_flight == 0:
             # Nothing in the node: the past latency says nothing about now (and shedding on it alone
             # would refuse every request for ever, since none would finish to correct it).
             return modelled
-        return max(modelled, self.latency_seconds)
+        return max(modelled, self.wait_seconds if self.slo_on_first_token else self.latency_seconds)
 
     async def submit(self, prompt: list[int], max_tokens: int, temperature: float) -> list[int]:
         return (await self.submit_all([prompt], max_tokens, temperature))[0]
@@ -193,8 +198,8 @@ class Batcher:
         if self.slo is not None and measured:
             wait = self.expected_wait(count)
             if wait > self.slo:
-                raise QueueFull(len(self.queue), f"the expected wait {wait:.2f} s is over the {self.slo:g} s "
-                                                 f"latency target")
+                target = "first-token latency target" if self.slo_on_first_token else "latency target"
+                raise QueueFull(len(self.queue), f"the expected wait {wait:.2f} s is over the {self.slo:g} s {target}")
         loop = asyncio.get_running_loop()
         # n answers of one prompt with one seed must still differ: the i-th prompt's draws start from seed + i
         jobs = [Job(next(self._keys), p, max_tokens, temperature, loop.create_future(), top_p,
@@ -289,6 +294,8 @@ class Batcher:
                     self._fail(lost, exc)
                 return
             job.joined = now
+            waited = now - job.enqueued
+            self.wait_seconds = waited if not self.wait_seconds else 0.8 * self.wait_seconds + 0.2 * waited
             self.generating[job.key] = job
         if len(self.generating) == len(group):
             self._batch = (now, len(group))

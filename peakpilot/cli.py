@@ -697,6 +697,9 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads (default: all cores)."),
     slo_ms: Optional[float] = typer.Option(None, "--slo-ms", help="Answer 429 at once when a request's expected "
                                                                   "wait is over this latency target."),
+    slo_on: str = typer.Option("answer", "--slo-on", help="What --slo-ms bounds: 'answer' (the whole answer) or "
+                                                          "'first-token' (a streamed answer's first token: a chat "
+                                                          "service's target)."),
     engine: str = typer.Option("process", "--engine", help="Where the model runs: 'process' (its own, so "
                                                             "generation never waits on the HTTP side's GIL) or "
                                                             "'thread' (in the server's process)."),
@@ -707,13 +710,15 @@ def serve(
 ) -> None:
     """Serve a PyTorch model: OpenAI-compatible /v1/completions and /v1/chat/completions, /health, /ready, /metrics."""
     from inference_node.engine import ENGINES
-    from inference_node.server import BATCHING, NodeConfig, NodeFailed
+    from inference_node.server import BATCHING, SLO_ON, NodeConfig, NodeFailed
     from inference_node.server import serve as run_server
 
     if engine not in ENGINES:
         fail(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}")
     if batching not in BATCHING:
         fail(f"unknown batching {batching!r}; choose {' or '.join(BATCHING)}")
+    if slo_on not in SLO_ON:
+        fail(f"unknown --slo-on {slo_on!r}; choose {' or '.join(SLO_ON)}")
     if dtype not in ("auto", "float32", "float16", "bfloat16"):
         fail(f"unknown dtype {dtype!r}; choose auto, float32, float16 or bfloat16")
     logging.getLogger().setLevel(logging.INFO)
@@ -721,7 +726,8 @@ def serve(
         run_server(NodeConfig(model=model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                               max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_new_tokens,
                               max_model_len=max_model_len, drain_seconds=drain_seconds, warmup=not no_warmup,
-                              quantize=quantize, dtype=dtype, threads=threads, slo_ms=slo_ms, engine=engine,
+                              quantize=quantize, dtype=dtype, threads=threads, slo_ms=slo_ms, slo_on=slo_on,
+                              engine=engine,
                               batching=batching),
                    host, port, access_log=access_log)
     except NodeFailed as exc:

@@ -847,6 +847,48 @@ def test_slo_aware_shedding_refuses_what_would_be_late(node_factory, batching):
     assert all(r.status_code in (200, 429) for r in answers)
 
 
+def test_a_first_token_target_sheds_on_the_wait_for_a_row_not_on_the_whole_answer():
+    """--slo-on first-token (a chat service's target): long streamed answers that each take longer than
+    the target are admitted one after another and none is late, since each reader gets its first token
+    at once (with the target on the whole answer, the second is refused and the first is late); a flood
+    that would wait for rows past the target is still shed, saying so."""
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from inference_node.server import NodeConfig, create_app
+
+    def over_slo(client) -> float:
+        return next(s.value for f in text_string_to_metric_families(client.get("/metrics").text)
+                    for s in f.samples if s.name == "peakpilot_requests_over_slo_total")
+
+    long = {"prompt": "x", "max_tokens": 256, "temperature": 0, "stream": True}
+    for slo_on in ("answer", "first-token"):
+        config = NodeConfig(model="builtin:small", engine="thread", slo_ms=300, slo_on=slo_on, max_batch=2,
+                            threads=1)
+        with TestClient(create_app(config)) as client:
+            deadline = time.time() + 60
+            while client.get("/ready").status_code != 200 and time.time() < deadline:
+                time.sleep(0.05)
+            started = time.perf_counter()
+            codes = [client.post("/v1/completions", json=long).status_code for _ in range(3)]
+            assert (time.perf_counter() - started) / codes.count(200) > 0.3  # each answer longer than the target
+            if slo_on == "answer":
+                assert codes[:2] == [200, 429] and over_slo(client) == 1
+                continue
+            assert codes == [200, 200, 200] and over_slo(client) == 0
+
+            async def flood() -> list[httpx.Response]:
+                transport = httpx.ASGITransport(app=client.app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://node", timeout=120) as c:
+                    return await asyncio.gather(*(c.post("/v1/completions", json=dict(long, stream=False))
+                                                  for _ in range(12)))
+
+            answers = client.portal.call(flood)
+            busy = [r for r in answers if r.status_code == 429]
+            assert busy and all(r.status_code in (200, 429) for r in answers)
+            assert "over the 0.3 s first-token latency target" in busy[0].json()["error"]["message"]
+
+
 def test_shedding_recovers_once_the_node_is_idle(node_factory):
     """After an overload the node serves again: shedding must not lock itself in."""
     n = node_factory("--max-batch", "4", "--max-queue", "256", "--slo-ms", "300", "--threads", "1")
