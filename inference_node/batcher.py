@@ -20,13 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from inference_node.engine import EngineError, EngineGone
 
+log = logging.getLogger("peakpilot.node")
+
 RATE_WINDOW = 5.0  # seconds of answers the tokens-per-second gauge covers
+
+
+class OutOfMemory(EngineError):
+    """The batch ran out of the device's memory: its requests are answered busy, to be retried, and the
+    node batches fewer rows from then on."""
 
 
 class QueueFull(Exception):
@@ -123,7 +131,7 @@ class Batcher:
         self.batch_seconds = 0.0  # run to end: moving average of a batch's time, first row in to last out
         self._batch = (0.0, 0)  # run to end: when the running batch started, and its rows
         self.latency_seconds = 0.0  # moving average of requests' time in the node (enqueue to answer)
-        self.max_batch = max_batch
+        self.max_batch = max_batch  # halved where a batch runs out of the device's memory (_shrink)
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.metrics = metrics
@@ -138,6 +146,8 @@ class Batcher:
         self._answered_tokens = 0  # their sum
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
+        if metrics:
+            metrics.batch_limit.set(max_batch)
         engine.listen(self._heard)
 
     def start(self) -> None:
@@ -305,8 +315,9 @@ class Batcher:
             self.metrics.batch_size.observe(len(self.generating))
 
     def _heard(self, kind: str, key, payload) -> None:
-        """From the engine's thread: a row finished (``row``), failed (``error``), watched rows' new tokens
-        (``tokens``), a sequence scored (``scored``), or the engine died (``gone``)."""
+        """From the engine's thread: a row finished (``row``), failed (``error``, or ``oom``: out of the
+        device's memory), watched rows' new tokens (``tokens``), a sequence scored (``scored``), or the
+        engine died (``gone``)."""
         try:
             self._loop.call_soon_threadsafe(self._settle, kind, key, payload)
         except RuntimeError:  # the loop is closed: the server is shutting down
@@ -338,14 +349,32 @@ class Batcher:
             self.scoring.clear()
             self._room.set()
             return
+        if kind == "oom":
+            self._shrink(*payload)
         job = self.generating.pop(key, None)
         if job is None:  # withdrawn or ended; the engine had finished it before it heard
             return
         self._left()
         if kind == "error":
             self._fail(job, EngineError(payload))
+        elif kind == "oom":
+            self._fail(job, OutOfMemory(f"the batch of {payload[1]} rows ran out of the device's memory "
+                                        f"({payload[0].splitlines()[0][:200]}); this node now batches at most "
+                                        f"{self.max_batch}"))
         else:
             self._answer(job, payload)
+
+    def _shrink(self, why: str, rows: int) -> None:
+        """A batch of ``rows`` ran out of the device's memory: batch at most half as many from now on (a
+        --max-batch too wide for the GPU, with these lengths), rather than fail every batch that wide."""
+        fewer = max(1, rows // 2)
+        if fewer < self.max_batch:
+            log.warning("a batch of %d rows ran out of the device's memory (%s): batching at most %d rows from now "
+                        "on; set --max-batch %d (or a shorter --max-model-len) to start there", rows,
+                        why.splitlines()[0][:200], fewer, fewer)
+            self.max_batch = fewer
+            if self.metrics:
+                self.metrics.batch_limit.set(fewer)
 
     def _left(self) -> None:
         """A row left the batch, answered: room for the next; in run-to-end, perhaps the batch's end."""

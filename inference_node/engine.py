@@ -122,8 +122,11 @@ def engine_loop(model, seed: int, receive, send) -> None:
     only while nothing is generating), run one step, ``send`` the watched rows' new tokens (``("tokens",
     None, {key: tokens})``, one message a step for all) and the rows that finished (``("row", key,
     tokens)``, the whole answer) and the sequences scored (``("scored", key, entries)``: model.score); again. A
-    step that fails answers every request in the batch with the error, and the loop goes on with an empty
-    batch."""
+    step that fails answers every request in the batch with the error (``("error", key, why)``, or where the
+    device ran out of memory ``("oom", key, (why, rows))``: the batch was too wide or too long for it), and
+    the loop goes on with an empty batch."""
+    import torch
+
     from inference_node.model import DecodeBatch, score
 
     batch, inside, watched = DecodeBatch(model, seed), set(), set()
@@ -136,8 +139,8 @@ def engine_loop(model, seed: int, receive, send) -> None:
             if kind == "score":
                 scores.append((key, *args))
             elif kind == "add":
-                prompt, max_tokens, temperature, top_p, seed, watch = args
-                batch.add(key, prompt, max_tokens, temperature, top_p, seed)
+                prompt, max_tokens, temperature, top_p, row_seed, watch = args
+                batch.add(key, prompt, max_tokens, temperature, top_p, row_seed)
                 inside.add(key)
                 if watch:
                     watched.add(key)
@@ -156,8 +159,15 @@ def engine_loop(model, seed: int, receive, send) -> None:
             new = batch.new_tokens(watched) if watched else {}
         except Exception as exc:
             why = f"{type(exc).__name__}: {exc}"
-            for key in inside:
-                send(("error", key, why))
+            if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+                rows = len(batch)
+                for key in inside:
+                    send(("oom", key, (why, rows)))
+                if model.device.type == "cuda":
+                    torch.cuda.empty_cache()  # the failed step's buffers, back for the next batch
+            else:
+                for key in inside:
+                    send(("error", key, why))
             batch, inside, watched = DecodeBatch(model, seed + batch.steps), set(), set()
             continue
         if new:

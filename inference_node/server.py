@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_node.answers import (DONE, AnswerText, ChatShape, CompletionShape, chat_logprobs, completion_logprobs,
                                     event, usage)
-from inference_node.batcher import Batcher, QueueFull
+from inference_node.batcher import Batcher, OutOfMemory, QueueFull
 from inference_node.metrics import NodeMetrics
 from inference_node.engine import EngineGone, EngineSpec, make_engine
 
@@ -570,13 +570,16 @@ def create_app(config: NodeConfig) -> FastAPI:
         if config.slo_ms is not None and bounded * 1000.0 > config.slo_ms:
             m.over_slo.inc()
 
-    def failed(exc: Exception) -> tuple[int, str, str]:
-        """A generation that failed: the status, message and type to answer with."""
+    def failed(exc: Exception) -> tuple[int, str, str, str]:
+        """A generation that failed: the status, message and type to answer with, and the outcome to count
+        (a batch out of the device's memory is busy: retried, it is served, by this node batching fewer)."""
         if isinstance(exc, EngineGone):
             node.fail(f"engine failed: {exc}")
-            return 503, f"server unavailable: {exc}; retry on another node", "unavailable"
+            return 503, f"server unavailable: {exc}; retry on another node", "unavailable", "error"
+        if isinstance(exc, OutOfMemory):
+            return 503, f"server busy: {exc}; retry after 1 s", "server_busy", "busy"
         log.error("generation failed", exc_info=exc)
-        return 500, f"generation failed: {type(exc).__name__}", "server_error"
+        return 500, f"generation failed: {type(exc).__name__}", "server_error", "error"
 
     async def complete(request: Request, chat: bool):
         m = node.metrics
@@ -627,8 +630,8 @@ def create_app(config: NodeConfig) -> FastAPI:
             m.requests.labels("cancelled").inc()
             return Response(status_code=499)  # nobody is there to read it (nginx's "client closed request")
         except Exception as exc:
-            m.requests.labels("error").inc()
-            status, message, kind = failed(exc)
+            status, message, kind, counted = failed(exc)
+            m.requests.labels(counted).inc()
             return error(status, message, kind, headers={"Retry-After": "1"} if status == 503 else None)
         finally:
             if admission is not None:
@@ -680,8 +683,7 @@ def create_app(config: NodeConfig) -> FastAPI:
                 served(started, min(first_heard.values()) - started if first_heard else None)
                 yield DONE
             except Exception as exc:  # the status is sent: the error goes in the stream, as OpenAI's does
-                outcome[0] = "error"
-                _, message, kind = failed(exc)
+                _, message, kind, outcome[0] = failed(exc)
                 yield event(error_body(message, kind))
 
         def closed() -> None:

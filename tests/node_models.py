@@ -19,6 +19,25 @@ class StrictPositions(TinyGPT):
         return super().forward(input_ids, attention_mask, past, positions)
 
 
+class SmallMemory(TinyGPT):
+    """The built-in decoder on a device whose memory holds the keys and values of at most ``ROOM``
+    positions of a batch (rows x width): past that, the error a GPU raises out of memory."""
+
+    ROOM = 160
+
+    def forward(self, input_ids, attention_mask, past=None, positions=None):
+        rows, width = attention_mask.shape
+        if rows * width > self.ROOM:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {rows * width} positions")
+        return super().forward(input_ids, attention_mask, past, positions)
+
+
+def small_memory():
+    """A small decoder on a device with room for 160 positions of a batch."""
+    torch.manual_seed(0)
+    return SmallMemory(ByteTokenizer.vocab_size, d_model=64, n_layers=1, n_heads=4), ByteTokenizer()
+
+
 def short_context():
     """A small decoder whose context is 48 tokens."""
     torch.manual_seed(0)

@@ -957,6 +957,33 @@ def test_an_unknown_engine_is_refused():
     assert out.returncode == 2 and "unknown batching 'paged'; choose continuous or run-to-end" in out.stderr
 
 
+def test_a_batch_out_of_the_devices_memory_is_answered_busy_and_the_node_batches_fewer(node_factory):
+    """A --max-batch too wide for the GPU's memory at these lengths: the step that runs out of memory answers
+    its requests 503 busy, to be retried (they were 500s), the node keeps serving and batches at most half
+    as many rows from then on (saying so), and the same load then succeeds. The engine used to die there
+    (a failed step restarted its batch from a request's seed, None), taking the node with it."""
+    n = node_factory("--model", "tests.node_models:small_memory", "--max-batch", "8", "--no-warmup")
+    n.wait_ready()
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=n.url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/v1/completions", json={
+                "prompt": "x" * 10, "max_tokens": 20, "temperature": 0}) for _ in range(8)))
+
+    first = asyncio.run(flood())
+    failed = [r for r in first if r.status_code != 200]
+    assert failed and all(r.status_code == 503 and r.headers["Retry-After"] == "1" for r in failed)
+    message = failed[0].json()["error"]["message"]
+    assert "ran out of the device's memory (OutOfMemoryError: CUDA out of memory" in message
+    assert "this node now batches at most" in message and failed[0].json()["error"]["type"] == "server_busy"
+    second = asyncio.run(flood())
+    assert [r.status_code for r in second] == [200] * 8
+    metrics = httpx.get(f"{n.url}/metrics").text
+    limit = float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("peakpilot_batch_limit ")))
+    assert limit <= 4 and f'peakpilot_requests_total{{outcome="busy"}} {float(len(failed))}' in metrics
+    assert "ran out of the device's memory" in n.output() and f"set --max-batch {int(limit)}" in n.output()
+
+
 def test_a_model_that_fails_to_load_is_unhealthy_and_the_server_exits_1(tmp_path):
     from fastapi.testclient import TestClient
 
