@@ -17,6 +17,7 @@ sequences it is asked to (``score``: their tokens' log-probabilities, model.scor
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import queue
 import signal
@@ -189,6 +190,7 @@ class ThreadEngine:
         self._inbox: queue.Queue = queue.Queue()
         self._listener: Listener = lambda kind, key, payload: None
         self._thread: threading.Thread | None = None
+        self._failed: str | None = None  # why the engine thread stopped, once it did
 
     def start(self) -> None:
         import sys
@@ -210,8 +212,15 @@ class ThreadEngine:
                 except queue.Empty:
                     return messages
 
-        self._thread = threading.Thread(target=engine_loop, name="peakpilot-engine", daemon=True,
-                                        args=(self.model, self.spec.seed, receive, lambda e: self._listener(*e)))
+        def run() -> None:
+            try:
+                engine_loop(self.model, self.spec.seed, receive, lambda e: self._listener(*e))
+            except Exception as exc:  # a fault of the loop itself (a request's failure is answered in it)
+                logging.getLogger("peakpilot.node").exception("the engine thread failed")
+                self._failed = f"the engine thread failed: {type(exc).__name__}: {exc}"
+                self._listener("gone", None, self._failed)
+
+        self._thread = threading.Thread(target=run, name="peakpilot-engine", daemon=True)
         self._thread.start()
 
     def listen(self, listener: Listener) -> None:
@@ -219,16 +228,23 @@ class ThreadEngine:
 
     def submit(self, key, prompt: list[int], max_tokens: int, temperature: float, top_p: float = 1.0,
                seed: int | None = None, watch: bool = False) -> None:
-        self._inbox.put(add_message(key, prompt, max_tokens, temperature, top_p, seed, watch))
+        self._put(add_message(key, prompt, max_tokens, temperature, top_p, seed, watch))
+
+    def _put(self, message: tuple) -> None:
+        if self._failed is not None:  # nothing would ever answer it
+            raise EngineGone(self._failed)
+        self._inbox.put(message)
 
     def drop(self, key) -> None:
         self._inbox.put(("drop", key))
 
     def score(self, key, tokens: list[int], start: int, top: int) -> None:
-        self._inbox.put(("score", key, tokens, start, top))
+        self._put(("score", key, tokens, start, top))
 
     def gone(self) -> str | None:
-        return None  # the model lives in the server's own process
+        """Why the engine thread stopped (a fault of its loop), or None while it runs: a request would
+        otherwise wait for ever on a thread that is gone."""
+        return self._failed
 
     def close(self) -> None:
         if self._thread is not None:

@@ -1023,6 +1023,31 @@ def test_an_engine_that_dies_turns_the_node_unready_and_the_server_exits_1(node_
     assert "peakpilot: error: engine failed: the engine process is gone (exit code -9) (--model builtin)" in out
 
 
+def test_an_engine_thread_that_fails_is_found_and_the_node_stops(monkeypatch):
+    """--engine thread: a fault of the engine loop itself (a bug, not a request's failure, which the loop
+    answers) stops its thread; the request waiting on it gets 503 "retry on another node" and the probes
+    say why, where the request waited for ever and the node still said it was healthy."""
+    from fastapi.testclient import TestClient
+
+    import inference_node.engine as engine
+    from inference_node.server import NodeConfig, create_app
+
+    def broken_loop(model, seed, receive, send):
+        receive(True)  # the first request's message
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine, "engine_loop", broken_loop)
+    with TestClient(create_app(NodeConfig(engine="thread", max_batch=2))) as client:
+        deadline = time.time() + 60
+        while client.get("/ready").status_code != 200 and time.time() < deadline:
+            time.sleep(0.05)
+        r = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert "the engine thread failed: RuntimeError: boom; retry on another node" in r.json()["error"]["message"]
+        health = client.get("/health")
+        assert health.status_code == 503 and "the engine thread failed: RuntimeError: boom" in health.json()["error"]
+
+
 def test_an_engine_that_dies_mid_stream_ends_the_stream_with_an_error(node_factory):
     """The status (200) went out with the first piece: the failure goes in the stream as an error event, as
     OpenAI's does, which its client raises; the node then fails and exits 1 as for any request."""
