@@ -95,7 +95,7 @@ class AnswerText:
         ending that a stop string could begin with (a character not yet whole is not in ``text`` yet)."""
         end = len(self.text)
         if not (self.finished or self.stopped):
-            end -= max((k for s in self.stop for k in range(1, len(s)) if self.text[:end].endswith(s[:k])),
+            end -= max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k], 0, end)),
                        default=0)
         piece = self.text[self._sent:max(end, self._sent)]
         self._sent += len(piece)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 ENGINES = ("process", "thread")
+DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")  # serve --dtype (model.pick_dtype)
 
 
 @dataclass

@@ -34,18 +34,20 @@ class HFCausalLM(nn.Module):
     keeps_last_logits = True  # only the last position's, unless asked for all (``all_logits``: model.score)
 
     def __init__(self, model: nn.Module):
+        from transformers import DynamicCache
+
         super().__init__()
         self.model = model
+        self._cache_class = DynamicCache  # (imported once, not at every step)
         self.config = model.config  # its max_position_embeddings is the node's context (model.model_context)
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5 renamed it
         self._logits_to_keep = "logits_to_keep" in params
 
     def forward(self, input_ids, attention_mask, past=None, all_logits: bool = False):
-        from transformers import DynamicCache
-
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
-        kwargs = {self._cache_arg: DynamicCache(ddp_cache_data=past) if past else DynamicCache(), "use_cache": True}
+        cache = self._cache_class(ddp_cache_data=past) if past else self._cache_class()
+        kwargs = {self._cache_arg: cache, "use_cache": True}
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = 0 if all_logits else 1  # (0: all)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **kwargs)

@@ -200,7 +200,7 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # engine.DTYPE_NAMES
 
 
 def pick_dtype(asked: str, device: torch.device, own: torch.dtype = torch.float32) -> torch.dtype:

@@ -224,6 +224,15 @@ UNSUPPORTED: dict[str, tuple] = {
 }
 
 
+def _integer(value) -> bool:
+    """A JSON integer: ``true`` and ``false`` are not, though Python's bools are ints."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, context: int | None,
                 prompt_field: str = "prompt", max_keys: tuple[str, ...] = ("max_tokens",),
                 default_max_tokens: int | None = 16, least_tokens: int = 1) -> Generation | JSONResponse:
@@ -234,7 +243,7 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
     n = data.get("n", 1)
     if n is None:
         n = 1
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    if not _integer(n) or n < 1:
         return error(400, "'n' must be a positive integer", "invalid_request_error", "n")
     if len(prompts) * n > config.max_queue:  # could never be admitted: not busy, too big
         asked = f"{len(prompts)} prompts" + (f" x n={n}" if n > 1 else "")
@@ -258,7 +267,7 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
     max_tokens = data.get(key)
     if max_tokens is None:  # not asked: the default, within the room the prompt leaves
         max_tokens = room if default_max_tokens is None else min(default_max_tokens, room)
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < least_tokens:
+    if not _integer(max_tokens) or max_tokens < least_tokens:
         return error(400, f"'{key}' must be a positive integer" + (" (or 0 with 'echo')" if prompt_field == "prompt"
                                                                   else ""), "invalid_request_error", key)
     if max_tokens > config.max_tokens_limit:
@@ -271,14 +280,14 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
                      "invalid_request_error", key)
     temperature = data.get("temperature")
     temperature = 1.0 if temperature is None else temperature
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
+    if not _number(temperature) or not 0 <= temperature <= 2:
         return error(400, "'temperature' must be a number between 0 and 2", "invalid_request_error", "temperature")
     top_p = data.get("top_p")
     top_p = 1.0 if top_p is None else top_p
-    if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1:
+    if not _number(top_p) or not 0 < top_p <= 1:
         return error(400, "'top_p' must be a number above 0 and at most 1", "invalid_request_error", "top_p")
     seed = data.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not -2**63 <= seed < 2**63):
+    if seed is not None and (not _integer(seed) or not -2**63 <= seed < 2**63):
         return error(400, "'seed' must be a 64-bit integer", "invalid_request_error", "seed")
     for name, neutral in UNSUPPORTED.items():
         if name in data and data[name] not in neutral:
@@ -317,7 +326,7 @@ def parse_completion(body: bytes, config: NodeConfig, tokenizer,
         return error(400, "'prompt' must be a string or a non-empty list of strings", "invalid_request_error", "prompt")
     logprobs = data.get("logprobs")
     logprobs = None if logprobs is False else logprobs
-    if logprobs is not None and (not isinstance(logprobs, int) or isinstance(logprobs, bool) or not 0 <= logprobs <= 5):
+    if logprobs is not None and (not _integer(logprobs) or not 0 <= logprobs <= 5):
         return error(400, "'logprobs' must be an integer from 0 to 5", "invalid_request_error", "logprobs")
     echo = data.get("echo")
     echo = False if echo is None else echo
@@ -384,7 +393,7 @@ def parse_chat(body: bytes, config: NodeConfig, tokenizer,
     logprobs = False if logprobs is None else logprobs
     if not isinstance(logprobs, bool):
         return error(400, "'logprobs' must be true or false", "invalid_request_error", "logprobs")
-    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20):
+    if top is not None and (not _integer(top) or not 0 <= top <= 20):
         return error(400, "'top_logprobs' must be an integer from 0 to 20", "invalid_request_error", "top_logprobs")
     if top and not logprobs:
         return error(400, "'top_logprobs' needs 'logprobs': true", "invalid_request_error", "top_logprobs")

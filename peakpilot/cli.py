@@ -709,7 +709,7 @@ def serve(
                                                                 "every outcome)."),
 ) -> None:
     """Serve a PyTorch model: OpenAI-compatible /v1/completions and /v1/chat/completions, /health, /ready, /metrics."""
-    from inference_node.engine import ENGINES
+    from inference_node.engine import DTYPE_NAMES, ENGINES
     from inference_node.server import BATCHING, SLO_ON, NodeConfig, NodeFailed
     from inference_node.server import serve as run_server
 
@@ -719,8 +719,8 @@ def serve(
         fail(f"unknown batching {batching!r}; choose {' or '.join(BATCHING)}")
     if slo_on not in SLO_ON:
         fail(f"unknown --slo-on {slo_on!r}; choose {' or '.join(SLO_ON)}")
-    if dtype not in ("auto", "float32", "float16", "bfloat16"):
-        fail(f"unknown dtype {dtype!r}; choose auto, float32, float16 or bfloat16")
+    if dtype not in DTYPE_NAMES:
+        fail(f"unknown dtype {dtype!r}; choose {', '.join(DTYPE_NAMES[:-1])} or {DTYPE_NAMES[-1]}")
     logging.getLogger().setLevel(logging.INFO)
     try:
         run_server(NodeConfig(model=model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
