@@ -51,7 +51,7 @@ def replay(model, arrivals: list[tuple[float, int]], max_batch: int, continuous:
         if continuous or not len(batch):
             while waiting and len(batch) < max_batch:
                 key, n = waiting.pop(0)
-                batch.add(key, [65 + key % 26] * 20, n, 0.0)
+                batch.add(key, [65 + key % 26] * 20, n)
         for key, out in batch.step():
             latencies.append(time.perf_counter() - t0 - arrivals[key][0])
             tokens += len(out)
@@ -78,7 +78,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     model = load_model(args.model, device=torch.device("cpu"))
-    generate(model, [[65] * 20] * args.max_batch, [8] * args.max_batch, [0.0] * args.max_batch)  # warm
+    generate(model, [[65] * 20] * args.max_batch, [8] * args.max_batch)  # warm
     out = {"model": args.model, "max_batch": args.max_batch, "seconds": args.seconds, "new_tokens": LENGTHS,
            "rates": {}}
     for rate in (float(r) for r in args.rates.split(",")):

@@ -55,7 +55,7 @@ def main() -> None:
         padded = tok(PROMPTS, return_tensors="pt", padding=True)
 
         def ours() -> list[list[int]]:
-            return generate(node, ids, [NEW_TOKENS] * len(ids), [0.0] * len(ids))
+            return generate(node, ids, [NEW_TOKENS] * len(ids))
 
         def theirs() -> list[list[int]]:
             with torch.inference_mode():

@@ -44,13 +44,13 @@ def main() -> None:
         """Seconds for the batch, and until the first 4-token row was answered."""
         started = time.perf_counter()
         first = []
-        generate(model, prompts, max_tokens, [0.0] * len(prompts),
+        generate(model, prompts, max_tokens,
                  on_finished=lambda i, tokens: first.append(time.perf_counter()) if max_tokens[i] == 4 else None)
         ended = time.perf_counter()
         return ended - started, ((first[0] if first else ended) - started)
 
     runs = {"rows_leave": [], "held_to_longest": []}
-    generate(model, prompts, [8] * len(prompts), [0.0] * len(prompts))  # warm
+    generate(model, prompts, [8] * len(prompts))  # warm
     for _ in range(args.rounds):  # interleaved, so the machine's noise falls on both alike
         runs["rows_leave"].append(timed(LENGTHS))
         runs["held_to_longest"].append(timed([max(LENGTHS)] * len(LENGTHS)))

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from inference_node.engine import EngineError, EngineGone
+from inference_node.sampling import GREEDY, Sampling
 
 log = logging.getLogger("peakpilot.node")
 
@@ -49,10 +50,8 @@ class Job:
     key: int
     prompt: list[int]
     max_tokens: int
-    temperature: float
+    sampling: Sampling
     future: asyncio.Future
-    top_p: float = 1.0
-    seed: int | None = None
     enqueued: float = field(default_factory=time.perf_counter)
     joined: float = 0.0  # when it joined the engine's batch
     alongside: int = 0  # rows generating in the batch as it joined, itself included
@@ -119,7 +118,7 @@ class Admission:
 class Batcher:
     def __init__(self, engine, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 64,
                  metrics=None, slo_ms: float | None = None, continuous: bool = True, slo_on_first_token: bool = False):
-        """``engine``: ``submit(key, prompt, max_tokens, temperature)``, ``drop(key)`` and ``listen(fn)``,
+        """``engine``: ``submit(key, prompt, max_tokens, sampling, watch)``, ``drop(key)`` and ``listen(fn)``,
         ``fn(kind, key, payload)`` called on the engine's thread as rows finish (engine.py). Not
         ``continuous``: a batch runs to its end before the next starts (rows still leave as they finish)."""
         self.engine = engine
@@ -186,18 +185,19 @@ class Batcher:
             return modelled
         return max(modelled, self.wait_seconds if self.slo_on_first_token else self.latency_seconds)
 
-    async def submit(self, prompt: list[int], max_tokens: int, temperature: float) -> list[int]:
-        return (await self.submit_all([prompt], max_tokens, temperature))[0]
+    async def submit(self, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY) -> list[int]:
+        return (await self.submit_all([prompt], max_tokens, sampling))[0]
 
-    async def submit_all(self, prompts: list[list[int]], max_tokens: int, temperature: float) -> list[list[int]]:
-        admission = self.admit(prompts, max_tokens, temperature)
+    async def submit_all(self, prompts: list[list[int]], max_tokens: int,
+                         sampling: Sampling = GREEDY) -> list[list[int]]:
+        admission = self.admit(prompts, max_tokens, sampling)
         try:
             return await admission.answers()
         finally:
             admission.close()
 
-    def admit(self, prompts: list[list[int]], max_tokens: int, temperature: float, watch: bool = False,
-              top_p: float = 1.0, seed: int | None = None) -> Admission:
+    def admit(self, prompts: list[list[int]], max_tokens: int, sampling: Sampling = GREEDY,
+              watch: bool = False) -> Admission:
         """Queue every prompt of one request, admitted or refused (``QueueFull``) as one: a request refused
         busy leaves no part of itself in the queue, to spend the model's time on an answer nobody gets."""
         count = len(prompts)
@@ -212,8 +212,8 @@ class Batcher:
                 raise QueueFull(len(self.queue), f"the expected wait {wait:.2f} s is over the {self.slo:g} s {target}")
         loop = asyncio.get_running_loop()
         # n answers of one prompt with one seed must still differ: the i-th prompt's draws start from seed + i
-        jobs = [Job(next(self._keys), p, max_tokens, temperature, loop.create_future(), top_p,
-                    None if seed is None else seed + i) for i, p in enumerate(prompts)]
+        jobs = [Job(next(self._keys), p, max_tokens, sampling.nth(i), loop.create_future())
+                for i, p in enumerate(prompts)]
         self.in_flight += count
         self.queue.extend(jobs)
         self._arrived.set()
@@ -297,8 +297,7 @@ class Batcher:
         now = time.perf_counter()
         for i, job in enumerate(group):
             try:
-                self.engine.submit(job.key, job.prompt, job.max_tokens, job.temperature, top_p=job.top_p,
-                                   seed=job.seed, watch=job.admission is not None)
+                self.engine.submit(job.key, job.prompt, job.max_tokens, job.sampling, watch=job.admission is not None)
             except Exception as exc:  # the engine is gone: these cannot be generated
                 for lost in group[i:]:
                     self._fail(lost, exc)

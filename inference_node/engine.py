@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from inference_node.sampling import GREEDY, Sampling
+
 ENGINES = ("process", "thread")
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")  # serve --dtype (model.pick_dtype)
 
@@ -69,11 +71,11 @@ def _load_and_warm(spec: EngineSpec):
         for _ in range(2):
             for b in sizes:
                 for length in (short, long):
-                    generate(model, [[65] * length] * b, [8] * b, [0.0] * b)
+                    generate(model, [[65] * length] * b, [8] * b)
             joined = DecodeBatch(model)  # and a request joining a batch already generating
-            joined.add(0, [65] * short, 8, 0.0)
+            joined.add(0, [65] * short, 8)
             joined.step()
-            joined.add(1, [65] * long, 4, 0.0)
+            joined.add(1, [65] * long, 4)
             while len(joined):
                 joined.step()
     timings["warmup"] = time.perf_counter() - warm_started
@@ -111,15 +113,14 @@ def missing_gpu() -> str | None:
 Listener = Callable[[str, object, object], None]  # (kind, key, payload), on the engine's own thread
 
 
-def add_message(key, prompt: list[int], max_tokens: int, temperature: float, top_p: float, seed: int | None,
-                watch: bool) -> tuple:
+def add_message(key, prompt: list[int], max_tokens: int, sampling: Sampling, watch: bool) -> tuple:
     """What tells ``engine_loop`` a request joins its batch (both engines send the same)."""
-    return ("add", key, prompt, max_tokens, temperature, top_p, seed, watch)
+    return ("add", key, prompt, max_tokens, sampling, watch)
 
 
 def engine_loop(model, seed: int, receive, send) -> None:
     """Generate for whatever requests are in: take the messages that came in (``receive(block)``:
-    ``("add", key, prompt, max_tokens, temperature, top_p, seed, watch)``, ``("drop", key)``, ``("score", key,
+    ``("add", key, prompt, max_tokens, sampling, watch)``, ``("drop", key)``, ``("score", key,
     tokens, start, top)``, or None to stop; blocking
     only while nothing is generating), run one step, ``send`` the watched rows' new tokens (``("tokens",
     None, {key: tokens})``, one message a step for all) and the rows that finished (``("row", key,
@@ -141,8 +142,8 @@ def engine_loop(model, seed: int, receive, send) -> None:
             if kind == "score":
                 scores.append((key, *args))
             elif kind == "add":
-                prompt, max_tokens, temperature, top_p, row_seed, watch = args
-                batch.add(key, prompt, max_tokens, temperature, top_p, row_seed)
+                prompt, max_tokens, sampling, watch = args
+                batch.add(key, prompt, max_tokens, sampling)
                 inside.add(key)
                 if watch:
                     watched.add(key)
@@ -227,9 +228,8 @@ class ThreadEngine:
     def listen(self, listener: Listener) -> None:
         self._listener = listener
 
-    def submit(self, key, prompt: list[int], max_tokens: int, temperature: float, top_p: float = 1.0,
-               seed: int | None = None, watch: bool = False) -> None:
-        self._put(add_message(key, prompt, max_tokens, temperature, top_p, seed, watch))
+    def submit(self, key, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY, watch: bool = False) -> None:
+        self._put(add_message(key, prompt, max_tokens, sampling, watch))
 
     def _put(self, message: tuple) -> None:
         if self._failed is not None:  # nothing would ever answer it
@@ -335,9 +335,8 @@ class ProcessEngine:
     def listen(self, listener: Listener) -> None:
         self._listener = listener
 
-    def submit(self, key, prompt: list[int], max_tokens: int, temperature: float, top_p: float = 1.0,
-               seed: int | None = None, watch: bool = False) -> None:
-        self._send(add_message(key, prompt, max_tokens, temperature, top_p, seed, watch))
+    def submit(self, key, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY, watch: bool = False) -> None:
+        self._send(add_message(key, prompt, max_tokens, sampling, watch))
 
     def _send(self, message: tuple) -> None:
         """Tell the engine process something that wants an answer: ``EngineGone`` if it cannot hear."""

@@ -35,6 +35,7 @@ from inference_node.answers import (DONE, AnswerText, ChatShape, CompletionShape
                                     event, usage)
 from inference_node.batcher import Batcher, OutOfMemory, QueueFull
 from inference_node.metrics import NodeMetrics
+from inference_node.sampling import BIAS_RANGE, PENALTY_RANGE, Sampling
 from inference_node.engine import EngineGone, EngineSpec, make_engine
 
 log = logging.getLogger("peakpilot.node")
@@ -203,23 +204,20 @@ class Generation:
 
     prompts: list[list[int]]  # as the tokenizer encodes them
     max_tokens: int
-    temperature: float
+    sampling: Sampling  # temperature, top_p, seed, penalties, logit_bias
     stream: bool
     n: int = 1  # answers per prompt
     stop: list[str] = field(default_factory=list)  # the answer ends before the first of these
     include_usage: bool = False  # streamed: a last chunk with the usage (``stream_options.include_usage``)
-    top_p: float = 1.0  # nucleus sampling: draw from the most likely tokens whose probabilities reach it
-    seed: int | None = None  # the same seed, the same answers, whatever else the batch holds
     logprobs: int | None = None  # the answer tokens' log-probabilities, and this many likeliest tokens' in each place
     echo: list[str] | None = None  # completions: each prompt, before its answer (and in the logprobs)
 
 
 # What OpenAI's API takes that this node does not do, with the values that ask for nothing: anything else
 # is refused by name, where ignoring it would answer something other than what the client asked for
-# (tools never called, penalties never applied).
+# (tools never called, a suffix never written).
 UNSUPPORTED: dict[str, tuple] = {
-    "best_of": (None, 1), "suffix": (None, ""), "logit_bias": (None, {}), "presence_penalty": (None, 0),
-    "frequency_penalty": (None, 0), "tools": (None, []), "functions": (None, []),
+    "best_of": (None, 1), "suffix": (None, ""), "tools": (None, []), "functions": (None, []),
     "response_format": (None, {"type": "text"}),
 }
 
@@ -278,17 +276,9 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
                           f"{longest + max_tokens} tokens ({longest} in the {prompt_field}, {max_tokens} in the "
                           f"completion): shorten the {prompt_field} or ask for at most {room}",
                      "invalid_request_error", key)
-    temperature = data.get("temperature")
-    temperature = 1.0 if temperature is None else temperature
-    if not _number(temperature) or not 0 <= temperature <= 2:
-        return error(400, "'temperature' must be a number between 0 and 2", "invalid_request_error", "temperature")
-    top_p = data.get("top_p")
-    top_p = 1.0 if top_p is None else top_p
-    if not _number(top_p) or not 0 < top_p <= 1:
-        return error(400, "'top_p' must be a number above 0 and at most 1", "invalid_request_error", "top_p")
-    seed = data.get("seed")
-    if seed is not None and (not _integer(seed) or not -2**63 <= seed < 2**63):
-        return error(400, "'seed' must be a 64-bit integer", "invalid_request_error", "seed")
+    sampling = _sampling(data, tokenizer)
+    if isinstance(sampling, JSONResponse):
+        return sampling
     for name, neutral in UNSUPPORTED.items():
         if name in data and data[name] not in neutral:
             return error(400, f"'{name}' is not supported by this node: leave it out (or at its default, "
@@ -306,8 +296,49 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         return error(400, "'stream_options' must be an object whose 'include_usage' is true or false",
                      "invalid_request_error", "stream_options")
-    return Generation(ids, max_tokens, float(temperature), stream, n, stop, options.get("include_usage", False),
-                      float(top_p), None if seed is None else seed % 2**62)
+    return Generation(ids, max_tokens, sampling, stream, n, stop, options.get("include_usage", False))
+
+
+def _sampling(data: dict, tokenizer) -> Sampling | JSONResponse:
+    """How the answer draws its tokens (inference_node/sampling.py), with OpenAI's ranges; null is the
+    default. ``logit_bias`` keys are token ids, as JSON writes them (strings), of this node's tokenizer."""
+    temperature = data.get("temperature")
+    temperature = 1.0 if temperature is None else temperature
+    if not _number(temperature) or not 0 <= temperature <= 2:
+        return error(400, "'temperature' must be a number between 0 and 2", "invalid_request_error", "temperature")
+    top_p = data.get("top_p")
+    top_p = 1.0 if top_p is None else top_p
+    if not _number(top_p) or not 0 < top_p <= 1:
+        return error(400, "'top_p' must be a number above 0 and at most 1", "invalid_request_error", "top_p")
+    seed = data.get("seed")
+    if seed is not None and (not _integer(seed) or not -2**63 <= seed < 2**63):
+        return error(400, "'seed' must be a 64-bit integer", "invalid_request_error", "seed")
+    penalties = {}
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = data.get(name)
+        value = 0.0 if value is None else value
+        low, high = PENALTY_RANGE
+        if not _number(value) or not low <= value <= high:
+            return error(400, f"'{name}' must be a number from {low:g} to {high:g}", "invalid_request_error", name)
+        penalties[name] = float(value)
+    bias = data.get("logit_bias")
+    bias = {} if bias is None else bias
+    if not isinstance(bias, dict):
+        return error(400, "'logit_bias' must be an object of token ids and the values to add to their logits",
+                     "invalid_request_error", "logit_bias")
+    vocab = getattr(tokenizer, "vocab_size", None)
+    biases, (low, high) = {}, BIAS_RANGE
+    for key, value in bias.items():
+        token = int(key) if key.isdigit() and key.isascii() else None
+        if token is None or (vocab is not None and token >= vocab):
+            ids = "a token id" if vocab is None else f"a token id of this model's tokenizer, 0 to {vocab - 1}"
+            return error(400, f"logit_bias: {key!r} is not {ids}", "invalid_request_error", "logit_bias")
+        if not _number(value) or not low <= value <= high:
+            return error(400, f"logit_bias[{key!r}] must be a number from {low:g} to {high:g}",
+                         "invalid_request_error", "logit_bias")
+        biases[token] = float(value)
+    return Sampling(float(temperature), float(top_p), None if seed is None else seed % 2**62,
+                    logit_bias=biases, **penalties)
 
 
 def parse_completion(body: bytes, config: NodeConfig, tokenizer,
@@ -616,9 +647,8 @@ def create_app(config: NodeConfig) -> FastAPI:
         if asked.max_tokens:
             try:
                 # Watched (its tokens heard as they come) when it streams, or when a stop string may end it early.
-                admission = node.batcher.admit(prompts, asked.max_tokens, asked.temperature,
-                                               watch=asked.stream or bool(asked.stop), top_p=asked.top_p,
-                                               seed=asked.seed)
+                admission = node.batcher.admit(prompts, asked.max_tokens, asked.sampling,
+                                               watch=asked.stream or bool(asked.stop))
             except QueueFull as exc:
                 m.requests.labels("busy").inc()
                 m.busy_latency.observe(time.perf_counter() - started)

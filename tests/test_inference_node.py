@@ -143,6 +143,7 @@ def test_top_p_and_seed_shape_the_draws_and_defaults_are_taken_as_defaults(node)
     batch with others, and ``n`` answers of one seed still differ. The neutral values clients send by
     default are taken. Before, top_p and seed were ignored whatever their values."""
     from inference_node.model import DecodeBatch, load_model
+    from inference_node.sampling import Sampling
 
     ask = {"prompt": "Tell me", "max_tokens": 24}
     greedy = httpx.post(f"{node.url}/v1/completions", json=dict(ask, temperature=0), timeout=30).json()
@@ -176,8 +177,8 @@ def test_top_p_and_seed_shape_the_draws_and_defaults_are_taken_as_defaults(node)
 
     def first_row(top_p_of_second: float) -> list[int]:
         batch, got = DecodeBatch(model, seed=3), {}
-        batch.add("a", [65] * 8, 16, 1.0)
-        batch.add("b", [66] * 8, 16, 1.0, top_p_of_second)
+        batch.add("a", [65] * 8, 16, Sampling(temperature=1.0))
+        batch.add("b", [66] * 8, 16, Sampling(temperature=1.0, top_p=top_p_of_second))
         while len(batch):
             got.update(batch.step())
         return got["a"]
@@ -296,9 +297,9 @@ def test_a_request_past_a_users_models_context_is_refused_not_run(node_factory):
 
     model = load_model("tests.node_models:short_context", device=torch.device("cpu"))
     assert model.context == 48
-    assert len(generate(model, [[65] * 40], [8], [0.0])[0]) <= 8
+    assert len(generate(model, [[65] * 40], [8])[0]) <= 8
     with pytest.raises(IndexError, match="index out of range"):  # what the node no longer lets happen
-        generate(model, [[65] * 40, [66] * 10], [12, 12], [0.0, 0.0])
+        generate(model, [[65] * 40, [66] * 10], [12, 12])
 
     n = node_factory("--model", "tests.node_models:short_context", "--max-batch", "4")
     assert n.wait_ready()["max_model_len"] == 48
@@ -439,7 +440,7 @@ def test_a_body_over_the_limit_is_refused_413_before_it_is_held_whole(node):
     ('{"prompt": "a", "max_tokens": 0}', "max_tokens", "positive integer (or 0 with 'echo')"),
     ('{"prompt": "a", "logprobs": 1, "stream": true}', "logprobs", "not supported with 'stream' on this node"),
     ('{"prompt": "a", "echo": true, "stream": true}', "echo", "not supported with 'stream'"),
-    ('{"prompt": "a", "frequency_penalty": 0.5}', "frequency_penalty", "at its default, 0)"),
+    ('{"prompt": "a", "suffix": "!"}', "suffix", "'suffix' is not supported by this node"),
     ('{"prompt": "a", "response_format": {"type": "json_object"}}', "response_format", '{"type": "text"}'),
     ('{"prompt": "a", "stream_options": {"include_usage": true}}', "stream_options", "only allowed when 'stream'"),
     ('{"prompt": "a", "stream": true, "stream_options": {"include_usage": 1}}', "stream_options", "true or false"),
@@ -469,7 +470,7 @@ def test_a_request_of_many_prompts_is_admitted_or_refused_whole():
         def listen(self, listener):
             self.listener = listener
 
-        def submit(self, key, prompt, max_tokens, temperature, top_p=1.0, seed=None, watch=False):
+        def submit(self, key, prompt, max_tokens, sampling, watch=False):
             self.seen.append(prompt[0])
             threading.Thread(target=lambda: (self.release.wait(10), self.listener("row", key, [prompt[0]]))).start()
 
@@ -482,14 +483,14 @@ def test_a_request_of_many_prompts_is_admitted_or_refused_whole():
     async def scenario():
         batcher = Batcher(engine, max_batch=1, max_wait_ms=0, max_queue=4)
         batcher.start()
-        running = asyncio.ensure_future(batcher.submit([0], 1, 0.0))
+        running = asyncio.ensure_future(batcher.submit([0], 1))
         while not batcher.running:  # the first one is taken off the queue and generates
             await asyncio.sleep(0.001)
-        queued = [asyncio.ensure_future(batcher.submit([i], 1, 0.0)) for i in (1, 2, 3)]
+        queued = [asyncio.ensure_future(batcher.submit([i], 1)) for i in (1, 2, 3)]
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFull, match="no room for 2 prompts"):
-            await batcher.submit_all([[10], [11]], 1, 0.0)
-        whole = asyncio.ensure_future(batcher.submit_all([[20]], 1, 0.0))  # the one place left
+            await batcher.submit_all([[10], [11]], 1)
+        whole = asyncio.ensure_future(batcher.submit_all([[20]], 1))  # the one place left
         release.set()
         answers = await asyncio.gather(running, *queued, whole)
         await batcher.stop()
@@ -515,7 +516,7 @@ def test_a_watched_request_hears_its_tokens_and_a_reader_behind_gets_them_in_one
         def listen(self, listener):
             self.listener = listener
 
-        def submit(self, key, prompt, max_tokens, temperature, top_p=1.0, seed=None, watch=False):
+        def submit(self, key, prompt, max_tokens, sampling, watch=False):
             assert watch
             self.rows[key] = list(range(prompt[0], prompt[0] + max_tokens))
 
@@ -534,7 +535,7 @@ def test_a_watched_request_hears_its_tokens_and_a_reader_behind_gets_them_in_one
         engine = SteppingEngine()
         batcher = Batcher(engine, max_batch=4, max_wait_ms=0)
         batcher.start()
-        admission = batcher.admit([[100], [200], [300]], 5, 0.0, watch=True)
+        admission = batcher.admit([[100], [200], [300]], 5, watch=True)
         while len(batcher.generating) < 3:
             await asyncio.sleep(0.001)
         events = admission.events()
@@ -629,15 +630,15 @@ def test_rows_joining_a_batch_mid_generation_get_the_answers_they_would_alone():
 
     model = load_model("builtin:small", device=__import__("torch").device("cpu"))
     asked = {"a": ([65] * 30, 40), "b": ([66, 67, 68], 12), "c": ([69] * 50, 20), "empty": ([], 6)}
-    alone = {k: generate(model, [p], [n], [0.0])[0] for k, (p, n) in asked.items()}
+    alone = {k: generate(model, [p], [n])[0] for k, (p, n) in asked.items()}
     batch, got, widths, told = DecodeBatch(model), {}, [], {}
-    batch.add("a", *asked["a"], 0.0)
+    batch.add("a", *asked["a"])
     for step in range(80):
         if step == 5:
-            batch.add("b", *asked["b"], 0.0)
+            batch.add("b", *asked["b"])
         if step == 9:
             for k in ("c", "withdrawn", "empty"):
-                batch.add(k, *asked.get(k, ([1, 2], 30)), 0.0)
+                batch.add(k, *asked.get(k, ([1, 2], 30)))
         if step == 12:
             assert batch.drop("withdrawn") and not batch.drop("withdrawn")
         got.update(batch.step())
@@ -664,7 +665,7 @@ def test_rows_joining_a_batch_mid_generation_get_the_answers_they_would_alone():
             return self.inner(ids, mask)[0]
 
     uncached = dataclasses.replace(model, module=Uncached(model.module))
-    assert generate(model, [[65] * 3], [150], [0.0]) == generate(uncached, [[65] * 3], [150], [0.0])
+    assert generate(model, [[65] * 3], [150]) == generate(uncached, [[65] * 3], [150])
     assert "withdrawn" not in got and batch.seq is None
     # "c" (a 50-token prompt, from step 9) widened the batch to its own width; once it left at step 28 the
     # batch is "a"'s width again (its 30-token prompt and 29 tokens), not the padding "c" left behind.

@@ -46,12 +46,12 @@ def test_rows_batched_by_the_node_get_the_answers_transformers_gives_each_alone(
         return answer[:next((i for i, t in enumerate(answer) if t in (1, 2)), len(answer))]
 
     batch = DecodeBatch(model)
-    batch.add(0, ids[0], 12, 0.0)
+    batch.add(0, ids[0], 12)
     got = {}
     for step in range(40):
         if step == 3:  # two join a batch already generating
-            batch.add(1, ids[1], 12, 0.0)
-            batch.add(2, ids[2], 6, 0.0)
+            batch.add(1, ids[1], 12)
+            batch.add(2, ids[2], 6)
         got.update(dict(batch.step()))
         if len(got) == 3:
             break
@@ -116,7 +116,7 @@ def test_a_model_saved_in_bfloat16_is_served_in_float32_on_a_cpu_or_as_asked(tmp
     AutoModelForCausalLM.from_pretrained(tmp_path / "m").to(torch.bfloat16).save_pretrained(tmp_path / "m")
     assert load_model(f"hf:{tmp_path / 'm'}", device=torch.device("cpu")).dtype == "float32"
     half = load_model(f"hf:{tmp_path / 'm'}", device=torch.device("cpu"), dtype="bfloat16")
-    assert half.dtype == "bfloat16" and len(generate(half, [[0, 40, 41]], [4], [0.0])[0]) <= 4
+    assert half.dtype == "bfloat16" and len(generate(half, [[0, 40, 41]], [4])[0]) <= 4
 
 
 def test_a_model_that_is_not_there_or_not_a_decoder_of_attention_layers_is_refused(tmp_path):

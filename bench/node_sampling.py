@@ -1,0 +1,98 @@
+"""What drawing, presence/frequency penalties and logit_bias cost a batch, by vocabulary size.
+
+A batch keeps a ``(rows, vocab)`` count of each row's generated tokens while some row is penalized, and a
+``(rows, vocab)`` bias while some row has one (``model.DecodeBatch``); each step then adds them to the
+logits. With no row asking, nothing is kept or added. This bench times one batch of ``--rows`` rows (32
+prompt tokens, ``--new-tokens`` each, greedy, no end-of-text so every row runs its length) of the built-in
+model's ``--size`` with its output widened to each vocabulary (257: the byte tokenizer's; 32,000: Llama 2's
+and Mistral's; 151,936: Qwen2's logits), on one torch thread, the settings taking turns in each of
+``--repeats`` rounds (best of them kept, so the machine's noise falls on all alike):
+
+* ``plain``: greedy, no row penalized or biased;
+* ``one_sampled``: one row drawing at temperature 1, the rest greedy (only that row pays for a draw);
+* ``all_sampled``: every row drawing at temperature 1: the softmax and the draw over the whole vocabulary
+  that every row of every batch paid for before, greedy or not (its argmax was then taken instead);
+* ``one_penalized``: one row with both penalties, the rest plain (the counts are kept for all rows);
+* ``all_penalized``: every row with both penalties;
+* ``all_biased``: every row with a logit_bias of 20 tokens;
+* ``all_both``: both, on every row.
+
+Prints one JSON object: per vocabulary, milliseconds per step of each setting and its ratio to ``plain``.
+
+Usage: python bench/node_sampling.py [--size small] [--rows 16] [--new-tokens 32] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VOCABS = (257, 32_000, 151_936)
+
+
+class NoEnd:
+    """A tokenizer with no end-of-text: every row generates all its tokens, so each setting does the same work."""
+
+    eos = None
+
+
+def settings(rows: int) -> dict:
+    from inference_node.sampling import GREEDY, Sampling
+
+    penalized = Sampling(temperature=0.0, presence_penalty=0.5, frequency_penalty=0.5)
+    biased = Sampling(temperature=0.0, logit_bias={t: (-1) ** t * 5.0 for t in range(40, 60)})
+    both = Sampling(temperature=0.0, presence_penalty=0.5, frequency_penalty=0.5, logit_bias=biased.logit_bias)
+    drawn = Sampling(temperature=1.0)
+    return {"plain": [GREEDY] * rows, "one_sampled": [drawn] + [GREEDY] * (rows - 1), "all_sampled": [drawn] * rows,
+            "one_penalized": [penalized] + [GREEDY] * (rows - 1),
+            "all_penalized": [penalized] * rows, "all_biased": [biased] * rows, "all_both": [both] * rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="small", help="the built-in model's size (tiny, small, medium)")
+    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import torch
+
+    from inference_node.model import SIZES, LoadedModel, TinyGPT, generate
+
+    torch.set_num_threads(1)
+    prompts = [[40 + r % 50] * 32 for r in range(args.rows)]
+    out = {"size": args.size, "rows": args.rows, "new_tokens": args.new_tokens, "repeats": args.repeats,
+           "vocabularies": {}}
+    for vocab in VOCABS:
+        torch.manual_seed(0)
+        model = LoadedModel(TinyGPT(vocab, **SIZES[args.size]).eval(), NoEnd(), f"builtin-{args.size}-{vocab}",
+                            torch.device("cpu"))
+        runs = settings(args.rows)
+        best = {name: float("inf") for name in runs}
+        answers = {}
+        generate(model, prompts, [8] * args.rows)  # warm
+        for round_ in range(args.repeats):
+            for name, rules in runs.items():
+                started = time.perf_counter()
+                answers[name] = generate(model, prompts, [args.new_tokens] * args.rows, rules)
+                best[name] = min(best[name], time.perf_counter() - started)
+            print(f"vocab {vocab}: round {round_ + 1} of {args.repeats}", file=sys.stderr)
+        assert all(len(a) == args.new_tokens for rows in answers.values() for a in rows)
+        per_step = {name: round(1000 * s / args.new_tokens, 3) for name, s in best.items()}
+        out["vocabularies"][str(vocab)] = {
+            "ms_per_step": per_step,
+            "over_plain": {name: round(ms / per_step["plain"], 3) for name, ms in per_step.items() if name != "plain"},
+            "penalties_changed_the_answer": answers["all_penalized"] != answers["plain"],
+        }
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""How a request's answer draws its tokens: one value that travels whole from the parsed request through
+the batcher and the engine's pipe to the row of the batch (``model.DecodeBatch``), rather than a growing
+list of positional parameters at every hop. Plain data, no torch: the server's process never loads it.
+
+The parameters are OpenAI's, with its ranges and meaning:
+
+- ``temperature`` (0: greedy, the likeliest token every time) and ``top_p`` (nucleus sampling);
+- ``seed``: the row draws from a random generator of its own, so the same seed gives the same answer
+  whatever else the batch holds;
+- ``presence_penalty`` and ``frequency_penalty``: each token's logit is lowered by ``frequency_penalty``
+  for every time the answer has generated it so far, and by ``presence_penalty`` once if it has (the
+  answer's own tokens, not the prompt's: OpenAI's formula, as vLLM applies it); negative values raise it;
+- ``logit_bias``: token id -> a value from -100 to 100 added to its logit at every step (-100 bans the
+  token in practice, 100 makes it all but certain).
+
+Penalties and biases change the logits before both greedy choice and sampling; log-probabilities a
+request asks for are the model's own, before them (as vLLM reports by default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+PENALTY_RANGE = (-2.0, 2.0)  # presence_penalty and frequency_penalty, as OpenAI takes them
+BIAS_RANGE = (-100.0, 100.0)  # each logit_bias value
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def nucleus(self) -> bool:
+        """Whether it keeps only part of the distribution (top_p under 1)."""
+        return self.top_p < 1
+
+    @property
+    def penalized(self) -> bool:
+        """Whether its logits depend on what it has generated so far."""
+        return bool(self.presence_penalty or self.frequency_penalty)
+
+    def nth(self, i: int) -> Sampling:
+        """The ``i``-th of ``n`` answers asked for with these settings: a seed gives each its own draws
+        (seed + i), so n answers of one seed still differ and each is the same again next time."""
+        if self.seed is None or i == 0:
+            return self
+        return replace(self, seed=self.seed + i)
+
+
+GREEDY = Sampling(temperature=0.0)
