@@ -8,8 +8,9 @@ process of its own (as vLLM's engine core does), told over a pipe which requests
 batch; the server's process only tokenizes, schedules and answers. ``thread`` keeps everything in one
 process, for models whose tokenizer cannot be sent between processes.
 
-Both engines load the model, run the warm-up passes and report how long each phase took (and the model's
-context, where it says), then run ``engine_loop``: requests join its batch (``submit``) and leave it
+Both engines load the model, find how many rows of the longest request fit in the device's memory, run
+the warm-up passes and report how long each phase took (and the model's context, where it says, and that
+batch limit), then run ``engine_loop``: requests join its batch (``submit``) and leave it
 (``drop``); it reports each row as it finishes, and the new tokens of the rows ``submit`` asked to watch
 (a streamed answer, or one with stop strings) at every step. Between two steps it also scores the
 sequences it is asked to (``score``: their tokens' log-probabilities, model.score).
@@ -41,6 +42,7 @@ class EngineSpec:
     warmup: bool = True
     max_batch: int = 16
     dtype: str = "auto"  # model.pick_dtype
+    longest_row: int | None = None  # the most tokens, prompt and answer, the node admits (the memory probe's length)
 
 
 class EngineError(RuntimeError):
@@ -52,22 +54,35 @@ class EngineGone(EngineError):
 
 
 def _load_and_warm(spec: EngineSpec):
-    """Load the model and run representative passes: the batch sizes and lengths the batcher will
-    run, twice over. Returns the loaded model and the seconds each phase took."""
+    """Load the model; find how many rows of the longest request the node admits fit in the device's
+    memory at once (model.fitting_batch: ``spec.max_batch``, or fewer by halves); run representative
+    passes, the batch sizes and lengths the batcher will run, twice over. Returns the loaded model, the
+    seconds each phase took and that batch limit. With no warm-up, neither is run."""
     import torch
 
-    from inference_node.model import DecodeBatch, generate, load_model
+    from inference_node.model import DecodeBatch, TooLongForMemory, fitting_batch, generate, load_model
 
     if spec.threads:
         torch.set_num_threads(spec.threads)
     started = time.perf_counter()
     model = load_model(spec.model, seed=spec.seed, quantize=spec.quantize, dtype=spec.dtype)
     timings = {"model_load": time.perf_counter() - started}
+    fits = spec.max_batch
+    longest = min((n for n in (spec.longest_row, model.context) if n), default=None)  # tokens a request may take
+    if spec.warmup and longest:
+        probe_started = time.perf_counter()
+        try:
+            fits = fitting_batch(model, spec.max_batch, longest)
+        except TooLongForMemory as exc:
+            raise TooLongForMemory(f"{exc}; admit shorter requests (serve --max-model-len, or --max-prompt-tokens "
+                                   f"and --max-new-tokens), or hold the weights in less (--dtype, --quantize)"
+                                   ) from None
+        timings["memory_probe"] = time.perf_counter() - probe_started
     warm_started = time.perf_counter()
     if spec.warmup:
-        sizes = sorted({1, max(1, spec.max_batch // 2), spec.max_batch})
-        # prompt lengths with room for their 8 tokens of answer in the model's context
-        short, long = (max(1, min(length, (model.context or length + 8) - 8)) for length in (8, 64))
+        sizes = sorted({1, max(1, fits // 2), fits})
+        # prompt lengths with room for their 8 tokens of answer in the longest request
+        short, long = (max(1, min(length, (longest or length + 8) - 8)) for length in (8, 64))
         for _ in range(2):
             for b in sizes:
                 for length in (short, long):
@@ -79,7 +94,7 @@ def _load_and_warm(spec: EngineSpec):
             while len(joined):
                 joined.step()
     timings["warmup"] = time.perf_counter() - warm_started
-    return model, timings
+    return model, timings, fits
 
 
 def describe_device(device) -> str:
@@ -128,9 +143,7 @@ def engine_loop(model, seed: int, receive, send) -> None:
     step that fails answers every request in the batch with the error (``("error", key, why)``, or where the
     device ran out of memory ``("oom", key, (why, rows))``: the batch was too wide or too long for it), and
     the loop goes on with an empty batch."""
-    import torch
-
-    from inference_node.model import DecodeBatch, score
+    from inference_node.model import DecodeBatch, is_out_of_memory, release_memory, score
 
     batch, inside, watched = DecodeBatch(model, seed), set(), set()
     while True:
@@ -162,12 +175,11 @@ def engine_loop(model, seed: int, receive, send) -> None:
             new = batch.new_tokens(watched) if watched else {}
         except Exception as exc:
             why = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            if is_out_of_memory(exc):
                 rows = len(batch)
                 for key in inside:
                     send(("oom", key, (why, rows)))
-                if model.device.type == "cuda":
-                    torch.cuda.empty_cache()  # the failed step's buffers, back for the next batch
+                release_memory(model)
             else:
                 for key in inside:
                     send(("error", key, why))
@@ -188,6 +200,7 @@ class ThreadEngine:
         self.spec = spec
         self.model = None
         self.name = self.tokenizer = self.device = self.device_warning = self.context = self.dtype = None
+        self.max_batch = spec.max_batch  # the rows that fit in the device's memory (model.fitting_batch)
         self.timings: dict[str, float] = {}
         self._inbox: queue.Queue = queue.Queue()
         self._listener: Listener = lambda kind, key, payload: None
@@ -200,7 +213,7 @@ class ThreadEngine:
         # The generation thread holds the GIL between torch ops; a short switch interval lets the event
         # loop answer /ready, /metrics and 429s promptly while a batch runs.
         sys.setswitchinterval(0.0005)
-        self.model, self.timings = _load_and_warm(self.spec)
+        self.model, self.timings, self.max_batch = _load_and_warm(self.spec)
         self.name, self.tokenizer, self.context = self.model.name, self.model.tokenizer, self.model.context
         self.dtype = self.model.dtype
         self.device = describe_device(self.model.device)
@@ -262,8 +275,8 @@ def _engine_main(conn, spec: EngineSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        model, timings = _load_and_warm(spec)
-        conn.send(("ready", {"name": model.name, "tokenizer": model.tokenizer, "timings": timings,
+        model, timings, fits = _load_and_warm(spec)
+        conn.send(("ready", {"name": model.name, "tokenizer": model.tokenizer, "timings": timings, "max_batch": fits,
                              "context": model.context, "dtype": model.dtype, "device": describe_device(model.device),
                              "device_warning": missing_gpu() if model.device.type == "cpu" else None}))
     except Exception as exc:
@@ -292,6 +305,7 @@ class ProcessEngine:
     def __init__(self, spec: EngineSpec):
         self.spec = spec
         self.name = self.tokenizer = self.device = self.device_warning = self.context = self.dtype = None
+        self.max_batch = spec.max_batch  # the rows that fit in the device's memory (model.fitting_batch)
         self.timings: dict[str, float] = {}
         self._proc = self._conn = None
         self._lock = threading.Lock()  # sends come from the event loop and from close
@@ -314,7 +328,7 @@ class ProcessEngine:
             raise EngineError(f"{payload}; a tokenizer that cannot be sent between processes needs --engine thread"
                               if "pickle" in str(payload).lower() else payload)
         self.name, self.tokenizer, self.timings = payload["name"], payload["tokenizer"], payload["timings"]
-        self.context, self.dtype = payload["context"], payload["dtype"]
+        self.context, self.dtype, self.max_batch = payload["context"], payload["dtype"], payload["max_batch"]
         self.device, self.device_warning = payload["device"], payload["device_warning"]
         self._reader = threading.Thread(target=self._read, name="peakpilot-engine-reader", daemon=True)
         self._reader.start()

@@ -206,4 +206,5 @@ async def profile(url: str, slo_ms: float, seconds_per_step: float = 5.0, start_
         ready = (await client.get("/ready")).json()
     return {"rps_per_node": round(good, 2), "slo_ms": slo_ms,
             "slo_on": "first_text" if body.get("stream") else "answer", "steps": steps,
-            "start_seconds": ready.get("start_seconds", {}), "model": ready.get("model")}
+            "start_seconds": ready.get("start_seconds", {}), "model": ready.get("model"),
+            "max_batch": ready.get("max_batch")}  # the rows the node batched as it was measured

@@ -529,6 +529,51 @@ def score(model: LoadedModel, tokens: list[int], start: int, top: int) -> list[t
     return [(lp, list(zip(i, v))) for lp, i, v in zip(chosen, indices.tolist(), values.tolist())]
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether a step failed for the device's memory (torch's own error, or a backend's message)."""
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def release_memory(model: LoadedModel) -> None:
+    """Give a failed step's buffers back to the device, for the next batch."""
+    if model.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class TooLongForMemory(RuntimeError):
+    """Not even one request of the longest length the node admits fits in the device's memory."""
+
+
+def fitting_batch(model: LoadedModel, rows: int, length: int) -> int:
+    """The most rows of ``length`` tokens each, ``rows`` or fewer by halves, that the device's memory holds
+    in one batch: found before the node is ready (as vLLM profiles its memory at start), not by the first
+    batch that wide under load failing every request in it. Each try runs the batch as the node would at its
+    widest: ``rows - 1`` rows prefilled together, one more joining them a step later (its prefill, and the
+    copy of the KV cache a join makes), and all of them stepped on to ``length`` tokens each. Raises
+    ``TooLongForMemory`` where one row does not fit."""
+    while True:
+        try:
+            batch = DecodeBatch(model)
+            for i in range(rows - 1):
+                batch.add(i, [65] * max(1, length - 3), 3)
+            if rows > 1:
+                batch.step()
+            batch.add(rows - 1, [65] * max(1, length - 2), 2)
+            batch.pending_since -= JOIN_WAIT_STEPS  # joins at this step, as one that waited its most steps does
+            while len(batch):
+                batch.step()
+            return rows
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            batch = None
+            release_memory(model)
+            if rows == 1:
+                raise TooLongForMemory(f"one request of {length} tokens does not fit in the memory of "
+                                       f"{model.device}: {str(exc).splitlines()[0][:200]}") from None
+            rows //= 2
+
+
 def generate(model: LoadedModel, prompts: list[list[int]], max_tokens: list[int],
              sampling: Sampling | list[Sampling] = GREEDY, seed: int = 0, on_finished=None) -> list[list[int]]:
     """Generate for one batch of prompts that start together (a ``DecodeBatch`` nobody joins), each drawn

@@ -109,8 +109,11 @@ class Node:
         if config.slo_ms is not None:
             self.metrics.slo.set(config.slo_ms / 1000.0)
         self.state = "starting"
+        longest = config.max_prompt_tokens + config.max_tokens_limit
+        if config.max_model_len is not None:
+            longest = min(longest, config.max_model_len)
         self.engine = make_engine(config.engine, EngineSpec(config.model, config.seed, config.quantize, config.threads,
-                                                            config.warmup, config.max_batch, config.dtype))
+                                                            config.warmup, config.max_batch, config.dtype, longest))
         self.batcher: Batcher | None = None
         self.timings: dict[str, float] = {}
         self.context: int | None = None  # the most tokens, prompt and answer, a request may take (None: unknown)
@@ -162,16 +165,22 @@ class Node:
         await asyncio.to_thread(self.load_and_warm)
         if self.state == "failed":
             return
-        self.batcher = Batcher(self.engine, self.config.max_batch, self.config.max_wait_ms, self.config.max_queue,
+        fits = min(self.config.max_batch, self.engine.max_batch)
+        if fits < self.config.max_batch:
+            log.warning("--max-batch %d rows of the longest request this node admits do not fit in the device's "
+                        "memory: batching at most %d (set --max-batch %d, or a shorter --max-model-len, to start "
+                        "there without the probe's tries)", self.config.max_batch, fits, fits)
+        self.batcher = Batcher(self.engine, fits, self.config.max_wait_ms, self.config.max_queue,
                                self.metrics, self.config.slo_ms, continuous=self.config.batching == "continuous",
                                slo_on_first_token=self.config.slo_on == "first-token")
         self.batcher.start()
         if self.state == "starting":
             self.state = "ready"
             self.metrics.ready.set(1)
-            log.info("ready after %.2f s (load %.2f s, warm-up %.2f s; %s engine on %s in %s, %s batching)",
-                     self.timings["total"], self.timings["model_load"], self.timings["warmup"], self.config.engine,
-                     self.engine.device, self.engine.dtype, self.config.batching)
+            log.info("ready after %.2f s (load %.2f s, memory probe %.2f s, warm-up %.2f s; %s engine on %s in %s, %s "
+                     "batching of at most %d rows)", self.timings["total"], self.timings["model_load"],
+                     self.timings.get("memory_probe", 0.0), self.timings["warmup"], self.config.engine,
+                     self.engine.device, self.engine.dtype, self.config.batching, fits)
             if self.engine.device_warning:
                 log.warning("%s", self.engine.device_warning)
 
@@ -558,7 +567,8 @@ def create_app(config: NodeConfig) -> FastAPI:
     async def ready():
         node.check_engine()
         body = {"state": node.state, "model": node.model_name, "device": node.engine.device, "dtype": node.engine.dtype,
-                "batching": config.batching, "max_model_len": node.context,
+                "batching": config.batching, "max_model_len": node.context, "slo_on": config.slo_on,
+                "max_batch": node.batcher.max_batch if node.batcher else None,
                 "start_seconds": {k: round(v, 4) for k, v in node.timings.items()}}
         if node.error:  # why it failed
             body["error"] = node.error

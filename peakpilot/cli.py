@@ -693,7 +693,7 @@ def serve(
     dtype: str = typer.Option("auto", "--dtype", help="float32, float16 or bfloat16; auto: float32 on a CPU, on a "
                                                        "GPU the model's own (bfloat16 as float16 where the GPU has "
                                                        "none)."),
-    no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip warm-up (for measuring a cold start)."),
+    no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip warm-up and the memory probe (for measuring a cold start)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads (default: all cores)."),
     slo_ms: Optional[float] = typer.Option(None, "--slo-ms", help="Answer 429 at once when a request's expected "
                                                                   "wait is over this latency target."),
@@ -772,8 +772,9 @@ def profile(
     typer.echo(f"  rps_per_node: {result['rps_per_node']}   # {measured} within {slo_ms:g} ms "
                f"({result['model']}, max_tokens {max_tokens}), measured by peakpilot profile")
     if start:
-        typer.echo(f"# node start: model load {start.get('model_load', 0):.1f} s, warm-up {start.get('warmup', 0):.1f} s, "
-                   f"process start to ready {start.get('total', 0):.1f} s (add boot and image pull for lead_time)")
+        typer.echo(f"# node start: model load {start.get('model_load', 0):.1f} s, memory probe "
+                   f"{start.get('memory_probe', 0):.1f} s, warm-up {start.get('warmup', 0):.1f} s, process start to "
+                   f"ready {start.get('total', 0):.1f} s (add boot and image pull for lead_time)")
 
 
 @app.command(cls=Command)

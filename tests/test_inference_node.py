@@ -985,6 +985,35 @@ def test_a_batch_out_of_the_devices_memory_is_answered_busy_and_the_node_batches
     assert "ran out of the device's memory" in n.output() and f"set --max-batch {int(limit)}" in n.output()
 
 
+def test_the_batch_that_fits_the_devices_memory_is_found_before_the_node_is_ready(node_factory):
+    """At start the node runs its widest batch of its longest request (--max-prompt-tokens plus
+    --max-new-tokens, or --max-model-len), halving --max-batch until it fits, so it is ready at a batch the
+    device holds (saying so in the log, /ready and peakpilot_batch_limit), and the load that would have run
+    out of memory at the peak is served whole. One request too long for the memory at all stops the start,
+    naming the lengths and the options to change; before, both were found by requests failing under load.
+    (SmallMemory's device holds 160 positions of a batch: 4 rows of 40 tokens, and no row of 768.)"""
+    n = node_factory("--model", "tests.node_models:small_memory", "--max-batch", "8", "--max-prompt-tokens", "20",
+                     "--max-new-tokens", "20")
+    ready = n.wait_ready()
+    assert ready["max_batch"] == 4 and ready["start_seconds"]["memory_probe"] > 0 and ready["slo_on"] == "answer"
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=n.url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/v1/completions", json={
+                "prompt": "x" * 20, "max_tokens": 20, "temperature": 0}) for _ in range(12)))
+
+    assert [r.status_code for r in asyncio.run(flood())] == [200] * 12
+    metrics = httpx.get(f"{n.url}/metrics").text
+    assert "peakpilot_batch_limit 4.0" in metrics and 'peakpilot_requests_total{outcome="busy"} 0.0' in metrics
+    assert "--max-batch 8 rows of the longest request this node admits do not fit" in n.output()
+    assert "batching at most 4 (set --max-batch 4" in n.output()
+    too_long = subprocess.run([sys.executable, "-m", "peakpilot.cli", "serve", "--port", str(free_port()), "--model",
+                               "tests.node_models:small_memory"], capture_output=True, text=True, timeout=120)
+    assert too_long.returncode == 1
+    assert "one request of 768 tokens does not fit in the memory of cpu" in too_long.stderr
+    assert "serve --max-model-len, or --max-prompt-tokens and --max-new-tokens" in too_long.stderr
+
+
 def test_a_model_that_fails_to_load_is_unhealthy_and_the_server_exits_1(tmp_path):
     from fastapi.testclient import TestClient
 
