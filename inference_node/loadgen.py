@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-BODY = {"prompt": "Tell me about GPUs.", "max_tokens": 16, "temperature": 0.0}
+# Every answer max_tokens long (vLLM's ignore_eos, as its serving benchmark sends it): what a request costs
+# is then what max_tokens says, not wherever the model happens to end its answer to this one prompt.
+BODY = {"prompt": "Tell me about GPUs.", "max_tokens": 16, "temperature": 0.0, "ignore_eos": True}
 
 
 @dataclass

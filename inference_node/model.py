@@ -292,6 +292,7 @@ class DecodeBatch:
         self.max_tokens: list[int] = []
         self.rules: list[Sampling] = []  # by row: how it draws (known without asking the device)
         self.generators: list = []  # by row: its own random generator where the request gave a seed, else None
+        self.least: list[int] = []  # by row: the tokens it has before an end token may be drawn (min_tokens)
         self.made: list[int] = []  # by row: tokens generated so far (the last ``made`` columns of ``seq``)
         # (rows, width): every token so far, prompt and generated, left-padded; the KV cache (``past``)
         # covers all but the last column, whose token the next step feeds.
@@ -372,16 +373,20 @@ class DecodeBatch:
                 or self.steps - self.pending_since >= JOIN_WAIT_STEPS)
 
     def _sample(self, logits: torch.Tensor, sampling: torch.Tensor, rules: list[Sampling], generators: list,
-                counts: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+                counts: torch.Tensor | None, bias: torch.Tensor | None, holding: list[int]) -> torch.Tensor:
         """Each row's next token: its likeliest (temperature 0) or a draw, from the logits as its bias and
-        penalties leave them. Only the rows that draw pay for a draw: a softmax and a draw over a vocabulary
-        of 152,000 cost a greedy batch of 16 rows as much as the model's output layer did (on a CPU)."""
+        penalties leave them, and with no end token for the rows ``holding`` (short of their min_tokens).
+        Only the rows that draw pay for a draw: a softmax and a draw over a vocabulary of 152,000 cost a
+        greedy batch of 16 rows as much as the model's output layer did (on a CPU)."""
         logits = logits[:, -1, :].float()
         if bias is not None:
             logits = logits + bias
         if counts is not None:  # OpenAI's penalties, on the tokens each row generated so far
             presence, frequency = sampling[:, 2:3], sampling[:, 3:4]
             logits = logits - counts * frequency - (counts > 0).to(logits.dtype) * presence
+        if holding and self.ends:
+            rows = torch.tensor(holding, device=logits.device)
+            logits = logits.index_put((rows[:, None], self._ends[None, :]), torch.tensor(float("-inf")))
         drawing = [r for r, rule in enumerate(rules) if rule.temperature > 0]  # (host-side: no wait for the device)
         if not drawing:
             return logits.argmax(-1)
@@ -410,7 +415,8 @@ class DecodeBatch:
     def _decode(self) -> None:
         ids = self.seq[:, -1:] if self.model.supports_cache else self.seq
         logits, self.past = self._forward(ids, self.mask, self.past)
-        nxt = self._sample(logits, self.sampling, self.rules, self.generators, self.counts, self.bias)
+        holding = [r for r, (made, least) in enumerate(zip(self.made, self.least)) if made < least]
+        nxt = self._sample(logits, self.sampling, self.rules, self.generators, self.counts, self.bias, holding)
         if self.counts is not None:
             self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(self.counts[:, :1]))
         self.seq = torch.cat([self.seq, nxt[:, None]], dim=1)
@@ -434,7 +440,8 @@ class DecodeBatch:
         bias = _biases(rules, vocab, device) if any(r.logit_bias for r in rules) else None
         generators = [None if r.seed is None else torch.Generator(device=device).manual_seed(r.seed) for r in rules]
         # (no penalty yet: a joining row has generated nothing)
-        nxt = self._sample(logits, sampling, rules, generators, None, bias)
+        least = [rule.least_tokens(p[2]) for rule, p in zip(rules, joining)]
+        nxt = self._sample(logits, sampling, rules, generators, None, bias, [i for i, n in enumerate(least) if n > 0])
         seq = torch.cat([ids, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         if bias is None and self.bias is not None:
@@ -454,6 +461,7 @@ class DecodeBatch:
         self.max_tokens += [p[2] for p in joining]
         self.rules += rules
         self.generators += generators
+        self.least += least
         self.made += [1] * len(joining)
         if self.counts is None and any(r.penalized for r in self.rules):
             self.counts = _generated_counts(self.seq, self.made, vocab)
@@ -482,8 +490,9 @@ class DecodeBatch:
 
     def _keep(self, rows: list[int]) -> None:
         """Keep only ``rows``; and cut the leading columns that are padding in every row left."""
-        self.keys, self.max_tokens, self.made, self.rules, self.generators = (
-            [x[r] for r in rows] for x in (self.keys, self.max_tokens, self.made, self.rules, self.generators))
+        self.keys, self.max_tokens, self.made, self.rules, self.generators, self.least = (
+            [x[r] for r in rows]
+            for x in (self.keys, self.max_tokens, self.made, self.rules, self.generators, self.least))
         if self.told or self.ended:
             kept = set(self.keys)
             self.told = {k: n for k, n in self.told.items() if k in kept}

@@ -11,7 +11,12 @@ The parameters are OpenAI's, with its ranges and meaning:
   for every time the answer has generated it so far, and by ``presence_penalty`` once if it has (the
   answer's own tokens, not the prompt's: OpenAI's formula, as vLLM applies it); negative values raise it;
 - ``logit_bias``: token id -> a value from -100 to 100 added to its logit at every step (-100 bans the
-  token in practice, 100 makes it all but certain).
+  token in practice, 100 makes it all but certain);
+- ``min_tokens`` and ``ignore_eos`` (vLLM's extensions): no end-of-text (nor a chat model's end of turn)
+  is drawn before the answer has ``min_tokens``, or, with ``ignore_eos``, at all, so the answer is
+  ``max_tokens`` long: what a benchmark asks for, to measure a fixed amount of work per request (vLLM
+  generates past an end-of-text with ``ignore_eos``; here it is never drawn: the same length, none in the
+  text).
 
 Penalties and biases change the logits before both greedy choice and sampling; log-probabilities a
 request asks for are the model's own, before them (as vLLM reports by default)."""
@@ -32,6 +37,8 @@ class Sampling:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    min_tokens: int = 0
+    ignore_eos: bool = False
 
     @property
     def nucleus(self) -> bool:
@@ -42,6 +49,10 @@ class Sampling:
     def penalized(self) -> bool:
         """Whether its logits depend on what it has generated so far."""
         return bool(self.presence_penalty or self.frequency_penalty)
+
+    def least_tokens(self, max_tokens: int) -> int:
+        """The tokens an answer of at most ``max_tokens`` has before an end token may be drawn."""
+        return max_tokens if self.ignore_eos else min(self.min_tokens, max_tokens)
 
     def nth(self, i: int) -> Sampling:
         """The ``i``-th of ``n`` answers asked for with these settings: a seed gives each its own draws

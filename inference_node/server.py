@@ -285,7 +285,7 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
                           f"{longest + max_tokens} tokens ({longest} in the {prompt_field}, {max_tokens} in the "
                           f"completion): shorten the {prompt_field} or ask for at most {room}",
                      "invalid_request_error", key)
-    sampling = _sampling(data, tokenizer)
+    sampling = _sampling(data, tokenizer, max_tokens, key)
     if isinstance(sampling, JSONResponse):
         return sampling
     for name, neutral in UNSUPPORTED.items():
@@ -308,8 +308,9 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
     return Generation(ids, max_tokens, sampling, stream, n, stop, options.get("include_usage", False))
 
 
-def _sampling(data: dict, tokenizer) -> Sampling | JSONResponse:
-    """How the answer draws its tokens (inference_node/sampling.py), with OpenAI's ranges; null is the
+def _sampling(data: dict, tokenizer, max_tokens: int, max_key: str) -> Sampling | JSONResponse:
+    """How the answer draws its tokens (inference_node/sampling.py), with OpenAI's ranges, and vLLM's
+    ``min_tokens`` (at most the ``max_tokens`` asked, by ``max_key``) and ``ignore_eos``; null is the
     default. ``logit_bias`` keys are token ids, as JSON writes them (strings), of this node's tokenizer."""
     temperature = data.get("temperature")
     temperature = 1.0 if temperature is None else temperature
@@ -346,8 +347,19 @@ def _sampling(data: dict, tokenizer) -> Sampling | JSONResponse:
             return error(400, f"logit_bias[{key!r}] must be a number from {low:g} to {high:g}",
                          "invalid_request_error", "logit_bias")
         biases[token] = float(value)
+    least = data.get("min_tokens")
+    least = 0 if least is None else least
+    if not _integer(least) or least < 0:
+        return error(400, "'min_tokens' must be a non-negative integer", "invalid_request_error", "min_tokens")
+    if least > max_tokens:
+        return error(400, f"'min_tokens' ({least}) is over '{max_key}' ({max_tokens})", "invalid_request_error",
+                     "min_tokens")
+    ignore_eos = data.get("ignore_eos")
+    ignore_eos = False if ignore_eos is None else ignore_eos
+    if not isinstance(ignore_eos, bool):
+        return error(400, "'ignore_eos' must be true or false", "invalid_request_error", "ignore_eos")
     return Sampling(float(temperature), float(top_p), None if seed is None else seed % 2**62,
-                    logit_bias=biases, **penalties)
+                    logit_bias=biases, min_tokens=least, ignore_eos=ignore_eos, **penalties)
 
 
 def parse_completion(body: bytes, config: NodeConfig, tokenizer,

@@ -739,7 +739,8 @@ def profile(
     url: str = typer.Option(..., "--url", help="Base URL of a ready node."),
     slo_ms: float = typer.Option(..., "--slo-ms", help="Latency target for p99, milliseconds."),
     seconds: float = typer.Option(5.0, "--seconds", help="Seconds of load per measured rate."),
-    max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens each request asks for."),
+    max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens each answer has (ignore_eos: the model "
+                                                            "is kept from ending it sooner)."),
     stream: bool = typer.Option(False, "--stream", help="Streamed answers, the SLO on the p99 of the first text "
                                                         "read (a chat service's), not of the whole answer."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: rps_per_node and every "

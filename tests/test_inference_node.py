@@ -1140,6 +1140,9 @@ def test_loadgen_and_profile_commands_against_a_node_and_against_nothing(node, t
     assert first.startswith("first text ms: p50 ") and 0 < p50(first) < p50(latency), out.stdout
     metrics = httpx.get(f"{node.url}/metrics").text
     assert "peakpilot_time_to_first_token_seconds_count 15.0" in metrics
+    # every answer as long as --max-tokens (ignore_eos): 60 x 4 + 15 x 64, where the built-in model's own
+    # greedy answer to the prompt ends after 5 tokens
+    assert "peakpilot_generated_tokens_total 1200.0" in metrics
 
     out = subprocess.run([*cli, "profile", "--url", node.url, "--slo-ms", "2000", "--seconds", "0.5",
                           "--max-tokens", "4", "--json"], capture_output=True, text=True, timeout=300)

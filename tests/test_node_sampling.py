@@ -1,23 +1,27 @@
-"""Presence and frequency penalties and logit_bias (inference_node/sampling.py): each row of a shared batch
-draws as its own request asked, as a decode of that request alone by OpenAI's formula does."""
+"""Presence and frequency penalties, logit_bias, min_tokens and ignore_eos (inference_node/sampling.py): each
+row of a shared batch draws as its own request asked, as a decode of that request alone by OpenAI's formula
+(and vLLM's meaning of the last two) does."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import httpx
 import pytest
 import torch
 
 from inference_node.model import DecodeBatch, generate, load_model
-from inference_node.sampling import Sampling
+from inference_node.sampling import GREEDY, Sampling
 
 
 def reference(model, prompt: list[int], max_tokens: int, rule: Sampling) -> list[int]:
     """A greedy answer as OpenAI documents the penalties, worked out apart from the batch: the whole
     sequence through the model at every step (no cache, no padding, no other rows), each token's logit
-    plus its bias, less ``frequency_penalty`` per time the answer holds it and ``presence_penalty`` once."""
+    plus its bias, less ``frequency_penalty`` per time the answer holds it and ``presence_penalty`` once;
+    no end token while the answer is shorter than its min_tokens (or, with ignore_eos, at all)."""
     seq, counts, answer = list(prompt), Counter(), []
+    least = max_tokens if rule.ignore_eos else rule.min_tokens
     for _ in range(max_tokens):
         ids = torch.tensor([seq])
         logits = model.module(ids, torch.ones_like(ids))[0][0, -1].float()
@@ -25,6 +29,8 @@ def reference(model, prompt: list[int], max_tokens: int, rule: Sampling) -> list
             logits[token] += value
         for token, count in counts.items():
             logits[token] -= count * rule.frequency_penalty + rule.presence_penalty
+        if len(answer) < least:
+            logits[list(model.end_tokens)] = float("-inf")
         token = int(logits.argmax())
         if token in model.end_tokens:
             break
@@ -35,10 +41,11 @@ def reference(model, prompt: list[int], max_tokens: int, rule: Sampling) -> list
 
 
 def test_rows_of_one_batch_each_get_their_own_penalties_and_biases():
-    """A plain row, penalized rows (one penalizing repeats, one rewarding them), a biased one and a sampled
-    one forced by its bias share a batch, joining at different steps: each gets the answer the reference
-    decode gives it alone, the penalties change the answer they apply to and no other, and the batch holds
-    its counts and biases only while some row asks for them."""
+    """A plain row, penalized rows (one penalizing repeats, one rewarding them), a biased one, a sampled
+    one forced by its bias, and two whose bias makes the end-of-text all but certain, held off it until
+    min_tokens or for good (ignore_eos), share a batch, joining at different steps: each gets the answer
+    the reference decode gives it alone, the rules change the answer they apply to and no other, and the
+    batch holds its counts and biases only while some row asks for them."""
     model = load_model("builtin:small", device=torch.device("cpu"))
     plain_prompt = [65] * 30
     plain_alone = generate(model, [plain_prompt], [60])[0]
@@ -47,6 +54,8 @@ def test_rows_of_one_batch_each_get_their_own_penalties_and_biases():
         "repeats_rewarded": ([69, 70], 30, Sampling(temperature=0, presence_penalty=-2.0)),
         "biased": ([71] * 12, 20, Sampling(temperature=0, logit_bias={plain_alone[0]: -100.0, 70: 4.0})),
         "forced": ([72], 10, Sampling(temperature=1.0, seed=5, logit_bias={66: 100.0})),
+        "held_to_12": ([73] * 5, 30, Sampling(temperature=0, logit_bias={256: 100.0}, min_tokens=12)),
+        "never_ended": ([74] * 4, 20, Sampling(temperature=0, logit_bias={256: 100.0}, ignore_eos=True)),
     }
     batch, got, held = DecodeBatch(model), {}, []
     batch.add("plain", plain_prompt, 60)
@@ -55,7 +64,7 @@ def test_rows_of_one_batch_each_get_their_own_penalties_and_biases():
             for key in ("repeats_penalized", "repeats_rewarded"):
                 batch.add(key, *rules[key])
         if step == 6:
-            for key in ("biased", "forced"):
+            for key in ("biased", "forced", "held_to_12", "never_ended"):
                 batch.add(key, *rules[key])
         got.update(batch.step())
         rows = [rules[k][2] if k in rules else Sampling() for k in batch.keys]
@@ -67,8 +76,12 @@ def test_rows_of_one_batch_each_get_their_own_penalties_and_biases():
     for key, (prompt, max_tokens, rule) in rules.items():
         if rule.temperature == 0:
             assert got[key] == reference(model, prompt, max_tokens, rule), key
-            assert got[key] != generate(model, [prompt], [max_tokens])[0], f"{key}: its rule changed nothing"
+            # (the held rows against their bias alone, which ends them at once)
+            held = key in ("held_to_12", "never_ended")
+            unchanged = replace(rule, min_tokens=0, ignore_eos=False) if held else GREEDY
+            assert got[key] != generate(model, [prompt], [max_tokens], unchanged)[0], f"{key}: its rule changed nothing"
     assert got["forced"] == [66] * 10
+    assert len(got["held_to_12"]) == 12 and len(got["never_ended"]) == 20
     assert plain_alone[0] != got["biased"][0]
     counted, rewarded = Counter(got["repeats_penalized"]), Counter(got["repeats_rewarded"])
     assert max(counted.values()) < max(rewarded.values())
@@ -130,6 +143,26 @@ def test_openai_clients_penalties_and_logit_bias_shape_the_nodes_answers(node):
     assert len(stuck) == 32 and len(set(stuck)) == 1, stuck
 
 
+def test_ignore_eos_and_min_tokens_hold_an_answer_to_its_length(node):
+    """vLLM's extensions, as a benchmark sends them through the OpenAI client's extra_body: the built-in
+    model ends its greedy answer to "AAAAAAAA" after 16 tokens; with ignore_eos the answer is max_tokens
+    long ("length"), with min_tokens 20 at least 20, and it begins as the answer without them does."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{node.url}/v1", api_key="unused")
+
+    def ask(**extra):
+        return client.completions.create(model="x", prompt="AAAAAAAA", max_tokens=30, temperature=0,
+                                         extra_body=extra or None)
+
+    plain, fixed, held = ask(), ask(ignore_eos=True), ask(min_tokens=20)
+    assert plain.usage.completion_tokens == 16 and plain.choices[0].finish_reason == "stop"
+    assert fixed.usage.completion_tokens == 30 and fixed.choices[0].finish_reason == "length"
+    assert held.usage.completion_tokens >= 20
+    assert fixed.choices[0].text.startswith(plain.choices[0].text)
+    assert held.choices[0].text.startswith(plain.choices[0].text)
+
+
 @pytest.mark.parametrize("extra,field,message", [
     ({"presence_penalty": 2.5}, "presence_penalty", "'presence_penalty' must be a number from -2 to 2"),
     ({"frequency_penalty": "1"}, "frequency_penalty", "'frequency_penalty' must be a number from -2 to 2"),
@@ -139,6 +172,9 @@ def test_openai_clients_penalties_and_logit_bias_shape_the_nodes_answers(node):
     ({"logit_bias": {"-1": 5}}, "logit_bias", "'-1' is not a token id"),
     ({"logit_bias": {"65": 101}}, "logit_bias", "logit_bias['65'] must be a number from -100 to 100"),
     ({"logit_bias": {"65": True}}, "logit_bias", "logit_bias['65'] must be a number from -100 to 100"),
+    ({"min_tokens": -1}, "min_tokens", "'min_tokens' must be a non-negative integer"),
+    ({"min_tokens": 3, "max_tokens": 2}, "min_tokens", "'min_tokens' (3) is over 'max_tokens' (2)"),
+    ({"ignore_eos": "yes"}, "ignore_eos", "'ignore_eos' must be true or false"),
 ])
 def test_bad_penalties_and_biases_get_400_naming_the_field(node, extra, field, message):
     for path, body in (("/v1/completions", {"prompt": "a"}),
@@ -147,6 +183,7 @@ def test_bad_penalties_and_biases_get_400_naming_the_field(node, extra, field, m
         assert r.status_code == 400, r.text
         err = r.json()["error"]
         assert err["param"] == field and message in err["message"], err
-    neutral = {"presence_penalty": None, "frequency_penalty": 0, "logit_bias": None}
+    neutral = {"presence_penalty": None, "frequency_penalty": 0, "logit_bias": None, "min_tokens": None,
+               "ignore_eos": False}
     assert httpx.post(f"{node.url}/v1/completions", json={"prompt": "a", "max_tokens": 2, **neutral},
                       timeout=30).status_code == 200
