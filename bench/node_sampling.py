@@ -1,4 +1,5 @@
-"""What drawing, presence/frequency penalties and logit_bias cost a batch, by vocabulary size.
+"""What drawing, presence/frequency penalties, logit_bias and log-probabilities cost a batch, by vocabulary
+size.
 
 A batch keeps a ``(rows, vocab)`` count of each row's generated tokens while some row is penalized, and a
 ``(rows, vocab)`` bias while some row has one (``model.DecodeBatch``); each step then adds them to the
@@ -15,7 +16,10 @@ and Mistral's; 151,936: Qwen2's logits), on one torch thread, the settings takin
 * ``one_penalized``: one row with both penalties, the rest plain (the counts are kept for all rows);
 * ``all_penalized``: every row with both penalties;
 * ``all_biased``: every row with a logit_bias of 20 tokens;
-* ``all_both``: both, on every row.
+* ``all_both``: both, on every row;
+* ``one_logprobs``: one row asking for log-probabilities and the 5 likeliest tokens' at each step (a
+  softmax, a top 5 and a read of the device at every step), the rest plain;
+* ``all_logprobs``: every row asking for them.
 
 Prints one JSON object: per vocabulary, milliseconds per step of each setting and its ratio to ``plain``.
 
@@ -47,11 +51,13 @@ def settings(rows: int) -> dict:
 
     penalized = Sampling(temperature=0.0, presence_penalty=0.5, frequency_penalty=0.5)
     biased = Sampling(temperature=0.0, logit_bias={t: (-1) ** t * 5.0 for t in range(40, 60)})
+    scored = Sampling(temperature=0.0, logprobs=5)
     both = Sampling(temperature=0.0, presence_penalty=0.5, frequency_penalty=0.5, logit_bias=biased.logit_bias)
     drawn = Sampling(temperature=1.0)
     return {"plain": [GREEDY] * rows, "one_sampled": [drawn] + [GREEDY] * (rows - 1), "all_sampled": [drawn] * rows,
             "one_penalized": [penalized] + [GREEDY] * (rows - 1),
-            "all_penalized": [penalized] * rows, "all_biased": [biased] * rows, "all_both": [both] * rows}
+            "all_penalized": [penalized] * rows, "all_biased": [biased] * rows, "all_both": [both] * rows,
+            "one_logprobs": [scored] + [GREEDY] * (rows - 1), "all_logprobs": [scored] * rows}
 
 
 def main() -> None:

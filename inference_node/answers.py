@@ -6,8 +6,9 @@ after the last token (the time to first token is what a chat user waits on). Two
 until the tokens after them come, as vLLM's detokenizer does: the bytes of a character not yet whole (a
 byte-level tokenizer splits a multi-byte character over tokens), and text that could be the start of a
 stop string (the answer ends before a stop string, which is never sent). Whole or streamed, the same
-tokens give the same text. A whole answer can carry its tokens' log-probabilities, in the legacy
-completions shape or the chat one.
+tokens give the same text. An answer, whole or streamed, can carry its tokens' log-probabilities, in the
+legacy completions shape or the chat one; streamed, each event carries those of the tokens whose text it
+completes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import deque
 
 INCOMPLETE = "\ufffd"  # what a decoder writes for the bytes of a character not yet whole
 
@@ -28,7 +30,8 @@ def until_stop(text: str, stop: list[str]) -> tuple[str, bool]:
 
 class AnswerText:
     """One answer, fed its tokens as they are generated: its text so far, whether a stop string ended it,
-    and ``take()``, the text that can be sent now and was not yet.
+    ``take()``, the text that can be sent now and was not yet, and ``taken``, how many tokens the text
+    taken so far holds (and its length then): the ones whose log-probabilities can go out with it.
 
     Each feed decodes only the tokens it brings and those it brought last (vLLM's incremental
     detokenization): decoding the whole answer at every step cost the server CPU in the square of the
@@ -45,6 +48,10 @@ class AnswerText:
         # ``tokens[_prefix:_read]`` decoded last time to the end of ``text``; ``tokens[_read:]`` are not in it yet
         self._prefix = self._read = 0
         self._longest_stop = max((len(x) for x in stop), default=0)
+        # (tokens, characters): how long ``text`` was once it held the text of that many tokens, for each
+        # feed that grew it; ``taken``: the last of them whose text ``take`` has given out
+        self._marks: deque[tuple[int, int]] = deque()
+        self.taken: tuple[int, int] = (0, 0)
 
     def feed(self, tokens: list[int], finished: bool = False) -> None:
         self.finished = self.finished or finished
@@ -61,6 +68,8 @@ class AnswerText:
             cut, self.stopped = until_stop(self.text[searched:], self.stop)
             if self.stopped:
                 self.text = self.text[:searched] + cut
+                return
+        self._marks.append((len(self.tokens), len(self.text)))
 
     def _new_text(self) -> str:
         """The text the tokens not yet in ``text`` add: decoded after the ones read last time (a tokenizer may
@@ -99,6 +108,10 @@ class AnswerText:
                        default=0)
         piece = self.text[self._sent:max(end, self._sent)]
         self._sent += len(piece)
+        while self._marks and self._marks[0][1] <= self._sent:
+            self.taken = self._marks.popleft()
+        if (self.finished or self.stopped) and self._sent == len(self.text):
+            self.taken = (self.kept_tokens, len(self.text))
         return piece
 
 
@@ -123,16 +136,17 @@ def _token_bytes(tokenizer, token: int) -> list[int]:
     return list(own(token)) if callable(own) else list(_token_text(tokenizer, token).encode("utf-8"))
 
 
-def completion_logprobs(tokenizer, tokens: list[int], entries: list) -> dict:
+def completion_logprobs(tokenizer, tokens: list[int], entries: list, offset: int = 0) -> dict:
     """A completion choice's ``logprobs`` (OpenAI's legacy shape): each token's text, log-probability, the
-    most likely tokens in its place (text: log-probability) and where its text begins. ``entries``
-    (model.score) are those of the last of ``tokens``; the ones before (an echoed prompt's first token,
-    which nothing precedes) have none."""
+    most likely tokens in its place (text: log-probability) and where its text begins (after ``offset``
+    characters: a streamed event's tokens come after those sent before). ``entries`` (model.score) are
+    those of the last of ``tokens``; the ones before (an echoed prompt's first token, which nothing
+    precedes) have none."""
     none = [None] * (len(tokens) - len(entries))
     return {"tokens": [_token_text(tokenizer, t) for t in tokens],
             "token_logprobs": none + [lp for lp, _ in entries],
             "top_logprobs": none + [{_token_text(tokenizer, t): lp for t, lp in top} for _, top in entries],
-            "text_offset": token_offsets(tokenizer, tokens)}
+            "text_offset": [offset + o for o in token_offsets(tokenizer, tokens)]}
 
 
 def chat_logprobs(tokenizer, tokens: list[int], entries: list) -> dict:
@@ -176,8 +190,9 @@ class CompletionShape:
     def opening(self, count: int) -> list[str]:
         return []
 
-    def piece(self, index: int, text: str, finish_reason: str | None = None) -> str:
-        choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+    def piece(self, index: int, text: str, finish_reason: str | None = None, logprobs: dict | None = None) -> str:
+        """``logprobs``: those of the tokens whose text this piece completes (``completion_logprobs``)."""
+        choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
         return event(dict(self.head, choices=[choice]))
 
     def usage(self, used: dict) -> str:
@@ -207,9 +222,10 @@ class ChatShape:
         return [self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                               "finish_reason": None}]) for i in range(count)]
 
-    def piece(self, index: int, text: str, finish_reason: str | None = None) -> str:
+    def piece(self, index: int, text: str, finish_reason: str | None = None, logprobs: dict | None = None) -> str:
+        """``logprobs``: those of the tokens whose text this piece completes (``chat_logprobs``)."""
         delta = {"content": text} if text else {}
-        return self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
+        return self._chunk([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}])
 
     def usage(self, used: dict) -> str:
         return self._chunk([], usage=used)

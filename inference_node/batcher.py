@@ -58,6 +58,8 @@ class Job:
     admission: Admission | None = None  # set for a watched job: where its tokens are told
     index: int = 0  # its place among its admission's jobs
     heard: list[int] = field(default_factory=list)  # watched: the tokens told so far
+    # asking for log-probabilities: those of its tokens, told so far (each step's before its tokens)
+    entries: list = field(default_factory=list)
 
 
 class Admission:
@@ -315,14 +317,20 @@ class Batcher:
 
     def _heard(self, kind: str, key, payload) -> None:
         """From the engine's thread: a row finished (``row``), failed (``error``, or ``oom``: out of the
-        device's memory), watched rows' new tokens (``tokens``), a sequence scored (``scored``), or the
-        engine died (``gone``)."""
+        device's memory), watched rows' new tokens (``tokens``), the log-probabilities of rows' new tokens
+        (``logprobs``), a sequence scored (``scored``), or the engine died (``gone``)."""
         try:
             self._loop.call_soon_threadsafe(self._settle, kind, key, payload)
         except RuntimeError:  # the loop is closed: the server is shutting down
             pass
 
     def _settle(self, kind: str, key, payload) -> None:
+        if kind == "logprobs":
+            for k, entries in payload.items():
+                job = self.generating.get(k)
+                if job is not None:
+                    job.entries += entries
+            return
         if kind == "tokens":
             for k, tokens in payload.items():
                 job = self.generating.get(k)
@@ -335,6 +343,9 @@ class Batcher:
             if not future.done():
                 if kind == "scored":
                     future.set_result(payload)
+                elif kind == "oom":  # busy, to be retried: the sequence is the model's to score, not too long
+                    future.set_exception(OutOfMemory(f"scoring ran out of the device's memory "
+                                                     f"({payload[0].splitlines()[0][:200]})"))
                 else:
                     future.set_exception(EngineError(payload))
             return

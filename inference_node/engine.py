@@ -137,9 +137,11 @@ def engine_loop(model, seed: int, receive, send) -> None:
     """Generate for whatever requests are in: take the messages that came in (``receive(block)``:
     ``("add", key, prompt, max_tokens, sampling, watch)``, ``("drop", key)``, ``("score", key,
     tokens, start, top)``, or None to stop; blocking
-    only while nothing is generating), run one step, ``send`` the watched rows' new tokens (``("tokens",
-    None, {key: tokens})``, one message a step for all) and the rows that finished (``("row", key,
-    tokens)``, the whole answer) and the sequences scored (``("scored", key, entries)``: model.score); again. A
+    only while nothing is generating), run one step, ``send`` the log-probabilities of the tokens drawn for
+    rows that ask (``("logprobs", None, {key: entries})``, DecodeBatch.take_logprobs), the watched rows' new
+    tokens (``("tokens", None, {key: tokens})``, one message a step for all) and the rows that finished
+    (``("row", key, tokens)``, the whole answer) and the sequences scored (``("scored", key, entries)``:
+    model.score); again. A
     step that fails answers every request in the batch with the error (``("error", key, why)``, or where the
     device ran out of memory ``("oom", key, (why, rows))``: the batch was too wide or too long for it), and
     the loop goes on with an empty batch."""
@@ -167,12 +169,18 @@ def engine_loop(model, seed: int, receive, send) -> None:
             try:
                 send(("scored", key, score(model, tokens, start, top)))
             except Exception as exc:
-                send(("error", key, f"{type(exc).__name__}: {exc}"))
+                why = f"{type(exc).__name__}: {exc}"
+                if is_out_of_memory(exc):
+                    release_memory(model)
+                    send(("oom", key, (why, 0)))  # (0 rows: the batch is not to blame)
+                else:
+                    send(("error", key, why))
         if not len(batch):
             continue
         try:
             finished = batch.step()
             new = batch.new_tokens(watched) if watched else {}
+            scored = batch.take_logprobs() if batch.scored else {}
         except Exception as exc:
             why = f"{type(exc).__name__}: {exc}"
             if is_out_of_memory(exc):
@@ -185,6 +193,8 @@ def engine_loop(model, seed: int, receive, send) -> None:
                     send(("error", key, why))
             batch, inside, watched = DecodeBatch(model, seed + batch.steps), set(), set()
             continue
+        if scored:  # before the tokens and rows they are of
+            send(("logprobs", None, scored))
         if new:
             send(("tokens", None, new))
         for key, tokens in finished:

@@ -305,6 +305,8 @@ class DecodeBatch:
         self.pending_since = 0  # the step the oldest of them arrived at
         self.steps = 0
         self.told: dict = {}  # by key, for rows someone reads as they go (``new_tokens``): tokens told so far
+        # by key, for rows asking for log-probabilities: those of the tokens drawn since ``take_logprobs``
+        self.scored: dict = {}
         self.ended: set = set()  # keys whose end-of-text ``new_tokens`` has read: they finish at the next step
 
     def __len__(self) -> int:
@@ -321,6 +323,7 @@ class DecodeBatch:
 
     def drop(self, key) -> bool:
         """Stop generating for ``key`` (its client went away); False if it is not here."""
+        self.scored.pop(key, None)
         for j, p in enumerate(self.pending):
             if p[0] == key:
                 del self.pending[j]
@@ -362,6 +365,31 @@ class DecodeBatch:
             if tokens:
                 new[key] = tokens
         return new
+
+    def take_logprobs(self) -> dict:
+        """By key, for the rows asking: each token drawn since the last take, ``(log-probability, [(token,
+        log-probability)] of the likeliest)``, as model.score gives them, in the order drawn (a row that
+        finished at this step too: it may hold entries past its last token, for tokens after its end)."""
+        taken = {key: entries for key, entries in self.scored.items() if entries}
+        here = set(self.keys)
+        self.scored = {key: [] for key in self.scored if key in here}
+        return taken
+
+    def _score(self, logits: torch.Tensor, chosen: torch.Tensor, rules: list[Sampling], keys: list) -> None:
+        """Keep the log-probabilities of the tokens just drawn, for the rows that ask: one softmax over the
+        vocabulary and one read of the device for all of them, only at the steps where some row asks."""
+        asking = [r for r, rule in enumerate(rules) if rule.logprobs is not None]
+        if not asking:
+            return
+        index = torch.tensor(asking, device=logits.device)
+        logprobs = torch.log_softmax(logits[:, -1, :].float().index_select(0, index), dim=-1)
+        drawn = logprobs.gather(-1, chosen.index_select(0, index)[:, None]).squeeze(-1).tolist()
+        top = min(max(rules[r].logprobs for r in asking), logprobs.shape[-1])
+        values, tokens = logprobs.topk(top, dim=-1) if top else (None, None)
+        values, tokens = (values.tolist(), tokens.tolist()) if top else ([[]] * len(asking), [[]] * len(asking))
+        for i, r in enumerate(asking):
+            k = rules[r].logprobs
+            self.scored.setdefault(keys[r], []).append((drawn[i], list(zip(tokens[i][:k], values[i][:k]))))
 
     def _joining_now(self) -> bool:
         """Whether the requests waiting join at this step. Joining costs a prefill and a copy of the cache
@@ -417,6 +445,7 @@ class DecodeBatch:
         logits, self.past = self._forward(ids, self.mask, self.past)
         holding = [r for r, (made, least) in enumerate(zip(self.made, self.least)) if made < least]
         nxt = self._sample(logits, self.sampling, self.rules, self.generators, self.counts, self.bias, holding)
+        self._score(logits, nxt, self.rules, self.keys)
         if self.counts is not None:
             self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(self.counts[:, :1]))
         self.seq = torch.cat([self.seq, nxt[:, None]], dim=1)
@@ -442,6 +471,7 @@ class DecodeBatch:
         # (no penalty yet: a joining row has generated nothing)
         least = [rule.least_tokens(p[2]) for rule, p in zip(rules, joining)]
         nxt = self._sample(logits, sampling, rules, generators, None, bias, [i for i, n in enumerate(least) if n > 0])
+        self._score(logits, nxt, rules, [p[0] for p in joining])
         seq = torch.cat([ids, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         if bias is None and self.bias is not None:

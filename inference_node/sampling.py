@@ -18,8 +18,10 @@ The parameters are OpenAI's, with its ranges and meaning:
   generates past an end-of-text with ``ignore_eos``; here it is never drawn: the same length, none in the
   text).
 
-Penalties and biases change the logits before both greedy choice and sampling; log-probabilities a
-request asks for are the model's own, before them (as vLLM reports by default)."""
+Penalties and biases change the logits before both greedy choice and sampling. ``logprobs`` (None: not
+asked) has the row report, at the step that draws each token, its log-probability and those of the
+``logprobs`` likeliest tokens in its place: the model's own distribution, before biases, penalties and
+temperature (as vLLM reports by default)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Sampling:
     logit_bias: dict[int, float] = field(default_factory=dict)
     min_tokens: int = 0
     ignore_eos: bool = False
+    logprobs: int | None = None
 
     @property
     def nucleus(self) -> bool:

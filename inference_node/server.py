@@ -24,7 +24,7 @@ import json
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -391,13 +391,15 @@ def parse_completion(body: bytes, config: NodeConfig, tokenizer,
 
 
 def _scored(asked: Generation, logprobs: int | None, echo: list[str] | None) -> Generation | JSONResponse:
-    """The generation, with the log-probabilities and the echo asked for; refused with ``stream``: they are
-    worked out once the answer is whole (the engine scores prompt and answer in one pass)."""
-    if asked.stream and (logprobs is not None or echo is not None):
-        field = "logprobs" if logprobs is not None else "echo"
-        return error(400, f"'{field}' is not supported with 'stream' on this node: ask for the whole answer",
-                     "invalid_request_error", field)
+    """The generation, with the log-probabilities and the echo asked for. An answer's log-probabilities
+    come from the steps that draw its tokens, streamed or not; an echoed prompt's are worked out in one pass
+    over it, so ``echo`` is refused with ``stream``."""
+    if asked.stream and echo is not None:
+        return error(400, "'echo' is not supported with 'stream' on this node: ask for the whole answer",
+                     "invalid_request_error", "echo")
     asked.logprobs, asked.echo = logprobs, echo
+    if logprobs is not None:
+        asked.sampling = replace(asked.sampling, logprobs=logprobs)
     return asked
 
 
@@ -677,7 +679,7 @@ def create_app(config: NodeConfig) -> FastAPI:
                 return error(429, f"server busy: {exc.why} ({exc.waiting} waiting); retry after 1 s",
                              "server_busy", headers={"Retry-After": "1"})
             if asked.stream:
-                return streamed(admission, answers, shape, asked, started)
+                return streamed(admission, answers, shape, asked, started, chat)
         else:  # 'echo' with max_tokens 0: the prompts alone
             for answer in answers:
                 answer.feed([], finished=True)
@@ -686,7 +688,8 @@ def create_app(config: NodeConfig) -> FastAPI:
             if admission is not None:
                 await until_gone(request, heard_whole(admission, answers))
             if asked.logprobs is not None:
-                scored = await until_gone(request, logprobs_of(prompts, answers, asked, chat))
+                jobs = admission.jobs if admission is not None else [None] * len(prompts)
+                scored = await until_gone(request, logprobs_of(prompts, answers, jobs, asked, chat))
         except ClientGone:
             m.requests.labels("cancelled").inc()
             return Response(status_code=499)  # nobody is there to read it (nginx's "client closed request")
@@ -701,21 +704,33 @@ def create_app(config: NodeConfig) -> FastAPI:
         echoed = None if asked.echo is None else [p for p in asked.echo for _ in range(asked.n)]
         return shape.whole(answers, usage(asked.prompts, answers), scored, echoed)
 
-    async def logprobs_of(prompts: list[list[int]], answers: list[AnswerText], asked: Generation, chat: bool) -> list:
-        """Each answer's log-probabilities (with 'echo', its prompt's too), scored by the engine over the
-        prompt and the tokens the answer kept."""
+    async def logprobs_of(prompts: list[list[int]], answers: list[AnswerText], jobs: list, asked: Generation,
+                          chat: bool) -> list:
+        """Each answer's log-probabilities: those of the tokens it kept, as the steps that drew them told
+        (``Job.entries``); with 'echo', its prompt's before them, scored by the engine in one pass over it."""
         tokenizer, out = node.engine.tokenizer, []
-        for prompt, answer in zip(prompts, answers):
+        for prompt, answer, job in zip(prompts, answers, jobs):
             kept = answer.tokens[:answer.kept_tokens]
-            # an empty prompt was generated from the end-of-text token (DecodeBatch.add)
-            context = list(prompt) or [getattr(tokenizer, "eos", None) or 0]
-            shown = (list(prompt) if asked.echo else []) + kept
-            entries = await node.batcher.score(context + kept, len(context) + len(kept) - len(shown), asked.logprobs)
+            entries = job.entries[:len(kept)] if job is not None else []
+            if asked.echo and len(prompt) > 1:  # (nothing precedes a prompt's first token)
+                entries = await node.batcher.score(list(prompt), 1, asked.logprobs) + entries
             out.append(chat_logprobs(tokenizer, kept, entries) if chat else
-                       completion_logprobs(tokenizer, shown, entries))
+                       completion_logprobs(tokenizer, (list(prompt) if asked.echo else []) + kept, entries))
         return out
 
-    def streamed(admission, answers: list[AnswerText], shape, asked: Generation, started: float) -> AnswerStream:
+    def logprobs_taken(job, answer: AnswerText, before: tuple[int, int], chat: bool) -> dict | None:
+        """A streamed piece's log-probabilities: those of the tokens whose text it completed (from the
+        answer's ``taken`` before it to its ``taken`` now), or None where it completed none."""
+        (start, offset), end = before, answer.taken[0]
+        if end <= start:
+            return None
+        tokens, entries = answer.tokens[start:end], job.entries[start:end]
+        tokenizer = node.engine.tokenizer
+        return chat_logprobs(tokenizer, tokens, entries) if chat else \
+            completion_logprobs(tokenizer, tokens, entries, offset)
+
+    def streamed(admission, answers: list[AnswerText], shape, asked: Generation, started: float,
+                 chat: bool) -> AnswerStream:
         """The answers as server-sent events, each piece of text as soon as it can be sent. The request is
         in flight (for the drain, and withdrawn if its client goes) until its last event is sent."""
         m, outcome = node.metrics, ["cancelled"]
@@ -731,13 +746,16 @@ def create_app(config: NodeConfig) -> FastAPI:
                         m.first_token.observe(now - started)
                     first_heard.setdefault(i, now)
                     answer = answers[i]
+                    before = answer.taken
                     piece = answer.take()
+                    scored = logprobs_taken(admission.jobs[i], answer, before, chat) if asked.logprobs is not None \
+                        else None
                     if answer.finished:
                         if len(answer.tokens) > 1:  # its pace once started: what a reader waits per token
                             m.per_token.observe((now - first_heard[i]) / (len(answer.tokens) - 1))
-                        yield shape.piece(i, piece, answer.finish_reason)
-                    elif piece:
-                        yield shape.piece(i, piece)
+                        yield shape.piece(i, piece, answer.finish_reason, scored)
+                    elif piece or scored:
+                        yield shape.piece(i, piece, logprobs=scored)
                 if asked.include_usage:
                     yield shape.usage(usage(asked.prompts, answers))
                 outcome[0] = "ok"

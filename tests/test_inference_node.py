@@ -438,7 +438,6 @@ def test_a_body_over_the_limit_is_refused_413_before_it_is_held_whole(node):
     ('{"prompt": "a", "logprobs": 6}', "logprobs", "'logprobs' must be an integer from 0 to 5"),
     ('{"prompt": "a", "echo": "yes"}', "echo", "'echo' must be true or false"),
     ('{"prompt": "a", "max_tokens": 0}', "max_tokens", "positive integer (or 0 with 'echo')"),
-    ('{"prompt": "a", "logprobs": 1, "stream": true}', "logprobs", "not supported with 'stream' on this node"),
     ('{"prompt": "a", "echo": true, "stream": true}', "echo", "not supported with 'stream'"),
     ('{"prompt": "a", "suffix": "!"}', "suffix", "'suffix' is not supported by this node"),
     ('{"prompt": "a", "response_format": {"type": "json_object"}}', "response_format", '{"type": "text"}'),
@@ -864,7 +863,7 @@ def test_a_first_token_target_sheds_on_the_wait_for_a_row_not_on_the_whole_answe
 
     long = {"prompt": "x", "max_tokens": 256, "temperature": 0, "stream": True}
     for slo_on in ("answer", "first-token"):
-        config = NodeConfig(model="builtin:small", engine="thread", slo_ms=300, slo_on=slo_on, max_batch=2,
+        config = NodeConfig(model="builtin:small", engine="thread", slo_ms=150, slo_on=slo_on, max_batch=2,
                             threads=1)
         with TestClient(create_app(config)) as client:
             deadline = time.time() + 60
@@ -872,7 +871,7 @@ def test_a_first_token_target_sheds_on_the_wait_for_a_row_not_on_the_whole_answe
                 time.sleep(0.05)
             started = time.perf_counter()
             codes = [client.post("/v1/completions", json=long).status_code for _ in range(3)]
-            assert (time.perf_counter() - started) / codes.count(200) > 0.3  # each answer longer than the target
+            assert (time.perf_counter() - started) / codes.count(200) > 0.2  # each answer longer than the target
             if slo_on == "answer":
                 assert codes[:2] == [200, 429] and over_slo(client) == 1
                 continue
@@ -887,7 +886,7 @@ def test_a_first_token_target_sheds_on_the_wait_for_a_row_not_on_the_whole_answe
             answers = client.portal.call(flood)
             busy = [r for r in answers if r.status_code == 429]
             assert busy and all(r.status_code in (200, 429) for r in answers)
-            assert "over the 0.3 s first-token latency target" in busy[0].json()["error"]["message"]
+            assert "over the 0.15 s first-token latency target" in busy[0].json()["error"]["message"]
 
 
 def test_shedding_recovers_once_the_node_is_idle(node_factory):
@@ -983,6 +982,12 @@ def test_a_batch_out_of_the_devices_memory_is_answered_busy_and_the_node_batches
     limit = float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("peakpilot_batch_limit ")))
     assert limit <= 4 and f'peakpilot_requests_total{{outcome="busy"}} {float(len(failed))}' in metrics
     assert "ran out of the device's memory" in n.output() and f"set --max-batch {int(limit)}" in n.output()
+    # a prompt scored (echo) past the memory is busy too, not a 500; the batch limit stays where it was
+    scored = httpx.post(f"{n.url}/v1/completions", json={"prompt": "x" * 200, "max_tokens": 0, "echo": True,
+                                                         "logprobs": 0}, timeout=60)
+    assert scored.status_code == 503 and scored.json()["error"]["type"] == "server_busy"
+    assert "scoring ran out of the device's memory (OutOfMemoryError" in scored.json()["error"]["message"]
+    assert f"peakpilot_batch_limit {limit}" in httpx.get(f"{n.url}/metrics").text
 
 
 def test_the_batch_that_fits_the_devices_memory_is_found_before_the_node_is_ready(node_factory):

@@ -16,15 +16,18 @@ def streamed(tokens: list[int], stop: list[str], max_tokens: int, chunks: list[i
     them; the text taken after each piece, and the answer. Stops feeding once a stop string came (the
     row leaves the batch then)."""
     answer, pieces, at = AnswerText(TOK, stop, max_tokens), [], 0
+    answer.seen = []  # ``taken`` after each piece
     for size in chunks:
         part, at = tokens[at:at + size], at + size
         answer.feed(part, finished=at >= len(tokens))
         pieces.append(answer.take())
+        answer.seen.append(answer.taken)
         if answer.stopped or answer.finished:
             break
     if not answer.finished:  # ended early by its stop string: the batcher's last word, no tokens
         answer.feed([], finished=True)
         pieces.append(answer.take())
+        answer.seen.append(answer.taken)
     return pieces, answer
 
 
@@ -71,9 +74,12 @@ def test_streamed_in_any_pieces_an_answer_reads_as_it_does_whole(seed):
     assert answer.stopped == whole.stopped and answer.finish_reason == whole.finish_reason
     assert answer.kept_tokens == whole.kept_tokens
     sent = ""
-    for piece in pieces:  # what was sent is always the start of the answer, and holds no stop string
-        sent += piece
+    for piece, (count, chars) in zip(pieces, answer.seen):
+        sent += piece  # what was sent is always the start of the answer, and holds no stop string
         assert whole.text.startswith(sent) and not any(s in sent for s in stop)
+        # the tokens counted as taken (their log-probabilities go out with this piece) are those of text sent
+        assert chars <= len(sent) and TOK.decode(tokens[:count]) == sent[:chars]
+    assert answer.seen == sorted(answer.seen) and answer.taken == (whole.kept_tokens, len(whole.text))
 
 
 class WordTokenizer:

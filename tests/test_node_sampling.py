@@ -77,8 +77,8 @@ def test_rows_of_one_batch_each_get_their_own_penalties_and_biases():
         if rule.temperature == 0:
             assert got[key] == reference(model, prompt, max_tokens, rule), key
             # (the held rows against their bias alone, which ends them at once)
-            held = key in ("held_to_12", "never_ended")
-            unchanged = replace(rule, min_tokens=0, ignore_eos=False) if held else GREEDY
+            ended_by_bias = key in ("held_to_12", "never_ended")
+            unchanged = replace(rule, min_tokens=0, ignore_eos=False) if ended_by_bias else GREEDY
             assert got[key] != generate(model, [prompt], [max_tokens], unchanged)[0], f"{key}: its rule changed nothing"
     assert got["forced"] == [66] * 10
     assert len(got["held_to_12"]) == 12 and len(got["never_ended"]) == 20
