@@ -13,6 +13,8 @@ and Mistral's; 151,936: Qwen2's logits), on one torch thread, the settings takin
 * ``one_sampled``: one row drawing at temperature 1, the rest greedy (only that row pays for a draw);
 * ``all_sampled``: every row drawing at temperature 1: the softmax and the draw over the whole vocabulary
   that every row of every batch paid for before, greedy or not (its argmax was then taken instead);
+* ``all_top_p``: every row drawing at temperature 1 within top_p 0.9 (a sort of the vocabulary per row);
+* ``all_top_k_top_p``: the same within top_k 50 too (vLLM's extension, the usual pair);
 * ``one_penalized``: one row with both penalties, the rest plain (the counts are kept for all rows);
 * ``all_penalized``: every row with both penalties;
 * ``all_biased``: every row with a logit_bias of 20 tokens;
@@ -54,7 +56,9 @@ def settings(rows: int) -> dict:
     scored = Sampling(temperature=0.0, logprobs=5)
     both = Sampling(temperature=0.0, presence_penalty=0.5, frequency_penalty=0.5, logit_bias=biased.logit_bias)
     drawn = Sampling(temperature=1.0)
+    nucleus, narrowed = Sampling(temperature=1.0, top_p=0.9), Sampling(temperature=1.0, top_p=0.9, top_k=50)
     return {"plain": [GREEDY] * rows, "one_sampled": [drawn] + [GREEDY] * (rows - 1), "all_sampled": [drawn] * rows,
+            "all_top_p": [nucleus] * rows, "all_top_k_top_p": [narrowed] * rows,
             "one_penalized": [penalized] + [GREEDY] * (rows - 1),
             "all_penalized": [penalized] * rows, "all_biased": [biased] * rows, "all_both": [both] * rows,
             "one_logprobs": [scored] + [GREEDY] * (rows - 1), "all_logprobs": [scored] * rows}

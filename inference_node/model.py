@@ -297,9 +297,11 @@ class DecodeBatch:
         # (rows, width): every token so far, prompt and generated, left-padded; the KV cache (``past``)
         # covers all but the last column, whose token the next step feeds.
         # ``sampling``: (rows, 4), each row's temperature (0: greedy), top_p (1: the whole distribution),
-        # presence and frequency penalties. ``counts`` (rows, vocab): how often each row generated each token,
-        # while some row is penalized; ``bias`` (rows, vocab): each row's logit_bias, while some row has one.
-        self.seq = self.mask = self.sampling = self.past = self.counts = self.bias = None
+        # presence and frequency penalties, top_k, min_p and repetition_penalty (SAMPLING_COLUMNS). ``counts``
+        # (rows, vocab): how often each row generated each token, while some row is penalized; ``bias``
+        # (rows, vocab): each row's logit_bias, while some row has one; ``seen`` (rows, vocab): the tokens in
+        # each row's prompt and answer, while some row has a repetition_penalty.
+        self.seq = self.mask = self.sampling = self.past = self.counts = self.bias = self.seen = None
         # (key, prompt, max_tokens, sampling), joining at a coming step
         self.pending: list[tuple] = []
         self.pending_since = 0  # the step the oldest of them arrived at
@@ -400,39 +402,36 @@ class DecodeBatch:
         return (len(self.pending) >= max(1, len(self) // 4)
                 or self.steps - self.pending_since >= JOIN_WAIT_STEPS)
 
-    def _sample(self, logits: torch.Tensor, sampling: torch.Tensor, rules: list[Sampling], generators: list,
-                counts: torch.Tensor | None, bias: torch.Tensor | None, holding: list[int]) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, draw: _Draw) -> torch.Tensor:
         """Each row's next token: its likeliest (temperature 0) or a draw, from the logits as its bias and
         penalties leave them, and with no end token for the rows ``holding`` (short of their min_tokens).
         Only the rows that draw pay for a draw: a softmax and a draw over a vocabulary of 152,000 cost a
         greedy batch of 16 rows as much as the model's output layer did (on a CPU)."""
-        logits = logits[:, -1, :].float()
-        if bias is not None:
-            logits = logits + bias
-        if counts is not None:  # OpenAI's penalties, on the tokens each row generated so far
+        logits, sampling, rules = logits[:, -1, :].float(), draw.sampling, draw.rules
+        if draw.bias is not None:
+            logits = logits + draw.bias
+        if draw.counts is not None:  # OpenAI's penalties, on the tokens each row generated so far
             presence, frequency = sampling[:, 2:3], sampling[:, 3:4]
-            logits = logits - counts * frequency - (counts > 0).to(logits.dtype) * presence
-        if holding and self.ends:
-            rows = torch.tensor(holding, device=logits.device)
-            logits = logits.index_put((rows[:, None], self._ends[None, :]), torch.tensor(float("-inf")))
+            logits = logits - draw.counts * frequency - (draw.counts > 0).to(logits.dtype) * presence
+        if draw.seen is not None:  # vLLM's (and transformers') repetition_penalty, on prompt and answer
+            penalty = sampling[:, 6:7]
+            logits = torch.where(draw.seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+        if draw.holding and self.ends:
+            rows = torch.tensor(draw.holding, device=logits.device)
+            logits = logits.index_put((rows[:, None], self._ends[None, :]), logits.new_full((), float("-inf")))
         drawing = [r for r, rule in enumerate(rules) if rule.temperature > 0]  # (host-side: no wait for the device)
         if not drawing:
             return logits.argmax(-1)
         every = len(drawing) == len(rules)
         index = None if every else torch.tensor(drawing, device=logits.device)
         some, rows = (logits, sampling) if every else (logits.index_select(0, index), sampling.index_select(0, index))
-        temps, top_p = rows[:, :1], rows[:, 1:2]
-        probs = torch.softmax(some / temps.clamp(min=1e-4), dim=-1)
-        if any(rules[r].nucleus for r in drawing):
-            # Nucleus sampling: only the most likely tokens whose probabilities reach top_p (the first always
-            # kept); rows at 1 keep every probability as it is, so their draws are those without it.
-            ranked, order = probs.sort(dim=-1, descending=True)
-            beyond = ((ranked.cumsum(dim=-1) - ranked) >= top_p) & (top_p < 1)
-            probs = torch.zeros_like(probs).scatter(-1, order, ranked.masked_fill(beyond, 0.0))
+        probs = torch.softmax(some / rows[:, :1].clamp(min=1e-4), dim=-1)
+        if any(rules[r].narrowed for r in drawing):
+            probs = _narrowed(probs, rows, top_k=any(rules[r].top_k > 0 for r in drawing))
         sampled = torch.multinomial(probs, 1, generator=self.gen).squeeze(-1)
         for i, r in enumerate(drawing):  # seeded rows draw again, from their own generators
-            if generators[r] is not None:
-                sampled[i] = torch.multinomial(probs[i], 1, generator=generators[r])[0]
+            if draw.generators[r] is not None:
+                sampled[i] = torch.multinomial(probs[i], 1, generator=draw.generators[r])[0]
         return sampled if every else logits.argmax(-1).index_copy(0, index, sampled)
 
     def _forward(self, ids, mask, past):
@@ -444,10 +443,13 @@ class DecodeBatch:
         ids = self.seq[:, -1:] if self.model.supports_cache else self.seq
         logits, self.past = self._forward(ids, self.mask, self.past)
         holding = [r for r, (made, least) in enumerate(zip(self.made, self.least)) if made < least]
-        nxt = self._sample(logits, self.sampling, self.rules, self.generators, self.counts, self.bias, holding)
+        nxt = self._sample(logits, _Draw(self.sampling, self.rules, self.generators, self.counts, self.bias, self.seen,
+                                         holding))
         self._score(logits, nxt, self.rules, self.keys)
         if self.counts is not None:
             self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(self.counts[:, :1]))
+        if self.seen is not None:
+            self.seen.scatter_(1, nxt[:, None], True)
         self.seq = torch.cat([self.seq, nxt[:, None]], dim=1)
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         self.made = [m + 1 for m in self.made]
@@ -462,24 +464,30 @@ class DecodeBatch:
             ids[i, width - len(prompt):] = torch.tensor(prompt, device=device)
             mask[i, width - len(prompt):] = 1
         rules = [p[3] for p in joining]
-        sampling = torch.tensor([[max(0.0, r.temperature), r.top_p, r.presence_penalty, r.frequency_penalty]
-                                 for r in rules], device=device)
+        sampling = torch.tensor([_columns(r) for r in rules], device=device)
         logits, past = self._forward(ids, mask, None)
         vocab = logits.shape[-1]
         bias = _biases(rules, vocab, device) if any(r.logit_bias for r in rules) else None
+        # the prompts' tokens, where some row has a repetition_penalty (or will have, with these)
+        seen = _present(ids, mask, vocab) if self.seen is not None or any(r.repeats_penalized for r in rules) else None
         generators = [None if r.seed is None else torch.Generator(device=device).manual_seed(r.seed) for r in rules]
-        # (no penalty yet: a joining row has generated nothing)
+        # (no presence or frequency penalty yet: a joining row has generated nothing)
         least = [rule.least_tokens(p[2]) for rule, p in zip(rules, joining)]
-        nxt = self._sample(logits, sampling, rules, generators, None, bias, [i for i, n in enumerate(least) if n > 0])
+        nxt = self._sample(logits, _Draw(sampling, rules, generators, None, bias, seen,
+                                         [i for i, n in enumerate(least) if n > 0]))
         self._score(logits, nxt, rules, [p[0] for p in joining])
+        if seen is not None:
+            seen.scatter_(1, nxt[:, None], True)
         seq = torch.cat([ids, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         if bias is None and self.bias is not None:
             bias = torch.zeros(len(joining), vocab, device=device)
         elif bias is not None and self.seq is not None and self.bias is None:
             self.bias = torch.zeros(len(self.keys), vocab, device=device)
+        if seen is not None and self.seq is not None and self.seen is None:
+            self.seen = _present(self.seq, self.mask, vocab)
         if self.seq is None:
-            self.seq, self.mask, self.sampling, self.past, self.bias = seq, mask, sampling, past, bias
+            self.seq, self.mask, self.sampling, self.past, self.bias, self.seen = seq, mask, sampling, past, bias, seen
         else:
             wide = max(seq.shape[1], self.seq.shape[1])
             self.seq = torch.cat([_pad_left(self.seq, wide), _pad_left(seq, wide)])
@@ -487,6 +495,7 @@ class DecodeBatch:
             self.sampling = torch.cat([self.sampling, sampling])
             self.past = _join_caches(self.past, past, wide - 1)
             self.bias = None if bias is None else torch.cat([self.bias, bias])
+            self.seen = None if seen is None else torch.cat([self.seen, seen])
         self.keys += [p[0] for p in joining]
         self.max_tokens += [p[2] for p in joining]
         self.rules += rules
@@ -528,7 +537,7 @@ class DecodeBatch:
             self.told = {k: n for k, n in self.told.items() if k in kept}
             self.ended &= kept
         if not rows:
-            self.seq = self.mask = self.sampling = self.past = self.counts = self.bias = None
+            self.seq = self.mask = self.sampling = self.past = self.counts = self.bias = self.seen = None
             return
         index = torch.tensor(rows, device=self.seq.device)
         self.seq, self.mask, self.sampling = (t.index_select(0, index) for t in (self.seq, self.mask, self.sampling))
@@ -537,6 +546,8 @@ class DecodeBatch:
             r.penalized for r in self.rules) else None
         self.bias = self.bias.index_select(0, index) if self.bias is not None and any(
             r.logit_bias for r in self.rules) else None
+        self.seen = self.seen.index_select(0, index) if self.seen is not None and any(
+            r.repeats_penalized for r in self.rules) else None
         cut = int(self.mask.any(dim=0).long().argmax())  # the first column some row still uses
         self.seq, self.mask = self.seq[:, cut:], self.mask[:, cut:]
         self.past = _keep_in_cache(self.past, index, cut)
@@ -637,6 +648,52 @@ def _until_end(tokens: list[int], ends: tuple[int, ...]) -> tuple[list[int], boo
     """The tokens before the first that ends an answer, and whether one did."""
     cut = next((i for i, t in enumerate(tokens) if t in ends), None)
     return (tokens, False) if cut is None else (tokens[:cut], True)
+
+
+@dataclass
+class _Draw:
+    """What a step's draw needs of the rows it draws for: the batch's, or those joining it."""
+
+    sampling: torch.Tensor  # (rows, len(SAMPLING_COLUMNS))
+    rules: list[Sampling]
+    generators: list
+    counts: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    seen: torch.Tensor | None = None
+    holding: list[int] = ()  # rows short of their min_tokens: no end token for them
+
+
+SAMPLING_COLUMNS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "top_k", "min_p",
+                    "repetition_penalty")
+
+
+def _columns(rule: Sampling) -> list[float]:
+    return [max(0.0, rule.temperature), rule.top_p, rule.presence_penalty, rule.frequency_penalty,
+            float(max(0, rule.top_k)), rule.min_p, rule.repetition_penalty]
+
+
+def _narrowed(probs: torch.Tensor, rows: torch.Tensor, top_k: bool) -> torch.Tensor:
+    """The drawing rows' probabilities with only the tokens they may draw kept: their ``top_k`` likeliest,
+    then those whose probabilities reach ``top_p`` of what that leaves (the likeliest always kept), then
+    those at least ``min_p`` times as likely as the likeliest; rows at 0, 1 and 0 keep every probability as
+    it is, so their draws are those without it."""
+    top_p, k, min_p = rows[:, 1:2], rows[:, 4:5], rows[:, 5:6]
+    ranked, order = probs.sort(dim=-1, descending=True)
+    kept = ranked
+    if top_k:  # (and top_p on what is left, renormalised, as vLLM does)
+        place = torch.arange(ranked.shape[-1], device=ranked.device)[None, :]
+        kept = ranked.masked_fill((place >= k) & (k > 0), 0.0)
+        share = kept / kept.sum(dim=-1, keepdim=True)
+    else:
+        share = ranked
+    beyond = ((share.cumsum(dim=-1) - share) >= top_p) & (top_p < 1)
+    beyond |= (ranked < min_p * ranked[:, :1]) & (min_p > 0)
+    return torch.zeros_like(probs).scatter(-1, order, kept.masked_fill(beyond, 0.0))
+
+
+def _present(seq: torch.Tensor, mask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """(rows, vocab), bool: the tokens each row holds where its mask is 1 (padding is not a token)."""
+    return torch.zeros(seq.shape[0], vocab, device=seq.device).scatter_add_(1, seq, mask.float()) > 0
 
 
 def _generated_counts(seq: torch.Tensor, made: list[int], vocab: int) -> torch.Tensor:

@@ -12,6 +12,11 @@ The parameters are OpenAI's, with its ranges and meaning:
   answer's own tokens, not the prompt's: OpenAI's formula, as vLLM applies it); negative values raise it;
 - ``logit_bias``: token id -> a value from -100 to 100 added to its logit at every step (-100 bans the
   token in practice, 100 makes it all but certain);
+- ``top_k``, ``min_p`` and ``repetition_penalty`` (vLLM's extensions, with its meaning): a drawing row
+  keeps only its ``top_k`` likeliest tokens (0 or -1: all), then those whose probabilities reach ``top_p``
+  of what is left, and only those at least ``min_p`` times as likely as the likeliest; a token already in
+  the prompt or the answer has its logit divided by ``repetition_penalty`` where positive and multiplied
+  where negative (1: none; greedy rows too);
 - ``min_tokens`` and ``ignore_eos`` (vLLM's extensions): no end-of-text (nor a chat model's end of turn)
   is drawn before the answer has ``min_tokens``, or, with ``ignore_eos``, at all, so the answer is
   ``max_tokens`` long: what a benchmark asks for, to measure a fixed amount of work per request (vLLM
@@ -42,11 +47,19 @@ class Sampling:
     min_tokens: int = 0
     ignore_eos: bool = False
     logprobs: int | None = None
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
     @property
-    def nucleus(self) -> bool:
-        """Whether it keeps only part of the distribution (top_p under 1)."""
-        return self.top_p < 1
+    def narrowed(self) -> bool:
+        """Whether it draws from only part of the distribution (top_p under 1, a top_k, a min_p)."""
+        return self.top_p < 1 or self.top_k > 0 or self.min_p > 0
+
+    @property
+    def repeats_penalized(self) -> bool:
+        """Whether the tokens already in its prompt and answer change its logits (repetition_penalty)."""
+        return self.repetition_penalty != 1
 
     @property
     def penalized(self) -> bool:

@@ -222,13 +222,38 @@ class Generation:
     echo: list[str] | None = None  # completions: each prompt, before its answer (and in the logprobs)
 
 
-# What OpenAI's API takes that this node does not do, with the values that ask for nothing: anything else
-# is refused by name, where ignoring it would answer something other than what the client asked for
-# (tools never called, a suffix never written).
+# What OpenAI's API, and vLLM's extensions of it, take that this node does not do, with the values that ask
+# for nothing: anything else is refused by name, where ignoring it would answer something other than what the
+# client asked for (tools never called, a suffix never written, a JSON schema never followed).
 UNSUPPORTED: dict[str, tuple] = {
     "best_of": (None, 1), "suffix": (None, ""), "tools": (None, []), "functions": (None, []),
-    "response_format": (None, {"type": "text"}),
+    "response_format": (None, {"type": "text"}), "modalities": (None, ["text"]), "audio": (None,),
+    "reasoning_effort": (None,),
+    "use_beam_search": (None, False), "stop_token_ids": (None, []), "include_stop_str_in_output": (None, False),
+    "skip_special_tokens": (None, True), "bad_words": (None, []), "allowed_token_ids": (None,),
+    "prompt_logprobs": (None,), "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,),
+    "guided_grammar": (None,), "structured_outputs": (None,), "truncate_prompt_tokens": (None,),
 }
+# What this node reads (or refuses by name, above), and what changes nothing in its answer here; any other
+# field is ignored and named once in the log (as vLLM does), not refused: clients and SDKs send fields of
+# their own.
+KNOWN_FIELDS = frozenset(UNSUPPORTED) | {
+    "model", "prompt", "messages", "max_tokens", "max_completion_tokens", "n", "stop", "stream", "stream_options",
+    "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "min_tokens",
+    "ignore_eos", "top_k", "min_p", "repetition_penalty", "logprobs", "top_logprobs", "echo",
+    "user", "metadata", "store", "service_tier", "parallel_tool_calls", "tool_choice", "function_call",
+    "prediction", "spaces_between_special_tokens",
+}
+_ignored_logged: set[str] = set()
+
+
+def _log_ignored(data: dict) -> None:
+    """Name, once each, the fields of a request that this node does not know and so ignores."""
+    new = sorted(k for k in data if k not in KNOWN_FIELDS and k not in _ignored_logged)
+    if new:
+        _ignored_logged.update(new)
+        log.warning("request field%s %s ignored: not among the fields of OpenAI's API or vLLM's extensions this "
+                    "node knows (said once per field)", "s" if len(new) > 1 else "", ", ".join(map(repr, new)))
 
 
 def _integer(value) -> bool:
@@ -292,6 +317,7 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
         if name in data and data[name] not in neutral:
             return error(400, f"'{name}' is not supported by this node: leave it out (or at its default, "
                               f"{json.dumps(neutral[-1])})", "invalid_request_error", name)
+    _log_ignored(data)
     stream = data.get("stream", False)
     if stream is None:
         stream = False
@@ -310,8 +336,9 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
 
 def _sampling(data: dict, tokenizer, max_tokens: int, max_key: str) -> Sampling | JSONResponse:
     """How the answer draws its tokens (inference_node/sampling.py), with OpenAI's ranges, and vLLM's
-    ``min_tokens`` (at most the ``max_tokens`` asked, by ``max_key``) and ``ignore_eos``; null is the
-    default. ``logit_bias`` keys are token ids, as JSON writes them (strings), of this node's tokenizer."""
+    ``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens`` (at most the ``max_tokens`` asked, by
+    ``max_key``) and ``ignore_eos``; null is the default. ``logit_bias`` keys are token ids, as JSON writes
+    them (strings), of this node's tokenizer."""
     temperature = data.get("temperature")
     temperature = 1.0 if temperature is None else temperature
     if not _number(temperature) or not 0 <= temperature <= 2:
@@ -347,6 +374,20 @@ def _sampling(data: dict, tokenizer, max_tokens: int, max_key: str) -> Sampling 
             return error(400, f"logit_bias[{key!r}] must be a number from {low:g} to {high:g}",
                          "invalid_request_error", "logit_bias")
         biases[token] = float(value)
+    top_k = data.get("top_k")
+    top_k = 0 if top_k is None else top_k
+    if not _integer(top_k) or top_k < -1:
+        return error(400, "'top_k' must be an integer: -1 or 0 for every token, else how many of the likeliest",
+                     "invalid_request_error", "top_k")
+    min_p = data.get("min_p")
+    min_p = 0.0 if min_p is None else min_p
+    if not _number(min_p) or not 0 <= min_p <= 1:
+        return error(400, "'min_p' must be a number from 0 to 1", "invalid_request_error", "min_p")
+    repetition = data.get("repetition_penalty")
+    repetition = 1.0 if repetition is None else repetition
+    if not _number(repetition) or not 0 < repetition <= 100:
+        return error(400, "'repetition_penalty' must be a number above 0 and at most 100 (1: none)",
+                     "invalid_request_error", "repetition_penalty")
     least = data.get("min_tokens")
     least = 0 if least is None else least
     if not _integer(least) or least < 0:
@@ -359,7 +400,8 @@ def _sampling(data: dict, tokenizer, max_tokens: int, max_key: str) -> Sampling 
     if not isinstance(ignore_eos, bool):
         return error(400, "'ignore_eos' must be true or false", "invalid_request_error", "ignore_eos")
     return Sampling(float(temperature), float(top_p), None if seed is None else seed % 2**62,
-                    logit_bias=biases, min_tokens=least, ignore_eos=ignore_eos, **penalties)
+                    logit_bias=biases, min_tokens=least, ignore_eos=ignore_eos, top_k=max(0, top_k),
+                    min_p=float(min_p), repetition_penalty=float(repetition), **penalties)
 
 
 def parse_completion(body: bytes, config: NodeConfig, tokenizer,

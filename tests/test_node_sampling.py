@@ -1,9 +1,10 @@
-"""Presence and frequency penalties, logit_bias, min_tokens and ignore_eos (inference_node/sampling.py): each
-row of a shared batch draws as its own request asked, as a decode of that request alone by OpenAI's formula
-(and vLLM's meaning of the last two) does."""
+"""Presence and frequency penalties, logit_bias, and vLLM's repetition_penalty, top_k, min_p, min_tokens and
+ignore_eos (inference_node/sampling.py): each row of a shared batch draws as its own request asked, as a
+decode of that request alone by OpenAI's formula (and vLLM's meaning of its extensions) does."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import replace
 
@@ -18,8 +19,9 @@ from inference_node.sampling import GREEDY, Sampling
 def reference(model, prompt: list[int], max_tokens: int, rule: Sampling) -> list[int]:
     """A greedy answer as OpenAI documents the penalties, worked out apart from the batch: the whole
     sequence through the model at every step (no cache, no padding, no other rows), each token's logit
-    plus its bias, less ``frequency_penalty`` per time the answer holds it and ``presence_penalty`` once;
-    no end token while the answer is shorter than its min_tokens (or, with ignore_eos, at all)."""
+    plus its bias, less ``frequency_penalty`` per time the answer holds it and ``presence_penalty`` once,
+    divided by ``repetition_penalty`` (multiplied, where negative) if the prompt or the answer holds it; no
+    end token while the answer is shorter than its min_tokens (or, with ignore_eos, at all)."""
     seq, counts, answer = list(prompt), Counter(), []
     least = max_tokens if rule.ignore_eos else rule.min_tokens
     for _ in range(max_tokens):
@@ -29,6 +31,9 @@ def reference(model, prompt: list[int], max_tokens: int, rule: Sampling) -> list
             logits[token] += value
         for token, count in counts.items():
             logits[token] -= count * rule.frequency_penalty + rule.presence_penalty
+        for token in set(seq):
+            value = logits[token]
+            logits[token] = value / rule.repetition_penalty if value > 0 else value * rule.repetition_penalty
         if len(answer) < least:
             logits[list(model.end_tokens)] = float("-inf")
         token = int(logits.argmax())
@@ -41,17 +46,19 @@ def reference(model, prompt: list[int], max_tokens: int, rule: Sampling) -> list
 
 
 def test_rows_of_one_batch_each_get_their_own_penalties_and_biases():
-    """A plain row, penalized rows (one penalizing repeats, one rewarding them), a biased one, a sampled
-    one forced by its bias, and two whose bias makes the end-of-text all but certain, held off it until
-    min_tokens or for good (ignore_eos), share a batch, joining at different steps: each gets the answer
-    the reference decode gives it alone, the rules change the answer they apply to and no other, and the
-    batch holds its counts and biases only while some row asks for them."""
+    """A plain row, penalized rows (one penalizing repeats, one rewarding them, one with a repetition
+    penalty over prompt and answer), a biased one, a sampled one forced by its bias, and two whose bias makes
+    the end-of-text all but certain, held off it until min_tokens or for good (ignore_eos), share a batch,
+    joining at different steps: each gets the answer the reference decode gives it alone, the rules change
+    the answer they apply to and no other, and the batch holds its counts, biases and tokens seen only
+    while some row asks for them."""
     model = load_model("builtin:small", device=torch.device("cpu"))
     plain_prompt = [65] * 30
     plain_alone = generate(model, [plain_prompt], [60])[0]
     rules = {
         "repeats_penalized": ([66, 67, 68], 40, Sampling(temperature=0, frequency_penalty=1.5, presence_penalty=0.5)),
         "repeats_rewarded": ([69, 70], 30, Sampling(temperature=0, presence_penalty=-2.0)),
+        "repeats_divided": ([75] * 6 + [19, 92], 30, Sampling(temperature=0, repetition_penalty=1.8)),
         "biased": ([71] * 12, 20, Sampling(temperature=0, logit_bias={plain_alone[0]: -100.0, 70: 4.0})),
         "forced": ([72], 10, Sampling(temperature=1.0, seed=5, logit_bias={66: 100.0})),
         "held_to_12": ([73] * 5, 30, Sampling(temperature=0, logit_bias={256: 100.0}, min_tokens=12)),
@@ -61,7 +68,7 @@ def test_rows_of_one_batch_each_get_their_own_penalties_and_biases():
     batch.add("plain", plain_prompt, 60)
     for step in range(80):
         if step == 3:
-            for key in ("repeats_penalized", "repeats_rewarded"):
+            for key in ("repeats_penalized", "repeats_rewarded", "repeats_divided"):
                 batch.add(key, *rules[key])
         if step == 6:
             for key in ("biased", "forced", "held_to_12", "never_ended"):
@@ -69,7 +76,7 @@ def test_rows_of_one_batch_each_get_their_own_penalties_and_biases():
         got.update(batch.step())
         rows = [rules[k][2] if k in rules else Sampling() for k in batch.keys]
         held.append((any(r.penalized for r in rows), batch.counts, any(r.logit_bias for r in rows), batch.bias,
-                     len(rows)))
+                     len(rows), any(r.repeats_penalized for r in rows), batch.seen))
         if not len(batch):
             break
     assert got["plain"] == plain_alone  # the others' penalties and biases leave it alone
@@ -85,11 +92,35 @@ def test_rows_of_one_batch_each_get_their_own_penalties_and_biases():
     assert plain_alone[0] != got["biased"][0]
     counted, rewarded = Counter(got["repeats_penalized"]), Counter(got["repeats_rewarded"])
     assert max(counted.values()) < max(rewarded.values())
-    for penalized, counts, biased, bias, rows in held:
-        assert (counts is not None) == penalized and (bias is not None) == biased
-        assert counts is None or counts.shape == (rows, 257)
-        assert bias is None or bias.shape == (rows, 257)
-    assert any(h[0] for h in held) and not held[-2][0] and not held[-2][2]  # both dropped before "plain" ended
+    for penalized, counts, biased, bias, rows, repeating, seen in held:
+        assert (counts is not None) == penalized and (bias is not None) == biased and (seen is not None) == repeating
+        assert all(t is None or t.shape == (rows, 257) for t in (counts, bias, seen))
+    # all three dropped before "plain" ended
+    assert any(h[0] for h in held) and any(h[5] for h in held) and not any(held[-2][i] for i in (0, 2, 5))
+
+
+def test_a_drawing_row_keeps_to_its_top_k_and_min_p():
+    """vLLM's top_k and min_p, read against each step's own log-probabilities (temperature 1, so the
+    distribution drawn from is the model's): every token a top_k 2 row draws is one of its step's two
+    likeliest, and not always the first; every token a min_p 0.2 row draws is at least 0.2 times as likely
+    as the likeliest, where a row free of both draws tokens far below that."""
+    model = load_model("builtin:small", device=torch.device("cpu"))
+    rules = {"top_k": Sampling(temperature=1.0, top_k=2, logprobs=2, seed=1),
+             "min_p": Sampling(temperature=1.0, min_p=0.2, logprobs=1, seed=2),
+             "free": Sampling(temperature=1.0, logprobs=1, seed=3)}
+    batch, got, entries = DecodeBatch(model), {}, {}
+    for key, rule in rules.items():
+        batch.add(key, [65, 66, 67], 60, rule)
+    while len(batch):
+        got.update(batch.step())
+        for key, told in batch.take_logprobs().items():
+            entries.setdefault(key, []).extend(told)
+    steps = {key: list(zip(got[key], entries[key])) for key in rules}
+    assert all(token in [t for t, _ in top] for token, (_, top) in steps["top_k"])
+    assert any(token != top[0][0] for token, (_, top) in steps["top_k"])
+    floor = math.log(0.2)
+    assert all(lp >= top[0][1] + floor - 1e-5 for _, (lp, top) in steps["min_p"])
+    assert sum(lp < top[0][1] + floor for _, (lp, top) in steps["free"]) > 10
 
 
 def test_a_bias_on_a_token_id_past_the_models_output_is_left_out_not_failing_the_batch():
@@ -175,6 +206,15 @@ def test_ignore_eos_and_min_tokens_hold_an_answer_to_its_length(node):
     ({"min_tokens": -1}, "min_tokens", "'min_tokens' must be a non-negative integer"),
     ({"min_tokens": 3, "max_tokens": 2}, "min_tokens", "'min_tokens' (3) is over 'max_tokens' (2)"),
     ({"ignore_eos": "yes"}, "ignore_eos", "'ignore_eos' must be true or false"),
+    ({"top_k": -2}, "top_k", "'top_k' must be an integer: -1 or 0 for every token"),
+    ({"top_k": 2.5}, "top_k", "'top_k' must be an integer"),
+    ({"min_p": 1.5}, "min_p", "'min_p' must be a number from 0 to 1"),
+    ({"repetition_penalty": 0}, "repetition_penalty", "'repetition_penalty' must be a number above 0"),
+    # vLLM's, that would change the answer and are not done here: refused by name
+    ({"use_beam_search": True}, "use_beam_search", "'use_beam_search' is not supported by this node"),
+    ({"stop_token_ids": [5]}, "stop_token_ids", "'stop_token_ids' is not supported by this node"),
+    ({"guided_json": {"type": "object"}}, "guided_json", "'guided_json' is not supported by this node"),
+    ({"skip_special_tokens": False}, "skip_special_tokens", "(or at its default, true)"),
 ])
 def test_bad_penalties_and_biases_get_400_naming_the_field(node, extra, field, message):
     for path, body in (("/v1/completions", {"prompt": "a"}),
@@ -184,6 +224,26 @@ def test_bad_penalties_and_biases_get_400_naming_the_field(node, extra, field, m
         err = r.json()["error"]
         assert err["param"] == field and message in err["message"], err
     neutral = {"presence_penalty": None, "frequency_penalty": 0, "logit_bias": None, "min_tokens": None,
-               "ignore_eos": False}
+               "ignore_eos": False, "top_k": -1, "min_p": 0, "repetition_penalty": 1, "use_beam_search": False,
+               "skip_special_tokens": True}
     assert httpx.post(f"{node.url}/v1/completions", json={"prompt": "a", "max_tokens": 2, **neutral},
                       timeout=30).status_code == 200
+
+
+def test_top_k_1_draws_greedily_and_fields_the_node_does_not_know_are_named_once_in_its_log(node):
+    """top_k 1 (through the OpenAI client's extra_body) leaves a drawing row one token to draw: the greedy
+    answer. A field neither OpenAI's API nor vLLM's extensions name is ignored, not refused (SDKs send
+    fields of their own), and the node's log names it, once; fields it knows to change nothing are not."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{node.url}/v1", api_key="unused")
+    greedy = client.completions.create(model="x", prompt="Tell me", max_tokens=24, temperature=0).choices[0].text
+    one = client.completions.create(model="x", prompt="Tell me", max_tokens=24, temperature=1.5,
+                                    extra_body={"top_k": 1}).choices[0].text
+    assert one == greedy
+    for _ in range(2):
+        r = httpx.post(f"{node.url}/v1/completions", json={"prompt": "a", "max_tokens": 2, "frobnicate": 1,
+                                                           "user": "someone", "metadata": {"a": "b"}}, timeout=30)
+        assert r.status_code == 200
+    log = node.output()
+    assert log.count("request field 'frobnicate' ignored") == 1 and "'user'" not in log and "'metadata'" not in log
