@@ -213,7 +213,7 @@ class Generation:
 
     prompts: list[list[int]]  # as the tokenizer encodes them
     max_tokens: int
-    sampling: Sampling  # temperature, top_p, seed, penalties, logit_bias
+    sampling: Sampling  # how its tokens are drawn (inference_node/sampling.py)
     stream: bool
     n: int = 1  # answers per prompt
     stop: list[str] = field(default_factory=list)  # the answer ends before the first of these
@@ -233,6 +233,7 @@ UNSUPPORTED: dict[str, tuple] = {
     "skip_special_tokens": (None, True), "bad_words": (None, []), "allowed_token_ids": (None,),
     "prompt_logprobs": (None,), "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,),
     "guided_grammar": (None,), "structured_outputs": (None,), "truncate_prompt_tokens": (None,),
+    "continue_final_message": (None, False), "chat_template": (None,),
 }
 # What this node reads (or refuses by name, above), and what changes nothing in its answer here; any other
 # field is ignored and named once in the log (as vLLM does), not refused: clients and SDKs send fields of
@@ -242,7 +243,7 @@ KNOWN_FIELDS = frozenset(UNSUPPORTED) | {
     "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "min_tokens",
     "ignore_eos", "top_k", "min_p", "repetition_penalty", "logprobs", "top_logprobs", "echo",
     "user", "metadata", "store", "service_tier", "parallel_tool_calls", "tool_choice", "function_call",
-    "prediction", "spaces_between_special_tokens",
+    "prediction", "spaces_between_special_tokens", "add_generation_prompt", "chat_template_kwargs",
 }
 _ignored_logged: set[str] = set()
 
@@ -259,6 +260,12 @@ def _log_ignored(data: dict) -> None:
 def _integer(value) -> bool:
     """A JSON integer: ``true`` and ``false`` are not, though Python's bools are ints."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _given(data: dict, name: str, default):
+    """A request's field, or ``default`` where it is left out or null (as OpenAI's API reads null)."""
+    value = data.get(name)
+    return default if value is None else value
 
 
 def _number(value) -> bool:
@@ -339,12 +346,10 @@ def _sampling(data: dict, tokenizer, max_tokens: int, max_key: str) -> Sampling 
     ``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens`` (at most the ``max_tokens`` asked, by
     ``max_key``) and ``ignore_eos``; null is the default. ``logit_bias`` keys are token ids, as JSON writes
     them (strings), of this node's tokenizer."""
-    temperature = data.get("temperature")
-    temperature = 1.0 if temperature is None else temperature
+    temperature = _given(data, "temperature", 1.0)
     if not _number(temperature) or not 0 <= temperature <= 2:
         return error(400, "'temperature' must be a number between 0 and 2", "invalid_request_error", "temperature")
-    top_p = data.get("top_p")
-    top_p = 1.0 if top_p is None else top_p
+    top_p = _given(data, "top_p", 1.0)
     if not _number(top_p) or not 0 < top_p <= 1:
         return error(400, "'top_p' must be a number above 0 and at most 1", "invalid_request_error", "top_p")
     seed = data.get("seed")
@@ -352,14 +357,12 @@ def _sampling(data: dict, tokenizer, max_tokens: int, max_key: str) -> Sampling 
         return error(400, "'seed' must be a 64-bit integer", "invalid_request_error", "seed")
     penalties = {}
     for name in ("presence_penalty", "frequency_penalty"):
-        value = data.get(name)
-        value = 0.0 if value is None else value
+        value = _given(data, name, 0.0)
         low, high = PENALTY_RANGE
         if not _number(value) or not low <= value <= high:
             return error(400, f"'{name}' must be a number from {low:g} to {high:g}", "invalid_request_error", name)
         penalties[name] = float(value)
-    bias = data.get("logit_bias")
-    bias = {} if bias is None else bias
+    bias = _given(data, "logit_bias", {})
     if not isinstance(bias, dict):
         return error(400, "'logit_bias' must be an object of token ids and the values to add to their logits",
                      "invalid_request_error", "logit_bias")
@@ -374,29 +377,24 @@ def _sampling(data: dict, tokenizer, max_tokens: int, max_key: str) -> Sampling 
             return error(400, f"logit_bias[{key!r}] must be a number from {low:g} to {high:g}",
                          "invalid_request_error", "logit_bias")
         biases[token] = float(value)
-    top_k = data.get("top_k")
-    top_k = 0 if top_k is None else top_k
+    top_k = _given(data, "top_k", 0)
     if not _integer(top_k) or top_k < -1:
         return error(400, "'top_k' must be an integer: -1 or 0 for every token, else how many of the likeliest",
                      "invalid_request_error", "top_k")
-    min_p = data.get("min_p")
-    min_p = 0.0 if min_p is None else min_p
+    min_p = _given(data, "min_p", 0.0)
     if not _number(min_p) or not 0 <= min_p <= 1:
         return error(400, "'min_p' must be a number from 0 to 1", "invalid_request_error", "min_p")
-    repetition = data.get("repetition_penalty")
-    repetition = 1.0 if repetition is None else repetition
+    repetition = _given(data, "repetition_penalty", 1.0)
     if not _number(repetition) or not 0 < repetition <= 100:
         return error(400, "'repetition_penalty' must be a number above 0 and at most 100 (1: none)",
                      "invalid_request_error", "repetition_penalty")
-    least = data.get("min_tokens")
-    least = 0 if least is None else least
+    least = _given(data, "min_tokens", 0)
     if not _integer(least) or least < 0:
         return error(400, "'min_tokens' must be a non-negative integer", "invalid_request_error", "min_tokens")
     if least > max_tokens:
         return error(400, f"'min_tokens' ({least}) is over '{max_key}' ({max_tokens})", "invalid_request_error",
                      "min_tokens")
-    ignore_eos = data.get("ignore_eos")
-    ignore_eos = False if ignore_eos is None else ignore_eos
+    ignore_eos = _given(data, "ignore_eos", False)
     if not isinstance(ignore_eos, bool):
         return error(400, "'ignore_eos' must be true or false", "invalid_request_error", "ignore_eos")
     return Sampling(float(temperature), float(top_p), None if seed is None else seed % 2**62,
@@ -446,16 +444,22 @@ def _scored(asked: Generation, logprobs: int | None, echo: list[str] | None) -> 
 
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+TEMPLATE_OWN = frozenset({"messages", "add_generation_prompt", "tokenize"})  # set by the node, not by kwargs
 
 
-def chat_prompt(messages: list[dict], tokenizer) -> str:
+def chat_prompt(messages: list[dict], tokenizer, add_generation_prompt: bool = True,
+                template_kwargs: dict | None = None) -> str:
     """The conversation as one prompt: the tokenizer's own chat template where it has one (a Hugging Face
-    tokenizer's ``apply_chat_template``), else each message on a line of its own, ``role: text``, and
-    ``assistant:`` for the model to go on from."""
+    tokenizer's ``apply_chat_template``, given ``template_kwargs`` as transformers and vLLM give them, such
+    as a Qwen3 template's ``enable_thinking``), else each message on a line of its own, ``role: text``; and
+    the assistant's turn opened for the model to go on from (``assistant:``), unless not
+    ``add_generation_prompt``."""
     template = getattr(tokenizer, "apply_chat_template", None)
     if callable(template) and getattr(tokenizer, "chat_template", True) is not None:  # a tokenizer may have none
-        return template(messages, tokenize=False, add_generation_prompt=True)
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                        **(template_kwargs or {}))
+    lines = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+    return lines + "assistant:" if add_generation_prompt else lines
 
 
 def parse_chat(body: bytes, config: NodeConfig, tokenizer,
@@ -493,8 +497,16 @@ def parse_chat(body: bytes, config: NodeConfig, tokenizer,
         return error(400, "'top_logprobs' must be an integer from 0 to 20", "invalid_request_error", "top_logprobs")
     if top and not logprobs:
         return error(400, "'top_logprobs' needs 'logprobs': true", "invalid_request_error", "top_logprobs")
+    opened = _given(data, "add_generation_prompt", True)
+    if not isinstance(opened, bool):
+        return error(400, "'add_generation_prompt' must be true or false", "invalid_request_error",
+                     "add_generation_prompt")
+    template_kwargs = _given(data, "chat_template_kwargs", {})
+    if not isinstance(template_kwargs, dict) or TEMPLATE_OWN & set(template_kwargs):
+        return error(400, "'chat_template_kwargs' must be an object of the chat template's own variables (not "
+                          f"{', '.join(sorted(TEMPLATE_OWN))})", "invalid_request_error", "chat_template_kwargs")
     try:
-        prompt = chat_prompt(turns, tokenizer)
+        prompt = chat_prompt(turns, tokenizer, opened, template_kwargs)
     except ValueError as exc:  # the template's own raise_exception (roles that must alternate), or its error
         return error(400, f"'messages': the model's chat template refused them: {exc}", "invalid_request_error",
                      "messages")

@@ -73,10 +73,12 @@ class HFTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.backend.decode(ids, skip_special_tokens=True)
 
-    def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = True):
+    def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = True,
+                            **kwargs):
         """The conversation as the model was trained to read it, rendered as ``transformers`` renders it
-        (a sandboxed jinja2 with its helpers). ``ValueError`` where the template refuses the messages (its
-        own ``raise_exception``) or fails on them."""
+        (a sandboxed jinja2 with its helpers; ``kwargs`` are the template's own variables, as transformers
+        passes them). ``ValueError`` where the template refuses the messages (its own ``raise_exception``)
+        or fails on them."""
         if self.chat_template is None:
             raise ValueError("the model's tokenizer has no chat template")
         import jinja2
@@ -84,8 +86,8 @@ class HFTokenizer:
         try:
             if self._template is None:
                 self._template = _compile_chat_template(self.chat_template)
-            text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         **self.special_tokens)
+            text = self._template.render(**{**self.special_tokens, **kwargs}, messages=messages,
+                                         add_generation_prompt=add_generation_prompt)
         except jinja2.TemplateError as exc:  # what the messages lack that the template reads, say
             raise ValueError(f"{type(exc).__name__}: {exc}") from None
         return self.encode(text) if tokenize else text

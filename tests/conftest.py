@@ -246,6 +246,16 @@ class NodeProcess:
         self.log.close()
 
 
+@pytest.fixture(scope="module")
+def shared_node():
+    """One ``serve`` (the built-in model, --max-batch 8, --max-queue 16) for a module's tests that only
+    send it requests: a node started once, not once a test."""
+    node = NodeProcess("--max-batch", "8", "--max-queue", "16")
+    node.wait_ready()
+    yield node
+    node.stop()
+
+
 @pytest.fixture
 def node_factory():
     nodes = []

@@ -4,6 +4,8 @@ downloaded), batched by the node as it batches its own model."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import torch
@@ -129,3 +131,41 @@ def test_a_model_that_is_not_there_or_not_a_decoder_of_attention_layers_is_refus
     MambaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1).save_pretrained(tmp_path / "mamba")
     with pytest.raises(ValueError, match="decoders of attention layers only"):
         load_model(f"hf:{tmp_path / 'mamba'}", device=torch.device("cpu"))
+
+
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>"
+    "{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}{% endif %}")
+
+
+def test_chat_template_kwargs_and_add_generation_prompt_render_as_transformers_does(hf_dir):
+    """vLLM's ``chat_template_kwargs`` (a Qwen3 template's ``enable_thinking``, say) and
+    ``add_generation_prompt`` reach the model's chat template as transformers passes them: the prompt is
+    the one transformers renders, and each setting gives a prompt of its own (before, both were ignored and
+    the template always rendered with its defaults). Variables the node sets itself, and vLLM's
+    ``continue_final_message``, are refused by name."""
+    from transformers import AutoTokenizer
+
+    from inference_node.server import NodeConfig, parse_chat
+    from inference_node.tokenizer import HFTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    tok.chat_template = THINKING_TEMPLATE
+    ours = HFTokenizer.from_transformers(tok, (1,))
+    messages = [{"role": "user", "content": "Hi"}]
+    prompts = []
+    for extra in ({}, {"chat_template_kwargs": {"enable_thinking": False}}, {"add_generation_prompt": False}):
+        asked = parse_chat(json.dumps({"messages": messages, **extra}).encode(), NodeConfig(), ours)
+        expected = tok.apply_chat_template(messages, tokenize=False,
+                                           add_generation_prompt=extra.get("add_generation_prompt", True),
+                                           **extra.get("chat_template_kwargs", {}))
+        assert asked.prompts[0] == ours.encode(expected), extra
+        prompts.append(expected)
+    assert len(set(prompts)) == 3 and prompts[1].endswith("<|assistant|><think></think>")
+    for extra, field in (({"chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
+                         ({"chat_template_kwargs": [1]}, "chat_template_kwargs"),
+                         ({"add_generation_prompt": "no"}, "add_generation_prompt"),
+                         ({"continue_final_message": True}, "continue_final_message")):
+        refused = parse_chat(json.dumps({"messages": messages, **extra}).encode(), NodeConfig(), ours)
+        assert refused.status_code == 400 and json.loads(refused.body)["error"]["param"] == field

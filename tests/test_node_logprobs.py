@@ -45,22 +45,17 @@ def test_a_rows_logprobs_from_its_steps_are_the_models_own_beside_rows_that_do_n
     assert all(top[0][0] == token for (_, top), token in zip(entries["greedy"], got["greedy"]))
 
 
-@pytest.fixture(scope="module")
-def node():
-    from tests.conftest import NodeProcess
-
-    n = NodeProcess("--max-batch", "8", "--max-queue", "16")
-    n.wait_ready()
-    yield n
-    n.stop()
-
-
 def streamed(url: str, path: str, body: dict) -> list[dict]:
     with httpx.stream("POST", f"{url}{path}", json=dict(body, stream=True), timeout=60) as r:
         assert r.status_code == 200, r.read()
         lines = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "[DONE]"
     return [json.loads(line) for line in lines[:-1]]
+
+
+@pytest.fixture(scope="module")
+def node(shared_node):
+    return shared_node
 
 
 @pytest.mark.parametrize("stop", [None, "stop"])

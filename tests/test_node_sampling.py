@@ -132,13 +132,8 @@ def test_a_bias_on_a_token_id_past_the_models_output_is_left_out_not_failing_the
 
 
 @pytest.fixture(scope="module")
-def node():
-    from tests.conftest import NodeProcess
-
-    n = NodeProcess("--max-batch", "8", "--max-queue", "16")
-    n.wait_ready()
-    yield n
-    n.stop()
+def node(shared_node):
+    return shared_node
 
 
 def test_openai_clients_penalties_and_logit_bias_shape_the_nodes_answers(node):
@@ -247,3 +242,30 @@ def test_top_k_1_draws_greedily_and_fields_the_node_does_not_know_are_named_once
         assert r.status_code == 200
     log = node.output()
     assert log.count("request field 'frobnicate' ignored") == 1 and "'user'" not in log and "'metadata'" not in log
+
+
+PEAKED = [dict(top_p=0.9), dict(top_p=0.5, top_k=40), dict(min_p=0.05), dict(top_p=0.95, min_p=0.01), dict(top_k=7)]
+
+
+@pytest.mark.parametrize("sharpness,settings,looked_among", [
+    (8.0, PEAKED, 1024),  # a trained model's peaked distributions: every row's tokens among the top 1,024
+    (8.0, PEAKED + [dict(top_k=2000)], 32_000),  # a top_k past them: the whole vocabulary, sorted
+    (0.2, [dict(top_p=0.9), dict(min_p=0.5)], 32_000),  # nearly flat: the nucleus is most of the vocabulary
+    (3.0, PEAKED, None), (1.0, PEAKED + [dict(top_p=0.3, min_p=0.2)], None),
+])
+def test_a_narrowed_draw_looks_among_the_likeliest_only_where_that_keeps_the_same_tokens(sharpness, settings,
+                                                                                          looked_among):
+    """Looking for a row's nucleus, top_k and min_p among its 1,024 likeliest tokens first keeps exactly the
+    probabilities a sort of the whole vocabulary keeps, row by row in one batch; and it looks only there
+    where that holds every row's tokens."""
+    from inference_node.model import SAMPLING_COLUMNS, _narrowed, _ranked
+
+    gen = torch.Generator().manual_seed(len(settings))
+    probs = torch.softmax(torch.randn(len(settings), 32_000, generator=gen) * sharpness, dim=-1)
+    neutral = dict(temperature=1.0, top_p=1.0, presence_penalty=0.0, frequency_penalty=0.0, top_k=0, min_p=0.0,
+                   repetition_penalty=1.0)
+    rows = torch.tensor([[{**neutral, **s}[c] for c in SAMPLING_COLUMNS] for s in settings], dtype=torch.float32)
+    fast = _narrowed(probs, rows, top_k=True)
+    assert torch.equal(fast, _narrowed(probs, rows, top_k=True, candidates=32_000))
+    if looked_among is not None:
+        assert _ranked(probs, rows[:, 1:2], rows[:, 4:5], rows[:, 5:6], 1024)[0].shape[-1] == looked_among
