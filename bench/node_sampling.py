@@ -17,7 +17,8 @@ taking turns in each of ``--repeats`` rounds (best of them kept, so the machine'
   that every row of every batch paid for before, greedy or not (its argmax was then taken instead);
 * ``all_top_p``: every row drawing at temperature 1 within top_p 0.9 (looked for among the 1,024 likeliest
   tokens, or in a sort of the whole vocabulary where they do not hold it);
-* ``all_top_k_top_p``: the same within top_k 50 too (vLLM's extension, the usual pair);
+* ``all_top_p_sorted``: the same, always sorting the whole vocabulary (what every top_p draw did before);
+* ``all_top_k_top_p``: within top_k 50 and top_p 0.9 (vLLM's extension, the usual pair);
 * ``one_penalized``: one row with both penalties, the rest plain (the counts are kept for all rows);
 * ``all_penalized``: every row with both penalties;
 * ``all_biased``: every row with a logit_bias of 20 tokens;
@@ -61,7 +62,7 @@ def settings(rows: int) -> dict:
     drawn = Sampling(temperature=1.0)
     nucleus, narrowed = Sampling(temperature=1.0, top_p=0.9), Sampling(temperature=1.0, top_p=0.9, top_k=50)
     return {"plain": [GREEDY] * rows, "one_sampled": [drawn] + [GREEDY] * (rows - 1), "all_sampled": [drawn] * rows,
-            "all_top_p": [nucleus] * rows, "all_top_k_top_p": [narrowed] * rows,
+            "all_top_p": [nucleus] * rows, "all_top_p_sorted": [nucleus] * rows, "all_top_k_top_p": [narrowed] * rows,
             "one_penalized": [penalized] + [GREEDY] * (rows - 1),
             "all_penalized": [penalized] * rows, "all_biased": [biased] * rows, "all_both": [both] * rows,
             "one_logprobs": [scored] + [GREEDY] * (rows - 1), "all_logprobs": [scored] * rows}
@@ -91,7 +92,10 @@ def main() -> None:
 
     import torch
 
+    import inference_node.model as model_module
     from inference_node.model import SIZES, LoadedModel, TinyGPT, generate
+
+    ranked = model_module._ranked
 
     torch.set_num_threads(1)
     prompts = [[40 + r % 50] * 32 for r in range(args.rows)]
@@ -109,11 +113,15 @@ def main() -> None:
         generate(model, prompts, [8] * args.rows)  # warm
         for round_ in range(args.repeats):
             for name, rules in runs.items():
+                if name.endswith("_sorted"):  # the whole vocabulary sorted, as before the top 1,024 were looked at
+                    model_module._ranked = lambda probs, *rest: probs.sort(dim=-1, descending=True)
                 started = time.perf_counter()
                 answers[name] = generate(model, prompts, [args.new_tokens] * args.rows, rules)
                 best[name] = min(best[name], time.perf_counter() - started)
+                model_module._ranked = ranked
             print(f"vocab {vocab}: round {round_ + 1} of {args.repeats}", file=sys.stderr)
         assert all(len(a) == args.new_tokens for rows in answers.values() for a in rows)
+        assert answers["all_top_p"] == answers["all_top_p_sorted"]  # the same draws either way
         per_step = {name: round(1000 * s / args.new_tokens, 3) for name, s in best.items()}
         out["vocabularies"][str(vocab)] = {
             **distribution(model, prompts),
