@@ -232,8 +232,8 @@ def test_openai_client_gets_a_chat_completion(node):
     ('{"messages": [{"role": "user", "content": "a"}], "logprobs": true, "top_logprobs": 21}', "top_logprobs",
      "from 0 to 20"),
 ])
-def test_bad_chat_requests_get_400_naming_the_field(node, body, field, message):
-    r = httpx.post(f"{node.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+def test_bad_chat_requests_get_400_naming_the_field(shared_node, body, field, message):
+    r = httpx.post(f"{shared_node.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["param"] == field and message in err["message"]
@@ -340,7 +340,7 @@ def test_a_models_context_is_read_where_it_says_it():
 
 
 def test_ready_only_after_warm_up(node_factory):
-    n = node_factory("--model", "builtin:medium", "--max-batch", "16", "--access-log")
+    n = node_factory("--model", "builtin:medium", "--max-batch", "16", "--max-model-len", "128", "--access-log")
     body = n.wait_ready()
     assert n.seen_not_ready  # /ready said 503 (while /health said alive) before it said 200
     assert body["state"] == "ready" and body["start_seconds"]["warmup"] > 0
@@ -445,8 +445,8 @@ def test_a_body_over_the_limit_is_refused_413_before_it_is_held_whole(node):
     ('{"prompt": "a", "stream": true, "stream_options": {"include_usage": 1}}', "stream_options", "true or false"),
     (json.dumps({"prompt": ["a"] * 17}), "prompt", "holds 17 prompts; this node takes at most 16"),
 ])
-def test_bad_requests_get_400_naming_the_field(node, body, field, message):
-    r = httpx.post(f"{node.url}/v1/completions", content=body, headers={"content-type": "application/json"})
+def test_bad_requests_get_400_naming_the_field(shared_node, body, field, message):
+    r = httpx.post(f"{shared_node.url}/v1/completions", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["param"] == field and message in err["message"]
@@ -560,7 +560,7 @@ def test_a_short_request_batched_with_a_long_one_is_answered_at_its_own_length(n
     with a 192-token one no longer waits for the longer one's last token."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    n = node_factory("--model", "builtin:medium", "--max-batch", "8", "--max-wait-ms", "300")
+    n = node_factory("--model", "builtin:medium", "--max-batch", "8", "--max-wait-ms", "300", "--max-model-len", "256")
     n.wait_ready()
 
     async def scenario():
@@ -677,7 +677,7 @@ def test_a_request_arriving_while_a_batch_generates_joins_it(node_factory):
     192-token one."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    n = node_factory("--model", "builtin:medium", "--max-batch", "8", "--max-wait-ms", "0")
+    n = node_factory("--model", "builtin:medium", "--max-batch", "8", "--max-wait-ms", "0", "--max-model-len", "256")
     n.wait_ready()
 
     async def scenario():
