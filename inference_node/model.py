@@ -295,7 +295,6 @@ class DecodeBatch:
         self.max_tokens: list[int] = []
         self.rules: list[Sampling] = []  # by row: how it draws (known without asking the device)
         self.generators: list = []  # by row: its own random generator where the request gave a seed, else None
-        self.least: list[int] = []  # by row: the tokens it has before an end token may be drawn (min_tokens)
         self.made: list[int] = []  # by row: tokens generated so far (the last ``made`` columns of ``seq``)
         # (rows, width): every token so far, prompt and generated, left-padded; the KV cache (``past``)
         # covers all but the last column, whose token the next step feeds.
@@ -445,7 +444,8 @@ class DecodeBatch:
     def _decode(self) -> None:
         ids = self.seq[:, -1:] if self.model.supports_cache else self.seq
         logits, self.past = self._forward(ids, self.mask, self.past)
-        holding = [r for r, (made, least) in enumerate(zip(self.made, self.least)) if made < least]
+        holding = [r for r, (made, rule, most) in enumerate(zip(self.made, self.rules, self.max_tokens))
+                   if made < rule.least_tokens(most)]
         nxt = self._sample(logits, _Draw(self.sampling, self.rules, self.generators, self.counts, self.bias, self.seen,
                                          holding))
         self._score(logits, nxt, self.rules, self.keys)
@@ -472,12 +472,13 @@ class DecodeBatch:
         vocab = logits.shape[-1]
         bias = _biases(rules, vocab, device) if any(r.logit_bias for r in rules) else None
         # the prompts' tokens, where some row has a repetition_penalty (or will have, with these)
-        seen = _present(ids, mask, vocab) if self.seen is not None or any(r.repeats_penalized for r in rules) else None
+        repeating = self.seen is not None or any(r.repeats_penalized for r in rules)
+        seen = _counts(ids, mask, vocab) > 0 if repeating else None
         generators = [None if r.seed is None else torch.Generator(device=device).manual_seed(r.seed) for r in rules]
         # (no presence or frequency penalty yet: a joining row has generated nothing)
-        least = [rule.least_tokens(p[2]) for rule, p in zip(rules, joining)]
         nxt = self._sample(logits, _Draw(sampling, rules, generators, None, bias, seen,
-                                         [i for i, n in enumerate(least) if n > 0]))
+                                         [i for i, (rule, p) in enumerate(zip(rules, joining))
+                                          if rule.least_tokens(p[2]) > 0]))
         self._score(logits, nxt, rules, [p[0] for p in joining])
         if seen is not None:
             seen.scatter_(1, nxt[:, None], True)
@@ -488,7 +489,7 @@ class DecodeBatch:
         elif bias is not None and self.seq is not None and self.bias is None:
             self.bias = torch.zeros(len(self.keys), vocab, device=device)
         if seen is not None and self.seq is not None and self.seen is None:
-            self.seen = _present(self.seq, self.mask, vocab)
+            self.seen = _counts(self.seq, self.mask, vocab) > 0
         if self.seq is None:
             self.seq, self.mask, self.sampling, self.past, self.bias, self.seen = seq, mask, sampling, past, bias, seen
         else:
@@ -503,22 +504,18 @@ class DecodeBatch:
         self.max_tokens += [p[2] for p in joining]
         self.rules += rules
         self.generators += generators
-        self.least += least
         self.made += [1] * len(joining)
         if self.counts is None and any(r.penalized for r in self.rules):
-            self.counts = _generated_counts(self.seq, self.made, vocab)
+            self.counts = _counts(self.seq, _generated(self.seq, self.made), vocab)
         elif self.counts is not None:
-            self.counts = torch.cat([self.counts, _generated_counts(seq, [1] * len(joining), vocab)])
+            self.counts = torch.cat([self.counts, _counts(seq, _generated(seq, [1] * len(joining)), vocab)])
 
     def _finished(self) -> list[tuple[object, list[int]]]:
         # Done by length is known without reading the device; an end-of-text is read every few steps
         # (each read waits for the device: on a GPU, every step would stall the queue of launches).
         done = {r for r in range(len(self.keys)) if self.made[r] >= self.max_tokens[r] or self.keys[r] in self.ended}
         if self.ends and self.steps % EOS_EVERY == 0 and self.keys:
-            width = self.seq.shape[1]
-            made = torch.tensor(self.made, device=self.seq.device)
-            generated = torch.arange(width, device=self.seq.device)[None, :] >= (width - made)[:, None]
-            ended = (torch.isin(self.seq, self._ends) & generated).any(dim=1).tolist()
+            ended = (torch.isin(self.seq, self._ends) & _generated(self.seq, self.made)).any(dim=1).tolist()
             done |= {r for r, e in enumerate(ended) if e}
         if not done:
             return []
@@ -532,9 +529,8 @@ class DecodeBatch:
 
     def _keep(self, rows: list[int]) -> None:
         """Keep only ``rows``; and cut the leading columns that are padding in every row left."""
-        self.keys, self.max_tokens, self.made, self.rules, self.generators, self.least = (
-            [x[r] for r in rows]
-            for x in (self.keys, self.max_tokens, self.made, self.rules, self.generators, self.least))
+        self.keys, self.max_tokens, self.made, self.rules, self.generators = (
+            [x[r] for r in rows] for x in (self.keys, self.max_tokens, self.made, self.rules, self.generators))
         if self.told or self.ended:
             kept = set(self.keys)
             self.told = {k: n for k, n in self.told.items() if k in kept}
@@ -544,13 +540,10 @@ class DecodeBatch:
             return
         index = torch.tensor(rows, device=self.seq.device)
         self.seq, self.mask, self.sampling = (t.index_select(0, index) for t in (self.seq, self.mask, self.sampling))
-        # the counts and the biases go with the last row that asks for them
-        self.counts = self.counts.index_select(0, index) if self.counts is not None and any(
-            r.penalized for r in self.rules) else None
-        self.bias = self.bias.index_select(0, index) if self.bias is not None and any(
-            r.logit_bias for r in self.rules) else None
-        self.seen = self.seen.index_select(0, index) if self.seen is not None and any(
-            r.repeats_penalized for r in self.rules) else None
+        # the counts, biases and tokens seen go with the last row that asks for them
+        self.counts = _rows_kept(self.counts, index, any(r.penalized for r in self.rules))
+        self.bias = _rows_kept(self.bias, index, any(r.logit_bias for r in self.rules))
+        self.seen = _rows_kept(self.seen, index, any(r.repeats_penalized for r in self.rules))
         cut = int(self.mask.any(dim=0).long().argmax())  # the first column some row still uses
         self.seq, self.mask = self.seq[:, cut:], self.mask[:, cut:]
         self.past = _keep_in_cache(self.past, index, cut)
@@ -716,16 +709,21 @@ def _ranked(probs: torch.Tensor, top_p: torch.Tensor, k: torch.Tensor, min_p: to
     return probs.sort(dim=-1, descending=True)
 
 
-def _present(seq: torch.Tensor, mask: torch.Tensor, vocab: int) -> torch.Tensor:
-    """(rows, vocab), bool: the tokens each row holds where its mask is 1 (padding is not a token)."""
-    return torch.zeros(seq.shape[0], vocab, device=seq.device).scatter_add_(1, seq, mask.float()) > 0
+def _generated(seq: torch.Tensor, made: list[int]) -> torch.Tensor:
+    """(rows, width), bool: the columns of each row's last ``made[row]`` tokens, the ones it generated."""
+    width = seq.shape[1]
+    return torch.arange(width, device=seq.device)[None, :] >= (width - torch.tensor(made, device=seq.device))[:, None]
 
 
-def _generated_counts(seq: torch.Tensor, made: list[int], vocab: int) -> torch.Tensor:
-    """(rows, vocab): how often each row's last ``made[row]`` tokens (the ones it generated) hold each token."""
-    width, made = seq.shape[1], torch.tensor(made, device=seq.device)
-    generated = torch.arange(width, device=seq.device)[None, :] >= (width - made)[:, None]
-    return torch.zeros(seq.shape[0], vocab, device=seq.device).scatter_add_(1, seq, generated.float())
+def _counts(seq: torch.Tensor, where: torch.Tensor, vocab: int) -> torch.Tensor:
+    """(rows, vocab): how often each row holds each token in the columns ``where`` says (its mask: padding is
+    not a token; or the columns it generated)."""
+    return torch.zeros(seq.shape[0], vocab, device=seq.device).scatter_add_(1, seq, where.float())
+
+
+def _rows_kept(held: torch.Tensor | None, index: torch.Tensor, wanted: bool) -> torch.Tensor | None:
+    """A tensor held by row only while some row asks for it: the rows kept of it, or None once none asks."""
+    return held.index_select(0, index) if held is not None and wanted else None
 
 
 def _biases(rules: list[Sampling], vocab: int, device) -> torch.Tensor:

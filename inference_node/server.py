@@ -218,8 +218,12 @@ class Generation:
     n: int = 1  # answers per prompt
     stop: list[str] = field(default_factory=list)  # the answer ends before the first of these
     include_usage: bool = False  # streamed: a last chunk with the usage (``stream_options.include_usage``)
-    logprobs: int | None = None  # the answer tokens' log-probabilities, and this many likeliest tokens' in each place
     echo: list[str] | None = None  # completions: each prompt, before its answer (and in the logprobs)
+
+    @property
+    def logprobs(self) -> int | None:
+        """The answer tokens' log-probabilities asked for, and this many likeliest tokens' in each place."""
+        return self.sampling.logprobs
 
 
 # What OpenAI's API, and vLLM's extensions of it, take that this node does not do, with the values that ask
@@ -437,7 +441,7 @@ def _scored(asked: Generation, logprobs: int | None, echo: list[str] | None) -> 
     if asked.stream and echo is not None:
         return error(400, "'echo' is not supported with 'stream' on this node: ask for the whole answer",
                      "invalid_request_error", "echo")
-    asked.logprobs, asked.echo = logprobs, echo
+    asked.echo = echo
     if logprobs is not None:
         asked.sampling = replace(asked.sampling, logprobs=logprobs)
     return asked
