@@ -173,8 +173,9 @@ async def profile(url: str, slo_ms: float, seconds_per_step: float = 5.0, start_
     answer, or with a streamed ``body`` (``stream: true``) of its first text, a chat service's SLO (the
     time a user waits before reading).
 
-    Doubles the rate until the SLO breaks, then bisects between the last good and the first bad
-    rate (4 steps)."""
+    Doubles the rate from ``start_rps`` until the SLO breaks, then bisects between the last good and the
+    first bad rate (4 steps). A node still within the SLO at the last rate not above ``max_rps`` is
+    reported at that rate, with ``capped``: it sustains at least that much."""
     steps = []
     body = body or BODY
     measured = "first_text_ms" if body.get("stream") else "latency_ms"
@@ -189,6 +190,9 @@ async def profile(url: str, slo_ms: float, seconds_per_step: float = 5.0, start_
             progress(steps[-1])
         return good
 
+    if not 0 < start_rps <= max_rps:
+        raise ValueError(f"the first rate ({start_rps:g} req/s) must be above 0 and at most the highest "
+                         f"({max_rps:g} req/s)")
     good, bad = 0.0, None
     rate = start_rps
     while rate <= max_rps:
@@ -206,7 +210,7 @@ async def profile(url: str, slo_ms: float, seconds_per_step: float = 5.0, start_
                 bad = mid
     async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=10) as client:
         ready = (await client.get("/ready")).json()
-    return {"rps_per_node": round(good, 2), "slo_ms": slo_ms,
+    return {"rps_per_node": round(good, 2), "capped": bad is None and good > 0, "slo_ms": slo_ms,
             "slo_on": "first_text" if body.get("stream") else "answer", "steps": steps,
             "start_seconds": ready.get("start_seconds", {}), "model": ready.get("model"),
             "max_batch": ready.get("max_batch")}  # the rows the node batched as it was measured

@@ -739,6 +739,10 @@ def profile(
     url: str = typer.Option(..., "--url", help="Base URL of a ready node."),
     slo_ms: float = typer.Option(..., "--slo-ms", help="Latency target for p99, milliseconds."),
     seconds: float = typer.Option(5.0, "--seconds", help="Seconds of load per measured rate."),
+    start_rps: float = typer.Option(2.0, "--start-rps", help="The first rate measured; it doubles until the "
+                                                             "SLO breaks, then bisects (4 more steps)."),
+    max_rps: float = typer.Option(2000.0, "--max-rps", help="The highest rate sent: a node still within the "
+                                                            "SLO there is reported at it, as capped."),
     max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens each answer has (ignore_eos: the model "
                                                             "is kept from ending it sooner)."),
     stream: bool = typer.Option(False, "--stream", help="Streamed answers, the SLO on the p99 of the first text "
@@ -758,10 +762,12 @@ def profile(
                    + (f"  errors: {errors}" if errors else "") + f"  {'ok' if step['within_slo'] else 'over'}",
                    err=True)
 
+    if not 0 < start_rps <= max_rps:
+        fail(f"--start-rps ({start_rps:g}) must be above 0 and at most --max-rps ({max_rps:g})")
     require_reachable(url)
     try:
-        result = asyncio.run(run_profile(url, slo_ms, seconds, body=dict(BODY, max_tokens=max_tokens, stream=stream),
-                                         progress=show))
+        result = asyncio.run(run_profile(url, slo_ms, seconds, start_rps, max_rps, progress=show,
+                                         body=dict(BODY, max_tokens=max_tokens, stream=stream)))
     except Exception as exc:  # httpx's timeouts say nothing in str(): name the kind
         fail(f"{url}: {type(exc).__name__}" + (f": {exc}" if str(exc) else ""))
     if as_json:
@@ -772,6 +778,8 @@ def profile(
     measured = "p99 of the first text" if stream else "p99"
     typer.echo(f"  rps_per_node: {result['rps_per_node']}   # {measured} within {slo_ms:g} ms "
                f"({result['model']}, max_tokens {max_tokens}), measured by peakpilot profile")
+    if result["capped"]:
+        typer.echo(f"# at least: still within the SLO at --max-rps ({max_rps:g} req/s); raise it to find the limit")
     if start:
         typer.echo(f"# node start: model load {start.get('model_load', 0):.1f} s, memory probe "
                    f"{start.get('memory_probe', 0):.1f} s, warm-up {start.get('warmup', 0):.1f} s, process start to "

@@ -804,7 +804,7 @@ def test_prometheus_scrapes_the_node_and_the_forecaster_reads_back_the_rate(node
             break
         time.sleep(0.5)
     counts = pd.read_csv(trace_path("azure_llm_conv_2023_1s.csv")).requests.to_numpy()[600:630]
-    times = schedule_from_counts(counts, 1.0)  # 30 s of real per-second arrivals, ~5.5 req/s
+    times = schedule_from_counts(counts, 1.0, speedup=2.0)  # 30 s of real per-second arrivals at 2x: 15 s, ~11 req/s
     started = pd.Timestamp.now(tz="UTC").floor("5s")
     result = asyncio.run(run_open_loop(node.url, times))
     assert result.outcomes["ok"] == result.sent == int(counts.sum())
@@ -1123,10 +1123,10 @@ def test_an_engine_that_dies_while_idle_is_found_by_the_probes(node_factory):
 
 def test_loadgen_and_profile_commands_against_a_node_and_against_nothing(node, tmp_path):
     cli = [sys.executable, "-m", "peakpilot.cli"]
-    # 20 one-minute intervals of 3 requests, at 60x: 60 requests over 20 s of trace time -> 20 s / 60.
+    # 20 one-minute intervals of 3 requests, at 120x: 60 requests over 20 minutes of trace time -> 10 s.
     trace = tmp_path / "t.csv"
     trace.write_text("timestamp,requests\n" + "".join(f"2024-01-01T00:{m:02d}:00,3\n" for m in range(20)))
-    out = subprocess.run([*cli, "loadgen", "--trace", str(trace), "--url", node.url, "--speedup", "60",
+    out = subprocess.run([*cli, "loadgen", "--trace", str(trace), "--url", node.url, "--speedup", "120",
                           "--max-tokens", "4", "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -1135,8 +1135,8 @@ def test_loadgen_and_profile_commands_against_a_node_and_against_nothing(node, t
     assert "POST /v1/completions" not in node.output()  # no line per request unless --access-log
     assert result["first_text_ms"]["p50"] is None  # not streamed
     # --stream: answers streamed, and when each one's first text was read (it comes before the last)
-    out = subprocess.run([*cli, "loadgen", "--trace", str(trace), "--url", node.url, "--speedup", "60",
-                          "--duration", "5", "--max-tokens", "64", "--stream"], capture_output=True, text=True,
+    out = subprocess.run([*cli, "loadgen", "--trace", str(trace), "--url", node.url, "--speedup", "120",
+                          "--duration", "2.5", "--max-tokens", "64", "--stream"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     sent, latency, first = out.stdout.splitlines()
@@ -1149,20 +1149,31 @@ def test_loadgen_and_profile_commands_against_a_node_and_against_nothing(node, t
     # greedy answer to the prompt ends after 5 tokens
     assert "peakpilot_generated_tokens_total 1200.0" in metrics
 
+    # Within the SLO up to --max-rps: reported at it, as a floor (8 and 16 req/s measured, no more).
     out = subprocess.run([*cli, "profile", "--url", node.url, "--slo-ms", "2000", "--seconds", "0.5",
-                          "--max-tokens", "4", "--json"], capture_output=True, text=True, timeout=300)
+                          "--max-tokens", "4", "--start-rps", "8", "--max-rps", "16", "--json"],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     profiled = json.loads(out.stdout)
-    good = [s["rps"] for s in profiled["steps"] if s["within_slo"]]
-    assert profiled["rps_per_node"] == max(good) > 0 and profiled["model"] and profiled["slo_on"] == "answer"
+    assert [s["rps"] for s in profiled["steps"]] == [8, 16] and all(s["within_slo"] for s in profiled["steps"])
+    assert profiled["rps_per_node"] == 16 and profiled["capped"] is True
+    assert profiled["model"] and profiled["slo_on"] == "answer"
     assert all(s["errors"] == {} for s in profiled["steps"])
-    # --stream: the SLO is on the first text a chat user reads, which comes before the whole answer
+    # --stream: the SLO is on the first text a chat user reads, which comes before the whole answer; doubled
+    # from 64 req/s until it breaks, then bisected (the built-in model breaks 2000 ms near 300 req/s here)
     out = subprocess.run([*cli, "profile", "--url", node.url, "--slo-ms", "2000", "--seconds", "0.5",
-                          "--max-tokens", "32", "--stream", "--json"], capture_output=True, text=True, timeout=300)
+                          "--max-tokens", "32", "--stream", "--start-rps", "64", "--json"], capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     streamed = json.loads(out.stdout)
-    assert streamed["slo_on"] == "first_text" and streamed["rps_per_node"] > 0
+    good = [s["rps"] for s in streamed["steps"] if s["within_slo"]]
+    assert streamed["slo_on"] == "first_text" and streamed["rps_per_node"] == max(good) > 0
+    assert streamed["steps"][0]["rps"] == 64
     assert all(s["p99_ms"] < s["answer_p99_ms"] for s in streamed["steps"] if s["p99_ms"] is not None)
+    assert streamed["capped"] is (not any(not s["within_slo"] for s in streamed["steps"]))
+    out = subprocess.run([*cli, "profile", "--url", node.url, "--slo-ms", "500", "--start-rps", "32",
+                          "--max-rps", "16"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--start-rps (32) must be above 0 and at most --max-rps (16)" in out.stderr
 
     # Nothing listening: both refuse at once, naming the URL, instead of sending into refused connections.
     nowhere = f"http://127.0.0.1:{free_port()}"
