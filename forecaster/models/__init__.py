@@ -7,25 +7,50 @@ the default model and that chain.
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Iterator, Mapping
 
 from forecaster.errors import NotEnoughHistory
 from forecaster.history import History
 from forecaster.models.base import Forecast, Forecaster, load_model
-from forecaster.models.ensemble import EnsembleForecaster
-from forecaster.models.lightgbm_model import LightGBMQuantileForecaster
-from forecaster.models.prophet_model import ProphetForecaster
-from forecaster.models.recent_level import RecentLevel
-from forecaster.models.seasonal_naive import SeasonalNaive
-from forecaster.models.statsforecast_peer import StatsforecastAutoETS
-from forecaster.models.torch_model import TorchQuantileForecaster
 
 log = logging.getLogger(__name__)
 
-MODELS: dict[str, type[Forecaster]] = {
-    m.name: m for m in (EnsembleForecaster, TorchQuantileForecaster, LightGBMQuantileForecaster, ProphetForecaster,
-                        SeasonalNaive, RecentLevel, StatsforecastAutoETS)
-}
+
+class ModelRegistry(Mapping[str, type[Forecaster]]):
+    """Model name -> class, each module imported when its class is first asked for: torch, LightGBM and
+    scipy take seconds to import, and a service on seasonal_naive, or a command that stops at a bad
+    argument, needs none of them."""
+
+    def __init__(self, where: dict[str, str]):
+        self._where = where  # name -> "module:Class"
+        self._loaded: dict[str, type[Forecaster]] = {}
+
+    def __getitem__(self, name: str) -> type[Forecaster]:
+        if name not in self._loaded:
+            module, cls = self._where[name].split(":")
+            model = getattr(importlib.import_module(module), cls)
+            assert model.name == name, (model.name, name)
+            self._loaded[name] = model
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+MODELS = ModelRegistry({
+    "ensemble": "forecaster.models.ensemble:EnsembleForecaster",
+    "torch": "forecaster.models.torch_model:TorchQuantileForecaster",
+    "lightgbm": "forecaster.models.lightgbm_model:LightGBMQuantileForecaster",
+    "prophet": "forecaster.models.prophet_model:ProphetForecaster",
+    "seasonal_naive": "forecaster.models.seasonal_naive:SeasonalNaive",
+    "recent_level": "forecaster.models.recent_level:RecentLevel",
+    "statsforecast_autoets": "forecaster.models.statsforecast_peer:StatsforecastAutoETS",
+})
 FALLBACKS = ("torch", "prophet", "seasonal_naive", "recent_level")  # each needs less than the one before it
 PRODUCTION_ORDER = ("ensemble", *FALLBACKS)
 PEERS = ("statsforecast_autoets",)

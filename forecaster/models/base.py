@@ -17,7 +17,6 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
 
 from forecaster import QUANTILE_COLUMNS, QUANTILES
 from forecaster.errors import NotEnoughHistory
@@ -152,6 +151,8 @@ class Forecaster(abc.ABC):
         payload = {"name": self.name, "seed": self.seed, "step_ns": None if self.step is None else self.step.value,
                    "fitted_until": None if self.fitted_until is None else self.fitted_until.isoformat(),
                    "clock": self.clock, "state": self.state()}
+        import torch  # torch's format (weights_only loads), imported only where a model is kept or read
+
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         Path(path).write_bytes(buffer.getvalue())
@@ -159,6 +160,8 @@ class Forecaster(abc.ABC):
 
 def load_model(path: str | Path) -> Forecaster:
     """Load any model written by :meth:`Forecaster.save`."""
+    import torch
+
     from forecaster.models import MODELS
 
     payload = torch.load(io.BytesIO(Path(path).read_bytes()), weights_only=True)

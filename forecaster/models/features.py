@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.signal import lfilter
 
 from forecaster.history import History, wall_clock_shift_at
 from forecaster.models.base import windows
@@ -24,6 +23,8 @@ def smoothed_level(values: np.ndarray, alpha: float) -> np.ndarray:
     values = np.asarray(values, dtype=float)
     if not len(values):
         return values
+    from scipy.signal import lfilter  # here, not at the top: scipy.signal takes a second to import
+
     return lfilter([alpha], [1.0, alpha - 1.0], values, zi=np.array([(1 - alpha) * values[0]]))[0]
 
 
