@@ -38,11 +38,21 @@ def trace():
     return load_trace(SAMPLE)
 
 
+def default_policy_text(**swaps: str) -> str:
+    """The default policy with seasonal_naive as its model (the tests here are of the daemon, not of
+    training one) and ``old=new`` swaps; each swap must apply (the default model's name changed once, and the
+    swap of the old one had gone on silently, training the ensemble in every test)."""
+    text = (ROOT / "configs" / "policy.yaml").read_text()
+    for old, new in {"model: ensemble ": "model: seasonal_naive ", **swaps}.items():
+        assert old in text, f"{old!r} is no longer in configs/policy.yaml"
+        text = text.replace(old, new)
+    return text
+
+
 @pytest.fixture
 def policy_file(tmp_path):
     path = tmp_path / "policy.yaml"
-    text = (ROOT / "configs" / "policy.yaml").read_text()
-    path.write_text(text.replace("model: torch ", "model: seasonal_naive ").replace("count: auto", "count: 3"))
+    path.write_text(default_policy_text(**{"count: auto": "count: 3"}))
     return path
 
 
@@ -187,7 +197,7 @@ def test_an_auto_reserved_count_is_there_on_the_simulated_cluster(tmp_path, trac
     Deployment is scaled to it. The simulated cluster was made with none (the count is not known before
     the training) and kept none, so the plan counted four reserved nodes that never came."""
     path = tmp_path / "auto.yaml"
-    path.write_text((ROOT / "configs" / "policy.yaml").read_text().replace("model: torch ", "model: seasonal_naive "))
+    path.write_text(default_policy_text())
     clock = Clock()
     cluster = SimulatedActuator(load_policy_of(path), reserved=0, seed=1)
     store = Store(str(tmp_path / "a.db"))
