@@ -148,7 +148,7 @@ def test_the_dashboard_reads_a_postgresql_store(postgres_url):
     from dashboard import data
 
     out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "replay", "--no-sweep", "--strategies",
-                          "predictive,reactive", "--store", postgres_url, "--json"],
+                          "predictive,reactive", "--train-days", "12", "--store", postgres_url, "--json"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     view = data.load_replay(postgres_url)
