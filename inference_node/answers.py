@@ -187,6 +187,10 @@ class CompletionShape:
              "logprobs": logprobs[i] if logprobs else None, "finish_reason": a.finish_reason}
             for i, a in enumerate(answers)])
 
+    def logprobs(self, tokenizer, tokens: list[int], entries: list, offset: int = 0) -> dict:
+        """``tokens``' log-probabilities as a completion's choice holds them, their text from ``offset``."""
+        return completion_logprobs(tokenizer, tokens, entries, offset)
+
     def opening(self, count: int) -> list[str]:
         return []
 
@@ -214,6 +218,10 @@ class ChatShape:
             {"index": i, "message": {"role": "assistant", "content": a.text},
              "logprobs": logprobs[i] if logprobs else None, "finish_reason": a.finish_reason}
             for i, a in enumerate(answers)])
+
+    def logprobs(self, tokenizer, tokens: list[int], entries: list, offset: int = 0) -> dict:
+        """``tokens``' log-probabilities as a chat choice holds them (each token's own text: no offsets)."""
+        return chat_logprobs(tokenizer, tokens, entries)
 
     def _chunk(self, choices: list[dict], **extra) -> str:
         return event(dict(self.head, object="chat.completion.chunk", choices=choices, **extra))

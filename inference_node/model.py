@@ -316,13 +316,17 @@ class DecodeBatch:
     def __len__(self) -> int:
         return len(self.keys) + len(self.pending)
 
-    def add(self, key, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY) -> None:
-        """A request joins at a coming step. With a ``seed`` its draws come from a generator of its own, so
-        it gets the same answer whatever else is in the batch (as far as the batch's arithmetic allows)."""
+    def add(self, key, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY,
+            join_now: bool = False) -> None:
+        """A request joins at a coming step (``join_now``: at the next, as one that waited its most steps
+        does). With a ``seed`` its draws come from a generator of its own, so it gets the same answer
+        whatever else is in the batch (as far as the batch's arithmetic allows)."""
         # An empty prompt starts from the end-of-text token, as a new document does.
         prompt = list(prompt) or [self.model.eos if self.model.eos is not None else 0]
         if not self.pending:
             self.pending_since = self.steps
+        if join_now:
+            self.pending_since = self.steps - JOIN_WAIT_STEPS
         self.pending.append((key, prompt, max_tokens, sampling))
 
     def drop(self, key) -> bool:
@@ -604,8 +608,7 @@ def fitting_batch(model: LoadedModel, rows: int, length: int) -> int:
                 batch.add(i, [65] * max(1, length - 3), 3)
             if rows > 1:
                 batch.step()
-            batch.add(rows - 1, [65] * max(1, length - 2), 2)
-            batch.pending_since -= JOIN_WAIT_STEPS  # joins at this step, as one that waited its most steps does
+            batch.add(rows - 1, [65] * max(1, length - 2), 2, join_now=True)
             while len(batch):
                 batch.step()
             return rows

@@ -31,8 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from inference_node.answers import (DONE, AnswerText, ChatShape, CompletionShape, chat_logprobs, completion_logprobs,
-                                    event, usage)
+from inference_node.answers import DONE, AnswerText, ChatShape, CompletionShape, event, usage
 from inference_node.batcher import Batcher, OutOfMemory, QueueFull
 from inference_node.metrics import NodeMetrics
 from inference_node.sampling import BIAS_RANGE, PENALTY_RANGE, Sampling
@@ -737,7 +736,7 @@ def create_app(config: NodeConfig) -> FastAPI:
                 return error(429, f"server busy: {exc.why} ({exc.waiting} waiting); retry after 1 s",
                              "server_busy", headers={"Retry-After": "1"})
             if asked.stream:
-                return streamed(admission, answers, shape, asked, started, chat)
+                return streamed(admission, answers, shape, asked, started)
         else:  # 'echo' with max_tokens 0: the prompts alone
             for answer in answers:
                 answer.feed([], finished=True)
@@ -747,7 +746,7 @@ def create_app(config: NodeConfig) -> FastAPI:
                 await until_gone(request, heard_whole(admission, answers))
             if asked.logprobs is not None:
                 jobs = admission.jobs if admission is not None else [None] * len(prompts)
-                scored = await until_gone(request, logprobs_of(prompts, answers, jobs, asked, chat))
+                scored = await until_gone(request, logprobs_of(prompts, answers, jobs, asked, shape))
         except ClientGone:
             m.requests.labels("cancelled").inc()
             return Response(status_code=499)  # nobody is there to read it (nginx's "client closed request")
@@ -763,7 +762,7 @@ def create_app(config: NodeConfig) -> FastAPI:
         return shape.whole(answers, usage(asked.prompts, answers), scored, echoed)
 
     async def logprobs_of(prompts: list[list[int]], answers: list[AnswerText], jobs: list, asked: Generation,
-                          chat: bool) -> list:
+                          shape) -> list:
         """Each answer's log-probabilities: those of the tokens it kept, as the steps that drew them told
         (``Job.entries``); with 'echo', its prompt's before them, scored by the engine in one pass over it."""
         tokenizer, out = node.engine.tokenizer, []
@@ -772,23 +771,19 @@ def create_app(config: NodeConfig) -> FastAPI:
             entries = job.entries[:len(kept)] if job is not None else []
             if asked.echo and len(prompt) > 1:  # (nothing precedes a prompt's first token)
                 entries = await node.batcher.score(list(prompt), 1, asked.logprobs) + entries
-            out.append(chat_logprobs(tokenizer, kept, entries) if chat else
-                       completion_logprobs(tokenizer, (list(prompt) if asked.echo else []) + kept, entries))
+            out.append(shape.logprobs(tokenizer, (list(prompt) if asked.echo else []) + kept, entries))
         return out
 
-    def logprobs_taken(job, answer: AnswerText, before: tuple[int, int], chat: bool) -> dict | None:
+    def logprobs_taken(job, answer: AnswerText, before: tuple[int, int], shape) -> dict | None:
         """A streamed piece's log-probabilities: those of the tokens whose text it completed (from the
         answer's ``taken`` before it to its ``taken`` now), or None where it completed none."""
         (start, offset), end = before, answer.taken[0]
         if end <= start:
             return None
         tokens, entries = answer.tokens[start:end], job.entries[start:end]
-        tokenizer = node.engine.tokenizer
-        return chat_logprobs(tokenizer, tokens, entries) if chat else \
-            completion_logprobs(tokenizer, tokens, entries, offset)
+        return shape.logprobs(node.engine.tokenizer, tokens, entries, offset)
 
-    def streamed(admission, answers: list[AnswerText], shape, asked: Generation, started: float,
-                 chat: bool) -> AnswerStream:
+    def streamed(admission, answers: list[AnswerText], shape, asked: Generation, started: float) -> AnswerStream:
         """The answers as server-sent events, each piece of text as soon as it can be sent. The request is
         in flight (for the drain, and withdrawn if its client goes) until its last event is sent."""
         m, outcome = node.metrics, ["cancelled"]
@@ -806,7 +801,7 @@ def create_app(config: NodeConfig) -> FastAPI:
                     answer = answers[i]
                     before = answer.taken
                     piece = answer.take()
-                    scored = logprobs_taken(admission.jobs[i], answer, before, chat) if asked.logprobs is not None \
+                    scored = logprobs_taken(admission.jobs[i], answer, before, shape) if asked.logprobs is not None \
                         else None
                     if answer.finished:
                         if len(answer.tokens) > 1:  # its pace once started: what a reader waits per token
