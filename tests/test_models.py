@@ -9,7 +9,7 @@ import pytest
 from forecaster.errors import NotEnoughHistory
 from forecaster.history import History
 from forecaster.models import MODELS, fit_with_fallback, load_model, make_model
-from tests.conftest import daily_series, users_day
+from tests.conftest import ROOT, daily_series, users_day
 
 FAST = {"torch": {"time_budget_s": 8, "max_epochs": 25}}
 
@@ -291,3 +291,25 @@ def test_a_load_that_follows_the_users_clock_is_forecast_on_it_across_a_daylight
     on_utc, on_users_clock = wape(history), wape(history.in_timezone("America/New_York"))
     assert on_users_clock < 0.5 * on_utc, f"{name}: WAPE {on_users_clock:.3f} on New York's clock, {on_utc:.3f} on UTC"
     assert on_users_clock < 0.05
+
+
+def test_a_service_on_seasonal_naive_imports_no_torch_lightgbm_or_scipy_signal():
+    """The registry imports a model's module when its class is asked for: the daemon's modules and a
+    seasonal_naive fit and forecast (a service configured so, or a command stopping at a bad argument) pay
+    nothing for torch, LightGBM and scipy.signal (seconds to import); asking for the ensemble brings torch."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "lightgbm", "scipy.signal", "prophet")
+    code = (
+        "import sys; import controller.daemon, peakpilot.cli\n"
+        "from forecaster.history import History; from forecaster.models import MODELS, fit_with_fallback\n"
+        "from tests.conftest import daily_series\n"
+        "model, status = fit_with_fallback('seasonal_naive', History(daily_series(days=14)))\n"
+        "assert status == 'ok' and model.predict(History(daily_series(days=14)), 30).values.shape == (6, 3)\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+        "MODELS['ensemble']\n"
+        "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "True"], out.stdout
