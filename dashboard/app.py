@@ -254,7 +254,7 @@ with tabs[4]:
 
 # -- What-if ------------------------------------------------------------------------------------
 with tabs[5]:
-    from dashboard.whatif import available_traces, current_policy, run_whatif
+    from dashboard.whatif import available_traces, current_policy, like_run, run_whatif
 
     traces = available_traces(shipped_root() or ROOT)
     default_trace = summary.get("trace") if summary.get("trace") in traces else next(iter(traces))
@@ -287,7 +287,12 @@ with tabs[5]:
         # The forecasts of the last trace replayed: the next what-if on it skips the training.
         if st.session_state.get("whatif_feeds", (None,))[0] != trace:
             st.session_state["whatif_feeds"] = (trace, {})
+        like = like_run(summary, trace)
         result = run_whatif(trace, policy_path, changes, lambda share, what: bar.progress(min(1.0, share), text=what),
-                            feeds=st.session_state["whatif_feeds"][1])
+                            feeds=st.session_state["whatif_feeds"][1], like=like)
         bar.progress(1.0, text="done")
         st.dataframe(result, key="whatif_table")
+        if like:
+            st.caption(f"The shown run's window (after its first {like['train_days']:g} days, which train the "
+                       f"forecaster) and capacity ({like['rps_per_node']:g} req/s per node): the current policy's "
+                       "column is that run again.")

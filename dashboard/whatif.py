@@ -26,20 +26,34 @@ def current_policy(policy_path: str) -> Policy:
     return load_policy(policy_path if policy_path and Path(policy_path).exists() else DEFAULT_POLICY)
 
 
+def like_run(summary: dict, trace_path: str) -> dict:
+    """What the shown replay fixed beyond its policy, where the what-if replays the same trace: its window
+    (``train_days``) and its capacity per node (which ``--peak-nodes`` may have set), so that the current
+    policy's column is that run again. On another trace, or for a daemon's run: nothing (the replay's own
+    window, the policy's capacity)."""
+    if summary.get("trace") != trace_path or summary.get("train_days") is None:
+        return {}
+    return {"train_days": summary["train_days"], "rps_per_node": summary.get("rps_per_node")}
+
+
 def run_whatif(trace_path: str, policy_path: str, changes: dict, on_progress=None,
-               feeds: dict | None = None) -> pd.DataFrame:
-    """The current policy and the changed one, side by side (predictive and the best reactive peer).
+               feeds: dict | None = None, like: dict | None = None) -> pd.DataFrame:
+    """The current policy and the changed one, side by side (predictive and the best reactive peer), over
+    the window and at the capacity per node ``like`` names (``like_run``).
 
     The form's settings do not change the forecasts, so both replays share one set (``feeds``, which the
     page keeps for the next what-if on the same trace): the forecaster trains once, not twice each time."""
+    like = like or {}
     current = current_policy(policy_path)
+    if like.get("rps_per_node"):
+        current = current.with_changes(capacity={"rps_per_node": like["rps_per_node"], "peak_nodes": None})
     changed = current.with_changes(**changes)
     trace = load_trace(trace_path)
     feeds = {} if feeds is None else feeds
     rows = {}
     for label, policy, lo, hi in (("current policy", current, 0.0, 0.5), ("what-if", changed, 0.5, 1.0)):
         doc, _ = replay(trace, policy, strategies=("predictive", "reactive_spot"), sweep=False, progress=False,
-                        feeds=feeds,
+                        feeds=feeds, train_days=like.get("train_days"),
                         on_progress=None if on_progress is None else
                         (lambda share, what, lo=lo, hi=hi, label=label: on_progress(lo + (hi - lo) * share,
                                                                                    f"{label}: {what}")))

@@ -154,6 +154,12 @@ def test_what_if_runs_a_replay_side_by_side(app, store):
     assert list(table.columns) == ["current policy", "what-if"]
     # Less headroom costs less (and risks more): the table shows two real, different replays.
     assert table.loc["cost_usd", "what-if"] < table.loc["cost_usd", "current policy"]
+    # On the run's own trace, over its window (its last 2 days, not the replay's default 7) and at its
+    # capacity per node: the current policy's column is the shown run again.
+    shown = data.load_replay(store).summary["strategies"]["predictive"]
+    assert table.loc["cost_usd", "current policy"] == pytest.approx(shown["cost_usd"], rel=1e-6)
+    assert table.loc["sla_compliance", "current policy"] == pytest.approx(shown["sla_compliance"], abs=1e-9)
+    assert any("the current policy's column is that run again" in c.value for c in at.caption)
     # ... of one set of forecasts, kept for the next what-if on the trace.
     trace, feeds = at.session_state["whatif_feeds"]
     assert trace == at.selectbox(key="whatif_trace").value and len(feeds) == 1
