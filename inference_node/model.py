@@ -366,7 +366,8 @@ class DecodeBatch:
         for r, tail in zip(rows, tails):
             key = self.keys[r]
             told = self.told.get(key, 0)
-            tokens, ended = _until_end(tail[back - (self.made[r] - told):][: self.max_tokens[r] - told], self.ends)
+            tokens, ended = _until_end(tail[back - (self.made[r] - told):][: self.max_tokens[r] - told],
+                                       self._row_ends(r))
             if ended:
                 self.ended.add(key)
             self.told[key] = told + len(tokens)
@@ -425,6 +426,10 @@ class DecodeBatch:
         if draw.holding and self.ends:
             rows = torch.tensor(draw.holding, device=logits.device)
             logits = logits.index_put((rows[:, None], self._ends[None, :]), logits.new_full((), float("-inf")))
+        if draw.stops_held:  # rows short of their min_tokens, with stop_token_ids of their own
+            rows = torch.tensor([r for r in draw.stops_held for _ in rules[r].stop_token_ids], device=logits.device)
+            ids = torch.tensor([t for r in draw.stops_held for t in rules[r].stop_token_ids], device=logits.device)
+            logits = logits.index_put((rows, ids), logits.new_full((), float("-inf")))
         drawing = [r for r, rule in enumerate(rules) if rule.temperature > 0]  # (host-side: no wait for the device)
         if not drawing:
             return logits.argmax(-1)
@@ -448,10 +453,11 @@ class DecodeBatch:
     def _decode(self) -> None:
         ids = self.seq[:, -1:] if self.model.supports_cache else self.seq
         logits, self.past = self._forward(ids, self.mask, self.past)
-        holding = [r for r, (made, rule, most) in enumerate(zip(self.made, self.rules, self.max_tokens))
-                   if made < rule.least_tokens(most)]
+        rows = list(enumerate(zip(self.made, self.rules, self.max_tokens)))
+        holding = [r for r, (made, rule, most) in rows if made < rule.least_tokens(most)]
+        stops_held = [r for r, (made, rule, most) in rows if rule.stops_held(made, most)]
         nxt = self._sample(logits, _Draw(self.sampling, self.rules, self.generators, self.counts, self.bias, self.seen,
-                                         holding))
+                                         holding, stops_held))
         self._score(logits, nxt, self.rules, self.keys)
         if self.counts is not None:
             self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(self.counts[:, :1]))
@@ -482,7 +488,9 @@ class DecodeBatch:
         # (no presence or frequency penalty yet: a joining row has generated nothing)
         nxt = self._sample(logits, _Draw(sampling, rules, generators, None, bias, seen,
                                          [i for i, (rule, p) in enumerate(zip(rules, joining))
-                                          if rule.least_tokens(p[2]) > 0]))
+                                          if rule.least_tokens(p[2]) > 0],
+                                         [i for i, (rule, p) in enumerate(zip(rules, joining))
+                                          if rule.stops_held(0, p[2])]))
         self._score(logits, nxt, rules, [p[0] for p in joining])
         if seen is not None:
             seen.scatter_(1, nxt[:, None], True)
@@ -518,18 +526,28 @@ class DecodeBatch:
         # Done by length is known without reading the device; an end-of-text is read every few steps
         # (each read waits for the device: on a GPU, every step would stall the queue of launches).
         done = {r for r in range(len(self.keys)) if self.made[r] >= self.max_tokens[r] or self.keys[r] in self.ended}
-        if self.ends and self.steps % EOS_EVERY == 0 and self.keys:
-            ended = (torch.isin(self.seq, self._ends) & _generated(self.seq, self.made)).any(dim=1).tolist()
-            done |= {r for r, e in enumerate(ended) if e}
-        if not done:
-            return []
+        stops = set().union(*(rule.stop_token_ids for rule in self.rules))
+        maybe = set()  # rows holding some row's stop token: theirs, or another's (read to tell)
+        if (self.ends or stops) and self.steps % EOS_EVERY == 0 and self.keys:
+            ends = self._ends if not stops else torch.tensor(sorted(stops.union(self.ends)), device=self.seq.device)
+            ended = (torch.isin(self.seq, ends) & _generated(self.seq, self.made)).any(dim=1).tolist()
+            maybe = {r for r, e in enumerate(ended) if e} - done
         finished = []
-        for r in sorted(done):
+        for r in sorted(done | maybe):
             n = min(self.made[r], self.max_tokens[r])
-            tokens = self.seq[r, self.seq.shape[1] - self.made[r]:][:n].tolist()
-            finished.append((self.keys[r], _until_end(tokens, self.ends)[0]))
-        self._keep([r for r in range(len(self.keys)) if r not in done])
+            tokens, ended = _until_end(self.seq[r, self.seq.shape[1] - self.made[r]:][:n].tolist(), self._row_ends(r))
+            if r in done or ended:
+                finished.append((self.keys[r], tokens))
+            else:
+                maybe.discard(r)
+        if finished:
+            gone = done | maybe
+            self._keep([r for r in range(len(self.keys)) if r not in gone])
         return finished
+
+    def _row_ends(self, r: int) -> tuple[int, ...]:
+        """The tokens that end row ``r``'s answer: the model's end tokens, and its own stop_token_ids."""
+        return self.ends + self.rules[r].stop_token_ids
 
     def _keep(self, rows: list[int]) -> None:
         """Keep only ``rows``; and cut the leading columns that are padding in every row left."""
@@ -660,6 +678,7 @@ class _Draw:
     bias: torch.Tensor | None = None
     seen: torch.Tensor | None = None
     holding: list[int] = ()  # rows short of their min_tokens: no end token for them
+    stops_held: list[int] = ()  # rows short of their min_tokens: none of their stop_token_ids either
 
 
 SAMPLING_COLUMNS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "top_k", "min_p",

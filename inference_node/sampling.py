@@ -50,6 +50,7 @@ class Sampling:
     top_k: int = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()  # vLLM's: tokens that end this answer too (left out of it)
 
     @property
     def narrowed(self) -> bool:
@@ -69,6 +70,11 @@ class Sampling:
     def least_tokens(self, max_tokens: int) -> int:
         """The tokens an answer of at most ``max_tokens`` has before an end token may be drawn."""
         return max_tokens if self.ignore_eos else min(self.min_tokens, max_tokens)
+
+    def stops_held(self, made: int, max_tokens: int) -> bool:
+        """Whether its ``stop_token_ids`` may not be drawn yet: as in vLLM, ``min_tokens`` holds them off
+        too, and ``ignore_eos`` does not (it is about the model's end-of-text only)."""
+        return bool(self.stop_token_ids) and made < min(self.min_tokens, max_tokens)
 
     def nth(self, i: int) -> Sampling:
         """The ``i``-th of ``n`` answers asked for with these settings: a seed gives each its own draws

@@ -232,7 +232,7 @@ UNSUPPORTED: dict[str, tuple] = {
     "best_of": (None, 1), "suffix": (None, ""), "tools": (None, []), "functions": (None, []),
     "response_format": (None, {"type": "text"}), "modalities": (None, ["text"]), "audio": (None,),
     "reasoning_effort": (None,),
-    "use_beam_search": (None, False), "stop_token_ids": (None, []), "include_stop_str_in_output": (None, False),
+    "use_beam_search": (None, False), "include_stop_str_in_output": (None, False),
     "skip_special_tokens": (None, True), "bad_words": (None, []), "allowed_token_ids": (None,),
     "prompt_logprobs": (None,), "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,),
     "guided_grammar": (None,), "structured_outputs": (None,), "truncate_prompt_tokens": (None,),
@@ -244,7 +244,7 @@ UNSUPPORTED: dict[str, tuple] = {
 KNOWN_FIELDS = frozenset(UNSUPPORTED) | {
     "model", "prompt", "messages", "max_tokens", "max_completion_tokens", "n", "stop", "stream", "stream_options",
     "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "min_tokens",
-    "ignore_eos", "top_k", "min_p", "repetition_penalty", "logprobs", "top_logprobs", "echo",
+    "ignore_eos", "top_k", "min_p", "repetition_penalty", "stop_token_ids", "logprobs", "top_logprobs", "echo",
     "user", "metadata", "store", "service_tier", "parallel_tool_calls", "tool_choice", "function_call",
     "prediction", "spaces_between_special_tokens", "add_generation_prompt", "chat_template_kwargs",
 }
@@ -347,7 +347,7 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
 def _sampling(data: dict, tokenizer, max_tokens: int, max_key: str) -> Sampling | JSONResponse:
     """How the answer draws its tokens (inference_node/sampling.py), with OpenAI's ranges, and vLLM's
     ``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens`` (at most the ``max_tokens`` asked, by
-    ``max_key``) and ``ignore_eos``; null is the default. ``logit_bias`` keys are token ids, as JSON writes
+    ``max_key``), ``ignore_eos`` and ``stop_token_ids``; null is the default. ``logit_bias`` keys are token ids, as JSON writes
     them (strings), of this node's tokenizer."""
     temperature = _given(data, "temperature", 1.0)
     if not _number(temperature) or not 0 <= temperature <= 2:
@@ -400,9 +400,15 @@ def _sampling(data: dict, tokenizer, max_tokens: int, max_key: str) -> Sampling 
     ignore_eos = _given(data, "ignore_eos", False)
     if not isinstance(ignore_eos, bool):
         return error(400, "'ignore_eos' must be true or false", "invalid_request_error", "ignore_eos")
+    stop_ids = _given(data, "stop_token_ids", [])
+    if not isinstance(stop_ids, list) or not all(_integer(t) and 0 <= t and (vocab is None or t < vocab)
+                                                 for t in stop_ids):
+        ids = "token ids" if vocab is None else f"token ids of this model's tokenizer, 0 to {vocab - 1}"
+        return error(400, f"'stop_token_ids' must be a list of {ids}", "invalid_request_error", "stop_token_ids")
     return Sampling(float(temperature), float(top_p), None if seed is None else seed % 2**62,
                     logit_bias=biases, min_tokens=least, ignore_eos=ignore_eos, top_k=max(0, top_k),
-                    min_p=float(min_p), repetition_penalty=float(repetition), **penalties)
+                    min_p=float(min_p), repetition_penalty=float(repetition),
+                    stop_token_ids=tuple(sorted(set(stop_ids))), **penalties)
 
 
 def parse_completion(body: bytes, config: NodeConfig, tokenizer,

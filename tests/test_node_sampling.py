@@ -189,6 +189,49 @@ def test_ignore_eos_and_min_tokens_hold_an_answer_to_its_length(node):
     assert held.choices[0].text.startswith(plain.choices[0].text)
 
 
+def test_stop_token_ids_end_the_rows_that_ask_and_no_other():
+    """vLLM's stop_token_ids: a row's answer ends before the first of its own stop tokens (left out, as an
+    end-of-text is); a row of the same batch whose answer holds that token goes on; min_tokens holds the stop
+    tokens off as it holds the end-of-text, and ignore_eos does not (it is about the end-of-text only)."""
+    model = load_model("builtin:small", device=torch.device("cpu"))
+    prompt = [65] * 8
+    plain = generate(model, [prompt], [30])[0]
+    stop = plain[6]
+    k = plain.index(stop)  # where the first of them is
+    asked = {"stopped": Sampling(temperature=0, stop_token_ids=(stop,)),
+             "ignoring_eos": Sampling(temperature=0, stop_token_ids=(stop,), ignore_eos=True),
+             "held": Sampling(temperature=0, stop_token_ids=(stop, 255), min_tokens=k + 4)}
+    batch, got = DecodeBatch(model), {}
+    batch.add("plain", prompt, 30)
+    for key, rule in asked.items():
+        batch.add(key, prompt, 30, rule)
+    while len(batch):
+        got.update(batch.step())
+    assert got["plain"] == plain and len(plain) > k + 1  # its answer holds the others' stop token, and goes on
+    assert got["stopped"] == got["ignoring_eos"] == plain[:k]
+    held = got["held"]
+    assert held[:k] == plain[:k] and len(held) >= k + 4 and not {stop, 255} & set(held[:k + 4])
+    assert not {stop, 255} & set(held)  # and where it ends on one of them later, that one is left out
+
+
+def test_stop_token_ids_through_the_openai_client_whole_and_streamed(node):
+    """The built-in model's greedy answer to "AAAAAAAA" is 16 tokens, its fourth token 60: with
+    stop_token_ids [60] the answer is its first 3 ("stop"), streamed or not."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{node.url}/v1", api_key="unused")
+    ask = dict(model="x", prompt="AAAAAAAA", max_tokens=30, temperature=0)
+    plain = client.completions.create(**ask)
+    stopped = client.completions.create(**ask, extra_body={"stop_token_ids": [60]})
+    assert plain.usage.completion_tokens == 16
+    assert stopped.usage.completion_tokens == 3 and stopped.choices[0].finish_reason == "stop"
+    chunks = list(client.completions.create(**ask, stream=True, stream_options={"include_usage": True},
+                                            extra_body={"stop_token_ids": [60]}))
+    assert chunks[-1].usage.completion_tokens == 3
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == stopped.choices[0].text
+
+
 @pytest.mark.parametrize("extra,field,message", [
     ({"presence_penalty": 2.5}, "presence_penalty", "'presence_penalty' must be a number from -2 to 2"),
     ({"frequency_penalty": "1"}, "frequency_penalty", "'frequency_penalty' must be a number from -2 to 2"),
@@ -207,7 +250,11 @@ def test_ignore_eos_and_min_tokens_hold_an_answer_to_its_length(node):
     ({"repetition_penalty": 0}, "repetition_penalty", "'repetition_penalty' must be a number above 0"),
     # vLLM's, that would change the answer and are not done here: refused by name
     ({"use_beam_search": True}, "use_beam_search", "'use_beam_search' is not supported by this node"),
-    ({"stop_token_ids": [5]}, "stop_token_ids", "'stop_token_ids' is not supported by this node"),
+    ({"stop_token_ids": 5}, "stop_token_ids", "'stop_token_ids' must be a list of token ids of this model's"),
+    ({"stop_token_ids": [257]}, "stop_token_ids", "must be a list of token ids of this model's tokenizer, 0 to 256"),
+    ({"stop_token_ids": [True]}, "stop_token_ids", "'stop_token_ids' must be a list of token ids"),
+    ({"include_stop_str_in_output": True}, "include_stop_str_in_output",
+     "'include_stop_str_in_output' is not supported by this node"),
     ({"guided_json": {"type": "object"}}, "guided_json", "'guided_json' is not supported by this node"),
     ({"skip_special_tokens": False}, "skip_special_tokens", "(or at its default, true)"),
 ])
@@ -220,7 +267,7 @@ def test_bad_penalties_and_biases_get_400_naming_the_field(node, extra, field, m
         assert err["param"] == field and message in err["message"], err
     neutral = {"presence_penalty": None, "frequency_penalty": 0, "logit_bias": None, "min_tokens": None,
                "ignore_eos": False, "top_k": -1, "min_p": 0, "repetition_penalty": 1, "use_beam_search": False,
-               "skip_special_tokens": True}
+               "skip_special_tokens": True, "stop_token_ids": None, "include_stop_str_in_output": False}
     assert httpx.post(f"{node.url}/v1/completions", json={"prompt": "a", "max_tokens": 2, **neutral},
                       timeout=30).status_code == 200
 
