@@ -193,6 +193,8 @@ async def profile(url: str, slo_ms: float, seconds_per_step: float = 5.0, start_
     if not 0 < start_rps <= max_rps:
         raise ValueError(f"the first rate ({start_rps:g} req/s) must be above 0 and at most the highest "
                          f"({max_rps:g} req/s)")
+    if start_rps * seconds_per_step < 1:
+        raise ValueError(f"{seconds_per_step:g} s at {start_rps:g} req/s sends no request")
     good, bad = 0.0, None
     rate = start_rps
     while rate <= max_rps:

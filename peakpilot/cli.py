@@ -764,6 +764,9 @@ def profile(
 
     if not 0 < start_rps <= max_rps:
         fail(f"--start-rps ({start_rps:g}) must be above 0 and at most --max-rps ({max_rps:g})")
+    if start_rps * seconds < 1:
+        fail(f"--seconds {seconds:g} at --start-rps {start_rps:g} sends no request: give --seconds "
+             f"{1 / start_rps:g} or more, or a higher --start-rps")
     require_reachable(url)
     try:
         result = asyncio.run(run_profile(url, slo_ms, seconds, start_rps, max_rps, progress=show,

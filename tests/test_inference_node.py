@@ -1174,6 +1174,9 @@ def test_loadgen_and_profile_commands_against_a_node_and_against_nothing(node, t
     out = subprocess.run([*cli, "profile", "--url", node.url, "--slo-ms", "500", "--start-rps", "32",
                           "--max-rps", "16"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--start-rps (32) must be above 0 and at most --max-rps (16)" in out.stderr
+    out = subprocess.run([*cli, "profile", "--url", node.url, "--slo-ms", "500", "--seconds", "0.3"],
+                         capture_output=True, text=True, timeout=60)  # 2 req/s for 0.3 s: not one request
+    assert out.returncode == 2 and "--seconds 0.3 at --start-rps 2 sends no request: give --seconds 0.5" in out.stderr
 
     # Nothing listening: both refuse at once, naming the URL, instead of sending into refused connections.
     nowhere = f"http://127.0.0.1:{free_port()}"
