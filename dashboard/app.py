@@ -293,6 +293,6 @@ with tabs[5]:
         bar.progress(1.0, text="done")
         st.dataframe(result, key="whatif_table")
         if like:
+            capacity = f" and capacity ({like['rps_per_node']:g} req/s per node)" if "rps_per_node" in like else ""
             st.caption(f"The shown run's window (after its first {like['train_days']:g} days, which train the "
-                       f"forecaster) and capacity ({like['rps_per_node']:g} req/s per node): the current policy's "
-                       "column is that run again.")
+                       f"forecaster){capacity}: the current policy's column is that run again.")

@@ -33,7 +33,10 @@ def like_run(summary: dict, trace_path: str) -> dict:
     window, the policy's capacity)."""
     if summary.get("trace") != trace_path or summary.get("train_days") is None:
         return {}
-    return {"train_days": summary["train_days"], "rps_per_node": summary.get("rps_per_node")}
+    like = {"train_days": summary["train_days"]}
+    if summary.get("rps_per_node"):  # (every replay's summary holds it; a hand-made one may not)
+        like["rps_per_node"] = summary["rps_per_node"]
+    return like
 
 
 def run_whatif(trace_path: str, policy_path: str, changes: dict, on_progress=None,

@@ -347,8 +347,8 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
 def _sampling(data: dict, tokenizer, max_tokens: int, max_key: str) -> Sampling | JSONResponse:
     """How the answer draws its tokens (inference_node/sampling.py), with OpenAI's ranges, and vLLM's
     ``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens`` (at most the ``max_tokens`` asked, by
-    ``max_key``), ``ignore_eos`` and ``stop_token_ids``; null is the default. ``logit_bias`` keys are token ids, as JSON writes
-    them (strings), of this node's tokenizer."""
+    ``max_key``), ``ignore_eos`` and ``stop_token_ids``; null is the default. ``logit_bias`` keys are token
+    ids, as JSON writes them (strings), of this node's tokenizer."""
     temperature = _given(data, "temperature", 1.0)
     if not _number(temperature) or not 0 <= temperature <= 2:
         return error(400, "'temperature' must be a number between 0 and 2", "invalid_request_error", "temperature")

@@ -165,6 +165,16 @@ def test_what_if_runs_a_replay_side_by_side(app, store):
     assert trace == at.selectbox(key="whatif_trace").value and len(feeds) == 1
 
 
+def test_a_what_if_takes_the_shown_runs_window_and_capacity_only_on_its_own_trace():
+    from dashboard.whatif import like_run
+
+    run = {"trace": "/t/a.csv", "train_days": 12.0, "rps_per_node": 3.25}
+    assert like_run(run, "/t/a.csv") == {"train_days": 12.0, "rps_per_node": 3.25}
+    assert like_run(run, "/t/b.csv") == {}  # another trace: the replay's own window, the policy's capacity
+    assert like_run({"service": "llm-chat"}, "/t/a.csv") == {}  # a daemon's run: no trace, no window
+    assert like_run({"trace": "/t/a.csv", "train_days": 12.0}, "/t/a.csv") == {"train_days": 12.0}
+
+
 def test_what_if_names_a_run_policy_that_no_longer_loads_and_starts_from_the_default(app, store, tmp_path):
     import shutil
     import sqlite3
