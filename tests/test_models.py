@@ -313,3 +313,16 @@ def test_a_service_on_seasonal_naive_imports_no_torch_lightgbm_or_scipy_signal()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["[]", "True"], out.stdout
+
+
+def test_a_model_whose_library_cannot_be_imported_falls_back_saying_so(monkeypatch):
+    """Models are imported when first asked for (``ModelRegistry``): a broken install of one model's library
+    is a fallback naming it, as a model that cannot fit is, not a failed forecast."""
+    for name in ("prophet", "torch"):  # the chain from prophet: torch, seasonal_naive, recent_level
+        monkeypatch.setitem(MODELS._where, name, f"forecaster.models.no_such_{name}:Model")
+        monkeypatch.delitem(MODELS._loaded, name, raising=False)
+    model, status = fit_with_fallback("prophet", History(daily_series(days=14)))
+    assert model.name == "seasonal_naive"
+    assert status == ("fallback: prophet cannot be imported (ModuleNotFoundError: No module named "
+                      "'forecaster.models.no_such_prophet'); torch cannot be imported (ModuleNotFoundError: No "
+                      "module named 'forecaster.models.no_such_torch'); using seasonal_naive"), status

@@ -81,7 +81,12 @@ def fit_with_fallback(name: str, history: History, seed: int = 0,
     chain = [name] + [m for m in FALLBACKS if m != name]
     reasons: list[str] = []
     for candidate in chain:
-        model = make_model(candidate, seed=seed, **(options or {}).get(candidate, {}))
+        try:  # (a model's module is imported here, when first asked for: a broken install falls back too)
+            model = make_model(candidate, seed=seed, **(options or {}).get(candidate, {}))
+        except ImportError as exc:
+            log.warning("model %s cannot be imported: %s", candidate, exc)
+            reasons.append(f"{candidate} cannot be imported ({type(exc).__name__}: {exc})")
+            continue
         try:
             model.fit(history)
         except NotEnoughHistory as exc:
