@@ -17,7 +17,7 @@ Models without a KV cache re-read the whole sequence for every new token (correc
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -411,8 +411,8 @@ class DecodeBatch:
 
     def _sample(self, logits: torch.Tensor, draw: _Draw) -> torch.Tensor:
         """Each row's next token: its likeliest (temperature 0) or a draw, from the logits as its bias and
-        penalties leave them, and with no end token for the rows ``holding`` (short of their min_tokens).
-        Only the rows that draw pay for a draw: a softmax and a draw over a vocabulary of 152,000 cost a
+        penalties leave them, without the tokens it may not draw yet (``held``: short of its min_tokens). Only
+        the rows that draw pay for a draw: a softmax and a draw over a vocabulary of 152,000 cost a
         greedy batch of 16 rows as much as the model's output layer did (on a CPU)."""
         logits, sampling, rules = logits[:, -1, :].float(), draw.sampling, draw.rules
         if draw.bias is not None:
@@ -423,12 +423,9 @@ class DecodeBatch:
         if draw.seen is not None:  # vLLM's (and transformers') repetition_penalty, on prompt and answer
             penalty = sampling[:, 6:7]
             logits = torch.where(draw.seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
-        if draw.holding and self.ends:
-            rows = torch.tensor(draw.holding, device=logits.device)
-            logits = logits.index_put((rows[:, None], self._ends[None, :]), logits.new_full((), float("-inf")))
-        if draw.stops_held:  # rows short of their min_tokens, with stop_token_ids of their own
-            rows = torch.tensor([r for r in draw.stops_held for _ in rules[r].stop_token_ids], device=logits.device)
-            ids = torch.tensor([t for r in draw.stops_held for t in rules[r].stop_token_ids], device=logits.device)
+        if draw.held:  # rows short of their min_tokens (or ignoring the end-of-text): tokens they may not draw
+            rows = torch.tensor([r for r, ids in draw.held.items() for _ in ids], device=logits.device)
+            ids = torch.tensor([t for held in draw.held.values() for t in held], device=logits.device)
             logits = logits.index_put((rows, ids), logits.new_full((), float("-inf")))
         drawing = [r for r, rule in enumerate(rules) if rule.temperature > 0]  # (host-side: no wait for the device)
         if not drawing:
@@ -453,11 +450,8 @@ class DecodeBatch:
     def _decode(self) -> None:
         ids = self.seq[:, -1:] if self.model.supports_cache else self.seq
         logits, self.past = self._forward(ids, self.mask, self.past)
-        rows = list(enumerate(zip(self.made, self.rules, self.max_tokens)))
-        holding = [r for r, (made, rule, most) in rows if made < rule.least_tokens(most)]
-        stops_held = [r for r, (made, rule, most) in rows if rule.stops_held(made, most)]
         nxt = self._sample(logits, _Draw(self.sampling, self.rules, self.generators, self.counts, self.bias, self.seen,
-                                         holding, stops_held))
+                                         self._held(self.rules, self.made, self.max_tokens)))
         self._score(logits, nxt, self.rules, self.keys)
         if self.counts is not None:
             self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(self.counts[:, :1]))
@@ -487,10 +481,7 @@ class DecodeBatch:
         generators = [None if r.seed is None else torch.Generator(device=device).manual_seed(r.seed) for r in rules]
         # (no presence or frequency penalty yet: a joining row has generated nothing)
         nxt = self._sample(logits, _Draw(sampling, rules, generators, None, bias, seen,
-                                         [i for i, (rule, p) in enumerate(zip(rules, joining))
-                                          if rule.least_tokens(p[2]) > 0],
-                                         [i for i, (rule, p) in enumerate(zip(rules, joining))
-                                          if rule.stops_held(0, p[2])]))
+                                         self._held(rules, [0] * len(joining), [p[2] for p in joining])))
         self._score(logits, nxt, rules, [p[0] for p in joining])
         if seen is not None:
             seen.scatter_(1, nxt[:, None], True)
@@ -544,6 +535,17 @@ class DecodeBatch:
             gone = done | maybe
             self._keep([r for r in range(len(self.keys)) if r not in gone])
         return finished
+
+    def _held(self, rules: list[Sampling], made: list[int], max_tokens: list[int]) -> dict[int, tuple[int, ...]]:
+        """By row, the tokens it may not draw yet: the model's end tokens short of its min_tokens (or for good,
+        with ignore_eos), and its own stop_token_ids short of its min_tokens."""
+        held = {}
+        for r, (rule, n, most) in enumerate(zip(rules, made, max_tokens)):
+            ids = (self.ends if n < rule.least_tokens(most) else ()) + \
+                (rule.stop_token_ids if rule.stops_held(n, most) else ())
+            if ids:
+                held[r] = ids
+        return held
 
     def _row_ends(self, r: int) -> tuple[int, ...]:
         """The tokens that end row ``r``'s answer: the model's end tokens, and its own stop_token_ids."""
@@ -677,8 +679,7 @@ class _Draw:
     counts: torch.Tensor | None = None
     bias: torch.Tensor | None = None
     seen: torch.Tensor | None = None
-    holding: list[int] = ()  # rows short of their min_tokens: no end token for them
-    stops_held: list[int] = ()  # rows short of their min_tokens: none of their stop_token_ids either
+    held: dict = field(default_factory=dict)  # by row, the tokens it may not draw yet (DecodeBatch._held)
 
 
 SAMPLING_COLUMNS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "top_k", "min_p",

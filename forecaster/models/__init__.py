@@ -35,6 +35,9 @@ class ModelRegistry(Mapping[str, type[Forecaster]]):
             self._loaded[name] = model
         return self._loaded[name]
 
+    def __contains__(self, name: object) -> bool:  # (Mapping's own would import the model to answer)
+        return name in self._where
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
 
@@ -59,10 +62,10 @@ HORIZON_MODELS = ("ensemble", "torch", "lightgbm", "recent_level")  # trained fo
 
 
 def make_model(name: str, **kwargs) -> Forecaster:
-    try:
-        return MODELS[name](**kwargs)
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+    # (the name is checked first: a KeyError from a model's own import or constructor is not "unknown model")
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name](**kwargs)
 
 
 def horizon_options(horizon_min: float) -> dict[str, dict]:
