@@ -25,12 +25,17 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from inference_node.batch_limit import BatchLimit
 from inference_node.engine import EngineError, EngineGone
 from inference_node.sampling import GREEDY, Sampling
 
 log = logging.getLogger("peakpilot.node")
 
 RATE_WINDOW = 5.0  # seconds of answers the tokens-per-second gauge covers
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
 class OutOfMemory(EngineError):
@@ -119,10 +124,13 @@ class Admission:
 
 class Batcher:
     def __init__(self, engine, max_batch: int = 16, max_wait_ms: float = 10.0, max_queue: int = 64,
-                 metrics=None, slo_ms: float | None = None, continuous: bool = True, slo_on_first_token: bool = False):
+                 metrics=None, slo_ms: float | None = None, continuous: bool = True, slo_on_first_token: bool = False,
+                 oom_backoff_s: float = 600.0):
         """``engine``: ``submit(key, prompt, max_tokens, sampling, watch)``, ``drop(key)`` and ``listen(fn)``,
         ``fn(kind, key, payload)`` called on the engine's thread as rows finish (engine.py). Not
-        ``continuous``: a batch runs to its end before the next starts (rows still leave as they finish)."""
+        ``continuous``: a batch runs to its end before the next starts (rows still leave as they finish).
+        ``oom_backoff_s``: how long after a batch ran out of the device's memory the node tries a wider one
+        again (batch_limit.py; 0: never)."""
         self.engine = engine
         self.continuous = continuous
         self.slo = None if slo_ms is None else slo_ms / 1000.0
@@ -132,7 +140,8 @@ class Batcher:
         self.batch_seconds = 0.0  # run to end: moving average of a batch's time, first row in to last out
         self._batch = (0.0, 0)  # run to end: when the running batch started, and its rows
         self.latency_seconds = 0.0  # moving average of requests' time in the node (enqueue to answer)
-        self.max_batch = max_batch  # halved where a batch runs out of the device's memory (_shrink)
+        # the rows batched: halved where a batch runs out of the device's memory, doubled back after a while
+        self.limit = BatchLimit(max_batch, oom_backoff_s)
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.metrics = metrics
@@ -158,6 +167,10 @@ class Batcher:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
+
+    @property
+    def max_batch(self) -> int:
+        return self.limit.value
 
     @property
     def running(self) -> bool:
@@ -203,6 +216,7 @@ class Batcher:
         """Queue every prompt of one request, admitted or refused (``QueueFull``) as one: a request refused
         busy leaves no part of itself in the queue, to spend the model's time on an answer nobody gets."""
         count = len(prompts)
+        self._regrow()
         if len(self.queue) + count > self.max_queue:
             raise QueueFull(len(self.queue), "the queue is full" if count == 1 else
                             f"the queue has no room for {count} prompts")
@@ -272,7 +286,7 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            while len(self.generating) >= (self.max_batch if self.continuous else 1):
+            while self._full():
                 self._room.clear()
                 await self._room.wait()
             group = [await self._next()]
@@ -291,6 +305,11 @@ class Batcher:
                 group.append(job)
             self._gauge()
             self._join(group)
+
+    def _full(self) -> bool:
+        """No row is free for the next request (where its time has come, after a wider batch is allowed)."""
+        self._regrow()
+        return len(self.generating) >= (self.max_batch if self.continuous else 1)
 
     def _join(self, group: list[Job]) -> None:
         group = [job for job in group if not job.future.done()]  # withdrawn while the group formed
@@ -375,16 +394,29 @@ class Batcher:
             self._answer(job, payload)
 
     def _shrink(self, why: str, rows: int) -> None:
-        """A batch of ``rows`` ran out of the device's memory: batch at most half as many from now on (a
-        --max-batch too wide for the GPU, with these lengths), rather than fail every batch that wide."""
-        fewer = max(1, rows // 2)
-        if fewer < self.max_batch:
-            log.warning("a batch of %d rows ran out of the device's memory (%s): batching at most %d rows from now "
-                        "on; set --max-batch %d (or a shorter --max-model-len) to start there", rows,
-                        why.splitlines()[0][:200], fewer, fewer)
-            self.max_batch = fewer
-            if self.metrics:
-                self.metrics.batch_limit.set(fewer)
+        """A batch of ``rows`` ran out of the device's memory: batch at most half as many (a --max-batch too
+        wide for the GPU with these lengths, or memory another process holds), rather than fail every batch
+        that wide, until the limit's wait is over (batch_limit.py)."""
+        fewer = self.limit.shrink(rows)
+        if fewer is None:
+            return
+        again = (f"trying {min(self.limit.ceiling, 2 * fewer)} again in {_span(self.limit.wait_s)}"
+                 if self.limit.next_try is not None else "for good (--oom-backoff-s 0)")
+        log.warning("a batch of %d rows ran out of the device's memory (%s): batching at most %d rows, %s; "
+                    "if it recurs, set --max-batch %d (or a shorter --max-model-len) to start there", rows,
+                    why.splitlines()[0][:200], fewer, again, fewer)
+        if self.metrics:
+            self.metrics.batch_limit.set(fewer)
+
+    def _regrow(self) -> None:
+        """Batch twice as many rows again, where the limit's wait since running out of memory is over."""
+        wider = self.limit.regrow()
+        if wider is None:
+            return
+        log.info("batching at most %d rows again, after %s without running out of the device's memory", wider,
+                 _span(self.limit.wait_s))
+        if self.metrics:
+            self.metrics.batch_limit.set(wider)
 
     def _left(self) -> None:
         """A row left the batch, answered: room for the next; in run-to-end, perhaps the batch's end."""

@@ -81,6 +81,9 @@ class NodeConfig:
     # continuous: a request joins the running batch within 4 steps; run-to-end: the next batch starts when
     # the last one ends (what the node did before; bench/node_continuous.py compares them)
     batching: str = "continuous"
+    # after a batch ran out of the device's memory and the node halved its width: how long before it tries
+    # twice as many rows again (doubled each time it runs out again; 0: never; inference_node/batch_limit.py)
+    oom_backoff_s: float = 600.0
 
 
 BATCHING = ("continuous", "run-to-end")
@@ -171,7 +174,8 @@ class Node:
                         "there without the probe's tries)", self.config.max_batch, fits, fits)
         self.batcher = Batcher(self.engine, fits, self.config.max_wait_ms, self.config.max_queue,
                                self.metrics, self.config.slo_ms, continuous=self.config.batching == "continuous",
-                               slo_on_first_token=self.config.slo_on == "first-token")
+                               slo_on_first_token=self.config.slo_on == "first-token",
+                               oom_backoff_s=self.config.oom_backoff_s)
         self.batcher.start()
         if self.state == "starting":
             self.state = "ready"

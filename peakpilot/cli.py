@@ -705,6 +705,9 @@ def serve(
                                                             "'thread' (in the server's process)."),
     batching: str = typer.Option("continuous", "--batching", help="'continuous': a request joins the running batch "
                                  "within 4 steps; 'run-to-end': the next batch starts when the last one ends."),
+    oom_backoff_s: float = typer.Option(600.0, "--oom-backoff-s", min=0, help="After a batch runs out of the "
+                                        "device's memory and the node halves its width: seconds before it tries "
+                                        "twice as many rows again, doubled each time it runs out again (0: never)."),
     access_log: bool = typer.Option(False, "--access-log", help="Log a line per request (off: /metrics counts "
                                                                 "every outcome)."),
 ) -> None:
@@ -727,8 +730,7 @@ def serve(
                               max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_new_tokens,
                               max_model_len=max_model_len, drain_seconds=drain_seconds, warmup=not no_warmup,
                               quantize=quantize, dtype=dtype, threads=threads, slo_ms=slo_ms, slo_on=slo_on,
-                              engine=engine,
-                              batching=batching),
+                              engine=engine, batching=batching, oom_backoff_s=oom_backoff_s),
                    host, port, access_log=access_log)
     except NodeFailed as exc:
         fail(str(exc), 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from inference_node.model import TinyGPT
@@ -30,6 +32,23 @@ class SmallMemory(TinyGPT):
         if rows * width > self.ROOM:
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {rows * width} positions")
         return super().forward(input_ids, attention_mask, past, positions)
+
+
+class SqueezedMemory(SmallMemory):
+    """SmallMemory whose device holds half as much while the file named by ``PEAKPILOT_TEST_SQUEEZE`` exists:
+    another process holding part of the GPU for a while."""
+
+    def forward(self, input_ids, attention_mask, past=None, positions=None):
+        rows, width = attention_mask.shape
+        if os.path.exists(os.environ.get("PEAKPILOT_TEST_SQUEEZE", "")) and rows * width > self.ROOM // 2:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {rows * width} positions")
+        return super().forward(input_ids, attention_mask, past, positions)
+
+
+def squeezed_memory():
+    """SmallMemory's decoder, on a device another process takes half of while a file exists."""
+    torch.manual_seed(0)
+    return SqueezedMemory(ByteTokenizer.vocab_size, d_model=64, n_layers=1, n_heads=4), ByteTokenizer()
 
 
 def small_memory():
