@@ -30,7 +30,8 @@ class NodeMetrics:
                                "OpenAI's SDKs, x-envoy-attempt-count of Envoy and Istio)", registry=r)
         self.in_flight = Gauge("peakpilot_requests_in_flight", "Completion requests being handled", registry=r)
         self.batch_limit = Gauge("peakpilot_batch_limit", "Most rows the node batches now: --max-batch, halved each "
-                                 "time a batch runs out of the device's memory", registry=r)
+                                 "time a batch runs out of the device's memory, doubled back after --oom-backoff-s",
+                                 registry=r)
         self.queue_depth = Gauge("peakpilot_queue_depth", "Requests waiting for a row of the batch", registry=r)
         self.batch_size = Histogram("peakpilot_batch_size",
                                     "Requests generating together, as each group joins the batch",

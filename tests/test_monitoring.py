@@ -190,6 +190,12 @@ CASES = [
                 'peakpilot_requests_over_slo_total{job="quiet",instance="n2"}': "0+2x30"},
      "expect": {"PeakpilotSlowAnswers": {"3m": [], "10m": [{"job": "chat", "severity": "warning"}]},
                 "PeakpilotBusyAnswers": {"10m": []}}},
+    {"name": "one node's batch halved for good, another's for 20 minutes, a third's never",
+     "series": {'peakpilot_batch_limit{job="chat",instance="n1"}': "16x5 8x60",
+                'peakpilot_batch_limit{job="chat",instance="n2"}': "16x5 8x20 16x40",
+                'peakpilot_batch_limit{job="chat",instance="n3"}': "4x65"},
+     "expect": {"PeakpilotNodeBatchNarrowed": {"30m": [], "40m": [{"job": "chat", "instance": "n1",
+                                                                  "severity": "warning"}]}}},
 ]
 
 
