@@ -165,8 +165,47 @@ def duration_seconds(text: str) -> float:
     return sum(int(n) * PROM_UNIT_S[unit] for n, unit in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text))
 
 
+HTTP_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+class BasicAuth(Strict):
+    username: str = Field(min_length=1)
+    password_file: str = Field(min_length=1, description="file holding the password (a mounted Secret), read at "
+                                                         "every query")
+
+
+class PrometheusAuthSpec(Strict):
+    """Credentials for a Prometheus behind authentication; secrets are read from files (mounted Secrets), as
+    Prometheus's own configuration takes them, never written in the policy."""
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every query, e.g. X-Scope-OrgID: "
+                                                                      "a tenant of Mimir, Cortex or Thanos")
+    bearer_token_file: str | None = Field(None, description="file holding a bearer token, read at every query (a "
+                                                            "rotated service-account token is picked up)")
+    basic_auth: BasicAuth | None = None
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not HTTP_HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if "\n" in value or "\r" in value:
+                raise ValueError(f"the value of {name} holds a line break")
+        return v
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> PrometheusAuthSpec:
+        if self.bearer_token_file and self.basic_auth:
+            raise ValueError("give bearer_token_file or basic_auth, not both")
+        if (self.bearer_token_file or self.basic_auth) and any(k.lower() == "authorization" for k in self.headers):
+            raise ValueError("an Authorization header and bearer_token_file or basic_auth would overwrite each other")
+        return self
+
+
 class Signals(Strict):
     prometheus: str | None = Field(None, description="Prometheus base URL; none: the sample trace on the clock")
+    prometheus_auth: PrometheusAuthSpec = Field(PrometheusAuthSpec(), description="credentials for a Prometheus "
+                                                                                  "behind authentication")
     query: str | None = Field(None, description="PromQL for the request rate per second ({step} is substituted)")
     step: str = Field("1m", description="Prometheus duration of one history step (it is also the query's {step})")
     history_days: float = Field(14, gt=0)
@@ -192,6 +231,12 @@ class Signals(Strict):
     @classmethod
     def _timezone(cls, v: str | None) -> str | None:
         return v if v is None else check_timezone(v)
+
+    @model_validator(mode="after")
+    def _auth_needs_prometheus(self) -> Signals:
+        if self.prometheus is None and self.prometheus_auth != PrometheusAuthSpec():
+            raise ValueError("prometheus_auth is set but prometheus is not: credentials for no Prometheus")
+        return self
 
 
 class Policy(Strict):

@@ -16,6 +16,16 @@ from controller.policy import Policy, selected
 from controller.signals import PrometheusSignals, TraceSignals
 
 
+def prometheus_auth(policy: Policy):
+    """The policy's ``signals.prometheus_auth`` as the Prometheus source takes it."""
+    from forecaster.prometheus_source import PrometheusAuth
+
+    spec = policy.signals.prometheus_auth
+    basic = spec.basic_auth
+    return PrometheusAuth(dict(spec.headers), spec.bearer_token_file, basic.username if basic else None,
+                          basic.password_file if basic else None)
+
+
 class ServiceParts:
     """Builds signals and actuators for one backend (``simulated``, ``dry-run`` or ``kubernetes``).
 
@@ -45,7 +55,7 @@ class ServiceParts:
         s = policy.signals
         if s.prometheus:
             return PrometheusSignals(s.prometheus, s.query, s.step, s.history_days, busy_query=s.busy_query,
-                                     service=policy.service)
+                                     service=policy.service, auth=prometheus_auth(policy))
         trace = self.trace()
         return TraceSignals(trace, len(trace.arrivals) // 2, self.clock())
 

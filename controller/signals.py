@@ -81,11 +81,12 @@ class PrometheusSignals:
     BUSY = 'sum(rate(peakpilot_requests_total{outcome="busy"}[{step}])) / sum(rate(peakpilot_requests_total[{step}]))'
 
     def __init__(self, url: str, query: str | None = None, step: str = "1m", history_days: float = 14,
-                 timeout_s: float = 30.0, busy_query: str | None = None, service: str | None = None):
+                 timeout_s: float = 30.0, busy_query: str | None = None, service: str | None = None, auth=None):
+        """``auth``: forecaster.prometheus_source.PrometheusAuth, for a Prometheus behind authentication."""
         from forecaster.prometheus_source import PrometheusSource
 
         self.service = service  # named in what is logged, where one daemon runs many
-        self.source = PrometheusSource(url, query=query, step=step, timeout_s=timeout_s)
+        self.source = PrometheusSource(url, query=query, step=step, timeout_s=timeout_s, auth=auth)
         self.step = self.source.step_text  # as PromQL writes it, for the busy share's window too
         self.busy_query = (busy_query or self.BUSY).replace("{step}", self.step)
         self.history_days = history_days

@@ -20,13 +20,22 @@ forecaster a history of gaps.
 Every request has a timeout, and a Prometheus that could not be reached (refused, or silent past the
 timeout) is not asked again for ``RETRY_AFTER_FAILURE_S``: a daemon with many services on one
 Prometheus then waits for it once per cycle, not once per service.
+
+A Prometheus behind authentication (``PrometheusAuth``): headers sent with every query (a tenant's
+``X-Scope-OrgID`` for Mimir, Cortex or Thanos), a bearer token read from a file (a Kubernetes service
+account's, for OpenShift's Thanos querier or a kube-rbac-proxy; read again at every query, since a projected
+token is rotated while the daemon runs), or basic auth with its password in a file (Prometheus's own
+``--web.config.file``, Grafana Cloud). Secrets come from files, as Prometheus's own configuration takes them,
+so that none is written in a policy ConfigMap.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
@@ -48,6 +57,54 @@ RETRY_AFTER_FAILURE_S = 30.0  # an unreachable Prometheus is not asked again thi
 _unreachable: dict[str, tuple[float, str]] = {}  # url -> (monotonic time it failed, how)
 
 
+@dataclass(frozen=True)
+class PrometheusAuth:
+    """How to reach a Prometheus behind authentication: ``headers`` sent with every query, and a bearer token
+    or a basic-auth password read from a file at every query (at most one of the two)."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    bearer_token_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+
+    def __post_init__(self):
+        if self.bearer_token_file and self.username is not None:
+            raise ValueError("give a bearer token file or basic auth, not both")
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("basic auth needs both a username and a password file")
+        if (self.bearer_token_file or self.username is not None) and any(
+                k.lower() == "authorization" for k in self.headers):
+            raise ValueError("an Authorization header and a bearer token or basic auth would overwrite each other")
+
+    def credentials(self, where: str) -> tuple[dict[str, str], tuple[str, str] | None]:
+        """The headers and basic auth of the next query, files read now; a file that cannot be read is a
+        HistoryError naming it."""
+        headers = dict(self.headers)
+        if self.bearer_token_file:
+            headers["Authorization"] = f"Bearer {_secret(self.bearer_token_file, 'bearer token', where)}"
+        basic = (self.username, _secret(self.password_file, "password", where)) if self.username is not None else None
+        return headers, basic
+
+
+def _secret(path: str, what: str, where: str) -> str:
+    try:
+        text = open(path, encoding="utf-8").read().strip()
+    except OSError as exc:
+        raise HistoryError(where, f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
+    if not text:
+        raise HistoryError(where, f"the {what} file {path} is empty")
+    return text
+
+
+def redacted(url: str) -> str:
+    """``url`` without a password written in it (``https://user:secret@host``), for what is logged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def prometheus_duration(step: pd.Timedelta) -> str:
     """A step as PromQL writes durations: 30s, 5m, 1h, 90s."""
     seconds = int(step.total_seconds())
@@ -59,8 +116,9 @@ def prometheus_duration(step: pd.Timedelta) -> str:
 
 class PrometheusSource:
     def __init__(self, url: str, query: str | None = None, step: str = "1m", chunk_points: int = 10000,
-                 timeout_s: float = 30.0):
-        self.url = url.rstrip("/")
+                 timeout_s: float = 30.0, auth: PrometheusAuth | None = None):
+        self.endpoint = url.rstrip("/")  # as given: a password written in it is sent as basic auth
+        self.url = redacted(self.endpoint)  # as named in errors and the log
         try:
             self.step = pd.Timedelta(step)
         except ValueError:
@@ -71,6 +129,7 @@ class PrometheusSource:
         self.query = (query or DEFAULT_QUERY).replace("{step}", self.step_text)
         self.chunk_points = chunk_points
         self.timeout_s = timeout_s
+        self.auth = auth or PrometheusAuth()
         self._client = None  # one client (one connection pool) for every request of this source
 
     @property
@@ -81,7 +140,8 @@ class PrometheusSource:
         """The source's client, made once (the daemon asks every cycle: one connection pool, not a new
         session each time). Every request gives up a few seconds after the query's own timeout, so a
         Prometheus that takes the connection and never answers cannot hang the daemon's cycle.
-        Certificates are verified; for a private CA, name its bundle in ``REQUESTS_CA_BUNDLE``."""
+        Certificates are verified; for a private CA, name its bundle in ``REQUESTS_CA_BUNDLE``. The
+        credentials (``auth``) are read again each time, so a rotated token is the next query's."""
         from prometheus_api_client import PrometheusConnect
         from prometheus_api_client.prometheus_connect import RETRY_ON_STATUS
         from urllib3.util.retry import Retry
@@ -90,7 +150,10 @@ class PrometheusSource:
         # 6 s); a read that timed out once more only: four waits of a query timeout would outlast a cycle.
         if self._client is None:
             retry = Retry(total=3, read=1, backoff_factor=0.25, status_forcelist=RETRY_ON_STATUS)
-            self._client = PrometheusConnect(url=self.url, timeout=self.timeout_s + CLIENT_MARGIN_S, retry=retry)
+            self._client = PrometheusConnect(url=self.endpoint, timeout=self.timeout_s + CLIENT_MARGIN_S, retry=retry)
+        self._client.headers, basic = self.auth.credentials(self.url)
+        if basic is not None:
+            self._client.auth = basic
         return self._client
 
     def _transport_failure(self, exc) -> str:
@@ -105,6 +168,19 @@ class PrometheusSource:
         if isinstance(exc, requests.exceptions.ConnectionError):
             return "Prometheus is unreachable (connection refused or no route)"
         return f"request failed: {exc}"
+
+    def _auth_hint(self, exc: Exception) -> str:
+        """What to check where Prometheus (or a proxy in front of it) refused the query's credentials."""
+        status = str(exc).split("HTTP Status Code ", 1)[-1][:3]
+        if status not in ("401", "403"):
+            return ""
+        basic = self.auth.username is not None or urlsplit(self.endpoint).username is not None
+        given = {"headers": bool(self.auth.headers), "a bearer token": bool(self.auth.bearer_token_file),
+                 "basic auth": basic}
+        sent = "it was sent " + (", ".join(what for what, there in given.items() if there) or "no credentials")
+        return (f" ({'not authenticated' if status == '401' else 'not allowed'}: {sent}; set them in the policy's "
+                f"signals.prometheus_auth, or on the command line with --prometheus-header and "
+                f"--prometheus-token-file)")
 
     def _why_empty(self, at: pd.Timestamp, absent_too: bool) -> str:
         """Why the default query has no rate at ``at``: the counter is not scraped at all (said only when
@@ -190,7 +266,7 @@ class PrometheusSource:
                 _unreachable[self.url] = (time.monotonic(), how)
                 raise HistoryError(self.url, how) from None
             except Exception as exc:  # PrometheusApiClientException carries Prometheus's own error text
-                raise HistoryError(self.where, f"Prometheus answered an error: {exc}") from None
+                raise HistoryError(self.where, f"Prometheus answered an error: {exc}{self._auth_hint(exc)}") from None
             _unreachable.pop(self.url, None)
             if not isinstance(result, list):
                 raise HistoryError(self.where, f"unexpected answer {str(result)[:200]!r}")

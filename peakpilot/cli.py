@@ -114,8 +114,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def load_history(trace: Optional[Path], prometheus: Optional[str], query: Optional[str], days: float,
-                 step: Optional[str], end: Optional[str] = None):
-    """History from a CSV trace or a Prometheus range query (exactly one of them)."""
+                 step: Optional[str], end: Optional[str] = None, auth=None):
+    """History from a CSV trace or a Prometheus range query (exactly one of them); ``auth``: the
+    credentials of a Prometheus behind authentication (``prometheus_auth``)."""
     from forecaster.errors import HistoryError
 
     if trace and prometheus:
@@ -126,7 +127,7 @@ def load_history(trace: Optional[Path], prometheus: Optional[str], query: Option
         if prometheus:
             from forecaster.prometheus_source import PrometheusSource
 
-            source = PrometheusSource(prometheus, query=query, step=step or "1m")
+            source = PrometheusSource(prometheus, query=query, step=step or "1m", auth=auth)
             # weeks of history come in many chunks
             return source.load_days(days, end=parse_end(end), progress=True)
         from forecaster.csv_source import load_csv
@@ -150,6 +151,40 @@ def parse_end(text: Optional[str]):
 
 
 END_HELP = "Read Prometheus up to this time (ISO, UTC unless it says otherwise; default: now)."
+HEADER_HELP = ("'Name: value' sent to Prometheus with every query, e.g. 'X-Scope-OrgID: team-a' (a tenant of "
+               "Mimir, Cortex or Thanos); repeat for more.")
+TOKEN_FILE_HELP = ("File holding a bearer token for Prometheus (a service account's, for a kube-rbac-proxy or "
+                   "OpenShift's Thanos querier); basic auth: https://user:password@host in --prometheus.")
+
+
+def prometheus_auth(prometheus: Optional[str], headers: list[str], token_file: Optional[Path], policy=None):
+    """--prometheus-header and --prometheus-token-file as the Prometheus source takes them; without either,
+    the ``policy``'s signals.prometheus_auth where --prometheus is the policy's own Prometheus (replay reads
+    the service's load as the daemon does; a policy's credentials are never sent to another server)."""
+    from forecaster.prometheus_source import PrometheusAuth
+
+    if (headers or token_file) and not prometheus:
+        fail(f"{'--prometheus-header' if headers else '--prometheus-token-file'} is for Prometheus: give "
+             f"--prometheus URL too")
+    if not headers and token_file is None:
+        own = policy.signals.prometheus if policy is not None else None
+        if own and prometheus and prometheus.rstrip("/") == own.rstrip("/"):
+            from controller.service_parts import prometheus_auth as from_policy
+
+            return from_policy(policy)
+        return None
+    from controller.policy import HTTP_HEADER_NAME
+
+    parsed = {}
+    for header in headers:
+        name, colon, value = header.partition(":")
+        if not colon or not HTTP_HEADER_NAME.fullmatch(name.strip()):
+            fail(f"--prometheus-header {header!r}: write it as 'Name: value', the name without spaces")
+        parsed[name.strip()] = value.strip()
+    try:
+        return PrometheusAuth(parsed, str(token_file) if token_file else None)
+    except ValueError as exc:
+        fail(f"--prometheus-header: {exc}")
 TIMEZONE_HELP = ("IANA time zone of the users' day (e.g. America/New_York): the models read hour of day and day "
                  "of week on its clock, daylight saving included; times without an offset are UTC (default: "
                  "the history's own clock, a CSV's offset or UTC; a policy's is signals.timezone).")
@@ -185,6 +220,8 @@ def forecast(
     trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace (timestamp,requests) or request log. "
                                                                "Default: the sample trace in data/."),
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL to read history from."),
+    prometheus_header: list[str] = typer.Option([], "--prometheus-header", help=HEADER_HELP),
+    prometheus_token_file: Optional[Path] = typer.Option(None, "--prometheus-token-file", help=TOKEN_FILE_HELP),
     query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
                                                               "default: the inference nodes' request rate."),
     days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus."),
@@ -210,7 +247,8 @@ def forecast(
 
     if model not in MODELS:
         fail(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-    history = on_users_clock(load_history(trace, prometheus, query, days, step, end), timezone)
+    auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file)
+    history = on_users_clock(load_history(trace, prometheus, query, days, step, end, auth), timezone)
     try:
         fitted, status = fit_with_fallback(model, history, seed=seed, options=horizon_options(max(horizon, 60)))
         result = fitted.predict(history, horizon)
@@ -244,6 +282,8 @@ def backtest(
     trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace. Default: the sample trace in data/."),
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: backtest on the "
                                                                         "history it holds instead of a trace."),
+    prometheus_header: list[str] = typer.Option([], "--prometheus-header", help=HEADER_HELP),
+    prometheus_token_file: Optional[Path] = typer.Option(None, "--prometheus-token-file", help=TOKEN_FILE_HELP),
     query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
                                                               "default: the inference nodes' request rate."),
     days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus."),
@@ -268,7 +308,8 @@ def backtest(
     from forecaster.backtest import DEFAULT_MODELS, BacktestConfig, run_backtest
     from forecaster.errors import HistoryError
 
-    history = on_users_clock(load_history(trace, prometheus, query, days, step, end), timezone)
+    auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file)
+    history = on_users_clock(load_history(trace, prometheus, query, days, step, end, auth), timezone)
     st = open_store(store) if store else None
     names = [m.strip() for m in models.split(",") if m.strip()] if models else list(DEFAULT_MODELS)
     config = BacktestConfig(horizon_min=horizon, test_days=test_days, stride_min=stride, refit_hours=refit_hours,
@@ -331,6 +372,9 @@ def replay(
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: replay the history "
                                                                         "it holds (your own service's load) "
                                                                         "instead of a trace."),
+    prometheus_header: list[str] = typer.Option([], "--prometheus-header", help=HEADER_HELP + " Default: the "
+                                                "policy's signals.prometheus_auth."),
+    prometheus_token_file: Optional[Path] = typer.Option(None, "--prometheus-token-file", help=TOKEN_FILE_HELP),
     query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
                                                               "default: the policy's signals.query, else "
                                                               "the inference nodes' request rate."),
@@ -363,11 +407,13 @@ def replay(
     if unknown:
         fail(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
     pol = load_policy_or_exit(policy)
+    auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file, pol)
     if prometheus:
         from controller.replay import trace_from_history
 
         # The service's own load as the daemon reads it: the policy names the query when it is not the default.
-        history = load_history(trace, prometheus, query or pol.signals.query, days, step or pol.signals.step, end)
+        history = load_history(trace, prometheus, query or pol.signals.query, days, step or pol.signals.step, end,
+                               auth)
         try:
             tr = trace_from_history(history, history.source)
         except ValueError as exc:

@@ -73,11 +73,17 @@ def users_day():
     return made("2026-02-01", "2026-03-17")
 
 
+# A Prometheus user and password for ``--web.config.file``'s basic auth, which takes the password's bcrypt hash
+# (made once with Python's crypt module and libxcrypt: Prometheus only checks it).
+PROMETHEUS_USER = ("peakpilot", "peakpilot-test", "$2b$10$vVN8FSzrvhCz0OmTLEvSc.fTDdN9xwDmIPxqlQW2vbytzMIT0CwJe")
+
+
 class PrometheusServer:
-    """A real Prometheus (Debian's package) with a temporary config and data dir."""
+    """A real Prometheus (Debian's package) with a temporary config and data dir; with ``basic_auth``, every
+    request needs PROMETHEUS_USER's name and password (Prometheus's own ``--web.config.file``)."""
 
     def __init__(self, workdir: Path, scrape_targets: list[str] | None = None, scrape_interval: str = "1s",
-                 rule_files: list[Path] | None = None):
+                 rule_files: list[Path] | None = None, basic_auth: bool = False):
         self.binary = shutil.which("prometheus")
         if not self.binary:
             pytest.fail("prometheus is not installed: run `apt-get install prometheus` (.ci/run does this)")
@@ -93,6 +99,9 @@ class PrometheusServer:
         if rule_files:
             config += "rule_files: [" + ", ".join(f'"{f}"' for f in rule_files) + "]\n"
         (workdir / "prometheus.yml").write_text(config)
+        self.auth = PROMETHEUS_USER[:2] if basic_auth else None
+        if basic_auth:
+            (workdir / "web.yml").write_text(f"basic_auth_users: {{{PROMETHEUS_USER[0]}: '{PROMETHEUS_USER[2]}'}}\n")
         self.proc: subprocess.Popen | None = None
 
     def backfill(self, openmetrics: str) -> None:
@@ -105,12 +114,13 @@ class PrometheusServer:
         log = open(self.workdir / "prometheus.log", "w")
         self.proc = subprocess.Popen(
             [self.binary, f"--config.file={self.workdir / 'prometheus.yml'}", f"--storage.tsdb.path={self.data}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=30d"],
+             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=30d"]
+            + ([f"--web.config.file={self.workdir / 'web.yml'}"] if self.auth else []),
             stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:
             try:
-                if requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/-/ready", timeout=1, auth=self.auth).status_code == 200:
                     return self
             except requests.ConnectionError:
                 pass

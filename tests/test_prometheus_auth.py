@@ -1,0 +1,205 @@
+"""A Prometheus behind authentication: basic auth by Prometheus's own ``--web.config.file``, and a bearer token
+and a tenant header checked by a proxy in front of a real Prometheus (the part a kube-rbac-proxy, OpenShift's
+Thanos querier or a Mimir gateway plays), from the forecaster's source, the daemon's signals and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from controller.policy import PolicyError, load_policy
+from controller.service_parts import ServiceParts
+from forecaster.csv_source import load_csv
+from forecaster.errors import HistoryError
+from forecaster.prometheus_source import PrometheusAuth, PrometheusSource
+from tests.conftest import PROMETHEUS_USER, ROOT, free_port, trace_path
+from tests.test_prometheus_source import openmetrics_from
+
+HOURS = 6
+
+
+def nasa_hours(server) -> tuple[pd.Series, pd.Timestamp]:
+    """Six hours of the NASA July trace, backfilled to end an hour ago; the counts and their first step's time."""
+    counts = load_csv(trace_path("nasa_http_1995_jul.csv")).counts["1995-07-10T08:00:00-04:00":].iloc[:HOURS * 60]
+    counts = counts.fillna(0)
+    counts.index.freq = "1min"
+    start = pd.Timestamp.now(tz="UTC").floor("1h") - pd.Timedelta(hours=HOURS + 1)
+    server.backfill(openmetrics_from(counts, start - counts.index[0].tz_convert("UTC")))
+    return counts, start
+
+
+class Gateway:
+    """A proxy that lets a query through to Prometheus only with ``Authorization: Bearer <token>`` (401
+    otherwise) and the tenant ``X-Scope-OrgID: team-a`` (403 otherwise), as the gateways in front of a
+    shared Prometheus do. ``token`` can be changed while it runs: a rotated service-account token."""
+
+    def __init__(self, upstream: str, token: str):
+        self.upstream, self.token = upstream, token
+        self.seen: list[dict] = []
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                gateway.seen.append(dict(self.headers))
+                if self.headers.get("Authorization") != f"Bearer {gateway.token}":
+                    return self._answer(401, b"Unauthorized\n")
+                if self.headers.get("X-Scope-OrgID") != "team-a":
+                    return self._answer(403, b"no tenant team-a\n")
+                r = requests.get(gateway.upstream + self.path, timeout=30)
+                self._answer(r.status_code, r.content, r.headers.get("Content-Type", "application/json"))
+
+            def _answer(self, status: int, body: bytes, kind: str = "text/plain"):
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def behind_gateway(prometheus_factory):
+    server = prometheus_factory()
+    counts, start = nasa_hours(server)
+    server.start()
+    gateway = Gateway(server.url, "token-one")
+    yield gateway, counts, start
+    gateway.close()
+
+
+def test_basic_auth_from_a_password_file_reads_a_prometheus_that_requires_it(prometheus_factory, tmp_path):
+    server = prometheus_factory(basic_auth=True)
+    counts, start = nasa_hours(server)
+    server.start()
+    end = start + pd.Timedelta(hours=HOURS)
+    password = tmp_path / "password"
+    password.write_text(PROMETHEUS_USER[1] + "\n")  # (a Secret's file often ends in a newline)
+    source = PrometheusSource(server.url, auth=PrometheusAuth(username=PROMETHEUS_USER[0], password_file=str(password)))
+    history = source.load(start, end)
+    np.testing.assert_allclose(history.counts.to_numpy(), counts.to_numpy(), rtol=1e-9, atol=1e-6)
+    # without credentials: Prometheus's 401, named, with what was sent and where to set it
+    with pytest.raises(HistoryError, match=r"401.*not authenticated: it was sent no credentials; set them in the "
+                                           r"policy's signals.prometheus_auth"):
+        PrometheusSource(server.url).load(start, end)
+    # a password in the URL is sent as basic auth, and never named in an error
+    user, secret = PROMETHEUS_USER[:2]
+    inline = server.url.replace("http://", f"http://{user}:{secret}@")
+    assert np.allclose(PrometheusSource(inline).load(start, end).counts.to_numpy(), counts.to_numpy())
+    wrong = server.url.replace("http://", f"http://{user}:not-{secret}@")
+    with pytest.raises(HistoryError, match="it was sent basic auth") as failed:
+        PrometheusSource(wrong).load(start, end)
+    assert "not-" not in str(failed.value) and f"{user}:***@" in str(failed.value)
+    password.unlink()
+    with pytest.raises(HistoryError, match=f"cannot read the password file {password}: No such file"):
+        source.load(start, end)
+
+
+def test_a_bearer_token_is_read_again_at_every_query_so_a_rotated_one_is_used(behind_gateway, tmp_path):
+    gateway, counts, start = behind_gateway
+    end = start + pd.Timedelta(hours=HOURS)
+    token = tmp_path / "token"
+    token.write_text("token-one")
+    source = PrometheusSource(gateway.url, auth=PrometheusAuth({"X-Scope-OrgID": "team-a"}, str(token)))
+    np.testing.assert_allclose(source.load(start, end).counts.to_numpy(), counts.to_numpy(), rtol=1e-9, atol=1e-6)
+    gateway.token = "token-two"  # the token is rotated: the old one is refused
+    with pytest.raises(HistoryError, match="401.*it was sent headers, a bearer token"):
+        source.load(start, end)
+    token.write_text("token-two\n")  # ... and the kubelet writes the new one: the same source reads again
+    assert len(source.load(start, end)) == len(counts)
+    assert gateway.seen[-1]["Authorization"] == "Bearer token-two"
+    # the tenant header is sent with every query; a wrong tenant is the gateway's 403
+    other = PrometheusSource(gateway.url, auth=PrometheusAuth({"X-Scope-OrgID": "team-b"}, str(token)))
+    with pytest.raises(HistoryError, match=r"403.*no tenant team-a.*not allowed"):
+        other.load(start, end)
+    token.write_text("")
+    with pytest.raises(HistoryError, match=f"the bearer token file {token} is empty"):
+        source.load(start, end)
+
+
+def policy_text(**signals: str) -> str:
+    text = (ROOT / "configs" / "policy.yaml").read_text()
+    lines = "".join(f"  {k}: {v}\n" for k, v in signals.items())
+    assert "\nsignals:\n" in text
+    return text.replace("\nsignals:\n", "\nsignals:\n" + lines, 1).replace("  prometheus: null ", "  # ")
+
+
+def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, tmp_path):
+    gateway, counts, start = behind_gateway
+    token = tmp_path / "token"
+    token.write_text("token-one")
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_text(prometheus=gateway.url, prometheus_auth=json.dumps(
+        {"headers": {"X-Scope-OrgID": "team-a"}, "bearer_token_file": str(token)})))
+    signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(path))
+    now = np.datetime64((start + pd.Timedelta(hours=HOURS)).tz_localize(None), "m")
+    history = signals.history(now)
+    assert history.counts.notna().sum() == len(counts)
+    assert signals.observe(now).load_rps == pytest.approx(counts.iloc[-1] / 60)
+    assert signals._busy_failure is None  # the busy share's query went through with the credentials too
+    assert len(gateway.seen) >= 3 and all(seen["X-Scope-OrgID"] == "team-a" for seen in gateway.seen)
+
+
+@pytest.mark.parametrize("auth, problem", [
+    ({"bearer_token_file": "/t", "basic_auth": {"username": "a", "password_file": "/p"}},
+     "give bearer_token_file or basic_auth, not both"),
+    ({"bearer_token_file": "/t", "headers": {"Authorization": "Bearer x"}},
+     "an Authorization header and bearer_token_file or basic_auth would overwrite each other"),
+    ({"headers": {"X Scope": "a"}}, "signals.prometheus_auth.headers: Value error, 'X Scope' is not an HTTP header"),
+    ({"basic_auth": {"username": "a", "password": "inline"}}, "signals.prometheus_auth.basic_auth.password: unknown"),
+])
+def test_bad_credentials_settings_are_refused_with_the_key(tmp_path, auth, problem):
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_text(prometheus="http://prometheus:9090", prometheus_auth=json.dumps(auth)))
+    with pytest.raises(PolicyError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        load_policy(path)
+
+
+def test_credentials_without_a_prometheus_are_refused(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_text(prometheus_auth=json.dumps({"headers": {"X-Scope-OrgID": "a"}})))
+    with pytest.raises(PolicyError, match="prometheus_auth is set but prometheus is not"):
+        load_policy(path)
+
+
+def test_the_cli_reads_a_prometheus_behind_a_gateway_and_replay_sends_a_policys_credentials_only_to_its_own(
+        behind_gateway, tmp_path):
+    gateway, counts, start = behind_gateway
+    token = tmp_path / "token"
+    token.write_text("token-one")
+    end = (start + pd.Timedelta(hours=HOURS)).isoformat()
+    cli = [sys.executable, "-m", "peakpilot.cli", "forecast", "--prometheus", gateway.url, "--end", end, "--days",
+           "0.25", "--model", "recent_level", "--json"]
+    out = subprocess.run(cli + ["--prometheus-header", "X-Scope-OrgID: team-a", "--prometheus-token-file", str(token)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["model"] == "recent_level" and len(json.loads(out.stdout)["forecast"]) == 30
+    refused = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "401" in refused.stderr and "--prometheus-token-file" in refused.stderr
+    from peakpilot.cli import prometheus_auth
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_text(prometheus=gateway.url + "/", prometheus_auth=json.dumps(
+        {"headers": {"X-Scope-OrgID": "team-a"}, "bearer_token_file": str(token)})))
+    policy = load_policy(path)
+    assert prometheus_auth(gateway.url, [], None, policy).bearer_token_file == str(token)
+    assert prometheus_auth("http://elsewhere:9090", [], None, policy) is None  # another server gets none of them
+    given = prometheus_auth(gateway.url, ["X-Scope-OrgID: team-b"], None, policy)
+    assert given.headers == {"X-Scope-OrgID": "team-b"} and given.bearer_token_file is None
