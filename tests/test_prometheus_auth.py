@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+import yaml
 
 from controller.policy import PolicyError, load_policy
 from controller.service_parts import ServiceParts
@@ -134,11 +135,11 @@ def test_a_bearer_token_is_read_again_at_every_query_so_a_rotated_one_is_used(be
         source.load(start, end)
 
 
-def policy_text(**signals: str) -> str:
-    text = (ROOT / "configs" / "policy.yaml").read_text()
-    lines = "".join(f"  {k}: {v}\n" for k, v in signals.items())
-    assert "\nsignals:\n" in text
-    return text.replace("\nsignals:\n", "\nsignals:\n" + lines, 1).replace("  prometheus: null ", "  # ")
+def policy_text(**signals) -> str:
+    """The default policy with these ``signals`` keys set."""
+    policy = yaml.safe_load((ROOT / "configs" / "policy.yaml").read_text())
+    policy["signals"].update(signals)
+    return yaml.safe_dump(policy)
 
 
 def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, tmp_path):
@@ -146,8 +147,8 @@ def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, 
     token = tmp_path / "token"
     token.write_text("token-one")
     path = tmp_path / "policy.yaml"
-    path.write_text(policy_text(prometheus=gateway.url, prometheus_auth=json.dumps(
-        {"headers": {"X-Scope-OrgID": "team-a"}, "bearer_token_file": str(token)})))
+    path.write_text(policy_text(prometheus=gateway.url, prometheus_auth={
+        "headers": {"X-Scope-OrgID": "team-a"}, "bearer_token_file": str(token)}))
     signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(path))
     now = np.datetime64((start + pd.Timedelta(hours=HOURS)).tz_localize(None), "m")
     history = signals.history(now)
@@ -162,19 +163,19 @@ def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, 
      "give bearer_token_file or basic_auth, not both"),
     ({"bearer_token_file": "/t", "headers": {"Authorization": "Bearer x"}},
      "an Authorization header and bearer_token_file or basic_auth would overwrite each other"),
-    ({"headers": {"X Scope": "a"}}, "signals.prometheus_auth.headers: Value error, 'X Scope' is not an HTTP header"),
+    ({"headers": {"X Scope": "a"}}, "signals.prometheus_auth.headers: 'X Scope' is not an HTTP header"),
     ({"basic_auth": {"username": "a", "password": "inline"}}, "signals.prometheus_auth.basic_auth.password: unknown"),
 ])
 def test_bad_credentials_settings_are_refused_with_the_key(tmp_path, auth, problem):
     path = tmp_path / "policy.yaml"
-    path.write_text(policy_text(prometheus="http://prometheus:9090", prometheus_auth=json.dumps(auth)))
+    path.write_text(policy_text(prometheus="http://prometheus:9090", prometheus_auth=auth))
     with pytest.raises(PolicyError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         load_policy(path)
 
 
 def test_credentials_without_a_prometheus_are_refused(tmp_path):
     path = tmp_path / "policy.yaml"
-    path.write_text(policy_text(prometheus_auth=json.dumps({"headers": {"X-Scope-OrgID": "a"}})))
+    path.write_text(policy_text(prometheus_auth={"headers": {"X-Scope-OrgID": "a"}}))
     with pytest.raises(PolicyError, match="prometheus_auth is set but prometheus is not"):
         load_policy(path)
 
@@ -196,8 +197,8 @@ def test_the_cli_reads_a_prometheus_behind_a_gateway_and_replay_sends_a_policys_
     from peakpilot.cli import prometheus_auth
 
     path = tmp_path / "policy.yaml"
-    path.write_text(policy_text(prometheus=gateway.url + "/", prometheus_auth=json.dumps(
-        {"headers": {"X-Scope-OrgID": "team-a"}, "bearer_token_file": str(token)})))
+    path.write_text(policy_text(prometheus=gateway.url + "/", prometheus_auth={
+        "headers": {"X-Scope-OrgID": "team-a"}, "bearer_token_file": str(token)}))
     policy = load_policy(path)
     assert prometheus_auth(gateway.url, [], None, policy).bearer_token_file == str(token)
     assert prometheus_auth("http://elsewhere:9090", [], None, policy) is None  # another server gets none of them
