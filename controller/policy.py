@@ -316,7 +316,8 @@ def load_policy(path: str | Path) -> Policy:
         problems = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]) or "(top)"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            # (a validator's own message, without pydantic's "Value error, " before it)
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
             problems.append(f"{key}: {msg}")
         raise PolicyError(f"{path}: " + "; ".join(problems)) from None
 
