@@ -101,7 +101,7 @@ def redacted(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    host = parts.netloc.rsplit("@", 1)[1]  # (as written: an IPv6 address keeps its brackets)
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 

@@ -40,7 +40,7 @@ def _span(seconds: float) -> str:
 
 class OutOfMemory(EngineError):
     """The batch ran out of the device's memory: its requests are answered busy, to be retried, and the
-    node batches fewer rows from then on."""
+    node batches fewer rows until its wait to try a wider batch is over (batch_limit.py)."""
 
 
 class QueueFull(Exception):

@@ -204,3 +204,13 @@ def test_the_cli_reads_a_prometheus_behind_a_gateway_and_replay_sends_a_policys_
     assert prometheus_auth("http://elsewhere:9090", [], None, policy) is None  # another server gets none of them
     given = prometheus_auth(gateway.url, ["X-Scope-OrgID: team-b"], None, policy)
     assert given.headers == {"X-Scope-OrgID": "team-b"} and given.bearer_token_file is None
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://reader:s3cret@prometheus.example:9090/prom", "https://reader:***@prometheus.example:9090/prom"),
+    ("http://reader:s3cret@[::1]:9090", "http://reader:***@[::1]:9090"),
+    ("http://prometheus:9090", "http://prometheus:9090"),
+])
+def test_a_password_in_the_url_is_never_shown(url, shown):
+    source = PrometheusSource(url)
+    assert source.url == shown and "s3cret" not in source.where and source.endpoint == url
