@@ -224,15 +224,22 @@ def forecast(
     prometheus_token_file: Optional[Path] = typer.Option(None, "--prometheus-token-file", help=TOKEN_FILE_HELP),
     query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
                                                               "default: the inference nodes' request rate."),
-    days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus."),
+    days: Optional[float] = typer.Option(None, "--days", help="Days of history to read from Prometheus (default 14, "
+                                                              "or the policy's signals.history_days)."),
     end: Optional[str] = typer.Option(None, "--end", help=END_HELP),
     step: Optional[str] = typer.Option(None, "--step", help="History step (e.g. 5m): a CSV is aggregated to it, "
                                                             "Prometheus queried at it (default 1m there)."),
-    model: str = typer.Option("ensemble", "--model", help="ensemble (torch + lightgbm), torch, lightgbm, prophet, "
-                                                          "seasonal_naive, recent_level or statsforecast_autoets; "
-                                                          "falls back along ensemble > torch > prophet > "
-                                                          "seasonal_naive > recent_level."),
-    horizon: float = typer.Option(30, "--horizon", min=1, max=MAX_HORIZON_MIN, help="Minutes ahead (at most a week)."),
+    model: Optional[str] = typer.Option(None, "--model", help="ensemble (the default; torch + lightgbm), torch, "
+                                        "lightgbm, prophet, seasonal_naive, recent_level or statsforecast_autoets; "
+                                        "falls back along ensemble > torch > prophet > seasonal_naive > "
+                                        "recent_level."),
+    horizon: Optional[float] = typer.Option(None, "--horizon", min=1, max=MAX_HORIZON_MIN,
+                                            help="Minutes ahead, at most a week (default 30, or the policy's "
+                                                 "planning.horizon_min)."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Forecast as the daemon does for this policy's "
+                                          "service: its Prometheus with its query, step, history_days, "
+                                          "prometheus_auth and timezone, its planning.model and horizon_min (the "
+                                          "options given here win)."),
     timezone: Optional[str] = typer.Option(None, "--timezone", help=TIMEZONE_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of the learned models (same seed, same forecast)."),
     save: Optional[Path] = typer.Option(None, "--save", help="Also save the fitted model here."),
@@ -245,9 +252,18 @@ def forecast(
     from forecaster.errors import NotEnoughHistory
     from forecaster.models import MODELS, fit_with_fallback, horizon_options
 
+    pol = load_policy_or_exit(policy) if policy else None
+    if pol is not None:  # the daemon's settings, where the command line gives none
+        prometheus = prometheus or (None if trace else pol.signals.prometheus)
+        if prometheus:
+            query, step = query or pol.signals.query, step or pol.signals.step
+            days = pol.signals.history_days if days is None else days
+        model, timezone = model or pol.planning.model, timezone or pol.signals.timezone
+        horizon = horizon or pol.planning.horizon_min
+    model, horizon, days = model or "ensemble", horizon or 30, 14 if days is None else days
     if model not in MODELS:
         fail(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-    auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file)
+    auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file, pol)
     history = on_users_clock(load_history(trace, prometheus, query, days, step, end, auth), timezone)
     try:
         fitted, status = fit_with_fallback(model, history, seed=seed, options=horizon_options(max(horizon, 60)))
@@ -260,6 +276,8 @@ def forecast(
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
         return
+    if pol is not None:
+        typer.echo(f"service: {pol.service}  (policy {policy})")
     typer.echo(f"history: {history.source}  ({len(history)} x {history.step_min:g} min, "
                f"{len(history.gaps)} gaps)")
     typer.echo(f"model:   {result.model}  [{status}]")

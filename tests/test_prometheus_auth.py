@@ -180,7 +180,7 @@ def test_credentials_without_a_prometheus_are_refused(tmp_path):
         load_policy(path)
 
 
-def test_the_cli_reads_a_prometheus_behind_a_gateway_and_replay_sends_a_policys_credentials_only_to_its_own(
+def test_the_cli_reads_a_prometheus_behind_a_gateway_and_sends_a_policys_credentials_only_to_its_own(
         behind_gateway, tmp_path):
     gateway, counts, start = behind_gateway
     token = tmp_path / "token"
@@ -200,6 +200,18 @@ def test_the_cli_reads_a_prometheus_behind_a_gateway_and_replay_sends_a_policys_
     path.write_text(policy_text(prometheus=gateway.url + "/", prometheus_auth={
         "headers": {"X-Scope-OrgID": "team-a"}, "bearer_token_file": str(token)}))
     policy = load_policy(path)
+    # forecast --policy reads the service's load as the daemon does: its Prometheus and credentials, its step and
+    # days of history, its model and horizon
+    daemon_like = yaml.safe_load(path.read_text())
+    daemon_like["signals"]["history_days"] = 0.25
+    daemon_like["planning"]["model"] = "recent_level"
+    path.write_text(yaml.safe_dump(daemon_like))
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "forecast", "--policy", str(path), "--end", end,
+                          "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["model"] == "recent_level" and len(answer["forecast"]) == 60  # planning.horizon_min
+    assert gateway.seen[-1]["Authorization"] == "Bearer token-one"
     assert prometheus_auth(gateway.url, [], None, policy).bearer_token_file == str(token)
     assert prometheus_auth("http://elsewhere:9090", [], None, policy) is None  # another server gets none of them
     given = prometheus_auth(gateway.url, ["X-Scope-OrgID: team-b"], None, policy)
