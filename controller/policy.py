@@ -174,6 +174,19 @@ class BasicAuth(Strict):
                                                          "every query")
 
 
+class PrometheusTLS(Strict):
+    ca_file: str | None = Field(None, description="the CA bundle that signed Prometheus's certificate (default: the "
+                                                  "system's, or REQUESTS_CA_BUNDLE)")
+    cert_file: str | None = Field(None, description="a client certificate, where Prometheus asks for one (mTLS)")
+    key_file: str | None = Field(None, description="the client certificate's private key")
+
+    @model_validator(mode="after")
+    def _pair(self) -> PrometheusTLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: a client certificate needs both")
+        return self
+
+
 class PrometheusAuthSpec(Strict):
     """Credentials for a Prometheus behind authentication; secrets are read from files (mounted Secrets), as
     Prometheus's own configuration takes them, never written in the policy."""
@@ -182,6 +195,7 @@ class PrometheusAuthSpec(Strict):
     bearer_token_file: str | None = Field(None, description="file holding a bearer token, read at every query (a "
                                                             "rotated service-account token is picked up)")
     basic_auth: BasicAuth | None = None
+    tls: PrometheusTLS | None = None
 
     @field_validator("headers")
     @classmethod

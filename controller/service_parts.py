@@ -21,9 +21,10 @@ def prometheus_auth(policy: Policy):
     from forecaster.prometheus_source import PrometheusAuth
 
     spec = policy.signals.prometheus_auth
-    basic = spec.basic_auth
+    basic, tls = spec.basic_auth, spec.tls
     return PrometheusAuth(dict(spec.headers), spec.bearer_token_file, basic.username if basic else None,
-                          basic.password_file if basic else None)
+                          basic.password_file if basic else None, tls.ca_file if tls else None,
+                          tls.cert_file if tls else None, tls.key_file if tls else None)
 
 
 class ServiceParts:

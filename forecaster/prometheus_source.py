@@ -25,13 +25,15 @@ A Prometheus behind authentication (``PrometheusAuth``): headers sent with every
 ``X-Scope-OrgID`` for Mimir, Cortex or Thanos), a bearer token read from a file (a Kubernetes service
 account's, for OpenShift's Thanos querier or a kube-rbac-proxy; read again at every query, since a projected
 token is rotated while the daemon runs), or basic auth with its password in a file (Prometheus's own
-``--web.config.file``, Grafana Cloud). Secrets come from files, as Prometheus's own configuration takes them,
-so that none is written in a policy ConfigMap.
+``--web.config.file``, Grafana Cloud); over TLS, the CA that signed its certificate and a client certificate
+where it asks for one (mTLS). Secrets come from files, as Prometheus's own configuration takes them, so that
+none is written in a policy ConfigMap.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -66,8 +68,13 @@ class PrometheusAuth:
     bearer_token_file: str | None = None
     username: str | None = None
     password_file: str | None = None
+    ca_file: str | None = None  # the CA bundle that signed Prometheus's certificate (default: the system's)
+    cert_file: str | None = None  # a client certificate and its key, where Prometheus asks for one (mTLS)
+    key_file: str | None = None
 
     def __post_init__(self):
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both its cert file and its key file")
         if self.bearer_token_file and self.username is not None:
             raise ValueError("give a bearer token file or basic auth, not both")
         if (self.username is None) != (self.password_file is None):
@@ -84,6 +91,19 @@ class PrometheusAuth:
             headers["Authorization"] = f"Bearer {_secret(self.bearer_token_file, 'bearer token', where)}"
         basic = (self.username, _secret(self.password_file, "password", where)) if self.username is not None else None
         return headers, basic
+
+    def session(self, where: str):
+        """A requests session that trusts ``ca_file`` and presents the client certificate; a file that
+        cannot be read is a HistoryError naming it (requests would say only that a path is invalid)."""
+        import requests
+
+        for path, what in ((self.ca_file, "CA"), (self.cert_file, "client certificate"), (self.key_file, "client key")):
+            if path is not None and not os.access(path, os.R_OK):
+                raise HistoryError(where, f"cannot read the {what} file {path}")
+        session = requests.Session()
+        session.verify = self.ca_file or True
+        session.cert = (self.cert_file, self.key_file) if self.cert_file else None
+        return session
 
 
 def _secret(path: str, what: str, where: str) -> str:
@@ -150,7 +170,8 @@ class PrometheusSource:
         # 6 s); a read that timed out once more only: four waits of a query timeout would outlast a cycle.
         if self._client is None:
             retry = Retry(total=3, read=1, backoff_factor=0.25, status_forcelist=RETRY_ON_STATUS)
-            self._client = PrometheusConnect(url=self.endpoint, timeout=self.timeout_s + CLIENT_MARGIN_S, retry=retry)
+            self._client = PrometheusConnect(url=self.endpoint, timeout=self.timeout_s + CLIENT_MARGIN_S, retry=retry,
+                                             session=self.auth.session(self.url))
         self._client.headers, basic = self.auth.credentials(self.url)
         if basic is not None:
             self._client.auth = basic
@@ -164,7 +185,14 @@ class PrometheusSource:
         if isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc):
             return f"Prometheus did not answer within {wait} (overloaded, or the query is too heavy: try a coarser step)"
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            return "Prometheus's TLS certificate is not trusted (for a private CA, set REQUESTS_CA_BUNDLE to its bundle)"
+            return ("Prometheus's TLS certificate is not trusted (for a private CA, name its bundle in "
+                    "signals.prometheus_auth.tls.ca_file, or in REQUESTS_CA_BUNDLE)")
+        if any(alert in str(exc).upper() for alert in ("CERTIFICATE_REQUIRED", "ALERT_BAD_CERTIFICATE")):
+            if self.auth.cert_file:
+                return (f"Prometheus did not accept the client certificate {self.auth.cert_file} (signed by a CA it "
+                        f"does not trust, or expired)")
+            return ("Prometheus asks for a client certificate and none was given (signals.prometheus_auth.tls: "
+                    "cert_file and key_file)")
         if isinstance(exc, requests.exceptions.ConnectionError):
             return "Prometheus is unreachable (connection refused or no route)"
         return f"request failed: {exc}"
@@ -263,7 +291,8 @@ class PrometheusSource:
                                                    params={"timeout": f"{int(self.timeout_s)}s"})
             except requests.exceptions.RequestException as exc:
                 how = self._transport_failure(exc)
-                _unreachable[self.url] = (time.monotonic(), how)
+                if not isinstance(exc, requests.exceptions.SSLError):  # (TLS settings fail at once: no wait saved)
+                    _unreachable[self.url] = (time.monotonic(), how)
                 raise HistoryError(self.url, how) from None
             except Exception as exc:  # PrometheusApiClientException carries Prometheus's own error text
                 raise HistoryError(self.where, f"Prometheus answered an error: {exc}{self._auth_hint(exc)}") from None

@@ -21,7 +21,7 @@ from controller.service_parts import ServiceParts
 from forecaster.csv_source import load_csv
 from forecaster.errors import HistoryError
 from forecaster.prometheus_source import PrometheusAuth, PrometheusSource
-from tests.conftest import PROMETHEUS_USER, ROOT, free_port, trace_path
+from tests.conftest import PROMETHEUS_USER, ROOT, certificates, free_port, trace_path
 from tests.test_prometheus_source import openmetrics_from
 
 HOURS = 6
@@ -113,6 +113,37 @@ def test_basic_auth_from_a_password_file_reads_a_prometheus_that_requires_it(pro
         source.load(start, end)
 
 
+def test_a_prometheus_that_serves_tls_and_asks_for_a_client_certificate(prometheus_factory, tmp_path):
+    """Prometheus's own TLS with client certificates (``client_auth_type: RequireAndVerifyClientCert``): read
+    with the CA and the client certificate of the policy's ``prometheus_auth.tls``; without them, errors that
+    say which is missing."""
+    certs = certificates(tmp_path)
+    server = prometheus_factory(tls=certs)
+    counts, start = nasa_hours(server)
+    server.start()
+    end = start + pd.Timedelta(hours=HOURS)
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_text(prometheus=server.url, prometheus_auth={"tls": {
+        "ca_file": certs["ca"], "cert_file": certs["client_cert"], "key_file": certs["client_key"]}}))
+    signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(path))
+    now = np.datetime64(end.tz_localize(None), "m")
+    np.testing.assert_allclose(signals.history(now).counts.dropna().to_numpy(), counts.to_numpy(), rtol=1e-9, atol=1e-6)
+    with pytest.raises(HistoryError, match=r"TLS certificate is not trusted \(for a private CA, name its bundle in "
+                                           r"signals.prometheus_auth.tls.ca_file"):
+        PrometheusSource(server.url).load(start, end)
+    with pytest.raises(HistoryError, match="asks for a client certificate and none was given"):
+        PrometheusSource(server.url, auth=PrometheusAuth(ca_file=certs["ca"])).load(start, end)
+    stranger = tmp_path / "other-ca"
+    stranger.mkdir()
+    other = certificates(stranger)  # a client certificate another CA signed
+    with pytest.raises(HistoryError, match=f"did not accept the client certificate {other['client_cert']}"):
+        PrometheusSource(server.url, auth=PrometheusAuth(ca_file=certs["ca"], cert_file=other["client_cert"],
+                                                         key_file=other["client_key"])).load(start, end)
+    with pytest.raises(HistoryError, match=f"cannot read the client key file {tmp_path}/missing.key"):
+        PrometheusSource(server.url, auth=PrometheusAuth(ca_file=certs["ca"], cert_file=certs["client_cert"],
+                                                         key_file=str(tmp_path / "missing.key"))).load(start, end)
+
+
 def test_a_bearer_token_is_read_again_at_every_query_so_a_rotated_one_is_used(behind_gateway, tmp_path):
     gateway, counts, start = behind_gateway
     end = start + pd.Timedelta(hours=HOURS)
@@ -165,6 +196,7 @@ def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, 
      "an Authorization header and bearer_token_file or basic_auth would overwrite each other"),
     ({"headers": {"X Scope": "a"}}, "signals.prometheus_auth.headers: 'X Scope' is not an HTTP header"),
     ({"basic_auth": {"username": "a", "password": "inline"}}, "signals.prometheus_auth.basic_auth.password: unknown"),
+    ({"tls": {"cert_file": "/c.crt"}}, "signals.prometheus_auth.tls: cert_file and key_file go together"),
 ])
 def test_bad_credentials_settings_are_refused_with_the_key(tmp_path, auth, problem):
     path = tmp_path / "policy.yaml"
