@@ -84,15 +84,23 @@ def describe_errors(errors: dict[str, int]) -> str:
     return ", ".join(f"{kind} {n}" for kind, n in sorted(errors.items(), key=lambda kv: -kv[1]))
 
 
-def check_reachable(url: str, timeout_s: float = 5.0) -> None:
-    """Fail at once, naming the URL, where nothing answers there: else a run sends its whole schedule into
-    refused connections and reports them as errors. Any HTTP answer counts (a load balancer need not
-    route ``/v1/models``)."""
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """What a request sends for a node that asks for an API key (``serve --api-key``)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def check_reachable(url: str, timeout_s: float = 5.0, api_key: str | None = None) -> None:
+    """Fail at once, naming the URL, where nothing answers there, or where the node refuses the API key:
+    else a run sends its whole schedule into refused connections or 401s and reports them as errors. Any
+    other HTTP answer counts (a load balancer need not route ``/v1/models``)."""
     try:
-        httpx.get(f"{url.rstrip('/')}/v1/models", timeout=timeout_s)
+        answer = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=timeout_s, headers=auth_headers(api_key))
     except httpx.TransportError as exc:
         raise ConnectionError(f"{url}: cannot connect ({type(exc).__name__}: {exc}); is the node running, "
                               f"and is the URL right?") from None
+    if answer.status_code == 401:
+        raise ConnectionError(f"{url}: the node refuses the API key given (HTTP 401)" if api_key else
+                              f"{url}: the node asks for an API key (HTTP 401): give --api-key or PEAKPILOT_API_KEY")
 
 
 def schedule_from_counts(counts: np.ndarray, step_s: float, speedup: float = 1.0, rate_scale: float = 1.0,
@@ -111,7 +119,7 @@ def schedule_from_counts(counts: np.ndarray, step_s: float, speedup: float = 1.0
 
 
 async def run_open_loop(url: str, send_times: np.ndarray, body: dict | None = None, timeout_s: float = 30.0,
-                        max_in_flight: int = 4096) -> LoadResult:
+                        max_in_flight: int = 4096, api_key: str | None = None) -> LoadResult:
     result = LoadResult()
     body = body or BODY
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=256)
@@ -145,7 +153,8 @@ async def run_open_loop(url: str, send_times: np.ndarray, body: dict | None = No
         finally:
             sem.release()
 
-    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s, limits=limits,
+                                 headers=auth_headers(api_key)) as client:
         tasks = []
         start = time.perf_counter()
         for t in send_times:
@@ -168,7 +177,7 @@ def constant_rate(rate: float, seconds: float) -> np.ndarray:
 
 
 async def profile(url: str, slo_ms: float, seconds_per_step: float = 5.0, start_rps: float = 2.0,
-                  max_rps: float = 2000.0, body: dict | None = None, progress=None) -> dict:
+                  max_rps: float = 2000.0, body: dict | None = None, progress=None, api_key: str | None = None) -> dict:
     """Highest request rate whose p99 stays within the SLO with no busy answers: the p99 of the whole
     answer, or with a streamed ``body`` (``stream: true``) of its first text, a chat service's SLO (the
     time a user waits before reading).
@@ -181,7 +190,7 @@ async def profile(url: str, slo_ms: float, seconds_per_step: float = 5.0, start_
     measured = "first_text_ms" if body.get("stream") else "latency_ms"
 
     async def ok_at(rate: float) -> bool:
-        res = (await run_open_loop(url, constant_rate(rate, seconds_per_step), body)).summary()
+        res = (await run_open_loop(url, constant_rate(rate, seconds_per_step), body, api_key=api_key)).summary()
         p99 = res[measured]["p99"]
         good = res["outcomes"]["busy"] == 0 and res["outcomes"]["error"] == 0 and p99 is not None and p99 <= slo_ms
         steps.append({"rps": round(rate, 2), "p99_ms": p99, "answer_p99_ms": res["latency_ms"]["p99"],

@@ -28,6 +28,9 @@ class NodeMetrics:
         self.retried = Counter("peakpilot_retried_requests",
                                "Requests their client says repeat one it sent before (x-stainless-retry-count of "
                                "OpenAI's SDKs, x-envoy-attempt-count of Envoy and Istio)", registry=r)
+        self.unauthorized = Counter("peakpilot_unauthorized_requests",
+                                    "Requests refused 401 for want of a valid API key (not in "
+                                    "peakpilot_requests_total: they are not the service's demand)", registry=r)
         self.in_flight = Gauge("peakpilot_requests_in_flight", "Completion requests being handled", registry=r)
         self.batch_limit = Gauge("peakpilot_batch_limit", "Most rows the node batches now: --max-batch, halved each "
                                  "time a batch runs out of the device's memory, doubled back after --oom-backoff-s",

@@ -15,11 +15,16 @@ finish within ``drain_seconds``, and the process exits 0. A second SIGTERM exits
 that fails to load, or an engine process that dies (found by the next request or probe, whichever comes
 first), turns ``/ready`` and ``/health`` 503 with the reason, and ``serve`` stops and exits 1 (on
 Kubernetes the container restarts, visibly, rather than holding a GPU node that never serves).
+
+With API keys (``serve --api-key``, as vLLM's), the ``/v1`` endpoints answer only a request that sends one of
+them as ``Authorization: Bearer KEY`` (what OpenAI's SDKs send), and any other a 401 that is not counted as
+demand; the probes and ``/metrics`` stay open to the kubelet and Prometheus.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import signal
@@ -81,6 +86,8 @@ class NodeConfig:
     # continuous: a request joins the running batch within 4 steps; run-to-end: the next batch starts when
     # the last one ends (what the node did before; bench/node_continuous.py compares them)
     batching: str = "continuous"
+    # keys a /v1 request must send as "Authorization: Bearer KEY" (none: every request is served)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
     # after a batch ran out of the device's memory and the node halved its width: how long before it tries
     # twice as many rows again (doubled each time it runs out again; 0: never; inference_node/batch_limit.py)
     oom_backoff_s: float = 600.0
@@ -661,8 +668,25 @@ def create_app(config: NodeConfig) -> FastAPI:
     async def metrics():
         return Response(generate_latest(node.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def refused(request: Request) -> JSONResponse | None:
+        """A 401 where the node has API keys and the request sends none of them (compared in constant time);
+        counted apart from the requests, which are the service's demand."""
+        if not config.api_keys:
+            return None
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and any(hmac.compare_digest(given.strip().encode(), key.encode())
+                                              for key in config.api_keys):
+            return None
+        node.metrics.unauthorized.inc()
+        why = "Incorrect API key provided" if given else "No API key provided: send it as 'Authorization: Bearer KEY'"
+        return JSONResponse({"error": {"message": why, "type": "invalid_request_error", "param": None,
+                                       "code": "invalid_api_key"}}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+
     @app.get("/v1/models")
-    async def models():
+    async def models(request: Request):
+        if (answer := refused(request)) is not None:
+            return answer
         name = node.model_name or config.model
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "peakpilot",
                                             "max_model_len": node.context}]}
@@ -680,6 +704,8 @@ def create_app(config: NodeConfig) -> FastAPI:
         node.metrics.in_flight.set(node.active)
 
     async def handled(request: Request, chat: bool):
+        if (answer := refused(request)) is not None:
+            return answer
         node.active += 1
         node.metrics.in_flight.set(node.active)
         response = None

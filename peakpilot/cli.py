@@ -60,12 +60,13 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def require_reachable(url: str) -> None:
-    """Exit 2 naming the URL where nothing answers there (before a load run sends into refused connections)."""
+def require_reachable(url: str, api_key: str | None = None) -> None:
+    """Exit 2 naming the URL where nothing answers there, or where the node refuses the API key (before a
+    load run sends into refused connections or 401s)."""
     from inference_node.loadgen import check_reachable
 
     try:
-        check_reachable(url)
+        check_reachable(url, api_key=api_key)
     except ConnectionError as exc:
         fail(str(exc))
 
@@ -772,6 +773,10 @@ def serve(
     oom_backoff_s: float = typer.Option(600.0, "--oom-backoff-s", min=0, help="After a batch runs out of the "
                                         "device's memory and the node halves its width: seconds before it tries "
                                         "twice as many rows again, doubled each time it runs out again (0: never)."),
+    api_key: list[str] = typer.Option([], "--api-key", envvar="PEAKPILOT_API_KEY", help="A key the /v1 endpoints "
+                                      "ask for as 'Authorization: Bearer KEY' (OpenAI's SDKs send their api_key so); "
+                                      "repeat it for several (a rotation), or several in the variable, separated by "
+                                      "spaces. Default: none asked for.", show_envvar=True),
     access_log: bool = typer.Option(False, "--access-log", help="Log a line per request (off: /metrics counts "
                                                                 "every outcome)."),
 ) -> None:
@@ -794,7 +799,8 @@ def serve(
                               max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_new_tokens,
                               max_model_len=max_model_len, drain_seconds=drain_seconds, warmup=not no_warmup,
                               quantize=quantize, dtype=dtype, threads=threads, slo_ms=slo_ms, slo_on=slo_on,
-                              engine=engine, batching=batching, oom_backoff_s=oom_backoff_s),
+                              engine=engine, batching=batching, oom_backoff_s=oom_backoff_s,
+                              api_keys=tuple(k for k in api_key if k)),
                    host, port, access_log=access_log)
     except NodeFailed as exc:
         fail(str(exc), 1)
@@ -813,6 +819,8 @@ def profile(
                                                             "is kept from ending it sooner)."),
     stream: bool = typer.Option(False, "--stream", help="Streamed answers, the SLO on the p99 of the first text "
                                                         "read (a chat service's), not of the whole answer."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PEAKPILOT_API_KEY", show_envvar=True,
+                                          help="The key a node started with --api-key asks for."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: rps_per_node and every "
                                                        "measured step."),
 ) -> None:
@@ -833,10 +841,10 @@ def profile(
     if start_rps * seconds < 1:
         fail(f"--seconds {seconds:g} at --start-rps {start_rps:g} sends no request: give --seconds "
              f"{1 / start_rps:g} or more, or a higher --start-rps")
-    require_reachable(url)
+    require_reachable(url, api_key)
     try:
         result = asyncio.run(run_profile(url, slo_ms, seconds, start_rps, max_rps, progress=show,
-                                         body=dict(BODY, max_tokens=max_tokens, stream=stream)))
+                                         body=dict(BODY, max_tokens=max_tokens, stream=stream), api_key=api_key))
     except Exception as exc:  # httpx's timeouts say nothing in str(): name the kind
         fail(f"{url}: {type(exc).__name__}" + (f": {exc}" if str(exc) else ""))
     if as_json:
@@ -866,6 +874,8 @@ def loadgen(
     max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens each request asks for."),
     stream: bool = typer.Option(False, "--stream", help="Ask for streamed answers, and report when each "
                                                         "one's first text was read too."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PEAKPILOT_API_KEY", show_envvar=True,
+                                          help="The key a node started with --api-key asks for."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: outcomes and latency "
                                                        "percentiles."),
 ) -> None:
@@ -883,9 +893,10 @@ def loadgen(
     times = schedule_from_counts(counts.to_numpy(), history.step.total_seconds(), speedup, rate_scale, duration)
     if len(times) == 0:
         fail("nothing to send: the slice is empty (check --start, --duration, --rate-scale)")
-    require_reachable(url)
+    require_reachable(url, api_key)
     typer.echo(f"sending {len(times)} requests over {times[-1]:.0f} s", err=True)
-    result = asyncio.run(run_open_loop(url, times, dict(BODY, max_tokens=max_tokens, stream=stream))).summary()
+    result = asyncio.run(run_open_loop(url, times, dict(BODY, max_tokens=max_tokens, stream=stream),
+                                       api_key=api_key)).summary()
     if as_json:
         typer.echo(json.dumps(result))
         return

@@ -1,0 +1,67 @@
+"""An inference node started with API keys (``serve --api-key``, as vLLM's): the /v1 endpoints serve only a
+request that sends one of them as OpenAI's SDKs do, a 401 otherwise, not counted as demand; probes and metrics
+stay open; loadgen and profile send the key, and say so at once where the node refuses them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.conftest import SAMPLE
+
+
+@pytest.fixture
+def keyed_node(node_factory, monkeypatch):
+    monkeypatch.setenv("PEAKPILOT_API_KEY", "key-old key-new")  # two keys, mid-rotation, from a Secret's variable
+    n = node_factory("--model", "builtin:tiny", "--max-new-tokens", "16")
+    monkeypatch.delenv("PEAKPILOT_API_KEY")
+    n.wait_ready()
+    return n
+
+
+def metric(url: str, name: str) -> float:
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    return float(next(line.split()[-1] for line in lines if line.startswith(name + " ")))
+
+
+def test_only_requests_with_one_of_the_keys_are_served_and_the_others_are_not_demand(keyed_node):
+    from openai import AuthenticationError, OpenAI
+
+    url = keyed_node.url
+    for key in ("key-old", "key-new"):
+        answer = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0).completions.create(
+            model="builtin", prompt="Hello", max_tokens=4)
+        assert answer.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(AuthenticationError) as refused:
+        OpenAI(base_url=f"{url}/v1", api_key="key-stolen", max_retries=0).completions.create(
+            model="builtin", prompt="Hello", max_tokens=4)
+    assert refused.value.code == "invalid_api_key" and "Incorrect API key" in refused.value.message
+    bare = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert bare.status_code == 401 and bare.headers["WWW-Authenticate"] == "Bearer"
+    assert "No API key provided" in bare.json()["error"]["message"]
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer key-new"}).status_code == 200
+    # the kubelet's probes and Prometheus's scrape send no key
+    assert httpx.get(f"{url}/health").status_code == 200 and httpx.get(f"{url}/ready").status_code == 200
+    assert metric(url, "peakpilot_unauthorized_requests_total") == 3  # two completions, one model list
+    assert metric(url, 'peakpilot_requests_total{outcome="ok"}') == 2
+    assert sum(metric(url, f'peakpilot_requests_total{{outcome="{o}"}}') for o in ("busy", "error")) == 0
+    assert "key-old" not in keyed_node.output() and "key-new" not in keyed_node.output()
+
+
+def test_loadgen_sends_the_key_and_stops_at_once_without_it(keyed_node, monkeypatch):
+    command = [sys.executable, "-m", "peakpilot.cli", "loadgen", "--trace", str(SAMPLE), "--url", keyed_node.url,
+               "--speedup", "600", "--rate-scale", "0.00002", "--duration", "3", "--json"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "the node asks for an API key (HTTP 401): give --api-key" in refused.stderr
+    wrong = subprocess.run(command + ["--api-key", "nope"], capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "refuses the API key given" in wrong.stderr
+    monkeypatch.setenv("PEAKPILOT_API_KEY", "key-new")
+    sent = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert sent.returncode == 0, sent.stderr
+    result = json.loads(sent.stdout)
+    assert result["sent"] > 0 and result["outcomes"] == {"ok": result["sent"], "busy": 0, "error": 0}
