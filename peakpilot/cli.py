@@ -191,6 +191,20 @@ TIMEZONE_HELP = ("IANA time zone of the users' day (e.g. America/New_York): the 
                  "the history's own clock, a CSV's offset or UTC; a policy's is signals.timezone).")
 
 
+def policy_signals(pol, trace: Optional[Path], prometheus: Optional[str], query: Optional[str], step: Optional[str],
+                   days: Optional[float], timezone: Optional[str]):
+    """--policy: the service's load as the daemon reads it, where the command line gives none of it: its
+    Prometheus (unless --trace), with its query, step and history_days, and its time zone. Returns
+    ``(prometheus, query, step, days, timezone)``; days 14 where neither says."""
+    if pol is not None:
+        prometheus = prometheus or (None if trace else pol.signals.prometheus)
+        if prometheus:
+            query, step = query or pol.signals.query, step or pol.signals.step
+            days = pol.signals.history_days if days is None else days
+        timezone = timezone or pol.signals.timezone
+    return prometheus, query, step, 14 if days is None else days, timezone
+
+
 def on_users_clock(history, timezone: Optional[str]):
     """--timezone: the history read on that zone's clock, or exit 2 naming the unknown zone."""
     from controller.policy import check_timezone
@@ -254,14 +268,10 @@ def forecast(
     from forecaster.models import MODELS, fit_with_fallback, horizon_options
 
     pol = load_policy_or_exit(policy) if policy else None
-    if pol is not None:  # the daemon's settings, where the command line gives none
-        prometheus = prometheus or (None if trace else pol.signals.prometheus)
-        if prometheus:
-            query, step = query or pol.signals.query, step or pol.signals.step
-            days = pol.signals.history_days if days is None else days
-        model, timezone = model or pol.planning.model, timezone or pol.signals.timezone
-        horizon = horizon or pol.planning.horizon_min
-    model, horizon, days = model or "ensemble", horizon or 30, 14 if days is None else days
+    prometheus, query, step, days, timezone = policy_signals(pol, trace, prometheus, query, step, days, timezone)
+    if pol is not None:
+        model, horizon = model or pol.planning.model, horizon or pol.planning.horizon_min
+    model, horizon = model or "ensemble", horizon or 30
     if model not in MODELS:
         fail(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file, pol)
@@ -305,7 +315,8 @@ def backtest(
     prometheus_token_file: Optional[Path] = typer.Option(None, "--prometheus-token-file", help=TOKEN_FILE_HELP),
     query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
                                                               "default: the inference nodes' request rate."),
-    days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus."),
+    days: Optional[float] = typer.Option(None, "--days", help="Days of history to read from Prometheus (default 14, "
+                                                              "or the policy's signals.history_days)."),
     end: Optional[str] = typer.Option(None, "--end", help=END_HELP),
     models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models; default: all, "
                                                                 "seasonal_naive and the statsforecast peer included."),
@@ -319,6 +330,9 @@ def backtest(
     timezone: Optional[str] = typer.Option(None, "--timezone", help=TIMEZONE_HELP),
     step: Optional[str] = typer.Option(None, "--step", help="Aggregate the trace to this step first (query "
                                                             "Prometheus at it; default 1m there)."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Backtest on the service's load as the daemon reads "
+                                          "it: the policy's Prometheus with its query, step, history_days, "
+                                          "prometheus_auth and timezone (the options given here win)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the learned models (same seed, same scores)."),
     store: Optional[str] = typer.Option(None, "--store", help="Also record the result here, for the dashboard."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
@@ -327,7 +341,9 @@ def backtest(
     from forecaster.backtest import DEFAULT_MODELS, BacktestConfig, run_backtest
     from forecaster.errors import HistoryError
 
-    auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file)
+    pol = load_policy_or_exit(policy) if policy else None
+    prometheus, query, step, days, timezone = policy_signals(pol, trace, prometheus, query, step, days, timezone)
+    auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file, pol)
     history = on_users_clock(load_history(trace, prometheus, query, days, step, end, auth), timezone)
     st = open_store(store) if store else None
     names = [m.strip() for m in models.split(",") if m.strip()] if models else list(DEFAULT_MODELS)

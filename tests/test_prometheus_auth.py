@@ -244,6 +244,12 @@ def test_the_cli_reads_a_prometheus_behind_a_gateway_and_sends_a_policys_credent
     answer = json.loads(out.stdout)
     assert answer["model"] == "recent_level" and len(answer["forecast"]) == 60  # planning.horizon_min
     assert gateway.seen[-1]["Authorization"] == "Bearer token-one"
+    # and backtest --policy scores the models on it
+    out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "backtest", "--policy", str(path), "--end", end,
+                          "--models", "recent_level", "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    scores = json.loads(out.stdout)
+    assert scores["trace"].startswith(gateway.url) and scores["models"]["recent_level"]["wape"] > 0
     assert prometheus_auth(gateway.url, [], None, policy).bearer_token_file == str(token)
     assert prometheus_auth("http://elsewhere:9090", [], None, policy) is None  # another server gets none of them
     given = prometheus_auth(gateway.url, ["X-Scope-OrgID: team-b"], None, policy)
