@@ -50,15 +50,15 @@ def split(total: int, reserved: int, policy: Policy, spot_lead_min: float,
 
 
 def blend(total: int, reserved: int, policy: Policy, view: ClusterView, spot_lead_min: float,
-          use_spot: bool = True, expected: int | None = None) -> tuple[dict[str, int], list[str]]:
+          use_spot: bool = True, expected: int | None = None) -> tuple[dict[str, int], dict[str, list[str]]]:
     """Desired count per class for ``total`` nodes (``expected`` of them for the expected load), with the
-    reasons for the spot/on-demand split."""
-    notes: list[str] = []
+    reasons for the spot/on-demand split, per class: each class's decision says what moved its own count."""
+    notes: dict[str, list[str]] = {"spot": [], "on_demand": []}
     spot, buffer, on_demand = split(total, reserved, policy, spot_lead_min, use_spot, expected)
     if expected is not None and policy.spot.share_of == "expected" and spot and total > expected:
-        notes.append(f"margin above the {expected} nodes the expected load needs on spot")
+        notes["spot"].append(f"margin above the {expected} nodes the expected load needs on spot")
     if buffer:
-        notes.append(f"+{buffer} spot for preemption risk over {spot_lead_min:.0f} min")
+        notes["spot"].append(f"+{buffer} spot for preemption risk over {spot_lead_min:.0f} min")
     spot += buffer
     # Spot still asked for but not coming (unavailable: stuck pending) is covered by on-demand now;
     # the spot requests stay, so spot is taken again when it returns and the cover is then released.
@@ -69,5 +69,6 @@ def blend(total: int, reserved: int, policy: Policy, view: ClusterView, spot_lea
     cover = max(pending, held)
     if cover:
         on_demand += cover
-        notes.append(f"{cover} spot not to be had or not ready yet: covered by on-demand")
+        for cls in ("spot", "on_demand"):
+            notes[cls].append(f"{cover} spot not to be had or not ready yet: covered by on-demand")
     return {"reserved": reserved, "spot": spot, "on_demand": on_demand}, notes

@@ -185,7 +185,7 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         # Never release a node that is still warming; and while nodes warm, the ready ones that serve
         # the load now stay too (a release takes the ready node, not the one that is not serving yet).
         want = max(split[cls], min(view.ready(cls), split[cls]) + view.warming(cls))
-        why = reason + ("; " + "; ".join(notes) if notes and cls in ("spot", "on_demand") else "")
+        why = reason + "".join(f"; {note}" for note in notes.get(cls, []))
         if want > split[cls]:
             why += f"; keeping {view.warming(cls)} still warming"
         failed = view.failed(cls)

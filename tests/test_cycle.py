@@ -258,7 +258,8 @@ def test_blend_reserved_first_then_spot_share_with_buffer_then_on_demand():
     split, notes = blend(10, 2, policy, view_with(), spot_lead_min=10)
     # spot: floor(0.5 * 10) = 5, plus ceil(5 * 0.6 * 10/60) = 1 for preemption risk
     assert split == {"reserved": 2, "spot": 6, "on_demand": 3}
-    assert spot_buffer(5, policy, 10) == 1 and "+1 spot for preemption risk" in notes[0]
+    assert spot_buffer(5, policy, 10) == 1 and "+1 spot for preemption risk" in notes["spot"][0]
+    assert notes["on_demand"] == []  # each class's decision says what moved its own count
 
 
 def test_blend_spot_share_is_of_the_expected_load_and_the_margin_above_it_is_spot():
@@ -268,7 +269,8 @@ def test_blend_spot_share_is_of_the_expected_load_and_the_margin_above_it_is_spo
     # 10 nodes, 2 reserved, 6 of them for the expected load: half of those 6 on spot, and the 4 of margin
     split, notes = blend(10, 2, policy, view_with(), 10, expected=6)
     assert split == {"reserved": 2, "spot": 7, "on_demand": 1}
-    assert any("margin above the 6 nodes the expected load needs on spot" in n for n in notes)
+    assert any("margin above the 6 nodes the expected load needs on spot" in n for n in notes["spot"])
+    assert not any("margin" in n for n in notes["on_demand"])
     # a wave that takes every spot node leaves reserved + on-demand = 3 = half the expected load's nodes
     assert split["reserved"] + split["on_demand"] >= (1 - 0.5) * 6
     # no margin (the plan is at or below the expected load), or no expectation: a share of the fleet
@@ -315,7 +317,8 @@ def test_blend_covers_unavailable_spot_with_on_demand_then_goes_back():
     out.counts["spot"]["pending"] = 5
     split, notes = blend(10, 0, policy, out, 10)
     assert split == {"reserved": 0, "spot": 5, "on_demand": 10}  # 5 own + 5 standing in for spot
-    assert "5 spot not to be had or not ready yet: covered by on-demand" in notes
+    assert "5 spot not to be had or not ready yet: covered by on-demand" in notes["on_demand"]
+    assert "5 spot not to be had or not ready yet: covered by on-demand" in notes["spot"]
     # Spot is back and booting: the cover is held until the spot nodes are ready...
     back = view_with(on_demand_ready=10)
     back.counts["spot"]["booting"] = 5
