@@ -186,6 +186,8 @@ def prometheus_auth(prometheus: Optional[str], headers: list[str], token_file: O
         return PrometheusAuth(parsed, str(token_file) if token_file else None)
     except ValueError as exc:
         fail(f"--prometheus-header: {exc}")
+
+
 TIMEZONE_HELP = ("IANA time zone of the users' day (e.g. America/New_York): the models read hour of day and day "
                  "of week on its clock, daylight saving included; times without an offset are UTC (default: "
                  "the history's own clock, a CSV's offset or UTC; a policy's is signals.timezone).")
