@@ -86,6 +86,9 @@ class NodeConfig:
     # continuous: a request joins the running batch within 4 steps; run-to-end: the next batch starts when
     # the last one ends (what the node did before; bench/node_continuous.py compares them)
     batching: str = "continuous"
+    # the names the API gives the model (vLLM's --served-model-name): the first in answers and /v1/models where a
+    # request names none, and a request naming another is a 404; none: the model's own name, any name taken
+    served_model_names: tuple[str, ...] = ()
     # keys a /v1 request must send as "Authorization: Bearer KEY" (none: every request is served)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     # after a batch ran out of the device's memory and the node halved its width: how long before it tries
@@ -170,6 +173,12 @@ class Node:
     def model_name(self) -> str | None:
         return self.engine.name
 
+    @property
+    def served_name(self) -> str | None:
+        """The name answers give the model where the request names none: the first --served-model-name, or
+        its own."""
+        return self.config.served_model_names[0] if self.config.served_model_names else self.model_name
+
     async def become_ready(self) -> None:
         await asyncio.to_thread(self.load_and_warm)
         if self.state == "failed":
@@ -229,6 +238,7 @@ class Generation:
     stop: list[str] = field(default_factory=list)  # the answer ends before the first of these
     include_usage: bool = False  # streamed: a last chunk with the usage (``stream_options.include_usage``)
     echo: list[str] | None = None  # completions: each prompt, before its answer (and in the logprobs)
+    model: str | None = None  # the served model name the request asked for (``--served-model-name``)
 
     @property
     def logprobs(self) -> int | None:
@@ -292,7 +302,16 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
     """What both endpoints ask of a generation: prompts that fit (from ``prompt_field``), max tokens (the
     first of ``max_keys`` given; by default ``default_max_tokens``, None for as many as the limit and the
     context allow; either within the ``context`` the prompt leaves), temperature, stream, answers per
-    prompt (``n``) and stop strings."""
+    prompt (``n``) and stop strings. With ``--served-model-name``, a request naming another model is a 404,
+    as vLLM answers it (a client sent to the wrong pool learns so, rather than being answered by this model)."""
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        return error(400, "'model' must be a string", "invalid_request_error", "model")
+    if config.served_model_names and model is not None and model not in config.served_model_names:
+        return JSONResponse({"error": {"message": f"The model `{model}` does not exist: this node serves "
+                                                  f"{', '.join(config.served_model_names)}",
+                                       "type": "invalid_request_error", "param": "model", "code": "model_not_found"}},
+                            status_code=404)
     n = data.get("n", 1)
     if n is None:
         n = 1
@@ -352,7 +371,8 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         return error(400, "'stream_options' must be an object whose 'include_usage' is true or false",
                      "invalid_request_error", "stream_options")
-    return Generation(ids, max_tokens, sampling, stream, n, stop, options.get("include_usage", False))
+    return Generation(ids, max_tokens, sampling, stream, n, stop, options.get("include_usage", False),
+                      model=model if config.served_model_names else None)
 
 
 def _sampling(data: dict, tokenizer, max_tokens: int, max_key: str) -> Sampling | JSONResponse:
@@ -654,7 +674,8 @@ def create_app(config: NodeConfig) -> FastAPI:
     @app.get("/ready")
     async def ready():
         node.check_engine()
-        body = {"state": node.state, "model": node.model_name, "device": node.engine.device, "dtype": node.engine.dtype,
+        body = {"state": node.state, "model": node.model_name, "served_model_names": list(config.served_model_names),
+                "device": node.engine.device, "dtype": node.engine.dtype,
                 "batching": config.batching, "max_model_len": node.context, "slo_on": config.slo_on,
                 "max_batch": node.batcher.max_batch if node.batcher else None,
                 "start_seconds": {k: round(v, 4) for k, v in node.timings.items()}}
@@ -687,9 +708,10 @@ def create_app(config: NodeConfig) -> FastAPI:
     async def models(request: Request):
         if (answer := refused(request)) is not None:
             return answer
-        name = node.model_name or config.model
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "peakpilot",
-                                            "max_model_len": node.context}]}
+        own = node.model_name or config.model
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "peakpilot", "root": own,
+                                            "max_model_len": node.context}
+                                           for name in config.served_model_names or (own,)]}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -759,7 +781,7 @@ def create_app(config: NodeConfig) -> FastAPI:
         prompts = [p for p in asked.prompts for _ in range(asked.n)]  # choice i*n+j: prompt i's j-th answer
         started = time.perf_counter()
         answers = [AnswerText(node.engine.tokenizer, asked.stop, asked.max_tokens) for _ in prompts]
-        shape = (ChatShape if chat else CompletionShape)(node.model_name)
+        shape = (ChatShape if chat else CompletionShape)(asked.model or node.served_name)
         admission = None
         if asked.max_tokens:
             try:

@@ -791,6 +791,10 @@ def serve(
     oom_backoff_s: float = typer.Option(600.0, "--oom-backoff-s", min=0, help="After a batch runs out of the "
                                         "device's memory and the node halves its width: seconds before it tries "
                                         "twice as many rows again, doubled each time it runs out again (0: never)."),
+    served_model_name: list[str] = typer.Option([], "--served-model-name", help="A name the API gives the model "
+                                                "(vLLM's): the first in answers and /v1/models, and a request naming "
+                                                "none of them is a 404; repeat for several. Default: the model's own "
+                                                "name, and any name a request sends is taken."),
     api_key: list[str] = typer.Option([], "--api-key", envvar="PEAKPILOT_API_KEY", help="A key the /v1 endpoints "
                                       "ask for as 'Authorization: Bearer KEY' (OpenAI's SDKs send their api_key so); "
                                       "repeat it for several (a rotation), or several in the variable, separated by "
@@ -818,7 +822,7 @@ def serve(
                               max_model_len=max_model_len, drain_seconds=drain_seconds, warmup=not no_warmup,
                               quantize=quantize, dtype=dtype, threads=threads, slo_ms=slo_ms, slo_on=slo_on,
                               engine=engine, batching=batching, oom_backoff_s=oom_backoff_s,
-                              api_keys=tuple(k for k in api_key if k)),
+                              served_model_names=tuple(served_model_name), api_keys=tuple(k for k in api_key if k)),
                    host, port, access_log=access_log)
     except NodeFailed as exc:
         fail(str(exc), 1)

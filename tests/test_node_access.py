@@ -1,6 +1,8 @@
-"""An inference node started with API keys (``serve --api-key``, as vLLM's): the /v1 endpoints serve only a
-request that sends one of them as OpenAI's SDKs do, a 401 otherwise, not counted as demand; probes and metrics
-stay open; loadgen and profile send the key, and say so at once where the node refuses them."""
+"""Who may ask an inference node what: with API keys (``serve --api-key``, as vLLM's) the /v1 endpoints serve
+only a request that sends one of them as OpenAI's SDKs do, a 401 otherwise, not counted as demand; probes and
+metrics stay open; loadgen and profile send the key, and say so at once where the node refuses them. With
+served model names (``--served-model-name``), answers carry the name asked for, and a request for another model
+is a 404."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from tests.conftest import SAMPLE
 @pytest.fixture
 def keyed_node(node_factory, monkeypatch):
     monkeypatch.setenv("PEAKPILOT_API_KEY", "key-old key-new")  # two keys, mid-rotation, from a Secret's variable
-    n = node_factory("--model", "builtin:tiny", "--max-new-tokens", "16")
+    n = node_factory("--model", "builtin:tiny", "--max-new-tokens", "16", "--served-model-name", "llama-3",
+                     "--served-model-name", "chat")
     monkeypatch.delenv("PEAKPILOT_API_KEY")
     n.wait_ready()
     return n
@@ -34,11 +37,11 @@ def test_only_requests_with_one_of_the_keys_are_served_and_the_others_are_not_de
     url = keyed_node.url
     for key in ("key-old", "key-new"):
         answer = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0).completions.create(
-            model="builtin", prompt="Hello", max_tokens=4)
+            model="llama-3", prompt="Hello", max_tokens=4)
         assert answer.choices[0].finish_reason in ("stop", "length")
     with pytest.raises(AuthenticationError) as refused:
         OpenAI(base_url=f"{url}/v1", api_key="key-stolen", max_retries=0).completions.create(
-            model="builtin", prompt="Hello", max_tokens=4)
+            model="llama-3", prompt="Hello", max_tokens=4)
     assert refused.value.code == "invalid_api_key" and "Incorrect API key" in refused.value.message
     bare = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
     assert bare.status_code == 401 and bare.headers["WWW-Authenticate"] == "Bearer"
@@ -65,3 +68,26 @@ def test_loadgen_sends_the_key_and_stops_at_once_without_it(keyed_node, monkeypa
     assert sent.returncode == 0, sent.stderr
     result = json.loads(sent.stdout)
     assert result["sent"] > 0 and result["outcomes"] == {"ok": result["sent"], "busy": 0, "error": 0}
+
+
+def test_answers_carry_the_served_name_asked_for_and_another_model_is_not_found(keyed_node):
+    from openai import NotFoundError, OpenAI
+
+    client = OpenAI(base_url=f"{keyed_node.url}/v1", api_key="key-new", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["llama-3", "chat"]
+    assert client.models.list().data[0].model_extra["root"] == "peakpilot-builtin-tiny"  # the model itself
+    assert client.completions.create(model="llama-3", prompt="Hi", max_tokens=2).model == "llama-3"
+    chat = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    assert chat.model == "chat"
+    chunks = list(client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Hi"}],
+                                                 max_tokens=2, stream=True))
+    assert chunks and all(c.model == "chat" for c in chunks)
+    with pytest.raises(NotFoundError) as missing:
+        client.completions.create(model="gpt-4o", prompt="Hi", max_tokens=2)
+    assert missing.value.code == "model_not_found" and "`gpt-4o` does not exist: this node serves llama-3, chat" in \
+        missing.value.message
+    # a request that names no model (loadgen's, curl's) is the first name's
+    bare = httpx.post(f"{keyed_node.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 2},
+                      headers={"Authorization": "Bearer key-new"})
+    assert bare.status_code == 200 and bare.json()["model"] == "llama-3"
+    assert httpx.get(f"{keyed_node.url}/ready").json()["served_model_names"] == ["llama-3", "chat"]
