@@ -21,6 +21,12 @@ import numpy as np
 BODY = {"prompt": "Tell me about GPUs.", "max_tokens": 16, "temperature": 0.0, "ignore_eos": True}
 
 
+def request_body(max_tokens: int = 16, stream: bool = False, model: str | None = None) -> dict:
+    """What each request sends: BODY with ``max_tokens``, ``stream``, and the ``model`` field where a server
+    serves several, or names its model (vLLM's served model name)."""
+    return dict(BODY, max_tokens=max_tokens, stream=stream, **({"model": model} if model else {}))
+
+
 @dataclass
 class LoadResult:
     sent: int = 0
@@ -219,9 +225,19 @@ async def profile(url: str, slo_ms: float, seconds_per_step: float = 5.0, start_
                 good = mid
             else:
                 bad = mid
-    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=10) as client:
-        ready = (await client.get("/ready")).json()
+    ready = await node_facts(url, api_key)
     return {"rps_per_node": round(good, 2), "capped": bad is None and good > 0, "slo_ms": slo_ms,
             "slo_on": "first_text" if body.get("stream") else "answer", "steps": steps,
-            "start_seconds": ready.get("start_seconds", {}), "model": ready.get("model"),
+            "start_seconds": ready.get("start_seconds", {}), "model": ready.get("model") or body.get("model"),
             "max_batch": ready.get("max_batch")}  # the rows the node batched as it was measured
+
+
+async def node_facts(url: str, api_key: str | None = None) -> dict:
+    """What a peakpilot node's ``/ready`` says of it (its model, start phases, batch); empty for another
+    OpenAI-compatible server (vLLM's has no ``/ready``), whose capacity is measured all the same."""
+    try:
+        async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=10, headers=auth_headers(api_key)) as client:
+            ready = (await client.get("/ready")).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return ready if isinstance(ready, dict) else {}

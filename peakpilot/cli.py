@@ -841,6 +841,8 @@ def profile(
                                                             "is kept from ending it sooner)."),
     stream: bool = typer.Option(False, "--stream", help="Streamed answers, the SLO on the p99 of the first text "
                                                         "read (a chat service's), not of the whole answer."),
+    model: Optional[str] = typer.Option(None, "--model", help="The model field each request sends: a served "
+                                        "model name, for a server that asks for one (vLLM's); default: none sent."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PEAKPILOT_API_KEY", show_envvar=True,
                                           help="The key a node started with --api-key asks for."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: rps_per_node and every "
@@ -849,7 +851,7 @@ def profile(
     """Measure the requests/s a node sustains within a latency SLO; print it in the policy's form."""
     import asyncio
 
-    from inference_node.loadgen import BODY, describe_errors
+    from inference_node.loadgen import describe_errors, request_body
     from inference_node.loadgen import profile as run_profile
 
     def show(step: dict) -> None:
@@ -866,7 +868,7 @@ def profile(
     require_reachable(url, api_key)
     try:
         result = asyncio.run(run_profile(url, slo_ms, seconds, start_rps, max_rps, progress=show,
-                                         body=dict(BODY, max_tokens=max_tokens, stream=stream), api_key=api_key))
+                                         body=request_body(max_tokens, stream, model), api_key=api_key))
     except Exception as exc:  # httpx's timeouts say nothing in str(): name the kind
         fail(f"{url}: {type(exc).__name__}" + (f": {exc}" if str(exc) else ""))
     if as_json:
@@ -896,6 +898,8 @@ def loadgen(
     max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens each request asks for."),
     stream: bool = typer.Option(False, "--stream", help="Ask for streamed answers, and report when each "
                                                         "one's first text was read too."),
+    model: Optional[str] = typer.Option(None, "--model", help="The model field each request sends: a served "
+                                        "model name, for a server that asks for one (vLLM's); default: none sent."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PEAKPILOT_API_KEY", show_envvar=True,
                                           help="The key a node started with --api-key asks for."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: outcomes and latency "
@@ -906,7 +910,7 @@ def loadgen(
     With --stream the answers are streamed, and when each one's first text was read is reported too."""
     import asyncio
 
-    from inference_node.loadgen import BODY, describe_errors, run_open_loop, schedule_from_counts
+    from inference_node.loadgen import describe_errors, request_body, run_open_loop, schedule_from_counts
 
     history = load_history(trace, None, None, 0, None)
     counts = history.counts
@@ -917,7 +921,7 @@ def loadgen(
         fail("nothing to send: the slice is empty (check --start, --duration, --rate-scale)")
     require_reachable(url, api_key)
     typer.echo(f"sending {len(times)} requests over {times[-1]:.0f} s", err=True)
-    result = asyncio.run(run_open_loop(url, times, dict(BODY, max_tokens=max_tokens, stream=stream),
+    result = asyncio.run(run_open_loop(url, times, request_body(max_tokens, stream, model),
                                        api_key=api_key)).summary()
     if as_json:
         typer.echo(json.dumps(result))

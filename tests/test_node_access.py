@@ -68,6 +68,35 @@ def test_loadgen_sends_the_key_and_stops_at_once_without_it(keyed_node, monkeypa
     assert sent.returncode == 0, sent.stderr
     result = json.loads(sent.stdout)
     assert result["sent"] > 0 and result["outcomes"] == {"ok": result["sent"], "busy": 0, "error": 0}
+    # --model is the model field each request sends: another model's name is this node's 404
+    other = json.loads(subprocess.run(command + ["--model", "gpt-4o"], capture_output=True, text=True,
+                                      timeout=120).stdout)
+    assert other["outcomes"]["ok"] == 0 and other["errors"] == {"HTTP 404": other["sent"]}
+    measured = subprocess.run([sys.executable, "-m", "peakpilot.cli", "profile", "--url", keyed_node.url, "--slo-ms",
+                               "5000", "--seconds", "1", "--start-rps", "4", "--max-rps", "8", "--model", "chat",
+                               "--json"], capture_output=True, text=True, timeout=120)
+    assert measured.returncode == 0, measured.stderr
+    profiled = json.loads(measured.stdout)
+    assert profiled["rps_per_node"] == 8 and profiled["capped"] and profiled["model"] == "peakpilot-builtin-tiny"
+
+
+def test_profile_reads_what_a_server_without_ready_does_not_say_as_nothing(tmp_path):
+    """Another OpenAI-compatible server (vLLM's has no /ready): its capacity is measured all the same, and what
+    only a peakpilot node says of itself is left out rather than failing the run at its end."""
+    import asyncio
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from inference_node.loadgen import node_facts
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert asyncio.run(node_facts(f"http://127.0.0.1:{server.server_address[1]}")) == {}  # a 404 page
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_answers_carry_the_served_name_asked_for_and_another_model_is_not_found(keyed_node):
