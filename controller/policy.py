@@ -69,7 +69,7 @@ class Classes(Strict):
 
 
 class Reserved(Strict):
-    count: int | Literal["auto"] = Field(0, description="nodes held all the time, or auto (recommend-reserved)")
+    count: int | Literal["auto"] = Field("auto", description="nodes held all the time, or auto (recommend-reserved)")
 
     @field_validator("count")
     @classmethod
@@ -105,7 +105,7 @@ class Limits(Strict):
 
 class Planning(Strict):
     quantile: Literal["q50", "q90", "q99"] = "q90"
-    headroom: float = Field(0.1, ge=0, le=2, description="extra capacity over the forecast quantile")
+    headroom: float = Field(0.3, ge=0, le=2, description="extra capacity over the forecast quantile")
     horizon_min: int = Field(60, ge=10, le=240, description="minutes the forecast looks ahead")
     keep_min: float = Field(20, ge=0, description="do not release a node the forecast needs again within this")
     model: Literal["ensemble", "torch", "lightgbm", "prophet", "seasonal_naive", "recent_level",

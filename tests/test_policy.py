@@ -20,6 +20,17 @@ def test_shipped_policies_load(path):
     assert isinstance(policy, Policy) and policy.service
 
 
+def test_a_key_left_out_takes_the_value_the_documented_default_shows():
+    """configs/policy.yaml shows every key at its default: a policy of only the required keys is that policy,
+    apart from the names of the Kubernetes objects, which are deploy/'s (its planning headroom and reserved
+    count were once 0.1 and 0 in the code, 0.3 and auto in the file)."""
+    full = yaml.safe_load((ROOT / "configs" / "policy.yaml").read_text())
+    required = Policy.model_validate({k: full[k] for k in ("service", "capacity", "classes")}).model_dump()
+    documented = load_policy(ROOT / "configs" / "policy.yaml").model_dump()
+    assert documented.pop("kubernetes")["namespace"] == "inference" and required.pop("kubernetes")
+    assert required == documented
+
+
 def test_default_policy_values():
     policy = load_policy(ROOT / "configs" / "policy.yaml")
     assert policy.slo.compliance_target == 0.999
@@ -95,8 +106,8 @@ def test_a_key_written_twice_is_refused_not_overridden(tmp_path):
 
 def test_with_changes_validates_again(tmp_path):
     policy = load_policy(write(tmp_path, BASE))
-    assert policy.with_changes(planning={"headroom": 0.3}).planning.headroom == 0.3
-    assert policy.planning.headroom == 0.1  # frozen: the original is unchanged
+    assert policy.with_changes(planning={"headroom": 0.5}).planning.headroom == 0.5
+    assert policy.planning.headroom == 0.3  # frozen: the original is unchanged
     with pytest.raises(Exception, match="headroom"):
         policy.with_changes(planning={"headroom": -1})
 
