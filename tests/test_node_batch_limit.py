@@ -55,6 +55,24 @@ def test_each_time_it_runs_out_again_the_wait_doubles_up_to_a_day():
     assert limit.shortages == 10
 
 
+def test_after_as_long_at_full_width_as_its_last_wait_the_next_shortage_starts_over():
+    clock = Clock()
+    limit = BatchLimit(8, backoff_s=600, clock=clock)
+    for _ in range(3):  # three shortages in a row: 600, 1200, 2400 s
+        limit.shrink(8)
+        clock.now = limit.next_try
+        limit.regrow()
+    assert limit.wait_s == 2400
+    clock.now += 2399  # back at 8 rows for less than the last wait: the next wait doubles
+    limit.shrink(8)
+    assert limit.wait_s == 4800
+    clock.now = limit.next_try
+    limit.regrow()
+    clock.now += 4800  # and for as long as it: the next starts over
+    limit.shrink(8)
+    assert limit.wait_s == 600 and limit.next_try == clock.now + 600
+
+
 def test_a_backoff_of_zero_keeps_the_halved_limit_for_good():
     clock = Clock()
     limit = BatchLimit(8, backoff_s=0, clock=clock)
