@@ -79,57 +79,11 @@ def users_day():
 PROMETHEUS_USER = ("peakpilot", "peakpilot-test", "$2b$10$vVN8FSzrvhCz0OmTLEvSc.fTDdN9xwDmIPxqlQW2vbytzMIT0CwJe")
 
 
-def certificates(folder: Path) -> dict[str, str]:
-    """A CA and the certificates it signs for a server on 127.0.0.1 and for a client, as PEM files in
-    ``folder``: their paths by name (``ca``, ``server_cert``, ``server_key``, ``client_cert``, ``client_key``)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    paths: dict[str, str] = {}
-
-    def write(name: str, key, cert) -> None:
-        (folder / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (folder / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                               serialization.PrivateFormat.PKCS8,
-                                                               serialization.NoEncryption()))
-        paths[f"{name}_cert"], paths[f"{name}_key"] = str(folder / f"{name}.crt"), str(folder / f"{name}.key")
-
-    def issued(subject: str, key, issuer, signer, extensions) -> x509.Certificate:
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1)))
-        for extension, critical in extensions:
-            builder = builder.add_extension(extension, critical)
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peakpilot test CA")])
-    ca = issued("peakpilot test CA", ca_key, ca_name, ca_key,
-                [(x509.BasicConstraints(ca=True, path_length=None), True)])
-    write("ca", ca_key, ca)
-    paths["ca"] = paths.pop("ca_cert")
-    for name, usage, extra in (
-            ("server", ExtendedKeyUsageOID.SERVER_AUTH,
-             [(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)]),
-            ("client", ExtendedKeyUsageOID.CLIENT_AUTH, [])):
-        key = ec.generate_private_key(ec.SECP256R1())
-        write(name, key, issued(f"peakpilot test {name}", key, ca_name, ca_key,
-                                [(x509.BasicConstraints(ca=False, path_length=None), True),
-                                 (x509.ExtendedKeyUsage([usage]), False), *extra]))
-    return paths
-
-
 class PrometheusServer:
     """A real Prometheus (Debian's package) with a temporary config and data dir; with ``basic_auth``, every
-    request needs PROMETHEUS_USER's name and password, and with ``tls`` (``certificates``) it serves HTTPS and
-    asks every client for a certificate its CA signed (Prometheus's own ``--web.config.file``)."""
+    request needs PROMETHEUS_USER's name and password, and with ``tls`` (the paths of ``ca``, ``server_cert``,
+    ``server_key``, ``client_cert`` and ``client_key``) it serves HTTPS and asks every client for a certificate
+    its CA signed (Prometheus's own ``--web.config.file``)."""
 
     def __init__(self, workdir: Path, scrape_targets: list[str] | None = None, scrape_interval: str = "1s",
                  rule_files: list[Path] | None = None, basic_auth: bool = False, tls: dict | None = None):

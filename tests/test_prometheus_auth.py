@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from controller.service_parts import ServiceParts
 from forecaster.csv_source import load_csv
 from forecaster.errors import HistoryError
 from forecaster.prometheus_source import PrometheusAuth, PrometheusSource
-from tests.conftest import PROMETHEUS_USER, ROOT, certificates, free_port, trace_path
+from tests.conftest import PROMETHEUS_USER, ROOT, free_port, trace_path
 from tests.test_prometheus_source import openmetrics_from
 
 HOURS = 6
@@ -35,6 +36,53 @@ def nasa_hours(server) -> tuple[pd.Series, pd.Timestamp]:
     start = pd.Timestamp.now(tz="UTC").floor("1h") - pd.Timedelta(hours=HOURS + 1)
     server.backfill(openmetrics_from(counts, start - counts.index[0].tz_convert("UTC")))
     return counts, start
+
+
+def certificates(folder: Path) -> dict[str, str]:
+    """A CA and the certificates it signs for a server on 127.0.0.1 and for a client, as PEM files in
+    ``folder``: their paths by name (``ca``, ``server_cert``, ``server_key``, ``client_cert``, ``client_key``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    paths: dict[str, str] = {}
+
+    def write(name: str, key, cert) -> None:
+        (folder / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (folder / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                               serialization.PrivateFormat.PKCS8,
+                                                               serialization.NoEncryption()))
+        paths[f"{name}_cert"], paths[f"{name}_key"] = str(folder / f"{name}.crt"), str(folder / f"{name}.key")
+
+    def issued(subject: str, key, issuer, signer, extensions) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1)))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peakpilot test CA")])
+    ca = issued("peakpilot test CA", ca_key, ca_name, ca_key,
+                [(x509.BasicConstraints(ca=True, path_length=None), True)])
+    write("ca", ca_key, ca)
+    paths["ca"] = paths.pop("ca_cert")
+    for name, usage, extra in (
+            ("server", ExtendedKeyUsageOID.SERVER_AUTH,
+             [(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)]),
+            ("client", ExtendedKeyUsageOID.CLIENT_AUTH, [])):
+        key = ec.generate_private_key(ec.SECP256R1())
+        write(name, key, issued(f"peakpilot test {name}", key, ca_name, ca_key,
+                                [(x509.BasicConstraints(ca=False, path_length=None), True),
+                                 (x509.ExtendedKeyUsage([usage]), False), *extra]))
+    return paths
 
 
 class Gateway:
