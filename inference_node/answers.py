@@ -21,11 +21,14 @@ from collections import deque
 INCOMPLETE = "\ufffd"  # what a decoder writes for the bytes of a character not yet whole
 
 
-def until_stop(text: str, stop: list[str]) -> tuple[str, bool]:
-    """The text up to the first of the stop strings (which is left out, as OpenAI's API does), and whether
-    one was found."""
-    cut = min((i for i in (text.find(x) for x in stop) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+def until_stop(text: str, stop: list[str]) -> tuple[str, str | None]:
+    """The text up to the first of the stop strings (which is left out, as OpenAI's API does), and that
+    string (None where none was found; of two found at one place, the one listed first)."""
+    found = [(i, n) for n, i in enumerate(text.find(x) for x in stop) if i >= 0]
+    if not found:
+        return text, None
+    cut, which = min(found)
+    return text[:cut], stop[which]
 
 
 class AnswerText:
@@ -43,6 +46,8 @@ class AnswerText:
         self.tokens: list[int] = []
         self.text = ""
         self.stopped = False  # a stop string came: the answer ends before it
+        self.stop_string: str | None = None  # that string
+        self.stop_token: int | None = None  # the one of its stop_token_ids that ended it, as the engine says
         self.finished = False  # no more tokens will come
         self._sent = 0  # characters of ``text`` taken
         # ``tokens[_prefix:_read]`` decoded last time to the end of ``text``; ``tokens[_read:]`` are not in it yet
@@ -65,7 +70,8 @@ class AnswerText:
         searched = max(0, len(self.text) - self._longest_stop + 1)
         self.text += new
         if self.stop:
-            cut, self.stopped = until_stop(self.text[searched:], self.stop)
+            cut, self.stop_string = until_stop(self.text[searched:], self.stop)
+            self.stopped = self.stop_string is not None
             if self.stopped:
                 self.text = self.text[:searched] + cut
                 return
@@ -88,6 +94,12 @@ class AnswerText:
     def finish_reason(self) -> str:
         """``stop`` where a stop string or the end-of-text token ended it, ``length`` at max_tokens."""
         return "stop" if self.stopped or len(self.tokens) < self.max_tokens else "length"
+
+    @property
+    def stop_reason(self) -> str | int | None:
+        """vLLM's ``stop_reason``: the stop string or stop token id that ended the answer; None where its
+        end-of-text or ``max_tokens`` did."""
+        return self.stop_string if self.stopped else self.stop_token
 
     @property
     def kept_tokens(self) -> int:
@@ -184,7 +196,8 @@ class CompletionShape:
         """``logprobs``: each answer's (``completion_logprobs``); ``echoed``: each answer's prompt, before it."""
         return dict(self.head, usage=used, choices=[
             {"text": (echoed[i] if echoed else "") + a.text, "index": i,
-             "logprobs": logprobs[i] if logprobs else None, "finish_reason": a.finish_reason}
+             "logprobs": logprobs[i] if logprobs else None, "finish_reason": a.finish_reason,
+             "stop_reason": a.stop_reason}
             for i, a in enumerate(answers)])
 
     def logprobs(self, tokenizer, tokens: list[int], entries: list, offset: int = 0) -> dict:
@@ -194,9 +207,11 @@ class CompletionShape:
     def opening(self, count: int) -> list[str]:
         return []
 
-    def piece(self, index: int, text: str, finish_reason: str | None = None, logprobs: dict | None = None) -> str:
+    def piece(self, index: int, text: str, finish_reason: str | None = None, logprobs: dict | None = None,
+              stop_reason: str | int | None = None) -> str:
         """``logprobs``: those of the tokens whose text this piece completes (``completion_logprobs``)."""
-        choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
+        choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason,
+                  "stop_reason": stop_reason}
         return event(dict(self.head, choices=[choice]))
 
     def usage(self, used: dict) -> str:
@@ -206,7 +221,7 @@ class CompletionShape:
 class ChatShape:
     """``/v1/chat/completions``: a ``chat.completion`` (the assistant's message per choice), or its
     ``chat.completion.chunk`` events: each choice's role first, then its text as it comes, then its
-    finish reason."""
+    finish reason (and vLLM's ``stop_reason``)."""
 
     def __init__(self, model: str):
         self.head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
@@ -216,7 +231,8 @@ class ChatShape:
         """``logprobs``: each answer's (``chat_logprobs``)."""
         return dict(self.head, object="chat.completion", usage=used, choices=[
             {"index": i, "message": {"role": "assistant", "content": a.text},
-             "logprobs": logprobs[i] if logprobs else None, "finish_reason": a.finish_reason}
+             "logprobs": logprobs[i] if logprobs else None, "finish_reason": a.finish_reason,
+             "stop_reason": a.stop_reason}
             for i, a in enumerate(answers)])
 
     def logprobs(self, tokenizer, tokens: list[int], entries: list, offset: int = 0) -> dict:
@@ -230,10 +246,12 @@ class ChatShape:
         return [self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                               "finish_reason": None}]) for i in range(count)]
 
-    def piece(self, index: int, text: str, finish_reason: str | None = None, logprobs: dict | None = None) -> str:
+    def piece(self, index: int, text: str, finish_reason: str | None = None, logprobs: dict | None = None,
+              stop_reason: str | int | None = None) -> str:
         """``logprobs``: those of the tokens whose text this piece completes (``chat_logprobs``)."""
         delta = {"content": text} if text else {}
-        return self._chunk([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}])
+        return self._chunk([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason,
+                             "stop_reason": stop_reason}])
 
     def usage(self, used: dict) -> str:
         return self._chunk([], usage=used)

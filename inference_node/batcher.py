@@ -65,6 +65,7 @@ class Job:
     heard: list[int] = field(default_factory=list)  # watched: the tokens told so far
     # asking for log-probabilities: those of its tokens, told so far (each step's before its tokens)
     entries: list = field(default_factory=list)
+    stopped_by: int | None = None  # the one of its stop_token_ids that ended its answer (vLLM's stop_reason)
 
 
 class Admission:
@@ -335,9 +336,10 @@ class Batcher:
             self.metrics.batch_size.observe(len(self.generating))
 
     def _heard(self, kind: str, key, payload) -> None:
-        """From the engine's thread: a row finished (``row``), failed (``error``, or ``oom``: out of the
-        device's memory), watched rows' new tokens (``tokens``), the log-probabilities of rows' new tokens
-        (``logprobs``), a sequence scored (``scored``), or the engine died (``gone``)."""
+        """From the engine's thread: a row finished (``row``; ``stopped_by`` before it, the stop token that
+        ended it), failed (``error``, or ``oom``: out of the device's memory), watched rows' new tokens
+        (``tokens``), the log-probabilities of rows' new tokens (``logprobs``), a sequence scored (``scored``),
+        or the engine died (``gone``)."""
         try:
             self._loop.call_soon_threadsafe(self._settle, kind, key, payload)
         except RuntimeError:  # the loop is closed: the server is shutting down
@@ -349,6 +351,11 @@ class Batcher:
                 job = self.generating.get(k)
                 if job is not None:
                     job.entries += entries
+            return
+        if kind == "stopped_by":
+            job = self.generating.get(key)
+            if job is not None:
+                job.stopped_by = payload
             return
         if kind == "tokens":
             for k, tokens in payload.items():

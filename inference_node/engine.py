@@ -140,7 +140,8 @@ def engine_loop(model, seed: int, receive, send) -> None:
     only while nothing is generating), run one step, ``send`` the log-probabilities of the tokens drawn for
     rows that ask (``("logprobs", None, {key: entries})``, DecodeBatch.take_logprobs), the watched rows' new
     tokens (``("tokens", None, {key: tokens})``, one message a step for all) and the rows that finished
-    (``("row", key, tokens)``, the whole answer) and the sequences scored (``("scored", key, entries)``:
+    (``("row", key, tokens)``, the whole answer, after ``("stopped_by", key, token)`` where one of its
+    ``stop_token_ids`` ended it) and the sequences scored (``("scored", key, entries)``:
     model.score); again. A
     step that fails answers every request in the batch with the error (``("error", key, why)``, or where the
     device ran out of memory ``("oom", key, (why, rows))``: the batch was too wide or too long for it), and
@@ -200,6 +201,8 @@ def engine_loop(model, seed: int, receive, send) -> None:
         for key, tokens in finished:
             inside.discard(key)
             watched.discard(key)
+            if key in batch.stopped_by:  # before its row: the answer is told whole with what ended it
+                send(("stopped_by", key, batch.stopped_by.pop(key)))
             send(("row", key, tokens))
 
 

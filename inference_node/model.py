@@ -312,6 +312,9 @@ class DecodeBatch:
         # by key, for rows asking for log-probabilities: those of the tokens drawn since ``take_logprobs``
         self.scored: dict = {}
         self.ended: set = set()  # keys whose end-of-text ``new_tokens`` has read: they finish at the next step
+        # by key, for rows that finished on one of their own stop_token_ids: that token (vLLM's stop_reason);
+        # the engine takes each as it reports the row
+        self.stopped_by: dict = {}
 
     def __len__(self) -> int:
         return len(self.keys) + len(self.pending)
@@ -366,9 +369,9 @@ class DecodeBatch:
         for r, tail in zip(rows, tails):
             key = self.keys[r]
             told = self.told.get(key, 0)
-            tokens, ended = _until_end(tail[back - (self.made[r] - told):][: self.max_tokens[r] - told],
-                                       self._row_ends(r))
-            if ended:
+            tokens, end = _until_end(tail[back - (self.made[r] - told):][: self.max_tokens[r] - told],
+                                     self._row_ends(r))
+            if end is not None:
                 self.ended.add(key)
             self.told[key] = told + len(tokens)
             if tokens:
@@ -526,9 +529,11 @@ class DecodeBatch:
         finished = []
         for r in sorted(done | maybe):
             n = min(self.made[r], self.max_tokens[r])
-            tokens, ended = _until_end(self.seq[r, self.seq.shape[1] - self.made[r]:][:n].tolist(), self._row_ends(r))
-            if r in done or ended:
+            tokens, end = _until_end(self.seq[r, self.seq.shape[1] - self.made[r]:][:n].tolist(), self._row_ends(r))
+            if r in done or end is not None:
                 finished.append((self.keys[r], tokens))
+                if end is not None and end in self.rules[r].stop_token_ids:
+                    self.stopped_by[self.keys[r]] = end
             else:
                 maybe.discard(r)
         if finished:
@@ -663,10 +668,10 @@ def generate(model: LoadedModel, prompts: list[list[int]], max_tokens: list[int]
     return result
 
 
-def _until_end(tokens: list[int], ends: tuple[int, ...]) -> tuple[list[int], bool]:
-    """The tokens before the first that ends an answer, and whether one did."""
+def _until_end(tokens: list[int], ends: tuple[int, ...]) -> tuple[list[int], int | None]:
+    """The tokens before the first that ends an answer, and that token (None where none did)."""
     cut = next((i for i, t in enumerate(tokens) if t in ends), None)
-    return (tokens, False) if cut is None else (tokens[:cut], True)
+    return (tokens, None) if cut is None else (tokens[:cut], tokens[cut])
 
 
 @dataclass

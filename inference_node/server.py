@@ -619,10 +619,13 @@ async def heard(admission, answers: list[AnswerText]):
     text nobody gets."""
     if not admission.watched:
         for i, tokens in enumerate(await admission.answers()):
+            answers[i].stop_token = admission.jobs[i].stopped_by
             answers[i].feed(tokens, finished=True)
             yield i
         return
     async for i, tokens, finished in admission.events():
+        if finished:
+            answers[i].stop_token = admission.jobs[i].stopped_by
         answers[i].feed(tokens, finished)
         if answers[i].stopped and not finished:
             admission.end(i)
@@ -864,7 +867,7 @@ def create_app(config: NodeConfig) -> FastAPI:
                     if answer.finished:
                         if len(answer.tokens) > 1:  # its pace once started: what a reader waits per token
                             m.per_token.observe((now - first_heard[i]) / (len(answer.tokens) - 1))
-                        yield shape.piece(i, piece, answer.finish_reason, scored)
+                        yield shape.piece(i, piece, answer.finish_reason, scored, answer.stop_reason)
                     elif piece or scored:
                         yield shape.piece(i, piece, logprobs=scored)
                 if asked.include_usage:

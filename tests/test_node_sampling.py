@@ -216,7 +216,8 @@ def test_stop_token_ids_end_the_rows_that_ask_and_no_other():
 
 def test_stop_token_ids_through_the_openai_client_whole_and_streamed(node):
     """The built-in model's greedy answer to "AAAAAAAA" is 16 tokens, its fourth token 60: with
-    stop_token_ids [60] the answer is its first 3 ("stop"), streamed or not."""
+    stop_token_ids [60] the answer is its first 3 ("stop"), streamed or not, and vLLM's stop_reason says 60 (a
+    stop string's, the string)."""
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{node.url}/v1", api_key="unused")
@@ -230,6 +231,20 @@ def test_stop_token_ids_through_the_openai_client_whole_and_streamed(node):
     assert chunks[-1].usage.completion_tokens == 3
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert "".join(c.choices[0].text for c in chunks if c.choices) == stopped.choices[0].text
+    # vLLM's stop_reason: the stop token id or stop string that ended the answer, None for its end or length
+    assert stopped.choices[0].model_extra["stop_reason"] == 60
+    assert plain.choices[0].model_extra["stop_reason"] is None
+    last = [c.choices[0] for c in chunks if c.choices][-1]
+    assert last.model_extra["stop_reason"] == 60
+    word = plain.choices[0].text[4:6]
+    by_string = client.completions.create(**ask, stop=["never there", word])
+    assert by_string.choices[0].model_extra["stop_reason"] == word and by_string.choices[0].finish_reason == "stop"
+    streamed = [c.choices[0] for c in client.completions.create(**ask, stop=[word], stream=True) if c.choices]
+    assert streamed[-1].model_extra["stop_reason"] == word
+    talk = dict(model="x", messages=[{"role": "user", "content": "AAAAAAAA"}], max_tokens=30, temperature=0)
+    said = client.chat.completions.create(**talk).choices[0].message.content
+    chat = client.chat.completions.create(**talk, stop=[said[3:5]])
+    assert chat.choices[0].model_extra["stop_reason"] == said[3:5] and chat.choices[0].message.content == said[:3]
 
 
 @pytest.mark.parametrize("extra,field,message", [
