@@ -792,9 +792,10 @@ def serve(
                                         "device's memory and the node halves its width: seconds before it tries "
                                         "twice as many rows again, doubled each time it runs out again (0: never)."),
     served_model_name: list[str] = typer.Option([], "--served-model-name", help="A name the API gives the model "
-                                                "(vLLM's): the first in answers and /v1/models, and a request naming "
-                                                "none of them is a 404; repeat for several. Default: the model's own "
-                                                "name, and any name a request sends is taken."),
+                                                "(vLLM's): /v1/models lists them, an answer carries the one asked "
+                                                "for (the first where a request names none), and a request naming "
+                                                "another model is a 404; repeat for several. Default: the model's "
+                                                "own name, and any name a request sends is taken."),
     api_key: list[str] = typer.Option([], "--api-key", envvar="PEAKPILOT_API_KEY", help="A key the /v1 endpoints "
                                       "ask for as 'Authorization: Bearer KEY' (OpenAI's SDKs send their api_key so); "
                                       "repeat it for several (a rotation), or several in the variable, separated by "
