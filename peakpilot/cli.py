@@ -162,8 +162,6 @@ def prometheus_auth(prometheus: Optional[str], headers: list[str], token_file: O
     """--prometheus-header and --prometheus-token-file as the Prometheus source takes them; without either,
     the ``policy``'s signals.prometheus_auth where --prometheus is the policy's own Prometheus (replay reads
     the service's load as the daemon does; a policy's credentials are never sent to another server)."""
-    from forecaster.prometheus_source import PrometheusAuth
-
     if (headers or token_file) and not prometheus:
         fail(f"{'--prometheus-header' if headers else '--prometheus-token-file'} is for Prometheus: give "
              f"--prometheus URL too")
@@ -175,6 +173,7 @@ def prometheus_auth(prometheus: Optional[str], headers: list[str], token_file: O
             return from_policy(policy)
         return None
     from controller.policy import HTTP_HEADER_NAME
+    from forecaster.prometheus_source import PrometheusAuth
 
     parsed = {}
     for header in headers:
