@@ -111,6 +111,20 @@ class AnswerText:
         decode = self.tokenizer.decode
         return next(k for k in range(len(self.tokens), -1, -1) if self.text.startswith(decode(self.tokens[:k])))
 
+    @property
+    def generated_tokens(self) -> int:
+        """The answer's ``completion_tokens``, counted as vLLM counts them: every token the model generated for
+        it, the ones the text leaves out included, since each took a step of the GPU's: the end-of-text or
+        stop token that ended it (drawn, not shown), and a stop string's own tokens, up to the one that
+        completes the string (a few the engine made after it, before the row left the batch, are not
+        counted)."""
+        if not self.stopped:
+            ended = self.finished and len(self.tokens) < self.max_tokens
+            return len(self.tokens) + ended
+        decode = self.tokenizer.decode
+        return next((k for k in range(self.kept_tokens, len(self.tokens) + 1)
+                     if decode(self.tokens[:k]).startswith(self.stop_string, len(self.text))), len(self.tokens))
+
     def take(self) -> str:
         """The text that can be sent now and was not yet: all of it once the answer is over; before, not an
         ending that a stop string could begin with (a character not yet whole is not in ``text`` yet)."""
@@ -171,8 +185,9 @@ def chat_logprobs(tokenizer, tokens: list[int], entries: list) -> dict:
 
 
 def usage(prompts: list[list[int]], answers: list[AnswerText]) -> dict:
+    """OpenAI's ``usage``: the prompts' tokens, and every token generated for the answers (vLLM's count)."""
     prompt_tokens = sum(len(p) for p in prompts)
-    completion_tokens = sum(a.kept_tokens for a in answers)
+    completion_tokens = sum(a.generated_tokens for a in answers)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
 

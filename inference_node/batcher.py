@@ -397,8 +397,8 @@ class Batcher:
             self._fail(job, OutOfMemory(f"the batch of {payload[1]} rows ran out of the device's memory "
                                         f"({payload[0].splitlines()[0][:200]}); this node now batches at most "
                                         f"{self.max_batch}"))
-        else:
-            self._answer(job, payload)
+        else:  # a row shorter than its max_tokens ended on an end or stop token: generated, not in the answer
+            self._answer(job, payload, generated=len(payload) + (len(payload) < job.max_tokens))
 
     def _shrink(self, why: str, rows: int) -> None:
         """A batch of ``rows`` ran out of the device's memory: batch at most half as many (a --max-batch too
@@ -441,7 +441,9 @@ class Batcher:
             job.future.exception()  # (marks it retrieved: asyncio would log it as never seen)
             job.admission.tell(job, exc, True)
 
-    def _answer(self, job: Job, tokens: list[int]) -> None:
+    def _answer(self, job: Job, tokens: list[int], generated: int | None = None) -> None:
+        """Answer ``job`` with ``tokens``; ``generated`` (its tokens, by default) is what the model made for it,
+        as usage counts them."""
         if job.future.done():
             return
         now = time.perf_counter()
@@ -451,9 +453,10 @@ class Batcher:
         took, weight = now - job.joined, 0.2 if job.alongside >= self.max_batch // 2 else 0.05
         self.row_seconds = took if not self.row_seconds else (1 - weight) * self.row_seconds + weight * took
         if self.metrics:
-            self.metrics.tokens.inc(len(tokens))
-            self._answered.append((now, len(tokens)))
-            self._answered_tokens += len(tokens)
+            made = len(tokens) if generated is None else generated
+            self.metrics.tokens.inc(made)
+            self._answered.append((now, made))
+            self._answered_tokens += made
             while self._answered[0][0] < now - RATE_WINDOW:
                 self._answered_tokens -= self._answered.popleft()[1]
             span = max(now - self._answered[0][0], 1.0)

@@ -39,7 +39,9 @@ class NodeMetrics:
         self.batch_size = Histogram("peakpilot_batch_size",
                                     "Requests generating together, as each group joins the batch",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
-        self.tokens = Counter("peakpilot_generated_tokens", "Generated tokens", registry=r)
+        self.tokens = Counter("peakpilot_generated_tokens",
+                              "Tokens generated for answers, the end or stop token that ended one included "
+                              "(as vLLM counts them)", registry=r)
         self.tokens_per_second = Gauge("peakpilot_tokens_per_second",
                                        "Generated tokens per second, over the last 5 s of answers",
                                        registry=r)

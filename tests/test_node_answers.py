@@ -36,6 +36,7 @@ def test_a_character_split_over_tokens_is_sent_once_whole():
     pieces, answer = streamed(tokens, [], 16, [1] * len(tokens))
     assert pieces == ["", "é", "", "", "€", "!"]
     assert answer.text == "é€!" and answer.finish_reason == "stop"  # ended before max_tokens: end-of-text
+    assert answer.generated_tokens == 7  # as vLLM counts completion_tokens: the end-of-text drawn too
 
 
 def test_text_that_could_begin_a_stop_string_waits_and_the_stop_string_is_never_sent():
@@ -43,9 +44,11 @@ def test_text_that_could_begin_a_stop_string_waits_and_the_stop_string_is_never_
     assert "".join(pieces) == "abc" and answer.stopped and answer.finish_reason == "stop"
     assert pieces[:4] == ["a", "b", "c", ""]  # "\n" might begin the stop string
     assert answer.kept_tokens == 3
+    assert answer.generated_tokens == 9  # vLLM's count: the stop string's tokens too, up to its last
     # a false start is sent once it is known not to be one
     pieces, answer = streamed(list(b"a\nUs!"), ["\nUser:"], 5, [1] * 5)
     assert pieces == ["a", "", "", "", "\nUs!"] and not answer.stopped and answer.finish_reason == "length"
+    assert answer.generated_tokens == 5  # at max_tokens: no end-of-text was drawn
 
 
 def test_a_stop_string_is_not_matched_by_a_character_not_yet_whole():
@@ -73,6 +76,15 @@ def test_streamed_in_any_pieces_an_answer_reads_as_it_does_whole(seed):
     assert "".join(pieces) == whole.text == answer.text
     assert answer.stopped == whole.stopped and answer.finish_reason == whole.finish_reason
     assert answer.kept_tokens == whole.kept_tokens
+    # counted as vLLM counts them, whether the engine went on past the stop string (whole) or not (streamed):
+    # up to the token that completes the stop string, or all of them and the end-of-text that ended them
+    assert answer.generated_tokens == whole.generated_tokens >= whole.kept_tokens
+    if whole.stopped:
+        made = tokens[:whole.generated_tokens]
+        assert TOK.decode(made).startswith(whole.text + whole.stop_string)
+        assert not TOK.decode(made[:-1]).startswith(whole.text + whole.stop_string)
+    else:
+        assert whole.generated_tokens == len(tokens) + (len(tokens) < max_tokens)
     sent = ""
     for piece, (count, chars) in zip(pieces, answer.seen):
         sent += piece  # what was sent is always the start of the answer, and holds no stop string
@@ -108,3 +120,4 @@ def test_new_tokens_are_read_after_the_ones_before_them():
         if stopped.stopped:
             break
     assert stopped.text == "Hello worl" and stopped.kept_tokens == 1 and stopped.finish_reason == "stop"
+    assert stopped.generated_tokens == 3  # "Hello world and": "and" completes the stop string

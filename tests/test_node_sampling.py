@@ -171,7 +171,8 @@ def test_openai_clients_penalties_and_logit_bias_shape_the_nodes_answers(node):
 
 def test_ignore_eos_and_min_tokens_hold_an_answer_to_its_length(node):
     """vLLM's extensions, as a benchmark sends them through the OpenAI client's extra_body: the built-in
-    model ends its greedy answer to "AAAAAAAA" after 16 tokens; with ignore_eos the answer is max_tokens
+    model ends its greedy answer to "AAAAAAAA" after 16 tokens (17 generated, as vLLM counts them: the
+    end-of-text too); with ignore_eos the answer is max_tokens
     long ("length"), with min_tokens 20 at least 20, and it begins as the answer without them does."""
     from openai import OpenAI
 
@@ -182,7 +183,7 @@ def test_ignore_eos_and_min_tokens_hold_an_answer_to_its_length(node):
                                          extra_body=extra or None)
 
     plain, fixed, held = ask(), ask(ignore_eos=True), ask(min_tokens=20)
-    assert plain.usage.completion_tokens == 16 and plain.choices[0].finish_reason == "stop"
+    assert plain.usage.completion_tokens == 17 and plain.choices[0].finish_reason == "stop"
     assert fixed.usage.completion_tokens == 30 and fixed.choices[0].finish_reason == "length"
     assert held.usage.completion_tokens >= 20
     assert fixed.choices[0].text.startswith(plain.choices[0].text)
@@ -217,18 +218,25 @@ def test_stop_token_ids_end_the_rows_that_ask_and_no_other():
 def test_stop_token_ids_through_the_openai_client_whole_and_streamed(node):
     """The built-in model's greedy answer to "AAAAAAAA" is 16 tokens, its fourth token 60: with
     stop_token_ids [60] the answer is its first 3 ("stop"), streamed or not, and vLLM's stop_reason says 60 (a
-    stop string's, the string)."""
+    stop string's, the string). Usage counts as vLLM's does: the token that ended the answer too."""
     from openai import OpenAI
+
+    def generated() -> float:
+        text = httpx.get(f"{node.url}/metrics").text
+        return float(next(x for x in text.splitlines() if x.startswith("peakpilot_generated_tokens_total ")).split()[1])
 
     client = OpenAI(base_url=f"{node.url}/v1", api_key="unused")
     ask = dict(model="x", prompt="AAAAAAAA", max_tokens=30, temperature=0)
+    before = generated()
     plain = client.completions.create(**ask)
     stopped = client.completions.create(**ask, extra_body={"stop_token_ids": [60]})
-    assert plain.usage.completion_tokens == 16
-    assert stopped.usage.completion_tokens == 3 and stopped.choices[0].finish_reason == "stop"
+    assert plain.usage.completion_tokens == 17 and len(plain.choices[0].text) == 16  # ASCII: a byte a token
+    assert stopped.usage.completion_tokens == 4 and len(stopped.choices[0].text) == 3
+    assert stopped.choices[0].finish_reason == "stop"
+    assert generated() - before == 17 + 4  # the node's metric counts the ending tokens too
     chunks = list(client.completions.create(**ask, stream=True, stream_options={"include_usage": True},
                                             extra_body={"stop_token_ids": [60]}))
-    assert chunks[-1].usage.completion_tokens == 3
+    assert chunks[-1].usage.completion_tokens == 4
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert "".join(c.choices[0].text for c in chunks if c.choices) == stopped.choices[0].text
     # vLLM's stop_reason: the stop token id or stop string that ended the answer, None for its end or length
