@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -245,6 +246,26 @@ class Signals(Strict):
     @classmethod
     def _timezone(cls, v: str | None) -> str | None:
         return v if v is None else check_timezone(v)
+
+    @field_validator("prometheus")
+    @classmethod
+    def _prometheus(cls, v: str | None) -> str | None:
+        # The API's paths are appended to it (forecaster.prometheus_source.url_problem checks a URL the same way
+        # where no policy names it: this module may not import the forecaster).
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v.rsplit('@', 1)[-1]!r} is not a Prometheus URL: write it as http://HOST:9090 or "
+                             "https://HOST[/PREFIX]")
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError(f"the port in {parts.netloc.rsplit('@', 1)[-1]!r} is not a number from 0 to 65535")
+        if parts.query or parts.fragment:
+            raise ValueError("a query string or fragment cannot be part of a Prometheus URL (the API's paths go "
+                             "after it): give a token in prometheus_auth")
+        return v
 
     @model_validator(mode="after")
     def _auth_needs_prometheus(self) -> Signals:

@@ -117,12 +117,33 @@ def _secret(path: str, what: str, where: str) -> str:
 
 
 def redacted(url: str) -> str:
-    """``url`` without a password written in it (``https://user:secret@host``), for what is logged."""
+    """``url`` without a password written in it (``https://user:secret@host``) or a query string (where a
+    token may be), for what is logged."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]  # (as written: an IPv6 address keeps its brackets)
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    if parts.query:
+        parts = parts._replace(query="***")
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]  # (as written: an IPv6 address keeps its brackets)
+        parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+    return urlunsplit(parts)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a Prometheus base URL, or None. The API's paths (``/api/v1/query_range``) are
+    appended to it, so it is ``http(s)://HOST[:PORT][/PREFIX]`` and nothing after the path: a query string
+    would swallow them (a token there is never sent as one)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        guess = f" (here perhaps http://{url})" if "://" not in url else ""
+        return f"not a Prometheus URL: write it as http://HOST:9090 or https://HOST[/PREFIX]{guess}"
+    try:
+        parts.port
+    except ValueError:
+        return f"the port in {parts.netloc.rsplit('@', 1)[-1]!r} is not a number from 0 to 65535"
+    if parts.query or parts.fragment:
+        return ("a query string or fragment cannot be part of a Prometheus URL (the API's paths go after it): "
+                "send a token with --prometheus-token-file or a header, or the policy's signals.prometheus_auth")
+    return None
 
 
 def prometheus_duration(step: pd.Timedelta) -> str:
@@ -139,6 +160,9 @@ class PrometheusSource:
                  timeout_s: float = 30.0, auth: PrometheusAuth | None = None):
         self.endpoint = url.rstrip("/")  # as given: a password written in it is sent as basic auth
         self.url = redacted(self.endpoint)  # as named in errors and the log
+        problem = url_problem(self.endpoint)
+        if problem:
+            raise HistoryError(self.url, problem)
         try:
             self.step = pd.Timedelta(step)
         except ValueError:

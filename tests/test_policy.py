@@ -70,6 +70,11 @@ classes:
     ("signals: {timezone: US/Eastern Standard}\n", "signals.timezone: 'US/Eastern Standard' is not a "
                                                    "time zone this machine knows: an IANA name such as UTC"),
     ("signals: {timezone: ../../etc/passwd}\n", "signals.timezone: '../../etc/passwd' is not a time zone"),
+    ("signals: {prometheus: 'prometheus:9090'}\n", "signals.prometheus: 'prometheus:9090' is not a Prometheus URL: "
+                                                   "write it as http://HOST:9090 or https://HOST[/PREFIX]"),
+    ("signals: {prometheus: 'http://p:9090/?access_token=abc'}\n", "signals.prometheus: a query string or fragment "
+                                                                   "cannot be part of a Prometheus URL"),
+    ("signals: {prometheus: 'http://u:pw@p:90x'}\n", "signals.prometheus: the port in 'p:90x' is not a number"),
 ])
 def test_bad_values_name_the_key_and_reason(tmp_path, extra, message):
     with pytest.raises(PolicyError) as err:

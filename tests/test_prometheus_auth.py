@@ -312,3 +312,18 @@ def test_the_cli_reads_a_prometheus_behind_a_gateway_and_sends_a_policys_credent
 def test_a_password_in_the_url_is_never_shown(url, shown):
     source = PrometheusSource(url)
     assert source.url == shown and "s3cret" not in source.where and source.endpoint == url
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("prometheus:9090", "prometheus:9090: not a Prometheus URL: write it as http://HOST:9090 or "
+                        "https://HOST[/PREFIX] (here perhaps http://prometheus:9090)"),
+    ("ftp://prometheus", "ftp://prometheus: not a Prometheus URL"),
+    ("http://prometheus:90x", "the port in 'prometheus:90x' is not a number"),
+    # the API's paths would go after the query string; the token is not shown
+    ("https://prometheus/?access_token=s3cret", "https://prometheus/?***: a query string or fragment cannot be part "
+                                                "of a Prometheus URL"),
+])
+def test_a_url_that_is_no_prometheus_base_url_is_refused_before_any_query(url, problem):
+    with pytest.raises(HistoryError) as err:
+        PrometheusSource(url)
+    assert problem in str(err.value) and "s3cret" not in str(err.value)
