@@ -201,6 +201,15 @@ class Batcher:
             return modelled
         return max(modelled, self.wait_seconds if self.slo_on_first_token else self.latency_seconds)
 
+    def _starts_now(self, count: int) -> bool:
+        """Whether ``count`` requests arriving now find rows free and nobody waiting for them: they wait for
+        nothing, so shedding them cannot make any answer sooner, and the node is not busy. Refused on the
+        average row's time instead, an idle node that had generated one long answer said "busy" to every
+        short request after it, for good, since none it refused could bring the average down."""
+        if self.continuous:
+            return len(self.queue) + count <= self.max_batch - len(self.generating)
+        return not self.generating and len(self.queue) + count <= self.max_batch
+
     async def submit(self, prompt: list[int], max_tokens: int, sampling: Sampling = GREEDY) -> list[int]:
         return (await self.submit_all([prompt], max_tokens, sampling))[0]
 
@@ -222,7 +231,7 @@ class Batcher:
             raise QueueFull(len(self.queue), "the queue is full" if count == 1 else
                             f"the queue has no room for {count} prompts")
         measured = self.row_seconds if self.continuous else self.batch_seconds
-        if self.slo is not None and measured:
+        if self.slo is not None and measured and not self._starts_now(count):
             wait = self.expected_wait(count)
             if wait > self.slo:
                 target = "first-token latency target" if self.slo_on_first_token else "latency target"
