@@ -138,6 +138,9 @@ class Batcher:
         self.slo_on_first_token = slo_on_first_token  # the target is on the wait for a row, not the whole answer
         self.wait_seconds = 0.0  # moving average of requests' wait for a row (enqueue to joining the batch)
         self.row_seconds = 0.0  # moving average of a request's time generating (joined to answered)
+        # moving average of a streamed request's time from joining the batch to its first tokens: its prefill,
+        # and the steps until the engine tells them (a long prompt's first token is later than a short one's)
+        self.first_token_seconds = 0.0
         self.batch_seconds = 0.0  # run to end: moving average of a batch's time, first row in to last out
         self._batch = (0.0, 0)  # run to end: when the running batch started, and its rows
         self.latency_seconds = 0.0  # moving average of requests' time in the node (enqueue to answer)
@@ -187,19 +190,21 @@ class Batcher:
         Continuous: its wait for a free row (rows free ``max_batch`` per row-time, as the requests generating
         finish) and its own time generating. Run to end: the batch running, the batches ahead and its own.
         With the target on the first token (a chat service's, ``serve --slo-on first-token``), the wait for
-        a row alone, against what requests have lately waited for one."""
+        a row and the time from joining the batch to a first token, against what requests have lately
+        waited for one (and taken to a first token once in)."""
         own = 0 if self.slo_on_first_token else 1  # its own generating, unless the target is on its first token
+        first = self.first_token_seconds if self.slo_on_first_token else 0.0
         if self.continuous:
             ahead = len(self.queue) + count - (self.max_batch - len(self.generating))
-            modelled = (max(0, ahead) / self.max_batch + own) * self.row_seconds
+            modelled = (max(0, ahead) / self.max_batch + own) * self.row_seconds + first
         else:
             batches = (len(self.queue) + count - 1) // self.max_batch + own + (1 if self.generating else 0)
-            modelled = batches * self.batch_seconds
+            modelled = batches * self.batch_seconds + first
         if self.in_flight == 0:
             # Nothing in the node: the past latency says nothing about now (and shedding on it alone
             # would refuse every request for ever, since none would finish to correct it).
             return modelled
-        return max(modelled, self.wait_seconds if self.slo_on_first_token else self.latency_seconds)
+        return max(modelled, self.wait_seconds + first if self.slo_on_first_token else self.latency_seconds)
 
     def _starts_now(self, count: int) -> bool:
         """Whether ``count`` requests arriving now find rows free and nobody waiting for them: they wait for
@@ -370,6 +375,10 @@ class Batcher:
             for k, tokens in payload.items():
                 job = self.generating.get(k)
                 if job is not None and job.admission is not None and not job.future.done():
+                    if tokens and not job.heard:
+                        took = time.perf_counter() - job.joined
+                        self.first_token_seconds = took if not self.first_token_seconds else \
+                            0.8 * self.first_token_seconds + 0.2 * took
                     job.heard += tokens
                     job.admission.tell(job, tokens, False)
             return
