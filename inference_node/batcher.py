@@ -135,7 +135,7 @@ class Batcher:
         self.engine = engine
         self.continuous = continuous
         self.slo = None if slo_ms is None else slo_ms / 1000.0
-        self.slo_on_first_token = slo_on_first_token  # the target is on the wait for a row, not the whole answer
+        self.slo_on_first_token = slo_on_first_token  # the target is on the first token, not the whole answer
         self.wait_seconds = 0.0  # moving average of requests' wait for a row (enqueue to joining the batch)
         self.row_seconds = 0.0  # moving average of a request's time generating (joined to answered)
         # moving average of a streamed request's time from joining the batch to its first tokens: its prefill,
