@@ -296,7 +296,7 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, context: int | None,
+def _generation(data: dict, prompts: list[str | list[int]], config: NodeConfig, tokenizer, context: int | None,
                 prompt_field: str = "prompt", max_keys: tuple[str, ...] = ("max_tokens",),
                 default_max_tokens: int | None = 16, least_tokens: int = 1) -> Generation | JSONResponse:
     """What both endpoints ask of a generation: prompts that fit (from ``prompt_field``), max tokens (the
@@ -326,7 +326,7 @@ def _generation(data: dict, prompts: list[str], config: NodeConfig, tokenizer, c
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(x, str) and x for x in stop):
         return error(400, "'stop' must be a string or a list of at most 4 non-empty strings", "invalid_request_error",
                      "stop")
-    ids = [tokenizer.encode(p) for p in prompts]
+    ids = [list(p) if isinstance(p, list) else tokenizer.encode(p) for p in prompts]  # text, or token ids
     longest = max(len(p) for p in ids)
     if longest > config.max_prompt_tokens:
         return error(400, f"'{prompt_field}' is longer than {config.max_prompt_tokens} tokens (this node's "
@@ -450,12 +450,9 @@ def parse_completion(body: bytes, config: NodeConfig, tokenizer,
     data = _json_object(body)
     if isinstance(data, JSONResponse):
         return data
-    prompt = data.get("prompt")
-    if prompt is None:
-        return error(400, "missing field 'prompt'", "invalid_request_error", "prompt")
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        return error(400, "'prompt' must be a string or a non-empty list of strings", "invalid_request_error", "prompt")
+    prompts = completion_prompts(data.get("prompt"), tokenizer)
+    if isinstance(prompts, JSONResponse):
+        return prompts
     logprobs = data.get("logprobs")
     logprobs = None if logprobs is False else logprobs
     if logprobs is not None and (not _integer(logprobs) or not 0 <= logprobs <= 5):
@@ -467,7 +464,36 @@ def parse_completion(body: bytes, config: NodeConfig, tokenizer,
     asked = _generation(data, prompts, config, tokenizer, context, least_tokens=0 if echo else 1)
     if isinstance(asked, JSONResponse):
         return asked
-    return _scored(asked, logprobs, prompts if echo else None)
+    echoed = [p if isinstance(p, str) else tokenizer.decode(p) for p in prompts] if echo else None
+    return _scored(asked, logprobs, echoed)
+
+
+def completion_prompts(prompt, tokenizer) -> list[str | list[int]] | JSONResponse:
+    """A completion's prompts as OpenAI's API takes them: a string, a list of strings, a list of token ids (one
+    prompt), or a list of lists of them (as evaluation harnesses send a tokenized context, and vLLM takes it).
+    Token ids are checked against the tokenizer, since a model given an id past its vocabulary fails the
+    batch's step for every request in it."""
+    if prompt is None:
+        return error(400, "missing field 'prompt'", "invalid_request_error", "prompt")
+    if isinstance(prompt, str):
+        return [prompt]
+    shape = ("'prompt' must be a string, a non-empty list of strings, a list of token ids, or a non-empty list "
+             "of lists of token ids")
+    if not isinstance(prompt, list) or not prompt:
+        return error(400, shape, "invalid_request_error", "prompt")
+    if all(isinstance(p, str) for p in prompt):
+        return prompt
+    prompts = [prompt] if all(_integer(t) for t in prompt) else prompt
+    if not all(isinstance(p, list) and all(_integer(t) for t in p) for p in prompts):
+        return error(400, shape, "invalid_request_error", "prompt")
+    vocab = getattr(tokenizer, "vocab_size", None)
+    for i, p in enumerate(prompts):
+        bad = next((t for t in p if t < 0 or (vocab is not None and t >= vocab)), None)
+        if bad is not None:
+            where = "'prompt'" if prompts is not prompt else f"'prompt[{i}]'"
+            ids = "a token id" if vocab is None else f"a token id of this model's tokenizer, 0 to {vocab - 1}"
+            return error(400, f"{where} holds {bad}, which is not {ids}", "invalid_request_error", "prompt")
+    return prompts
 
 
 def _scored(asked: Generation, logprobs: int | None, echo: list[str] | None) -> Generation | JSONResponse:

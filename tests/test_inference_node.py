@@ -137,6 +137,35 @@ def test_log_probabilities_of_answers_and_of_echoed_prompts(node):
         assert len(cut.choices[0].logprobs.tokens) + 1 <= cut.usage.completion_tokens <= 12
 
 
+def test_a_prompt_of_token_ids_is_answered_as_its_text_is(node):
+    """OpenAI's API takes a completion's prompt as token ids too, one list or a list of them, as evaluation
+    harnesses send a tokenized context (lm-evaluation-harness's local-completions does by default) with echo
+    and logprobs to score it: the answer, the echoed prompt and the log-probabilities are those of the same
+    prompt as text. An id the tokenizer does not have is a 400 naming it, and so is a prompt of mixed kinds."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{node.url}/v1", api_key="unused")
+    ids = list(b"Hello world")  # the built-in tokenizer's: a byte a token
+    text = client.completions.create(model="x", prompt="Hello world", max_tokens=6, temperature=0, logprobs=2)
+    tokens = client.completions.create(model="x", prompt=ids, max_tokens=6, temperature=0, logprobs=2)
+    assert tokens.choices[0].text == text.choices[0].text and tokens.usage == text.usage
+    assert tokens.choices[0].logprobs.token_logprobs == text.choices[0].logprobs.token_logprobs
+    scored = client.completions.create(model="x", prompt=[ids, list(b"Hi")], max_tokens=0, echo=True, logprobs=1)
+    by_text = client.completions.create(model="x", prompt=["Hello world", "Hi"], max_tokens=0, echo=True, logprobs=1)
+    assert [c.text for c in scored.choices] == ["Hello world", "Hi"]
+    assert [c.logprobs.token_logprobs for c in scored.choices] == [c.logprobs.token_logprobs for c in by_text.choices]
+    assert scored.usage.prompt_tokens == 13
+    for prompt, message in [([72, 257], "'prompt' holds 257, which is not a token id of this model's tokenizer, "
+                                        "0 to 256"),
+                            ([[72], [-1]], "'prompt[1]' holds -1, which is not a token id"),
+                            (["Hi", [72]], "'prompt' must be a string, a non-empty list of strings, a list of "
+                                           "token ids, or a non-empty list of lists of token ids"),
+                            ([True, 72], "'prompt' must be a string"),
+                            ([], "'prompt' must be a string")]:
+        r = httpx.post(f"{node.url}/v1/completions", json={"prompt": prompt, "max_tokens": 2}, timeout=30)
+        assert r.status_code == 400 and message in r.json()["error"]["message"], (prompt, r.text)
+
+
 def test_top_p_and_seed_shape_the_draws_and_defaults_are_taken_as_defaults(node):
     """``top_p`` (nucleus sampling): at a top_p too small for a second token, sampling at temperature 1 is
     the greedy answer, while without it the draws differ from it; a row at top_p 1 draws as it would
