@@ -105,6 +105,12 @@ def test_a_node_serves_a_hugging_face_model_with_its_chat_template(hf_dir, node_
     expected = [torch.log_softmax(logits[i - 1], -1)[ids[i]].item() for i in range(1, len(ids))]
     assert scored.choices[0].logprobs.token_logprobs[0] is None
     assert scored.choices[0].logprobs.token_logprobs[1:] == pytest.approx(expected, abs=1e-4)
+    # the same context sent as its token ids, as an evaluation harness tokenizes it: the same scores, and its text
+    # decoded as vLLM echoes it (without the special <s>)
+    by_ids = client.completions.create(model="x", prompt=ids, max_tokens=0, echo=True, logprobs=2)
+    assert by_ids.choices[0].logprobs.token_logprobs[1:] == pytest.approx(expected, abs=1e-4)
+    assert by_ids.choices[0].text == tok.decode(ids, skip_special_tokens=True) == "A GPU node boots"
+    assert by_ids.usage.prompt_tokens == len(ids)
     maps = open(f"/proc/{node.proc.pid}/maps").read()
     assert "libtorch" not in maps and "tokenizers" in maps
 
