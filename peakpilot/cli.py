@@ -778,8 +778,9 @@ def serve(
     no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip warm-up and the memory probe (for measuring a cold start)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads (default: all cores)."),
     slo_ms: Optional[float] = typer.Option(None, "--slo-ms", help="Answer 429 at once when a request that must "
-                                                                  "wait for a row would be late for this latency target "
-                                                                  "(milliseconds); one that finds a row free starts."),
+                                                                  "wait for a row would be late for this latency "
+                                                                  "target (milliseconds); one that finds a row free "
+                                                                  "starts."),
     slo_on: str = typer.Option("answer", "--slo-on", help="What --slo-ms bounds: 'answer' (the whole answer) or "
                                                           "'first-token' (a streamed answer's first token: a chat "
                                                           "service's target)."),
