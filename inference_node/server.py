@@ -5,7 +5,8 @@ full, and drains on SIGTERM.
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (text messages, as one prompt through
 the tokenizer's chat template or ``role: text`` lines), ``GET /health`` (alive), ``GET /ready`` (200
 only once loaded and warmed, 503 while starting or draining; its body says how long each start phase
-took, so lead times are measured rather than guessed), ``GET /metrics`` (Prometheus), ``GET /v1/models``.
+took, so lead times are measured rather than guessed), ``GET /metrics`` (Prometheus), ``GET /v1/models``,
+and vLLM's ``POST /tokenize`` and ``POST /detokenize``.
 
 Start-up: the HTTP server listens at once (``/health`` answers), the engine loads the model (in a
 process of its own by default, see engine.py) and runs warm-up passes over the batch sizes and
@@ -296,6 +297,20 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _unserved_model(data: dict, config: NodeConfig) -> JSONResponse | None:
+    """A 400 where ``model`` is not a string; with --served-model-name, a 404 where it names another model, as
+    vLLM answers it (a client sent to the wrong pool learns so, rather than being answered by this model)."""
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        return error(400, "'model' must be a string", "invalid_request_error", "model")
+    if config.served_model_names and model is not None and model not in config.served_model_names:
+        return JSONResponse({"error": {"message": f"The model `{model}` does not exist: this node serves "
+                                                  f"{', '.join(config.served_model_names)}",
+                                       "type": "invalid_request_error", "param": "model", "code": "model_not_found"}},
+                            status_code=404)
+    return None
+
+
 def _generation(data: dict, prompts: list[str | list[int]], config: NodeConfig, tokenizer, context: int | None,
                 prompt_field: str = "prompt", max_keys: tuple[str, ...] = ("max_tokens",),
                 default_max_tokens: int | None = 16, least_tokens: int = 1) -> Generation | JSONResponse:
@@ -305,13 +320,8 @@ def _generation(data: dict, prompts: list[str | list[int]], config: NodeConfig, 
     prompt (``n``) and stop strings. With ``--served-model-name``, a request naming another model is a 404,
     as vLLM answers it (a client sent to the wrong pool learns so, rather than being answered by this model)."""
     model = data.get("model")
-    if model is not None and not isinstance(model, str):
-        return error(400, "'model' must be a string", "invalid_request_error", "model")
-    if config.served_model_names and model is not None and model not in config.served_model_names:
-        return JSONResponse({"error": {"message": f"The model `{model}` does not exist: this node serves "
-                                                  f"{', '.join(config.served_model_names)}",
-                                       "type": "invalid_request_error", "param": "model", "code": "model_not_found"}},
-                            status_code=404)
+    if (unserved := _unserved_model(data, config)) is not None:
+        return unserved
     n = data.get("n", 1)
     if n is None:
         n = 1
@@ -486,14 +496,21 @@ def completion_prompts(prompt, tokenizer) -> list[str | list[int]] | JSONRespons
     prompts = [prompt] if all(_integer(t) for t in prompt) else prompt
     if not all(isinstance(p, list) and all(_integer(t) for t in p) for p in prompts):
         return error(400, shape, "invalid_request_error", "prompt")
-    vocab = getattr(tokenizer, "vocab_size", None)
     for i, p in enumerate(prompts):
-        bad = next((t for t in p if t < 0 or (vocab is not None and t >= vocab)), None)
-        if bad is not None:
-            where = "'prompt'" if prompts is not prompt else f"'prompt[{i}]'"
-            ids = "a token id" if vocab is None else f"a token id of this model's tokenizer, 0 to {vocab - 1}"
-            return error(400, f"{where} holds {bad}, which is not {ids}", "invalid_request_error", "prompt")
+        if (refused := _unknown_token(p, tokenizer, "'prompt'" if prompts is not prompt else f"'prompt[{i}]'",
+                                      "prompt")) is not None:
+            return refused
     return prompts
+
+
+def _unknown_token(ids: list[int], tokenizer, where: str, param: str) -> JSONResponse | None:
+    """A 400 where ``ids`` (named ``where``) hold an id this model's tokenizer does not have."""
+    vocab = getattr(tokenizer, "vocab_size", None)
+    bad = next((t for t in ids if t < 0 or (vocab is not None and t >= vocab)), None)
+    if bad is None:
+        return None
+    which = "a token id" if vocab is None else f"a token id of this model's tokenizer, 0 to {vocab - 1}"
+    return error(400, f"{where} holds {bad}, which is not {which}", "invalid_request_error", param)
 
 
 def _scored(asked: Generation, logprobs: int | None, echo: list[str] | None) -> Generation | JSONResponse:
@@ -528,14 +545,9 @@ def chat_prompt(messages: list[dict], tokenizer, add_generation_prompt: bool = T
     return lines + "assistant:" if add_generation_prompt else lines
 
 
-def parse_chat(body: bytes, config: NodeConfig, tokenizer,
-               context: int | None = None) -> Generation | JSONResponse:
-    """A chat completion request (``messages``, text content only), as one prompt. Its answer, unless
-    ``max_completion_tokens`` or ``max_tokens`` say otherwise, goes on until the model ends it (as OpenAI's
-    does), within this node's --max-new-tokens and the model's context."""
-    data = _json_object(body)
-    if isinstance(data, JSONResponse):
-        return data
+def chat_text(data: dict, tokenizer) -> str | JSONResponse:
+    """A chat request's ``messages`` (text content only) as the one prompt the model reads: through the
+    tokenizer's chat template, with the request's ``add_generation_prompt`` and ``chat_template_kwargs``."""
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         return error(400, "'messages' must be a non-empty list of messages", "invalid_request_error", "messages")
@@ -555,14 +567,6 @@ def parse_chat(body: bytes, config: NodeConfig, tokenizer,
             return error(400, f"messages[{i}].content must be a string or a list of text parts",
                          "invalid_request_error", f"messages[{i}].content")
         turns.append({"role": m["role"], "content": content})
-    logprobs, top = data.get("logprobs"), data.get("top_logprobs")
-    logprobs = False if logprobs is None else logprobs
-    if not isinstance(logprobs, bool):
-        return error(400, "'logprobs' must be true or false", "invalid_request_error", "logprobs")
-    if top is not None and (not _integer(top) or not 0 <= top <= 20):
-        return error(400, "'top_logprobs' must be an integer from 0 to 20", "invalid_request_error", "top_logprobs")
-    if top and not logprobs:
-        return error(400, "'top_logprobs' needs 'logprobs': true", "invalid_request_error", "top_logprobs")
     opened = _given(data, "add_generation_prompt", True)
     if not isinstance(opened, bool):
         return error(400, "'add_generation_prompt' must be true or false", "invalid_request_error",
@@ -572,10 +576,31 @@ def parse_chat(body: bytes, config: NodeConfig, tokenizer,
         return error(400, "'chat_template_kwargs' must be an object of the chat template's own variables (not "
                           f"{', '.join(sorted(TEMPLATE_OWN))})", "invalid_request_error", "chat_template_kwargs")
     try:
-        prompt = chat_prompt(turns, tokenizer, opened, template_kwargs)
+        return chat_prompt(turns, tokenizer, opened, template_kwargs)
     except ValueError as exc:  # the template's own raise_exception (roles that must alternate), or its error
         return error(400, f"'messages': the model's chat template refused them: {exc}", "invalid_request_error",
                      "messages")
+
+
+def parse_chat(body: bytes, config: NodeConfig, tokenizer,
+               context: int | None = None) -> Generation | JSONResponse:
+    """A chat completion request (``messages``, text content only), as one prompt. Its answer, unless
+    ``max_completion_tokens`` or ``max_tokens`` say otherwise, goes on until the model ends it (as OpenAI's
+    does), within this node's --max-new-tokens and the model's context."""
+    data = _json_object(body)
+    if isinstance(data, JSONResponse):
+        return data
+    prompt = chat_text(data, tokenizer)
+    if isinstance(prompt, JSONResponse):
+        return prompt
+    logprobs, top = data.get("logprobs"), data.get("top_logprobs")
+    logprobs = False if logprobs is None else logprobs
+    if not isinstance(logprobs, bool):
+        return error(400, "'logprobs' must be true or false", "invalid_request_error", "logprobs")
+    if top is not None and (not _integer(top) or not 0 <= top <= 20):
+        return error(400, "'top_logprobs' must be an integer from 0 to 20", "invalid_request_error", "top_logprobs")
+    if top and not logprobs:
+        return error(400, "'top_logprobs' needs 'logprobs': true", "invalid_request_error", "top_logprobs")
     asked = _generation(data, [prompt], config, tokenizer, context, "messages",
                         ("max_completion_tokens", "max_tokens"), default_max_tokens=None)
     if isinstance(asked, JSONResponse):
@@ -741,6 +766,55 @@ def create_app(config: NodeConfig) -> FastAPI:
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "peakpilot", "root": own,
                                             "max_model_len": node.context}
                                            for name in config.served_model_names or (own,)]}
+
+    async def tokenizer_request(request: Request) -> dict | JSONResponse:
+        """The body of a /tokenize or /detokenize request, once the key, the model named and the tokenizer
+        (loaded with the model) allow it."""
+        if (answer := refused(request)) is not None:
+            return answer
+        if node.state not in ("ready", "draining"):
+            return error(503, f"server unavailable: not ready ({node.state}); retry on another node", "unavailable",
+                         headers={"Retry-After": "1"})
+        body = await read_body(request, config.max_body_bytes)
+        if body is None:
+            return error(413, f"the request body is over {config.max_body_bytes} bytes", "invalid_request_error")
+        data = _json_object(body)
+        if isinstance(data, dict) and (unserved := _unserved_model(data, config)) is not None:
+            return unserved
+        return data
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        """vLLM's /tokenize: a completion's ``prompt`` or a chat request's ``messages`` as this node reads them
+        (special tokens and chat template included), so a client can count them against ``max_model_len``."""
+        data = await tokenizer_request(request)
+        if isinstance(data, JSONResponse):
+            return data
+        tokenizer = node.engine.tokenizer
+        if isinstance(data.get("messages"), list):
+            text = chat_text(data, tokenizer)
+        elif isinstance(data.get("prompt"), str):
+            text = data["prompt"]
+        else:
+            return error(400, "give 'prompt' (a string) or 'messages' (a list of messages)", "invalid_request_error",
+                         "prompt")
+        if isinstance(text, JSONResponse):
+            return text
+        tokens = tokenizer.encode(text)
+        return {"count": len(tokens), "max_model_len": node.context, "tokens": tokens, "token_strs": None}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        """vLLM's /detokenize: token ids of this model's tokenizer as text (special tokens left out)."""
+        data = await tokenizer_request(request)
+        if isinstance(data, JSONResponse):
+            return data
+        tokens = data.get("tokens")
+        if not isinstance(tokens, list) or not all(_integer(t) for t in tokens):
+            return error(400, "'tokens' must be a list of token ids", "invalid_request_error", "tokens")
+        if (unknown := _unknown_token(tokens, node.engine.tokenizer, "'tokens'", "tokens")) is not None:
+            return unknown
+        return {"prompt": node.engine.tokenizer.decode(tokens)}
 
     @app.post("/v1/completions")
     async def completions(request: Request):

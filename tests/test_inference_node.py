@@ -166,6 +166,35 @@ def test_a_prompt_of_token_ids_is_answered_as_its_text_is(node):
         assert r.status_code == 400 and message in r.json()["error"]["message"], (prompt, r.text)
 
 
+def test_tokenize_and_detokenize_count_as_the_node_reads_a_request(node):
+    """vLLM's /tokenize: a completion's prompt or a chat request's messages as the node reads them (its chat
+    template included), the count a client checks against max_model_len before it sends; /detokenize the way
+    back. Malformed requests are 400s naming the field."""
+    def post(path: str, body: dict) -> httpx.Response:
+        return httpx.post(f"{node.url}{path}", json=body, timeout=30)
+
+    ready = httpx.get(f"{node.url}/ready").json()
+    counted = post("/tokenize", {"prompt": "Hello"}).json()
+    assert counted == {"count": 5, "max_model_len": ready["max_model_len"], "tokens": list(b"Hello"),
+                       "token_strs": None}
+    messages = [{"role": "user", "content": "Hi"}]
+    chat = post("/tokenize", {"messages": messages}).json()
+    answered = post("/v1/chat/completions", {"messages": messages, "max_tokens": 1}).json()
+    assert chat["count"] == answered["usage"]["prompt_tokens"] == len("user: Hi\nassistant:")
+    assert post("/tokenize", {"messages": messages, "add_generation_prompt": False}).json()["count"] == len("user: Hi\n")
+    assert post("/detokenize", {"tokens": chat["tokens"]}).json() == {"prompt": "user: Hi\nassistant:"}
+    for path, body, message in [
+        ("/tokenize", {}, "give 'prompt' (a string) or 'messages' (a list of messages)"),
+        ("/tokenize", {"messages": [{"role": "robot", "content": "x"}]}, "messages[0] must be an object whose 'role'"),
+        ("/detokenize", {"tokens": [72, 300]}, "'tokens' holds 300, which is not a token id of this model's "
+                                               "tokenizer, 0 to 256"),
+        ("/detokenize", {"tokens": "Hi"}, "'tokens' must be a list of token ids"),
+    ]:
+        r = post(path, body)
+        assert r.status_code == 400 and message in r.json()["error"]["message"], (path, body, r.text)
+    assert httpx.post(f"{node.url}/tokenize", content=b"{not json", timeout=30).status_code == 400
+
+
 def test_top_p_and_seed_shape_the_draws_and_defaults_are_taken_as_defaults(node):
     """``top_p`` (nucleus sampling): at a top_p too small for a second token, sampling at temperature 1 is
     the greedy answer, while without it the draws differ from it; a row at top_p 1 draws as it would

@@ -120,3 +120,11 @@ def test_answers_carry_the_served_name_asked_for_and_another_model_is_not_found(
                       headers={"Authorization": "Bearer key-new"})
     assert bare.status_code == 200 and bare.json()["model"] == "llama-3"
     assert httpx.get(f"{keyed_node.url}/ready").json()["served_model_names"] == ["llama-3", "chat"]
+    # vLLM's /tokenize and /detokenize take the same key and the same names
+    key = {"Authorization": "Bearer key-new"}
+    assert httpx.post(f"{keyed_node.url}/tokenize", json={"prompt": "Hi"}).status_code == 401
+    assert httpx.post(f"{keyed_node.url}/detokenize", json={"tokens": [72]}).status_code == 401
+    other = httpx.post(f"{keyed_node.url}/tokenize", json={"model": "gpt-4o", "prompt": "Hi"}, headers=key)
+    assert other.status_code == 404 and other.json()["error"]["code"] == "model_not_found"
+    counted = httpx.post(f"{keyed_node.url}/tokenize", json={"model": "chat", "prompt": "Hi"}, headers=key)
+    assert counted.status_code == 200 and counted.json()["count"] == 2

@@ -79,6 +79,10 @@ def test_a_node_serves_a_hugging_face_model_with_its_chat_template(hf_dir, node_
     rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert rendered.startswith("<s><|system|>Be brief.<|end|>")
     assert chat.usage.prompt_tokens == len(tok.encode(rendered, add_special_tokens=False))  # one <s>, not two
+    counted = httpx.post(f"{node.url}/tokenize", json={"messages": messages}).json()  # as vLLM's /tokenize
+    assert counted["count"] == chat.usage.prompt_tokens and counted["max_model_len"] == 128
+    assert httpx.post(f"{node.url}/detokenize", json={"tokens": counted["tokens"]}).json()["prompt"] == \
+        tok.decode(counted["tokens"], skip_special_tokens=True)
     same = client.completions.create(model="x", prompt=rendered, max_tokens=8, temperature=0)
     assert chat.choices[0].message.content == same.choices[0].text
     assert chat.usage.completion_tokens == same.usage.completion_tokens
