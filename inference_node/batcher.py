@@ -34,6 +34,11 @@ log = logging.getLogger("peakpilot.node")
 RATE_WINDOW = 5.0  # seconds of answers the tokens-per-second gauge covers
 
 
+def moving(average: float, value: float, weight: float = 0.2) -> float:
+    """A moving average taking ``value`` at ``weight``; the first value as it is (0: none yet)."""
+    return value if not average else (1 - weight) * average + weight * value
+
+
 def _span(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
@@ -340,7 +345,7 @@ class Batcher:
                 return
             job.joined = now
             waited = now - job.enqueued
-            self.wait_seconds = waited if not self.wait_seconds else 0.8 * self.wait_seconds + 0.2 * waited
+            self.wait_seconds = moving(self.wait_seconds, waited)
             self.generating[job.key] = job
         if len(self.generating) == len(group):
             self._batch = (now, len(group))
@@ -376,9 +381,7 @@ class Batcher:
                 job = self.generating.get(k)
                 if job is not None and job.admission is not None and not job.future.done():
                     if tokens and not job.heard:
-                        took = time.perf_counter() - job.joined
-                        self.first_token_seconds = took if not self.first_token_seconds else \
-                            0.8 * self.first_token_seconds + 0.2 * took
+                        self.first_token_seconds = moving(self.first_token_seconds, time.perf_counter() - job.joined)
                     job.heard += tokens
                     job.admission.tell(job, tokens, False)
             return
@@ -449,7 +452,7 @@ class Batcher:
         if not self.generating and not self.continuous:
             took, rows = time.perf_counter() - self._batch[0], self._batch[1]
             weight = 0.3 if rows >= self.max_batch // 2 else 0.05  # full batches say most about the next
-            self.batch_seconds = took if not self.batch_seconds else (1 - weight) * self.batch_seconds + weight * took
+            self.batch_seconds = moving(self.batch_seconds, took, weight)
 
     def _fail(self, job: Job, exc: Exception) -> None:
         if job.future.done():
@@ -466,10 +469,10 @@ class Batcher:
             return
         now = time.perf_counter()
         waited = now - job.enqueued
-        self.latency_seconds = waited if not self.latency_seconds else 0.8 * self.latency_seconds + 0.2 * waited
+        self.latency_seconds = moving(self.latency_seconds, waited)
         # Rows generated alongside many others say most about a row's time under load.
         took, weight = now - job.joined, 0.2 if job.alongside >= self.max_batch // 2 else 0.05
-        self.row_seconds = took if not self.row_seconds else (1 - weight) * self.row_seconds + weight * took
+        self.row_seconds = moving(self.row_seconds, took, weight)
         if self.metrics:
             made = len(tokens) if generated is None else generated
             self.metrics.tokens.inc(made)

@@ -101,12 +101,14 @@ BATCHING = ("continuous", "run-to-end")
 SLO_ON = ("answer", "first-token")
 
 
-def error_body(message: str, kind: str, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": kind}}
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error shape; ``code`` is ``kind`` unless the error has a code of its own (``invalid_api_key``)."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code or kind}}
 
 
-def error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, kind, param), status_code=status, headers=headers)
+def error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None,
+          code: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, kind, param, code), status_code=status, headers=headers)
 
 
 class Node:
@@ -304,10 +306,9 @@ def _unserved_model(data: dict, config: NodeConfig) -> JSONResponse | None:
     if model is not None and not isinstance(model, str):
         return error(400, "'model' must be a string", "invalid_request_error", "model")
     if config.served_model_names and model is not None and model not in config.served_model_names:
-        return JSONResponse({"error": {"message": f"The model `{model}` does not exist: this node serves "
-                                                  f"{', '.join(config.served_model_names)}",
-                                       "type": "invalid_request_error", "param": "model", "code": "model_not_found"}},
-                            status_code=404)
+        return error(404, f"The model `{model}` does not exist: this node serves "
+                          f"{', '.join(config.served_model_names)}", "invalid_request_error", "model",
+                     code="model_not_found")
     return None
 
 
@@ -754,9 +755,7 @@ def create_app(config: NodeConfig) -> FastAPI:
             return None
         node.metrics.unauthorized.inc()
         why = "Incorrect API key provided" if given else "No API key provided: send it as 'Authorization: Bearer KEY'"
-        return JSONResponse({"error": {"message": why, "type": "invalid_request_error", "param": None,
-                                       "code": "invalid_api_key"}}, status_code=401,
-                            headers={"WWW-Authenticate": "Bearer"})
+        return error(401, why, "invalid_request_error", headers={"WWW-Authenticate": "Bearer"}, code="invalid_api_key")
 
     @app.get("/v1/models")
     async def models(request: Request):

@@ -187,6 +187,10 @@ def prometheus_auth(prometheus: Optional[str], headers: list[str], token_file: O
         fail(f"--prometheus-header: {exc}")
 
 
+# profile and loadgen: what their requests send
+MODEL_FIELD_HELP = ("The model field each request sends: a served model name, for a server that asks for one "
+                    "(vLLM's); default: none sent.")
+API_KEY_HELP = "The key a node started with --api-key asks for."
 TIMEZONE_HELP = ("IANA time zone of the users' day (e.g. America/New_York): the models read hour of day and day "
                  "of week on its clock, daylight saving included; times without an offset are UTC (default: "
                  "the history's own clock, a CSV's offset or UTC; a policy's is signals.timezone).")
@@ -843,10 +847,9 @@ def profile(
                                                             "is kept from ending it sooner)."),
     stream: bool = typer.Option(False, "--stream", help="Streamed answers, the SLO on the p99 of the first text "
                                                         "read (a chat service's), not of the whole answer."),
-    model: Optional[str] = typer.Option(None, "--model", help="The model field each request sends: a served "
-                                        "model name, for a server that asks for one (vLLM's); default: none sent."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_FIELD_HELP),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PEAKPILOT_API_KEY", show_envvar=True,
-                                          help="The key a node started with --api-key asks for."),
+                                          help=API_KEY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: rps_per_node and every "
                                                        "measured step."),
 ) -> None:
@@ -900,10 +903,9 @@ def loadgen(
     max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens each request asks for."),
     stream: bool = typer.Option(False, "--stream", help="Ask for streamed answers, and report when each "
                                                         "one's first text was read too."),
-    model: Optional[str] = typer.Option(None, "--model", help="The model field each request sends: a served "
-                                        "model name, for a server that asks for one (vLLM's); default: none sent."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_FIELD_HELP),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PEAKPILOT_API_KEY", show_envvar=True,
-                                          help="The key a node started with --api-key asks for."),
+                                          help=API_KEY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: outcomes and latency "
                                                        "percentiles."),
 ) -> None:
