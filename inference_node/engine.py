@@ -56,11 +56,12 @@ class EngineGone(EngineError):
 def _load_and_warm(spec: EngineSpec):
     """Load the model; find how many rows of the longest request the node admits fit in the device's
     memory at once (model.fitting_batch: ``spec.max_batch``, or fewer by halves); run representative
-    passes, the batch sizes and lengths the batcher will run, twice over. Returns the loaded model, the
-    seconds each phase took and that batch limit. With no warm-up, neither is run."""
+    passes, the batch sizes and lengths the batcher will run, twice over; give back the memory they held.
+    Returns the loaded model, the seconds each phase took and that batch limit. With no warm-up, neither is
+    run."""
     import torch
 
-    from inference_node.model import DecodeBatch, TooLongForMemory, fitting_batch, generate, load_model
+    from inference_node.model import DecodeBatch, TooLongForMemory, fitting_batch, generate, load_model, trim_c_heap
 
     if spec.threads:
         torch.set_num_threads(spec.threads)
@@ -94,6 +95,9 @@ def _load_and_warm(spec: EngineSpec):
             while len(joined):
                 joined.step()
     timings["warmup"] = time.perf_counter() - warm_started
+    # What the probe's widest batch and the warm-up held on the CPU: no batch holds it now. (A GPU's cache is
+    # kept: its blocks are what the first batches would otherwise wait to allocate.)
+    trim_c_heap()
     return model, timings, fits
 
 

@@ -16,6 +16,9 @@ Models without a KV cache re-read the whole sequence for every new token (correc
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -610,9 +613,31 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def release_memory(model: LoadedModel) -> None:
-    """Give a failed step's buffers back to the device, for the next batch."""
+    """Give a failed step's buffers back to the device (and the C heap's to the system), for the next batch."""
     if model.device.type == "cuda":
         torch.cuda.empty_cache()
+    trim_c_heap()
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim", None)
+    except OSError:
+        return None
+
+
+def trim_c_heap() -> bool:
+    """Hand the C heap's free pages back to the system. Tensors on the CPU come from malloc, which keeps
+    what they free for the process: after the memory probe's batch (8 rows of 768 tokens) and the warm-up the
+    built-in ``medium`` node stayed at 672 MB resident where it needs 342 (a trim takes 2-20 ms). True
+    where the C library could be asked."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 class TooLongForMemory(RuntimeError):
