@@ -143,6 +143,7 @@ class Batcher:
         self.slo_on_first_token = slo_on_first_token  # the target is on the first token, not the whole answer
         self.wait_seconds = 0.0  # moving average of requests' wait for a row (enqueue to joining the batch)
         self.row_seconds = 0.0  # moving average of a request's time generating (joined to answered)
+        self.row_tokens = 0.0  # moving average of the tokens those rows generated
         # moving average of a streamed request's time from joining the batch to its first tokens: its prefill,
         # and the steps until the engine tells them (a long prompt's first token is later than a short one's)
         self.first_token_seconds = 0.0
@@ -189,15 +190,18 @@ class Batcher:
     def idle(self) -> bool:
         return not self.queue and self.in_flight == 0
 
-    def expected_wait(self, count: int = 1) -> float:
+    def expected_wait(self, count: int = 1, max_tokens: int | None = None) -> float:
         """Seconds the last of ``count`` requests arriving now would take, or what requests have lately
         really taken, whichever is more (the model of the queue does not see a CPU shared with other work).
         Continuous: its wait for a free row (rows free ``max_batch`` per row-time, as the requests generating
-        finish) and its own time generating. Run to end: the batch running, the batches ahead and its own.
+        finish) and its own time generating: a row's time, or the part of it that its ``max_tokens`` are of
+        the tokens rows lately generated, where it asks for fewer (a short answer behind long ones is not
+        refused for the time theirs took). Run to end: the batch running, the batches ahead and its own.
         With the target on the first token (a chat service's, ``serve --slo-on first-token``), the wait for
         a row and the time from joining the batch to a first token, against what requests have lately
         waited for one (and taken to a first token once in)."""
-        own = 0 if self.slo_on_first_token else 1  # its own generating, unless the target is on its first token
+        # its own generating (unless the target is on its first token)
+        own = 0.0 if self.slo_on_first_token else self._share_of_a_row(max_tokens)
         first = self.first_token_seconds if self.slo_on_first_token else 0.0
         if self.continuous:
             ahead = len(self.queue) + count - (self.max_batch - len(self.generating))
@@ -209,7 +213,18 @@ class Batcher:
             # Nothing in the node: the past latency says nothing about now (and shedding on it alone
             # would refuse every request for ever, since none would finish to correct it).
             return modelled
-        return max(modelled, self.wait_seconds + first if self.slo_on_first_token else self.latency_seconds)
+        if self.slo_on_first_token:
+            return max(modelled, self.wait_seconds + first)
+        # what requests lately took, of which their generating its share
+        return max(modelled, self.wait_seconds + own * max(0.0, self.latency_seconds - self.wait_seconds))
+
+    def _share_of_a_row(self, max_tokens: int | None) -> float:
+        """The part of a row's time a request asking for ``max_tokens`` is expected to take: all of it, or the
+        part its tokens are of those rows lately generated, where it asks for fewer. (Rows that end early, on
+        an end token, are what the average already holds; a prompt's prefill is taken to scale alike.)"""
+        if not self.continuous or max_tokens is None or not self.row_tokens:
+            return 1.0
+        return min(1.0, max_tokens / self.row_tokens)
 
     def _starts_now(self, count: int) -> bool:
         """Whether ``count`` requests arriving now find rows free and nobody waiting for them: they wait for
@@ -242,7 +257,7 @@ class Batcher:
                             f"the queue has no room for {count} prompts")
         measured = self.row_seconds if self.continuous else self.batch_seconds
         if self.slo is not None and measured and not self._starts_now(count):
-            wait = self.expected_wait(count)
+            wait = self.expected_wait(count, max_tokens)
             if wait > self.slo:
                 target = "first-token latency target" if self.slo_on_first_token else "latency target"
                 raise QueueFull(len(self.queue), f"the expected wait {wait:.2f} s is over the {self.slo:g} s {target}")
@@ -473,8 +488,9 @@ class Batcher:
         # Rows generated alongside many others say most about a row's time under load.
         took, weight = now - job.joined, 0.2 if job.alongside >= self.max_batch // 2 else 0.05
         self.row_seconds = moving(self.row_seconds, took, weight)
+        made = len(tokens) if generated is None else generated
+        self.row_tokens = moving(self.row_tokens, made, weight)
         if self.metrics:
-            made = len(tokens) if generated is None else generated
             self.metrics.tokens.inc(made)
             self._answered.append((now, made))
             self._answered_tokens += made

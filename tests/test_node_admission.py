@@ -95,3 +95,34 @@ def test_a_short_prefill_leaves_a_first_token_target_to_the_wait():
         return expected
 
     assert asyncio.run(scenario()) == pytest.approx(0.4, abs=0.1)
+
+
+def test_a_request_asking_for_fewer_tokens_is_expected_to_take_less_of_a_row():
+    """Rows that generated 100 tokens in 0.4 s: with the one row taken, a request asking for 100 tokens would
+    wait 0.4 s for it and take 0.4 s more, 0.8 s against a 0.5 s whole-answer target: busy. One asking for 10
+    would take a tenth of a row, 0.44 s in all: admitted (counted as a whole row's answer, it was refused
+    too, and a node of chat answers said "busy" to every short request behind one long answer)."""
+    async def scenario():
+        engine = ScriptedEngine()
+        batcher = Batcher(engine, max_batch=1, max_wait_ms=0, slo_ms=500)
+        batcher.start()
+        first = batcher.admit([[1] * 8], 100)
+        await joined(engine, 1)
+        await asyncio.sleep(0.4)
+        engine.tell("row", engine.rows[0], [5] * 100)
+        await first.answers()
+        first.close()
+        holding = batcher.admit([[1] * 8], 100)  # the row is free: admitted, whatever the times
+        await joined(engine, 2)
+        long_wait, short_wait = batcher.expected_wait(max_tokens=100), batcher.expected_wait(max_tokens=10)
+        with pytest.raises(QueueFull) as refused:
+            batcher.admit([[1] * 8], 100)
+        short = batcher.admit([[1] * 8], 10)  # not refused
+        short.close()
+        holding.close()
+        await batcher.stop()
+        return long_wait, short_wait, str(refused.value)
+
+    long_wait, short_wait, message = asyncio.run(scenario())
+    assert long_wait == pytest.approx(0.8, abs=0.15) and short_wait == pytest.approx(0.44, abs=0.1)
+    assert "over the 0.5 s latency target" in message
