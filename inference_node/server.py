@@ -6,7 +6,7 @@ Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (text message
 the tokenizer's chat template or ``role: text`` lines), ``GET /health`` (alive), ``GET /ready`` (200
 only once loaded and warmed, 503 while starting or draining; its body says how long each start phase
 took, so lead times are measured rather than guessed), ``GET /metrics`` (Prometheus), ``GET /v1/models``,
-and vLLM's ``POST /tokenize`` and ``POST /detokenize``.
+and vLLM's ``POST /tokenize``, ``POST /detokenize`` and ``GET /version``.
 
 Start-up: the HTTP server listens at once (``/health`` answers), the engine loads the model (in a
 process of its own by default, see engine.py) and runs warm-up passes over the batch sizes and
@@ -19,7 +19,8 @@ Kubernetes the container restarts, visibly, rather than holding a GPU node that 
 
 With API keys (``serve --api-key``, as vLLM's), the ``/v1`` endpoints answer only a request that sends one of
 them as ``Authorization: Bearer KEY`` (what OpenAI's SDKs send), and any other a 401 that is not counted as
-demand; the probes and ``/metrics`` stay open to the kubelet and Prometheus.
+demand; the probes and ``/metrics`` stay open to the kubelet and Prometheus, and ``/version`` to anyone, as
+vLLM's.
 """
 
 from __future__ import annotations
@@ -99,6 +100,19 @@ class NodeConfig:
 
 BATCHING = ("continuous", "run-to-end")
 SLO_ON = ("answer", "first-token")
+
+
+def _server_version() -> str:
+    """The installed distribution's version (the node imports nothing of the control plane's package)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("peakpilot")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+SERVER_VERSION = _server_version()
 
 
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
@@ -739,6 +753,11 @@ def create_app(config: NodeConfig) -> FastAPI:
         if node.engine.device_warning:  # given a GPU, serving on the CPU
             body["device_warning"] = node.engine.device_warning
         return JSONResponse(body, status_code=200 if node.state == "ready" else 503)
+
+    @app.get("/version")
+    async def version():
+        """vLLM's /version, open as vLLM's is: the version of the server (peakpilot's), which clients log."""
+        return {"version": SERVER_VERSION}
 
     @app.get("/metrics")
     async def metrics():

@@ -13,6 +13,8 @@ import sys
 import httpx
 import pytest
 
+import peakpilot
+
 from tests.conftest import SAMPLE
 
 
@@ -50,6 +52,7 @@ def test_only_requests_with_one_of_the_keys_are_served_and_the_others_are_not_de
     assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer key-new"}).status_code == 200
     # the kubelet's probes and Prometheus's scrape send no key
     assert httpx.get(f"{url}/health").status_code == 200 and httpx.get(f"{url}/ready").status_code == 200
+    assert httpx.get(f"{url}/version").json() == {"version": peakpilot.__version__}  # vLLM's, open as vLLM's is
     assert metric(url, "peakpilot_unauthorized_requests_total") == 3  # two completions, one model list
     assert metric(url, 'peakpilot_requests_total{outcome="ok"}') == 2
     assert sum(metric(url, f'peakpilot_requests_total{{outcome="{o}"}}') for o in ("busy", "error")) == 0
