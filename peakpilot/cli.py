@@ -810,7 +810,8 @@ def serve(
 ) -> None:
     """Serve a PyTorch model: OpenAI-compatible /v1/completions and /v1/chat/completions, /health, /ready, /metrics."""
     from inference_node.engine import DTYPE_NAMES, ENGINES
-    from inference_node.server import BATCHING, SLO_ON, NodeConfig, NodeFailed
+    from inference_node.config import BATCHING, SLO_ON, NodeConfig
+    from inference_node.server import NodeFailed
     from inference_node.server import serve as run_server
 
     if engine not in ENGINES:

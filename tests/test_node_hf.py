@@ -157,7 +157,8 @@ def test_chat_template_kwargs_and_add_generation_prompt_render_as_transformers_d
     ``continue_final_message``, are refused by name."""
     from transformers import AutoTokenizer
 
-    from inference_node.server import NodeConfig, parse_chat
+    from inference_node.config import NodeConfig
+    from inference_node.protocol import parse_chat
     from inference_node.tokenizer import HFTokenizer
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
