@@ -498,7 +498,8 @@ def replay(
         typer.echo(f"placeholders (kubernetes.placeholder): predictive's would hold {held:,.0f} node-hours warm on "
                    f"a cluster, {held / max(r['node_hours'], 1e-9):.1%} beyond its {r['node_hours']:,.0f}; "
                    f"not simulated, so neither their cost nor the shorter starts they buy is above")
-    typer.echo("cheapest cost reaching each SLA level:")
+    typer.echo("cost reaching each SLA level (no sweep: the one run at the policy's settings; - where it falls short):"
+               if no_sweep else "cheapest cost reaching each SLA level:")
     for name, levels in doc["cost_at_sla"].items():
         cells = "  ".join(f"{k}: {'-' if v is None else f'${v:,.0f}'}" for k, v in levels.items())
         typer.echo(f"  {name:<15}{cells}")

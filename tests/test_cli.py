@@ -289,7 +289,10 @@ def test_replay_of_the_sample_says_how_to_replay_the_policys_own_prometheus(tmp_
     assert out.returncode == 0, out.stderr
     assert ("replaying the sample trace; --prometheus http://prometheus.monitoring:9090 replays the history of "
             "llm-chat") in out.stderr
-    assert "replaying the sample" not in run("replay", "--strategies", "static", "--no-sweep").stderr
+    plain = run("replay", "--strategies", "static", "--no-sweep")
+    assert "replaying the sample" not in plain.stderr
+    # without a sweep there is one run per strategy: its cost is not called the cheapest reaching each level
+    assert "no sweep: the one run at the policy's settings" in plain.stdout and "cheapest" not in plain.stdout
 
 
 def test_check_policy_passes_the_shipped_ones_and_names_every_problem(tmp_path):
