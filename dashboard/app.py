@@ -26,6 +26,9 @@ from dashboard import data  # noqa: E402
 
 STORE = os.environ.get("PEAKPILOT_STORE", str(default_runs_dir() / "demo" / "peakpilot.db"))
 TIME_AXIS = "UTC"  # the store's times, the daemon's and replay's clock
+# A metric's line under its value that says more about it (not a change since before): grey, without the arrow
+# Streamlit draws for a change (an "up" arrow beside "0 warming, 0 draining" read as a rise).
+NOTE = {"delta_color": "off", "delta_arrow": "off"}
 COLORS = {"reserved": "#4c78a8", "spot": "#54a24b", "on_demand": "#e45756", "load": "#222222"}
 
 st.set_page_config(page_title="peakpilot", layout="wide")
@@ -106,18 +109,18 @@ with tabs[0]:
     c[0].metric("load now", data.format_rps(o["load_rps"]) if o["load_rps"] is not None else "no data")
     if o["peak"]:
         c[1].metric("predicted peak", data.format_rps(o["peak"]["q50"]),
-                    f"in {o['peak']['in_min']} min, q90 {data.format_rps(o['peak']['q90'])}", delta_color="off")
-    c[2].metric("ready nodes", sum(o["nodes"].values()), f"{o['warming']} warming, {o['draining']} draining",
-                delta_color="off")
+                    f"in {o['peak']['in_min']} min, q90 {data.format_rps(o['peak']['q90'])}", **NOTE)
+    c[2].metric("ready nodes", sum(o["nodes"].values()), f"{o['warming']} warming, {o['draining']} draining", **NOTE)
     c[3].metric("cost per hour", f"${o['cost_per_hour']:,.2f}")
     # A replay's SLA is its service model's; a daemon's is estimated from the observed load and ready
     # nodes with the same model (the nodes' own peakpilot_requests_total by outcome is the measurement).
     label = "SLA (estimated)" if summary.get("kind") == "daemon" else "SLA"
     if o["sla"] is None:
-        c[4].metric(label, "live", f"target {o['sla_target']:.1%}", delta_color="off")
+        c[4].metric(label, "live", f"target {o['sla_target']:.1%}", **NOTE)
     else:
         ok = o["sla"] >= o["sla_target"]
-        c[4].metric(label, f"{o['sla']:.3%}", f"target {o['sla_target']:.1%}", delta_color="normal" if ok else "inverse")
+        c[4].metric(label, f"{o['sla']:.3%}", f"target {o['sla_target']:.1%}", delta_arrow="off",
+                    delta_color="normal" if ok else "inverse")
     recent = tl.tail(6 * 60)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=recent["ts"], y=recent["load_rps"], name="load", line={"color": COLORS["load"]}))
@@ -185,12 +188,12 @@ with tabs[2]:
         c = st.columns(4)
         c[0].metric("cluster cost per hour now", f"${tl['cost_per_hour'].iloc[-1]:,.2f}")
         c[1].metric("peakpilot's plan per hour now", f"${tl['plan_cost_per_hour'].iloc[-1]:,.2f}",
-                    "shadow mode: what peakpilot would run", delta_color="off")
+                    "shadow mode: what peakpilot would run", **NOTE)
         if shadow:
             c[2].metric("cluster SLA (estimated)", f"{shadow['cluster']['sla_compliance']:.3%}",
-                        f"${shadow['cluster']['cost_usd']:,.0f} so far", delta_color="off")
+                        f"${shadow['cluster']['cost_usd']:,.0f} so far", **NOTE)
             c[3].metric("plan SLA (estimated)", f"{shadow['plan']['sla_compliance']:.3%}",
-                        f"${shadow['plan']['cost_usd']:,.0f} so far", delta_color="off")
+                        f"${shadow['plan']['cost_usd']:,.0f} so far", **NOTE)
             st.caption("Both SLAs are estimated from the observed load with replay's service model; the plan's "
                        "nodes count as ready one (p95) lead time after it asked for them (controller/shadow.py).")
     hourly = tl.set_index("ts")[[f"cost_{c}" for c in CLASSES]].resample("1h").sum() / 60.0
@@ -213,12 +216,12 @@ with tabs[2]:
 # -- SLA ----------------------------------------------------------------------------------------
 def sla_page(s: dict) -> None:
     c = st.columns(4)
-    c[0].metric("compliance", f"{s['compliance']:.4%}", f"target {s['target']:.2%}",
+    c[0].metric("compliance", f"{s['compliance']:.4%}", f"target {s['target']:.2%}", delta_arrow="off",
                 delta_color="normal" if s["compliance"] >= s["target"] else "inverse")
     c[1].metric("busy share", f"{s['busy_share']:.4%}")
     c[2].metric("late share", f"{s['late_share']:.4%}")
     c[3].metric("error budget left", f"{s['budget_left_share']:.1%}",
-                f"{s['used_requests']:,.0f} of {s['budget_requests']:,.0f} requests", delta_color="off")
+                f"{s['used_requests']:,.0f} of {s['budget_requests']:,.0f} requests", **NOTE)
     burn = go.Figure([go.Scatter(x=tl["ts"], y=s["burn_rate"], name="burn rate (1 h)")])
     burn.add_hline(y=1.0, line_dash="dash", annotation_text="on budget")
     burn.update_layout(height=320, margin={"t": 30}, title="error budget burn rate", xaxis_title=TIME_AXIS)

@@ -98,6 +98,11 @@ def test_every_page_shows_the_store_numbers(app, store):
     assert metric(at, "cost per hour") == f"${o['cost_per_hour']:,.2f}"
     assert metric(at, "SLA") == f"{o['sla']:.3%}"
     assert abs(o["sla"] - view.summary["strategies"]["predictive"]["sla_compliance"]) < 1e-6
+    # the lines under these values say more about them, not a change: no rise or fall arrow beside them
+    from streamlit.proto.Metric_pb2 import Metric
+    noted = {m.label: m.proto for m in at.metric if m.label in ("predicted peak", "ready nodes", "SLA", "compliance")}
+    assert noted["ready nodes"].delta == f"{o['warming']} warming, {o['draining']} draining"
+    assert len(noted) == 4 and {m.direction for m in noted.values()} == {Metric.MetricDirection.NONE}
     # Cost: savings against the baselines replay ran
     mine = view.summary["strategies"]["predictive"]["cost_usd"]
     reactive = view.summary["strategies"]["reactive"]["cost_usd"]
