@@ -209,7 +209,12 @@ with tabs[2]:
                       xaxis_title=TIME_AXIS)
     st.plotly_chart(cum, key="cost_cumulative")
     if len(rows):
-        st.dataframe(rows, key="cost_table")
+        # the SLA in percent to three places: 99.995% and 99.999% are different promises
+        st.dataframe(rows.assign(sla_compliance=rows["sla_compliance"] * 100), key="cost_table", column_config={
+            "cost_usd": st.column_config.NumberColumn("cost", format="dollar"),
+            "sla_compliance": st.column_config.NumberColumn("SLA", format="%.3f%%"),
+            "saving_usd": st.column_config.NumberColumn("saving", format="dollar"),
+            "saving_pct": st.column_config.NumberColumn("saving %", format="%.1f%%")})
     else:
         st.caption("no baselines for a live run: `peakpilot replay` compares strategies on a trace")
 

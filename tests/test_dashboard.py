@@ -107,6 +107,9 @@ def test_every_page_shows_the_store_numbers(app, store):
     mine = view.summary["strategies"]["predictive"]["cost_usd"]
     reactive = view.summary["strategies"]["reactive"]["cost_usd"]
     assert metric(at, "saving vs reactive") == f"${reactive - mine:,.0f}"
+    costs = next(d.value for d in at.dataframe if "saving_pct" in d.value.columns)  # the SLA shown in percent
+    assert costs.loc["predictive", "sla_compliance"] == pytest.approx(
+        100 * view.summary["strategies"]["predictive"]["sla_compliance"])
     # SLA
     s = data.sla_status(view)
     assert metric(at, "compliance") == f"{s['compliance']:.4%}"
