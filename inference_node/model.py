@@ -631,8 +631,8 @@ def _malloc_trim():
 def trim_c_heap() -> bool:
     """Hand the C heap's free pages back to the system. Tensors on the CPU come from malloc, which keeps
     what they free for the process: after the memory probe's batch (8 rows of 768 tokens) and the warm-up the
-    built-in ``medium`` node stayed at 672 MB resident where it needs 342 (a trim takes 2-20 ms). True
-    where the C library could be asked."""
+    engine of the built-in ``medium`` model stayed at 672 MB resident where it needs 342 (a trim takes 2-20
+    ms). True where the C library could be asked."""
     trim = _malloc_trim()
     if trim is None:
         return False
