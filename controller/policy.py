@@ -188,6 +188,27 @@ class PrometheusTLS(Strict):
         return self
 
 
+class OAuth2(Strict):
+    """An OAuth2 client (the client-credentials grant), as Prometheus's own ``oauth2`` block: a token from
+    ``token_url`` is sent as a bearer token and asked for again before it expires."""
+    client_id: str = Field(min_length=1)
+    client_secret_file: str = Field(min_length=1, description="file holding the client secret (a mounted Secret), "
+                                                              "read at every request for a token")
+    token_url: str = Field(description="the identity provider's token endpoint, e.g. "
+                                       "https://login.microsoftonline.com/TENANT/oauth2/v2.0/token")
+    scopes: list[str] = Field(default_factory=list, description="e.g. https://prometheus.monitor.azure.com/.default")
+    endpoint_params: dict[str, str] = Field(default_factory=dict, description="more form fields for the token "
+                                                                              "endpoint (an audience, a resource)")
+
+    @field_validator("token_url")
+    @classmethod
+    def _token_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} is not a token endpoint URL: write it as https://HOST/PATH")
+        return v
+
+
 class PrometheusAuthSpec(Strict):
     """Credentials for a Prometheus behind authentication; secrets are read from files (mounted Secrets), as
     Prometheus's own configuration takes them, never written in the policy."""
@@ -196,6 +217,7 @@ class PrometheusAuthSpec(Strict):
     bearer_token_file: str | None = Field(None, description="file holding a bearer token, read at every query (a "
                                                             "rotated service-account token is picked up)")
     basic_auth: BasicAuth | None = None
+    oauth2: OAuth2 | None = None
     tls: PrometheusTLS | None = None
 
     @field_validator("headers")
@@ -210,10 +232,11 @@ class PrometheusAuthSpec(Strict):
 
     @model_validator(mode="after")
     def _one_credential(self) -> PrometheusAuthSpec:
-        if self.bearer_token_file and self.basic_auth:
-            raise ValueError("give bearer_token_file or basic_auth, not both")
-        if (self.bearer_token_file or self.basic_auth) and any(k.lower() == "authorization" for k in self.headers):
-            raise ValueError("an Authorization header and bearer_token_file or basic_auth would overwrite each other")
+        given = [name for name in ("bearer_token_file", "basic_auth", "oauth2") if getattr(self, name)]
+        if len(given) > 1:
+            raise ValueError(f"give one of bearer_token_file, basic_auth or oauth2, not {' and '.join(given)}")
+        if given and any(k.lower() == "authorization" for k in self.headers):
+            raise ValueError(f"an Authorization header and {given[0]} would overwrite each other")
         return self
 
 

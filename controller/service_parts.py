@@ -18,13 +18,17 @@ from controller.signals import PrometheusSignals, TraceSignals
 
 def prometheus_auth(policy: Policy):
     """The policy's ``signals.prometheus_auth`` as the Prometheus source takes it."""
+    from forecaster.oauth2 import ClientCredentials
     from forecaster.prometheus_source import PrometheusAuth
 
     spec = policy.signals.prometheus_auth
-    basic, tls = spec.basic_auth, spec.tls
+    basic, tls, oauth2 = spec.basic_auth, spec.tls, spec.oauth2
+    client = None if oauth2 is None else ClientCredentials(
+        oauth2.client_id, oauth2.client_secret_file, oauth2.token_url, tuple(oauth2.scopes),
+        tuple(sorted(oauth2.endpoint_params.items())))
     return PrometheusAuth(dict(spec.headers), spec.bearer_token_file, basic.username if basic else None,
                           basic.password_file if basic else None, tls.ca_file if tls else None,
-                          tls.cert_file if tls else None, tls.key_file if tls else None)
+                          tls.cert_file if tls else None, tls.key_file if tls else None, client)
 
 
 class ServiceParts:

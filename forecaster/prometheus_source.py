@@ -24,10 +24,11 @@ Prometheus then waits for it once per cycle, not once per service.
 A Prometheus behind authentication (``PrometheusAuth``): headers sent with every query (a tenant's
 ``X-Scope-OrgID`` for Mimir, Cortex or Thanos), a bearer token read from a file (a Kubernetes service
 account's, for OpenShift's Thanos querier or a kube-rbac-proxy; read again at every query, since a projected
-token is rotated while the daemon runs), or basic auth with its password in a file (Prometheus's own
-``--web.config.file``, Grafana Cloud); over TLS, the CA that signed its certificate and a client certificate
-where it asks for one (mTLS). Secrets come from files, as Prometheus's own configuration takes them, so that
-none is written in a policy ConfigMap.
+token is rotated while the daemon runs), basic auth with its password in a file (Prometheus's own
+``--web.config.file``, Grafana Cloud), or an OAuth2 client's tokens (forecaster/oauth2.py: Azure Monitor's
+managed Prometheus, a gateway behind an identity provider); over TLS, the CA that signed its certificate and a
+client certificate where it asks for one (mTLS). Secrets come from files, as Prometheus's own configuration
+takes them, so that none is written in a policy ConfigMap.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import pandas as pd
 
 from forecaster.errors import HistoryError
 from forecaster.history import History, mark_gaps
+from forecaster.oauth2 import ClientCredentials
 from forecaster.progress import progress as show_progress
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,9 @@ _unreachable: dict[str, tuple[float, str]] = {}  # url -> (monotonic time it fai
 
 @dataclass(frozen=True)
 class PrometheusAuth:
-    """How to reach a Prometheus behind authentication: ``headers`` sent with every query, and a bearer token
-    or a basic-auth password read from a file at every query (at most one of the two)."""
+    """How to reach a Prometheus behind authentication: ``headers`` sent with every query, and one of a bearer
+    token or a basic-auth password read from a file at every query, or an OAuth2 client's tokens (``oauth2``,
+    forecaster/oauth2.py)."""
 
     headers: dict[str, str] = field(default_factory=dict)
     bearer_token_file: str | None = None
@@ -71,17 +74,19 @@ class PrometheusAuth:
     ca_file: str | None = None  # the CA bundle that signed Prometheus's certificate (default: the system's)
     cert_file: str | None = None  # a client certificate and its key, where Prometheus asks for one (mTLS)
     key_file: str | None = None
+    oauth2: ClientCredentials | None = None
 
     def __post_init__(self):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("a client certificate needs both its cert file and its key file")
-        if self.bearer_token_file and self.username is not None:
-            raise ValueError("give a bearer token file or basic auth, not both")
+        given = [what for what, there in (("a bearer token file", self.bearer_token_file),
+                                          ("basic auth", self.username is not None), ("OAuth2", self.oauth2)) if there]
+        if len(given) > 1:
+            raise ValueError(f"give one of a bearer token file, basic auth or OAuth2, not {' and '.join(given)}")
         if (self.username is None) != (self.password_file is None):
             raise ValueError("basic auth needs both a username and a password file")
-        if (self.bearer_token_file or self.username is not None) and any(
-                k.lower() == "authorization" for k in self.headers):
-            raise ValueError("an Authorization header and a bearer token or basic auth would overwrite each other")
+        if given and any(k.lower() == "authorization" for k in self.headers):
+            raise ValueError(f"an Authorization header and {given[0]} would overwrite each other")
 
     def credentials(self, where: str) -> tuple[dict[str, str], tuple[str, str] | None]:
         """The headers and basic auth of the next query, files read now; a file that cannot be read is a
@@ -89,6 +94,8 @@ class PrometheusAuth:
         headers = dict(self.headers)
         if self.bearer_token_file:
             headers["Authorization"] = f"Bearer {_secret(self.bearer_token_file, 'bearer token', where)}"
+        if self.oauth2 is not None:
+            headers["Authorization"] = f"Bearer {self.oauth2.token(where)}"
         basic = (self.username, _secret(self.password_file, "password", where)) if self.username is not None else None
         return headers, basic
 
@@ -228,8 +235,11 @@ class PrometheusSource:
             return ""
         basic = self.auth.username is not None or urlsplit(self.endpoint).username is not None
         given = {"headers": bool(self.auth.headers), "a bearer token": bool(self.auth.bearer_token_file),
-                 "basic auth": basic}
+                 "basic auth": basic, "an OAuth2 token": self.auth.oauth2 is not None}
         sent = "it was sent " + (", ".join(what for what, there in given.items() if there) or "no credentials")
+        if status == "401" and self.auth.oauth2 is not None:
+            self.auth.oauth2.forget()  # revoked, or signed by keys since rotated: the next query asks for a new one
+            sent += f" from {self.auth.oauth2.token_url}, which the next query asks for again"
         return (f" ({'not authenticated' if status == '401' else 'not allowed'}: {sent}; set them in the policy's "
                 f"signals.prometheus_auth, or on the command line with --prometheus-header and "
                 f"--prometheus-token-file)")

@@ -85,7 +85,34 @@ def certificates(folder: Path) -> dict[str, str]:
     return paths
 
 
-class Gateway:
+class QuietHandler(BaseHTTPRequestHandler):
+    """A test server's request handler: answers with ``answer``, logs nothing."""
+
+    def answer(self, status: int, body: bytes, kind: str = "text/plain"):
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class LocalServer:
+    """``handler`` served on a free loopback port, on a thread of its own, until ``close``."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Gateway(LocalServer):
     """A proxy that lets a query through to Prometheus only with ``Authorization: Bearer <token>`` (401
     otherwise) and the tenant ``X-Scope-OrgID: team-a`` (403 otherwise), as the gateways in front of a
     shared Prometheus do. ``token`` can be changed while it runs: a rotated service-account token."""
@@ -95,33 +122,17 @@ class Gateway:
         self.seen: list[dict] = []
         gateway = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 gateway.seen.append(dict(self.headers))
                 if self.headers.get("Authorization") != f"Bearer {gateway.token}":
-                    return self._answer(401, b"Unauthorized\n")
+                    return self.answer(401, b"Unauthorized\n")
                 if self.headers.get("X-Scope-OrgID") != "team-a":
-                    return self._answer(403, b"no tenant team-a\n")
+                    return self.answer(403, b"no tenant team-a\n")
                 r = requests.get(gateway.upstream + self.path, timeout=30)
-                self._answer(r.status_code, r.content, r.headers.get("Content-Type", "application/json"))
+                self.answer(r.status_code, r.content, r.headers.get("Content-Type", "application/json"))
 
-            def _answer(self, status: int, body: bytes, kind: str = "text/plain"):
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
@@ -214,6 +225,146 @@ def test_a_bearer_token_is_read_again_at_every_query_so_a_rotated_one_is_used(be
         source.load(start, end)
 
 
+class TokenServer(LocalServer):
+    """An OAuth2 token endpoint (RFC 6749's client-credentials grant, the part an identity provider plays): it
+    issues a new token to client ``peakpilot`` with secret ``s3cret``, taken in basic auth or, with
+    ``body_only``, only in the form (refusing basic auth as ``invalid_client``, as some providers do), and tells
+    ``gateway`` to let that token through from then on. ``expires_in`` is the lifetime it gives each token."""
+
+    def __init__(self, gateway: Gateway, expires_in: float | None = 3600, body_only: bool = False):
+        self.gateway, self.expires_in, self.body_only = gateway, expires_in, body_only
+        self.asked: list[dict] = []  # each request's form, with how the client authenticated
+        server = self
+
+        class Handler(QuietHandler):
+            def do_POST(self):
+                import base64
+                from urllib.parse import parse_qsl
+
+                form = dict(parse_qsl(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+                scheme, _, basic = self.headers.get("Authorization", "").partition(" ")
+                if scheme == "Basic":
+                    form["client_id"], _, form["client_secret"] = base64.b64decode(basic).decode().partition(":")
+                    form["via"] = "basic"
+                server.asked.append(form)
+                if form.get("grant_type") != "client_credentials":
+                    return self._json(400, {"error": "unsupported_grant_type"})
+                if (scheme == "Basic" and server.body_only) or (form.get("client_id"), form.get("client_secret")) != (
+                        "peakpilot", "s3cret"):
+                    return self._json(401, {"error": "invalid_client", "error_description": "client authentication "
+                                                                                            "failed"})
+                server.gateway.token = f"issued-{len(server.asked)}"
+                doc = {"access_token": server.gateway.token, "token_type": "Bearer"}
+                if server.expires_in is not None:
+                    doc["expires_in"] = server.expires_in
+                self._json(200, doc)
+
+            def _json(self, status: int, doc: dict):
+                self.answer(status, json.dumps(doc).encode(), "application/json")
+
+        super().__init__(Handler)
+        self.url += "/oauth2/token"
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_oauth2_client_asks_for_a_token_once_and_again_before_it_expires(behind_gateway, tmp_path):
+    """OAuth2 client credentials (Prometheus's own ``oauth2`` block; Azure Monitor's managed Prometheus, or a
+    gateway behind an identity provider): the token endpoint is asked once, the token is sent to the gateway as
+    a bearer token with every query until a minute before it expires, then a new one is asked for; a token
+    the gateway refuses (revoked) is dropped, and the next query asks for another."""
+    from forecaster.oauth2 import ClientCredentials
+
+    gateway, counts, start = behind_gateway
+    end = start + pd.Timedelta(hours=HOURS)
+    issuer = TokenServer(gateway, expires_in=3600)
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    clock = Clock()
+    client = ClientCredentials("peakpilot", str(secret), issuer.url, ("api://prometheus/.default",),
+                               (("audience", "prometheus"),), clock=clock)
+    source = PrometheusSource(gateway.url, auth=PrometheusAuth({"X-Scope-OrgID": "team-a"}, oauth2=client))
+    try:
+        np.testing.assert_allclose(source.load(start, end).counts.to_numpy(), counts.to_numpy(), rtol=1e-9, atol=1e-6)
+        assert issuer.asked == [{"grant_type": "client_credentials", "scope": "api://prometheus/.default",
+                                 "audience": "prometheus", "client_id": "peakpilot", "client_secret": "s3cret",
+                                 "via": "basic"}]
+        assert gateway.seen[-1]["Authorization"] == "Bearer issued-1"
+        clock.now += 3500  # 100 s of the token's hour left: still sent
+        source.load(start, end)
+        assert len(issuer.asked) == 1
+        clock.now += 50  # 50 s left: renewed first
+        source.load(start, end)
+        assert len(issuer.asked) == 2 and gateway.seen[-1]["Authorization"] == "Bearer issued-2"
+        gateway.token = "revoked-elsewhere"  # the gateway no longer takes the token held
+        with pytest.raises(HistoryError, match=f"401.*it was sent headers, an OAuth2 token from {issuer.url}, which "
+                                               f"the next query asks for again"):
+            source.load(start, end)
+        assert len(source.load(start, end)) == len(counts) and len(issuer.asked) == 3
+        # a rotated secret is read at the next request for a token; a wrong one is the identity provider's error
+        secret.write_text("not-the-secret")
+        client.forget()
+        with pytest.raises(HistoryError, match=f"the OAuth2 token endpoint {issuer.url} refused client 'peakpilot': "
+                                               f"HTTP 401 invalid_client: client authentication failed"):
+            source.load(start, end)
+        secret.unlink()
+        with pytest.raises(HistoryError, match=f"cannot read the OAuth2 client secret file {secret}: No such file"):
+            source.load(start, end)
+    finally:
+        issuer.close()
+    with pytest.raises(HistoryError, match=f"the OAuth2 token endpoint {issuer.url} could not be reached"):
+        secret.write_text("s3cret")
+        source.load(start, end)
+
+
+def test_an_oauth2_provider_that_takes_the_secret_in_the_form_only(behind_gateway, tmp_path):
+    """A token endpoint that refuses the client's basic auth as invalid_client is asked again with the id and
+    secret in the form, and from then on only so (as Go's oauth2 package, and so Prometheus, detects it)."""
+    from forecaster.oauth2 import ClientCredentials
+
+    gateway, counts, start = behind_gateway
+    issuer = TokenServer(gateway, expires_in=None, body_only=True)  # (a token with no lifetime is kept)
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    client = ClientCredentials("peakpilot", str(secret), issuer.url)
+    source = PrometheusSource(gateway.url, auth=PrometheusAuth({"X-Scope-OrgID": "team-a"}, oauth2=client))
+    try:
+        assert len(source.load(start, start + pd.Timedelta(hours=1))) == 60
+        client.forget()
+        source.load(start, start + pd.Timedelta(hours=1))
+    finally:
+        issuer.close()
+    assert [a.get("via", "form") for a in issuer.asked] == ["basic", "form", "form"]
+    assert all("scope" not in a for a in issuer.asked)
+
+
+def test_the_daemon_reads_its_load_with_the_policys_oauth2_client(behind_gateway, tmp_path):
+    gateway, counts, start = behind_gateway
+    issuer = TokenServer(gateway)
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_text(prometheus=gateway.url, prometheus_auth={
+        "headers": {"X-Scope-OrgID": "team-a"},
+        "oauth2": {"client_id": "peakpilot", "client_secret_file": str(secret), "token_url": issuer.url,
+                   "scopes": ["a", "b"], "endpoint_params": {"resource": "prometheus"}}}))
+    signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(path))
+    now = np.datetime64((start + pd.Timedelta(hours=HOURS)).tz_localize(None), "m")
+    try:
+        assert signals.history(now).counts.notna().sum() == len(counts)
+        assert signals.observe(now).load_rps == pytest.approx(counts.iloc[-1] / 60)
+    finally:
+        issuer.close()
+    assert len(issuer.asked) == 1 and issuer.asked[0]["scope"] == "a b" and issuer.asked[0]["resource"] == "prometheus"
+    assert all(seen["Authorization"] == "Bearer issued-1" for seen in gateway.seen)
+
+
 def policy_text(**signals) -> str:
     """The default policy with these ``signals`` keys set."""
     policy = yaml.safe_load((ROOT / "configs" / "policy.yaml").read_text())
@@ -239,17 +390,26 @@ def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, 
 
 @pytest.mark.parametrize("auth, problem", [
     ({"bearer_token_file": "/t", "basic_auth": {"username": "a", "password_file": "/p"}},
-     "give bearer_token_file or basic_auth, not both"),
+     "give one of bearer_token_file, basic_auth or oauth2, not bearer_token_file and basic_auth"),
     ({"bearer_token_file": "/t", "headers": {"Authorization": "Bearer x"}},
-     "an Authorization header and bearer_token_file or basic_auth would overwrite each other"),
+     "an Authorization header and bearer_token_file would overwrite each other"),
     ({"headers": {"X Scope": "a"}}, "signals.prometheus_auth.headers: 'X Scope' is not an HTTP header"),
     ({"basic_auth": {"username": "a", "password": "inline"}}, "signals.prometheus_auth.basic_auth.password: unknown"),
     ({"tls": {"cert_file": "/c.crt"}}, "signals.prometheus_auth.tls: cert_file and key_file go together"),
+    ({"bearer_token_file": "/t", "oauth2": {"client_id": "a", "client_secret_file": "/s", "token_url": "https://i/t"}},
+     "give one of bearer_token_file, basic_auth or oauth2, not bearer_token_file and oauth2"),
+    ({"headers": {"authorization": "Bearer x"},
+      "oauth2": {"client_id": "a", "client_secret_file": "/s", "token_url": "https://i/t"}},
+     "an Authorization header and oauth2 would overwrite each other"),
+    ({"oauth2": {"client_id": "a", "client_secret_file": "/s", "token_url": "login.example.com/token"}},
+     "signals.prometheus_auth.oauth2.token_url: .*'login.example.com/token' is not a token endpoint URL"),
+    ({"oauth2": {"client_id": "a", "client_secret": "inline", "token_url": "https://i/t"}},
+     "signals.prometheus_auth.oauth2.client_secret: unknown"),
 ])
 def test_bad_credentials_settings_are_refused_with_the_key(tmp_path, auth, problem):
     path = tmp_path / "policy.yaml"
     path.write_text(policy_text(prometheus="http://prometheus:9090", prometheus_auth=auth))
-    with pytest.raises(PolicyError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(PolicyError, match=problem):
         load_policy(path)
 
 

@@ -1,0 +1,142 @@
+"""OAuth2 client credentials (RFC 6749 section 4.4) for a Prometheus behind an OAuth2 gateway: Azure Monitor's
+managed Prometheus, or a Mimir, Cortex or Thanos gateway behind an identity provider (Keycloak, Okta, Entra ID).
+
+The settings are those of Prometheus's own ``oauth2`` HTTP client block (``client_id``, ``client_secret_file``,
+``token_url``, ``scopes``, ``endpoint_params``). A token is asked for when there is none, or it is about to
+expire, and shared by every source with the same settings (a daemon's many services ask the identity provider
+once, not once each); the secret is read from its file at every request for a token, so a rotated Secret is
+the next token's. The client authenticates with HTTP basic auth, as the RFC asks servers to accept, and where
+the server refuses that as ``invalid_client``, in the request's body instead, remembered from then on (as
+Go's ``oauth2`` package, and so Prometheus, detects it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from forecaster.errors import HistoryError
+
+TOKEN_TIMEOUT_S = 10.0  # a token endpoint silent this long is an error of the query that needed a token
+EARLY_S = 60.0  # a token is renewed this long before it expires (at most a tenth of its life sooner)
+BASIC, IN_BODY = "basic", "body"  # where the client's id and secret go
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    client_id: str
+    client_secret_file: str
+    token_url: str
+    scopes: tuple[str, ...] = ()
+    endpoint_params: tuple[tuple[str, str], ...] = ()  # extra form fields (e.g. an audience or a resource)
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
+
+    def token(self, where: str) -> str:
+        """An access token for the next query: the one held while it has more than a little life left, else
+        a new one. A token endpoint that cannot be reached or refuses is a HistoryError naming it."""
+        return _tokens.get(self, where)
+
+    def forget(self) -> None:
+        """Drop the token held (the server refused it: revoked, or its signing keys rotated)."""
+        _tokens.forget(self)
+
+
+@dataclass
+class _Held:
+    token: str
+    renew_at: float | None  # clock time to ask for the next one (None: the server gave no lifetime)
+
+
+class _TokenCache:
+    """The tokens held, by settings; one request at a time for each."""
+
+    def __init__(self):
+        self._held: dict[ClientCredentials, _Held] = {}
+        self._style: dict[tuple[str, str], str] = {}  # (token_url, client_id) -> how the server takes the secret
+        self._lock = threading.Lock()
+
+    def get(self, creds: ClientCredentials, where: str) -> str:
+        with self._lock:
+            held = self._held.get(creds)
+            if held is not None and (held.renew_at is None or creds.clock() < held.renew_at):
+                return held.token
+            asked_at = creds.clock()
+            token, lifetime = _request(creds, where, self._style)
+            renew_at = None if lifetime is None else asked_at + lifetime - min(EARLY_S, lifetime / 10)
+            self._held[creds] = _Held(token, renew_at)
+            return token
+
+    def forget(self, creds: ClientCredentials) -> None:
+        with self._lock:
+            self._held.pop(creds, None)
+
+
+_tokens = _TokenCache()
+
+
+def _secret(creds: ClientCredentials, where: str) -> str:
+    try:
+        secret = open(creds.client_secret_file, encoding="utf-8").read().strip()
+    except OSError as exc:
+        raise HistoryError(where, f"cannot read the OAuth2 client secret file {creds.client_secret_file}: "
+                                  f"{exc.strerror or exc}") from None
+    if not secret:
+        raise HistoryError(where, f"the OAuth2 client secret file {creds.client_secret_file} is empty")
+    return secret
+
+
+def _request(creds: ClientCredentials, where: str, styles: dict) -> tuple[str, float | None]:
+    """Ask the token endpoint for a token; its access token and lifetime in seconds (None where not said)."""
+    import requests
+
+    secret = _secret(creds, where)
+    form = {"grant_type": "client_credentials", **dict(creds.endpoint_params)}
+    if creds.scopes:
+        form["scope"] = " ".join(creds.scopes)
+    known = styles.get((creds.token_url, creds.client_id))
+    for style in ([known] if known else [BASIC, IN_BODY]):
+        body = dict(form, client_id=creds.client_id, client_secret=secret) if style == IN_BODY else form
+        try:
+            answer = requests.post(creds.token_url, data=body, timeout=TOKEN_TIMEOUT_S, headers={
+                "Accept": "application/json"}, auth=(creds.client_id, secret) if style == BASIC else None)
+        except requests.exceptions.RequestException as exc:
+            raise HistoryError(where, f"the OAuth2 token endpoint {creds.token_url} could not be reached: "
+                                      f"{type(exc).__name__}") from None
+        error = _error_of(answer)
+        if answer.status_code in (400, 401) and error.startswith("invalid_client") and style == BASIC and not known:
+            continue  # perhaps it takes the secret in the body only: try that
+        if answer.status_code != 200 or error:
+            raise HistoryError(where, f"the OAuth2 token endpoint {creds.token_url} refused client "
+                                      f"{creds.client_id!r}: HTTP {answer.status_code} "
+                                      f"{error or answer.text[:200].strip()}")
+        try:
+            doc = answer.json()
+            token = doc["access_token"]
+        except (ValueError, KeyError, TypeError):
+            raise HistoryError(where, f"the OAuth2 token endpoint {creds.token_url} answered no access_token: "
+                                      f"{answer.text[:200].strip()!r}") from None
+        kind = str(doc.get("token_type", "bearer"))
+        if kind.lower() != "bearer":
+            raise HistoryError(where, f"the OAuth2 token endpoint {creds.token_url} gave a {kind!r} token; only "
+                                      f"bearer tokens are sent to Prometheus")
+        styles[(creds.token_url, creds.client_id)] = style
+        lifetime = doc.get("expires_in")
+        try:
+            return str(token), None if lifetime is None else max(0.0, float(lifetime))
+        except (TypeError, ValueError):
+            return str(token), None
+    raise AssertionError("unreachable: the body style is always tried last")
+
+
+def _error_of(answer) -> str:
+    """The OAuth2 error of an answer (``invalid_client: why``), or empty where it names none."""
+    try:
+        doc = answer.json()
+    except ValueError:
+        return ""
+    if not isinstance(doc, dict) or "error" not in doc:
+        return ""
+    why = doc.get("error_description")
+    return f"{doc['error']}: {why}" if why else str(doc["error"])
