@@ -318,8 +318,8 @@ def test_an_oauth2_client_asks_for_a_token_once_and_again_before_it_expires(behi
             source.load(start, end)
     finally:
         issuer.close()
+    secret.write_text("s3cret")
     with pytest.raises(HistoryError, match=f"the OAuth2 token endpoint {issuer.url} could not be reached"):
-        secret.write_text("s3cret")
         source.load(start, end)
 
 
