@@ -35,10 +35,10 @@ COPY dashboard/ dashboard/
 COPY configs/ configs/
 COPY data/ data/
 
-# torch first, exactly the pinned version, from the chosen index; then the project, the PostgreSQL store and
-# transformers (serve --model hf:PATH).
+# torch first, exactly the pinned version, from the chosen index; then the project, the PostgreSQL store,
+# transformers (serve --model hf:PATH) and botocore (Amazon Managed Prometheus's signatures).
 RUN if [ -n "$TORCH_INDEX" ]; then pip install --index-url "$TORCH_INDEX" "torch==2.13.0"; fi \
-    && pip install -e ".[postgres,hf]" \
+    && pip install -e ".[postgres,hf,aws]" \
     && python -m compileall -q /opt/peakpilot
 
 # The manifests run as this user with a read-only root: /tmp and /var/lib/peakpilot are their volumes.

@@ -209,6 +209,14 @@ class OAuth2(Strict):
         return v
 
 
+class SigV4(Strict):
+    """AWS's Signature Version 4 on every query, for Amazon Managed Service for Prometheus (as Prometheus's own
+    ``sigv4`` block), with the credentials AWS's standard chain finds: IRSA or EKS Pod Identity in a pod."""
+    region: str | None = Field(None, min_length=1, description="null: the workspace URL's "
+                                                               "(aps-workspaces.REGION.amazonaws.com), else AWS_REGION")
+    profile: str | None = Field(None, min_length=1, description="a profile of ~/.aws/config; null: the default chain")
+
+
 class PrometheusAuthSpec(Strict):
     """Credentials for a Prometheus behind authentication; secrets are read from files (mounted Secrets), as
     Prometheus's own configuration takes them, never written in the policy."""
@@ -218,6 +226,7 @@ class PrometheusAuthSpec(Strict):
                                                             "rotated service-account token is picked up)")
     basic_auth: BasicAuth | None = None
     oauth2: OAuth2 | None = None
+    sigv4: SigV4 | None = None
     tls: PrometheusTLS | None = None
 
     @field_validator("headers")
@@ -232,9 +241,9 @@ class PrometheusAuthSpec(Strict):
 
     @model_validator(mode="after")
     def _one_credential(self) -> PrometheusAuthSpec:
-        given = [name for name in ("bearer_token_file", "basic_auth", "oauth2") if getattr(self, name)]
+        given = [name for name in ("bearer_token_file", "basic_auth", "oauth2", "sigv4") if getattr(self, name)]
         if len(given) > 1:
-            raise ValueError(f"give one of bearer_token_file, basic_auth or oauth2, not {' and '.join(given)}")
+            raise ValueError(f"give one of bearer_token_file, basic_auth, oauth2 or sigv4, not {' and '.join(given)}")
         if given and any(k.lower() == "authorization" for k in self.headers):
             raise ValueError(f"an Authorization header and {given[0]} would overwrite each other")
         return self

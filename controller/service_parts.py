@@ -20,15 +20,17 @@ def prometheus_auth(policy: Policy):
     """The policy's ``signals.prometheus_auth`` as the Prometheus source takes it."""
     from forecaster.oauth2 import ClientCredentials
     from forecaster.prometheus_source import PrometheusAuth
+    from forecaster.sigv4 import SigV4Settings
 
     spec = policy.signals.prometheus_auth
-    basic, tls, oauth2 = spec.basic_auth, spec.tls, spec.oauth2
+    basic, tls, oauth2, sigv4 = spec.basic_auth, spec.tls, spec.oauth2, spec.sigv4
     client = None if oauth2 is None else ClientCredentials(
         oauth2.client_id, oauth2.client_secret_file, oauth2.token_url, tuple(oauth2.scopes),
         tuple(sorted(oauth2.endpoint_params.items())))
     return PrometheusAuth(dict(spec.headers), spec.bearer_token_file, basic.username if basic else None,
                           basic.password_file if basic else None, tls.ca_file if tls else None,
-                          tls.cert_file if tls else None, tls.key_file if tls else None, client)
+                          tls.cert_file if tls else None, tls.key_file if tls else None, client,
+                          None if sigv4 is None else SigV4Settings(sigv4.region, sigv4.profile))
 
 
 class ServiceParts:

@@ -25,9 +25,10 @@ A Prometheus behind authentication (``PrometheusAuth``): headers sent with every
 ``X-Scope-OrgID`` for Mimir, Cortex or Thanos), a bearer token read from a file (a Kubernetes service
 account's, for OpenShift's Thanos querier or a kube-rbac-proxy; read again at every query, since a projected
 token is rotated while the daemon runs), basic auth with its password in a file (Prometheus's own
-``--web.config.file``, Grafana Cloud), or an OAuth2 client's tokens (forecaster/oauth2.py: Azure Monitor's
-managed Prometheus, a gateway behind an identity provider); over TLS, the CA that signed its certificate and a
-client certificate where it asks for one (mTLS). Secrets come from files, as Prometheus's own configuration
+``--web.config.file``, Grafana Cloud), an OAuth2 client's tokens (forecaster/oauth2.py: Azure Monitor's
+managed Prometheus, a gateway behind an identity provider), or AWS's SigV4 signature on every request
+(forecaster/sigv4.py: Amazon Managed Service for Prometheus); over TLS, the CA that signed its certificate
+and a client certificate where it asks for one (mTLS). Secrets come from files, as Prometheus's own configuration
 takes them, so that none is written in a policy ConfigMap.
 """
 
@@ -46,6 +47,7 @@ import pandas as pd
 from forecaster.errors import HistoryError
 from forecaster.history import History, mark_gaps
 from forecaster.oauth2 import ClientCredentials
+from forecaster.sigv4 import SigV4Settings, Signer
 from forecaster.progress import progress as show_progress
 
 log = logging.getLogger(__name__)
@@ -75,14 +77,17 @@ class PrometheusAuth:
     cert_file: str | None = None  # a client certificate and its key, where Prometheus asks for one (mTLS)
     key_file: str | None = None
     oauth2: ClientCredentials | None = None
+    sigv4: SigV4Settings | None = None  # Amazon Managed Prometheus: every request signed (forecaster/sigv4.py)
 
     def __post_init__(self):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("a client certificate needs both its cert file and its key file")
         given = [what for what, there in (("a bearer token file", self.bearer_token_file),
-                                          ("basic auth", self.username is not None), ("OAuth2", self.oauth2)) if there]
+                                          ("basic auth", self.username is not None), ("OAuth2", self.oauth2),
+                                          ("SigV4", self.sigv4)) if there]
         if len(given) > 1:
-            raise ValueError(f"give one of a bearer token file, basic auth or OAuth2, not {' and '.join(given)}")
+            raise ValueError(f"give one of a bearer token file, basic auth, OAuth2 or SigV4, not "
+                             f"{' and '.join(given)}")
         if (self.username is None) != (self.password_file is None):
             raise ValueError("basic auth needs both a username and a password file")
         if given and any(k.lower() == "authorization" for k in self.headers):
@@ -182,6 +187,7 @@ class PrometheusSource:
         self.timeout_s = timeout_s
         self.auth = auth or PrometheusAuth()
         self._client = None  # one client (one connection pool) for every request of this source
+        self._signer: Signer | None = None  # with auth.sigv4: signs every request
 
     @property
     def where(self) -> str:
@@ -206,6 +212,11 @@ class PrometheusSource:
         self._client.headers, basic = self.auth.credentials(self.url)
         if basic is not None:
             self._client.auth = basic
+        if self.auth.sigv4 is not None:
+            if self._signer is None:
+                self._signer = Signer(self.auth.sigv4, self.endpoint, self.url)
+            self._signer.check()  # credentials and region found now, or named before any query
+            self._client.auth = self._signer
         return self._client
 
     def _transport_failure(self, exc) -> str:
@@ -235,7 +246,8 @@ class PrometheusSource:
             return ""
         basic = self.auth.username is not None or urlsplit(self.endpoint).username is not None
         given = {"headers": bool(self.auth.headers), "a bearer token": bool(self.auth.bearer_token_file),
-                 "basic auth": basic, "an OAuth2 token": self.auth.oauth2 is not None}
+                 "basic auth": basic, "an OAuth2 token": self.auth.oauth2 is not None,
+                 "a SigV4 signature": self.auth.sigv4 is not None}
         sent = "it was sent " + (", ".join(what for what, there in given.items() if there) or "no credentials")
         if status == "401" and self.auth.oauth2 is not None:
             self.auth.oauth2.forget()  # revoked, or signed by keys since rotated: the next query asks for a new one

@@ -365,6 +365,133 @@ def test_the_daemon_reads_its_load_with_the_policys_oauth2_client(behind_gateway
     assert all(seen["Authorization"] == "Bearer issued-1" for seen in gateway.seen)
 
 
+class AmpGateway(LocalServer):
+    """Amazon Managed Prometheus's front door, as its documentation describes it: a query passes to the real
+    Prometheus only with a valid AWS Signature Version 4 of access key ``AKIDPEAKPILOT`` for service ``aps`` in
+    ``us-east-2``, made within five minutes; else 403 with AWS's message. The signature is checked by this
+    test's own reading of AWS's specification (canonical request, string to sign, the HMAC chain of the
+    signing key), not by botocore, which signs."""
+
+    KEY, SECRET, REGION = "AKIDPEAKPILOT", "amp-test-secret", "us-east-2"
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream
+        self.seen: list[dict] = []
+        gateway = self
+
+        class Handler(QuietHandler):
+            def do_GET(self):
+                gateway.seen.append(dict(self.headers))
+                problem = gateway.refusal(self)
+                if problem:
+                    return self.answer(403, json.dumps({"message": problem}).encode(), "application/json")
+                r = requests.get(gateway.upstream + self.path, timeout=30)
+                self.answer(r.status_code, r.content, r.headers.get("Content-Type", "application/json"))
+
+        super().__init__(Handler)
+
+    def refusal(self, handler) -> str | None:
+        import datetime
+        import hashlib
+        import hmac
+        from urllib.parse import quote, unquote
+
+        auth = handler.headers.get("Authorization", "")
+        if not auth.startswith("AWS4-HMAC-SHA256 "):
+            return "Missing Authentication Token"
+        fields = dict(part.strip().split("=", 1) for part in auth[len("AWS4-HMAC-SHA256 "):].split(","))
+        key, date, region, service, terminal = fields["Credential"].split("/")
+        if (key, region, service, terminal) != (self.KEY, self.REGION, "aps", "aws4_request"):
+            return f"Credential should be scoped to a valid region and service: {fields['Credential']}"
+        stamp = handler.headers.get("X-Amz-Date", "")
+        when = datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+        if abs((datetime.datetime.now(datetime.timezone.utc) - when).total_seconds()) > 300 or stamp[:8] != date:
+            return "Signature expired"
+        path, _, raw_query = handler.path.partition("?")
+
+        def encode(text: str) -> str:
+            return quote(text, safe="-_.~")
+
+        pairs = sorted((encode(unquote(k)), encode(unquote(v)))
+                       for k, _, v in (item.partition("=") for item in raw_query.split("&") if item))
+        names = fields["SignedHeaders"].split(";")
+        if not {"host", "x-amz-date"} <= set(names):
+            return "host and x-amz-date must be signed"
+        canonical = "\n".join([
+            "GET", "/".join(encode(encode(unquote(seg))) for seg in path.split("/")),
+            "&".join(f"{k}={v}" for k, v in pairs),
+            "".join(f"{n}:{' '.join(handler.headers.get(n, '').split())}\n" for n in names),
+            fields["SignedHeaders"], hashlib.sha256(b"").hexdigest()])
+        scope = f"{date}/{region}/aps/aws4_request"
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+        signing = ("AWS4" + self.SECRET).encode()
+        for part in (date, region, "aps", "aws4_request"):
+            signing = hmac.new(signing, part.encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(hmac.new(signing, to_sign.encode(), hashlib.sha256).hexdigest(),
+                                   fields["Signature"]):
+            return ("The request signature we calculated does not match the signature you provided. Check your "
+                    "AWS Secret Access Key and signing method.")
+        return None
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    """AWS's standard chain with nothing of this machine's: no config or credentials file, no instance role."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION",
+                 "AWS_DEFAULT_REGION", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return monkeypatch
+
+
+def test_amazon_managed_prometheus_is_read_with_every_query_signed(prometheus_factory, aws_env, tmp_path):
+    """SigV4 (``signals.prometheus_auth.sigv4``): every query signed with the credentials AWS's chain finds
+    (here the environment's keys and session token, as IRSA's would be), the query's spaces and brackets
+    encoded as the signature canonicalizes them; the counts read back are the CSV's. A wrong secret is AWS's
+    403, named with what was sent; no credentials, or no region, are named before any query."""
+    from forecaster.sigv4 import SigV4Settings, region_of
+
+    server = prometheus_factory()
+    counts, start = nasa_hours(server)
+    server.start()
+    amp = AmpGateway(server.url)
+    end = start + pd.Timedelta(hours=HOURS)
+    try:
+        aws_env.setenv("AWS_ACCESS_KEY_ID", AmpGateway.KEY)
+        aws_env.setenv("AWS_SECRET_ACCESS_KEY", AmpGateway.SECRET)
+        aws_env.setenv("AWS_SESSION_TOKEN", "session-token-of-irsa")
+        source = PrometheusSource(amp.url, auth=PrometheusAuth(sigv4=SigV4Settings(region="us-east-2")))
+        np.testing.assert_allclose(source.load(start, end).counts.to_numpy(), counts.to_numpy(), rtol=1e-9, atol=1e-6)
+        assert amp.seen[-1]["X-Amz-Security-Token"] == "session-token-of-irsa"
+        assert " " in source.query  # (the default query: its spaces are the encoding the signature must agree on)
+        # the daemon's signals, from a policy, sign the live load's and busy share's queries too
+        path = tmp_path / "policy.yaml"
+        path.write_text(policy_text(prometheus=amp.url, prometheus_auth={"sigv4": {"region": "us-east-2"}}))
+        signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(path))
+        now = np.datetime64(end.tz_localize(None), "m")
+        assert signals.observe(now).load_rps == pytest.approx(counts.iloc[-1] / 60)
+        assert signals._busy_failure is None
+        aws_env.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        with pytest.raises(HistoryError, match=r"403.*signature we calculated does not match.*not allowed: it was "
+                                               r"sent a SigV4 signature"):
+            PrometheusSource(amp.url, auth=PrometheusAuth(sigv4=SigV4Settings(region="us-east-2"))).load(start, end)
+        aws_env.delenv("AWS_ACCESS_KEY_ID")
+        aws_env.delenv("AWS_SECRET_ACCESS_KEY")
+        with pytest.raises(HistoryError, match="no AWS credentials found to sign for Amazon Managed Prometheus"):
+            PrometheusSource(amp.url, auth=PrometheusAuth(sigv4=SigV4Settings(region="us-east-2"))).load(start, end)
+        aws_env.setenv("AWS_ACCESS_KEY_ID", AmpGateway.KEY)
+        aws_env.setenv("AWS_SECRET_ACCESS_KEY", AmpGateway.SECRET)
+        with pytest.raises(HistoryError, match=r"no AWS region to sign for: set signals.prometheus_auth.sigv4.region"):
+            PrometheusSource(amp.url, auth=PrometheusAuth(sigv4=SigV4Settings())).load(start, end)
+    finally:
+        amp.close()
+    assert region_of("https://aps-workspaces.eu-west-1.amazonaws.com/workspaces/ws-1234") == "eu-west-1"
+    assert region_of(amp.url) is None
+
+
 def policy_text(**signals) -> str:
     """The default policy with these ``signals`` keys set."""
     policy = yaml.safe_load((ROOT / "configs" / "policy.yaml").read_text())
@@ -390,14 +517,14 @@ def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, 
 
 @pytest.mark.parametrize("auth, problem", [
     ({"bearer_token_file": "/t", "basic_auth": {"username": "a", "password_file": "/p"}},
-     "give one of bearer_token_file, basic_auth or oauth2, not bearer_token_file and basic_auth"),
+     "give one of bearer_token_file, basic_auth, oauth2 or sigv4, not bearer_token_file and basic_auth"),
     ({"bearer_token_file": "/t", "headers": {"Authorization": "Bearer x"}},
      "an Authorization header and bearer_token_file would overwrite each other"),
     ({"headers": {"X Scope": "a"}}, "signals.prometheus_auth.headers: 'X Scope' is not an HTTP header"),
     ({"basic_auth": {"username": "a", "password": "inline"}}, "signals.prometheus_auth.basic_auth.password: unknown"),
     ({"tls": {"cert_file": "/c.crt"}}, "signals.prometheus_auth.tls: cert_file and key_file go together"),
     ({"bearer_token_file": "/t", "oauth2": {"client_id": "a", "client_secret_file": "/s", "token_url": "https://i/t"}},
-     "give one of bearer_token_file, basic_auth or oauth2, not bearer_token_file and oauth2"),
+     "give one of bearer_token_file, basic_auth, oauth2 or sigv4, not bearer_token_file and oauth2"),
     ({"headers": {"authorization": "Bearer x"},
       "oauth2": {"client_id": "a", "client_secret_file": "/s", "token_url": "https://i/t"}},
      "an Authorization header and oauth2 would overwrite each other"),

@@ -1,0 +1,86 @@
+"""AWS Signature Version 4 for Amazon Managed Service for Prometheus (AMP), whose query API answers only
+signed requests (Prometheus's own ``sigv4`` HTTP client block does the same).
+
+Signing and the credentials are botocore's (the ``aws`` extra): the environment's keys, a profile of
+``~/.aws``, the pod's IRSA or EKS Pod Identity web token, or the instance's role, whichever the standard
+chain finds first, refreshed as they near their expiry, so nothing secret is written in a policy. The
+region is the policy's, else the one in an AMP workspace's URL (``aps-workspaces.REGION.amazonaws.com``),
+else the environment's. Each request is signed as it is sent, over its host and date (and session token)
+only: headers a proxy may rewrite are left out of the signature.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from forecaster.errors import HistoryError
+
+SERVICE = "aps"  # Amazon Managed Service for Prometheus
+AMP_HOST = re.compile(r"aps-workspaces\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$")
+
+
+@dataclass(frozen=True)
+class SigV4Settings:
+    region: str | None = None  # None: the workspace URL's, else the environment's
+    profile: str | None = None  # a profile of ~/.aws/config; None: the default chain
+
+
+def region_of(url: str) -> str | None:
+    """The region in an AMP workspace's URL, or None."""
+    found = AMP_HOST.search(urlsplit(url).hostname or "")
+    return found.group(1) if found else None
+
+
+class Signer:
+    """Signs the requests of one Prometheus source (a requests ``auth``) with the credentials the standard
+    chain finds; ``check`` finds them before a query, so that a missing one is named, not a failed query."""
+
+    def __init__(self, settings: SigV4Settings, url: str, where: str):
+        self.settings, self.where = settings, where
+        self.region = settings.region or region_of(url)
+        self._session = None
+
+    def check(self):
+        """The credentials of the next request (frozen) and the region, or a HistoryError saying what is
+        missing."""
+        try:
+            import botocore.session
+            from botocore.exceptions import BotoCoreError
+        except ImportError:
+            raise HistoryError(self.where, "signing for Amazon Managed Prometheus (signals.prometheus_auth.sigv4) "
+                                           "needs botocore: pip install 'peakpilot[aws]'") from None
+        try:
+            if self._session is None:
+                self._session = botocore.session.Session(profile=self.settings.profile)
+            found = self._session.get_credentials()
+            region = self.region or self._session.get_config_variable("region")
+            frozen = None if found is None else found.get_frozen_credentials()
+        except BotoCoreError as exc:
+            raise HistoryError(self.where, f"AWS credentials to sign with: {exc}") from None
+        if frozen is None:
+            raise HistoryError(self.where, "no AWS credentials found to sign for Amazon Managed Prometheus: none in "
+                                           "the environment (AWS_ACCESS_KEY_ID), ~/.aws, a web identity token (IRSA, "
+                                           "EKS Pod Identity) or the instance's role")
+        if not region:
+            raise HistoryError(self.where, "no AWS region to sign for: set signals.prometheus_auth.sigv4.region (or "
+                                           "AWS_REGION)")
+        return frozen, region
+
+    def __call__(self, request):
+        """Sign a prepared request in place: its query re-encoded as SigV4 canonicalizes it (spaces as %20,
+        not the + of a form), then its date, session token and signature headers added."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        frozen, region = self.check()
+        parts = urlsplit(request.url)
+        query = urlencode(parse_qsl(parts.query, keep_blank_values=True), quote_via=quote, safe="-_.~")
+        request.url = urlunsplit(parts._replace(query=query))
+        signed = AWSRequest(method=request.method, url=request.url, data=request.body or b"")
+        SigV4Auth(frozen, SERVICE, region).add_auth(signed)
+        for name in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token"):
+            if name in signed.headers:
+                request.headers[name] = signed.headers[name]
+        return request
