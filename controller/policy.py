@@ -192,13 +192,23 @@ class OAuth2(Strict):
     """An OAuth2 client (the client-credentials grant), as Prometheus's own ``oauth2`` block: a token from
     ``token_url`` is sent as a bearer token and asked for again before it expires."""
     client_id: str = Field(min_length=1)
-    client_secret_file: str = Field(min_length=1, description="file holding the client secret (a mounted Secret), "
-                                                              "read at every request for a token")
+    client_secret_file: str | None = Field(None, min_length=1, description="file holding the client secret (a "
+                                                                           "mounted Secret), read at every request "
+                                                                           "for a token")
+    client_assertion_file: str | None = Field(None, min_length=1, description="instead of a secret, a file holding "
+                                              "a signed assertion (JWT) of the client: AKS workload identity's "
+                                              "projected token, /var/run/secrets/azure/tokens/azure-identity-token")
     token_url: str = Field(description="the identity provider's token endpoint, e.g. "
                                        "https://login.microsoftonline.com/TENANT/oauth2/v2.0/token")
     scopes: list[str] = Field(default_factory=list, description="e.g. https://prometheus.monitor.azure.com/.default")
     endpoint_params: dict[str, str] = Field(default_factory=dict, description="more form fields for the token "
                                                                               "endpoint (an audience, a resource)")
+
+    @model_validator(mode="after")
+    def _one_proof(self) -> OAuth2:
+        if (self.client_secret_file is None) == (self.client_assertion_file is None):
+            raise ValueError("give one of client_secret_file or client_assertion_file")
+        return self
 
     @field_validator("token_url")
     @classmethod

@@ -26,7 +26,7 @@ def prometheus_auth(policy: Policy):
     basic, tls, oauth2, sigv4 = spec.basic_auth, spec.tls, spec.oauth2, spec.sigv4
     client = None if oauth2 is None else ClientCredentials(
         oauth2.client_id, oauth2.client_secret_file, oauth2.token_url, tuple(oauth2.scopes),
-        tuple(sorted(oauth2.endpoint_params.items())))
+        tuple(sorted(oauth2.endpoint_params.items())), oauth2.client_assertion_file)
     return PrometheusAuth(dict(spec.headers), spec.bearer_token_file, basic.username if basic else None,
                           basic.password_file if basic else None, tls.ca_file if tls else None,
                           tls.cert_file if tls else None, tls.key_file if tls else None, client,

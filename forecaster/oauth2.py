@@ -8,6 +8,11 @@ once, not once each); the secret is read from its file at every request for a to
 the next token's. The client authenticates with HTTP basic auth, as the RFC asks servers to accept, and where
 the server refuses that as ``invalid_client``, in the request's body instead, remembered from then on (as
 Go's ``oauth2`` package, and so Prometheus, detects it).
+
+Instead of a secret, a client may prove itself with a signed assertion read from a file (RFC 7521/7523's
+``client_assertion``): AKS's workload identity projects such a token into the pod, and Entra ID takes it for
+the service principal's, so no secret is stored at all. The file is read at every request, as the kubelet
+rotates it.
 """
 
 from __future__ import annotations
@@ -21,16 +26,17 @@ from forecaster.errors import HistoryError
 
 TOKEN_TIMEOUT_S = 10.0  # a token endpoint silent this long is an error of the query that needed a token
 EARLY_S = 60.0  # a token is renewed this long before it expires (at most a tenth of its life sooner)
-BASIC, IN_BODY = "basic", "body"  # where the client's id and secret go
+BASIC, IN_BODY, ASSERTION = "basic", "body", "assertion"  # how the client proves itself
 
 
 @dataclass(frozen=True)
 class ClientCredentials:
     client_id: str
-    client_secret_file: str
+    client_secret_file: str | None  # None: the client proves itself with client_assertion_file
     token_url: str
     scopes: tuple[str, ...] = ()
     endpoint_params: tuple[tuple[str, str], ...] = ()  # extra form fields (e.g. an audience or a resource)
+    client_assertion_file: str | None = None  # a signed JWT (AKS workload identity's projected token)
     clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
 
     def token(self, where: str) -> str:
@@ -76,26 +82,31 @@ class _TokenCache:
 _tokens = _TokenCache()
 
 
-def _secret(creds: ClientCredentials, where: str) -> str:
+def _read(path: str, what: str, where: str) -> str:
     try:
-        secret = open(creds.client_secret_file, encoding="utf-8").read().strip()
+        text = open(path, encoding="utf-8").read().strip()
     except OSError as exc:
-        raise HistoryError(where, f"cannot read the OAuth2 client secret file {creds.client_secret_file}: "
-                                  f"{exc.strerror or exc}") from None
-    if not secret:
-        raise HistoryError(where, f"the OAuth2 client secret file {creds.client_secret_file} is empty")
-    return secret
+        raise HistoryError(where, f"cannot read the OAuth2 {what} file {path}: {exc.strerror or exc}") from None
+    if not text:
+        raise HistoryError(where, f"the OAuth2 {what} file {path} is empty")
+    return text
 
 
 def _request(creds: ClientCredentials, where: str, styles: dict) -> tuple[str, float | None]:
     """Ask the token endpoint for a token; its access token and lifetime in seconds (None where not said)."""
     import requests
 
-    secret = _secret(creds, where)
     form = {"grant_type": "client_credentials", **dict(creds.endpoint_params)}
     if creds.scopes:
         form["scope"] = " ".join(creds.scopes)
-    known = styles.get((creds.token_url, creds.client_id))
+    if creds.client_assertion_file is not None:  # no secret: the assertion is the client's proof, in the form
+        secret, known = "", ASSERTION
+        assertion = _read(creds.client_assertion_file, "client assertion", where)
+        form.update(client_id=creds.client_id, client_assertion=assertion,
+                    client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    else:
+        secret = _read(creds.client_secret_file, "client secret", where)
+        known = styles.get((creds.token_url, creds.client_id))
     for style in ([known] if known else [BASIC, IN_BODY]):
         body = dict(form, client_id=creds.client_id, client_secret=secret) if style == IN_BODY else form
         try:
@@ -121,7 +132,8 @@ def _request(creds: ClientCredentials, where: str, styles: dict) -> tuple[str, f
         if kind.lower() != "bearer":
             raise HistoryError(where, f"the OAuth2 token endpoint {creds.token_url} gave a {kind!r} token; only "
                                       f"bearer tokens are sent to Prometheus")
-        styles[(creds.token_url, creds.client_id)] = style
+        if style != ASSERTION:
+            styles[(creds.token_url, creds.client_id)] = style  # how this server takes the secret, from now on
         lifetime = doc.get("expires_in")
         try:
             return str(token), None if lifetime is None else max(0.0, float(lifetime))

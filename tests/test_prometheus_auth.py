@@ -233,6 +233,7 @@ class TokenServer(LocalServer):
 
     def __init__(self, gateway: Gateway, expires_in: float | None = 3600, body_only: bool = False):
         self.gateway, self.expires_in, self.body_only = gateway, expires_in, body_only
+        self.assertion = "projected-jwt-1"  # what a client proving itself by assertion must send
         self.asked: list[dict] = []  # each request's form, with how the client authenticated
         server = self
 
@@ -249,8 +250,11 @@ class TokenServer(LocalServer):
                 server.asked.append(form)
                 if form.get("grant_type") != "client_credentials":
                     return self._json(400, {"error": "unsupported_grant_type"})
-                if (scheme == "Basic" and server.body_only) or (form.get("client_id"), form.get("client_secret")) != (
-                        "peakpilot", "s3cret"):
+                by_assertion = form.get("client_assertion_type") == ("urn:ietf:params:oauth:client-assertion-type:"
+                                                                     "jwt-bearer")
+                proof = form.get("client_assertion") if by_assertion else form.get("client_secret")
+                if (scheme == "Basic" and server.body_only) or (form.get("client_id"), proof) != (
+                        "peakpilot", server.assertion if by_assertion else "s3cret"):
                     return self._json(401, {"error": "invalid_client", "error_description": "client authentication "
                                                                                             "failed"})
                 server.gateway.token = f"issued-{len(server.asked)}"
@@ -342,6 +346,35 @@ def test_an_oauth2_provider_that_takes_the_secret_in_the_form_only(behind_gatewa
         issuer.close()
     assert [a.get("via", "form") for a in issuer.asked] == ["basic", "form", "form"]
     assert all("scope" not in a for a in issuer.asked)
+
+
+def test_an_oauth2_client_may_prove_itself_by_a_projected_assertion_instead_of_a_secret(behind_gateway, tmp_path):
+    """AKS workload identity: no secret at all; the client sends the token the kubelet projects into the pod as
+    its ``client_assertion`` (RFC 7523), read again at every request for a token, since it is rotated."""
+    from forecaster.oauth2 import ClientCredentials
+
+    gateway, counts, start = behind_gateway
+    issuer = TokenServer(gateway)
+    projected = tmp_path / "azure-identity-token"
+    projected.write_text("projected-jwt-1")
+    client = ClientCredentials("peakpilot", None, issuer.url, ("https://prometheus.monitor.azure.com/.default",),
+                               client_assertion_file=str(projected))
+    source = PrometheusSource(gateway.url, auth=PrometheusAuth({"X-Scope-OrgID": "team-a"}, oauth2=client))
+    hour = (start, start + pd.Timedelta(hours=1))
+    try:
+        assert len(source.load(*hour)) == 60
+        issuer.assertion = "projected-jwt-2"  # the kubelet rotates the projected token
+        projected.write_text("projected-jwt-2")
+        client.forget()
+        assert len(source.load(*hour)) == 60
+        issuer.assertion = "projected-jwt-3"
+        client.forget()
+        with pytest.raises(HistoryError, match="refused client 'peakpilot': HTTP 401 invalid_client"):
+            source.load(*hour)
+    finally:
+        issuer.close()
+    assert [(a["client_assertion"], a.get("via"), "client_secret" in a) for a in issuer.asked] == [
+        ("projected-jwt-1", None, False), ("projected-jwt-2", None, False), ("projected-jwt-2", None, False)]
 
 
 def test_the_daemon_reads_its_load_with_the_policys_oauth2_client(behind_gateway, tmp_path):
@@ -532,6 +565,11 @@ def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, 
      "signals.prometheus_auth.oauth2.token_url: .*'login.example.com/token' is not a token endpoint URL"),
     ({"oauth2": {"client_id": "a", "client_secret": "inline", "token_url": "https://i/t"}},
      "signals.prometheus_auth.oauth2.client_secret: unknown"),
+    ({"oauth2": {"client_id": "a", "token_url": "https://i/t"}},
+     "signals.prometheus_auth.oauth2: give one of client_secret_file or client_assertion_file"),
+    ({"oauth2": {"client_id": "a", "client_secret_file": "/s", "client_assertion_file": "/j",
+                 "token_url": "https://i/t"}},
+     "signals.prometheus_auth.oauth2: give one of client_secret_file or client_assertion_file"),
 ])
 def test_bad_credentials_settings_are_refused_with_the_key(tmp_path, auth, problem):
     path = tmp_path / "policy.yaml"
