@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from forecaster.errors import HistoryError
+from forecaster.secret_file import read_secret
 
 TOKEN_TIMEOUT_S = 10.0  # a token endpoint silent this long is an error of the query that needed a token
 EARLY_S = 60.0  # a token is renewed this long before it expires (at most a tenth of its life sooner)
@@ -82,16 +83,6 @@ class _TokenCache:
 _tokens = _TokenCache()
 
 
-def _read(path: str, what: str, where: str) -> str:
-    try:
-        text = open(path, encoding="utf-8").read().strip()
-    except OSError as exc:
-        raise HistoryError(where, f"cannot read the OAuth2 {what} file {path}: {exc.strerror or exc}") from None
-    if not text:
-        raise HistoryError(where, f"the OAuth2 {what} file {path} is empty")
-    return text
-
-
 def _request(creds: ClientCredentials, where: str, styles: dict) -> tuple[str, float | None]:
     """Ask the token endpoint for a token; its access token and lifetime in seconds (None where not said)."""
     import requests
@@ -101,11 +92,11 @@ def _request(creds: ClientCredentials, where: str, styles: dict) -> tuple[str, f
         form["scope"] = " ".join(creds.scopes)
     if creds.client_assertion_file is not None:  # no secret: the assertion is the client's proof, in the form
         secret, known = "", ASSERTION
-        assertion = _read(creds.client_assertion_file, "client assertion", where)
+        assertion = read_secret(creds.client_assertion_file, "OAuth2 client assertion", where)
         form.update(client_id=creds.client_id, client_assertion=assertion,
                     client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
     else:
-        secret = _read(creds.client_secret_file, "client secret", where)
+        secret = read_secret(creds.client_secret_file, "OAuth2 client secret", where)
         known = styles.get((creds.token_url, creds.client_id))
     for style in ([known] if known else [BASIC, IN_BODY]):
         body = dict(form, client_id=creds.client_id, client_secret=secret) if style == IN_BODY else form

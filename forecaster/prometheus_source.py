@@ -47,6 +47,7 @@ import pandas as pd
 from forecaster.errors import HistoryError
 from forecaster.history import History, mark_gaps
 from forecaster.oauth2 import ClientCredentials
+from forecaster.secret_file import read_secret
 from forecaster.sigv4 import SigV4Settings, Signer
 from forecaster.progress import progress as show_progress
 
@@ -98,10 +99,10 @@ class PrometheusAuth:
         HistoryError naming it."""
         headers = dict(self.headers)
         if self.bearer_token_file:
-            headers["Authorization"] = f"Bearer {_secret(self.bearer_token_file, 'bearer token', where)}"
+            headers["Authorization"] = f"Bearer {read_secret(self.bearer_token_file, 'bearer token', where)}"
         if self.oauth2 is not None:
             headers["Authorization"] = f"Bearer {self.oauth2.token(where)}"
-        basic = (self.username, _secret(self.password_file, "password", where)) if self.username is not None else None
+        basic = None if self.username is None else (self.username, read_secret(self.password_file, "password", where))
         return headers, basic
 
     def session(self, where: str):
@@ -116,16 +117,6 @@ class PrometheusAuth:
         session.verify = self.ca_file or True
         session.cert = (self.cert_file, self.key_file) if self.cert_file else None
         return session
-
-
-def _secret(path: str, what: str, where: str) -> str:
-    try:
-        text = open(path, encoding="utf-8").read().strip()
-    except OSError as exc:
-        raise HistoryError(where, f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
-    if not text:
-        raise HistoryError(where, f"the {what} file {path} is empty")
-    return text
 
 
 def redacted(url: str) -> str:
