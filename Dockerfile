@@ -36,9 +36,9 @@ COPY configs/ configs/
 COPY data/ data/
 
 # torch first, exactly the pinned version, from the chosen index; then the project, the PostgreSQL store,
-# transformers (serve --model hf:PATH) and botocore (Amazon Managed Prometheus's signatures).
+# transformers (serve --model hf:PATH), botocore and google-auth (Amazon's and Google's managed Prometheus).
 RUN if [ -n "$TORCH_INDEX" ]; then pip install --index-url "$TORCH_INDEX" "torch==2.13.0"; fi \
-    && pip install -e ".[postgres,hf,aws]" \
+    && pip install -e ".[postgres,hf,aws,gcp]" \
     && python -m compileall -q /opt/peakpilot
 
 # The manifests run as this user with a read-only root: /tmp and /var/lib/peakpilot are their volumes.

@@ -227,6 +227,13 @@ class SigV4(Strict):
     profile: str | None = Field(None, min_length=1, description="a profile of ~/.aws/config; null: the default chain")
 
 
+class GoogleAuth(Strict):
+    """Google Cloud Managed Service for Prometheus read directly: Google OAuth2 access tokens (monitoring.read)."""
+    credentials_file: str | None = Field(None, min_length=1, description="a service account's JSON key (a mounted "
+                                         "Secret); null: Application Default Credentials, in GKE Workload "
+                                         "Identity's metadata server")
+
+
 class PrometheusAuthSpec(Strict):
     """Credentials for a Prometheus behind authentication; secrets are read from files (mounted Secrets), as
     Prometheus's own configuration takes them, never written in the policy."""
@@ -237,6 +244,7 @@ class PrometheusAuthSpec(Strict):
     basic_auth: BasicAuth | None = None
     oauth2: OAuth2 | None = None
     sigv4: SigV4 | None = None
+    google: GoogleAuth | None = None
     tls: PrometheusTLS | None = None
 
     @field_validator("headers")
@@ -251,9 +259,11 @@ class PrometheusAuthSpec(Strict):
 
     @model_validator(mode="after")
     def _one_credential(self) -> PrometheusAuthSpec:
-        given = [name for name in ("bearer_token_file", "basic_auth", "oauth2", "sigv4") if getattr(self, name)]
+        given = [name for name in ("bearer_token_file", "basic_auth", "oauth2", "sigv4", "google")
+                 if getattr(self, name)]
         if len(given) > 1:
-            raise ValueError(f"give one of bearer_token_file, basic_auth, oauth2 or sigv4, not {' and '.join(given)}")
+            raise ValueError(f"give one of bearer_token_file, basic_auth, oauth2, sigv4 or google, not "
+                             f"{' and '.join(given)}")
         if given and any(k.lower() == "authorization" for k in self.headers):
             raise ValueError(f"an Authorization header and {given[0]} would overwrite each other")
         return self

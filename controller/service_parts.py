@@ -20,6 +20,7 @@ def prometheus_auth(policy: Policy):
     """The policy's ``signals.prometheus_auth`` as the Prometheus source takes it."""
     from forecaster.oauth2 import ClientCredentials
     from forecaster.prometheus_source import PrometheusAuth
+    from forecaster.google_auth import GoogleSettings
     from forecaster.sigv4 import SigV4Settings
 
     spec = policy.signals.prometheus_auth
@@ -30,7 +31,8 @@ def prometheus_auth(policy: Policy):
     return PrometheusAuth(dict(spec.headers), spec.bearer_token_file, basic.username if basic else None,
                           basic.password_file if basic else None, tls.ca_file if tls else None,
                           tls.cert_file if tls else None, tls.key_file if tls else None, client,
-                          None if sigv4 is None else SigV4Settings(sigv4.region, sigv4.profile))
+                          None if sigv4 is None else SigV4Settings(sigv4.region, sigv4.profile),
+                          None if spec.google is None else GoogleSettings(spec.google.credentials_file))
 
 
 class ServiceParts:

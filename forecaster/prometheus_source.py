@@ -26,10 +26,11 @@ A Prometheus behind authentication (``PrometheusAuth``): headers sent with every
 account's, for OpenShift's Thanos querier or a kube-rbac-proxy; read again at every query, since a projected
 token is rotated while the daemon runs), basic auth with its password in a file (Prometheus's own
 ``--web.config.file``, Grafana Cloud), an OAuth2 client's tokens (forecaster/oauth2.py: Azure Monitor's
-managed Prometheus, a gateway behind an identity provider), or AWS's SigV4 signature on every request
-(forecaster/sigv4.py: Amazon Managed Service for Prometheus); over TLS, the CA that signed its certificate
-and a client certificate where it asks for one (mTLS). Secrets come from files, as Prometheus's own configuration
-takes them, so that none is written in a policy ConfigMap.
+managed Prometheus, a gateway behind an identity provider), AWS's SigV4 signature on every request
+(forecaster/sigv4.py: Amazon Managed Service for Prometheus), or Google's access tokens
+(forecaster/google_auth.py: Google Cloud Managed Service for Prometheus); over TLS, the CA that signed its
+certificate and a client certificate where it asks for one (mTLS). Secrets come from files, as Prometheus's
+own configuration takes them, so that none is written in a policy ConfigMap.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ import numpy as np
 import pandas as pd
 
 from forecaster.errors import HistoryError
+from forecaster.google_auth import GoogleSettings, google_token
+from forecaster.google_auth import forget as forget_google
 from forecaster.history import History, mark_gaps
 from forecaster.oauth2 import ClientCredentials
 from forecaster.secret_file import read_secret
@@ -79,15 +82,16 @@ class PrometheusAuth:
     key_file: str | None = None
     oauth2: ClientCredentials | None = None
     sigv4: SigV4Settings | None = None  # Amazon Managed Prometheus: every request signed (forecaster/sigv4.py)
+    google: GoogleSettings | None = None  # Google's managed Prometheus: its OAuth2 tokens (forecaster/google_auth.py)
 
     def __post_init__(self):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("a client certificate needs both its cert file and its key file")
         given = [what for what, there in (("a bearer token file", self.bearer_token_file),
                                           ("basic auth", self.username is not None), ("OAuth2", self.oauth2),
-                                          ("SigV4", self.sigv4)) if there]
+                                          ("SigV4", self.sigv4), ("Google", self.google)) if there]
         if len(given) > 1:
-            raise ValueError(f"give one of a bearer token file, basic auth, OAuth2 or SigV4, not "
+            raise ValueError(f"give one of a bearer token file, basic auth, OAuth2, SigV4 or Google, not "
                              f"{' and '.join(given)}")
         if (self.username is None) != (self.password_file is None):
             raise ValueError("basic auth needs both a username and a password file")
@@ -102,6 +106,8 @@ class PrometheusAuth:
             headers["Authorization"] = f"Bearer {read_secret(self.bearer_token_file, 'bearer token', where)}"
         if self.oauth2 is not None:
             headers["Authorization"] = f"Bearer {self.oauth2.token(where)}"
+        if self.google is not None:
+            headers["Authorization"] = f"Bearer {google_token(self.google, where)}"
         basic = None if self.username is None else (self.username, read_secret(self.password_file, "password", where))
         return headers, basic
 
@@ -238,11 +244,14 @@ class PrometheusSource:
         basic = self.auth.username is not None or urlsplit(self.endpoint).username is not None
         given = {"headers": bool(self.auth.headers), "a bearer token": bool(self.auth.bearer_token_file),
                  "basic auth": basic, "an OAuth2 token": self.auth.oauth2 is not None,
-                 "a SigV4 signature": self.auth.sigv4 is not None}
+                 "a SigV4 signature": self.auth.sigv4 is not None, "a Google token": self.auth.google is not None}
         sent = "it was sent " + (", ".join(what for what, there in given.items() if there) or "no credentials")
         if status == "401" and self.auth.oauth2 is not None:
             self.auth.oauth2.forget()  # revoked, or signed by keys since rotated: the next query asks for a new one
             sent += f" from {self.auth.oauth2.token_url}, which the next query asks for again"
+        if status == "401" and self.auth.google is not None:
+            forget_google(self.auth.google)
+            sent += ", which the next query asks for again"
         return (f" ({'not authenticated' if status == '401' else 'not allowed'}: {sent}; set them in the policy's "
                 f"signals.prometheus_auth, or on the command line with --prometheus-header and "
                 f"--prometheus-token-file)")

@@ -425,8 +425,8 @@ def test_the_image_holds_every_package_and_the_defaults_beside_them():
         assert (ROOT / directory).is_dir()
         assert f"COPY {directory}/ {directory}/" in dockerfile, f"the image lacks {directory}/"
         assert f"!{directory}/" in ignore, f".dockerignore leaves {directory}/ out of the build context"
-    # the PostgreSQL store, transformers for serve --model hf:PATH, botocore for Amazon Managed Prometheus
-    assert "torch==2.13.0" in dockerfile and 'pip install -e ".[postgres,hf,aws]"' in dockerfile
+    # the PostgreSQL store, transformers for serve --model hf:PATH, botocore and google-auth for the managed Prometheus
+    assert "torch==2.13.0" in dockerfile and 'pip install -e ".[postgres,hf,aws,gcp]"' in dockerfile
     # the user the manifests run as
     user = next(line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER "))
     controller = all_docs()[("Deployment", "peakpilot-controller")]["spec"]["template"]["spec"]

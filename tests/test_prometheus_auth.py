@@ -525,6 +525,116 @@ def test_amazon_managed_prometheus_is_read_with_every_query_signed(prometheus_fa
     assert region_of(amp.url) is None
 
 
+class GoogleTokenServer(LocalServer):
+    """Google's OAuth2 token endpoint for a service account (RFC 7523's JWT-bearer grant, as
+    oauth2.googleapis.com/token answers it): a JWT signed RS256 by the account's key, for the monitoring.read
+    scope, addressed to Google's token endpoint and not expired, gets a new access token, which ``gateway`` lets through
+    from then on; anything else is Google's 400 invalid_grant. The JWT is checked by this test's own reading of
+    the specification with ``cryptography``, not by google-auth, which signs it."""
+
+    def __init__(self, gateway: Gateway, public_key):
+        self.gateway, self.public_key, self.asked = gateway, public_key, 0
+        server = self
+
+        class Handler(QuietHandler):
+            def do_POST(self):
+                from urllib.parse import parse_qsl
+
+                form = dict(parse_qsl(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+                server.asked += 1
+                problem = server.refusal(form)
+                if problem:
+                    doc = {"error": "invalid_grant", "error_description": problem}
+                    return self.answer(400, json.dumps(doc).encode(), "application/json")
+                server.gateway.token = f"ya29.google-{server.asked}"
+                self.answer(200, json.dumps({"access_token": server.gateway.token, "expires_in": 3599,
+                                             "token_type": "Bearer"}).encode(), "application/json")
+
+        super().__init__(Handler)
+        self.url += "/token"
+
+    def refusal(self, form: dict) -> str | None:
+        import base64
+        import time
+
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        def decoded(part: str) -> bytes:
+            return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return "unsupported grant"
+        head, body, signature = form["assertion"].split(".")
+        if json.loads(decoded(head)).get("alg") != "RS256":
+            return "Invalid JWT: alg"
+        try:
+            self.public_key.verify(decoded(signature), f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            return "Invalid JWT Signature."
+        claims = json.loads(decoded(body))
+        if (claims.get("aud") != "https://oauth2.googleapis.com/token"  # (Google's audience, wherever it is sent)
+                or claims.get("iss") != "peakpilot@project.iam.gserviceaccount.com"):
+            return "Invalid JWT: audience or issuer"
+        if claims.get("scope") != "https://www.googleapis.com/auth/monitoring.read" or claims["exp"] < time.time():
+            return "Invalid JWT: scope or expiry"
+        return None
+
+
+def service_account_key(path: Path, token_uri: str):
+    """A Google service account's JSON key, its token_uri the test's endpoint; the key pair's public half."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    path.write_text(json.dumps({"type": "service_account", "project_id": "project", "private_key_id": "k1",
+                                "private_key": pem, "client_email": "peakpilot@project.iam.gserviceaccount.com",
+                                "client_id": "1", "token_uri": token_uri}))
+    return key.public_key()
+
+
+def test_google_managed_prometheus_is_read_with_a_service_accounts_tokens(behind_gateway, tmp_path, monkeypatch):
+    """``signals.prometheus_auth.google``: a Google access token from a service account's key (or Application
+    Default Credentials, here the same key named in GOOGLE_APPLICATION_CREDENTIALS; in GKE, Workload
+    Identity's metadata server), asked for once, sent with every query, asked for again where refused; a key
+    that does not sign as the account is Google's invalid_grant, named with where the token was to come from."""
+    from forecaster.google_auth import GoogleSettings
+
+    gateway, counts, start = behind_gateway
+    hour = (start, start + pd.Timedelta(hours=1))
+    key = tmp_path / "sa.json"
+    issuer = GoogleTokenServer(gateway, None)
+    issuer.public_key = service_account_key(key, issuer.url)
+    try:
+        source = PrometheusSource(gateway.url, auth=PrometheusAuth({"X-Scope-OrgID": "team-a"},
+                                                                   google=GoogleSettings(str(key))))
+        np.testing.assert_allclose(source.load(start, start + pd.Timedelta(hours=HOURS)).counts.to_numpy(),
+                                   counts.to_numpy(), rtol=1e-9, atol=1e-6)
+        source.load(*hour)
+        assert issuer.asked == 1 and gateway.seen[-1]["Authorization"] == "Bearer ya29.google-1"
+        gateway.token = "revoked"
+        with pytest.raises(HistoryError, match="401.*it was sent headers, a Google token, which the next query asks"):
+            source.load(*hour)
+        assert len(source.load(*hour)) == 60 and issuer.asked == 2
+        # Application Default Credentials: the key GOOGLE_APPLICATION_CREDENTIALS names
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+        adc = PrometheusSource(gateway.url, auth=PrometheusAuth({"X-Scope-OrgID": "team-a"}, google=GoogleSettings()))
+        assert len(adc.load(*hour)) == 60 and issuer.asked == 3
+        stranger = tmp_path / "stranger.json"
+        service_account_key(stranger, issuer.url)  # the account's name, another key: not the account's signature
+        with pytest.raises(HistoryError, match=f"no Google access token from the service account key {stranger}: "
+                                               f".*invalid_grant: Invalid JWT Signature"):
+            PrometheusSource(gateway.url, auth=PrometheusAuth(google=GoogleSettings(str(stranger)))).load(*hour)
+        with pytest.raises(HistoryError, match=f"cannot read the Google service account key {tmp_path}/none.json"):
+            PrometheusSource(gateway.url, auth=PrometheusAuth(google=GoogleSettings(str(tmp_path / "none.json")))
+                             ).load(*hour)
+    finally:
+        issuer.close()
+
+
 def policy_text(**signals) -> str:
     """The default policy with these ``signals`` keys set."""
     policy = yaml.safe_load((ROOT / "configs" / "policy.yaml").read_text())
@@ -550,14 +660,14 @@ def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, 
 
 @pytest.mark.parametrize("auth, problem", [
     ({"bearer_token_file": "/t", "basic_auth": {"username": "a", "password_file": "/p"}},
-     "give one of bearer_token_file, basic_auth, oauth2 or sigv4, not bearer_token_file and basic_auth"),
+     "give one of bearer_token_file, basic_auth, oauth2, sigv4 or google, not bearer_token_file and basic_auth"),
     ({"bearer_token_file": "/t", "headers": {"Authorization": "Bearer x"}},
      "an Authorization header and bearer_token_file would overwrite each other"),
     ({"headers": {"X Scope": "a"}}, "signals.prometheus_auth.headers: 'X Scope' is not an HTTP header"),
     ({"basic_auth": {"username": "a", "password": "inline"}}, "signals.prometheus_auth.basic_auth.password: unknown"),
     ({"tls": {"cert_file": "/c.crt"}}, "signals.prometheus_auth.tls: cert_file and key_file go together"),
     ({"bearer_token_file": "/t", "oauth2": {"client_id": "a", "client_secret_file": "/s", "token_url": "https://i/t"}},
-     "give one of bearer_token_file, basic_auth, oauth2 or sigv4, not bearer_token_file and oauth2"),
+     "give one of bearer_token_file, basic_auth, oauth2, sigv4 or google, not bearer_token_file and oauth2"),
     ({"headers": {"authorization": "Bearer x"},
       "oauth2": {"client_id": "a", "client_secret_file": "/s", "token_url": "https://i/t"}},
      "an Authorization header and oauth2 would overwrite each other"),
@@ -565,6 +675,9 @@ def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, 
      "signals.prometheus_auth.oauth2.token_url: .*'login.example.com/token' is not a token endpoint URL"),
     ({"oauth2": {"client_id": "a", "client_secret": "inline", "token_url": "https://i/t"}},
      "signals.prometheus_auth.oauth2.client_secret: unknown"),
+    ({"sigv4": {"region": "us-east-2"}, "google": {}},
+     "give one of bearer_token_file, basic_auth, oauth2, sigv4 or google, not sigv4 and google"),
+    ({"google": {"credentials_file": "/k.json", "scopes": ["x"]}}, "signals.prometheus_auth.google.scopes: unknown"),
     ({"oauth2": {"client_id": "a", "token_url": "https://i/t"}},
      "signals.prometheus_auth.oauth2: give one of client_secret_file or client_assertion_file"),
     ({"oauth2": {"client_id": "a", "client_secret_file": "/s", "client_assertion_file": "/j",
