@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from forecaster.errors import HistoryError
 
 SCOPE = "https://www.googleapis.com/auth/monitoring.read"
+TOKEN_TIMEOUT_S = 10.0  # google-auth waits 120 s by default: two control cycles
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def google_token(settings: GoogleSettings, where: str) -> str:
                     creds, _ = google.auth.default(scopes=[SCOPE])
                 _held[settings] = creds
             if not creds.valid:
-                creds.refresh(Request())
+                creds.refresh(_timed(Request()))
             return creds.token
         except FileNotFoundError:
             raise HistoryError(where, f"cannot read the Google service account key {settings.credentials_file}: "
@@ -59,6 +60,15 @@ def google_token(settings: GoogleSettings, where: str) -> str:
                       "metadata server)")
             raise HistoryError(where, f"no Google access token from {source}: {str(exc).splitlines()[0][:300]}"
                                ) from None
+
+
+def _timed(request):
+    """google-auth's transport, giving up after TOKEN_TIMEOUT_S where the caller sets no shorter wait."""
+    def call(url, method="GET", body=None, headers=None, timeout=None, **kwargs):
+        wait = TOKEN_TIMEOUT_S if timeout is None else min(timeout, TOKEN_TIMEOUT_S)
+        return request(url, method=method, body=body, headers=headers, timeout=wait, **kwargs)
+
+    return call
 
 
 def forget(settings: GoogleSettings) -> None:

@@ -635,6 +635,33 @@ def test_google_managed_prometheus_is_read_with_a_service_accounts_tokens(behind
         issuer.close()
 
 
+def test_a_google_token_endpoint_that_never_answers_costs_seconds_not_cycles(behind_gateway, tmp_path, monkeypatch):
+    """google-auth waits 120 s for a token by default, two control cycles; the source gives up sooner."""
+    import time
+
+    from forecaster import google_auth
+    from forecaster.google_auth import GoogleSettings
+
+    class Silent(QuietHandler):
+        def do_POST(self):
+            time.sleep(3)
+
+    gateway, counts, start = behind_gateway
+    silent = LocalServer(Silent)
+    key = tmp_path / "sa.json"
+    service_account_key(key, silent.url + "/token")
+    monkeypatch.setattr(google_auth, "TOKEN_TIMEOUT_S", 0.5)
+    began = time.monotonic()
+    try:
+        with pytest.raises(HistoryError, match=f"no Google access token from the service account key {key}: .*timed "
+                                               f"out"):
+            PrometheusSource(gateway.url, auth=PrometheusAuth(google=GoogleSettings(str(key)))).load(
+                start, start + pd.Timedelta(hours=1))
+    finally:
+        silent.close()
+    assert time.monotonic() - began < 2.5
+
+
 def policy_text(**signals) -> str:
     """The default policy with these ``signals`` keys set."""
     policy = yaml.safe_load((ROOT / "configs" / "policy.yaml").read_text())
