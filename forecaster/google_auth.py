@@ -14,9 +14,9 @@ import threading
 from dataclasses import dataclass
 
 from forecaster.errors import HistoryError
+from forecaster.oauth2 import TOKEN_TIMEOUT_S  # (google-auth waits 120 s by default: two control cycles)
 
 SCOPE = "https://www.googleapis.com/auth/monitoring.read"
-TOKEN_TIMEOUT_S = 10.0  # google-auth waits 120 s by default: two control cycles
 
 
 @dataclass(frozen=True)

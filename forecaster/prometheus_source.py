@@ -111,6 +111,17 @@ class PrometheusAuth:
         basic = None if self.username is None else (self.username, read_secret(self.password_file, "password", where))
         return headers, basic
 
+    def forget_token(self) -> str | None:
+        """Drop the token held (the server refused it: revoked, or signed by keys since rotated), so that the
+        next query asks for a new one; where it came from, or None where no token is held between queries."""
+        if self.oauth2 is not None:
+            self.oauth2.forget()
+            return self.oauth2.token_url
+        if self.google is not None:
+            forget_google(self.google)
+            return "Google"
+        return None
+
     def session(self, where: str):
         """A requests session that trusts ``ca_file`` and presents the client certificate; a file that
         cannot be read is a HistoryError naming it (requests would say only that a path is invalid)."""
@@ -246,12 +257,9 @@ class PrometheusSource:
                  "basic auth": basic, "an OAuth2 token": self.auth.oauth2 is not None,
                  "a SigV4 signature": self.auth.sigv4 is not None, "a Google token": self.auth.google is not None}
         sent = "it was sent " + (", ".join(what for what, there in given.items() if there) or "no credentials")
-        if status == "401" and self.auth.oauth2 is not None:
-            self.auth.oauth2.forget()  # revoked, or signed by keys since rotated: the next query asks for a new one
-            sent += f" from {self.auth.oauth2.token_url}, which the next query asks for again"
-        if status == "401" and self.auth.google is not None:
-            forget_google(self.auth.google)
-            sent += ", which the next query asks for again"
+        issuer = self.auth.forget_token() if status == "401" else None
+        if issuer is not None:
+            sent += f"{'' if issuer == 'Google' else ' from ' + issuer}, which the next query asks for again"
         return (f" ({'not authenticated' if status == '401' else 'not allowed'}: {sent}; set them in the policy's "
                 f"signals.prometheus_auth, or on the command line with --prometheus-header and "
                 f"--prometheus-token-file)")

@@ -55,7 +55,7 @@ class Signer:
             if self._session is None:
                 self._session = botocore.session.Session(profile=self.settings.profile)
             found = self._session.get_credentials()
-            region = self.region or self._session.get_config_variable("region")
+            self.region = self.region or self._session.get_config_variable("region")  # (looked up once found)
             frozen = None if found is None else found.get_frozen_credentials()
         except BotoCoreError as exc:
             raise HistoryError(self.where, f"AWS credentials to sign with: {exc}") from None
@@ -63,10 +63,10 @@ class Signer:
             raise HistoryError(self.where, "no AWS credentials found to sign for Amazon Managed Prometheus: none in "
                                            "the environment (AWS_ACCESS_KEY_ID), ~/.aws, a web identity token (IRSA, "
                                            "EKS Pod Identity) or the instance's role")
-        if not region:
+        if not self.region:
             raise HistoryError(self.where, "no AWS region to sign for: set signals.prometheus_auth.sigv4.region (or "
                                            "AWS_REGION)")
-        return frozen, region
+        return frozen, self.region
 
     def __call__(self, request):
         """Sign a prepared request in place: its query re-encoded as SigV4 canonicalizes it (spaces as %20,
