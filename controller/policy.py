@@ -225,6 +225,18 @@ class SigV4(Strict):
     region: str | None = Field(None, min_length=1, description="null: the workspace URL's "
                                                                "(aps-workspaces.REGION.amazonaws.com), else AWS_REGION")
     profile: str | None = Field(None, min_length=1, description="a profile of ~/.aws/config; null: the default chain")
+    role_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
+                                 description="a role to assume (AWS STS AssumeRole) with the chain's credentials: a "
+                                             "workspace in another account, e.g. arn:aws:iam::123456789012:role/"
+                                             "amp-query")
+    external_id: str | None = Field(None, min_length=2, description="the sts:ExternalId the role's trust policy "
+                                                                    "asks for, where it asks for one")
+
+    @model_validator(mode="after")
+    def _external_id_of_a_role(self) -> SigV4:
+        if self.external_id and not self.role_arn:
+            raise ValueError("external_id is sent when assuming a role: give role_arn too")
+        return self
 
 
 class GoogleAuth(Strict):

@@ -28,10 +28,10 @@ def prometheus_auth(policy: Policy):
     client = None if oauth2 is None else ClientCredentials(
         oauth2.client_id, oauth2.client_secret_file, oauth2.token_url, tuple(oauth2.scopes),
         tuple(sorted(oauth2.endpoint_params.items())), oauth2.client_assertion_file)
+    signing = None if sigv4 is None else SigV4Settings(sigv4.region, sigv4.profile, sigv4.role_arn, sigv4.external_id)
     return PrometheusAuth(dict(spec.headers), spec.bearer_token_file, basic.username if basic else None,
                           basic.password_file if basic else None, tls.ca_file if tls else None,
-                          tls.cert_file if tls else None, tls.key_file if tls else None, client,
-                          None if sigv4 is None else SigV4Settings(sigv4.region, sigv4.profile),
+                          tls.cert_file if tls else None, tls.key_file if tls else None, client, signing,
                           None if spec.google is None else GoogleSettings(spec.google.credentials_file))
 
 

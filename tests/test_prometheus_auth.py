@@ -398,12 +398,56 @@ def test_the_daemon_reads_its_load_with_the_policys_oauth2_client(behind_gateway
     assert all(seen["Authorization"] == "Bearer issued-1" for seen in gateway.seen)
 
 
+def sigv4_refusal(handler, body: bytes, service: str, key: str, secret: str, region: str) -> str | None:
+    """Why AWS would refuse a request's Signature Version 4, or None where it is good: this test's own reading
+    of AWS's specification (canonical request, string to sign, the HMAC chain of the signing key), not
+    botocore's, which signs."""
+    import datetime
+    import hashlib
+    import hmac
+    from urllib.parse import quote, unquote
+
+    auth = handler.headers.get("Authorization", "")
+    if not auth.startswith("AWS4-HMAC-SHA256 "):
+        return "Missing Authentication Token"
+    fields = dict(part.strip().split("=", 1) for part in auth[len("AWS4-HMAC-SHA256 "):].split(","))
+    given_key, date, given_region, given_service, terminal = fields["Credential"].split("/")
+    if (given_key, given_region, given_service, terminal) != (key, region, service, "aws4_request"):
+        return f"Credential should be scoped to a valid region and service: {fields['Credential']}"
+    stamp = handler.headers.get("X-Amz-Date", "")
+    when = datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+    if abs((datetime.datetime.now(datetime.timezone.utc) - when).total_seconds()) > 300 or stamp[:8] != date:
+        return "Signature expired"
+    path, _, raw_query = handler.path.partition("?")
+
+    def encode(text: str) -> str:
+        return quote(text, safe="-_.~")
+
+    pairs = sorted((encode(unquote(k)), encode(unquote(v)))
+                   for k, _, v in (item.partition("=") for item in raw_query.split("&") if item))
+    names = fields["SignedHeaders"].split(";")
+    if not {"host", "x-amz-date"} <= set(names):
+        return "host and x-amz-date must be signed"
+    canonical = "\n".join([
+        handler.command, "/".join(encode(encode(unquote(seg))) for seg in path.split("/")),
+        "&".join(f"{k}={v}" for k, v in pairs),
+        "".join(f"{n}:{' '.join(handler.headers.get(n, '').split())}\n" for n in names),
+        fields["SignedHeaders"], hashlib.sha256(body).hexdigest()])
+    scope = f"{date}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    signing = ("AWS4" + secret).encode()
+    for part in (date, region, service, "aws4_request"):
+        signing = hmac.new(signing, part.encode(), hashlib.sha256).digest()
+    if not hmac.compare_digest(hmac.new(signing, to_sign.encode(), hashlib.sha256).hexdigest(), fields["Signature"]):
+        return ("The request signature we calculated does not match the signature you provided. Check your "
+                "AWS Secret Access Key and signing method.")
+    return None
+
+
 class AmpGateway(LocalServer):
     """Amazon Managed Prometheus's front door, as its documentation describes it: a query passes to the real
-    Prometheus only with a valid AWS Signature Version 4 of access key ``AKIDPEAKPILOT`` for service ``aps`` in
-    ``us-east-2``, made within five minutes; else 403 with AWS's message. The signature is checked by this
-    test's own reading of AWS's specification (canonical request, string to sign, the HMAC chain of the
-    signing key), not by botocore, which signs."""
+    Prometheus only with a valid AWS Signature Version 4 (``sigv4_refusal``) of access key ``AKIDPEAKPILOT``
+    for service ``aps`` in ``us-east-2``, made within five minutes; else 403 with AWS's message."""
 
     KEY, SECRET, REGION = "AKIDPEAKPILOT", "amp-test-secret", "us-east-2"
 
@@ -415,7 +459,7 @@ class AmpGateway(LocalServer):
         class Handler(QuietHandler):
             def do_GET(self):
                 gateway.seen.append(dict(self.headers))
-                problem = gateway.refusal(self)
+                problem = sigv4_refusal(self, b"", "aps", gateway.KEY, gateway.SECRET, gateway.REGION)
                 if problem:
                     return self.answer(403, json.dumps({"message": problem}).encode(), "application/json")
                 r = requests.get(gateway.upstream + self.path, timeout=30)
@@ -423,55 +467,57 @@ class AmpGateway(LocalServer):
 
         super().__init__(Handler)
 
-    def refusal(self, handler) -> str | None:
-        import datetime
-        import hashlib
-        import hmac
-        from urllib.parse import quote, unquote
 
-        auth = handler.headers.get("Authorization", "")
-        if not auth.startswith("AWS4-HMAC-SHA256 "):
-            return "Missing Authentication Token"
-        fields = dict(part.strip().split("=", 1) for part in auth[len("AWS4-HMAC-SHA256 "):].split(","))
-        key, date, region, service, terminal = fields["Credential"].split("/")
-        if (key, region, service, terminal) != (self.KEY, self.REGION, "aps", "aws4_request"):
-            return f"Credential should be scoped to a valid region and service: {fields['Credential']}"
-        stamp = handler.headers.get("X-Amz-Date", "")
-        when = datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
-        if abs((datetime.datetime.now(datetime.timezone.utc) - when).total_seconds()) > 300 or stamp[:8] != date:
-            return "Signature expired"
-        path, _, raw_query = handler.path.partition("?")
+class FakeSts(LocalServer):
+    """AWS STS's AssumeRole, as its API reference describes it: a request signed (service ``sts``) with the
+    base account's keys, for role ``ROLE`` and, where ``external_id`` is set, that ExternalId, gets temporary
+    credentials of the role (those ``AmpGateway`` takes, with a new session token each time) that expire in
+    ``lifetime_s``; anything else is STS's 403 AccessDenied, in its XML."""
 
-        def encode(text: str) -> str:
-            return quote(text, safe="-_.~")
+    BASE_KEY, BASE_SECRET = "AKIDBASEACCOUNT", "base-account-secret"
+    ROLE = "arn:aws:iam::111122223333:role/amp-query"
 
-        pairs = sorted((encode(unquote(k)), encode(unquote(v)))
-                       for k, _, v in (item.partition("=") for item in raw_query.split("&") if item))
-        names = fields["SignedHeaders"].split(";")
-        if not {"host", "x-amz-date"} <= set(names):
-            return "host and x-amz-date must be signed"
-        canonical = "\n".join([
-            "GET", "/".join(encode(encode(unquote(seg))) for seg in path.split("/")),
-            "&".join(f"{k}={v}" for k, v in pairs),
-            "".join(f"{n}:{' '.join(handler.headers.get(n, '').split())}\n" for n in names),
-            fields["SignedHeaders"], hashlib.sha256(b"").hexdigest()])
-        scope = f"{date}/{region}/aps/aws4_request"
-        to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-        signing = ("AWS4" + self.SECRET).encode()
-        for part in (date, region, "aps", "aws4_request"):
-            signing = hmac.new(signing, part.encode(), hashlib.sha256).digest()
-        if not hmac.compare_digest(hmac.new(signing, to_sign.encode(), hashlib.sha256).hexdigest(),
-                                   fields["Signature"]):
-            return ("The request signature we calculated does not match the signature you provided. Check your "
-                    "AWS Secret Access Key and signing method.")
-        return None
+    def __init__(self, lifetime_s: float = 3600, external_id: str | None = None):
+        self.lifetime_s, self.external_id, self.asked = lifetime_s, external_id, []
+        sts = self
+
+        class Handler(QuietHandler):
+            def do_POST(self):
+                from urllib.parse import parse_qsl
+
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                form = dict(parse_qsl(body.decode()))
+                sts.asked.append(form)
+                problem = sigv4_refusal(self, body, "sts", sts.BASE_KEY, sts.BASE_SECRET, AmpGateway.REGION)
+                if problem is None and (form.get("Action"), form.get("RoleArn")) != ("AssumeRole", sts.ROLE):
+                    problem = f"no such role {form.get('RoleArn')}"
+                if problem is None and form.get("ExternalId") != sts.external_id:
+                    problem = (f"User: arn:aws:iam::444455556666:user/base is not authorized to perform: "
+                               f"sts:AssumeRole on resource: {sts.ROLE}")
+                if problem:
+                    error = (f'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender'
+                             f'</Type><Code>AccessDenied</Code><Message>{problem}</Message></Error>'
+                             f'<RequestId>r-{len(sts.asked)}</RequestId></ErrorResponse>')
+                    return self.answer(403, error.encode(), "text/xml")
+                expires = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=sts.lifetime_s)
+                answer = (f'<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>'
+                          f'<Credentials><AccessKeyId>{AmpGateway.KEY}</AccessKeyId><SecretAccessKey>'
+                          f'{AmpGateway.SECRET}</SecretAccessKey><SessionToken>role-session-{len(sts.asked)}'
+                          f'</SessionToken><Expiration>{expires.strftime("%Y-%m-%dT%H:%M:%SZ")}</Expiration>'
+                          f'</Credentials><AssumedRoleUser><Arn>{sts.ROLE}/{form.get("RoleSessionName")}</Arn>'
+                          f'<AssumedRoleId>AROAPEAKPILOT:{form.get("RoleSessionName")}</AssumedRoleId>'
+                          f'</AssumedRoleUser></AssumeRoleResult><ResponseMetadata><RequestId>r-{len(sts.asked)}'
+                          f'</RequestId></ResponseMetadata></AssumeRoleResponse>')
+                self.answer(200, answer.encode(), "text/xml")
+
+        super().__init__(Handler)
 
 
 @pytest.fixture
 def aws_env(monkeypatch, tmp_path):
     """AWS's standard chain with nothing of this machine's: no config or credentials file, no instance role."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION",
-                 "AWS_DEFAULT_REGION", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+                 "AWS_DEFAULT_REGION", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_ENDPOINT_URL",
                  "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
@@ -523,6 +569,51 @@ def test_amazon_managed_prometheus_is_read_with_every_query_signed(prometheus_fa
         amp.close()
     assert region_of("https://aps-workspaces.eu-west-1.amazonaws.com/workspaces/ws-1234") == "eu-west-1"
     assert region_of(amp.url) is None
+
+
+def test_a_workspace_in_another_account_is_read_with_a_role_assumed_through_sts(prometheus_factory, aws_env,
+                                                                               tmp_path):
+    """``sigv4.role_arn``: the chain's keys (the cluster's account) only ask STS for the role's credentials,
+    which sign the queries; STS is asked once while they last, and again as they near their expiry. STS's
+    refusal (here a wrong external id) is named with the role and STS's reason."""
+    from forecaster.sigv4 import SigV4Settings
+
+    server = prometheus_factory()
+    counts, start = nasa_hours(server)
+    server.start()
+    amp, sts = AmpGateway(server.url), FakeSts(external_id="peakpilot-ext")
+    end = start + pd.Timedelta(hours=HOURS)
+    try:
+        aws_env.setenv("AWS_ACCESS_KEY_ID", FakeSts.BASE_KEY)
+        aws_env.setenv("AWS_SECRET_ACCESS_KEY", FakeSts.BASE_SECRET)
+        aws_env.setenv("AWS_ENDPOINT_URL_STS", sts.url)
+        with pytest.raises(HistoryError, match="403 .*Credential should be scoped"):  # its own keys: not this account's
+            PrometheusSource(amp.url, auth=PrometheusAuth(sigv4=SigV4Settings(region="us-east-2"))).load(start, end)
+        assert sts.asked == []
+        path = tmp_path / "policy.yaml"
+        path.write_text(policy_text(prometheus=amp.url, prometheus_auth={"sigv4": {
+            "region": "us-east-2", "role_arn": FakeSts.ROLE, "external_id": "peakpilot-ext"}}))
+        signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(path))
+        now = np.datetime64(end.tz_localize(None), "m")
+        assert signals.history(now).counts.notna().sum() == len(counts)
+        assert signals.observe(now).load_rps == pytest.approx(counts.iloc[-1] / 60)
+        assert [(a["RoleArn"], a["RoleSessionName"], a["ExternalId"]) for a in sts.asked] == [
+            (FakeSts.ROLE, "peakpilot", "peakpilot-ext")]  # once, for every query while the credentials last
+        assert amp.seen[-1]["X-Amz-Security-Token"] == "role-session-1"
+        sts.lifetime_s = 300  # inside botocore's ten minutes before expiry: renewed before the next request
+        role = SigV4Settings(region="us-east-2", role_arn=FakeSts.ROLE, external_id="peakpilot-ext")
+        source = PrometheusSource(amp.url, auth=PrometheusAuth(sigv4=role))
+        source.load(start, end)
+        asked = len(sts.asked)
+        np.testing.assert_allclose(source.load(start, end).counts.to_numpy(), counts.to_numpy(), rtol=1e-9, atol=1e-6)
+        assert len(sts.asked) > asked and amp.seen[-1]["X-Amz-Security-Token"] == f"role-session-{len(sts.asked)}"
+        wrong = SigV4Settings(region="us-east-2", role_arn=FakeSts.ROLE, external_id="not-the-one")
+        with pytest.raises(HistoryError, match=r"AWS STS refused to assume role arn:aws:iam::111122223333:role/"
+                                               r"amp-query: AccessDenied: .*not authorized to perform: sts:AssumeRole"):
+            PrometheusSource(amp.url, auth=PrometheusAuth(sigv4=wrong)).load(start, end)
+    finally:
+        amp.close()
+        sts.close()
 
 
 class GoogleTokenServer(LocalServer):
@@ -705,6 +796,8 @@ def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, 
     ({"sigv4": {"region": "us-east-2"}, "google": {}},
      "give one of bearer_token_file, basic_auth, oauth2, sigv4 or google, not sigv4 and google"),
     ({"google": {"credentials_file": "/k.json", "scopes": ["x"]}}, "signals.prometheus_auth.google.scopes: unknown"),
+    ({"sigv4": {"role_arn": "amp-query"}}, "signals.prometheus_auth.sigv4.role_arn: .*should match"),
+    ({"sigv4": {"external_id": "x1"}}, "signals.prometheus_auth.sigv4: external_id is sent when assuming a role"),
     ({"oauth2": {"client_id": "a", "token_url": "https://i/t"}},
      "signals.prometheus_auth.oauth2: give one of client_secret_file or client_assertion_file"),
     ({"oauth2": {"client_id": "a", "client_secret_file": "/s", "client_assertion_file": "/j",
