@@ -175,14 +175,15 @@ class BasicAuth(Strict):
                                                          "every query")
 
 
-class PrometheusTLS(Strict):
-    ca_file: str | None = Field(None, description="the CA bundle that signed Prometheus's certificate (default: the "
+class TLSFiles(Strict):
+    """TLS to a server: the CA that signed its certificate and the client certificate it asks for."""
+    ca_file: str | None = Field(None, description="the CA bundle that signed the server's certificate (default: the "
                                                   "system's, or REQUESTS_CA_BUNDLE)")
-    cert_file: str | None = Field(None, description="a client certificate, where Prometheus asks for one (mTLS)")
+    cert_file: str | None = Field(None, description="a client certificate, where the server asks for one (mTLS)")
     key_file: str | None = Field(None, description="the client certificate's private key")
 
     @model_validator(mode="after")
-    def _pair(self) -> PrometheusTLS:
+    def _pair(self) -> TLSFiles:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together: a client certificate needs both")
         return self
@@ -203,11 +204,19 @@ class OAuth2(Strict):
     scopes: list[str] = Field(default_factory=list, description="e.g. https://prometheus.monitor.azure.com/.default")
     endpoint_params: dict[str, str] = Field(default_factory=dict, description="more form fields for the token "
                                                                               "endpoint (an audience, a resource)")
+    tls: TLSFiles | None = Field(None, description="the token endpoint's TLS, its own as in Prometheus's block: "
+                                                   "ca_file for a private CA; cert_file and key_file where it asks "
+                                                   "for a client certificate, which alone is the client's proof "
+                                                   "(RFC 8705 tls_client_auth)")
 
     @model_validator(mode="after")
     def _one_proof(self) -> OAuth2:
-        if (self.client_secret_file is None) == (self.client_assertion_file is None):
+        by_certificate = self.tls is not None and self.tls.cert_file is not None
+        if self.client_secret_file is not None and self.client_assertion_file is not None:
             raise ValueError("give one of client_secret_file or client_assertion_file")
+        if self.client_secret_file is None and self.client_assertion_file is None and not by_certificate:
+            raise ValueError("give one of client_secret_file or client_assertion_file (or tls.cert_file: the "
+                             "client certificate as the client's proof)")
         return self
 
     @field_validator("token_url")
@@ -257,7 +266,7 @@ class PrometheusAuthSpec(Strict):
     oauth2: OAuth2 | None = None
     sigv4: SigV4 | None = None
     google: GoogleAuth | None = None
-    tls: PrometheusTLS | None = None
+    tls: TLSFiles | None = None
 
     @field_validator("headers")
     @classmethod

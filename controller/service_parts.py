@@ -25,9 +25,11 @@ def prometheus_auth(policy: Policy):
 
     spec = policy.signals.prometheus_auth
     basic, tls, oauth2, sigv4 = spec.basic_auth, spec.tls, spec.oauth2, spec.sigv4
+    own_tls = None if oauth2 is None else oauth2.tls  # (the token endpoint's TLS, not Prometheus's)
     client = None if oauth2 is None else ClientCredentials(
         oauth2.client_id, oauth2.client_secret_file, oauth2.token_url, tuple(oauth2.scopes),
-        tuple(sorted(oauth2.endpoint_params.items())), oauth2.client_assertion_file)
+        tuple(sorted(oauth2.endpoint_params.items())), oauth2.client_assertion_file,
+        *((own_tls.ca_file, own_tls.cert_file, own_tls.key_file) if own_tls else ()))
     signing = None if sigv4 is None else SigV4Settings(sigv4.region, sigv4.profile, sigv4.role_arn, sigv4.external_id)
     return PrometheusAuth(dict(spec.headers), spec.bearer_token_file, basic.username if basic else None,
                           basic.password_file if basic else None, tls.ca_file if tls else None,

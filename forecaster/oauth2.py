@@ -12,7 +12,11 @@ Go's ``oauth2`` package, and so Prometheus, detects it).
 Instead of a secret, a client may prove itself with a signed assertion read from a file (RFC 7521/7523's
 ``client_assertion``): AKS's workload identity projects such a token into the pod, and Entra ID takes it for
 the service principal's, so no secret is stored at all. The file is read at every request, as the kubelet
-rotates it.
+rotates it. Or the client's TLS certificate is its proof (RFC 8705's ``tls_client_auth``: Keycloak's "X509
+certificate" client authenticator), where a certificate is given and neither a secret nor an assertion.
+
+The token endpoint's TLS is its own, as in Prometheus's block: the system's CAs (or ``REQUESTS_CA_BUNDLE``)
+unless ``ca_file`` names the private CA that signed it, and a client certificate where it asks for one.
 """
 
 from __future__ import annotations
@@ -23,22 +27,31 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from forecaster.errors import HistoryError
-from forecaster.secret_file import read_secret
+from forecaster.secret_file import check_tls_files, read_secret
 
 TOKEN_TIMEOUT_S = 10.0  # a token endpoint silent this long is an error of the query that needed a token
 EARLY_S = 60.0  # a token is renewed this long before it expires (at most a tenth of its life sooner)
-BASIC, IN_BODY, ASSERTION = "basic", "body", "assertion"  # how the client proves itself
+BASIC, IN_BODY, ASSERTION, CERTIFICATE = "basic", "body", "assertion", "certificate"  # how the client proves itself
 
 
 @dataclass(frozen=True)
 class ClientCredentials:
     client_id: str
-    client_secret_file: str | None  # None: the client proves itself with client_assertion_file
+    client_secret_file: str | None  # None: the client proves itself with client_assertion_file or cert_file
     token_url: str
     scopes: tuple[str, ...] = ()
     endpoint_params: tuple[tuple[str, str], ...] = ()  # extra form fields (e.g. an audience or a resource)
     client_assertion_file: str | None = None  # a signed JWT (AKS workload identity's projected token)
+    ca_file: str | None = None  # the CA bundle that signed the token endpoint's certificate (None: the system's)
+    cert_file: str | None = None  # a client certificate for the token endpoint, and its key (mTLS)
+    key_file: str | None = None
     clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
+
+    def __post_init__(self):
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs both its cert file and its key file")
+        if not (self.client_secret_file or self.client_assertion_file or self.cert_file):
+            raise ValueError("an OAuth2 client proves itself with a secret, an assertion or a client certificate")
 
     def token(self, where: str) -> str:
         """An access token for the next query: the one held while it has more than a little life left, else
@@ -95,17 +108,21 @@ def _request(creds: ClientCredentials, where: str, styles: dict) -> tuple[str, f
         assertion = read_secret(creds.client_assertion_file, "OAuth2 client assertion", where)
         form.update(client_id=creds.client_id, client_assertion=assertion,
                     client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    elif creds.client_secret_file is None:  # the client certificate is the proof; the form names the client
+        secret, known = "", CERTIFICATE
+        form.update(client_id=creds.client_id)
     else:
         secret = read_secret(creds.client_secret_file, "OAuth2 client secret", where)
         known = styles.get((creds.token_url, creds.client_id))
+    check_tls_files(where, creds.ca_file, creds.cert_file, creds.key_file, of="OAuth2 token endpoint's ")
+    tls = {"verify": creds.ca_file or True, "cert": (creds.cert_file, creds.key_file) if creds.cert_file else None}
     for style in ([known] if known else [BASIC, IN_BODY]):
         body = dict(form, client_id=creds.client_id, client_secret=secret) if style == IN_BODY else form
         try:
             answer = requests.post(creds.token_url, data=body, timeout=TOKEN_TIMEOUT_S, headers={
-                "Accept": "application/json"}, auth=(creds.client_id, secret) if style == BASIC else None)
+                "Accept": "application/json"}, auth=(creds.client_id, secret) if style == BASIC else None, **tls)
         except requests.exceptions.RequestException as exc:
-            raise HistoryError(where, f"the OAuth2 token endpoint {creds.token_url} could not be reached: "
-                                      f"{type(exc).__name__}") from None
+            raise HistoryError(where, f"the OAuth2 token endpoint {creds.token_url} {_failure(exc)}") from None
         error = _error_of(answer)
         if answer.status_code in (400, 401) and error.startswith("invalid_client") and style == BASIC and not known:
             continue  # perhaps it takes the secret in the body only: try that
@@ -123,7 +140,7 @@ def _request(creds: ClientCredentials, where: str, styles: dict) -> tuple[str, f
         if kind.lower() != "bearer":
             raise HistoryError(where, f"the OAuth2 token endpoint {creds.token_url} gave a {kind!r} token; only "
                                       f"bearer tokens are sent to Prometheus")
-        if style != ASSERTION:
+        if style in (BASIC, IN_BODY):
             styles[(creds.token_url, creds.client_id)] = style  # how this server takes the secret, from now on
         lifetime = doc.get("expires_in")
         try:
@@ -143,3 +160,21 @@ def _error_of(answer) -> str:
         return ""
     why = doc.get("error_description")
     return f"{doc['error']}: {why}" if why else str(doc["error"])
+
+
+def _failure(exc) -> str:
+    """Why a request to the token endpoint failed, and for TLS the setting that mends it."""
+    import requests
+
+    text = str(exc).upper()
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return ("has a TLS certificate that is not trusted (for a private CA, name its bundle in "
+                "signals.prometheus_auth.oauth2.tls.ca_file)")
+    if any(alert in text for alert in ("CERTIFICATE_REQUIRED", "ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA")):
+        return ("did not take the client certificate, or asks for one and none was given "
+                "(signals.prometheus_auth.oauth2.tls: cert_file and key_file)")
+    if isinstance(exc, requests.exceptions.SSLError):  # often a server that hangs up on a client without one
+        why = "EOF in the handshake" if "EOF" in text else type(exc).__name__
+        return (f"broke off TLS ({why}); where it asks for a client certificate, give one in "
+                f"signals.prometheus_auth.oauth2.tls: cert_file and key_file")
+    return f"could not be reached: {type(exc).__name__}"

@@ -36,7 +36,6 @@ own configuration takes them, so that none is written in a policy ConfigMap.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,7 +49,7 @@ from forecaster.google_auth import GoogleSettings, google_token
 from forecaster.google_auth import forget as forget_google
 from forecaster.history import History, mark_gaps
 from forecaster.oauth2 import ClientCredentials
-from forecaster.secret_file import read_secret
+from forecaster.secret_file import check_tls_files, read_secret
 from forecaster.sigv4 import SigV4Settings, Signer
 from forecaster.progress import progress as show_progress
 
@@ -127,9 +126,7 @@ class PrometheusAuth:
         cannot be read is a HistoryError naming it (requests would say only that a path is invalid)."""
         import requests
 
-        for path, what in ((self.ca_file, "CA"), (self.cert_file, "client certificate"), (self.key_file, "client key")):
-            if path is not None and not os.access(path, os.R_OK):
-                raise HistoryError(where, f"cannot read the {what} file {path}")
+        check_tls_files(where, self.ca_file, self.cert_file, self.key_file)
         session = requests.Session()
         session.verify = self.ca_file or True
         session.cert = (self.cert_file, self.key_file) if self.cert_file else None

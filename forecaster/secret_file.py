@@ -3,6 +3,8 @@ takes them: read again at each use, so a rotated one is the next request's, and 
 
 from __future__ import annotations
 
+import os
+
 from forecaster.errors import HistoryError
 
 
@@ -16,3 +18,12 @@ def read_secret(path: str, what: str, where: str) -> str:
     if not text:
         raise HistoryError(where, f"the {what} file {path} is empty")
     return text
+
+
+def check_tls_files(where: str, ca_file: str | None, cert_file: str | None, key_file: str | None,
+                    of: str = "") -> None:
+    """A HistoryError naming the first of a CA bundle, client certificate and key given that cannot be read
+    (requests would say only that a path is invalid); ``of`` names whose they are."""
+    for path, what in ((ca_file, "CA"), (cert_file, "client certificate"), (key_file, "client key")):
+        if path is not None and not os.access(path, os.R_OK):
+            raise HistoryError(where, f"cannot read the {of}{what} file {path}")

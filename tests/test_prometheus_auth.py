@@ -100,11 +100,22 @@ class QuietHandler(BaseHTTPRequestHandler):
 
 
 class LocalServer:
-    """``handler`` served on a free loopback port, on a thread of its own, until ``close``."""
+    """``handler`` served on a free loopback port, on a thread of its own, until ``close``; with ``tls`` (the
+    paths of ``certificates``), over TLS with the server certificate, asking for a client certificate its CA
+    signed."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+    def __init__(self, handler: type[BaseHTTPRequestHandler], tls: dict[str, str] | None = None):
+        import ssl
+
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls["server_cert"], tls["server_key"])
+            context.load_verify_locations(tls["ca"])
+            context.verify_mode = ssl.CERT_REQUIRED
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.url = self.url.replace("http://", "https://")
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
@@ -231,7 +242,8 @@ class TokenServer(LocalServer):
     ``body_only``, only in the form (refusing basic auth as ``invalid_client``, as some providers do), and tells
     ``gateway`` to let that token through from then on. ``expires_in`` is the lifetime it gives each token."""
 
-    def __init__(self, gateway: Gateway, expires_in: float | None = 3600, body_only: bool = False):
+    def __init__(self, gateway: Gateway, expires_in: float | None = 3600, body_only: bool = False,
+                 tls: dict[str, str] | None = None):
         self.gateway, self.expires_in, self.body_only = gateway, expires_in, body_only
         self.assertion = "projected-jwt-1"  # what a client proving itself by assertion must send
         self.asked: list[dict] = []  # each request's form, with how the client authenticated
@@ -253,6 +265,10 @@ class TokenServer(LocalServer):
                 by_assertion = form.get("client_assertion_type") == ("urn:ietf:params:oauth:client-assertion-type:"
                                                                      "jwt-bearer")
                 proof = form.get("client_assertion") if by_assertion else form.get("client_secret")
+                if proof is None and tls is not None:  # RFC 8705: the client's certificate (its CA's) is its proof
+                    subject = dict(pair[0] for pair in self.connection.getpeercert()["subject"])
+                    form["via"] = "certificate"
+                    proof = "s3cret" if subject["commonName"] == "peakpilot test client" else None
                 if (scheme == "Basic" and server.body_only) or (form.get("client_id"), proof) != (
                         "peakpilot", server.assertion if by_assertion else "s3cret"):
                     return self._json(401, {"error": "invalid_client", "error_description": "client authentication "
@@ -266,7 +282,7 @@ class TokenServer(LocalServer):
             def _json(self, status: int, doc: dict):
                 self.answer(status, json.dumps(doc).encode(), "application/json")
 
-        super().__init__(Handler)
+        super().__init__(Handler, tls)
         self.url += "/oauth2/token"
 
 
@@ -375,6 +391,50 @@ def test_an_oauth2_client_may_prove_itself_by_a_projected_assertion_instead_of_a
         issuer.close()
     assert [(a["client_assertion"], a.get("via"), "client_secret" in a) for a in issuer.asked] == [
         ("projected-jwt-1", None, False), ("projected-jwt-2", None, False), ("projected-jwt-2", None, False)]
+
+
+def test_an_oauth2_token_endpoint_of_a_private_ca_that_asks_for_a_client_certificate(behind_gateway, tmp_path):
+    """``oauth2.tls``: the token endpoint's own TLS, as in Prometheus's block (Prometheus itself is plain HTTP
+    here). Its private CA trusted with ``ca_file``; its request for a client certificate met with ``cert_file``
+    and ``key_file``, which alone prove the client (RFC 8705); without them, errors that name the setting."""
+    from forecaster.oauth2 import ClientCredentials
+
+    gateway, counts, start = behind_gateway
+    certs = certificates(tmp_path)
+    issuer = TokenServer(gateway, tls=certs)
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    hour = (start, start + pd.Timedelta(hours=1))
+
+    def source(client: ClientCredentials) -> PrometheusSource:
+        return PrometheusSource(gateway.url, auth=PrometheusAuth({"X-Scope-OrgID": "team-a"}, oauth2=client))
+
+    try:
+        assert issuer.url.startswith("https://")
+        with pytest.raises(HistoryError, match=r"token endpoint https://.* has a TLS certificate that is not trusted "
+                                               r"\(for a private CA, name its bundle in signals.prometheus_auth."
+                                               r"oauth2.tls.ca_file\)"):
+            source(ClientCredentials("peakpilot", str(secret), issuer.url)).load(*hour)
+        # (the alert that says so, or a hang-up, as the server's TLS stack does it)
+        with pytest.raises(HistoryError, match=r"(did not take the client certificate|broke off TLS).*"
+                                               r"signals.prometheus_auth.oauth2.tls: cert_file and key_file"):
+            source(ClientCredentials("peakpilot", str(secret), issuer.url, ca_file=certs["ca"])).load(*hour)
+        assert issuer.asked == []
+        with pytest.raises(HistoryError, match="cannot read the OAuth2 token endpoint's client key file /nowhere"):
+            source(ClientCredentials("peakpilot", None, issuer.url, ca_file=certs["ca"],
+                                     cert_file=certs["client_cert"], key_file="/nowhere")).load(*hour)
+        path = tmp_path / "policy.yaml"
+        path.write_text(policy_text(prometheus=gateway.url, prometheus_auth={
+            "headers": {"X-Scope-OrgID": "team-a"}, "oauth2": {"client_id": "peakpilot", "token_url": issuer.url, "tls": {
+                "ca_file": certs["ca"], "cert_file": certs["client_cert"], "key_file": certs["client_key"]}}}))
+        signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(path))
+        now = np.datetime64((start + pd.Timedelta(hours=HOURS)).tz_localize(None), "m")
+        assert signals.history(now).counts.notna().sum() == len(counts)
+    finally:
+        issuer.close()
+    assert [(a["client_id"], a["via"], "client_secret" in a) for a in issuer.asked] == [
+        ("peakpilot", "certificate", False)]
+    assert gateway.seen[-1]["Authorization"] == "Bearer issued-1"
 
 
 def test_the_daemon_reads_its_load_with_the_policys_oauth2_client(behind_gateway, tmp_path):
@@ -799,7 +859,11 @@ def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, 
     ({"sigv4": {"role_arn": "amp-query"}}, "signals.prometheus_auth.sigv4.role_arn: .*should match"),
     ({"sigv4": {"external_id": "x1"}}, "signals.prometheus_auth.sigv4: external_id is sent when assuming a role"),
     ({"oauth2": {"client_id": "a", "token_url": "https://i/t"}},
-     "signals.prometheus_auth.oauth2: give one of client_secret_file or client_assertion_file"),
+     r"signals.prometheus_auth.oauth2: give one of client_secret_file or client_assertion_file \(or tls.cert_file"),
+    ({"oauth2": {"client_id": "a", "token_url": "https://i/t", "tls": {"ca_file": "/ca.crt"}}},
+     r"signals.prometheus_auth.oauth2: give one of client_secret_file or client_assertion_file \(or tls.cert_file"),
+    ({"oauth2": {"client_id": "a", "token_url": "https://i/t", "tls": {"key_file": "/c.key"}}},
+     "signals.prometheus_auth.oauth2.tls: cert_file and key_file go together"),
     ({"oauth2": {"client_id": "a", "client_secret_file": "/s", "client_assertion_file": "/j",
                  "token_url": "https://i/t"}},
      "signals.prometheus_auth.oauth2: give one of client_secret_file or client_assertion_file"),
