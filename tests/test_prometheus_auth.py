@@ -425,8 +425,9 @@ def test_an_oauth2_token_endpoint_of_a_private_ca_that_asks_for_a_client_certifi
                                      cert_file=certs["client_cert"], key_file="/nowhere")).load(*hour)
         path = tmp_path / "policy.yaml"
         path.write_text(policy_text(prometheus=gateway.url, prometheus_auth={
-            "headers": {"X-Scope-OrgID": "team-a"}, "oauth2": {"client_id": "peakpilot", "token_url": issuer.url, "tls": {
-                "ca_file": certs["ca"], "cert_file": certs["client_cert"], "key_file": certs["client_key"]}}}))
+            "headers": {"X-Scope-OrgID": "team-a"}, "oauth2": {
+                "client_id": "peakpilot", "token_url": issuer.url,
+                "tls": {"ca_file": certs["ca"], "cert_file": certs["client_cert"], "key_file": certs["client_key"]}}}))
         signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(path))
         now = np.datetime64((start + pd.Timedelta(hours=HOURS)).tz_localize(None), "m")
         assert signals.history(now).counts.notna().sum() == len(counts)
