@@ -99,7 +99,7 @@ def test_forecast_table_of_a_one_second_series_is_readable():
 
 
 def test_table_rows_keep_first_last_and_peak():
-    from peakpilot.cli import table_rows
+    from peakpilot.cli.forecast_commands import table_rows
 
     assert table_rows(3, 1, 60) == ([0, 1, 2], 1)
     shown, every = table_rows(1800, 1234, 60)

@@ -897,7 +897,7 @@ def test_the_cli_reads_a_prometheus_behind_a_gateway_and_sends_a_policys_credent
     assert json.loads(out.stdout)["model"] == "recent_level" and len(json.loads(out.stdout)["forecast"]) == 30
     refused = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "401" in refused.stderr and "--prometheus-token-file" in refused.stderr
-    from peakpilot.cli import prometheus_auth
+    from peakpilot.cli.history_options import prometheus_auth
 
     path = tmp_path / "policy.yaml"
     path.write_text(policy_text(prometheus=gateway.url + "/", prometheus_auth={

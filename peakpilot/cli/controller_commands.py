@@ -1,0 +1,366 @@
+"""The controller's commands: ``replay`` a trace through the control cycle, ``recommend-reserved``,
+``check-policy``, ``run`` the daemon, and its ``status`` from the store."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from controller.shipped import DEFAULT_POLICY
+from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
+from peakpilot.cli.app import Command, app
+from peakpilot.cli.common import (check_backend, fail, load_policy_or_exit, load_trace_or_exit, open_store,
+                                  record_or_exit)
+from peakpilot.cli.history_options import END_HELP, HEADER_HELP, TOKEN_FILE_HELP, load_history, prometheus_auth
+
+
+@app.command(cls=Command)
+def replay(
+    trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace to replay (default: the sample trace)."),
+    prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: replay the history "
+                                                                        "it holds (your own service's load) "
+                                                                        "instead of a trace."),
+    prometheus_header: list[str] = typer.Option([], "--prometheus-header", help=HEADER_HELP + " Default: the "
+                                                "policy's signals.prometheus_auth."),
+    prometheus_token_file: Optional[Path] = typer.Option(None, "--prometheus-token-file", help=TOKEN_FILE_HELP),
+    query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
+                                                              "default: the policy's signals.query, else "
+                                                              "the inference nodes' request rate."),
+    days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus (the first half "
+                                                  "trains, the rest is replayed)."),
+    end: Optional[str] = typer.Option(None, "--end", help=END_HELP),
+    step: Optional[str] = typer.Option(None, "--step", help="Step to query Prometheus at (default: the "
+                                                            "policy's signals.step, 1m)."),
+    policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Policy YAML (default: configs/policy.yaml)."),
+    strategies: str = typer.Option(",".join(("predictive", "reactive", "reactive_spot", "static", "oracle")),
+                                   "--strategies", help="Comma-separated: predictive, reactive, reactive_spot, "
+                                                        "static, oracle."),
+    peak_nodes: Optional[int] = typer.Option(None, "--peak-nodes", min=1,
+                                             help="Size capacity so the trace's busiest minute needs N nodes "
+                                                  "(overrides the policy's capacity)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Write the timeline and decisions here "
+                                                              "(sqlite:///path.db, a path, or postgresql://...)."),
+    no_sweep: bool = typer.Option(False, "--no-sweep", help="Only the policy's own settings; no frontier sweep."),
+    train_days: Optional[float] = typer.Option(None, "--train-days", help="Days of history before the replayed "
+                                                                          "window (default: half the trace, 2.5-14)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the simulated cluster and the forecaster."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
+) -> None:
+    """Replay a trace through the real control cycle: cost and SLA against reactive, static and oracle."""
+    from controller.replay import STRATEGIES
+    from controller.replay import replay as run_replay
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown:
+        fail(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
+    pol = load_policy_or_exit(policy)
+    auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file, pol)
+    if prometheus:
+        from controller.replay import trace_from_history
+
+        # The service's own load as the daemon reads it: the policy names the query when it is not the default.
+        history = load_history(trace, prometheus, query or pol.signals.query, days, step or pol.signals.step, end,
+                               auth)
+        try:
+            tr = trace_from_history(history, history.source)
+        except ValueError as exc:
+            fail(str(exc))
+    else:
+        if query or step or end:
+            fail("--query, --step and --end read Prometheus: give --prometheus URL too")
+        if trace is None and pol.signals.prometheus:  # the policy names where its own load is
+            typer.echo(f"replaying the sample trace; --prometheus {pol.signals.prometheus} replays the history "
+                       f"of {pol.service}", err=True)
+        tr = load_trace_or_exit(trace or DEFAULT_TRACE)
+    st = open_store(store) if store else None
+    try:
+        doc, chosen = run_replay(tr, pol, names, peak_nodes=peak_nodes, sweep=not no_sweep, train_days=train_days,
+                                 seed=seed, policy_name=str(policy))
+    except ValueError as exc:
+        fail(str(exc))
+    if st is not None:
+        run = chosen.get("predictive") or next(iter(chosen.values()))
+        if run.timeline is not None:
+            with st:
+                doc["store_run_id"] = record_or_exit(st.record_replay, doc, run,
+                                                     tr.times[len(tr.times) - doc["minutes"]:])
+    if as_json:
+        typer.echo(json.dumps(doc, default=float))
+        return
+    typer.echo(f"{tr.name}: {doc['minutes']} minutes replayed after {doc['train_days']} days of training; "
+               f"{doc['rps_per_node']:.2f} req/s per node, {doc['reserved']} reserved")
+    if doc.get("forecast") and doc["forecast"]["status"] != "ok":
+        typer.echo(f"forecaster: {doc['forecast']['model']} ({doc['forecast']['status']})")
+        for later in doc["forecast"]["models"][1:]:
+            typer.echo(f"  from {later['from']}: {later['model']} ({later['status']})")
+    typer.echo(f"{'strategy':<15}{'knob':>7}{'cost $':>12}{'SLA':>10}{'busy':>9}{'late':>9}{'node-h':>9}"
+               f"{'starts':>8}{'preempt':>8}")
+    for name, r in doc["strategies"].items():
+        typer.echo(f"{name:<15}{r['knob']:>7g}{r['cost_usd']:>12,.0f}{r['sla_compliance']:>10.4%}"
+                   f"{r['busy_share']:>9.3%}{r['late_share']:>9.3%}{r['node_hours']:>9,.0f}{r['cold_starts']:>8}"
+                   f"{r['preemptions']:>8}")
+    held = doc["strategies"].get("predictive", {}).get("placeholder_node_hours")
+    if held is not None:
+        r = doc["strategies"]["predictive"]
+        typer.echo(f"placeholders (kubernetes.placeholder): predictive's would hold {held:,.0f} node-hours warm on "
+                   f"a cluster, {held / max(r['node_hours'], 1e-9):.1%} beyond its {r['node_hours']:,.0f}; "
+                   f"not simulated, so neither their cost nor the shorter starts they buy is above")
+    typer.echo("cost reaching each SLA level (no sweep: the one run at the policy's settings; - where it falls short):"
+               if no_sweep else "cheapest cost reaching each SLA level:")
+    for name, levels in doc["cost_at_sla"].items():
+        cells = "  ".join(f"{k}: {'-' if v is None else f'${v:,.0f}'}" for k, v in levels.items())
+        typer.echo(f"  {name:<15}{cells}")
+    if st is not None and "store_run_id" in doc:
+        typer.echo(f"timeline written to {st.name} (run {doc['store_run_id']})")
+
+
+@app.command("recommend-reserved", cls=Command)
+def recommend_reserved_cmd(
+    trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="CSV trace of the history."),
+    policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Policy YAML (prices, capacity, spot share)."),
+    peak_nodes: Optional[int] = typer.Option(None, "--peak-nodes", min=1,
+                                             help="Size capacity so the trace's busiest minute needs N nodes."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: the count, the costs of each "
+                                                       "count, the layers' use."),
+) -> None:
+    """Recommend how many nodes to reserve, from the history's need and the prices."""
+    from controller.replay import rps_per_node_for
+    from controller.reserved import recommend_reserved
+
+    pol = load_policy_or_exit(policy)
+    tr = load_trace_or_exit(trace)
+    result = recommend_reserved(tr.arrivals / 60.0, pol, rps_per_node_for(pol, tr, peak_nodes))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"reserve {result['reserved']} nodes: the cheapest count for this history with spot and "
+               f"on-demand blended as the policy says")
+    typer.echo(f"over {result['hours']:,.0f} h of history: ${result['cost_usd']:,.0f} with them, "
+               f"${result['cost_usd_without']:,.0f} without")
+
+
+@app.command("check-policy", cls=Command)
+def check_policy(
+    paths: Optional[list[Path]] = typer.Argument(None, help="Policy files, or folders of them (as the daemon's "
+                                                            "--policy). Default: configs/policy.yaml."),
+    backend: str = typer.Option("simulated", "--backend", help="Also check what this backend needs "
+                                                               "(kubernetes: a Deployment per class)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: ok, every problem, and each "
+                                                       "valid policy with its defaults filled in."),
+    schema: bool = typer.Option(False, "--schema", help="Print the policy's JSON Schema (for editors) and exit."),
+    rbac: bool = typer.Option(False, "--rbac", help="With --backend kubernetes: print the least-privilege "
+                                                    "ServiceAccount, Roles and RoleBindings the controller needs "
+                                                    "for these policies (kubectl apply -f -)."),
+    lease_name: str = typer.Option("peakpilot", "--lease-name", help="With --rbac: the Lease the controller holds "
+                                                                      "(`peakpilot run --lease-name`)."),
+) -> None:
+    """Validate policy files before the daemon loads them; exit 2 naming every key that is wrong."""
+    from controller.policy import load_policies, policy_files, policy_schema
+
+    if schema:
+        typer.echo(json.dumps(policy_schema(), indent=2))
+        return
+    check_backend(backend)
+    if rbac and backend != "kubernetes":
+        fail("--rbac is what the kubernetes backend needs: add --backend kubernetes")
+    files = policy_files(paths or [DEFAULT_POLICY])
+    if not files:
+        fail(f"no policy files (*.yaml) in {', '.join(map(str, paths))}")
+    policies, problems = load_policies(files, backend)
+    messages = [m for ms in problems.values() for m in ms]
+    if rbac:
+        from controller.rbac import rbac_command, render_rbac
+
+        for message in messages:
+            typer.echo(f"error  {message}", err=True)
+        if problems:
+            raise typer.Exit(2)
+        how = rbac_command(lease_name, paths or [DEFAULT_POLICY])
+        typer.echo(render_rbac(list(policies.values()), lease_name, how), nl=False)
+        return
+    if as_json:
+        doc = {"ok": not problems, "problems": messages,
+               "policies": {str(p): pol.model_dump(mode="json") for p, pol in policies.items() if p not in problems}}
+        typer.echo(json.dumps(doc))
+    else:
+        for path, pol in policies.items():
+            if path in problems:
+                continue
+            typer.echo(f"ok     {path}: service {pol.service}, SLO {pol.slo.compliance_target:g} within "
+                       f"{pol.slo.latency_ms:g} ms, reserved {pol.reserved.count}, spot up to {pol.spot.max_share:.0%} of the "
+                       f"{'expected load' if pol.spot.share_of == 'expected' and pol.spot.max_share else 'fleet'}, "
+                       f"plan {pol.planning.quantile} +{pol.planning.headroom:.0%}, {len(pol.events)} events"
+                       + (f", calendar on {pol.signals.timezone}" if pol.signals.timezone else ""))
+        for message in messages:
+            typer.echo(f"error  {message}", err=True)
+    if problems:
+        raise typer.Exit(2)
+
+
+def say_missing_permissions(api, policies, lease_name: str, shadow: bool, given: list[Path],
+                            only: str | None = None) -> None:
+    """Ask the API server, before the first cycle, whether this account may do what the policies need;
+    say what it may not, and how to grant it (controller/preflight.py)."""
+    from controller.preflight import missing_permissions
+    from controller.rbac import needed, rbac_command
+
+    wanted = [p for p in needed(policies, lease_name, shadow) if only is None or (p[0] == only and p[2] != "leases")]
+    try:
+        missing = missing_permissions(api, wanted)
+    except Exception as exc:  # the check must not stop a start; the cycles will say what fails
+        logging.getLogger("peakpilot.daemon").warning("could not check the controller's permissions: %s", exc)
+        return
+    if missing:
+        fix = f"{rbac_command(lease_name, given)} | kubectl apply -f -"
+        logging.getLogger("peakpilot.daemon").error(
+            "the controller's account may not %s; what needs it fails until it is granted: %s",
+            "; ".join(missing), fix)
+
+
+@app.command("run", cls=Command)
+def run_daemon(
+    policy: Optional[list[Path]] = typer.Option(None, "--policy", help="Policy YAML, or a folder of them; "
+                                                                       "repeat for several services. Required "
+                                                                       "with --backend kubernetes; otherwise the "
+                                                                       "default is configs/policy.yaml."),
+    backend: str = typer.Option("simulated", "--backend", help="simulated | kubernetes | dry-run"),
+    store: str = typer.Option("sqlite:///runs/daemon/peakpilot.db", "--store", envvar="PEAKPILOT_STORE",
+                              help="Where to record: sqlite:///path.db, a path, or postgresql://user:pw@host/db "
+                                   "(a shared database lets a new leader resume where the old one stopped)."),
+    once: bool = typer.Option(False, "--once", help="Run one cycle and exit (0, or 1 if it failed)."),
+    interval_s: float = typer.Option(60, "--interval-s", min=0.1, help="Seconds between control cycles."),
+    retrain_cron: str = typer.Option("0 */6 * * *", "--retrain-cron", help="When to retrain (crontab, UTC)."),
+    metrics_port: int = typer.Option(0, "--metrics-port", help="Serve /metrics and /health here (0: off)."),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host",
+                                     help="Address for /metrics and /health (loopback by default; 0.0.0.0 in a pod, "
+                                          "so that the kubelet's probes and Prometheus reach it)."),
+    trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="Load for services without Prometheus: this trace, "
+                                                             "played from its middle on the daemon's clock."),
+    selector: Optional[str] = typer.Option(None, "--selector", help="Only services whose policy labels match, "
+                                                                    "e.g. team=chat."),
+    shadow: bool = typer.Option(False, "--shadow", help="Read the cluster, record what would be done, act on nothing."),
+    lease_name: Optional[str] = typer.Option(None, "--lease-name", help="Lease for leader election (kubernetes); "
+                                                                        "default peakpilot[-selector]."),
+    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="kubernetes: this kubeconfig (default: "
+                                                                        "the pod's ServiceAccount, else "
+                                                                        "KUBECONFIG or ~/.kube/config)."),
+    retention_days: float = typer.Option(30, "--retention-days", help="Keep this much timeline in the store."),
+) -> None:
+    """Run the controller as a daemon: every cycle forecast, plan, act and record, for every service."""
+    import os
+    import socket
+
+    from controller.daemon import Daemon, utc_now
+    from controller.daemon_metrics import DaemonMetrics
+    from controller.service_controller import ServiceController
+    from controller.policy import PolicyError, load_policies, policy_files, selected
+    from controller.policy_watch import PolicyWatch
+    from controller.replay import load_trace
+    from controller.service_parts import ServiceParts
+    check_backend(backend)
+    if not policy:
+        if backend == "kubernetes":
+            fail("--backend kubernetes needs --policy: the policy files (or a folder of them) of the services to "
+                 "scale, as deploy/controller.yaml gives --policy /etc/peakpilot")
+        policy = [DEFAULT_POLICY]
+        typer.echo(f"no --policy: running the default policy {DEFAULT_POLICY} on the {backend} backend", err=True)
+    paths = policy_files(policy)
+    if not paths:
+        fail(f"no policy files (*.yaml) in {', '.join(map(str, policy))}")
+    policies, problems = load_policies(paths, backend)
+    if problems:
+        fail("; ".join(m for ms in problems.values() for m in ms))
+    if selector:
+        policies = {p: pol for p, pol in policies.items() if selected(pol, selector)}
+        if not policies:
+            fail(f"no policy has the label {selector}")
+    logging.getLogger().setLevel(logging.INFO)
+    # Two lines a cycle ("Running job", "executed successfully") would bury the decisions; the scheduler's
+    # warnings (a cycle skipped because the last one still runs, a misfire) still show.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    metrics = DaemonMetrics()
+    st = open_store(store)
+    api = lease = None
+    if backend == "kubernetes":
+        from controller.kube_client import KubeConfigError, api_client
+        from controller.lease import LeaseLock, lease_duration_s
+
+        try:
+            api = api_client(kubeconfig=kubeconfig)
+        except KubeConfigError as exc:
+            fail(str(exc))
+        first = next(iter(policies.values()))
+        name = lease_name or ("peakpilot" + (f"-{selector.replace('=', '-')}" if selector else ""))
+        lease = LeaseLock(api, first.kubernetes.namespace, name, f"{socket.gethostname()}-{os.getpid()}",
+                          duration_s=lease_duration_s(interval_s))
+        say_missing_permissions(api, list(policies.values()), name, shadow, list(policy))
+    # A trace the services at start need is read now (one that cannot be read ends the start, not a
+    # cycle); a policy file added later that needs one reads it then.
+    loaded = load_trace_or_exit(trace) if any(p.signals.prometheus is None for p in policies.values()) else None
+    parts = ServiceParts(backend, utc_now, api=api, shadow=shadow, selector=selector,
+                         trace=(lambda: loaded) if loaded is not None else (lambda: load_trace(trace)))
+
+    def make_service(path: Path) -> ServiceController:
+        service = ServiceController(path, None, None, st, metrics, shadow=shadow, parts=parts,
+                                    acting=(lambda: lease.is_leader) if lease else (lambda: True),
+                                    keep_minutes=int(retention_days * 1440))
+        if api is not None and path not in policies:  # a file added while running: its pools' namespace
+            say_missing_permissions(api, [next(iter(policies.values())), service.policy], lease.name, shadow,
+                                    list(policy), only=service.policy.kubernetes.namespace)
+        return service
+
+    services = []
+    for path in policies:
+        try:
+            services.append(make_service(path))
+        except PolicyError as exc:
+            fail(str(exc))
+    daemon = Daemon(services, metrics, interval_s, retrain_cron, lease=lease,
+                    watch=PolicyWatch(policy, backend, parts.selects), make_service=make_service)
+    if metrics_port:
+        daemon.serve_metrics(metrics_port, metrics_host)
+    if once:
+        daemon.retrain_all()
+        ok = daemon.cycle_all()
+        for name, last in daemon.last_cycle.items():
+            typer.echo(f"{name}: ok ({last['mode']}) {last['reason']}" if last["ok"]
+                       else f"{name}: FAILED: {last.get('error')}")
+        raise typer.Exit(0 if ok else 1)
+    daemon.run()
+
+
+@app.command(cls=Command)
+def status(
+    store: str = typer.Option("sqlite:///runs/daemon/peakpilot.db", "--store", envvar="PEAKPILOT_STORE",
+                              help="The store the daemon writes (as `run` reads it: the same variable and "
+                                   "default); read-only."),
+    service: Optional[str] = typer.Option(None, "--service", help="Only this service."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: {\"store\", \"services\": [...]}."),
+) -> None:
+    """What each service's controller last decided and why, from the store the daemon writes.
+
+    Load, forecast, nodes ready against asked for, by class, each class's reason; flags an old last cycle."""
+    from controller.status import render_status, service_status
+    from controller.store import Store, StoreError
+
+    try:
+        with Store(store, readonly=True) as st:
+            found = service_status(st)
+            name = st.name
+    except (StoreError, FileNotFoundError) as exc:
+        fail(f"{exc} (`peakpilot run --store` writes it)")
+    if service is not None:
+        found = [s for s in found if s["service"] == service]
+        if not found:
+            fail(f"no service {service!r} in the store {name}")
+    elif not found:
+        fail(f"the store {name} holds no cycle of a daemon yet (`peakpilot run` records one a cycle)")
+    if as_json:
+        typer.echo(json.dumps({"store": name, "services": found}))
+    else:
+        typer.echo(render_status(found))

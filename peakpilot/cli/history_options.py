@@ -1,0 +1,115 @@
+"""Where a command reads its history: a CSV trace, or a Prometheus (with its credentials, up to ``--end``),
+the options that say so, and a policy's signals as their defaults (the load as the daemon reads it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
+from peakpilot.cli.common import fail
+
+
+def load_history(trace: Optional[Path], prometheus: Optional[str], query: Optional[str], days: float,
+                 step: Optional[str], end: Optional[str] = None, auth=None):
+    """History from a CSV trace or a Prometheus range query (exactly one of them); ``auth``: the
+    credentials of a Prometheus behind authentication (``prometheus_auth``)."""
+    from forecaster.errors import HistoryError
+
+    if trace and prometheus:
+        fail("give --trace or --prometheus, not both")
+    if (query or end) and not prometheus:
+        fail(f"{'--query' if query else '--end'} reads Prometheus: give --prometheus URL too")
+    try:
+        if prometheus:
+            from forecaster.prometheus_source import PrometheusSource
+
+            source = PrometheusSource(prometheus, query=query, step=step or "1m", auth=auth)
+            # weeks of history come in many chunks
+            return source.load_days(days, end=parse_end(end), progress=True)
+        from forecaster.csv_source import load_csv
+
+        return load_csv(trace or DEFAULT_TRACE, step=step)
+    except HistoryError as exc:
+        fail(str(exc))
+
+
+def parse_end(text: Optional[str]):
+    """--end: an ISO time (UTC unless it says otherwise), or None for now."""
+    import pandas as pd
+
+    if text is None:
+        return None
+    try:
+        end = pd.Timestamp(text)
+    except ValueError:
+        fail(f"--end {text!r}: not a time; write it as 2026-11-20T18:00 (UTC) or with an offset")
+    return (end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")).to_pydatetime()
+
+
+END_HELP = "Read Prometheus up to this time (ISO, UTC unless it says otherwise; default: now)."
+HEADER_HELP = ("'Name: value' sent to Prometheus with every query, e.g. 'X-Scope-OrgID: team-a' (a tenant of "
+               "Mimir, Cortex or Thanos); repeat for more.")
+TOKEN_FILE_HELP = ("File holding a bearer token for Prometheus (a service account's, for a kube-rbac-proxy or "
+                   "OpenShift's Thanos querier); basic auth: https://user:password@host in --prometheus.")
+
+
+def prometheus_auth(prometheus: Optional[str], headers: list[str], token_file: Optional[Path], policy=None):
+    """--prometheus-header and --prometheus-token-file as the Prometheus source takes them; without either,
+    the ``policy``'s signals.prometheus_auth where --prometheus is the policy's own Prometheus (replay reads
+    the service's load as the daemon does; a policy's credentials are never sent to another server)."""
+    if (headers or token_file) and not prometheus:
+        fail(f"{'--prometheus-header' if headers else '--prometheus-token-file'} is for Prometheus: give "
+             f"--prometheus URL too")
+    if not headers and token_file is None:
+        own = policy.signals.prometheus if policy is not None else None
+        if own and prometheus and prometheus.rstrip("/") == own.rstrip("/"):
+            from controller.service_parts import prometheus_auth as from_policy
+
+            return from_policy(policy)
+        return None
+    from controller.policy import HTTP_HEADER_NAME
+    from forecaster.prometheus_source import PrometheusAuth
+
+    parsed = {}
+    for header in headers:
+        name, colon, value = header.partition(":")
+        if not colon or not HTTP_HEADER_NAME.fullmatch(name.strip()):
+            fail(f"--prometheus-header {header!r}: write it as 'Name: value', the name without spaces")
+        parsed[name.strip()] = value.strip()
+    try:
+        return PrometheusAuth(parsed, str(token_file) if token_file else None)
+    except ValueError as exc:
+        fail(f"--prometheus-header: {exc}")
+
+
+
+TIMEZONE_HELP = ("IANA time zone of the users' day (e.g. America/New_York): the models read hour of day and day "
+                 "of week on its clock, daylight saving included; times without an offset are UTC (default: "
+                 "the history's own clock, a CSV's offset or UTC; a policy's is signals.timezone).")
+
+
+def policy_signals(pol, trace: Optional[Path], prometheus: Optional[str], query: Optional[str], step: Optional[str],
+                   days: Optional[float], timezone: Optional[str]):
+    """--policy: the service's load as the daemon reads it, where the command line gives none of it: its
+    Prometheus (unless --trace), with its query, step and history_days, and its time zone. Returns
+    ``(prometheus, query, step, days, timezone)``; days 14 where neither says."""
+    if pol is not None:
+        prometheus = prometheus or (None if trace else pol.signals.prometheus)
+        if prometheus:
+            query, step = query or pol.signals.query, step or pol.signals.step
+            days = pol.signals.history_days if days is None else days
+        timezone = timezone or pol.signals.timezone
+    return prometheus, query, step, 14 if days is None else days, timezone
+
+
+def on_users_clock(history, timezone: Optional[str]):
+    """--timezone: the history read on that zone's clock, or exit 2 naming the unknown zone."""
+    from controller.policy import check_timezone
+
+    if timezone is None:
+        return history
+    try:
+        return history.in_timezone(check_timezone(timezone))
+    except ValueError as exc:
+        fail(f"--timezone: {exc}")
