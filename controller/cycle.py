@@ -123,7 +123,8 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         need_now = nodes_for(load)
         up = keep = need_now if obs.load_rps is not None else current
         expected = int(nodes_needed(np.array([load]), rps_per_node, 0.0)[0]) if obs.load_rps is not None else None
-        up_reason = f"reactive ({why}): observed {load:.1f} req/s needs {need_now}"
+        up_reason = (f"reactive ({why}): observed {load:.1f} req/s needs {need_now}" if obs.load_rps is not None
+                     else f"reactive ({why}) and no load observed: holding {current}")
     # A stale observation (signals down, the last load standing in) measures nothing: not recorded.
     surprise = memory.surprises.observe(obs.now, None if obs.stale else obs.load_rps, band_now, node_lead)
 

@@ -237,7 +237,10 @@ class ServiceController:
             if obs.load_rps is not None:
                 self.memory.last_load_rps = obs.load_rps
         except SignalError as exc:
-            self._error("signals", f"{exc}; keeping the last plan")
+            last = self.memory.last_load_rps
+            self._error("signals", f"{exc}; " + ("no load observed yet: the forecast plans alone, else the fleet is "
+                                                 "held" if last is None else
+                                                 f"the last load observed ({last:.1f} req/s) stands in as the floor"))
             obs = Observation(now, self.memory.last_load_rps, stale=True)  # the last load stays the floor
         forecast, no_forecast = self._forecast(now)
         try:

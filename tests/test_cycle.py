@@ -176,6 +176,10 @@ def test_stale_or_missing_forecast_falls_back_to_reactive_and_says_so(policy):
     assert desired(result) == 4
     missing = decide(policy, None, view_with(3), load=40.0)
     assert missing.mode == "reactive" and "no forecast" in missing.reason
+    # nor a load (Prometheus down since the daemon started): the fleet is held, and said to be, not sized for 0
+    blind = decide(policy, None, view_with(6), load=None)
+    assert desired(blind) == 6 and "reactive (no forecast) and no load observed: holding 6" in blind.reason
+    assert "0.0 req/s" not in blind.reason
 
 
 def test_limits_bound_the_fleet_and_the_step(policy):

@@ -1110,6 +1110,7 @@ def test_a_changed_policy_rebuilds_what_it_moves_and_retrains_for_what_the_model
     run_cycles(daemon, clock, 1)
     assert isinstance(service.signals, PrometheusSignals) and service.signals.source.url == url
     assert sample(metrics.registry, "peakpilot_errors_total", service="llm-chat", kind="signals") >= 1
+    assert "Prometheus is unreachable" in caplog.text and "req/s) stands in as the floor" in caplog.text
 
 
 def test_a_policy_time_zone_puts_the_model_on_the_users_clock_and_the_plan_on_the_cycles(tmp_path, policy_file,
