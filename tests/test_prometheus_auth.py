@@ -459,6 +459,57 @@ def test_the_daemon_reads_its_load_with_the_policys_oauth2_client(behind_gateway
     assert all(seen["Authorization"] == "Bearer issued-1" for seen in gateway.seen)
 
 
+class ForwardProxy(LocalServer):
+    """An HTTP forward proxy, as an egress proxy is: a request for an absolute URL is sent on, and its method
+    and URL (without the query) recorded."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, str]] = []
+        proxy = self
+
+        class Handler(QuietHandler):
+            def forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                proxy.seen.append((self.command, self.path.split("?")[0]))
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "connection", "proxy-connection", "content-length")}
+                with requests.Session() as session:
+                    session.trust_env = False  # (sent on directly, not to itself)
+                    r = session.request(self.command, self.path, headers=headers, timeout=30,
+                                        data=self.rfile.read(length) if length else None)
+                self.answer(r.status_code, r.content, r.headers.get("Content-Type", "application/json"))
+
+            do_GET = do_POST = forward
+
+        super().__init__(Handler)
+
+
+def test_prometheus_and_its_token_endpoint_are_reached_through_the_environments_proxy(behind_gateway, tmp_path,
+                                                                                      monkeypatch):
+    """An egress proxy in HTTP_PROXY (HTTPS_PROXY for https, NO_PROXY for what bypasses it), as a pod behind
+    one is given it: the queries and the requests for a token both go through it."""
+    from forecaster.oauth2 import ClientCredentials
+
+    gateway, counts, start = behind_gateway
+    issuer, proxy = TokenServer(gateway), ForwardProxy()
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, proxy.url)
+    client = ClientCredentials("peakpilot", str(secret), issuer.url)
+    source = PrometheusSource(gateway.url, auth=PrometheusAuth({"X-Scope-OrgID": "team-a"}, oauth2=client))
+    try:
+        history = source.load(start, start + pd.Timedelta(hours=HOURS))
+    finally:
+        issuer.close()
+        proxy.close()
+    np.testing.assert_allclose(history.counts.to_numpy(), counts.to_numpy(), rtol=1e-9, atol=1e-6)
+    assert ("POST", issuer.url) in proxy.seen
+    assert ("GET", f"{gateway.url}/api/v1/query_range") in proxy.seen
+
+
 def sigv4_refusal(handler, body: bytes, service: str, key: str, secret: str, region: str) -> str | None:
     """Why AWS would refuse a request's Signature Version 4, or None where it is good: this test's own reading
     of AWS's specification (canonical request, string to sign, the HMAC chain of the signing key), not
