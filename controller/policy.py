@@ -250,9 +250,11 @@ class SigV4(Strict):
 
 class GoogleAuth(Strict):
     """Google Cloud Managed Service for Prometheus read directly: Google OAuth2 access tokens (monitoring.read)."""
-    credentials_file: str | None = Field(None, min_length=1, description="a service account's JSON key (a mounted "
-                                         "Secret); null: Application Default Credentials, in GKE Workload "
-                                         "Identity's metadata server")
+    credentials_file: str | None = Field(None, min_length=1, description="a credentials file: a service account's "
+                                         "JSON key (a mounted Secret), or an external account's configuration "
+                                         "(Workload Identity Federation: a pod in EKS or AKS trades its cloud's "
+                                         "token for Google's); null: Application Default Credentials, in GKE "
+                                         "Workload Identity's metadata server")
 
 
 class PrometheusAuthSpec(Strict):

@@ -828,14 +828,88 @@ def test_google_managed_prometheus_is_read_with_a_service_accounts_tokens(behind
         assert len(adc.load(*hour)) == 60 and issuer.asked == 3
         stranger = tmp_path / "stranger.json"
         service_account_key(stranger, issuer.url)  # the account's name, another key: not the account's signature
-        with pytest.raises(HistoryError, match=f"no Google access token from the service account key {stranger}: "
+        with pytest.raises(HistoryError, match=f"no Google access token from the credentials file {stranger}: "
                                                f".*invalid_grant: Invalid JWT Signature"):
             PrometheusSource(gateway.url, auth=PrometheusAuth(google=GoogleSettings(str(stranger)))).load(*hour)
-        with pytest.raises(HistoryError, match=f"cannot read the Google service account key {tmp_path}/none.json"):
+        with pytest.raises(HistoryError, match=f"cannot read the Google credentials file {tmp_path}/none.json: No "
+                                               f"such file"):
             PrometheusSource(gateway.url, auth=PrometheusAuth(google=GoogleSettings(str(tmp_path / "none.json")))
                              ).load(*hour)
     finally:
         issuer.close()
+
+
+class GoogleStsServer(LocalServer):
+    """Google's Security Token Service (sts.googleapis.com/v1/token, RFC 8693's token exchange) for a workload
+    identity pool: the OIDC token of another cloud (``subject``, as EKS or AKS projects it into a pod), for the
+    pool's ``AUDIENCE`` and the monitoring.read scope, becomes a Google access token, which ``gateway`` lets
+    through from then on; anything else is STS's 400 invalid_grant."""
+
+    AUDIENCE = "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/clusters/providers/eks"
+
+    def __init__(self, gateway: Gateway, subject: str):
+        self.gateway, self.subject, self.asked = gateway, subject, []
+        sts = self
+
+        class Handler(QuietHandler):
+            def do_POST(self):
+                from urllib.parse import parse_qsl
+
+                form = dict(parse_qsl(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+                sts.asked.append(form)
+                wanted = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "audience": sts.AUDIENCE,
+                          "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "subject_token": sts.subject,
+                          "scope": "https://www.googleapis.com/auth/monitoring.read"}
+                if any(form.get(k) != v for k, v in wanted.items()):
+                    doc = {"error": "invalid_grant", "error_description": "The token exchange is not permitted."}
+                    return self.answer(400, json.dumps(doc).encode(), "application/json")
+                sts.gateway.token = f"ya29.federated-{len(sts.asked)}"
+                doc = {"access_token": sts.gateway.token, "token_type": "Bearer", "expires_in": 3600,
+                       "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}
+                self.answer(200, json.dumps(doc).encode(), "application/json")
+
+        super().__init__(Handler)
+        self.url += "/v1/token"
+
+
+def test_google_managed_prometheus_is_read_from_another_cloud_by_workload_identity_federation(behind_gateway,
+                                                                                              tmp_path, monkeypatch):
+    """``google.credentials_file`` naming an external account's configuration (no key anywhere): the OIDC
+    token that the pod's own cloud projects into it is exchanged at Google's STS for an access token, read
+    again at each exchange since it is rotated; a token the pool does not take is STS's error, named."""
+    from forecaster.google_auth import GoogleSettings, forget
+
+    gateway, counts, start = behind_gateway
+    projected = tmp_path / "eks-token"
+    projected.write_text("oidc-token-of-the-pod-1")
+    sts = GoogleStsServer(gateway, "oidc-token-of-the-pod-1")
+    config = tmp_path / "federation.json"
+    config.write_text(json.dumps({"type": "external_account", "audience": GoogleStsServer.AUDIENCE,
+                                  "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                                  "token_url": sts.url, "credential_source": {"file": str(projected)}}))
+    settings = GoogleSettings(str(config))
+    source = PrometheusSource(gateway.url, auth=PrometheusAuth({"X-Scope-OrgID": "team-a"}, google=settings))
+    try:
+        np.testing.assert_allclose(source.load(start, start + pd.Timedelta(hours=HOURS)).counts.to_numpy(),
+                                   counts.to_numpy(), rtol=1e-9, atol=1e-6)
+        assert len(sts.asked) == 1 and gateway.seen[-1]["Authorization"] == "Bearer ya29.federated-1"
+        projected.write_text("oidc-token-of-the-pod-2")  # the kubelet rotates the projected token
+        sts.subject = "oidc-token-of-the-pod-2"
+        forget(settings)
+        assert len(source.load(start, start + pd.Timedelta(hours=1))) == 60
+        assert sts.asked[-1]["subject_token"] == "oidc-token-of-the-pod-2"
+        # Application Default Credentials: the same configuration, named in GOOGLE_APPLICATION_CREDENTIALS
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(config))
+        forget(GoogleSettings())  # (what an earlier test's ADC left held in this process)
+        adc = PrometheusSource(gateway.url, auth=PrometheusAuth({"X-Scope-OrgID": "team-a"}, google=GoogleSettings()))
+        assert len(adc.load(start, start + pd.Timedelta(hours=1))) == 60 and len(sts.asked) == 3
+        sts.subject = "a token of another pool"
+        forget(settings)
+        with pytest.raises(HistoryError, match=f"no Google access token from the credentials file {config}: .*"
+                                               f"invalid_grant"):
+            source.load(start, start + pd.Timedelta(hours=1))
+    finally:
+        sts.close()
 
 
 def test_a_google_token_endpoint_that_never_answers_costs_seconds_not_cycles(behind_gateway, tmp_path, monkeypatch):
@@ -856,7 +930,7 @@ def test_a_google_token_endpoint_that_never_answers_costs_seconds_not_cycles(beh
     monkeypatch.setattr(google_auth, "TOKEN_TIMEOUT_S", 0.5)
     began = time.monotonic()
     try:
-        with pytest.raises(HistoryError, match=f"no Google access token from the service account key {key}: .*timed "
+        with pytest.raises(HistoryError, match=f"no Google access token from the credentials file {key}: .*timed "
                                                f"out"):
             PrometheusSource(gateway.url, auth=PrometheusAuth(google=GoogleSettings(str(key)))).load(
                 start, start + pd.Timedelta(hours=1))
