@@ -94,6 +94,11 @@ class PrometheusSignals:
         self._history: History | None = None  # and judged
         self._busy_failure: str | None = None  # why the busy query failed last (said when it changes)
 
+    @property
+    def busy_failure(self) -> str | None:
+        """Why the busy share's query failed at the last observation, or None where it answered."""
+        return self._busy_failure
+
     def _read(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
         try:
             return self.source.read(start, end)

@@ -962,6 +962,45 @@ def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, 
     assert len(gateway.seen) >= 3 and all(seen["X-Scope-OrgID"] == "team-a" for seen in gateway.seen)
 
 
+def test_a_policys_prometheus_is_read_before_the_daemon_starts(behind_gateway, tmp_path):
+    """``check-policy --connect``: each policy's Prometheus read as the daemon's first cycle would, with its
+    credentials: the history's span, steps and last load, and the last minutes' load; one that cannot be read
+    (here no token) is named with the refusal, exit 1; one whose query answers nothing now is a warning."""
+    from controller.signals_check import check_signals
+
+    gateway, counts, start = behind_gateway
+    token = tmp_path / "token"
+    token.write_text("token-one")
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(policy_text(prometheus=gateway.url, prometheus_auth={
+        "headers": {"X-Scope-OrgID": "team-a"}, "bearer_token_file": str(token)}))
+    bad.write_text(policy_text(prometheus=gateway.url, prometheus_auth={"headers": {"X-Scope-OrgID": "team-a"}})
+                   .replace("service: llm-chat", "service: llm-batch"))  # (one service a file)
+    signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(good))
+    at_end = check_signals(signals, np.datetime64((start + pd.Timedelta(hours=HOURS)).tz_localize(None), "m"))
+    assert at_end.ok and at_end.history_days == pytest.approx(HOURS / 24) and at_end.gaps == 0
+    assert at_end.load_rps == pytest.approx(counts.iloc[-1] / 60) and at_end.busy_share == 0.0
+    assert at_end.last_step_rps == pytest.approx(counts.iloc[-1] / 60) and at_end.warnings == []
+
+    cli = [sys.executable, "-m", "peakpilot.cli", "check-policy", "--connect"]
+    out = subprocess.run([*cli, str(good)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"read   {good}: Prometheus {gateway.url}: " in out.stdout and "of history at 1m, 1 gap, to" in out.stdout
+    # (now, an hour after the data ends: the history runs on to now, a gap, and nothing is scraped now)
+    assert f"warn   {good}: the last minutes' load could not be read: " in out.stderr
+    assert "it does not scrape the inference nodes" in out.stderr
+    out = subprocess.run([*cli, "--json", str(good), str(bad)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    doc = json.loads(out.stdout)
+    assert doc["ok"] is False and doc["problems"] == [] and set(doc["policies"]) == {str(good), str(bad)}
+    assert doc["connections"][str(good)]["ok"] and doc["connections"][str(good)]["load_rps"] is None
+    assert doc["connections"][str(good)]["history_days"] > HOURS / 24
+    refused = doc["connections"][str(bad)]
+    assert not refused["ok"] and "401" in refused["error"] and "it was sent headers" in refused["error"]
+    out = subprocess.run([*cli, str(bad)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and f"error  {bad}: Prometheus {gateway.url}: " in out.stderr and "401" in out.stderr
+
+
 @pytest.mark.parametrize("auth, problem", [
     ({"bearer_token_file": "/t", "basic_auth": {"username": "a", "password_file": "/p"}},
      "give one of bearer_token_file, basic_auth, oauth2, sigv4 or google, not bearer_token_file and basic_auth"),

@@ -158,8 +158,13 @@ def check_policy(
                                                     "for these policies (kubectl apply -f -)."),
     lease_name: str = typer.Option("peakpilot", "--lease-name", help="With --rbac: the Lease the controller holds "
                                                                       "(`peakpilot run --lease-name`)."),
+    connect: bool = typer.Option(False, "--connect", help="Also read each valid policy's Prometheus as the daemon "
+                                 "will (its query, step, credentials, TLS): the history its first training gets "
+                                 "and the last minutes' load; exit 1 where one cannot be read."),
 ) -> None:
-    """Validate policy files before the daemon loads them; exit 2 naming every key that is wrong."""
+    """Validate policy files before the daemon loads them; exit 2 naming every key that is wrong.
+
+    With --connect, also read each service's load from its Prometheus, and say what was found or why not."""
     from controller.policy import load_policies, policy_files, policy_schema
 
     if schema:
@@ -183,23 +188,52 @@ def check_policy(
         how = rbac_command(lease_name, paths or [DEFAULT_POLICY])
         typer.echo(render_rbac(list(policies.values()), lease_name, how), nl=False)
         return
+    valid = {path: pol for path, pol in policies.items() if path not in problems}
+    reads = read_signals(valid) if connect else {}
+    unread = [path for path, check in reads.items() if check is not None and not check.ok]
     if as_json:
-        doc = {"ok": not problems, "problems": messages,
-               "policies": {str(p): pol.model_dump(mode="json") for p, pol in policies.items() if p not in problems}}
+        doc = {"ok": not problems and not unread, "problems": messages,
+               "policies": {str(p): pol.model_dump(mode="json") for p, pol in valid.items()}}
+        if connect:
+            doc["connections"] = {str(p): None if c is None else c.as_dict() for p, c in reads.items()}
         typer.echo(json.dumps(doc))
     else:
-        for path, pol in policies.items():
-            if path in problems:
-                continue
+        for path, pol in valid.items():
             typer.echo(f"ok     {path}: service {pol.service}, SLO {pol.slo.compliance_target:g} within "
                        f"{pol.slo.latency_ms:g} ms, reserved {pol.reserved.count}, spot up to {pol.spot.max_share:.0%} of the "
                        f"{'expected load' if pol.spot.share_of == 'expected' and pol.spot.max_share else 'fleet'}, "
                        f"plan {pol.planning.quantile} +{pol.planning.headroom:.0%}, {len(pol.events)} events"
                        + (f", calendar on {pol.signals.timezone}" if pol.signals.timezone else ""))
+            if path in reads:
+                check = reads[path]
+                if check is None:
+                    typer.echo(f"read   {path}: no Prometheus (signals.prometheus is null: the daemon plays the "
+                               f"sample trace on its clock)")
+                elif check.ok:
+                    typer.echo(f"read   {path}: {check.summary()}")
+                    for warning in check.warnings:
+                        typer.echo(f"warn   {path}: {warning}", err=True)
+                else:
+                    typer.echo(f"error  {path}: {check.summary()}", err=True)
         for message in messages:
             typer.echo(f"error  {message}", err=True)
     if problems:
         raise typer.Exit(2)
+    if unread:
+        raise typer.Exit(1)
+
+
+def read_signals(policies: dict) -> dict:
+    """--connect: each policy's Prometheus read as the daemon's first cycle would, by path (None where the
+    policy names none). What the daemon would log of it (the busy share's failure) is said by the check."""
+    from controller.daemon import utc_now
+    from controller.service_parts import ServiceParts
+    from controller.signals_check import check_signals
+
+    parts, now = ServiceParts("simulated", utc_now), utc_now()
+    logging.getLogger("peakpilot.daemon").setLevel(logging.ERROR)
+    return {path: check_signals(parts.signals(pol), now) if pol.signals.prometheus else None
+            for path, pol in policies.items()}
 
 
 def say_missing_permissions(api, policies, lease_name: str, shadow: bool, given: list[Path],
