@@ -27,3 +27,24 @@ def missing_permissions(api, needed: list[tuple[str, str, str, str, str | None]]
             what = f"{group or 'core'}/{resource}" + (f"/{subresource}" if subresource else "")
             missing.append(f"{verb} {what}" + (f" {name}" if name else "") + f" in {namespace}")
     return missing
+
+
+def missing_workloads(api, policy) -> list[str]:
+    """The Deployments a policy names that the API server does not have (a typo in ``kubernetes.workloads``,
+    or pools not applied yet), as ``KEY: no Deployment NAME in NAMESPACE``: the daemon would find each at
+    its first rescale."""
+    from kubernetes import client
+
+    k = policy.kubernetes
+    named = [(f"kubernetes.workloads.{cls}", name) for cls, name in k.workloads.items()]
+    if k.placeholder:
+        named.append(("kubernetes.placeholder", k.placeholder))
+    apps, missing = client.AppsV1Api(api), []
+    for key, name in named:
+        try:
+            with_retry(apps.read_namespaced_deployment_scale, name, k.namespace, attempts=2)
+        except Exception as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
+            missing.append(f"{key}: no Deployment {name} in {k.namespace}")
+    return missing

@@ -769,14 +769,20 @@ def test_a_kubernetes_start_without_credentials_or_cluster_says_so(tmp_path, pol
     assert down.stdout.strip().startswith(f"llm-chat: FAILED: {url}: ") and "unreachable" in down.stdout
 
 
-def run_once_on(kube: FakeKubeAPI, folder: Path, tmp_path: Path, store: str) -> subprocess.CompletedProcess:
-    """`peakpilot run --once --backend kubernetes` on a policy folder, its kubeconfig naming the fake API server."""
+def kubeconfig_for(kube: FakeKubeAPI, tmp_path: Path) -> Path:
+    """A kubeconfig naming the fake API server."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "fake",
         "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
         "users": [{"name": "peakpilot", "user": {"token": "t"}}],
         "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "peakpilot"}}]}))
+    return kubeconfig
+
+
+def run_once_on(kube: FakeKubeAPI, folder: Path, tmp_path: Path, store: str) -> subprocess.CompletedProcess:
+    """`peakpilot run --once --backend kubernetes` on a policy folder, its kubeconfig naming the fake API server."""
+    kubeconfig = kubeconfig_for(kube, tmp_path)
     return subprocess.run([sys.executable, "-m", "peakpilot.cli", "run", "--policy", str(folder), "--once",
                            "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
                            "--store", str(tmp_path / f"{store}.db")], capture_output=True, text=True, timeout=300)
@@ -825,6 +831,44 @@ def test_a_start_on_a_cluster_says_which_permissions_the_account_lacks_and_how_t
     line = next(ln for ln in said["no events"].splitlines() if "may not" in ln)
     assert "may not create events.k8s.io/events in inference;" in line
     assert f"peakpilot check-policy --backend kubernetes --rbac {folder} | kubectl apply -f -" in line
+
+
+def test_check_policy_connect_asks_the_cluster_before_a_deploy(tmp_path, policy_file):
+    """``check-policy --connect --backend kubernetes``, from where the controller will run: the permissions
+    its policies need asked of the API server, and the Deployments they name looked up; what is refused or
+    missing named on a line each, with the command that grants the permissions, exit 1."""
+    import yaml as _yaml
+
+    role = next(d for d in _yaml.safe_load_all((ROOT / "deploy" / "controller-rbac.yaml").read_text())
+                if d and d["kind"] == "Role")
+    folder = policy_folder(tmp_path, policy_file.read_text())
+    cli = [sys.executable, "-m", "peakpilot.cli", "check-policy", "--connect", "--backend", "kubernetes"]
+    with FakeKubeAPI("inference") as kube:
+        for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
+            kube.add_deployment(name, 1)
+        kube.role = role
+        kubeconfig = kubeconfig_for(kube, tmp_path)
+        ok = subprocess.run([*cli, "--kubeconfig", str(kubeconfig), str(folder)], capture_output=True, text=True,
+                            timeout=120)
+        assert ok.returncode == 0, ok.stderr
+        assert f"cluster {kube.url}: the account may do the " in ok.stdout and "every Deployment" in ok.stdout
+        asked = len(kube.calls("POST", "/selfsubjectaccessreviews"))
+        assert asked >= 10 and f"may do the {asked} things" in ok.stdout
+        assert not kube.calls("PATCH")  # it reads; it changes nothing
+        kube.role = {**role, "rules": [r for r in role["rules"] if r["resources"] != ["events"]]}
+        del kube.deployments["llm-spot"]
+        out = subprocess.run([*cli, "--kubeconfig", str(kubeconfig), "--json", str(folder)], capture_output=True,
+                             text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["ok"] is False and doc["cluster"]["server"] == kube.url
+    refused, missing = doc["cluster"]["missing"]
+    assert refused.startswith("the account may not create events.k8s.io/events in inference: ")
+    assert refused.endswith(f"peakpilot check-policy --backend kubernetes --rbac {folder} | kubectl apply -f -")
+    assert missing.endswith(": kubernetes.workloads.spot: no Deployment llm-spot in inference")
+    down = subprocess.run([*cli, "--kubeconfig", str(kubeconfig), str(folder)], capture_output=True, text=True,
+                          timeout=120)  # the fake API server is gone
+    assert down.returncode == 1 and f"error  cluster: {kube.url}: the API server is unreachable" in down.stderr
 
 
 def test_json_logs_for_a_log_pipeline(tmp_path, policy_file):

@@ -160,7 +160,12 @@ def check_policy(
                                                                       "(`peakpilot run --lease-name`)."),
     connect: bool = typer.Option(False, "--connect", help="Also read each valid policy's Prometheus as the daemon "
                                  "will (its query, step, credentials, TLS): the history its first training gets "
-                                 "and the last minutes' load; exit 1 where one cannot be read."),
+                                 "and the last minutes' load; with --backend kubernetes, also ask the API server "
+                                 "whether the account may do what the policies need and has their Deployments; "
+                                 "exit 1 where something cannot be read or is missing."),
+    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="With --connect --backend kubernetes: this "
+                                             "kubeconfig (default: the pod's ServiceAccount, else KUBECONFIG or "
+                                             "~/.kube/config)."),
 ) -> None:
     """Validate policy files before the daemon loads them; exit 2 naming every key that is wrong.
 
@@ -191,11 +196,15 @@ def check_policy(
     valid = {path: pol for path, pol in policies.items() if path not in problems}
     reads = read_signals(valid) if connect else {}
     unread = [path for path, check in reads.items() if check is not None and not check.ok]
+    cluster = (check_cluster(valid, kubeconfig, lease_name, paths or [DEFAULT_POLICY])
+               if connect and backend == "kubernetes" and valid else None)
     if as_json:
-        doc = {"ok": not problems and not unread, "problems": messages,
+        doc = {"ok": not problems and not unread and not (cluster and cluster["missing"]), "problems": messages,
                "policies": {str(p): pol.model_dump(mode="json") for p, pol in valid.items()}}
         if connect:
             doc["connections"] = {str(p): None if c is None else c.as_dict() for p, c in reads.items()}
+        if cluster is not None:
+            doc["cluster"] = cluster
         typer.echo(json.dumps(doc))
     else:
         for path, pol in valid.items():
@@ -215,12 +224,40 @@ def check_policy(
                         typer.echo(f"warn   {path}: {warning}", err=True)
                 else:
                     typer.echo(f"error  {path}: {check.summary()}", err=True)
+        if cluster is not None and not cluster["missing"]:
+            typer.echo(f"cluster {cluster['server']}: the account may do the {cluster['permissions']} things the "
+                       f"policies need, and every Deployment they name is there")
+        for missing in (cluster or {}).get("missing", []):
+            typer.echo(f"error  cluster: {missing}", err=True)
         for message in messages:
             typer.echo(f"error  {message}", err=True)
     if problems:
         raise typer.Exit(2)
-    if unread:
+    if unread or (cluster and cluster["missing"]):
         raise typer.Exit(1)
+
+
+def check_cluster(policies: dict, kubeconfig: str | None, lease_name: str, given: list[Path]) -> dict:
+    """--connect --backend kubernetes: what the API server says the account may not do for these policies
+    (with the command that grants it), and the Deployments they name that it does not have."""
+    from controller.kube_client import KubeConfigError, api_client
+    from controller.preflight import missing_permissions, missing_workloads
+    from controller.rbac import needed, rbac_command
+
+    try:
+        api = api_client(kubeconfig=kubeconfig)
+    except KubeConfigError as exc:
+        return {"server": None, "permissions": 0, "missing": [str(exc)]}
+    wanted = needed(list(policies.values()), lease_name)
+    try:
+        refused = missing_permissions(api, wanted)
+        missing = [f"{path}: {m}" for path, pol in policies.items() for m in missing_workloads(api, pol)]
+    except Exception as exc:  # unreachable, or a refusal of the review itself: one line, as the daemon says it
+        return {"server": api.configuration.host, "permissions": len(wanted), "missing": [str(exc)]}
+    if refused:
+        missing.insert(0, f"the account may not {'; '.join(refused)}: {rbac_command(lease_name, given)} | "
+                          f"kubectl apply -f -")
+    return {"server": api.configuration.host, "permissions": len(wanted), "missing": missing}
 
 
 def read_signals(policies: dict) -> dict:
