@@ -468,9 +468,17 @@ def selected(policy: Policy, selector: str | None) -> bool:
 
 
 def backend_problems(path: str | Path, policy: Policy, backend: str) -> list[str]:
-    """What a valid policy still lacks for a backend: for kubernetes, a Deployment for every class."""
+    """What a valid policy still lacks for the daemon on a backend: for kubernetes, a Deployment for every
+    class; on any, a capacity per node where the load is live (``peak_nodes`` is relative to a trace's peak,
+    which a live service does not have; replay takes it, with a trace or Prometheus's history)."""
+    problems = []
     missing = set(CLASSES) - set(policy.kubernetes.workloads) if backend == "kubernetes" else set()
-    return [f"{path}: kubernetes.workloads has no Deployment for {', '.join(sorted(missing))}"] if missing else []
+    if missing:
+        problems.append(f"{path}: kubernetes.workloads has no Deployment for {', '.join(sorted(missing))}")
+    if policy.signals.prometheus and policy.capacity.rps_per_node is None:
+        problems.append(f"{path}: capacity.peak_nodes needs a trace; a service whose load is read from Prometheus "
+                        f"sets capacity.rps_per_node (measure it with `peakpilot profile`)")
+    return problems
 
 
 def policy_schema() -> dict:

@@ -946,6 +946,14 @@ def policy_text(**signals) -> str:
     return yaml.safe_dump(policy)
 
 
+def live_policy_text(**signals) -> str:
+    """``policy_text`` for a live service, as the daemon takes it: its capacity per node measured, not
+    relative to a trace's peak."""
+    policy = yaml.safe_load(policy_text(**signals))
+    policy["capacity"].update(rps_per_node=5.0, peak_nodes=None)
+    return yaml.safe_dump(policy)
+
+
 def test_the_daemon_reads_its_load_with_the_policys_credentials(behind_gateway, tmp_path):
     gateway, counts, start = behind_gateway
     token = tmp_path / "token"
@@ -972,9 +980,9 @@ def test_a_policys_prometheus_is_read_before_the_daemon_starts(behind_gateway, t
     token = tmp_path / "token"
     token.write_text("token-one")
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
-    good.write_text(policy_text(prometheus=gateway.url, prometheus_auth={
+    good.write_text(live_policy_text(prometheus=gateway.url, prometheus_auth={
         "headers": {"X-Scope-OrgID": "team-a"}, "bearer_token_file": str(token)}))
-    bad.write_text(policy_text(prometheus=gateway.url, prometheus_auth={"headers": {"X-Scope-OrgID": "team-a"}})
+    bad.write_text(live_policy_text(prometheus=gateway.url, prometheus_auth={"headers": {"X-Scope-OrgID": "team-a"}})
                    .replace("service: llm-chat", "service: llm-batch"))  # (one service a file)
     signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(good))
     at_end = check_signals(signals, np.datetime64((start + pd.Timedelta(hours=HOURS)).tz_localize(None), "m"))
@@ -999,6 +1007,12 @@ def test_a_policys_prometheus_is_read_before_the_daemon_starts(behind_gateway, t
     assert not refused["ok"] and "401" in refused["error"] and "it was sent headers" in refused["error"]
     out = subprocess.run([*cli, str(bad)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and f"error  {bad}: Prometheus {gateway.url}: " in out.stderr and "401" in out.stderr
+    # a live service sized relative to a trace's peak: refused as the daemon would refuse it, before any read
+    relative = tmp_path / "relative.yaml"
+    relative.write_text(policy_text(prometheus=gateway.url))
+    out = subprocess.run([*cli, str(relative)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"error  {relative}: capacity.peak_nodes needs a trace; a service whose load is " \
+                                   f"read from Prometheus sets capacity.rps_per_node" in out.stderr
 
 
 @pytest.mark.parametrize("auth, problem", [
