@@ -5,9 +5,9 @@ access token with the ``monitoring.read`` scope.
 The token is google-auth's (the ``gcp`` extra): from the credentials file the policy names (a service
 account's key, or an external account's configuration: Workload Identity Federation, where a pod in EKS or
 AKS trades its own cloud's token for Google's, with no key stored), else Application Default Credentials,
-which in a GKE pod with Workload Identity are the metadata server's. It
-is refreshed when google-auth says it is no longer valid (a few minutes before it expires), and shared by
-every source with the same settings, so a daemon's services ask once.
+which in a GKE pod with Workload Identity are the metadata server's. It is refreshed when google-auth says it
+is no longer valid (a few minutes before it expires), and shared by every source with the same settings, so
+a daemon's services ask once.
 """
 
 from __future__ import annotations

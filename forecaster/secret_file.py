@@ -1,5 +1,6 @@
 """Secrets read from files (mounted Kubernetes Secrets, projected tokens), as Prometheus's own configuration
-takes them: read again at each use, so a rotated one is the next request's, and never written in a policy."""
+takes them: read again at each use, so a rotated one is the next request's, and never written in a policy;
+and the TLS files beside them (a CA bundle, a client certificate and its key), checked before a request."""
 
 from __future__ import annotations
 
