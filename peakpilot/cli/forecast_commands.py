@@ -10,8 +10,8 @@ import typer
 
 from peakpilot.cli.app import Command, app
 from peakpilot.cli.common import fail, load_policy_or_exit, open_store, record_or_exit
-from peakpilot.cli.history_options import (END_HELP, HEADER_HELP, TIMEZONE_HELP, TOKEN_FILE_HELP, load_history,
-                                           on_users_clock, policy_signals, prometheus_auth)
+from peakpilot.cli.history_options import (Days, End, PrometheusHeaders, PrometheusTokenFile, Query, Timezone,
+                                           load_history, on_users_clock, policy_signals, prometheus_auth)
 
 # A week: beyond it every model but seasonal_naive is extrapolating, and the learned ones train one output
 # per step (a week at 1-minute steps is 10,080). The controller plans at most 240 minutes ahead.
@@ -35,13 +35,11 @@ def forecast(
     trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace (timestamp,requests) or request log. "
                                                                "Default: the sample trace in data/."),
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL to read history from."),
-    prometheus_header: list[str] = typer.Option([], "--prometheus-header", help=HEADER_HELP),
-    prometheus_token_file: Optional[Path] = typer.Option(None, "--prometheus-token-file", help=TOKEN_FILE_HELP),
-    query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
-                                                              "default: the inference nodes' request rate."),
-    days: Optional[float] = typer.Option(None, "--days", help="Days of history to read from Prometheus (default 14, "
-                                                              "or the policy's signals.history_days)."),
-    end: Optional[str] = typer.Option(None, "--end", help=END_HELP),
+    prometheus_header: PrometheusHeaders = [],
+    prometheus_token_file: PrometheusTokenFile = None,
+    query: Query = None,
+    days: Days = None,
+    end: End = None,
     step: Optional[str] = typer.Option(None, "--step", help="History step (e.g. 5m): a CSV is aggregated to it, "
                                                             "Prometheus queried at it (default 1m there)."),
     model: Optional[str] = typer.Option(None, "--model", help="ensemble (the default; torch + lightgbm), torch, "
@@ -55,7 +53,7 @@ def forecast(
                                           "service: its Prometheus with its query, step, history_days, "
                                           "prometheus_auth and timezone, its planning.model and horizon_min (the "
                                           "options given here win)."),
-    timezone: Optional[str] = typer.Option(None, "--timezone", help=TIMEZONE_HELP),
+    timezone: Timezone = None,
     seed: int = typer.Option(0, "--seed", help="Seed of the learned models (same seed, same forecast)."),
     save: Optional[Path] = typer.Option(None, "--save", help="Also save the fitted model here."),
     every_step: bool = typer.Option(False, "--every-step", help=f"Print a row for every step; by default a "
@@ -111,13 +109,11 @@ def backtest(
     trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace. Default: the sample trace in data/."),
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: backtest on the "
                                                                         "history it holds instead of a trace."),
-    prometheus_header: list[str] = typer.Option([], "--prometheus-header", help=HEADER_HELP),
-    prometheus_token_file: Optional[Path] = typer.Option(None, "--prometheus-token-file", help=TOKEN_FILE_HELP),
-    query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
-                                                              "default: the inference nodes' request rate."),
-    days: Optional[float] = typer.Option(None, "--days", help="Days of history to read from Prometheus (default 14, "
-                                                              "or the policy's signals.history_days)."),
-    end: Optional[str] = typer.Option(None, "--end", help=END_HELP),
+    prometheus_header: PrometheusHeaders = [],
+    prometheus_token_file: PrometheusTokenFile = None,
+    query: Query = None,
+    days: Days = None,
+    end: End = None,
     models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models; default: all, "
                                                                 "seasonal_naive and the statsforecast peer included."),
     horizon: float = typer.Option(30, "--horizon", min=1, max=MAX_HORIZON_MIN, help="Minutes ahead (at most a week)."),
@@ -127,7 +123,7 @@ def backtest(
                                                                   "(default: 10, closer on a short trace so "
                                                                   "that 20 fit; at least one step)."),
     refit_hours: float = typer.Option(24, "--refit-hours", help="Refit every model this often."),
-    timezone: Optional[str] = typer.Option(None, "--timezone", help=TIMEZONE_HELP),
+    timezone: Timezone = None,
     step: Optional[str] = typer.Option(None, "--step", help="Aggregate the trace to this step first (query "
                                                             "Prometheus at it; default 1m there)."),
     policy: Optional[Path] = typer.Option(None, "--policy", help="Backtest on the service's load as the daemon reads "

@@ -4,7 +4,9 @@ the options that say so, and a policy's signals as their defaults (the load as t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
+
+import typer
 
 from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
 from peakpilot.cli.common import fail
@@ -113,3 +115,15 @@ def on_users_clock(history, timezone: Optional[str]):
         return history.in_timezone(check_timezone(timezone))
     except ValueError as exc:
         fail(f"--timezone: {exc}")
+
+
+# The options of a command that reads history from Prometheus as forecast and backtest do (replay says its
+# defaults are the policy's): declared once, as Typer's Annotated types.
+PrometheusHeaders = Annotated[list[str], typer.Option("--prometheus-header", help=HEADER_HELP)]
+PrometheusTokenFile = Annotated[Optional[Path], typer.Option("--prometheus-token-file", help=TOKEN_FILE_HELP)]
+Query = Annotated[Optional[str], typer.Option("--query", help="PromQL for the request rate per second; default: "
+                                                              "the inference nodes' request rate.")]
+Days = Annotated[Optional[float], typer.Option("--days", help="Days of history to read from Prometheus (default 14, "
+                                                              "or the policy's signals.history_days).")]
+End = Annotated[Optional[str], typer.Option("--end", help=END_HELP)]
+Timezone = Annotated[Optional[str], typer.Option("--timezone", help=TIMEZONE_HELP)]
