@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -19,6 +19,9 @@ from peakpilot.cli.history_options import load_history
 MODEL_FIELD_HELP = ("The model field each request sends: a served model name, for a server that asks for one "
                     "(vLLM's); default: none sent.")
 API_KEY_HELP = "The key a node started with --api-key asks for."
+ModelField = Annotated[Optional[str], typer.Option("--model", help=MODEL_FIELD_HELP)]
+ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="PEAKPILOT_API_KEY", show_envvar=True,
+                                               help=API_KEY_HELP)]
 
 
 @app.command(cls=Command)
@@ -116,9 +119,8 @@ def profile(
                                                             "is kept from ending it sooner)."),
     stream: bool = typer.Option(False, "--stream", help="Streamed answers, the SLO on the p99 of the first text "
                                                         "read (a chat service's), not of the whole answer."),
-    model: Optional[str] = typer.Option(None, "--model", help=MODEL_FIELD_HELP),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PEAKPILOT_API_KEY", show_envvar=True,
-                                          help=API_KEY_HELP),
+    model: ModelField = None,
+    api_key: ApiKey = None,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: rps_per_node and every "
                                                        "measured step."),
 ) -> None:
@@ -172,9 +174,8 @@ def loadgen(
     max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens each request asks for."),
     stream: bool = typer.Option(False, "--stream", help="Ask for streamed answers, and report when each "
                                                         "one's first text was read too."),
-    model: Optional[str] = typer.Option(None, "--model", help=MODEL_FIELD_HELP),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PEAKPILOT_API_KEY", show_envvar=True,
-                                          help=API_KEY_HELP),
+    model: ModelField = None,
+    api_key: ApiKey = None,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: outcomes and latency "
                                                        "percentiles."),
 ) -> None:
