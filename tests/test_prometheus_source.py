@@ -298,6 +298,12 @@ def test_replay_and_backtest_run_on_the_history_prometheus_holds(backfilled, tmp
     trace = peakpilot(*backtest, "--trace", str(csv))
     for name in ("seasonal_naive", "recent_level"):
         assert live["models"][name]["pinball_q90"] == pytest.approx(trace["models"][name]["pinball_q90"], rel=1e-6)
+    # and the reserved count for the service's own history, from the same counts as the CSV's
+    reserve = ["recommend-reserved", "--policy", str(policy)]
+    live = peakpilot(*reserve, "--prometheus", server.url, "--days", "2", "--end", end)
+    trace = peakpilot(*reserve, "--trace", str(csv))
+    assert live["reserved"] == trace["reserved"] and live["hours"] == trace["hours"] == 48
+    assert live["cost_usd_by_count"] == pytest.approx(trace["cost_usd_by_count"], rel=1e-3)
     bad = subprocess.run([sys.executable, "-m", "peakpilot.cli", "replay", "--prometheus", server.url, "--end",
                           "yesterday-ish"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--end 'yesterday-ish': not a time" in bad.stderr

@@ -59,24 +59,8 @@ def replay(
     if unknown:
         fail(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
     pol = load_policy_or_exit(policy)
-    auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file, pol)
-    if prometheus:
-        from controller.replay import trace_from_history
-
-        # The service's own load as the daemon reads it: the policy names the query when it is not the default.
-        history = load_history(trace, prometheus, query or pol.signals.query, days, step or pol.signals.step, end,
-                               auth)
-        try:
-            tr = trace_from_history(history, history.source)
-        except ValueError as exc:
-            fail(str(exc))
-    else:
-        if query or step or end:
-            fail("--query, --step and --end read Prometheus: give --prometheus URL too")
-        if trace is None and pol.signals.prometheus:  # the policy names where its own load is
-            typer.echo(f"replaying the sample trace; --prometheus {pol.signals.prometheus} replays the history "
-                       f"of {pol.service}", err=True)
-        tr = load_trace_or_exit(trace or DEFAULT_TRACE)
+    tr = history_as_trace(pol, trace, prometheus, prometheus_header, prometheus_token_file, query, days, step, end,
+                          "replaying the sample trace; --prometheus {url} replays the history of {service}")
     st = open_store(store) if store else None
     try:
         doc, chosen = run_replay(tr, pol, names, peak_nodes=peak_nodes, sweep=not no_sweep, train_days=train_days,
@@ -119,9 +103,48 @@ def replay(
         typer.echo(f"timeline written to {st.name} (run {doc['store_run_id']})")
 
 
+def history_as_trace(pol, trace: Optional[Path], prometheus: Optional[str], headers: list[str],
+                     token_file: Optional[Path], query: Optional[str], days: float, step: Optional[str],
+                     end: Optional[str], hint: str):
+    """The history a command replays or sizes from: read from Prometheus (with the policy's query, step and
+    credentials where it is the policy's own), else the trace (the sample's by default; ``hint`` says how to
+    read the service's own load where the policy names its Prometheus)."""
+    from controller.replay import trace_from_history
+
+    auth = prometheus_auth(prometheus, headers, token_file, pol)
+    if prometheus:
+        # The service's own load as the daemon reads it: the policy names the query when it is not the default.
+        history = load_history(trace, prometheus, query or pol.signals.query, days, step or pol.signals.step, end,
+                               auth)
+        try:
+            return trace_from_history(history, history.source)
+        except ValueError as exc:
+            fail(str(exc))
+    if query or step or end:
+        fail("--query, --step and --end read Prometheus: give --prometheus URL too")
+    if trace is None and pol.signals.prometheus:  # the policy names where its own load is
+        typer.echo(hint.format(url=pol.signals.prometheus, service=pol.service), err=True)
+    return load_trace_or_exit(trace or DEFAULT_TRACE)
+
+
 @app.command("recommend-reserved", cls=Command)
 def recommend_reserved_cmd(
-    trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="CSV trace of the history."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace of the history (default: the sample "
+                                                               "trace)."),
+    prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: recommend from the "
+                                                                        "history it holds (your own service's "
+                                                                        "load) instead of a trace."),
+    prometheus_header: list[str] = typer.Option([], "--prometheus-header", help=HEADER_HELP + " Default: the "
+                                                "policy's signals.prometheus_auth."),
+    prometheus_token_file: Optional[Path] = typer.Option(None, "--prometheus-token-file", help=TOKEN_FILE_HELP),
+    query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
+                                                              "default: the policy's signals.query, else "
+                                                              "the inference nodes' request rate."),
+    days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus (as many as it "
+                                                  "keeps: a reservation is for months)."),
+    end: Optional[str] = typer.Option(None, "--end", help=END_HELP),
+    step: Optional[str] = typer.Option(None, "--step", help="Step to query Prometheus at (default: the "
+                                                            "policy's signals.step, 1m)."),
     policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Policy YAML (prices, capacity, spot share)."),
     peak_nodes: Optional[int] = typer.Option(None, "--peak-nodes", min=1,
                                              help="Size capacity so the trace's busiest minute needs N nodes."),
@@ -133,13 +156,18 @@ def recommend_reserved_cmd(
     from controller.reserved import recommend_reserved
 
     pol = load_policy_or_exit(policy)
-    tr = load_trace_or_exit(trace)
-    result = recommend_reserved(tr.arrivals / 60.0, pol, rps_per_node_for(pol, tr, peak_nodes))
+    tr = history_as_trace(pol, trace, prometheus, prometheus_header, prometheus_token_file, query, days, step, end,
+                          "recommending from the sample trace; --prometheus {url} recommends from the history "
+                          "of {service}")
+    try:
+        result = recommend_reserved(tr.arrivals / 60.0, pol, rps_per_node_for(pol, tr, peak_nodes))
+    except ValueError as exc:
+        fail(f"{tr.name}: {exc}")
     if as_json:
         typer.echo(json.dumps(result))
         return
-    typer.echo(f"reserve {result['reserved']} nodes: the cheapest count for this history with spot and "
-               f"on-demand blended as the policy says")
+    typer.echo(f"reserve {result['reserved']} nodes: the cheapest count for this history ({tr.name}) with spot "
+               f"and on-demand blended as the policy says")
     typer.echo(f"over {result['hours']:,.0f} h of history: ${result['cost_usd']:,.0f} with them, "
                f"${result['cost_usd_without']:,.0f} without")
 
