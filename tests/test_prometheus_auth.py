@@ -912,6 +912,79 @@ def test_google_managed_prometheus_is_read_from_another_cloud_by_workload_identi
         sts.close()
 
 
+class GkeMetadataServer(LocalServer):
+    """GKE's metadata server as Workload Identity serves it to a pod (the Compute Engine metadata API): only
+    requests with ``Metadata-Flavor: Google``; the pod's Google service account, and an access token for it
+    with the scopes asked (recorded), which ``gateway`` lets through from then on."""
+
+    EMAIL = "peakpilot@my-project.iam.gserviceaccount.com"
+
+    def __init__(self, gateway: Gateway):
+        self.gateway, self.scopes_asked = gateway, []
+        meta = self
+
+        class Handler(QuietHandler):
+            def do_GET(self):
+                import re
+                from urllib.parse import parse_qs, urlsplit
+
+                if self.headers.get("Metadata-Flavor") != "Google":
+                    return self.answer(403, b"Missing Metadata-Flavor:Google header.\n")
+                parts = urlsplit(self.path)
+                account = re.fullmatch(r"/computeMetadata/v1/instance/service-accounts/([^/]+)/(token)?", parts.path)
+                if parts.path == "/":  # (google-auth's check that it runs on Google's cloud)
+                    body, kind = b"", "text/plain"
+                elif parts.path == "/computeMetadata/v1/project/project-id":
+                    body, kind = b"my-project", "application/text"
+                elif account and not account.group(2):
+                    body, kind = json.dumps({"email": meta.EMAIL, "aliases": ["default"],
+                                             "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}).encode(), \
+                        "application/json"
+                elif account:
+                    meta.scopes_asked.append(parse_qs(parts.query).get("scopes", [""])[0])
+                    meta.gateway.token = f"ya29.gke-{len(meta.scopes_asked)}"
+                    body, kind = json.dumps({"access_token": meta.gateway.token, "expires_in": 3599,
+                                             "token_type": "Bearer"}).encode(), "application/json"
+                else:
+                    return self.answer(404, b"not found\n")
+                self.send_response(200)
+                self.send_header("Metadata-Flavor", "Google")
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        super().__init__(Handler)
+        self.host = self.url.removeprefix("http://")
+
+
+def test_in_gke_the_tokens_come_from_workload_identitys_metadata_server(behind_gateway, tmp_path):
+    """``google: {}`` in a GKE pod: no key and no file; Application Default Credentials find the metadata
+    server (here at the address google-auth is told by GCE_METADATA_HOST, as its tests do), and the token it
+    gives for the monitoring.read scope is sent with every query. Run as the operator would check it, with
+    ``check-policy --connect``, in a process of its own."""
+    import os
+
+    gateway, counts, start = behind_gateway
+    meta = GkeMetadataServer(gateway)
+    path = tmp_path / "policy.yaml"
+    path.write_text(live_policy_text(prometheus=gateway.url, prometheus_auth={
+        "headers": {"X-Scope-OrgID": "team-a"}, "google": {}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GCE_", "CLOUDSDK_"))}
+    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), GCE_METADATA_HOST=meta.host,
+               GCE_METADATA_IP=meta.host)
+    try:
+        out = subprocess.run([sys.executable, "-m", "peakpilot.cli", "check-policy", "--connect", str(path)],
+                             capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        meta.close()
+    assert out.returncode == 0, out.stderr
+    assert f"read   {path}: Prometheus {gateway.url}: " in out.stdout and "of history at 1m" in out.stdout
+    assert meta.scopes_asked == ["https://www.googleapis.com/auth/monitoring.read"]  # one token, for every query
+    queries = [seen for seen in gateway.seen if seen.get("Authorization", "").startswith("Bearer ya29.gke-")]
+    assert len(queries) >= 2 and all(seen["Authorization"] == "Bearer ya29.gke-1" for seen in queries)
+
+
 def test_a_google_token_endpoint_that_never_answers_costs_seconds_not_cycles(behind_gateway, tmp_path, monkeypatch):
     """google-auth waits 120 s for a token by default, two control cycles; the source gives up sooner."""
     import time
