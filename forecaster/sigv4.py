@@ -5,8 +5,9 @@ Signing and the credentials are botocore's (the ``aws`` extra): the environment'
 ``~/.aws``, the pod's IRSA or EKS Pod Identity web token, or the instance's role, whichever the standard
 chain finds first, refreshed as they near their expiry, so nothing secret is written in a policy. The
 region is the policy's, else the one in an AMP workspace's URL (``aps-workspaces.REGION.amazonaws.com``),
-else the environment's. Each request is signed as it is sent, over its host and date (and session token)
-only: headers a proxy may rewrite are left out of the signature.
+else the environment's (``AWS_REGION``, which EKS injects, or botocore's ``AWS_DEFAULT_REGION`` and profile).
+Each request is signed as it is sent, over its host and date (and session token) only: headers a proxy may
+rewrite are left out of the signature.
 
 With a ``role_arn``, the credentials the chain finds only ask AWS STS for the role's (AssumeRole, as
 Prometheus's ``sigv4.role_arn``): a workspace in a central monitoring account is read from a cluster in
@@ -15,6 +16,7 @@ another, without keys of that account. The role's credentials are renewed by bot
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -63,8 +65,13 @@ class Signer:
         try:
             if self._session is None:
                 self._session = botocore.session.Session(profile=self.settings.profile)
+                # AWS_REGION, which EKS injects and the other SDKs read (botocore reads AWS_DEFAULT_REGION only),
+                # and the chain's own calls to STS (IRSA's token exchange) made in that region too
+                self.region = (self.region or os.environ.get("AWS_REGION")
+                               or self._session.get_config_variable("region"))
+                if self.region and not self._session.get_config_variable("region"):
+                    self._session.set_config_variable("region", self.region)
             found = self._session.get_credentials()
-            self.region = self.region or self._session.get_config_variable("region")  # (looked up once found)
             if found is not None and self.settings.role_arn and self.region:  # (STS is asked in the region)
                 found = self._role_credentials(found)
             frozen = None if found is None else found.get_frozen_credentials()
@@ -72,15 +79,17 @@ class Signer:
             raise HistoryError(self.where, f"AWS credentials to sign with{self._of_role()}: {exc}") from None
         except ClientError as exc:  # STS refused the role (not trusted, no sts:AssumeRole, wrong external id)
             error = exc.response.get("Error", {})
-            raise HistoryError(self.where, f"AWS STS refused to assume role {self.settings.role_arn}: "
-                                           f"{error.get('Code', '?')}: {error.get('Message', exc)}") from None
+            what = (f"to assume role {self.settings.role_arn}" if self.settings.role_arn else
+                    "the chain's exchange for credentials (IRSA's web identity token, or a profile's role)")
+            raise HistoryError(self.where, f"AWS STS refused {what}: {error.get('Code', '?')}: "
+                                           f"{error.get('Message', exc)}") from None
         if frozen is None:
             raise HistoryError(self.where, "no AWS credentials found to sign for Amazon Managed Prometheus: none in "
                                            "the environment (AWS_ACCESS_KEY_ID), ~/.aws, a web identity token (IRSA, "
                                            "EKS Pod Identity) or the instance's role")
         if not self.region:
             raise HistoryError(self.where, "no AWS region to sign for: set signals.prometheus_auth.sigv4.region (or "
-                                           "AWS_REGION)")
+                                           "AWS_REGION, or AWS_DEFAULT_REGION)")
         return frozen, self.region
 
     def _role_credentials(self, source):

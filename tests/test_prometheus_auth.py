@@ -584,13 +584,16 @@ class FakeSts(LocalServer):
     """AWS STS's AssumeRole, as its API reference describes it: a request signed (service ``sts``) with the
     base account's keys, for role ``ROLE`` and, where ``external_id`` is set, that ExternalId, gets temporary
     credentials of the role (those ``AmpGateway`` takes, with a new session token each time) that expire in
-    ``lifetime_s``; anything else is STS's 403 AccessDenied, in its XML."""
+    ``lifetime_s``; anything else is STS's 403 AccessDenied, in its XML. And AssumeRoleWithWebIdentity, as
+    IRSA's pods call it (unsigned): the service account's projected token ``web_token``, for ``IRSA_ROLE``,
+    gets the same credentials."""
 
     BASE_KEY, BASE_SECRET = "AKIDBASEACCOUNT", "base-account-secret"
     ROLE = "arn:aws:iam::111122223333:role/amp-query"
+    IRSA_ROLE = "arn:aws:iam::111122223333:role/peakpilot-irsa"
 
-    def __init__(self, lifetime_s: float = 3600, external_id: str | None = None):
-        self.lifetime_s, self.external_id, self.asked = lifetime_s, external_id, []
+    def __init__(self, lifetime_s: float = 3600, external_id: str | None = None, web_token: str | None = None):
+        self.lifetime_s, self.external_id, self.web_token, self.asked = lifetime_s, external_id, web_token, []
         sts = self
 
         class Handler(QuietHandler):
@@ -600,6 +603,8 @@ class FakeSts(LocalServer):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 form = dict(parse_qsl(body.decode()))
                 sts.asked.append(form)
+                if form.get("Action") == "AssumeRoleWithWebIdentity":
+                    return self.web_identity(form)
                 problem = sigv4_refusal(self, body, "sts", sts.BASE_KEY, sts.BASE_SECRET, AmpGateway.REGION)
                 if problem is None and (form.get("Action"), form.get("RoleArn")) != ("AssumeRole", sts.ROLE):
                     problem = f"no such role {form.get('RoleArn')}"
@@ -620,6 +625,25 @@ class FakeSts(LocalServer):
                           f'<AssumedRoleId>AROAPEAKPILOT:{form.get("RoleSessionName")}</AssumedRoleId>'
                           f'</AssumedRoleUser></AssumeRoleResult><ResponseMetadata><RequestId>r-{len(sts.asked)}'
                           f'</RequestId></ResponseMetadata></AssumeRoleResponse>')
+                self.answer(200, answer.encode(), "text/xml")
+
+            def web_identity(self, form: dict):
+                if (form.get("RoleArn"), form.get("WebIdentityToken")) != (sts.IRSA_ROLE, sts.web_token):
+                    error = ('<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender'
+                             '</Type><Code>InvalidIdentityToken</Code><Message>Incorrect token audience</Message>'
+                             '</Error><RequestId>r-w</RequestId></ErrorResponse>')
+                    return self.answer(400, error.encode(), "text/xml")
+                expires = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=sts.lifetime_s)
+                answer = (f'<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+                          f'<AssumeRoleWithWebIdentityResult><SubjectFromWebIdentityToken>system:serviceaccount:'
+                          f'peakpilot:peakpilot</SubjectFromWebIdentityToken><Audience>sts.amazonaws.com</Audience>'
+                          f'<Credentials><AccessKeyId>{AmpGateway.KEY}</AccessKeyId><SecretAccessKey>'
+                          f'{AmpGateway.SECRET}</SecretAccessKey><SessionToken>irsa-session-{len(sts.asked)}'
+                          f'</SessionToken><Expiration>{expires.strftime("%Y-%m-%dT%H:%M:%SZ")}</Expiration>'
+                          f'</Credentials><AssumedRoleUser><Arn>{sts.IRSA_ROLE}/pod</Arn><AssumedRoleId>'
+                          f'AROAIRSA:pod</AssumedRoleId></AssumedRoleUser></AssumeRoleWithWebIdentityResult>'
+                          f'<ResponseMetadata><RequestId>r-{len(sts.asked)}</RequestId></ResponseMetadata>'
+                          f'</AssumeRoleWithWebIdentityResponse>')
                 self.answer(200, answer.encode(), "text/xml")
 
         super().__init__(Handler)
@@ -681,6 +705,38 @@ def test_amazon_managed_prometheus_is_read_with_every_query_signed(prometheus_fa
         amp.close()
     assert region_of("https://aps-workspaces.eu-west-1.amazonaws.com/workspaces/ws-1234") == "eu-west-1"
     assert region_of(amp.url) is None
+
+
+def test_in_eks_irsas_web_identity_token_becomes_the_credentials_that_sign(prometheus_factory, aws_env, tmp_path):
+    """``sigv4: {}`` in an EKS pod with IRSA: the environment EKS injects (AWS_ROLE_ARN, the projected token's
+    AWS_WEB_IDENTITY_TOKEN_FILE, AWS_REGION) is all; AWS's chain trades the token at STS
+    (AssumeRoleWithWebIdentity) for the role's credentials, which sign the queries. A token STS refuses is
+    named."""
+    from forecaster.sigv4 import SigV4Settings
+
+    server = prometheus_factory()
+    counts, start = nasa_hours(server)
+    server.start()
+    token = tmp_path / "eks-pod-identity-token"
+    token.write_text("projected-sa-token")
+    amp, sts = AmpGateway(server.url), FakeSts(web_token="projected-sa-token")
+    end = start + pd.Timedelta(hours=HOURS)
+    try:
+        for name, value in (("AWS_ROLE_ARN", FakeSts.IRSA_ROLE), ("AWS_WEB_IDENTITY_TOKEN_FILE", str(token)),
+                            ("AWS_REGION", "us-east-2"), ("AWS_ENDPOINT_URL_STS", sts.url)):
+            aws_env.setenv(name, value)
+        source = PrometheusSource(amp.url, auth=PrometheusAuth(sigv4=SigV4Settings()))
+        np.testing.assert_allclose(source.load(start, end).counts.to_numpy(), counts.to_numpy(), rtol=1e-9, atol=1e-6)
+        assert [(a["Action"], a["RoleArn"], a["WebIdentityToken"]) for a in sts.asked] == [
+            ("AssumeRoleWithWebIdentity", FakeSts.IRSA_ROLE, "projected-sa-token")]
+        assert amp.seen[-1]["X-Amz-Security-Token"] == "irsa-session-1"
+        sts.web_token = "the token of another cluster's issuer"
+        with pytest.raises(HistoryError, match=r"AWS STS refused the chain's exchange for credentials \(IRSA's web "
+                                               r"identity token, or a profile's role\): InvalidIdentityToken"):
+            PrometheusSource(amp.url, auth=PrometheusAuth(sigv4=SigV4Settings())).load(start, end)
+    finally:
+        amp.close()
+        sts.close()
 
 
 def test_a_workspace_in_another_account_is_read_with_a_role_assumed_through_sts(prometheus_factory, aws_env,
