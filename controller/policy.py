@@ -257,6 +257,16 @@ class GoogleAuth(Strict):
                                          "Workload Identity's metadata server")
 
 
+class AzureAuth(Strict):
+    """Azure Monitor's managed Prometheus from an AKS pod with workload identity: Entra ID tokens for the
+    identity AKS's webhook puts in the pod's environment, its projected token as the proof (no secret)."""
+    client_id: str | None = Field(None, min_length=1, description="the managed identity's or app's client id; "
+                                                                  "null: the pod's AZURE_CLIENT_ID")
+    tenant_id: str | None = Field(None, min_length=1, description="null: the pod's AZURE_TENANT_ID")
+    scope: str = Field("https://prometheus.monitor.azure.com/.default", min_length=1,
+                       description="the scope the token is for: Azure Monitor's managed Prometheus")
+
+
 class PrometheusAuthSpec(Strict):
     """Credentials for a Prometheus behind authentication; secrets are read from files (mounted Secrets), as
     Prometheus's own configuration takes them, never written in the policy."""
@@ -268,6 +278,7 @@ class PrometheusAuthSpec(Strict):
     oauth2: OAuth2 | None = None
     sigv4: SigV4 | None = None
     google: GoogleAuth | None = None
+    azure: AzureAuth | None = None
     tls: TLSFiles | None = None
 
     @field_validator("headers")
@@ -282,10 +293,10 @@ class PrometheusAuthSpec(Strict):
 
     @model_validator(mode="after")
     def _one_credential(self) -> PrometheusAuthSpec:
-        given = [name for name in ("bearer_token_file", "basic_auth", "oauth2", "sigv4", "google")
+        given = [name for name in ("bearer_token_file", "basic_auth", "oauth2", "sigv4", "google", "azure")
                  if getattr(self, name)]
         if len(given) > 1:
-            raise ValueError(f"give one of bearer_token_file, basic_auth, oauth2, sigv4 or google, not "
+            raise ValueError(f"give one of bearer_token_file, basic_auth, oauth2, sigv4, google or azure, not "
                              f"{' and '.join(given)}")
         if given and any(k.lower() == "authorization" for k in self.headers):
             raise ValueError(f"an Authorization header and {given[0]} would overwrite each other")

@@ -20,6 +20,7 @@ def prometheus_auth(policy: Policy):
     """The policy's ``signals.prometheus_auth`` as the Prometheus source takes it."""
     from forecaster.oauth2 import ClientCredentials
     from forecaster.prometheus_source import PrometheusAuth
+    from forecaster.azure_auth import AzureSettings
     from forecaster.google_auth import GoogleSettings
     from forecaster.sigv4 import SigV4Settings
 
@@ -34,7 +35,9 @@ def prometheus_auth(policy: Policy):
     return PrometheusAuth(dict(spec.headers), spec.bearer_token_file, basic.username if basic else None,
                           basic.password_file if basic else None, tls.ca_file if tls else None,
                           tls.cert_file if tls else None, tls.key_file if tls else None, client, signing,
-                          None if spec.google is None else GoogleSettings(spec.google.credentials_file))
+                          None if spec.google is None else GoogleSettings(spec.google.credentials_file),
+                          None if spec.azure is None else AzureSettings(spec.azure.client_id, spec.azure.tenant_id,
+                                                                        spec.azure.scope))
 
 
 class ServiceParts:

@@ -27,8 +27,9 @@ account's, for OpenShift's Thanos querier or a kube-rbac-proxy; read again at ev
 token is rotated while the daemon runs), basic auth with its password in a file (Prometheus's own
 ``--web.config.file``, Grafana Cloud), an OAuth2 client's tokens (forecaster/oauth2.py: Azure Monitor's
 managed Prometheus, a gateway behind an identity provider), AWS's SigV4 signature on every request
-(forecaster/sigv4.py: Amazon Managed Service for Prometheus), or Google's access tokens
-(forecaster/google_auth.py: Google Cloud Managed Service for Prometheus); over TLS, the CA that signed its
+(forecaster/sigv4.py: Amazon Managed Service for Prometheus), Google's access tokens
+(forecaster/google_auth.py: Google Cloud Managed Service for Prometheus), or Entra ID's for an AKS pod's
+workload identity (forecaster/azure_auth.py: Azure Monitor's); over TLS, the CA that signed its
 certificate and a client certificate where it asks for one (mTLS). Secrets come from files, as Prometheus's
 own configuration takes them, so that none is written in a policy ConfigMap.
 """
@@ -45,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from forecaster.errors import HistoryError
+from forecaster.azure_auth import AzureSettings
 from forecaster.google_auth import GoogleSettings, google_token
 from forecaster.google_auth import forget as forget_google
 from forecaster.history import History, mark_gaps
@@ -82,15 +84,17 @@ class PrometheusAuth:
     oauth2: ClientCredentials | None = None
     sigv4: SigV4Settings | None = None  # Amazon Managed Prometheus: every request signed (forecaster/sigv4.py)
     google: GoogleSettings | None = None  # Google's managed Prometheus: its OAuth2 tokens (forecaster/google_auth.py)
+    azure: AzureSettings | None = None  # Azure's, from AKS workload identity (forecaster/azure_auth.py)
 
     def __post_init__(self):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("a client certificate needs both its cert file and its key file")
         given = [what for what, there in (("a bearer token file", self.bearer_token_file),
                                           ("basic auth", self.username is not None), ("OAuth2", self.oauth2),
-                                          ("SigV4", self.sigv4), ("Google", self.google)) if there]
+                                          ("SigV4", self.sigv4), ("Google", self.google), ("Azure", self.azure))
+                 if there]
         if len(given) > 1:
-            raise ValueError(f"give one of a bearer token file, basic auth, OAuth2, SigV4 or Google, not "
+            raise ValueError(f"give one of a bearer token file, basic auth, OAuth2, SigV4, Google or Azure, not "
                              f"{' and '.join(given)}")
         if (self.username is None) != (self.password_file is None):
             raise ValueError("basic auth needs both a username and a password file")
@@ -107,6 +111,8 @@ class PrometheusAuth:
             headers["Authorization"] = f"Bearer {self.oauth2.token(where)}"
         if self.google is not None:
             headers["Authorization"] = f"Bearer {google_token(self.google, where)}"
+        if self.azure is not None:
+            headers["Authorization"] = f"Bearer {self.azure.client(where).token(where)}"
         basic = None if self.username is None else (self.username, read_secret(self.password_file, "password", where))
         return headers, basic
 
@@ -119,6 +125,13 @@ class PrometheusAuth:
         if self.google is not None:
             forget_google(self.google)
             return "Google"
+        if self.azure is not None:
+            try:
+                client = self.azure.client("")
+            except HistoryError:  # (no identity in the environment: no token was held either)
+                return None
+            client.forget()
+            return client.token_url
         return None
 
     def session(self, where: str):
@@ -252,7 +265,8 @@ class PrometheusSource:
         basic = self.auth.username is not None or urlsplit(self.endpoint).username is not None
         given = {"headers": bool(self.auth.headers), "a bearer token": bool(self.auth.bearer_token_file),
                  "basic auth": basic, "an OAuth2 token": self.auth.oauth2 is not None,
-                 "a SigV4 signature": self.auth.sigv4 is not None, "a Google token": self.auth.google is not None}
+                 "a SigV4 signature": self.auth.sigv4 is not None, "a Google token": self.auth.google is not None,
+                 "an Azure token": self.auth.azure is not None}
         sent = "it was sent " + (", ".join(what for what, there in given.items() if there) or "no credentials")
         issuer = self.auth.forget_token() if status == "401" else None
         if issuer is not None:

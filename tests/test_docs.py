@@ -27,9 +27,9 @@ def test_the_auth_guide_has_a_block_for_each_kind_of_credential():
     kinds = set()
     for block in BLOCKS:
         auth = yaml.safe_load(block)["signals"]["prometheus_auth"]
-        kinds |= {k for k, v in auth.items() if v and k not in ("headers", "tls")}
+        kinds |= {k for k, v in auth.items() if v is not None and k not in ("headers", "tls")}
         kinds |= {f"{k}.role_arn" for k, v in auth.items() if isinstance(v, dict) and v.get("role_arn")}
-    assert kinds >= {"bearer_token_file", "basic_auth", "sigv4", "sigv4.role_arn", "oauth2", "google"}
+    assert kinds >= {"bearer_token_file", "basic_auth", "sigv4", "sigv4.role_arn", "oauth2", "google", "azure"}
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
@@ -46,4 +46,4 @@ def test_each_signals_block_of_the_auth_guide_is_a_valid_live_policy(block, tmp_
     auth = prometheus_auth(policies[path])  # (the source's own checks: one credential, pairs of files)
     given = snippet["signals"]["prometheus_auth"]
     assert (auth.sigv4 is not None) == ("sigv4" in given) and (auth.oauth2 is not None) == ("oauth2" in given)
-    assert (auth.google is not None) == ("google" in given)
+    assert (auth.google is not None) == ("google" in given) and (auth.azure is not None) == ("azure" in given)

@@ -247,6 +247,7 @@ class TokenServer(LocalServer):
         self.gateway, self.expires_in, self.body_only = gateway, expires_in, body_only
         self.assertion = "projected-jwt-1"  # what a client proving itself by assertion must send
         self.asked: list[dict] = []  # each request's form, with how the client authenticated
+        self.paths: list[str] = []  # and the path it was sent to
         server = self
 
         class Handler(QuietHandler):
@@ -260,6 +261,7 @@ class TokenServer(LocalServer):
                     form["client_id"], _, form["client_secret"] = base64.b64decode(basic).decode().partition(":")
                     form["via"] = "basic"
                 server.asked.append(form)
+                server.paths.append(self.path)
                 if form.get("grant_type") != "client_credentials":
                     return self._json(400, {"error": "unsupported_grant_type"})
                 by_assertion = form.get("client_assertion_type") == ("urn:ietf:params:oauth:client-assertion-type:"
@@ -436,6 +438,46 @@ def test_an_oauth2_token_endpoint_of_a_private_ca_that_asks_for_a_client_certifi
     assert [(a["client_id"], a["via"], "client_secret" in a) for a in issuer.asked] == [
         ("peakpilot", "certificate", False)]
     assert gateway.seen[-1]["Authorization"] == "Bearer issued-1"
+
+
+def test_in_aks_workload_identity_needs_nothing_but_azure_in_the_policy(behind_gateway, tmp_path, monkeypatch):
+    """``azure: {}`` in an AKS pod with workload identity: the client, tenant, projected token and authority
+    are those AKS's webhook puts in the pod's environment; Entra ID's token for Azure Monitor's managed
+    Prometheus is asked with the projected token as the assertion, and asked again where refused. A pod
+    without the webhook's variables is told which are missing and how AKS sets them."""
+    from forecaster.azure_auth import AzureSettings
+
+    gateway, counts, start = behind_gateway
+    issuer = TokenServer(gateway)
+    projected = tmp_path / "azure-identity-token"
+    projected.write_text("projected-jwt-1")
+    authority = issuer.url.removesuffix("/oauth2/token")
+    for name, value in (("AZURE_CLIENT_ID", "peakpilot"), ("AZURE_TENANT_ID", "tenant-1"),
+                        ("AZURE_FEDERATED_TOKEN_FILE", str(projected)), ("AZURE_AUTHORITY_HOST", authority + "/")):
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "policy.yaml"
+    path.write_text(live_policy_text(prometheus=gateway.url, prometheus_auth={
+        "headers": {"X-Scope-OrgID": "team-a"}, "azure": {}}))
+    signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(path))
+    now = np.datetime64((start + pd.Timedelta(hours=HOURS)).tz_localize(None), "m")
+    hour = (start, start + pd.Timedelta(hours=1))
+    try:
+        assert signals.history(now).counts.notna().sum() == len(counts)
+        assert [(a["client_id"], a["client_assertion"], a["scope"]) for a in issuer.asked] == [
+            ("peakpilot", "projected-jwt-1", "https://prometheus.monitor.azure.com/.default")]
+        assert issuer.paths == ["/tenant-1/oauth2/v2.0/token"]
+        source = PrometheusSource(gateway.url, auth=PrometheusAuth({"X-Scope-OrgID": "team-a"}, azure=AzureSettings()))
+        gateway.token = "revoked-elsewhere"
+        with pytest.raises(HistoryError, match=f"401.*an Azure token from {authority}/tenant-1/oauth2/v2.0/token, "
+                                               f"which the next query asks for again"):
+            source.load(*hour)
+        assert len(source.load(*hour)) == 60 and len(issuer.asked) == 2
+        monkeypatch.delenv("AZURE_FEDERATED_TOKEN_FILE")
+        with pytest.raises(HistoryError, match="Azure workload identity: no AZURE_FEDERATED_TOKEN_FILE in the "
+                                               "environment .*azure.workload.identity/use"):
+            PrometheusSource(gateway.url, auth=PrometheusAuth(azure=AzureSettings())).load(*hour)
+    finally:
+        issuer.close()
 
 
 def test_the_daemon_reads_its_load_with_the_policys_oauth2_client(behind_gateway, tmp_path):
@@ -1146,14 +1188,14 @@ def test_a_policys_prometheus_is_read_before_the_daemon_starts(behind_gateway, t
 
 @pytest.mark.parametrize("auth, problem", [
     ({"bearer_token_file": "/t", "basic_auth": {"username": "a", "password_file": "/p"}},
-     "give one of bearer_token_file, basic_auth, oauth2, sigv4 or google, not bearer_token_file and basic_auth"),
+     "give one of bearer_token_file, basic_auth, oauth2, sigv4, google or azure, not bearer_token_file and basic_auth"),
     ({"bearer_token_file": "/t", "headers": {"Authorization": "Bearer x"}},
      "an Authorization header and bearer_token_file would overwrite each other"),
     ({"headers": {"X Scope": "a"}}, "signals.prometheus_auth.headers: 'X Scope' is not an HTTP header"),
     ({"basic_auth": {"username": "a", "password": "inline"}}, "signals.prometheus_auth.basic_auth.password: unknown"),
     ({"tls": {"cert_file": "/c.crt"}}, "signals.prometheus_auth.tls: cert_file and key_file go together"),
     ({"bearer_token_file": "/t", "oauth2": {"client_id": "a", "client_secret_file": "/s", "token_url": "https://i/t"}},
-     "give one of bearer_token_file, basic_auth, oauth2, sigv4 or google, not bearer_token_file and oauth2"),
+     "give one of bearer_token_file, basic_auth, oauth2, sigv4, google or azure, not bearer_token_file and oauth2"),
     ({"headers": {"authorization": "Bearer x"},
       "oauth2": {"client_id": "a", "client_secret_file": "/s", "token_url": "https://i/t"}},
      "an Authorization header and oauth2 would overwrite each other"),
@@ -1161,8 +1203,10 @@ def test_a_policys_prometheus_is_read_before_the_daemon_starts(behind_gateway, t
      "signals.prometheus_auth.oauth2.token_url: .*'login.example.com/token' is not a token endpoint URL"),
     ({"oauth2": {"client_id": "a", "client_secret": "inline", "token_url": "https://i/t"}},
      "signals.prometheus_auth.oauth2.client_secret: unknown"),
+    ({"google": {}, "azure": {}}, "give one of .*, not google and azure"),
+    ({"azure": {"client_secret_file": "/s"}}, "signals.prometheus_auth.azure.client_secret_file: unknown"),
     ({"sigv4": {"region": "us-east-2"}, "google": {}},
-     "give one of bearer_token_file, basic_auth, oauth2, sigv4 or google, not sigv4 and google"),
+     "give one of bearer_token_file, basic_auth, oauth2, sigv4, google or azure, not sigv4 and google"),
     ({"google": {"credentials_file": "/k.json", "scopes": ["x"]}}, "signals.prometheus_auth.google.scopes: unknown"),
     ({"sigv4": {"role_arn": "amp-query"}}, "signals.prometheus_auth.sigv4.role_arn: .*should match"),
     ({"sigv4": {"external_id": "x1"}}, "signals.prometheus_auth.sigv4: external_id is sent when assuming a role"),
