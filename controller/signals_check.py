@@ -23,6 +23,7 @@ class SignalsCheck:
     prometheus: str
     ok: bool
     error: str | None = None
+    sent: str = "no credentials"  # what the queries carried (headers, a token, a signature)
     history_days: float = 0.0  # the span of the history read, its first step to its last
     step: str | None = None
     last_step: str | None = None  # the last step the history holds (UTC)
@@ -43,13 +44,14 @@ class SignalsCheck:
         last = "no load" if self.last_step_rps is None else f"{self.last_step_rps:,.2f} req/s"
         now = "nothing" if self.load_rps is None else f"{self.load_rps:,.2f} req/s, busy {self.busy_share:.2%}"
         gaps = "no gaps" if not self.gaps else "1 gap" if self.gaps == 1 else f"{self.gaps} gaps"
-        return (f"Prometheus {self.prometheus}: {span} of history at {self.step}, {gaps}, to "
+        return (f"Prometheus {self.prometheus} (sent {self.sent}): {span} of history at {self.step}, {gaps}, to "
                 f"{self.last_step} ({last}); the last minutes: {now}")
 
 
 def check_signals(signals: PrometheusSignals, now: np.datetime64) -> SignalsCheck:
     """Read ``signals`` as the daemon's first cycle at ``now`` would (its history, then the load observed)."""
-    check = SignalsCheck(signals.source.url, ok=False, step=signals.step)
+    sent = signals.source.auth.sent(signals.source.endpoint)
+    check = SignalsCheck(signals.source.url, ok=False, step=signals.step, sent=", ".join(sent) or "no credentials")
     try:
         history = signals.history(now)
     except SignalError as exc:

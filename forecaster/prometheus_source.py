@@ -116,6 +116,14 @@ class PrometheusAuth:
         basic = None if self.username is None else (self.username, read_secret(self.password_file, "password", where))
         return headers, basic
 
+    def sent(self, url: str = "") -> list[str]:
+        """What a query carries, as an error or a check names it (``url``: basic auth written in it)."""
+        basic = self.username is not None or urlsplit(url).username is not None
+        given = {"headers": bool(self.headers), "a bearer token": bool(self.bearer_token_file), "basic auth": basic,
+                 "an OAuth2 token": self.oauth2 is not None, "a SigV4 signature": self.sigv4 is not None,
+                 "a Google token": self.google is not None, "an Azure token": self.azure is not None}
+        return [what for what, there in given.items() if there]
+
     def forget_token(self) -> str | None:
         """Drop the token held (the server refused it: revoked, or signed by keys since rotated), so that the
         next query asks for a new one; where it came from, or None where no token is held between queries."""
@@ -262,12 +270,7 @@ class PrometheusSource:
         status = str(exc).split("HTTP Status Code ", 1)[-1][:3]
         if status not in ("401", "403"):
             return ""
-        basic = self.auth.username is not None or urlsplit(self.endpoint).username is not None
-        given = {"headers": bool(self.auth.headers), "a bearer token": bool(self.auth.bearer_token_file),
-                 "basic auth": basic, "an OAuth2 token": self.auth.oauth2 is not None,
-                 "a SigV4 signature": self.auth.sigv4 is not None, "a Google token": self.auth.google is not None,
-                 "an Azure token": self.auth.azure is not None}
-        sent = "it was sent " + (", ".join(what for what, there in given.items() if there) or "no credentials")
+        sent = "it was sent " + (", ".join(self.auth.sent(self.endpoint)) or "no credentials")
         issuer = self.auth.forget_token() if status == "401" else None
         if issuer is not None:
             sent += f"{'' if issuer == 'Google' else ' from ' + issuer}, which the next query asks for again"

@@ -1077,7 +1077,8 @@ def test_in_gke_the_tokens_come_from_workload_identitys_metadata_server(behind_g
     finally:
         meta.close()
     assert out.returncode == 0, out.stderr
-    assert f"read   {path}: Prometheus {gateway.url}: " in out.stdout and "of history at 1m" in out.stdout
+    assert f"read   {path}: Prometheus {gateway.url} (sent headers, a Google token): " in out.stdout
+    assert "of history at 1m" in out.stdout
     assert meta.scopes_asked == ["https://www.googleapis.com/auth/monitoring.read"]  # one token, for every query
     queries = [seen for seen in gateway.seen if seen.get("Authorization", "").startswith("Bearer ya29.gke-")]
     assert len(queries) >= 2 and all(seen["Authorization"] == "Bearer ya29.gke-1" for seen in queries)
@@ -1164,7 +1165,8 @@ def test_a_policys_prometheus_is_read_before_the_daemon_starts(behind_gateway, t
     cli = [sys.executable, "-m", "peakpilot.cli", "check-policy", "--connect"]
     out = subprocess.run([*cli, str(good)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert f"read   {good}: Prometheus {gateway.url}: " in out.stdout and "of history at 1m, 1 gap, to" in out.stdout
+    assert f"read   {good}: Prometheus {gateway.url} (sent headers, a bearer token): " in out.stdout
+    assert "of history at 1m, 1 gap, to" in out.stdout
     # (now, an hour after the data ends: the history runs on to now, a gap, and nothing is scraped now)
     assert f"warn   {good}: the last minutes' load could not be read: " in out.stderr
     assert "it does not scrape the inference nodes" in out.stderr
