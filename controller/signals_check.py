@@ -38,8 +38,10 @@ class SignalsCheck:
 
     def summary(self) -> str:
         """One line: where it read, and what (or why not)."""
-        if not self.ok:
-            return f"Prometheus {self.prometheus}: {self.error}"
+        if not self.ok:  # (an error that names the URL first, as the daemon logs it, is not given it twice)
+            error = self.error or ""
+            return f"Prometheus {error}" if error.startswith(self.prometheus) else \
+                f"Prometheus {self.prometheus}: {error}"
         span = f"{self.history_days:.1f} days" if self.history_days >= 1 else f"{self.history_days * 24:.1f} h"
         last = "no load" if self.last_step_rps is None else f"{self.last_step_rps:,.2f} req/s"
         now = "nothing" if self.load_rps is None else f"{self.load_rps:,.2f} req/s, busy {self.busy_share:.2%}"

@@ -1179,7 +1179,8 @@ def test_a_policys_prometheus_is_read_before_the_daemon_starts(behind_gateway, t
     refused = doc["connections"][str(bad)]
     assert not refused["ok"] and "401" in refused["error"] and "it was sent headers" in refused["error"]
     out = subprocess.run([*cli, str(bad)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and f"error  {bad}: Prometheus {gateway.url}: " in out.stderr and "401" in out.stderr
+    assert out.returncode == 1 and f"error  {bad}: Prometheus {gateway.url} query " in out.stderr and "401" in out.stderr
+    assert out.stderr.count(gateway.url) == 1  # (named once, though the refusal's own text begins with it)
     # a live service sized relative to a trace's peak: refused as the daemon would refuse it, before any read
     relative = tmp_path / "relative.yaml"
     relative.write_text(policy_text(prometheus=gateway.url))
