@@ -654,38 +654,36 @@ class FakeSts(LocalServer):
                     problem = (f"User: arn:aws:iam::444455556666:user/base is not authorized to perform: "
                                f"sts:AssumeRole on resource: {sts.ROLE}")
                 if problem:
-                    error = (f'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender'
-                             f'</Type><Code>AccessDenied</Code><Message>{problem}</Message></Error>'
-                             f'<RequestId>r-{len(sts.asked)}</RequestId></ErrorResponse>')
-                    return self.answer(403, error.encode(), "text/xml")
-                expires = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=sts.lifetime_s)
-                answer = (f'<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>'
-                          f'<Credentials><AccessKeyId>{AmpGateway.KEY}</AccessKeyId><SecretAccessKey>'
-                          f'{AmpGateway.SECRET}</SecretAccessKey><SessionToken>role-session-{len(sts.asked)}'
-                          f'</SessionToken><Expiration>{expires.strftime("%Y-%m-%dT%H:%M:%SZ")}</Expiration>'
-                          f'</Credentials><AssumedRoleUser><Arn>{sts.ROLE}/{form.get("RoleSessionName")}</Arn>'
-                          f'<AssumedRoleId>AROAPEAKPILOT:{form.get("RoleSessionName")}</AssumedRoleId>'
-                          f'</AssumedRoleUser></AssumeRoleResult><ResponseMetadata><RequestId>r-{len(sts.asked)}'
-                          f'</RequestId></ResponseMetadata></AssumeRoleResponse>')
-                self.answer(200, answer.encode(), "text/xml")
+                    return self.refuse(403, "AccessDenied", problem)
+                name = form.get("RoleSessionName")
+                self.grant("AssumeRole", f"role-session-{len(sts.asked)}",
+                           f"<AssumedRoleUser><Arn>{sts.ROLE}/{name}</Arn><AssumedRoleId>AROAPEAKPILOT:{name}"
+                           f"</AssumedRoleId></AssumedRoleUser>")
 
             def web_identity(self, form: dict):
                 if (form.get("RoleArn"), form.get("WebIdentityToken")) != (sts.IRSA_ROLE, sts.web_token):
-                    error = ('<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender'
-                             '</Type><Code>InvalidIdentityToken</Code><Message>Incorrect token audience</Message>'
-                             '</Error><RequestId>r-w</RequestId></ErrorResponse>')
-                    return self.answer(400, error.encode(), "text/xml")
+                    return self.refuse(400, "InvalidIdentityToken", "Incorrect token audience")
+                self.grant("AssumeRoleWithWebIdentity", f"irsa-session-{len(sts.asked)}",
+                           f"<SubjectFromWebIdentityToken>system:serviceaccount:peakpilot:peakpilot"
+                           f"</SubjectFromWebIdentityToken><Audience>sts.amazonaws.com</Audience><AssumedRoleUser>"
+                           f"<Arn>{sts.IRSA_ROLE}/pod</Arn><AssumedRoleId>AROAIRSA:pod</AssumedRoleId>"
+                           f"</AssumedRoleUser>")
+
+            def refuse(self, status: int, code: str, message: str):
+                error = (f'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender'
+                         f'</Type><Code>{code}</Code><Message>{message}</Message></Error>'
+                         f'<RequestId>r-{len(sts.asked)}</RequestId></ErrorResponse>')
+                self.answer(status, error.encode(), "text/xml")
+
+            def grant(self, action: str, session: str, about: str):
+                """STS's answer to ``action``: the role's credentials (those AmpGateway takes), and ``about``."""
                 expires = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=sts.lifetime_s)
-                answer = (f'<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
-                          f'<AssumeRoleWithWebIdentityResult><SubjectFromWebIdentityToken>system:serviceaccount:'
-                          f'peakpilot:peakpilot</SubjectFromWebIdentityToken><Audience>sts.amazonaws.com</Audience>'
+                answer = (f'<{action}Response xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><{action}Result>'
                           f'<Credentials><AccessKeyId>{AmpGateway.KEY}</AccessKeyId><SecretAccessKey>'
-                          f'{AmpGateway.SECRET}</SecretAccessKey><SessionToken>irsa-session-{len(sts.asked)}'
-                          f'</SessionToken><Expiration>{expires.strftime("%Y-%m-%dT%H:%M:%SZ")}</Expiration>'
-                          f'</Credentials><AssumedRoleUser><Arn>{sts.IRSA_ROLE}/pod</Arn><AssumedRoleId>'
-                          f'AROAIRSA:pod</AssumedRoleId></AssumedRoleUser></AssumeRoleWithWebIdentityResult>'
+                          f'{AmpGateway.SECRET}</SecretAccessKey><SessionToken>{session}</SessionToken><Expiration>'
+                          f'{expires.strftime("%Y-%m-%dT%H:%M:%SZ")}</Expiration></Credentials>{about}</{action}Result>'
                           f'<ResponseMetadata><RequestId>r-{len(sts.asked)}</RequestId></ResponseMetadata>'
-                          f'</AssumeRoleWithWebIdentityResponse>')
+                          f'</{action}Response>')
                 self.answer(200, answer.encode(), "text/xml")
 
         super().__init__(Handler)

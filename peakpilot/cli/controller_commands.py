@@ -15,7 +15,8 @@ from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
 from peakpilot.cli.app import Command, app
 from peakpilot.cli.common import (check_backend, fail, load_policy_or_exit, load_trace_or_exit, open_store,
                                   record_or_exit)
-from peakpilot.cli.history_options import END_HELP, HEADER_HELP, TOKEN_FILE_HELP, load_history, prometheus_auth
+from peakpilot.cli.history_options import (End, PolicyHeaders, PolicyQuery, PolicyStep, PrometheusTokenFile,
+                                           load_history, prometheus_auth)
 
 
 @app.command(cls=Command)
@@ -24,17 +25,13 @@ def replay(
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: replay the history "
                                                                         "it holds (your own service's load) "
                                                                         "instead of a trace."),
-    prometheus_header: list[str] = typer.Option([], "--prometheus-header", help=HEADER_HELP + " Default: the "
-                                                "policy's signals.prometheus_auth."),
-    prometheus_token_file: Optional[Path] = typer.Option(None, "--prometheus-token-file", help=TOKEN_FILE_HELP),
-    query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
-                                                              "default: the policy's signals.query, else "
-                                                              "the inference nodes' request rate."),
+    prometheus_header: PolicyHeaders = [],
+    prometheus_token_file: PrometheusTokenFile = None,
+    query: PolicyQuery = None,
     days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus (the first half "
                                                   "trains, the rest is replayed)."),
-    end: Optional[str] = typer.Option(None, "--end", help=END_HELP),
-    step: Optional[str] = typer.Option(None, "--step", help="Step to query Prometheus at (default: the "
-                                                            "policy's signals.step, 1m)."),
+    end: End = None,
+    step: PolicyStep = None,
     policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Policy YAML (default: configs/policy.yaml)."),
     strategies: str = typer.Option(",".join(("predictive", "reactive", "reactive_spot", "static", "oracle")),
                                    "--strategies", help="Comma-separated: predictive, reactive, reactive_spot, "
@@ -134,17 +131,13 @@ def recommend_reserved_cmd(
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: recommend from the "
                                                                         "history it holds (your own service's "
                                                                         "load) instead of a trace."),
-    prometheus_header: list[str] = typer.Option([], "--prometheus-header", help=HEADER_HELP + " Default: the "
-                                                "policy's signals.prometheus_auth."),
-    prometheus_token_file: Optional[Path] = typer.Option(None, "--prometheus-token-file", help=TOKEN_FILE_HELP),
-    query: Optional[str] = typer.Option(None, "--query", help="PromQL for the request rate per second; "
-                                                              "default: the policy's signals.query, else "
-                                                              "the inference nodes' request rate."),
+    prometheus_header: PolicyHeaders = [],
+    prometheus_token_file: PrometheusTokenFile = None,
+    query: PolicyQuery = None,
     days: float = typer.Option(14, "--days", help="Days of history to read from Prometheus (as many as it "
                                                   "keeps: a reservation is for months)."),
-    end: Optional[str] = typer.Option(None, "--end", help=END_HELP),
-    step: Optional[str] = typer.Option(None, "--step", help="Step to query Prometheus at (default: the "
-                                                            "policy's signals.step, 1m)."),
+    end: End = None,
+    step: PolicyStep = None,
     policy: Path = typer.Option(DEFAULT_POLICY, "--policy", help="Policy YAML (prices, capacity, spot share)."),
     peak_nodes: Optional[int] = typer.Option(None, "--peak-nodes", min=1,
                                              help="Size capacity so the trace's busiest minute needs N nodes."),
@@ -237,7 +230,8 @@ def check_policy(
     else:
         for path, pol in valid.items():
             typer.echo(f"ok     {path}: service {pol.service}, SLO {pol.slo.compliance_target:g} within "
-                       f"{pol.slo.latency_ms:g} ms, reserved {pol.reserved.count}, spot up to {pol.spot.max_share:.0%} of the "
+                       f"{pol.slo.latency_ms:g} ms, reserved {pol.reserved.count}, spot up to "
+                       f"{pol.spot.max_share:.0%} of the "
                        f"{'expected load' if pol.spot.share_of == 'expected' and pol.spot.max_share else 'fleet'}, "
                        f"plan {pol.planning.quantile} +{pol.planning.headroom:.0%}, {len(pol.events)} events"
                        + (f", calendar on {pol.signals.timezone}" if pol.signals.timezone else ""))

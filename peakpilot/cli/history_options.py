@@ -127,3 +127,11 @@ Days = Annotated[Optional[float], typer.Option("--days", help="Days of history t
                                                               "or the policy's signals.history_days).")]
 End = Annotated[Optional[str], typer.Option("--end", help=END_HELP)]
 Timezone = Annotated[Optional[str], typer.Option("--timezone", help=TIMEZONE_HELP)]
+# replay and recommend-reserved: their defaults are the policy's own
+PolicyHeaders = Annotated[list[str], typer.Option("--prometheus-header", help=HEADER_HELP + " Default: the policy's "
+                                                                                     "signals.prometheus_auth.")]
+PolicyQuery = Annotated[Optional[str], typer.Option("--query", help="PromQL for the request rate per second; default: "
+                                                                    "the policy's signals.query, else the inference "
+                                                                    "nodes' request rate.")]
+PolicyStep = Annotated[Optional[str], typer.Option("--step", help="Step to query Prometheus at (default: the policy's "
+                                                                  "signals.step, 1m).")]

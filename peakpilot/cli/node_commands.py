@@ -50,7 +50,8 @@ def serve(
     dtype: str = typer.Option("auto", "--dtype", help="float32, float16 or bfloat16; auto: float32 on a CPU, on a "
                                                        "GPU the model's own (bfloat16 as float16 where the GPU has "
                                                        "none)."),
-    no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip warm-up and the memory probe (for measuring a cold start)."),
+    no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip warm-up and the memory probe (for measuring "
+                                                               "a cold start)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch CPU threads (default: all cores)."),
     slo_ms: Optional[float] = typer.Option(None, "--slo-ms", help="Answer 429 at once when a request that must "
                                                                   "wait for a row would be late for this latency "
