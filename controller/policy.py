@@ -258,13 +258,25 @@ class GoogleAuth(Strict):
 
 
 class AzureAuth(Strict):
-    """Azure Monitor's managed Prometheus from an AKS pod with workload identity: Entra ID tokens for the
-    identity AKS's webhook puts in the pod's environment, its projected token as the proof (no secret)."""
+    """Azure Monitor's managed Prometheus read with Entra ID tokens for the controller's own identity, no secret:
+    an AKS pod's workload identity (the client, tenant and projected token AKS's webhook puts in its
+    environment), or the managed identity of the VM or node it runs on (from IMDS)."""
+    identity: Literal["auto", "workload", "managed"] = Field(
+        "auto", description="auto: workload identity where the pod has AZURE_FEDERATED_TOKEN_FILE, else the "
+                            "machine's managed identity; workload or managed: that one only")
     client_id: str | None = Field(None, min_length=1, description="the managed identity's or app's client id; "
-                                                                  "null: the pod's AZURE_CLIENT_ID")
-    tenant_id: str | None = Field(None, min_length=1, description="null: the pod's AZURE_TENANT_ID")
+                                                                  "null: the pod's AZURE_CLIENT_ID (managed: the "
+                                                                  "machine's only identity)")
+    tenant_id: str | None = Field(None, min_length=1, description="workload identity's tenant; null: the pod's "
+                                                                  "AZURE_TENANT_ID")
     scope: str = Field("https://prometheus.monitor.azure.com/.default", min_length=1,
                        description="the scope the token is for: Azure Monitor's managed Prometheus")
+
+    @model_validator(mode="after")
+    def _tenant_for_workload_only(self) -> AzureAuth:
+        if self.identity == "managed" and self.tenant_id is not None:
+            raise ValueError("tenant_id is workload identity's; a managed identity's tenant is its machine's")
+        return self
 
 
 class PrometheusAuthSpec(Strict):

@@ -37,7 +37,7 @@ def prometheus_auth(policy: Policy):
                           tls.cert_file if tls else None, tls.key_file if tls else None, client, signing,
                           None if spec.google is None else GoogleSettings(spec.google.credentials_file),
                           None if spec.azure is None else AzureSettings(spec.azure.client_id, spec.azure.tenant_id,
-                                                                        spec.azure.scope))
+                                                                        spec.azure.scope, spec.azure.identity))
 
 
 class ServiceParts:

@@ -56,11 +56,11 @@ class ClientCredentials:
     def token(self, where: str) -> str:
         """An access token for the next query: the one held while it has more than a little life left, else
         a new one. A token endpoint that cannot be reached or refuses is a HistoryError naming it."""
-        return _tokens.get(self, where)
+        return held_tokens.get(self, lambda: _request(self, where, _styles), self.clock)
 
     def forget(self) -> None:
         """Drop the token held (the server refused it: revoked, or its signing keys rotated)."""
-        _tokens.forget(self)
+        held_tokens.forget(self)
 
 
 @dataclass
@@ -69,31 +69,34 @@ class _Held:
     renew_at: float | None  # clock time to ask for the next one (None: the server gave no lifetime)
 
 
-class _TokenCache:
-    """The tokens held, by settings; one request at a time for each."""
+class TokenCache:
+    """The tokens held, by the settings that ask for them (any hashable: an OAuth2 client, an Azure managed
+    identity); one request at a time for each."""
 
     def __init__(self):
-        self._held: dict[ClientCredentials, _Held] = {}
-        self._style: dict[tuple[str, str], str] = {}  # (token_url, client_id) -> how the server takes the secret
+        self._held: dict[object, _Held] = {}
         self._lock = threading.Lock()
 
-    def get(self, creds: ClientCredentials, where: str) -> str:
+    def get(self, key, ask: Callable[[], tuple[str, float | None]], clock: Callable[[], float]) -> str:
+        """The token held for ``key`` while it has more than a little life left, else ``ask()``'s (a token
+        and its lifetime in seconds, None where not said), held from then on."""
         with self._lock:
-            held = self._held.get(creds)
-            if held is not None and (held.renew_at is None or creds.clock() < held.renew_at):
+            held = self._held.get(key)
+            if held is not None and (held.renew_at is None or clock() < held.renew_at):
                 return held.token
-            asked_at = creds.clock()
-            token, lifetime = _request(creds, where, self._style)
+            asked_at = clock()
+            token, lifetime = ask()
             renew_at = None if lifetime is None else asked_at + lifetime - min(EARLY_S, lifetime / 10)
-            self._held[creds] = _Held(token, renew_at)
+            self._held[key] = _Held(token, renew_at)
             return token
 
-    def forget(self, creds: ClientCredentials) -> None:
+    def forget(self, key) -> None:
         with self._lock:
-            self._held.pop(creds, None)
+            self._held.pop(key, None)
 
 
-_tokens = _TokenCache()
+held_tokens = TokenCache()
+_styles: dict[tuple[str, str], str] = {}  # (token_url, client_id) -> how the server takes the secret (held's lock)
 
 
 def _request(creds: ClientCredentials, where: str, styles: dict) -> tuple[str, float | None]:

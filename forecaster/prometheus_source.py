@@ -29,7 +29,7 @@ token is rotated while the daemon runs), basic auth with its password in a file 
 managed Prometheus, a gateway behind an identity provider), AWS's SigV4 signature on every request
 (forecaster/sigv4.py: Amazon Managed Service for Prometheus), Google's access tokens
 (forecaster/google_auth.py: Google Cloud Managed Service for Prometheus), or Entra ID's for an AKS pod's
-workload identity (forecaster/azure_auth.py: Azure Monitor's); over TLS, the CA that signed its
+workload identity or a machine's managed identity (forecaster/azure_auth.py: Azure Monitor's); over TLS, the CA that signed its
 certificate and a client certificate where it asks for one (mTLS). Secrets come from files, as Prometheus's
 own configuration takes them, so that none is written in a policy ConfigMap.
 """
@@ -84,7 +84,7 @@ class PrometheusAuth:
     oauth2: ClientCredentials | None = None
     sigv4: SigV4Settings | None = None  # Amazon Managed Prometheus: every request signed (forecaster/sigv4.py)
     google: GoogleSettings | None = None  # Google's managed Prometheus: its OAuth2 tokens (forecaster/google_auth.py)
-    azure: AzureSettings | None = None  # Azure's, from AKS workload identity (forecaster/azure_auth.py)
+    azure: AzureSettings | None = None  # Azure's: workload or managed identity (forecaster/azure_auth.py)
 
     def __post_init__(self):
         if (self.cert_file is None) != (self.key_file is None):

@@ -475,9 +475,120 @@ def test_in_aks_workload_identity_needs_nothing_but_azure_in_the_policy(behind_g
         monkeypatch.delenv("AZURE_FEDERATED_TOKEN_FILE")
         with pytest.raises(HistoryError, match="Azure workload identity: no AZURE_FEDERATED_TOKEN_FILE in the "
                                                "environment .*azure.workload.identity/use"):
-            PrometheusSource(gateway.url, auth=PrometheusAuth(azure=AzureSettings())).load(*hour)
+            PrometheusSource(gateway.url, auth=PrometheusAuth(azure=AzureSettings(identity="workload"))).load(*hour)
     finally:
         issuer.close()
+
+
+class AzureImds(LocalServer):
+    """Azure's Instance Metadata Service as a VM (or an AKS node) serves its managed identities' tokens: only
+    to requests with ``Metadata: true`` and an ``api-version``; for the one identity the machine has, or the
+    user-assigned one a ``client_id`` names among ``identities``, refusing as IMDS does where none is named
+    and several are assigned. The first ``busy`` requests are answered 429, as a throttled IMDS answers.
+    Each token it issues is the one ``gateway`` lets through from then on; each request is recorded."""
+
+    def __init__(self, gateway: Gateway, identities: tuple[str, ...] = ("id-a",), busy: int = 0):
+        self.gateway, self.identities, self.busy = gateway, identities, busy
+        self.asked: list[dict] = []
+        imds = self
+
+        class Handler(QuietHandler):
+            def do_GET(self):
+                from urllib.parse import parse_qsl, urlsplit
+
+                parts = urlsplit(self.path)
+                query = dict(parse_qsl(parts.query))
+                imds.asked.append(dict(query, metadata=self.headers.get("Metadata")))
+                if parts.path != "/metadata/identity/oauth2/token":
+                    return self._json(404, {"error": "not_found"})
+                if self.headers.get("Metadata") != "true":
+                    return self._json(400, {"error": "invalid_request",
+                                            "error_description": "Required metadata header not specified"})
+                if "api-version" not in query or "resource" not in query:
+                    return self._json(400, {"error": "invalid_request", "error_description": "Required query "
+                                            "parameter 'api-version' or 'resource' was not specified"})
+                if imds.busy:
+                    imds.busy -= 1
+                    return self._json(429, {"error": "too_many_requests", "error_description": "throttled"})
+                named = query.get("client_id")
+                if named is None and len(imds.identities) > 1:
+                    return self._json(400, {"error": "invalid_request", "error_description": "Multiple user "
+                                            "assigned identities exist, please specify the clientId / resourceId "
+                                            "of the identity in the token request"})
+                if (named or imds.identities[0]) not in imds.identities:
+                    return self._json(400, {"error": "invalid_request", "error_description": "Identity not found"})
+                imds.gateway.token = f"eyJ0.{named or imds.identities[0]}.{len(imds.asked)}"
+                self._json(200, {"access_token": imds.gateway.token, "refresh_token": "", "expires_in": "86399",
+                                 "expires_on": "1900000000", "not_before": "1800000000",
+                                 "resource": query["resource"], "token_type": "Bearer"})
+
+            def _json(self, status: int, doc: dict):
+                self.answer(status, json.dumps(doc).encode(), "application/json")
+
+        super().__init__(Handler)
+
+
+def test_on_an_azure_vm_the_tokens_come_from_its_managed_identity(behind_gateway, tmp_path, monkeypatch):
+    """``azure: {}`` where there is no workload identity (a VM, a scale set, an AKS node's own identity): the
+    token is the machine's managed identity's, from IMDS (here at the address azure-identity's
+    AZURE_POD_IDENTITY_AUTHORITY_HOST moves it to), asked directly even behind an egress proxy, held while
+    it lives, asked again where Prometheus refuses it, and asked again after a throttled answer. A machine
+    with several identities is told to name one, and the one named is asked for."""
+    from forecaster.azure_auth import AzureSettings
+
+    gateway, counts, start = behind_gateway
+    imds, proxy = AzureImds(gateway), ForwardProxy()
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url + "/")
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, proxy.url)
+    path = tmp_path / "policy.yaml"
+    path.write_text(live_policy_text(prometheus=gateway.url, prometheus_auth={
+        "headers": {"X-Scope-OrgID": "team-a"}, "azure": {}}))
+    signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(path))
+    now = np.datetime64((start + pd.Timedelta(hours=HOURS)).tz_localize(None), "m")
+    hour = (start, start + pd.Timedelta(hours=1))
+    tenant = {"X-Scope-OrgID": "team-a"}
+    try:
+        assert signals.history(now).counts.notna().sum() == len(counts)
+        assert imds.asked == [{"api-version": "2018-02-01", "resource": "https://prometheus.monitor.azure.com",
+                               "metadata": "true"}]
+        source = PrometheusSource(gateway.url, auth=PrometheusAuth(tenant, azure=AzureSettings()))
+        assert len(source.load(*hour)) == 60 and len(imds.asked) == 1  # (the token held is used)
+        assert gateway.seen[-1]["Authorization"] == "Bearer eyJ0.id-a.1"
+        assert not any(url.startswith(imds.url) for _, url in proxy.seen)  # (the gateway's queries went through it)
+        assert ("GET", f"{gateway.url}/api/v1/query_range") in proxy.seen
+
+        gateway.token, imds.busy = "revoked-elsewhere", 1
+        with pytest.raises(HistoryError, match=f"401.*an Azure token from {imds.url}/metadata/identity/oauth2/token, "
+                                               f"which the next query asks for again"):
+            source.load(*hour)
+        assert len(source.load(*hour)) == 60 and len(imds.asked) == 3  # a 429, then the token
+        assert gateway.seen[-1]["Authorization"] == "Bearer eyJ0.id-a.3"
+
+        imds.identities = ("id-a", "id-b")
+        other_scope = AzureSettings(scope="api://x/.default")
+        source = PrometheusSource(gateway.url, auth=PrometheusAuth(tenant, azure=other_scope))
+        with pytest.raises(HistoryError, match="Azure managed identity's token endpoint .IMDS. at .* gave no token for "
+                                               "api://x: HTTP 400 invalid_request: Multiple user assigned identities "
+                                               ".*signals.prometheus_auth.azure.client_id.*AZURE_FEDERATED_TOKEN_FILE"):
+            source.load(*hour)
+        named = AzureSettings(client_id="id-b", identity="managed")
+        assert len(PrometheusSource(gateway.url, auth=PrometheusAuth(tenant, azure=named)).load(*hour)) == 60
+        assert imds.asked[-1]["client_id"] == "id-b"
+        assert gateway.seen[-1]["Authorization"].startswith("Bearer eyJ0.id-b")
+        with pytest.raises(HistoryError, match="managed identity id-c's .* HTTP 400 invalid_request: Identity not "
+                                               "found$"):
+            unknown = AzureSettings(client_id="id-c", identity="managed")  # (no word of workload identity)
+            PrometheusSource(gateway.url, auth=PrometheusAuth(tenant, azure=unknown)).load(*hour)
+    finally:
+        imds.close()
+        proxy.close()
+    monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(HistoryError, match="managed identity's token endpoint .IMDS. could not be reached at "
+                                           "http://127.0.0.1:.*: not an Azure VM or node"):
+        PrometheusSource(gateway.url, auth=PrometheusAuth(tenant, azure=AzureSettings())).load(*hour)
 
 
 def test_the_daemon_reads_its_load_with_the_policys_oauth2_client(behind_gateway, tmp_path):
@@ -1206,6 +1317,9 @@ def test_a_policys_prometheus_is_read_before_the_daemon_starts(behind_gateway, t
      "signals.prometheus_auth.oauth2.client_secret: unknown"),
     ({"google": {}, "azure": {}}, "give one of .*, not google and azure"),
     ({"azure": {"client_secret_file": "/s"}}, "signals.prometheus_auth.azure.client_secret_file: unknown"),
+    ({"azure": {"identity": "managed", "tenant_id": "t1"}},
+     "signals.prometheus_auth.azure: tenant_id is workload identity's; a managed identity's tenant is its machine's"),
+    ({"azure": {"identity": "pod"}}, "signals.prometheus_auth.azure.identity: .*'auto', 'workload' or 'managed'"),
     ({"sigv4": {"region": "us-east-2"}, "google": {}},
      "give one of bearer_token_file, basic_auth, oauth2, sigv4, google or azure, not sigv4 and google"),
     ({"google": {"credentials_file": "/k.json", "scopes": ["x"]}}, "signals.prometheus_auth.google.scopes: unknown"),
