@@ -78,6 +78,7 @@ KNOWN_FIELDS = frozenset(UNSUPPORTED) | {
     "ignore_eos", "top_k", "min_p", "repetition_penalty", "stop_token_ids", "logprobs", "top_logprobs", "echo",
     "user", "metadata", "store", "service_tier", "parallel_tool_calls", "tool_choice", "function_call",
     "prediction", "spaces_between_special_tokens", "add_generation_prompt", "chat_template_kwargs",
+    "add_special_tokens",
 }
 _ignored_logged: set[str] = set()
 
@@ -89,6 +90,16 @@ def _log_ignored(data: dict) -> None:
         _ignored_logged.update(new)
         log.warning("request field%s %s ignored: not among the fields of OpenAI's API or vLLM's extensions this "
                     "node knows (said once per field)", "s" if len(new) > 1 else "", ", ".join(map(repr, new)))
+
+
+def special_tokens_asked(data: dict) -> bool | None | JSONResponse:
+    """vLLM's ``add_special_tokens``: the tokenizer's special tokens added to a text prompt (true) or not
+    (false); left out, this node's own reading (added, but never a second beginning-of-text token before a
+    templated prompt that starts with one). A 400 where it is no boolean."""
+    special = data.get("add_special_tokens")
+    if special is not None and not isinstance(special, bool):
+        return error(400, "'add_special_tokens' must be true or false", "invalid_request_error", "add_special_tokens")
+    return special
 
 
 def is_integer(value) -> bool:
@@ -144,7 +155,10 @@ def _generation(data: dict, prompts: list[str | list[int]], config: NodeConfig, 
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(x, str) and x for x in stop):
         return error(400, "'stop' must be a string or a list of at most 4 non-empty strings", "invalid_request_error",
                      "stop")
-    ids = [list(p) if isinstance(p, list) else tokenizer.encode(p) for p in prompts]  # text, or token ids
+    special = special_tokens_asked(data)
+    if isinstance(special, JSONResponse):
+        return special
+    ids = [list(p) if isinstance(p, list) else tokenizer.encode(p, special) for p in prompts]  # text, or token ids
     longest = max(len(p) for p in ids)
     if longest > config.max_prompt_tokens:
         return error(400, f"'{prompt_field}' is longer than {config.max_prompt_tokens} tokens (this node's "

@@ -42,7 +42,7 @@ from inference_node.config import BATCHING, SLO_ON, NodeConfig
 from inference_node.engine import EngineGone, EngineSpec, make_engine
 from inference_node.metrics import NodeMetrics
 from inference_node.protocol import (Generation, chat_text, error, error_body, is_integer, json_object, parse_chat,
-                                     parse_completion, unknown_token, unserved_model)
+                                     parse_completion, special_tokens_asked, unknown_token, unserved_model)
 
 log = logging.getLogger("peakpilot.node")
 
@@ -364,7 +364,8 @@ def create_app(config: NodeConfig) -> FastAPI:
     @app.post("/tokenize")
     async def tokenize(request: Request):
         """vLLM's /tokenize: a completion's ``prompt`` or a chat request's ``messages`` as this node reads them
-        (special tokens and chat template included), so a client can count them against ``max_model_len``."""
+        (special tokens and chat template included, or as ``add_special_tokens`` says), so a client can count
+        them against ``max_model_len``; with ``return_token_strs``, each token as the vocabulary writes it."""
         data = await tokenizer_request(request)
         if isinstance(data, JSONResponse):
             return data
@@ -378,8 +379,16 @@ def create_app(config: NodeConfig) -> FastAPI:
                          "prompt")
         if isinstance(text, JSONResponse):
             return text
-        tokens = tokenizer.encode(text)
-        return {"count": len(tokens), "max_model_len": node.context, "tokens": tokens, "token_strs": None}
+        special = special_tokens_asked(data)
+        if isinstance(special, JSONResponse):
+            return special
+        strs = data.get("return_token_strs")
+        if strs is not None and not isinstance(strs, bool):
+            return error(400, "'return_token_strs' must be true or false", "invalid_request_error",
+                         "return_token_strs")
+        tokens = tokenizer.encode(text, special)
+        return {"count": len(tokens), "max_model_len": node.context, "tokens": tokens,
+                "token_strs": [tokenizer.token_str(t) for t in tokens] if strs else None}
 
     @app.post("/detokenize")
     async def detokenize(request: Request):

@@ -14,8 +14,15 @@ class ByteTokenizer:
     vocab_size = 257
     eos = 256
 
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+    def encode(self, text: str, special: bool | None = None) -> list[int]:
+        return list(text.encode("utf-8"))  # (no special tokens to add)
+
+    def token_str(self, token: int) -> str:
+        """The token as its vocabulary writes it: a printable ASCII byte as itself, another as ``<0xXX>``
+        (as a SentencePiece vocabulary's byte tokens are written), the end of text as ``<|endoftext|>``."""
+        if token >= 256:
+            return "<|endoftext|>"
+        return chr(token) if 0x20 <= token < 0x7F else f"<0x{token:02X}>"
 
     def decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
@@ -66,9 +73,19 @@ class HFTokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size()
 
-    def encode(self, text: str) -> list[int]:
-        bos = self.special_tokens.get("bos_token")
-        return self.backend.encode(text, add_special_tokens=not (bos and text.startswith(bos))).ids
+    def encode(self, text: str, special: bool | None = None) -> list[int]:
+        """The text's token ids; ``special``: the post-processor's special tokens added (True), or not
+        (False), or (None) added unless the text already starts with the beginning-of-text token (a
+        templated prompt), so that it is never there twice."""
+        if special is None:
+            bos = self.special_tokens.get("bos_token")
+            special = not (bos and text.startswith(bos))
+        return self.backend.encode(text, add_special_tokens=special).ids
+
+    def token_str(self, token: int) -> str:
+        """The token as its vocabulary writes it (transformers' ``convert_ids_to_tokens``: ``Ġ`` for a
+        byte-level BPE's space)."""
+        return self.backend.id_to_token(token)
 
     def decode(self, ids: list[int]) -> str:
         return self.backend.decode(ids, skip_special_tokens=True)

@@ -184,7 +184,13 @@ def test_tokenize_and_detokenize_count_as_the_node_reads_a_request(node):
     unopened = post("/tokenize", {"messages": messages, "add_generation_prompt": False}).json()
     assert unopened["count"] == len("user: Hi\n")
     assert post("/detokenize", {"tokens": chat["tokens"]}).json() == {"prompt": "user: Hi\nassistant:"}
+    named = post("/tokenize", {"prompt": "Hi\n\u00e9", "return_token_strs": True, "add_special_tokens": False}).json()
+    assert named["tokens"] == list("Hi\n\u00e9".encode()) and named["token_strs"] == ["H", "i", "<0x0A>", "<0xC3>",
+                                                                                      "<0xA9>"]
     for path, body, message in [
+        ("/tokenize", {"prompt": "a", "return_token_strs": "yes"}, "'return_token_strs' must be true or false"),
+        ("/tokenize", {"prompt": "a", "add_special_tokens": 1}, "'add_special_tokens' must be true or false"),
+        ("/v1/completions", {"prompt": "a", "add_special_tokens": "no"}, "'add_special_tokens' must be true or false"),
         ("/tokenize", {}, "give 'prompt' (a string) or 'messages' (a list of messages)"),
         ("/tokenize", {"messages": [{"role": "robot", "content": "x"}]}, "messages[0] must be an object whose 'role'"),
         ("/detokenize", {"tokens": [72, 300]}, "'tokens' holds 300, which is not a token id of this model's "

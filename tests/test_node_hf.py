@@ -83,6 +83,16 @@ def test_a_node_serves_a_hugging_face_model_with_its_chat_template(hf_dir, node_
     assert counted["count"] == chat.usage.prompt_tokens and counted["max_model_len"] == 128
     assert httpx.post(f"{node.url}/detokenize", json={"tokens": counted["tokens"]}).json()["prompt"] == \
         tok.decode(counted["tokens"], skip_special_tokens=True)
+    # vLLM's add_special_tokens, as transformers' encode takes it, and each token as the vocabulary writes it
+    for special in (True, False):
+        asked = {"prompt": "Hello there", "add_special_tokens": special, "return_token_strs": True}
+        got = httpx.post(f"{node.url}/tokenize", json=asked).json()
+        assert got["tokens"] == tok.encode("Hello there", add_special_tokens=special)
+        assert got["token_strs"] == tok.convert_ids_to_tokens(got["tokens"]) and "\u0120the" in got["token_strs"]
+        answered = client.completions.create(model="x", prompt="Hello there", max_tokens=1,
+                                             extra_body={"add_special_tokens": special})
+        assert answered.usage.prompt_tokens == got["count"]
+    assert got["tokens"][0] != tok.bos_token_id  # (left out only when asked)
     same = client.completions.create(model="x", prompt=rendered, max_tokens=8, temperature=0)
     assert chat.choices[0].message.content == same.choices[0].text
     assert chat.usage.completion_tokens == same.usage.completion_tokens
