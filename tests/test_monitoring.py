@@ -59,8 +59,10 @@ def test_every_alert_says_what_is_wrong_and_how_urgent():
         assert rule["annotations"]["summary"] and len(rule["annotations"]["description"]) > 80, rule["alert"]
 
 
-def exported_metric_names(tmp_path) -> set[str]:
-    """What a daemon (after a cycle) and an inference node put on /metrics."""
+def exported_metric_names(tmp_path, families: bool = False) -> set[str]:
+    """What a daemon (after a cycle) and an inference node put on /metrics: the series' names, or with
+    ``families`` the metrics' own (a counter's without ``_total``, a histogram's without ``_bucket``), those
+    with no series yet included."""
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -76,7 +78,7 @@ def exported_metric_names(tmp_path) -> set[str]:
     names = set()
     for registry in (metrics.registry, NodeMetrics().registry):
         for family in text_string_to_metric_families(generate_latest(registry).decode()):
-            names |= {s.name for s in family.samples}
+            names |= {family.name} if families else {s.name for s in family.samples}
     return names
 
 
@@ -84,6 +86,18 @@ def test_every_metric_the_rules_read_is_one_peakpilot_exports(tmp_path):
     read = set(re.findall(r"\bpeakpilot_[a-z_]+", " ".join(rule["expr"] for rule in alerts())))
     exported = exported_metric_names(tmp_path)
     assert read and read <= exported, f"the rules read metrics nobody exports: {sorted(read - exported)}"
+
+
+def test_every_metric_and_alert_the_docs_name_is_there(tmp_path):
+    """What the README and the guides tell an operator to look at exists: each metric is exported (by a
+    series' name or the metric's own), each alert is a rule."""
+    text = " ".join(p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+    named = set(re.findall(r"\bpeakpilot_[a-z_]+[a-z]", text))
+    exported = exported_metric_names(tmp_path) | exported_metric_names(tmp_path, families=True)
+    missing = sorted(n for n in named if n not in exported)
+    assert len(named) > 10 and not missing, f"the docs name metrics nobody exports: {missing}"
+    alerts_named = set(re.findall(r"\bPeakpilot[A-Z][A-Za-z]+", text))
+    assert alerts_named and alerts_named <= {rule["alert"] for rule in alerts()}, alerts_named
 
 
 # -- promtool unit tests: input series, and the alerts expected firing at a time ------------------
