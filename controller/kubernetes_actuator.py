@@ -155,7 +155,7 @@ class KubernetesActuator:
         self._starting = {uid: measure for uid, measure in self._starting.items() if uid in seen}
         self._looked = True
         if not self.shadow:
-            view.conflicts = self._other_autoscalers()
+            view.conflicts = self.other_autoscalers()
         return view
 
     def _started(self, cls: str, pod, state: str) -> Start | None:
@@ -175,7 +175,7 @@ class KubernetesActuator:
         """A reloaded policy naming the same Deployments: its billing blocks."""
         self.billing_min = {c: getattr(policy.classes, c).billing_min for c in CLASSES}
 
-    def _other_autoscalers(self) -> list[str]:
+    def other_autoscalers(self) -> list[str]:
         """HorizontalPodAutoscalers whose target is one of ours. Listing them is a check, not the cycle's
         work: a refusal (a Role without ``list`` on them) is said once and the view goes on without."""
         from kubernetes.client.exceptions import ApiException

@@ -2,7 +2,8 @@
 ``controller/rbac.py`` is asked of the API server as a SelfSubjectAccessReview (which every authenticated
 account may create), and what is refused is said at once, in one line with the fix, instead of as a 403
 at the first scale-up, which may come hours later. A check, not a gate: RBAC applied a moment later
-works from the next cycle on.
+works from the next cycle on. Before a deploy (``check-policy --connect``), the Deployments the policies
+name are looked up too, and what their pods show that the controller would have to work around.
 """
 
 from __future__ import annotations
@@ -48,3 +49,26 @@ def missing_workloads(api, policy) -> list[str]:
                 raise
             missing.append(f"{key}: no Deployment {name} in {k.namespace}")
     return missing
+
+
+def pool_health(api, policy) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """The nodes of a policy's pools by class and state, and what needs a look before the controller takes
+    them over: pods that will not turn ready by themselves, pods the Deployments cannot create, spot not to
+    be had, another autoscaler on them. Read as the controller's shadow view reads them: nothing changes."""
+    from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget
+    from controller.planner import lead_time_min
+    from controller.state import Memory
+
+    k = policy.kubernetes
+    actuator = KubernetesActuator(api, KubernetesTarget(k.namespace, dict(k.workloads), k.placeholder), shadow=True)
+    view = actuator.view()
+    view.judge_spot(lead_time_min(policy, Memory(), "spot"))
+    nodes = {cls: {state: n for state, n in view.counts[cls].items() if n} for cls in k.workloads}
+    notes = [f"pod {failed}: it will not turn ready by itself (its image, its model or its node: kubectl -n "
+             f"{k.namespace} describe pod {failed.split(':')[0]})" for failed in view.failures]
+    notes += view.uncreated
+    if not view.spot_available:
+        notes.append(f"spot cannot be had now ({view.spot_unavailable_why}): on-demand will cover it")
+    notes += [f"{other}: delete it before peakpilot acts (each would undo the other's replicas), or run "
+              f"peakpilot with --shadow beside it" for other in actuator.other_autoscalers()]
+    return nodes, notes

@@ -836,7 +836,9 @@ def test_a_start_on_a_cluster_says_which_permissions_the_account_lacks_and_how_t
 def test_check_policy_connect_asks_the_cluster_before_a_deploy(tmp_path, policy_file):
     """``check-policy --connect --backend kubernetes``, from where the controller will run: the permissions
     its policies need asked of the API server, and the Deployments they name looked up; what is refused or
-    missing named on a line each, with the command that grants the permissions, exit 1."""
+    missing named on a line each, with the command that grants the permissions, exit 1. Where all is there,
+    the pools as they are, and what the controller would have to work around said as warnings: a pod that
+    will not turn ready, spot that cannot be had, pods not created, an HPA left on a pool."""
     import yaml as _yaml
 
     role = next(d for d in _yaml.safe_load_all((ROOT / "deploy" / "controller-rbac.yaml").read_text())
@@ -854,7 +856,29 @@ def test_check_policy_connect_asks_the_cluster_before_a_deploy(tmp_path, policy_
         assert f"cluster {kube.url}: the account may do the " in ok.stdout and "every Deployment" in ok.stdout
         asked = len(kube.calls("POST", "/selfsubjectaccessreviews"))
         assert asked >= 10 and f"may do the {asked} things" in ok.stdout
-        assert not kube.calls("PATCH")  # it reads; it changes nothing
+        policy = folder / "chat.yaml"
+        assert f"pools  {policy}: reserved 1 pending; spot 1 pending; on_demand 1 pending" in ok.stdout
+        assert "warn" not in ok.stderr
+
+        kube.add_pod("llm-reserved-a", {"app": "llm-reserved"}, "ready")
+        kube.add_pod("llm-spot-a", {"app": "llm-spot"}, "warming", waiting="CrashLoopBackOff", restarts=6)
+        kube.add_pod("llm-spot-b", {"app": "llm-spot"}, "pending")  # unscheduled since 2024: no spot capacity
+        kube.refuse_pods("llm-on-demand", 'pods "llm-on-demand-x" is forbidden: exceeded quota: gpus',
+                         "2024-05-01T12:00:00Z")
+        kube.add_hpa("llm-cpu", "llm-on-demand")
+        out = subprocess.run([*cli, "--kubeconfig", str(kubeconfig), "--json", str(folder)], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr  # (warnings: the policy and the access are right)
+        pools = json.loads(out.stdout)["cluster"]["pools"][str(policy)]
+        assert pools["nodes"] == {"reserved": {"ready": 1}, "spot": {"pending": 1, "failed": 1},
+                                  "on_demand": {"pending": 1}}
+        failed, uncreated, spot, hpa = pools["warnings"]
+        assert failed.startswith("pod llm-spot-a: CrashLoopBackOff (restarts: 6): it will not turn ready by itself")
+        assert uncreated == ("llm-on-demand: 1 pod(s) not created (FailedCreate: pods \"llm-on-demand-x\" is "
+                             "forbidden: exceeded quota: gpus)")
+        assert spot.startswith("spot cannot be had now (spot pod llm-spot-b unscheduled for ")
+        assert hpa.startswith("HorizontalPodAutoscaler llm-cpu scales Deployment llm-on-demand too: delete it")
+        assert not kube.calls("PATCH")  # it reads; it changes nothing (not even a failed pod's deletion cost)
         kube.role = {**role, "rules": [r for r in role["rules"] if r["resources"] != ["events"]]}
         del kube.deployments["llm-spot"]
         out = subprocess.run([*cli, "--kubeconfig", str(kubeconfig), "--json", str(folder)], capture_output=True,

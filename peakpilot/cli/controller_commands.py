@@ -249,6 +249,12 @@ def check_policy(
         if cluster is not None and not cluster["missing"]:
             typer.echo(f"cluster {cluster['server']}: the account may do the {cluster['permissions']} things the "
                        f"policies need, and every Deployment they name is there")
+        for path, pools in (cluster or {}).get("pools", {}).items():
+            typer.echo(f"pools  {path}: " + "; ".join(
+                f"{cls} " + (", ".join(f"{n} {state}" for state, n in states.items()) or "no nodes")
+                for cls, states in pools["nodes"].items()))
+            for warning in pools["warnings"]:
+                typer.echo(f"warn   {path}: {warning}", err=True)
         for missing in (cluster or {}).get("missing", []):
             typer.echo(f"error  cluster: {missing}", err=True)
         for message in messages:
@@ -261,9 +267,11 @@ def check_policy(
 
 def check_cluster(policies: dict, kubeconfig: str | None, lease_name: str, given: list[Path]) -> dict:
     """--connect --backend kubernetes: what the API server says the account may not do for these policies
-    (with the command that grants it), and the Deployments they name that it does not have."""
+    (with the command that grants it), and the Deployments they name that it does not have; where the
+    account may do it all, each policy's pools as they are now (``pools``: nodes by class and state, and
+    what needs a look)."""
     from controller.kube_client import KubeConfigError, api_client
-    from controller.preflight import missing_permissions, missing_workloads
+    from controller.preflight import missing_permissions, missing_workloads, pool_health
     from controller.rbac import needed, rbac_command
 
     try:
@@ -271,15 +279,21 @@ def check_cluster(policies: dict, kubeconfig: str | None, lease_name: str, given
     except KubeConfigError as exc:
         return {"server": None, "permissions": 0, "missing": [str(exc)]}
     wanted = needed(list(policies.values()), lease_name)
+    pools = {}
     try:
         refused = missing_permissions(api, wanted)
-        missing = [f"{path}: {m}" for path, pol in policies.items() for m in missing_workloads(api, pol)]
+        absent = {path: missing_workloads(api, pol) for path, pol in policies.items()}
+        for path, pol in policies.items():
+            if not refused and not absent[path]:
+                nodes, warnings = pool_health(api, pol)
+                pools[str(path)] = {"nodes": nodes, "warnings": warnings}
     except Exception as exc:  # unreachable, or a refusal of the review itself: one line, as the daemon says it
         return {"server": api.configuration.host, "permissions": len(wanted), "missing": [str(exc)]}
+    missing = [f"{path}: {m}" for path, ms in absent.items() for m in ms]
     if refused:
         missing.insert(0, f"the account may not {'; '.join(refused)}: {rbac_command(lease_name, given)} | "
                           f"kubectl apply -f -")
-    return {"server": api.configuration.host, "permissions": len(wanted), "missing": missing}
+    return {"server": api.configuration.host, "permissions": len(wanted), "missing": missing, "pools": pools}
 
 
 def read_signals(policies: dict) -> dict:
