@@ -182,8 +182,10 @@ def check_policy(
     connect: bool = typer.Option(False, "--connect", help="Also read each valid policy's Prometheus as the daemon "
                                  "will (its query, step, credentials, TLS): the history its first training gets "
                                  "and the last minutes' load; with --backend kubernetes, also ask the API server "
-                                 "whether the account may do what the policies need and has their Deployments; "
-                                 "exit 1 where something cannot be read or is missing."),
+                                 "whether the account may do what the policies need and has their Deployments, "
+                                 "and show their pools (warning of pods that will not turn ready, spot not to be "
+                                 "had, an HPA left on a pool); exit 1 where something cannot be read or is "
+                                 "missing."),
     kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="With --connect --backend kubernetes: this "
                                              "kubeconfig (default: the pod's ServiceAccount, else KUBECONFIG or "
                                              "~/.kube/config)."),
