@@ -375,7 +375,8 @@ def test_the_dashboard_beside_the_controller_shows_its_store_and_nothing_else_re
     assert params["host"] == "127.0.0.1"
     template = next(d for _, d in documents() if d["kind"] == "Deployment"
                     and d["metadata"]["name"] == "peakpilot-controller")["spec"]["template"]
-    # `kubectl logs deploy/peakpilot-controller` (README) reads the controller's log, not the dashboard's
+    # `kubectl logs deploy/peakpilot-controller` (docs/running-on-a-cluster.md) reads the controller's log, not
+    # the dashboard's
     assert template["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "controller"
     assert not any(key in dashboard for key in ("readinessProbe", "livenessProbe", "startupProbe", "ports"))
     services = [d for _, d in documents() if d["kind"] == "Service"]
