@@ -440,6 +440,17 @@ def test_an_oauth2_token_endpoint_of_a_private_ca_that_asks_for_a_client_certifi
     assert gateway.seen[-1]["Authorization"] == "Bearer issued-1"
 
 
+def azure_policy_signals(prometheus: str, start: pd.Timestamp, tmp_path: Path):
+    """The signals of a live policy whose Prometheus (tenant team-a) is read with ``azure: {}``; the time
+    the history ends, and its first hour."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(live_policy_text(prometheus=prometheus, prometheus_auth={
+        "headers": {"X-Scope-OrgID": "team-a"}, "azure": {}}))
+    signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(path))
+    now = np.datetime64((start + pd.Timedelta(hours=HOURS)).tz_localize(None), "m")
+    return signals, now, (start, start + pd.Timedelta(hours=1))
+
+
 def test_in_aks_workload_identity_needs_nothing_but_azure_in_the_policy(behind_gateway, tmp_path, monkeypatch):
     """``azure: {}`` in an AKS pod with workload identity: the client, tenant, projected token and authority
     are those AKS's webhook puts in the pod's environment; Entra ID's token for Azure Monitor's managed
@@ -455,12 +466,7 @@ def test_in_aks_workload_identity_needs_nothing_but_azure_in_the_policy(behind_g
     for name, value in (("AZURE_CLIENT_ID", "peakpilot"), ("AZURE_TENANT_ID", "tenant-1"),
                         ("AZURE_FEDERATED_TOKEN_FILE", str(projected)), ("AZURE_AUTHORITY_HOST", authority + "/")):
         monkeypatch.setenv(name, value)
-    path = tmp_path / "policy.yaml"
-    path.write_text(live_policy_text(prometheus=gateway.url, prometheus_auth={
-        "headers": {"X-Scope-OrgID": "team-a"}, "azure": {}}))
-    signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(path))
-    now = np.datetime64((start + pd.Timedelta(hours=HOURS)).tz_localize(None), "m")
-    hour = (start, start + pd.Timedelta(hours=1))
+    signals, now, hour = azure_policy_signals(gateway.url, start, tmp_path)
     try:
         assert signals.history(now).counts.notna().sum() == len(counts)
         assert [(a["client_id"], a["client_assertion"], a["scope"]) for a in issuer.asked] == [
@@ -543,12 +549,7 @@ def test_on_an_azure_vm_the_tokens_come_from_its_managed_identity(behind_gateway
     monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url + "/")
     for name in ("HTTP_PROXY", "http_proxy"):
         monkeypatch.setenv(name, proxy.url)
-    path = tmp_path / "policy.yaml"
-    path.write_text(live_policy_text(prometheus=gateway.url, prometheus_auth={
-        "headers": {"X-Scope-OrgID": "team-a"}, "azure": {}}))
-    signals = ServiceParts("simulated", clock=lambda: None).signals(load_policy(path))
-    now = np.datetime64((start + pd.Timedelta(hours=HOURS)).tz_localize(None), "m")
-    hour = (start, start + pd.Timedelta(hours=1))
+    signals, now, hour = azure_policy_signals(gateway.url, start, tmp_path)
     tenant = {"X-Scope-OrgID": "team-a"}
     try:
         assert signals.history(now).counts.notna().sum() == len(counts)
