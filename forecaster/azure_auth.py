@@ -114,8 +114,12 @@ class ManagedIdentity:
         if answer.status_code != 200 or not isinstance(doc, dict) or not doc.get("access_token"):
             why = f"{doc.get('error')}: {doc.get('error_description', '')}" if isinstance(doc, dict) and \
                 doc.get("error") else answer.text[:200].strip()
-            hint = ("" if self.client_id else " (a machine with several user-assigned identities needs the one to "
-                    "use named: signals.prometheus_auth.azure.client_id)")
+            hint = ""
+            if "multiple" in why.lower() and not self.client_id:
+                hint = " (name the one to use: signals.prometheus_auth.azure.client_id)"
+            elif "identity not found" in why.lower():
+                hint = (" (assign it to this VM, scale set or node pool)" if self.client_id else
+                        " (assign a managed identity to this VM, scale set or node pool)")
             raise HistoryError(where, f"{self._who()} at {self.host} gave no token for {self.resource}: HTTP "
                                       f"{answer.status_code} {why}{hint}{self._other_way()}")
         kind = str(doc.get("token_type", "Bearer"))

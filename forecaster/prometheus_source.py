@@ -29,8 +29,8 @@ token is rotated while the daemon runs), basic auth with its password in a file 
 managed Prometheus, a gateway behind an identity provider), AWS's SigV4 signature on every request
 (forecaster/sigv4.py: Amazon Managed Service for Prometheus), Google's access tokens
 (forecaster/google_auth.py: Google Cloud Managed Service for Prometheus), or Entra ID's for an AKS pod's
-workload identity or a machine's managed identity (forecaster/azure_auth.py: Azure Monitor's); over TLS, the CA that signed its
-certificate and a client certificate where it asks for one (mTLS). Secrets come from files, as Prometheus's
+workload identity or a machine's managed identity (forecaster/azure_auth.py: Azure Monitor's); over TLS,
+the CA that signed its certificate and a client certificate where it asks for one (mTLS). Secrets come from files, as Prometheus's
 own configuration takes them, so that none is written in a policy ConfigMap.
 """
 

@@ -580,7 +580,7 @@ def test_on_an_azure_vm_the_tokens_come_from_its_managed_identity(behind_gateway
         assert imds.asked[-1]["client_id"] == "id-b"
         assert gateway.seen[-1]["Authorization"].startswith("Bearer eyJ0.id-b")
         with pytest.raises(HistoryError, match="managed identity id-c's .* HTTP 400 invalid_request: Identity not "
-                                               "found$"):
+                                               r"found \(assign it to this VM, scale set or node pool\)$"):
             unknown = AzureSettings(client_id="id-c", identity="managed")  # (no word of workload identity)
             PrometheusSource(gateway.url, auth=PrometheusAuth(tenant, azure=unknown)).load(*hour)
     finally:
