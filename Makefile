@@ -50,9 +50,11 @@ bench: setup
 configmap:
 	$(PY) deploy/render_policy_configmap.py > deploy/policy-configmap.yaml
 
-# Every generated manifest: the policy ConfigMap and the alerting rules as a PrometheusRule.
+# Every generated manifest: the policy ConfigMap, the alerting rules as a PrometheusRule, the Grafana
+# dashboard as a ConfigMap, and the RBAC the deployed policy needs.
 manifests: configmap
 	$(PY) deploy/render_prometheus_rule.py > deploy/monitoring/prometheus-rule.yaml
+	$(PY) deploy/render_grafana_dashboard.py > deploy/monitoring/grafana-dashboard.yaml
 	$(PY) deploy/render_rbac.py > deploy/controller-rbac.yaml
 
 clean:

@@ -293,6 +293,9 @@ class ServiceController:
         m.cycles.labels(self.service, result.mode).inc()
         m.acting.labels(self.service).set(int(acting))
         m.cost.labels(self.service).set(cost)
+        m.capacity.labels(self.service).set(view.ready() * self.rps_per_node)
+        if observed is not None:
+            m.observed.labels(self.service).set(observed)
         for d in result.decisions:
             m.desired.labels(self.service, d.cls).set(d.desired)
             for state, n in view.counts[d.cls].items():

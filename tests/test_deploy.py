@@ -233,6 +233,20 @@ def test_the_prometheus_rule_is_the_shipped_alerting_rules():
     assert len([r for g in rule["spec"]["groups"] for r in g["rules"]]) >= 15
 
 
+def test_the_grafana_dashboard_configmap_is_the_shipped_dashboard():
+    """For Grafana's dashboard sidecar: the dashboard tests/test_monitoring.py checks, rendered as a
+    ConfigMap with the label the sidecar looks for."""
+    import json
+
+    module = render_module("render_grafana_dashboard")
+    text = (DEPLOY / "monitoring" / "grafana-dashboard.yaml").read_text()
+    assert text == module.render(module.SOURCE.read_text()), \
+        "deploy/monitoring/grafana-dashboard.yaml is stale: run `make manifests`"
+    config_map = yaml.safe_load(text)
+    assert (config_map["kind"], config_map["metadata"]["labels"]["grafana_dashboard"]) == ("ConfigMap", "1")
+    assert json.loads(config_map["data"]["peakpilot.json"]) == json.loads(module.SOURCE.read_text())
+
+
 def test_the_pod_monitors_scrape_the_controller_and_every_pool_by_a_port_they_serve():
     """Each PodMonitor selects pods that deploy/ runs, on a container port those pods name, and keeps the
     metrics' own labels (the rules group by `service`, which a clashing target label would rename)."""

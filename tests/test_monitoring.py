@@ -1,7 +1,9 @@
 """The alerting rules users load into their Prometheus (configs/prometheus/): valid for the real
 promtool, each alert fires on the failure it names and stays quiet on a healthy (or merely busy)
 controller, every metric they read is one peakpilot exports, and a real Prometheus scraping a real
-daemon raises an alert from the daemon's own metrics."""
+daemon raises an alert from the daemon's own metrics. The Grafana dashboard (configs/grafana/): well
+formed, reading only exported metrics, and every query of it answered by a real Prometheus scraping a
+real daemon and an inference node's metrics."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from tests.conftest import SAMPLE, free_port
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "prometheus"
 RULES = CONFIG / "peakpilot-rules.yml"
+DASHBOARD = ROOT / "configs" / "grafana" / "peakpilot-dashboard.json"
 T0 = np.datetime64("2026-01-05T00:00", "m")
 
 
@@ -304,3 +307,102 @@ def test_a_real_prometheus_scraping_the_daemon_alerts_on_a_refused_policy(tmp_pa
         assert set(firing()) == {"PeakpilotPolicyRejected"}
     finally:
         server.shutdown()
+
+
+# -- the Grafana dashboard -----------------------------------------------------------------------------
+def dashboard() -> dict:
+    import json
+
+    return json.loads(DASHBOARD.read_text())
+
+
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    """(row, panel, PromQL) of every query of the dashboard, in order."""
+    queries, row = [], ""
+    for panel in dashboard()["panels"]:
+        if panel["type"] == "row":
+            row = panel["title"]
+            continue
+        queries += [(row, panel["title"], target["expr"]) for target in panel["targets"]]
+    return queries
+
+
+def as_prometheus_reads(expr: str) -> str:
+    """A query as Grafana sends it with every service and pool selected."""
+    return expr.replace("$__rate_interval", "1m").replace("$service", ".*").replace("$job", ".*")
+
+
+def test_the_dashboard_is_well_formed():
+    """Unique panel ids, panels that neither overlap nor leave the 24 columns, every query on the chosen
+    Prometheus, and no template variable a query reads that the dashboard does not define."""
+    board = dashboard()
+    panels = board["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells = set()
+    for p in panels:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        mine = {(g["x"] + i, g["y"] + j) for i in range(g["w"]) for j in range(g["h"])}
+        assert not mine & cells, f"{p['title']} overlaps another panel"
+        cells |= mine
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}" and p["description"], p["title"]
+            assert len({t["refId"] for t in p["targets"]}) == len(p["targets"]) > 0, p["title"]
+    defined = {v["name"] for v in board["templating"]["list"]} | {"__rate_interval"}
+    used = set(re.findall(r"\$(\w+)", " ".join(e for _, _, e in dashboard_queries())))
+    assert used and used <= defined, used - defined
+
+
+def test_every_metric_the_dashboard_reads_is_one_peakpilot_exports(tmp_path):
+    read = set(re.findall(r"\bpeakpilot_[a-z_]+", " ".join(e for _, _, e in dashboard_queries())))
+    exported = exported_metric_names(tmp_path) | exported_metric_names(tmp_path, families=True)  # (series to come)
+    assert len(read) > 15 and read <= exported, f"the dashboard reads metrics nobody exports: {read - exported}"
+
+
+def test_a_real_prometheus_answers_every_query_of_the_dashboard(tmp_path, prometheus_factory):
+    """A daemon after a cycle and an inference node's metrics, scraped by a real Prometheus: every query is
+    valid PromQL; the load, capacity and node panels, and the inference nodes' counts, have series (their
+    metric and label names are the exported ones); the forecast 10 minutes before has none yet."""
+    from prometheus_client import start_http_server
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text((ROOT / "configs" / "policy.yaml").read_text().replace("model: ensemble ",
+                                                                             "model: seasonal_naive "))
+    metrics = DaemonMetrics()
+    service = ServiceController(policy, TraceSignals(load_trace(SAMPLE), 8 * 1440, T0),
+                                SimulatedActuator(load_policy(policy), reserved=3), Store(str(tmp_path / "g.db")),
+                                metrics)
+    daemon = Daemon([service], metrics, clock=lambda: T0)
+    daemon.retrain_all()
+    daemon.cycle_all()
+    daemon_port, node_port = free_port(), free_port()
+    server = daemon.serve_metrics(daemon_port)
+    node = NodeMetrics()
+    node.warm.set(1)
+    node.ready.set(1)
+    node_server, _ = start_http_server(node_port, addr="127.0.0.1", registry=node.registry)
+    prom = prometheus_factory(scrape_targets=[f"127.0.0.1:{daemon_port}", f"127.0.0.1:{node_port}"])
+    prom.start()
+
+    def ask(expr: str) -> list:
+        answer = requests.get(f"{prom.url}/api/v1/query", params={"query": as_prometheus_reads(expr)}, timeout=5)
+        assert answer.status_code == 200 and answer.json()["status"] == "success", (expr, answer.text)
+        return answer.json()["data"]["result"]
+
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and not (ask("count_over_time(peakpilot_observed_rps[1m]) > 2")
+                                              and ask("count_over_time(peakpilot_warm[1m]) > 2")):
+            time.sleep(0.5)
+        answered = {(row, panel, expr): ask(expr) for row, panel, expr in dashboard_queries()}
+    finally:
+        server.shutdown()
+        node_server.shutdown()
+    for (row, panel, expr), result in answered.items():
+        if "offset 10m" in expr:
+            assert result == [], expr  # (the forecast made 10 minutes before: Prometheus has 30 s of data)
+        elif row in ("Load and capacity", "Inference nodes") and "histogram_quantile" not in expr:
+            assert result, f"{row} / {panel}: no series for {expr}"
+    observed = answered[("Load and capacity", "Load, forecast and ready capacity",
+                         'sum by (service) (peakpilot_observed_rps{service=~"$service"})')]
+    assert observed[0]["metric"] == {"service": "llm-chat"} and float(observed[0]["value"][1]) > 0
