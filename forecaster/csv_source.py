@@ -42,6 +42,7 @@ def load_csv(path: str | Path, *, step: str | pd.Timedelta | None = None,
     if count_column and count_column not in frame.columns:
         raise HistoryError(str(path), f"no column {count_column!r}; columns are {list(frame.columns)}")
     if count_col is None:
+        _refuse_unnamed_counts(path, frame, ts_col)
         return _from_log(path, frame, ts_col, pd.Timedelta(step or "1min"))
     history = _from_counts(path, frame, ts_col, count_col)
     if step is not None and pd.Timedelta(step) != history.step:
@@ -175,6 +176,28 @@ def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str) -
     full.index.freq = step
     marked, gaps = mark_gaps(full, str(path))
     return History(marked, str(path), gaps)
+
+
+def _refuse_unnamed_counts(path: Path, frame: pd.DataFrame, ts_col: str) -> None:
+    """A file without a count column is read as a request log, one request a row; but one whose rows come
+    exactly one step apart beside a column of numbers is a counts file whose column has another name
+    (``rps``, ``qps``, ``total``), which read as a log would be a flat line of ones. Refused, naming it."""
+    numeric = [c for c in frame.columns if c != ts_col and pd.to_numeric(frame[c], errors="coerce").notna().all()]
+    if not numeric or len(frame) < 3:
+        return
+    try:
+        times = _parse_times(path, frame[ts_col])
+    except HistoryError:
+        return  # (said by the log's own reading)
+    diffs = np.diff(times.asi8)
+    if diffs[0] > 0 and (diffs == diffs[0]).all():
+        seconds = diffs[0] / 1e9
+        every = f"{seconds / 60:g} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g} s"
+        raise HistoryError(str(path), f"no count column (one of {', '.join(COUNT_COLUMNS)}), so it would be read as "
+                                      f"a request log, one request a row; but its rows come one every {every}, as a "
+                                      f"counts file's do, beside {numeric[0]!r}: if {numeric[0]!r} counts the "
+                                      f"requests of each interval, name that column requests in the header (if it "
+                                      f"is a rate per second, multiply it by {seconds:g} first)")
 
 
 def _from_log(path: Path, frame: pd.DataFrame, ts_col: str, step: pd.Timedelta) -> History:

@@ -147,6 +147,23 @@ def test_request_log_is_counted_per_step(tmp_path):
     assert list(load_csv(path).counts) == [2.0, 1.0, 1.0]
 
 
+def test_counts_under_another_column_name_are_not_read_as_a_request_log(tmp_path):
+    """Rows one step apart beside a column of numbers are counts whose column has another name: refused,
+    naming it, where read as a request log they were a flat line of one request a row. A request log
+    with numbers beside its times (Azure's token counts) is still counted."""
+    rps = write(tmp_path, "timestamp,rps\n" + "".join(f"2026-01-01T00:0{i}:00Z,{5 + i}\n" for i in range(4)), "r.csv")
+    with pytest.raises(HistoryError, match=r"r.csv: no count column .*one every 1 min, as a counts file's do, "
+                                           r"beside 'rps': if 'rps' counts the requests of each interval, name that "
+                                           r"column requests .*multiply it by 60 first"):
+        load_csv(rps)
+    seconds = write(tmp_path, "ts,qps\n" + "".join(f"{1704067200 + 10 * i},{i}\n" for i in range(3)), "q.csv")
+    with pytest.raises(HistoryError, match="one every 10 s, as a counts file's do, beside 'qps'"):
+        load_csv(seconds)
+    log = write(tmp_path, "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,10,2\n"
+                          "2023-11-16 18:15:59.1,3,4\n2023-11-16 18:17:01,4,4\n", "log.csv")
+    assert list(load_csv(log).counts) == [2.0, 0.0, 1.0]
+
+
 def test_unix_time_in_seconds_or_milliseconds_and_relative_seconds(tmp_path):
     rows = "\n".join(f"{1704067200 + 60 * i},{i}" for i in range(5))
     seconds = load_csv(write(tmp_path, "timestamp,requests\n" + rows + "\n", "s.csv"))
