@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from forecaster.errors import HistoryError
-from forecaster.history import History, mark_gaps
+from forecaster.history import History, mark_gaps, running_total_problem
 
 TIMESTAMP_COLUMNS = ("timestamp", "time", "ts", "datetime", "date")
 COUNT_COLUMNS = ("requests", "count", "counts", "value", "y")
@@ -173,6 +173,9 @@ def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str) -
                                               f"set by the first rows; intervals must be regular")
     series = pd.Series(counts.to_numpy(float), index=times, name="requests")
     full = series.reindex(pd.date_range(times[0], times[-1], freq=step))
+    if (problem := running_total_problem(full.to_numpy(), step)) is not None:
+        raise HistoryError(str(path), f"{count_col} is no count per interval: {problem}; give each interval's "
+                                      f"requests (the differences of the running total)")
     full.index.freq = step
     marked, gaps = mark_gaps(full, str(path))
     return History(marked, str(path), gaps)

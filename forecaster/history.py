@@ -56,6 +56,27 @@ OUTAGE_EDGE_SHARE = 0.1
 before or just after carries at least this share of the usual level (a quiet night ramps down)."""
 
 
+RUNNING_TOTAL_SPAN = pd.Timedelta(days=1)
+"""A series that only grows for this long (and 60 steps or more) is a counter's running total, not load:
+real traffic falls at least every night, and a counter summed without ``rate()`` never does. (A shorter
+one may be a morning's ramp, or a test's.)"""
+
+
+def running_total_problem(counts: np.ndarray, step: pd.Timedelta) -> str | None:
+    """Why the series reads as a running total (a counter's) rather than requests per step, or None: 99% of
+    its steps (gaps left out) no lower than the one before, at least half of them higher, over a day."""
+    values = np.asarray(counts, float)
+    values = values[~np.isnan(values)]
+    if len(values) < 60 or len(counts) * step < RUNNING_TOTAL_SPAN:
+        return None
+    diffs = np.diff(values)
+    rising, growing = float((diffs >= 0).mean()), float((diffs > 0).mean())
+    if rising < 0.99 or growing < 0.5:
+        return None
+    return (f"it only grows ({rising:.0%} of its {len(values)} steps are no lower than the one before, from "
+            f"{values[0]:.4g} to {values[-1]:.4g}), as a counter's running total does")
+
+
 @dataclass(frozen=True)
 class Gap:
     start: pd.Timestamp

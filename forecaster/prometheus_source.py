@@ -30,8 +30,8 @@ managed Prometheus, a gateway behind an identity provider), AWS's SigV4 signatur
 (forecaster/sigv4.py: Amazon Managed Service for Prometheus), Google's access tokens
 (forecaster/google_auth.py: Google Cloud Managed Service for Prometheus), or Entra ID's for an AKS pod's
 workload identity or a machine's managed identity (forecaster/azure_auth.py: Azure Monitor's); over TLS,
-the CA that signed its certificate and a client certificate where it asks for one (mTLS). Secrets come from files, as Prometheus's
-own configuration takes them, so that none is written in a policy ConfigMap.
+the CA that signed its certificate and a client certificate where it asks for one (mTLS). Secrets come
+from files, as Prometheus's own configuration takes them, so that none is written in a policy ConfigMap.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from forecaster.errors import HistoryError
 from forecaster.azure_auth import AzureSettings
 from forecaster.google_auth import GoogleSettings, google_token
 from forecaster.google_auth import forget as forget_google
-from forecaster.history import History, mark_gaps
+from forecaster.history import History, mark_gaps, running_total_problem
 from forecaster.oauth2 import ClientCredentials
 from forecaster.secret_file import check_tls_files, read_secret
 from forecaster.sigv4 import SigV4Settings, Signer
@@ -389,6 +389,9 @@ class PrometheusSource:
                 raise HistoryError(self.where, f"most of the last steps before {end} have no rate" + why)
         if (counts[~np.isnan(counts)] < 0).any():
             raise HistoryError(self.where, "negative request rate in the answer")
+        if (problem := running_total_problem(counts, self.step)) is not None:
+            raise HistoryError(self.where, f"the query answers no request rate: {problem}; take its rate, e.g. "
+                                           f"sum(rate(COUNTER[{self.step_text}]))")
         series = pd.Series(counts, index=index, name="requests")
         series.index.freq = self.step
         return series

@@ -164,6 +164,19 @@ def test_counts_under_another_column_name_are_not_read_as_a_request_log(tmp_path
     assert list(load_csv(log).counts) == [2.0, 0.0, 1.0]
 
 
+def test_a_running_total_is_refused_as_no_count_per_interval(tmp_path):
+    """A counter's running total written as counts (a day of it at 10 minutes) only grows: refused, where a
+    forecaster would learn it as a ramp. Real traffic falls every night, so every real trace reads."""
+    totals = np.cumsum(np.random.default_rng(0).poisson(50, 144))
+    rows = "".join(f"{1704067200 + 600 * i},{v}\n" for i, v in enumerate(totals))
+    with pytest.raises(HistoryError, match=r"t.csv: requests is no count per interval: it only grows \(100% of its "
+                                           r"144 steps .*as a counter's running total does; give each interval's "
+                                           r"requests"):
+        load_csv(write(tmp_path, "timestamp,requests\n" + rows, "t.csv"))
+    steps = "".join(f"{1704067200 + 600 * i},{v}\n" for i, v in enumerate(np.diff(totals, prepend=0)))
+    assert load_csv(write(tmp_path, "timestamp,requests\n" + steps, "d.csv")).counts.sum() == totals[-1]
+
+
 def test_unix_time_in_seconds_or_milliseconds_and_relative_seconds(tmp_path):
     rows = "\n".join(f"{1704067200 + 60 * i},{i}" for i in range(5))
     seconds = load_csv(write(tmp_path, "timestamp,requests\n" + rows + "\n", "s.csv"))

@@ -177,6 +177,13 @@ def test_prometheus_errors_name_the_url_and_query(backfilled):
             start, start + pd.Timedelta(minutes=5))
     with pytest.raises(HistoryError, match="empty range"):
         PrometheusSource(server.url).load(start, start)
+    # the counter itself, summed without rate(): its running total, which a forecaster would learn as a ramp
+    total = "sum(peakpilot_requests_total)"
+    with pytest.raises(HistoryError, match=r"the query answers no request rate: it only grows \(100% of its 1500 "
+                                           r"steps .*running total does; take its rate, e.g. sum\(rate\(COUNTER\[1m\]\)\)"):
+        PrometheusSource(server.url, query=total).load(start, start + pd.Timedelta(hours=25))
+    hours = PrometheusSource(server.url, query=total).load(start, start + pd.Timedelta(hours=6))
+    assert len(hours) == 360  # (hours that only grow may be a morning's traffic: not refused)
 
 
 def test_prometheus_down_is_a_clear_error():
