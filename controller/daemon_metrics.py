@@ -24,8 +24,8 @@ class DaemonMetrics:
 
         self.cycle_seconds = metric(Histogram, "peakpilot_cycle_duration_seconds", "Control cycle duration", ["service"],
                                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
-        self.forecast = metric(Gauge, "peakpilot_forecast_rps", "Forecast load 10 minutes ahead, requests/s (so "
-                               "`offset 10m` is the forecast for now)", ["service", "quantile"])
+        self.forecast = metric(Gauge, "peakpilot_forecast_rps", "Forecast load 10 minutes after the cycle, "
+                               "requests/s (so `offset 10m` is the forecast for now)", ["service", "quantile"])
         self.observed = metric(Gauge, "peakpilot_observed_rps", "Load the last cycle observed, requests/s",
                                ["service"])
         self.capacity = metric(Gauge, "peakpilot_capacity_rps", "Requests/s the ready nodes serve within the SLO "

@@ -36,6 +36,10 @@ MINUTE = np.timedelta64(1, "m")
 # retrain hours later; meanwhile it runs on the reactive safety net.
 UNTRAINED_RETRY_MIN = 5
 
+# peakpilot_forecast_rps is the forecast for this many minutes after the cycle, whatever the step the
+# forecast started at: so `offset 10m` of it is the forecast for now, beside the load observed.
+FORECAST_GAUGE_AHEAD_MIN = 10
+
 # Error kinds the daemon counts; each starts at 0 so that an alert's increase() sees the first one.
 ERROR_KINDS = ("signals", "forecast", "actuator", "store", "policy_reload", "cycle")
 
@@ -304,8 +308,9 @@ class ServiceController:
             m.lasting.labels(self.service).set(self.memory.surprises.persistent_share)
         if forecast is not None:
             m.forecast_age.labels(self.service).set(float((now - forecast.start) / MINUTE) * 60)
+            ahead = max(0, int((now - forecast.start) / MINUTE)) + FORECAST_GAUGE_AHEAD_MIN
             for k, q in enumerate(("q50", "q90", "q99")):
-                m.forecast.labels(self.service, q).set(float(forecast.rps[min(len(forecast.rps) - 1, 10), k]))
+                m.forecast.labels(self.service, q).set(float(forecast.rps[min(len(forecast.rps) - 1, ahead), k]))
         return {"ok": True, "mode": result.mode, "target": result.target, "reason": result.reason, "sent": sent,
                 "acting": acting, "decisions": result.decisions}
 

@@ -619,6 +619,17 @@ def test_metrics_say_who_acts_when_the_loop_last_turned_and_whether_the_forecast
     assert sample(r, "peakpilot_acting", service="llm-chat") == 1
     assert sample(r, "peakpilot_last_cycle_timestamp_seconds", service="llm-chat") == 1_800_000_000.0
     assert sample(r, "peakpilot_last_ok_cycle_timestamp_seconds", service="llm-chat") == 1_800_000_000.0
+    # What a Grafana panel lays side by side: the load observed, the ready nodes' capacity, and the forecast
+    # for 10 minutes after the cycle (so `offset 10m` of it is the forecast for the minute observed).
+    cycled = clock.now - np.timedelta64(1, "m")
+    observed = service.signals.observe(cycled).load_rps
+    assert sample(r, "peakpilot_observed_rps", service="llm-chat") == pytest.approx(observed) and observed > 0
+    ready = service.actuator.view().ready()
+    assert sample(r, "peakpilot_capacity_rps", service="llm-chat") == pytest.approx(ready * service.rps_per_node)
+    forecast, _ = service._forecast(cycled)
+    ten_on = int((cycled - forecast.start) / np.timedelta64(1, "m")) + 10
+    assert sample(r, "peakpilot_forecast_rps", service="llm-chat", quantile="q90") == \
+        pytest.approx(forecast.rps[ten_on, 1])
     service.actuator = BrokenView()
     daemon.wall = lambda: 1_800_000_060.0
     run_cycles(daemon, clock, 1)  # the cycle ran, but could not read the cluster: not an ok one
