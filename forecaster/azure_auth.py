@@ -42,11 +42,15 @@ class AzureSettings:
     scope: str = PROMETHEUS_SCOPE
     identity: str = AUTO  # workload, managed, or auto: workload where AZURE_FEDERATED_TOKEN_FILE is set
 
+    def managed(self) -> bool:
+        """Whether the machine's managed identity is the one used (else the pod's workload identity)."""
+        return self.identity == MANAGED or (self.identity == AUTO and not os.environ.get("AZURE_FEDERATED_TOKEN_FILE"))
+
     def client(self, where: str) -> ClientCredentials | ManagedIdentity:
         """The token source of the identity, from the environment now (the same settings give the same
         source, and so the token it holds); a HistoryError naming what the pod lacks."""
         token_file = os.environ.get("AZURE_FEDERATED_TOKEN_FILE")
-        if self.identity == MANAGED or (self.identity == AUTO and not token_file):
+        if self.managed():
             host = os.environ.get("AZURE_POD_IDENTITY_AUTHORITY_HOST") or IMDS
             return ManagedIdentity(self.scope.removesuffix("/.default"), self.client_id or os.environ.get(
                 "AZURE_CLIENT_ID"), host.rstrip("/"), workload_tried=self.identity == AUTO)

@@ -121,7 +121,9 @@ class PrometheusAuth:
         basic = self.username is not None or urlsplit(url).username is not None
         given = {"headers": bool(self.headers), "a bearer token": bool(self.bearer_token_file), "basic auth": basic,
                  "an OAuth2 token": self.oauth2 is not None, "a SigV4 signature": self.sigv4 is not None,
-                 "a Google token": self.google is not None, "an Azure token": self.azure is not None}
+                 "a Google token": self.google is not None,
+                 f"an Azure token ({'managed' if self.azure and self.azure.managed() else 'workload'} identity's)":
+                     self.azure is not None}
         return [what for what, there in given.items() if there]
 
     def forget_token(self) -> str | None:

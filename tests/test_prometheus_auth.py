@@ -474,8 +474,9 @@ def test_in_aks_workload_identity_needs_nothing_but_azure_in_the_policy(behind_g
         assert issuer.paths == ["/tenant-1/oauth2/v2.0/token"]
         source = PrometheusSource(gateway.url, auth=PrometheusAuth({"X-Scope-OrgID": "team-a"}, azure=AzureSettings()))
         gateway.token = "revoked-elsewhere"
-        with pytest.raises(HistoryError, match=f"401.*an Azure token from {authority}/tenant-1/oauth2/v2.0/token, "
-                                               f"which the next query asks for again"):
+        with pytest.raises(HistoryError, match=f"401.*an Azure token .workload identity's. from "
+                                               f"{authority}/tenant-1/oauth2/v2.0/token, which the next query asks "
+                                               f"for again"):
             source.load(*hour)
         assert len(source.load(*hour)) == 60 and len(issuer.asked) == 2
         monkeypatch.delenv("AZURE_FEDERATED_TOKEN_FILE")
@@ -562,8 +563,9 @@ def test_on_an_azure_vm_the_tokens_come_from_its_managed_identity(behind_gateway
         assert ("GET", f"{gateway.url}/api/v1/query_range") in proxy.seen
 
         gateway.token, imds.busy = "revoked-elsewhere", 1
-        with pytest.raises(HistoryError, match=f"401.*an Azure token from {imds.url}/metadata/identity/oauth2/token, "
-                                               f"which the next query asks for again"):
+        with pytest.raises(HistoryError, match=f"401.*an Azure token .managed identity's. from "
+                                               f"{imds.url}/metadata/identity/oauth2/token, which the next query asks "
+                                               f"for again"):
             source.load(*hour)
         assert len(source.load(*hour)) == 60 and len(imds.asked) == 3  # a 429, then the token
         assert gateway.seen[-1]["Authorization"] == "Bearer eyJ0.id-a.3"
