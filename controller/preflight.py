@@ -71,4 +71,48 @@ def pool_health(api, policy) -> tuple[dict[str, dict[str, int]], list[str]]:
         notes.append(f"spot cannot be had now ({view.spot_unavailable_why}): on-demand will cover it")
     notes += [f"{other}: delete it before peakpilot acts (each would undo the other's replicas), or run "
               f"peakpilot with --shadow beside it" for other in actuator.other_autoscalers()]
+    notes += unguarded_pools(api, policy)
     return nodes, notes
+
+
+def unguarded_pools(api, policy) -> list[str]:
+    """The pools whose pods no PodDisruptionBudget covers: a node drain or Karpenter's consolidation may
+    then take several serving nodes at once, each a cold start. Not checked (nothing said) where the
+    account may not list the budgets: the controller's own Role needs no such right."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    k = policy.kubernetes
+    try:
+        budgets = with_retry(client.PolicyV1Api(api).list_namespaced_pod_disruption_budget, k.namespace,
+                             attempts=2).items
+    except ApiException as exc:
+        if exc.status in (401, 403):
+            return []
+        raise
+    apps, unguarded = client.AppsV1Api(api), []
+    for cls, name in k.workloads.items():
+        deployment = with_retry(apps.read_namespaced_deployment, name, k.namespace, attempts=2)
+        labels = deployment.spec.template.metadata.labels
+        if not any(selects(b.spec.selector, labels or {}) for b in budgets):
+            unguarded.append(name)
+    if not unguarded:
+        return []
+    return [f"no PodDisruptionBudget covers the pods of {', '.join(unguarded)}: a node drain or Karpenter's "
+            f"consolidation may take several serving nodes at once, each a cold start (deploy/inference-pools.yaml "
+            f"has one over the pools, maxUnavailable 1)"]
+
+
+def selects(selector, labels: dict) -> bool:
+    """Whether a LabelSelector picks pods with ``labels``: an empty one picks every pod of the namespace (as
+    a PodDisruptionBudget's does in policy/v1), a missing one none."""
+    if selector is None:
+        return False
+    if any(labels.get(key) != value for key, value in (selector.match_labels or {}).items()):
+        return False
+    for e in selector.match_expressions or []:
+        there, value = e.key in labels, labels.get(e.key)
+        if not {"In": there and value in (e.values or []), "NotIn": not there or value not in (e.values or []),
+                "Exists": there, "DoesNotExist": not there}.get(e.operator, False):
+            return False
+    return True

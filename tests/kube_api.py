@@ -54,6 +54,7 @@ class FakeKubeAPI:
         self.leases: dict[str, dict] = {}
         self.events: list[dict] = []
         self.hpas: dict[str, dict] = {}
+        self.pdbs: dict[str, dict] = {}
         # The Role the caller holds, for SelfSubjectAccessReviews (None: every request allowed). Reviews
         # only: the other routes do not enforce it (tests/test_deploy.py checks requests against it).
         self.role: dict | None = None
@@ -130,6 +131,12 @@ class FakeKubeAPI:
                      "minReplicas": 1, "maxReplicas": 10,
                      "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
                          "type": "Utilization", "averageUtilization": 70}}}]}}
+
+    def add_pdb(self, name: str, selector: dict, max_unavailable: int = 1) -> None:
+        """A policy/v1 PodDisruptionBudget over the pods ``selector`` (a LabelSelector) picks."""
+        self.pdbs[name] = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                           "metadata": {"name": name, "namespace": self.ns, "resourceVersion": self._rv()},
+                           "spec": {"maxUnavailable": max_unavailable, "selector": selector}}
 
     def fail(self, method: str, path_part: str, status: int, retry_after: float | None = None) -> None:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
@@ -215,6 +222,9 @@ class FakeKubeAPI:
             if path == f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers" and method == "GET":
                 return 200, {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList",
                              "metadata": {"resourceVersion": self._rv()}, "items": list(self.hpas.values())}, {}
+            if path == f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets" and method == "GET":
+                return 200, {"apiVersion": "policy/v1", "kind": "PodDisruptionBudgetList",
+                             "metadata": {"resourceVersion": self._rv()}, "items": list(self.pdbs.values())}, {}
             if path == f"/apis/events.k8s.io/v1/namespaces/{ns}/events" and method == "POST":
                 problems = event_problems(body, ns)
                 if problems:

@@ -859,6 +859,8 @@ def test_check_policy_connect_asks_the_cluster_before_a_deploy(tmp_path, policy_
     with FakeKubeAPI("inference") as kube:
         for name in ("llm-reserved", "llm-spot", "llm-on-demand", "llm-placeholder"):
             kube.add_deployment(name, 1)
+        kube.add_pdb("llm", {"matchExpressions": [{"key": "app", "operator": "In",
+                                                   "values": ["llm-reserved", "llm-spot", "llm-on-demand"]}]})
         kube.role = role
         kubeconfig = kubeconfig_for(kube, tmp_path)
         ok = subprocess.run([*cli, "--kubeconfig", str(kubeconfig), str(folder)], capture_output=True, text=True,
@@ -877,18 +879,20 @@ def test_check_policy_connect_asks_the_cluster_before_a_deploy(tmp_path, policy_
         kube.refuse_pods("llm-on-demand", 'pods "llm-on-demand-x" is forbidden: exceeded quota: gpus',
                          "2024-05-01T12:00:00Z")
         kube.add_hpa("llm-cpu", "llm-on-demand")
+        kube.add_pdb("llm", {"matchLabels": {"app": "llm-reserved"}})  # (the other pools uncovered)
         out = subprocess.run([*cli, "--kubeconfig", str(kubeconfig), "--json", str(folder)], capture_output=True,
                              text=True, timeout=120)
         assert out.returncode == 0, out.stderr  # (warnings: the policy and the access are right)
         pools = json.loads(out.stdout)["cluster"]["pools"][str(policy)]
         assert pools["nodes"] == {"reserved": {"ready": 1}, "spot": {"pending": 1, "failed": 1},
                                   "on_demand": {"pending": 1}}
-        failed, uncreated, spot, hpa = pools["warnings"]
+        failed, uncreated, spot, hpa, budget = pools["warnings"]
         assert failed.startswith("pod llm-spot-a: CrashLoopBackOff (restarts: 6): it will not turn ready by itself")
         assert uncreated == ("llm-on-demand: 1 pod(s) not created (FailedCreate: pods \"llm-on-demand-x\" is "
                              "forbidden: exceeded quota: gpus)")
         assert spot.startswith("spot cannot be had now (spot pod llm-spot-b unscheduled for ")
         assert hpa.startswith("HorizontalPodAutoscaler llm-cpu scales Deployment llm-on-demand too: delete it")
+        assert budget.startswith("no PodDisruptionBudget covers the pods of llm-spot, llm-on-demand: a node drain")
         assert not kube.calls("PATCH")  # it reads; it changes nothing (not even a failed pod's deletion cost)
         kube.role = {**role, "rules": [r for r in role["rules"] if r["resources"] != ["events"]]}
         del kube.deployments["llm-spot"]

@@ -504,3 +504,26 @@ def test_services_on_one_silent_api_server_wait_for_it_once(silent_port, monkeyp
         assert KubernetesActuator(api_client(host=kube.url), TARGET, sleep=lambda s: None).view().counts
 
 
+
+
+@pytest.mark.parametrize("selector, picked", [
+    ({"matchLabels": {"app": "llm"}}, {"llm-a"}),
+    ({"matchExpressions": [{"key": "class", "operator": "In", "values": ["spot", "reserved"]}]}, {"llm-a", "llm-b"}),
+    ({"matchExpressions": [{"key": "class", "operator": "NotIn", "values": ["spot"]}]}, {"llm-a", "other"}),
+    ({"matchExpressions": [{"key": "canary", "operator": "Exists"}]}, {"llm-b"}),
+    ({"matchLabels": {"app": "llm"}, "matchExpressions": [{"key": "canary", "operator": "DoesNotExist"}]}, {"llm-a"}),
+    ({}, {"llm-a", "llm-b", "other"}),  # policy/v1: an empty selector picks every pod of the namespace
+    (None, set()),
+])
+def test_a_disruption_budgets_selector_picks_pods_as_the_api_server_does(selector, picked):
+    from kubernetes.client import V1LabelSelector, V1LabelSelectorRequirement
+
+    from controller.preflight import selects
+
+    pods = {"llm-a": {"app": "llm", "class": "reserved"}, "llm-b": {"app": "llm-x", "class": "spot", "canary": "1"},
+            "other": {"app": "db"}}
+    built = None if selector is None else V1LabelSelector(
+        match_labels=selector.get("matchLabels"),
+        match_expressions=[V1LabelSelectorRequirement(key=e["key"], operator=e["operator"], values=e.get("values"))
+                           for e in selector.get("matchExpressions", [])] or None)
+    assert {name for name, labels in pods.items() if selects(built, labels)} == picked
