@@ -91,7 +91,7 @@ def unguarded_pools(api, policy) -> list[str]:
             return []
         raise
     apps, unguarded = client.AppsV1Api(api), []
-    for cls, name in k.workloads.items():
+    for name in k.workloads.values():
         deployment = with_retry(apps.read_namespaced_deployment, name, k.namespace, attempts=2)
         labels = deployment.spec.template.metadata.labels
         if not any(selects(b.spec.selector, labels or {}) for b in budgets):

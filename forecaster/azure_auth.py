@@ -44,7 +44,8 @@ class AzureSettings:
 
     def managed(self) -> bool:
         """Whether the machine's managed identity is the one used (else the pod's workload identity)."""
-        return self.identity == MANAGED or (self.identity == AUTO and not os.environ.get("AZURE_FEDERATED_TOKEN_FILE"))
+        token_file = os.environ.get("AZURE_FEDERATED_TOKEN_FILE")
+        return self.identity == MANAGED or (self.identity == AUTO and not token_file)
 
     def client(self, where: str) -> ClientCredentials | ManagedIdentity:
         """The token source of the identity, from the environment now (the same settings give the same
