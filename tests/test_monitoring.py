@@ -62,6 +62,22 @@ def test_every_alert_says_what_is_wrong_and_how_urgent():
         assert rule["annotations"]["summary"] and len(rule["annotations"]["description"]) > 80, rule["alert"]
 
 
+def cycled_daemon(tmp_path, clock=lambda: T0) -> tuple[Daemon, ServiceController, Path, str]:
+    """A daemon running the default policy (on the seasonal naive model, quick to fit) on the simulated
+    cluster, trained and one cycle in; its policy file and that file's text."""
+    policy = tmp_path / "policy.yaml"
+    text = (ROOT / "configs" / "policy.yaml").read_text().replace("model: ensemble ", "model: seasonal_naive ")
+    policy.write_text(text)
+    metrics = DaemonMetrics()
+    service = ServiceController(policy, TraceSignals(load_trace(SAMPLE), 8 * 1440, T0),
+                                SimulatedActuator(load_policy(policy), reserved=3), Store(str(tmp_path / "d.db")),
+                                metrics)
+    daemon = Daemon([service], metrics, clock=clock)
+    daemon.retrain_all()
+    daemon.cycle_all()
+    return daemon, service, policy, text
+
+
 def exported_metric_names(tmp_path, families: bool = False) -> set[str]:
     """What a daemon (after a cycle) and an inference node put on /metrics: the series' names, or with
     ``families`` the metrics' own (a counter's without ``_total``, a histogram's without ``_bucket``), those
@@ -69,17 +85,9 @@ def exported_metric_names(tmp_path, families: bool = False) -> set[str]:
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    policy = tmp_path / "policy.yaml"
-    policy.write_text((ROOT / "configs" / "policy.yaml").read_text().replace("model: ensemble ", "model: seasonal_naive "))
-    metrics = DaemonMetrics()
-    service = ServiceController(policy, TraceSignals(load_trace(SAMPLE), 8 * 1440, T0),
-                                SimulatedActuator(load_policy(policy), reserved=3), Store(str(tmp_path / "m.db")),
-                                metrics)
-    daemon = Daemon([service], metrics, clock=lambda: T0)
-    daemon.retrain_all()
-    daemon.cycle_all()
+    daemon, _, _, _ = cycled_daemon(tmp_path)
     names = set()
-    for registry in (metrics.registry, NodeMetrics().registry):
+    for registry in (daemon.metrics.registry, NodeMetrics().registry):
         for family in text_string_to_metric_families(generate_latest(registry).decode()):
             names |= {family.name} if families else {s.name for s in family.samples}
     return names
@@ -258,17 +266,8 @@ def test_the_unit_tests_can_fail(tmp_path):
 def test_a_real_prometheus_scraping_the_daemon_alerts_on_a_refused_policy(tmp_path, prometheus_factory):
     """End to end: the daemon's /metrics scraped by Prometheus with the shipped rules; a policy edit the
     daemon refuses raises PeakpilotPolicyRejected for that file, and nothing else fires meanwhile."""
-    policy = tmp_path / "policy.yaml"
-    text = (ROOT / "configs" / "policy.yaml").read_text().replace("model: ensemble ", "model: seasonal_naive ")
-    policy.write_text(text)
-    metrics = DaemonMetrics()
-    service = ServiceController(policy, TraceSignals(load_trace(SAMPLE), 8 * 1440, T0),
-                                SimulatedActuator(load_policy(policy), reserved=3), Store(str(tmp_path / "p.db")),
-                                metrics)
     now = [T0]
-    daemon = Daemon([service], metrics, clock=lambda: now[0])
-    daemon.retrain_all()
-    daemon.cycle_all()
+    daemon, service, policy, text = cycled_daemon(tmp_path, clock=lambda: now[0])
     port = free_port()
     server = daemon.serve_metrics(port)
     prom = prometheus_factory(scrape_targets=[f"127.0.0.1:{port}"], rule_files=[RULES])
@@ -365,16 +364,7 @@ def test_a_real_prometheus_answers_every_query_of_the_dashboard(tmp_path, promet
     metric and label names are the exported ones); the forecast 10 minutes before has none yet."""
     from prometheus_client import start_http_server
 
-    policy = tmp_path / "policy.yaml"
-    policy.write_text((ROOT / "configs" / "policy.yaml").read_text().replace("model: ensemble ",
-                                                                             "model: seasonal_naive "))
-    metrics = DaemonMetrics()
-    service = ServiceController(policy, TraceSignals(load_trace(SAMPLE), 8 * 1440, T0),
-                                SimulatedActuator(load_policy(policy), reserved=3), Store(str(tmp_path / "g.db")),
-                                metrics)
-    daemon = Daemon([service], metrics, clock=lambda: T0)
-    daemon.retrain_all()
-    daemon.cycle_all()
+    daemon, _, _, _ = cycled_daemon(tmp_path)
     daemon_port, node_port = free_port(), free_port()
     server = daemon.serve_metrics(daemon_port)
     node = NodeMetrics()
