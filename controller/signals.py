@@ -148,6 +148,9 @@ class PrometheusSignals:
             failure = None
         except Exception as exc:  # the load is what matters; this refines it
             busy, failure = 0.0, str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        if np.isfinite(busy) and busy > 1.0 + 1e-9:  # (read as a share, 5 for 5% would scale up as if all were busy)
+            busy, failure = 0.0, (f"it answered {busy:g}, not a share from 0 to 1 (a percentage? divide it by 100; a "
+                                  f"count? divide it by the requests)")
         if failure != self._busy_failure:
             who = f"{self.service}: " if self.service else ""
             if failure:

@@ -348,3 +348,10 @@ def test_the_busy_share_is_read_at_the_minute_observed_from_the_nodes_or_the_pol
     assert len(said) == 2 and "sum(rate(llm_requests_total[1m])" in said[0] and "failed" in said[0]
     assert said[0].startswith("chat: busy share") and said[1].startswith("chat: busy share")
     assert "answers again" in said[1]
+    # a percentage where a share is read: 30 would be 100% busy, and scale the service up for nothing
+    percent = PrometheusSignals(server.url, busy_query="max(llm_queue_waiting)", service="chat")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="peakpilot.daemon"):
+        assert percent.observe(minute).busy_share == 0.0
+    assert "it answered 30, not a share from 0 to 1 (a percentage? divide it by 100" in caplog.text
+    assert percent.busy_failure.startswith("it answered 30")
