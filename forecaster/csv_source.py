@@ -42,8 +42,9 @@ def load_csv(path: str | Path, *, step: str | pd.Timedelta | None = None,
     if count_column and count_column not in frame.columns:
         raise HistoryError(str(path), f"no column {count_column!r}; columns are {list(frame.columns)}")
     if count_col is None:
-        _refuse_unnamed_counts(path, frame, ts_col)
-        return _from_log(path, frame, ts_col, pd.Timedelta(step or "1min"))
+        times = _parse_times(path, frame[ts_col])
+        _refuse_unnamed_counts(path, frame, ts_col, times)
+        return _from_log(path, times, pd.Timedelta(step or "1min"))
     history = _from_counts(path, frame, ts_col, count_col)
     if step is not None and pd.Timedelta(step) != history.step:
         history = history.resample(pd.Timedelta(step))
@@ -56,7 +57,7 @@ def load_request_log(path: str | Path, *, step: str | pd.Timedelta = "1min",
     path = Path(path)
     frame = _read(path)
     ts_col = _pick(frame, path, timestamp_column, TIMESTAMP_COLUMNS, "timestamp")
-    return _from_log(path, frame, ts_col, pd.Timedelta(step))
+    return _from_log(path, _parse_times(path, frame[ts_col]), pd.Timedelta(step))
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -181,19 +182,16 @@ def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str) -
     return History(marked, str(path), gaps)
 
 
-def _refuse_unnamed_counts(path: Path, frame: pd.DataFrame, ts_col: str) -> None:
+def _refuse_unnamed_counts(path: Path, frame: pd.DataFrame, ts_col: str, times: pd.DatetimeIndex) -> None:
     """A file without a count column is read as a request log, one request a row; but one whose rows come
     exactly one step apart beside a column of numbers is a counts file whose column has another name
     (``rps``, ``qps``, ``total``), which read as a log would be a flat line of ones. Refused, naming it."""
-    numeric = [c for c in frame.columns if c != ts_col and pd.to_numeric(frame[c], errors="coerce").notna().all()]
-    if not numeric or len(frame) < 3:
+    if len(times) < 3:
         return
-    try:
-        times = _parse_times(path, frame[ts_col])
-    except HistoryError:
-        return  # (said by the log's own reading)
     diffs = np.diff(times.asi8)
-    if diffs[0] > 0 and (diffs == diffs[0]).all():
+    numeric = [] if diffs[0] <= 0 or (diffs != diffs[0]).any() else [
+        c for c in frame.columns if c != ts_col and pd.to_numeric(frame[c], errors="coerce").notna().all()]
+    if numeric:
         seconds = diffs[0] / 1e9
         every = f"{seconds / 60:g} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g} s"
         raise HistoryError(str(path), f"no count column (one of {', '.join(COUNT_COLUMNS)}), so it would be read as "
@@ -203,8 +201,7 @@ def _refuse_unnamed_counts(path: Path, frame: pd.DataFrame, ts_col: str) -> None
                                       f"is a rate per second, multiply it by {seconds:g} first)")
 
 
-def _from_log(path: Path, frame: pd.DataFrame, ts_col: str, step: pd.Timedelta) -> History:
-    times = _parse_times(path, frame[ts_col])
+def _from_log(path: Path, times: pd.DatetimeIndex, step: pd.Timedelta) -> History:
     if len(times) == 0:
         raise HistoryError(str(path), "the request log has no rows")
     order = np.argsort(times.asi8, kind="stable")

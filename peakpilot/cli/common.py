@@ -13,34 +13,33 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def or_exit(errors, call, *args):
+    """``call(*args)``, or exit 2 with the message of one of ``errors`` (an input that cannot be used)."""
+    try:
+        return call(*args)
+    except errors as exc:
+        fail(str(exc))
+
+
 def require_reachable(url: str, api_key: str | None = None) -> None:
     """Exit 2 naming the URL where nothing answers there, or where the node refuses the API key (before a
     load run sends into refused connections or 401s)."""
     from inference_node.loadgen import check_reachable
 
-    try:
-        check_reachable(url, api_key=api_key)
-    except ConnectionError as exc:
-        fail(str(exc))
+    or_exit(ConnectionError, lambda: check_reachable(url, api_key=api_key))
 
 
 def open_store(url: str):
     """The store named by --store, opened before any long work so a bad URL fails at once."""
     from controller.store import Store, StoreError
 
-    try:
-        return Store(url)
-    except (StoreError, OSError) as exc:
-        fail(str(exc))
+    return or_exit((StoreError, OSError), Store, url)
 
 
 def record_or_exit(write, *args):
     from controller.store import StoreError
 
-    try:
-        return write(*args)
-    except StoreError as exc:
-        fail(str(exc))
+    return or_exit(StoreError, write, *args)
 
 
 BACKENDS = ("simulated", "kubernetes", "dry-run")
@@ -54,17 +53,11 @@ def check_backend(backend: str) -> None:
 def load_policy_or_exit(path: Path):
     from controller.policy import PolicyError, load_policy
 
-    try:
-        return load_policy(path)
-    except PolicyError as exc:
-        fail(str(exc))
+    return or_exit(PolicyError, load_policy, path)
 
 
 def load_trace_or_exit(path: Path):
     from controller.replay import load_trace
     from forecaster.errors import HistoryError
 
-    try:
-        return load_trace(path)
-    except (HistoryError, ValueError) as exc:
-        fail(str(exc))
+    return or_exit((HistoryError, ValueError), load_trace, path)
