@@ -72,8 +72,9 @@ class Trace:
         return float(np.nanmax(self.arrivals)) / 60.0
 
 
-def load_trace(path: str | Path) -> Trace:
-    return trace_from_history(load_csv(path), str(path))
+def load_trace(path: str | Path, **columns: str) -> Trace:
+    """A CSV trace as replay needs it; ``columns``: ``load_csv``'s names of columns under other names."""
+    return trace_from_history(load_csv(path, **columns), str(path))
 
 
 def trace_from_history(history: History, name: str) -> Trace:

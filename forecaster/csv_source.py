@@ -8,13 +8,16 @@ Two shapes are read:
   traces, column ``TIMESTAMP``); arrivals are counted per ``step``.
 
 Timestamps are ISO 8601 (with or without an offset) or Unix time in seconds, milliseconds,
-microseconds or nanoseconds (told apart by size).
+microseconds or nanoseconds (told apart by size). Columns under other names are given by name: the
+timestamps', the counts', or a rate per second's (an export of a Prometheus or Grafana panel), which
+is multiplied by the step into counts.
 
 Errors name the file, the 1-based line, and what is wrong with it.
 """
 
 from __future__ import annotations
 
+import shlex
 import warnings
 from pathlib import Path
 
@@ -28,24 +31,30 @@ TIMESTAMP_COLUMNS = ("timestamp", "time", "ts", "datetime", "date")
 COUNT_COLUMNS = ("requests", "count", "counts", "value", "y")
 
 
-def load_csv(path: str | Path, *, step: str | pd.Timedelta | None = None,
-             timestamp_column: str | None = None, count_column: str | None = None) -> History:
+def load_csv(path: str | Path, *, step: str | pd.Timedelta | None = None, timestamp_column: str | None = None,
+             count_column: str | None = None, rate_column: str | None = None) -> History:
     """Read a counts CSV or a request log, whichever the columns say it is.
 
     ``step`` aggregates counts to a coarser step, or sets the counting step of a request log
-    (default one minute).
+    (default one minute). ``count_column`` names the column of each interval's requests where it is none
+    of ``COUNT_COLUMNS``; ``rate_column`` instead a column of requests per second, as an export of a
+    Prometheus or Grafana panel holds (each row is multiplied by the step).
     """
     path = Path(path)
+    if count_column and rate_column:
+        raise HistoryError(str(path), f"a count column ({count_column!r}) and a rate column ({rate_column!r}) "
+                                      f"were both given: the requests are read from one of them")
     frame = _read(path)
     ts_col = _pick(frame, path, timestamp_column, TIMESTAMP_COLUMNS, "timestamp")
-    count_col = count_column or next((c for c in frame.columns if c.lower() in COUNT_COLUMNS), None)
-    if count_column and count_column not in frame.columns:
-        raise HistoryError(str(path), f"no column {count_column!r}; columns are {list(frame.columns)}")
+    given = count_column or rate_column
+    if given and given not in frame.columns:
+        raise HistoryError(str(path), f"no column {given!r}; columns are {list(frame.columns)}")
+    count_col = given or next((c for c in frame.columns if c.lower() in COUNT_COLUMNS), None)
     if count_col is None:
         times = _parse_times(path, frame[ts_col])
         _refuse_unnamed_counts(path, frame, ts_col, times)
         return _from_log(path, times, pd.Timedelta(step or "1min"))
-    history = _from_counts(path, frame, ts_col, count_col)
+    history = _from_counts(path, frame, ts_col, count_col, per_second=bool(rate_column))
     if step is not None and pd.Timedelta(step) != history.step:
         history = history.resample(pd.Timedelta(step))
     return history
@@ -125,19 +134,20 @@ def _parse_times(path: Path, raw: pd.Series) -> pd.DatetimeIndex:
     bad = times.isna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise HistoryError(f"{path}:{i + 2}", f"unparsable timestamp {raw.iloc[i]!r} "
-                                              f"(expected ISO 8601, e.g. 2024-05-01T13:00:00)")
+        what = "no timestamp" if pd.isna(raw.iloc[i]) else f"unparsable timestamp {raw.iloc[i]!r}"
+        raise HistoryError(f"{path}:{i + 2}", f"{what} (expected ISO 8601, e.g. 2024-05-01T13:00:00)")
     return pd.DatetimeIndex(times)
 
 
 def _epoch_times(path: Path, raw: pd.Series, numbers: pd.Series) -> pd.DatetimeIndex:
     """Unix time in UTC; the unit (s, ms, us or ns) is the one the first row's size says: seconds up to
     1e11 (the year 5138), milliseconds up to 1e14, and so on. Relative seconds (0, 0.5, ...) read as 1970."""
-    bad = numbers.isna().to_numpy()
+    bad = numbers.isna().to_numpy() | np.isinf(numbers.to_numpy(float))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise HistoryError(f"{path}:{i + 2}", f"unparsable timestamp {raw.iloc[i]!r} (the first row is Unix "
-                                              f"time, {raw.iloc[0]!r}, so every row must be a number)")
+        what = "no timestamp" if pd.isna(raw.iloc[i]) else f"unparsable timestamp {raw.iloc[i]!r}"
+        raise HistoryError(f"{path}:{i + 2}", f"{what} (the first row is Unix time, {raw.iloc[0]!r}, so every "
+                                              f"row must be a number)")
     if (numbers < 0).any():
         i = int(np.flatnonzero((numbers < 0).to_numpy())[0])
         raise HistoryError(f"{path}:{i + 2}", f"negative Unix time {raw.iloc[i]!r}")
@@ -145,16 +155,22 @@ def _epoch_times(path: Path, raw: pd.Series, numbers: pd.Series) -> pd.DatetimeI
     return pd.DatetimeIndex(pd.to_datetime(numbers.to_numpy(float), unit=unit, utc=True))
 
 
-def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str) -> History:
+def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str, per_second: bool = False) -> History:
+    """``per_second``: the column is a rate, each row's requests per second over its interval."""
     times = _parse_times(path, frame[ts_col])
+    # An empty cell (or NaN, null, N/A) is a step without data, as a missing row is: a gap
+    missing = frame[count_col].isna().to_numpy()
+    if missing.all():
+        raise HistoryError(str(path), f"every row's {count_col} is empty")
     counts = pd.to_numeric(frame[count_col], errors="coerce")
-    bad = counts.isna().to_numpy()
+    bad = (counts.isna().to_numpy() & ~missing) | np.isinf(counts.to_numpy(float))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise HistoryError(f"{path}:{i + 2}", f"{count_col} is {frame[count_col].iloc[i]!r}, not a number")
     if (counts < 0).any():
         i = int(np.flatnonzero((counts < 0).to_numpy())[0])
-        raise HistoryError(f"{path}:{i + 2}", f"negative {count_col} ({counts.iloc[i]:g}); counts must be >= 0")
+        raise HistoryError(f"{path}:{i + 2}", f"negative {count_col} ({counts.iloc[i]:g}); "
+                                              f"{'rates' if per_second else 'counts'} must be >= 0")
     diffs = np.diff(times.asi8)
     if (diffs == 0).any():
         i = int(np.flatnonzero(diffs == 0)[0]) + 1
@@ -172,7 +188,8 @@ def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str) -
         i = int(np.flatnonzero(off_grid)[0])
         raise HistoryError(f"{path}:{i + 2}", f"timestamp {frame[ts_col].iloc[i]!r} is off the {step} grid "
                                               f"set by the first rows; intervals must be regular")
-    series = pd.Series(counts.to_numpy(float), index=times, name="requests")
+    values = counts.to_numpy(float) * (step.total_seconds() if per_second else 1.0)
+    series = pd.Series(values, index=times, name="requests")
     full = series.reindex(pd.date_range(times[0], times[-1], freq=step))
     if (problem := running_total_problem(full.to_numpy(), step)) is not None:
         raise HistoryError(str(path), f"{count_col} is no count per interval: {problem}; give each interval's "
@@ -189,16 +206,17 @@ def _refuse_unnamed_counts(path: Path, frame: pd.DataFrame, ts_col: str, times: 
     if len(times) < 3:
         return
     diffs = np.diff(times.asi8)
-    numeric = [] if diffs[0] <= 0 or (diffs != diffs[0]).any() else [
-        c for c in frame.columns if c != ts_col and pd.to_numeric(frame[c], errors="coerce").notna().all()]
+    numeric = [] if diffs[0] <= 0 or (diffs != diffs[0]).any() else [  # empty cells are gaps, as in counts
+        c for c in frame.columns if c != ts_col and frame[c].notna().any()
+        and pd.to_numeric(frame[c].dropna(), errors="coerce").notna().all()]
     if numeric:
-        seconds = diffs[0] / 1e9
+        seconds, name = diffs[0] / 1e9, shlex.quote(numeric[0])
         every = f"{seconds / 60:g} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g} s"
         raise HistoryError(str(path), f"no count column (one of {', '.join(COUNT_COLUMNS)}), so it would be read as "
                                       f"a request log, one request a row; but its rows come one every {every}, as a "
                                       f"counts file's do, beside {numeric[0]!r}: if {numeric[0]!r} counts the "
-                                      f"requests of each interval, name that column requests in the header (if it "
-                                      f"is a rate per second, multiply it by {seconds:g} first)")
+                                      f"requests of each interval, give --count-column {name} (or name it requests "
+                                      f"in the header); if it is a rate per second, --rate-column {name}")
 
 
 def _from_log(path: Path, times: pd.DatetimeIndex, step: pd.Timedelta) -> History:

@@ -206,12 +206,56 @@ def test_progress_bars_are_drawn_on_a_terminal():
     (["forecast", "--horizon", "20000"], "Invalid value for '--horizon'"),
     (["backtest", "--timezone", "EST5EDT/Nowhere"],
      "--timezone: 'EST5EDT/Nowhere' is not a time zone this machine knows"),
+    (["forecast", "--count-column", "rps"], "--count-column names a column of a CSV trace: give --trace FILE"),
+    (["replay", "--rate-column", "rps", "--prometheus", "http://127.0.0.1:9"],
+     "--rate-column names a column of a CSV trace: give --trace FILE, not --prometheus"),
+    (["backtest", "--trace", str(SAMPLE), "--count-column", "a", "--rate-column", "b"],
+     "give --count-column or --rate-column, not both"),
+    (["recommend-reserved", "--trace", str(SAMPLE), "--timestamp-column", "when"], "no column 'when'; columns are"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(args, message):
     out = run(*args)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
     assert "Retrying" not in out.stderr  # urllib3's retries are logged only with --verbose
+
+
+def test_a_panels_export_is_read_where_its_columns_are_named(tmp_path):
+    """A Grafana panel's CSV export (a "Time" column, and one named after the series that holds requests per
+    second) is refused as it stands, the error naming the options; --rate-column reads it as requests per
+    step, as forecast, replay and recommend-reserved count them (the same as the counts file it stands for)."""
+    import numpy as np
+    import pandas as pd
+
+    times = pd.date_range("2026-01-05", periods=3 * 1440, freq="1min")
+    rate = np.round(20 + 15 * np.sin(2 * np.pi * np.arange(len(times)) / 1440), 3)
+    export = tmp_path / "panel.csv"
+    export.write_text('"Time","{job=""chat""}"\n'
+                      + "".join(f"{t:%Y-%m-%d %H:%M:%S},{r}\n" for t, r in zip(times, rate)))
+    counts = tmp_path / "counts.csv"
+    counts.write_text("timestamp,requests\n" + "".join(f"{t.isoformat()},{r * 60:.3f}\n" for t, r in zip(times, rate)))
+    refused = run("forecast", "--trace", str(export))
+    assert refused.returncode == 2 and """--rate-column '{job="chat"}'""" in refused.stderr
+    forecast = run("forecast", "--trace", str(export), "--rate-column", '{job="chat"}', "--model", "seasonal_naive",
+                   "--json")
+    assert forecast.returncode == 0, forecast.stderr
+    first = json.loads(forecast.stdout)["forecast"][0]  # the same minute a day earlier, in requests per minute
+    assert first["timestamp"].startswith("2026-01-08T00:00") and first["q50"] == pytest.approx(rate[0] * 60)
+    reserved = [run("recommend-reserved", "--trace", str(path), *args, "--json")
+                for path, args in ((export, ["--timestamp-column", "Time", "--rate-column", '{job="chat"}']),
+                                   (counts, []))]
+    assert all(out.returncode == 0 for out in reserved), [out.stderr for out in reserved]
+    assert json.loads(reserved[0].stdout) == json.loads(reserved[1].stdout)
+
+
+def test_the_column_options_name_the_columns_read_without_them():
+    """--timestamp-column's and --count-column's help name the columns peakpilot finds by itself."""
+    from forecaster.csv_source import COUNT_COLUMNS, TIMESTAMP_COLUMNS
+    from peakpilot.cli.history_options import CountColumn, TimestampColumn
+
+    for option, names in ((TimestampColumn, TIMESTAMP_COLUMNS), (CountColumn, COUNT_COLUMNS)):
+        help_text = option.__metadata__[0].help
+        assert f"{', '.join(names[:-1])} or {names[-1]}" in help_text
 
 
 def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(tmp_path):

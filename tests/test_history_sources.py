@@ -153,12 +153,20 @@ def test_counts_under_another_column_name_are_not_read_as_a_request_log(tmp_path
     with numbers beside its times (Azure's token counts) is still counted."""
     rps = write(tmp_path, "timestamp,rps\n" + "".join(f"2026-01-01T00:0{i}:00Z,{5 + i}\n" for i in range(4)), "r.csv")
     with pytest.raises(HistoryError, match=r"r.csv: no count column .*one every 1 min, as a counts file's do, "
-                                           r"beside 'rps': if 'rps' counts the requests of each interval, name that "
-                                           r"column requests .*multiply it by 60 first"):
+                                           r"beside 'rps': if 'rps' counts the requests of each interval, give "
+                                           r"--count-column rps \(or name it requests in the header\); if it is a "
+                                           r"rate per second, --rate-column rps"):
         load_csv(rps)
+    assert list(load_csv(rps, count_column="rps").counts) == [5, 6, 7, 8]
+    assert list(load_csv(rps, rate_column="rps").counts) == [300, 360, 420, 480]  # requests per second x 60 s
     seconds = write(tmp_path, "ts,qps\n" + "".join(f"{1704067200 + 10 * i},{i}\n" for i in range(3)), "q.csv")
     with pytest.raises(HistoryError, match="one every 10 s, as a counts file's do, beside 'qps'"):
         load_csv(seconds)
+    grafana = write(tmp_path, '"Time","{job=""chat""}"\n' + "".join(f"2026-01-01 00:0{i}:00,{0.5 * i}\n"
+                                                                      for i in range(4)), "g.csv")
+    with pytest.raises(HistoryError, match="give --count-column '{job=\"chat\"}' .*--rate-column '{job=\"chat\"}'"):
+        load_csv(grafana)  # a Grafana panel's export: the column is named after the series, quoted for a shell
+    assert list(load_csv(grafana, rate_column='{job="chat"}').counts) == [0, 30, 60, 90]
     log = write(tmp_path, "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,10,2\n"
                           "2023-11-16 18:15:59.1,3,4\n2023-11-16 18:17:01,4,4\n", "log.csv")
     assert list(load_csv(log).counts) == [2.0, 0.0, 1.0]
@@ -276,6 +284,43 @@ def test_missing_file_and_column(tmp_path):
     path = write(tmp_path, "timestamp,requests\n2024-01-01T00:00:00,1\n2024-01-01T00:01:00,1\n")
     with pytest.raises(HistoryError, match="no column 'reqs'"):
         load_csv(path, count_column="reqs")
+    with pytest.raises(HistoryError, match=r"no column 'rps'; columns are \['timestamp', 'requests'\]"):
+        load_csv(path, rate_column="rps")
+    with pytest.raises(HistoryError, match="no column 'when'"):
+        load_csv(path, timestamp_column="when")
+    with pytest.raises(HistoryError, match="a count column \\('requests'\\) and a rate column \\('requests'\\) were "
+                                           "both given"):
+        load_csv(path, count_column="requests", rate_column="requests")
+
+
+def test_columns_under_other_names_are_read_where_named(tmp_path):
+    """--timestamp-column and --count-column read a counts file whose header peakpilot does not know;
+    --rate-column one whose values are requests per second (an export of a Prometheus panel), times the step."""
+    path = write(tmp_path, "when,served,rps\n" + "".join(f"2024-01-01T00:{5 * i:02d}:00,{10 + i},{0.5 + i}\n"
+                                                         for i in range(3)))
+    counts = load_csv(path, timestamp_column="when", count_column="served")
+    assert list(counts.counts) == [10, 11, 12] and counts.step_min == 5
+    rates = load_csv(path, timestamp_column="when", rate_column="rps")
+    assert list(rates.counts) == [150, 450, 750]  # 0.5, 1.5 and 2.5 req/s over 300 s
+    with pytest.raises(HistoryError, match=r"t.csv:3: negative rps \(-1\); rates must be >= 0"):
+        load_csv(write(tmp_path, "when,rps\n2024-01-01T00:00:00,1\n2024-01-01T00:01:00,-1\n"),
+                 timestamp_column="when", rate_column="rps")
+
+
+def test_an_empty_count_is_a_gap_as_a_missing_row_is(tmp_path):
+    """An empty cell (or NaN, null, N/A: what an export writes where a scrape is missing) is a step without
+    data, reported as a gap; a value that is no number, infinity included, is still refused by line."""
+    text = "timestamp,requests\n" + "".join(f"2024-01-01T00:0{i}:00,{v}\n" for i, v in
+                                            enumerate(["5", "", "NaN", "7", "null", "8"]))
+    history = load_csv(write(tmp_path, text))
+    assert np.isnan(history.counts.to_numpy()).tolist() == [False, True, True, False, True, False]
+    assert [(g.start.minute, g.end.minute, g.reason) for g in history.gaps] == [(1, 3, "no data"), (4, 5, "no data")]
+    with pytest.raises(HistoryError, match=r"t.csv:3: requests is 'inf', not a number"):
+        load_csv(write(tmp_path, "timestamp,requests\n2024-01-01T00:00:00,1\n2024-01-01T00:01:00,inf\n"))
+    with pytest.raises(HistoryError, match=r"t.csv: every row's requests is empty"):
+        load_csv(write(tmp_path, "timestamp,requests\n2024-01-01T00:00:00,\n2024-01-01T00:01:00,\n"))
+    with pytest.raises(HistoryError, match=r"t.csv:3: no timestamp \(expected ISO 8601"):
+        load_csv(write(tmp_path, "timestamp,requests\n2024-01-01T00:00:00,1\n,2\n"))
 
 
 def test_history_until_hides_the_future():

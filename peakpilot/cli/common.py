@@ -13,10 +13,10 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def or_exit(errors, call, *args):
-    """``call(*args)``, or exit 2 with the message of one of ``errors`` (an input that cannot be used)."""
+def or_exit(errors, call, *args, **kwargs):
+    """``call(*args, **kwargs)``, or exit 2 with the message of one of ``errors`` (an input that cannot be used)."""
     try:
-        return call(*args)
+        return call(*args, **kwargs)
     except errors as exc:
         fail(str(exc))
 
@@ -56,8 +56,8 @@ def load_policy_or_exit(path: Path):
     return or_exit(PolicyError, load_policy, path)
 
 
-def load_trace_or_exit(path: Path):
+def load_trace_or_exit(path: Path, columns: dict | None = None):
     from controller.replay import load_trace
     from forecaster.errors import HistoryError
 
-    return or_exit((HistoryError, ValueError), load_trace, path)
+    return or_exit((HistoryError, ValueError), load_trace, path, **(columns or {}))

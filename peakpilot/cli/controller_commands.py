@@ -15,13 +15,17 @@ from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
 from peakpilot.cli.app import Command, app
 from peakpilot.cli.common import (check_backend, fail, load_policy_or_exit, load_trace_or_exit, open_store,
                                   record_or_exit)
-from peakpilot.cli.history_options import (End, PolicyHeaders, PolicyQuery, PolicyStep, PrometheusTokenFile,
-                                           load_history, prometheus_auth)
+from peakpilot.cli.history_options import (CountColumn, End, PolicyHeaders, PolicyQuery, PolicyStep,
+                                           PrometheusTokenFile, RateColumn, TimestampColumn, columns_need_a_trace,
+                                           csv_columns, load_history, prometheus_auth)
 
 
 @app.command(cls=Command)
 def replay(
     trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace to replay (default: the sample trace)."),
+    timestamp_column: TimestampColumn = None,
+    count_column: CountColumn = None,
+    rate_column: RateColumn = None,
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: replay the history "
                                                                         "it holds (your own service's load) "
                                                                         "instead of a trace."),
@@ -57,7 +61,8 @@ def replay(
         fail(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
     pol = load_policy_or_exit(policy)
     tr = history_as_trace(pol, trace, prometheus, prometheus_header, prometheus_token_file, query, days, step, end,
-                          "replaying the sample trace; --prometheus {url} replays the history of {service}")
+                          "replaying the sample trace; --prometheus {url} replays the history of {service}",
+                          csv_columns(timestamp_column, count_column, rate_column))
     st = open_store(store) if store else None
     try:
         doc, chosen = run_replay(tr, pol, names, peak_nodes=peak_nodes, sweep=not no_sweep, train_days=train_days,
@@ -102,32 +107,36 @@ def replay(
 
 def history_as_trace(pol, trace: Optional[Path], prometheus: Optional[str], headers: list[str],
                      token_file: Optional[Path], query: Optional[str], days: float, step: Optional[str],
-                     end: Optional[str], hint: str):
+                     end: Optional[str], hint: str, columns: Optional[dict] = None):
     """The history a command replays or sizes from: read from Prometheus (with the policy's query, step and
     credentials where it is the policy's own), else the trace (the sample's by default; ``hint`` says how to
-    read the service's own load where the policy names its Prometheus)."""
+    read the service's own load where the policy names its Prometheus; ``columns``: ``csv_columns``)."""
     from controller.replay import trace_from_history
 
     auth = prometheus_auth(prometheus, headers, token_file, pol)
     if prometheus:
         # The service's own load as the daemon reads it: the policy names the query when it is not the default.
         history = load_history(trace, prometheus, query or pol.signals.query, days, step or pol.signals.step, end,
-                               auth)
+                               auth, columns)
         try:
             return trace_from_history(history, history.source)
         except ValueError as exc:
             fail(str(exc))
     if query or step or end:
         fail("--query, --step and --end read Prometheus: give --prometheus URL too")
+    columns_need_a_trace(columns, trace, prometheus)
     if trace is None and pol.signals.prometheus:  # the policy names where its own load is
         typer.echo(hint.format(url=pol.signals.prometheus, service=pol.service), err=True)
-    return load_trace_or_exit(trace or DEFAULT_TRACE)
+    return load_trace_or_exit(trace or DEFAULT_TRACE, columns)
 
 
 @app.command("recommend-reserved", cls=Command)
 def recommend_reserved_cmd(
     trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace of the history (default: the sample "
                                                                "trace)."),
+    timestamp_column: TimestampColumn = None,
+    count_column: CountColumn = None,
+    rate_column: RateColumn = None,
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: recommend from the "
                                                                         "history it holds (your own service's "
                                                                         "load) instead of a trace."),
@@ -151,7 +160,7 @@ def recommend_reserved_cmd(
     pol = load_policy_or_exit(policy)
     tr = history_as_trace(pol, trace, prometheus, prometheus_header, prometheus_token_file, query, days, step, end,
                           "recommending from the sample trace; --prometheus {url} recommends from the history "
-                          "of {service}")
+                          "of {service}", csv_columns(timestamp_column, count_column, rate_column))
     try:
         result = recommend_reserved(tr.arrivals / 60.0, pol, rps_per_node_for(pol, tr, peak_nodes))
     except ValueError as exc:
@@ -350,6 +359,9 @@ def run_daemon(
                                           "so that the kubelet's probes and Prometheus reach it)."),
     trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="Load for services without Prometheus: this trace, "
                                                              "played from its middle on the daemon's clock."),
+    timestamp_column: TimestampColumn = None,
+    count_column: CountColumn = None,
+    rate_column: RateColumn = None,
     selector: Optional[str] = typer.Option(None, "--selector", help="Only services whose policy labels match, "
                                                                     "e.g. team=chat."),
     shadow: bool = typer.Option(False, "--shadow", help="Read the cluster, record what would be done, act on nothing."),
@@ -410,9 +422,11 @@ def run_daemon(
         say_missing_permissions(api, list(policies.values()), name, shadow, list(policy))
     # A trace the services at start need is read now (one that cannot be read ends the start, not a
     # cycle); a policy file added later that needs one reads it then.
-    loaded = load_trace_or_exit(trace) if any(p.signals.prometheus is None for p in policies.values()) else None
+    columns = csv_columns(timestamp_column, count_column, rate_column)
+    loaded = load_trace_or_exit(trace, columns) if any(p.signals.prometheus is None for p in policies.values()) \
+        else None
     parts = ServiceParts(backend, utc_now, api=api, shadow=shadow, selector=selector,
-                         trace=(lambda: loaded) if loaded is not None else (lambda: load_trace(trace)))
+                         trace=(lambda: loaded) if loaded is not None else (lambda: load_trace(trace, **columns)))
 
     def make_service(path: Path) -> ServiceController:
         service = ServiceController(path, None, None, st, metrics, shadow=shadow, parts=parts,

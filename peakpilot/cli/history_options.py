@@ -13,15 +13,17 @@ from peakpilot.cli.common import fail
 
 
 def load_history(trace: Optional[Path], prometheus: Optional[str], query: Optional[str], days: float,
-                 step: Optional[str], end: Optional[str] = None, auth=None):
+                 step: Optional[str], end: Optional[str] = None, auth=None, columns: Optional[dict] = None):
     """History from a CSV trace or a Prometheus range query (exactly one of them); ``auth``: the
-    credentials of a Prometheus behind authentication (``prometheus_auth``)."""
+    credentials of a Prometheus behind authentication (``prometheus_auth``); ``columns``: the CSV's
+    columns under other names (``csv_columns``)."""
     from forecaster.errors import HistoryError
 
     if trace and prometheus:
         fail("give --trace or --prometheus, not both")
     if (query or end) and not prometheus:
         fail(f"{'--query' if query else '--end'} reads Prometheus: give --prometheus URL too")
+    columns_need_a_trace(columns, trace, prometheus)
     try:
         if prometheus:
             from forecaster.prometheus_source import PrometheusSource
@@ -31,9 +33,28 @@ def load_history(trace: Optional[Path], prometheus: Optional[str], query: Option
             return source.load_days(days, end=parse_end(end), progress=True)
         from forecaster.csv_source import load_csv
 
-        return load_csv(trace or DEFAULT_TRACE, step=step)
+        return load_csv(trace or DEFAULT_TRACE, step=step, **(columns or {}))
     except HistoryError as exc:
         fail(str(exc))
+
+
+COLUMN_FLAGS = {"timestamp_column": "--timestamp-column", "count_column": "--count-column",
+                "rate_column": "--rate-column"}
+
+
+def columns_need_a_trace(columns: Optional[dict], trace: Optional[Path], prometheus: Optional[str]) -> None:
+    """Exit 2 where a column is named without a --trace to name it in (the sample's are known)."""
+    if columns and not trace:
+        fail(f"{COLUMN_FLAGS[next(iter(columns))]} names a column of a CSV trace: give --trace FILE"
+             f"{', not --prometheus' if prometheus else ''}")
+
+
+def csv_columns(timestamp_column: Optional[str], count_column: Optional[str], rate_column: Optional[str]) -> dict:
+    """--timestamp-column, --count-column and --rate-column as ``load_csv`` takes them (the ones given)."""
+    if count_column and rate_column:
+        fail("give --count-column or --rate-column, not both: the requests are read from one column")
+    given = {"timestamp_column": timestamp_column, "count_column": count_column, "rate_column": rate_column}
+    return {key: value for key, value in given.items() if value}
 
 
 def parse_end(text: Optional[str]):
@@ -127,6 +148,14 @@ Days = Annotated[Optional[float], typer.Option("--days", help="Days of history t
                                                               "or the policy's signals.history_days).")]
 End = Annotated[Optional[str], typer.Option("--end", help=END_HELP)]
 Timezone = Annotated[Optional[str], typer.Option("--timezone", help=TIMEZONE_HELP)]
+# A CSV whose columns have other names (an export of a Prometheus or Grafana panel, a log of another tool)
+TimestampColumn = Annotated[Optional[str], typer.Option("--timestamp-column", help=(
+    "The trace's column of times, where none is named timestamp, time, ts, datetime or date."))]
+CountColumn = Annotated[Optional[str], typer.Option("--count-column", help=(
+    "The trace's column of each interval's requests, where none is named requests, count, counts, value or y."))]
+RateColumn = Annotated[Optional[str], typer.Option("--rate-column", help=(
+    "The trace's column of requests per second (a Prometheus or Grafana panel's export): times the step, the "
+    "interval's requests."))]
 # replay and recommend-reserved: their defaults are the policy's own
 PolicyHeaders = Annotated[list[str], typer.Option("--prometheus-header", help=HEADER_HELP + " Default: the policy's "
                                                                                      "signals.prometheus_auth.")]

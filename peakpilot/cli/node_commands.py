@@ -13,7 +13,7 @@ import typer
 from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
 from peakpilot.cli.app import Command, app
 from peakpilot.cli.common import fail, require_reachable
-from peakpilot.cli.history_options import load_history
+from peakpilot.cli.history_options import CountColumn, RateColumn, TimestampColumn, csv_columns, load_history
 
 # profile and loadgen: what their requests send
 MODEL_FIELD_HELP = ("The model field each request sends: a served model name, for a server that asks for one "
@@ -167,6 +167,9 @@ def profile(
 @app.command(cls=Command)
 def loadgen(
     trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="CSV trace whose arrivals to replay."),
+    timestamp_column: TimestampColumn = None,
+    count_column: CountColumn = None,
+    rate_column: RateColumn = None,
     url: str = typer.Option(..., "--url", help="Base URL of the node (or load balancer)."),
     speedup: float = typer.Option(1.0, "--speedup", help="Compress time by this factor."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
@@ -187,7 +190,7 @@ def loadgen(
 
     from inference_node.loadgen import describe_errors, request_body, run_open_loop, schedule_from_counts
 
-    history = load_history(trace, None, None, 0, None)
+    history = load_history(trace, None, None, 0, None, columns=csv_columns(timestamp_column, count_column, rate_column))
     counts = history.counts
     if start:
         counts = counts[counts.index >= start]
