@@ -12,7 +12,7 @@ microseconds or nanoseconds (told apart by size). Columns under other names are 
 timestamps', the counts', or a rate per second's (an export of a Prometheus or Grafana panel), which
 is multiplied by the step into counts.
 
-Errors name the file, the 1-based line, and what is wrong with it.
+Errors name the file, the 1-based line, and what is wrong with it; an empty count is a gap, as a missing row is.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from forecaster.errors import HistoryError
-from forecaster.history import History, mark_gaps, running_total_problem
+from forecaster.history import History, mark_gaps, running_total_problem, stray_stretch
 
 TIMESTAMP_COLUMNS = ("timestamp", "time", "ts", "datetime", "date")
 COUNT_COLUMNS = ("requests", "count", "counts", "value", "y")
@@ -53,7 +53,7 @@ def load_csv(path: str | Path, *, step: str | pd.Timedelta | None = None, timest
     if count_col is None:
         times = _parse_times(path, frame[ts_col])
         _refuse_unnamed_counts(path, frame, ts_col, times)
-        return _from_log(path, times, pd.Timedelta(step or "1min"))
+        return _from_log(path, times, pd.Timedelta(step or "1min"), frame[ts_col])
     history = _from_counts(path, frame, ts_col, count_col, per_second=bool(rate_column))
     if step is not None and pd.Timedelta(step) != history.step:
         history = history.resample(pd.Timedelta(step))
@@ -66,7 +66,7 @@ def load_request_log(path: str | Path, *, step: str | pd.Timedelta = "1min",
     path = Path(path)
     frame = _read(path)
     ts_col = _pick(frame, path, timestamp_column, TIMESTAMP_COLUMNS, "timestamp")
-    return _from_log(path, _parse_times(path, frame[ts_col]), pd.Timedelta(step))
+    return _from_log(path, _parse_times(path, frame[ts_col]), pd.Timedelta(step), frame[ts_col])
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -182,6 +182,7 @@ def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str, p
                                               f"before ({frame[ts_col].iloc[i - 1]!r}); rows must be in time order")
     if len(times) < 2:
         raise HistoryError(str(path), "needs at least 2 rows to know the step")
+    _refuse_a_stray_stretch(path, times.asi8, frame[ts_col], np.arange(len(times)))
     step = pd.Timedelta(int(np.min(diffs)), "ns")
     off_grid = (times.asi8 - times.asi8[0]) % step.value != 0
     if off_grid.any():
@@ -219,11 +220,20 @@ def _refuse_unnamed_counts(path: Path, frame: pd.DataFrame, ts_col: str, times: 
                                       f"in the header); if it is a rate per second, --rate-column {name}")
 
 
-def _from_log(path: Path, times: pd.DatetimeIndex, step: pd.Timedelta) -> History:
+def _refuse_a_stray_stretch(path: Path, times: np.ndarray, raw: pd.Series, rows: np.ndarray) -> None:
+    """``times``: sorted, int64 ns; ``rows``: each one's row in ``raw``, the file's timestamp column."""
+    if (stray := stray_stretch(times)) is not None:
+        i, text = stray
+        a, b = int(rows[i]), int(rows[i + 1])
+        raise HistoryError(f"{path}:{a + 2}", f"{raw.iloc[a]!r}, then {raw.iloc[b]!r} (line {b + 2}): {text}")
+
+
+def _from_log(path: Path, times: pd.DatetimeIndex, step: pd.Timedelta, raw: pd.Series) -> History:
     if len(times) == 0:
         raise HistoryError(str(path), "the request log has no rows")
     order = np.argsort(times.asi8, kind="stable")
     times = times[order]
+    _refuse_a_stray_stretch(path, times.asi8, raw, order)
     start = times[0].floor(step)
     end = times[-1].floor(step)
     index = pd.date_range(start, end, freq=step)

@@ -77,6 +77,37 @@ def running_total_problem(counts: np.ndarray, step: pd.Timedelta) -> str | None:
             f"{values[0]:.4g} to {values[-1]:.4g}), as a counter's running total does")
 
 
+STRAY_GAP_MIN = pd.Timedelta(days=1)
+"""A stretch of a file's rows set apart from the rest by a gap at least this long, and longer than all
+the rest spans, is no part of the history (a row of Unix time 0, a year mistyped): read, the series would
+be years of gap with the data at one end (an array the size of that span, and a forecast of the fill)."""
+
+
+def stray_stretch(times: np.ndarray) -> tuple[int, str] | None:
+    """Where the longest gap between sorted times ``times`` (int64 ns) sets a stretch apart as
+    ``STRAY_GAP_MIN`` says: ``(i, text)``, the gap after ``times[i]`` and what it sets apart; else None."""
+    if len(times) < 2:
+        return None
+    diffs = np.diff(times)
+    i = int(np.argmax(diffs))
+    gap, before, after = int(diffs[i]), int(times[i] - times[0]), int(times[-1] - times[i + 1])
+    if gap < STRAY_GAP_MIN.value or gap <= before + after:
+        return None
+    first, last = i + 1, len(times) - i - 1
+    side, rows, span, where, others = (("first", first, before, "before", last) if first <= last else
+                                       ("last", last, after, "after", first))
+    apart = (f"the {side} row stands" if rows == 1 else f"the {side} {rows:,} rows, over {_span(span)}, stand") + \
+        f" {_span(gap)} {where} the other {others:,}"
+    return i, (f"{apart}: a stray row (Unix time 0, a mistyped year), or two stretches of history; peakpilot "
+               f"reads one stretch, so cut the file to it")
+
+
+def _span(ns: int) -> str:
+    days = ns / pd.Timedelta(days=1).value
+    return f"{days / 365.25:.1f} years" if days >= 365.25 else f"{days:.1f} days" if days >= 1 else \
+        f"{ns / pd.Timedelta(hours=1).value:.1f} hours"
+
+
 @dataclass(frozen=True)
 class Gap:
     start: pd.Timestamp

@@ -172,6 +172,32 @@ def test_counts_under_another_column_name_are_not_read_as_a_request_log(tmp_path
     assert list(load_csv(log).counts) == [2.0, 0.0, 1.0]
 
 
+def test_a_stray_row_far_from_the_rest_is_refused_naming_it(tmp_path):
+    """A row of Unix time 0 or a mistyped year, a day or more from the rest and further than the rest spans,
+    was read as decades of gap with the data at one end (gigabytes, and a forecast of the fill): refused,
+    naming its line, in a counts file and in a request log, at either end. A long outage inside the
+    history (shorter than the data around it) is still a gap."""
+    rows = [f"2024-01-0{1 + i // 1440}T{i % 1440 // 60:02d}:{i % 60:02d}:00,50\n" for i in range(3 * 1440)]
+    head = write(tmp_path, "timestamp,requests\n1970-01-01T00:00:00,3\n" + "".join(rows), "head.csv")
+    with pytest.raises(HistoryError, match=r"head.csv:2: '1970-01-01T00:00:00', then '2024-01-01T00:00:00' \(line "
+                                           r"3\): the first row stands 54.0 years before the other 4,320: a stray "
+                                           r"row .*cut the file to it"):
+        load_csv(head)
+    tail = write(tmp_path, "timestamp,requests\n" + "".join(rows) + "".join(
+        f"2025-01-0{d}T00:00:00,9\n" for d in (1, 2)), "tail.csv")
+    with pytest.raises(HistoryError, match=r"tail.csv:4321: '2024-01-03T23:59:00', then '2025-01-01T00:00:00' "
+                                           r"\(line 4322\): the last 2 rows, over 1.0 days, stand 363.0 days after "
+                                           r"the other 4,320"):
+        load_csv(tail)
+    log = write(tmp_path, "ts,user\n" + "".join(f"{1704067200 + 6 * i},u\n" for i in range(30_000)) + "0,u\n",
+                "log.csv")
+    with pytest.raises(HistoryError, match=r"log.csv:30002: '0', then '1704067200' \(line 2\): the first row stands "
+                                           r"54.0 years before the other 30,000"):
+        load_csv(log)
+    outage = write(tmp_path, "timestamp,requests\n" + "".join(rows[:1440] + rows[-1440:]), "outage.csv")
+    assert [(g.start.day, g.end.day) for g in load_csv(outage).gaps] == [(2, 3)]  # a day out of three
+
+
 def test_a_running_total_is_refused_as_no_count_per_interval(tmp_path):
     """A counter's running total written as counts (a day of it at 10 minutes) only grows: refused, where a
     forecaster would learn it as a ramp. Real traffic falls every night, so every real trace reads."""
