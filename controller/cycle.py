@@ -106,7 +106,9 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         keep = keep_target(need, lead, policy.planning.keep_min)
         mode = "predictive"
         peak_at = int(np.argmax(need[: lead + 1]))
-        up_reason = f"forecast needs {up} by +{peak_at} min ({policy.planning.quantile}, lead {lead} min)"
+        # (a lead time learned from the cluster's starts may outgrow the horizon the policy was checked against)
+        short = f", as far as the forecast reaches: a node takes {node_lead}" if lead < node_lead else ""
+        up_reason = f"forecast needs {up} by +{peak_at} min ({policy.planning.quantile}, lead {lead} min{short})"
         need_now = int(need[0])
         # the nodes the expected load (q50, events) needs by the time a node started now is ready: the
         # spot share is a share of these (``blend``)

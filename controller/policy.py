@@ -19,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CLASSES = ("reserved", "spot", "on_demand")
+HORIZON_MAX_MIN = 240
+"""The longest planning horizon: beyond four hours a forecast adds nothing a GPU node's start needs."""
 
 
 class PolicyError(ValueError):
@@ -107,7 +109,7 @@ class Limits(Strict):
 class Planning(Strict):
     quantile: Literal["q50", "q90", "q99"] = "q90"
     headroom: float = Field(0.3, ge=0, le=2, description="extra capacity over the forecast quantile")
-    horizon_min: int = Field(60, ge=10, le=240, description="minutes the forecast looks ahead")
+    horizon_min: int = Field(60, ge=10, le=HORIZON_MAX_MIN, description="minutes the forecast looks ahead")
     keep_min: float = Field(20, ge=0, description="do not release a node the forecast needs again within this")
     model: Literal["ensemble", "torch", "lightgbm", "prophet", "seasonal_naive", "recent_level",
                    "statsforecast_autoets"] = "ensemble"
@@ -400,6 +402,27 @@ class Policy(Strict):
                              f"a forecast from the newest complete step reaches only {reach} minute"
                              f"{'s' if reach != 1 else ''} ahead by the step's end; use a step of at most "
                              f"{horizon // 2}m, or horizon_min {2 * math.ceil(step_min)} or more")
+        return self
+
+    @model_validator(mode="after")
+    def _leads_within_horizon(self) -> Policy:
+        # Prewarming starts a node a lead time before the forecast shows it needed: a lead longer than the
+        # forecast reaches is planned only as far as it reaches (``control_cycle``), and every rise is met
+        # late. Most often it is a lead time written in seconds.
+        sees = self.planning.horizon_min - math.ceil(duration_seconds(self.signals.step) / 60)
+        elastic = ("spot", "on_demand") if self.spot.max_share > 0 else ("on_demand",)
+        for cls in elastic:
+            lead = getattr(self.classes, cls).lead_time
+            plans = math.ceil(lead.mean_min + 2 * lead.spread_min)
+            if plans > sees:
+                fix = (f"raise planning.horizon_min to {plans + self.planning.horizon_min - sees}" if
+                       plans + self.planning.horizon_min - sees <= HORIZON_MAX_MIN else
+                       f"no horizon_min (at most {HORIZON_MAX_MIN}) reaches that")
+                raise ValueError(f"classes.{cls}.lead_time plans {plans} minutes ahead (mean_min {lead.mean_min:g} "
+                                 f"+ 2 x spread_min {lead.spread_min:g}), but a forecast of planning.horizon_min "
+                                 f"{self.planning.horizon_min} at signals.step {self.signals.step} sees {sees}: "
+                                 f"a node started for a rise would be ready after it; {fix}, or check that the "
+                                 f"lead time is in minutes")
         return self
 
     def with_changes(self, **changes) -> Policy:

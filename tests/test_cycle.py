@@ -63,6 +63,18 @@ def test_prewarm_starts_nodes_one_lead_time_before_the_peak(policy):
     assert "forecast needs 8 by +12 min" in later.decisions[2].reason
 
 
+def test_a_learned_lead_time_beyond_the_forecast_is_said_where_the_plan_stops_short(policy):
+    """Starts measured at 75 minutes on a 60-minute forecast: the plan reaches as far as the forecast does,
+    and the reason says so, with how long a node takes (the policy's own 12 is not said to be short)."""
+    memory = Memory()
+    memory.lead_samples["on_demand"] = [75.0] * policy.planning.learn_lead_times_after
+    forecast = flat_forecast([(0, 30.0), (50, 80.0)])
+    result = decide(policy, forecast, view_with(3), load=30.0, memory=memory)
+    assert desired(result) == 8
+    assert "(q90, lead 59 min, as far as the forecast reaches: a node takes 75)" in result.decisions[2].reason
+    assert "as far as the forecast reaches" not in decide(policy, forecast, view_with(3), load=30.0).decisions[2].reason
+
+
 def test_scale_down_keeps_what_is_needed_again_soon(policy):
     # 8 nodes up; the load dips for 15 minutes, then comes back: keep them (keep_min 20).
     forecast = flat_forecast([(0, 20.0), (15, 80.0)])

@@ -82,6 +82,28 @@ def test_bad_values_name_the_key_and_reason(tmp_path, extra, message):
     assert message in str(err.value) and str(tmp_path / "p.yaml") in str(err.value)
 
 
+def test_a_lead_time_beyond_the_forecasts_reach_is_refused(tmp_path):
+    """A class that scales with the forecast and takes longer to start than the forecast sees would be
+    planned only as far as the forecast reaches, every rise met late: refused, with the horizon that
+    would do, or, where none would, the likelier slip (a lead time in seconds). Spot's is not judged
+    where the policy takes no spot."""
+    seconds = BASE.replace("on_demand: {price_per_hour: 3, lead_time: {mean_min: 5}}",
+                           "on_demand: {price_per_hour: 3, lead_time: {mean_min: 900}}")
+    with pytest.raises(PolicyError, match=r"classes.on_demand.lead_time plans 900 minutes ahead \(mean_min 900 \+ 2 x "
+                                          r"spread_min 0\), but a forecast of planning.horizon_min 60 at signals.step "
+                                          r"1m sees 59: a node started for a rise would be ready after it; no "
+                                          r"horizon_min \(at most 240\) reaches that, or check that the lead time is "
+                                          r"in minutes"):
+        load_policy(write(tmp_path, seconds))
+    long = BASE.replace("spot: {price_per_hour: 1, lead_time: {mean_min: 5}}",
+                        "spot: {price_per_hour: 1, lead_time: {mean_min: 50, spread_min: 10}}")
+    with pytest.raises(PolicyError, match=r"classes.spot.lead_time plans 70 minutes ahead .*raise "
+                                          r"planning.horizon_min to 71"):
+        load_policy(write(tmp_path, long))
+    assert load_policy(write(tmp_path, long + "planning: {horizon_min: 71}\n")).planning.horizon_min == 71
+    assert load_policy(write(tmp_path, long + "spot: {max_share: 0}\n")).spot.max_share == 0
+
+
 def test_capacity_needs_exactly_one_sizing(tmp_path):
     with pytest.raises(PolicyError, match="capacity: set exactly one of rps_per_node or peak_nodes"):
         load_policy(write(tmp_path, BASE.replace("{rps_per_node: 5}", "{rps_per_node: 5, peak_nodes: 3}")))
