@@ -178,8 +178,11 @@ def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str, p
                                               f"(also on line {i + 1})")
     if (diffs < 0).any():
         i = int(np.flatnonzero(diffs < 0)[0]) + 1
+        newest_first = "; the rows run newest first (as a query ordered by time DESC writes them): sort the " \
+            "file oldest first" if (diffs < 0).all() else ""
         raise HistoryError(f"{path}:{i + 2}", f"timestamp {frame[ts_col].iloc[i]!r} is earlier than the row "
-                                              f"before ({frame[ts_col].iloc[i - 1]!r}); rows must be in time order")
+                                              f"before ({frame[ts_col].iloc[i - 1]!r}); rows must be in time order"
+                                              f"{newest_first}")
     if len(times) < 2:
         raise HistoryError(str(path), "needs at least 2 rows to know the step")
     _refuse_a_stray_stretch(path, times.asi8, frame[ts_col], np.arange(len(times)))

@@ -289,6 +289,9 @@ def test_aggregation_to_a_coarser_step():
      "duplicate timestamp"),
     ("timestamp,requests\n2024-01-01T00:01:00,1\n2024-01-01T00:02:00,2\n2024-01-01T00:00:00,3\n", "t.csv:4",
      "earlier than the row before"),
+    ("timestamp,requests\n2024-01-01T00:02:00,1\n2024-01-01T00:01:00,2\n2024-01-01T00:00:00,3\n", "t.csv:3",
+     "rows must be in time order; the rows run newest first (as a query ordered by time DESC writes them): sort "
+     "the file oldest first"),
     ("timestamp,requests\n2024-01-01T00:00:00,1\n2024-01-01T00:01:00,2\n2024-01-01T00:02:30,3\n", "t.csv:4",
      "off the 0 days 00:01:00 grid"),
     ("timestamp,requests\n2024-01-01T00:00:00,1\n", "t.csv", "at least 2 rows"),
