@@ -212,6 +212,10 @@ def test_progress_bars_are_drawn_on_a_terminal():
     (["backtest", "--trace", str(SAMPLE), "--count-column", "a", "--rate-column", "b"],
      "give --count-column or --rate-column, not both"),
     (["recommend-reserved", "--trace", str(SAMPLE), "--timestamp-column", "when"], "no column 'when'; columns are"),
+    (["loadgen", "--url", "http://127.0.0.1:9", "--start", "noon"],
+     "--start 'noon': not a time; write it as the trace writes its timestamps, e.g. 2000-01-03T00:00:00"),
+    (["loadgen", "--url", "http://127.0.0.1:9", "--start", "2030-01-01"],
+     "--start 2030-01-01: after the trace's last step (2000-01-16T23:50:00)"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(args, message):
     out = run(*args)
@@ -246,6 +250,20 @@ def test_a_panels_export_is_read_where_its_columns_are_named(tmp_path):
                                    (counts, []))]
     assert all(out.returncode == 0 for out in reserved), [out.stderr for out in reserved]
     assert json.loads(reserved[0].stdout) == json.loads(reserved[1].stdout)
+
+
+def test_loadgens_start_is_read_on_the_traces_clock():
+    """--start without an offset is a time on the trace's own clock; with one, the same instant converted."""
+    import pandas as pd
+
+    from peakpilot.cli.node_commands import trace_time
+
+    naive = pd.date_range("2024-01-01", periods=3, freq="1min")
+    assert trace_time("2024-01-01T00:01", naive) == naive[1]
+    assert trace_time("2024-01-01T02:01+02:00", naive) == naive[1]
+    new_york = naive.tz_localize("America/New_York")
+    assert trace_time("2024-01-01T00:01", new_york) == new_york[1]
+    assert trace_time("2024-01-01T05:01Z", new_york) == new_york[1]
 
 
 def test_the_column_options_name_the_columns_read_without_them():

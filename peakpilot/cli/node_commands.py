@@ -164,6 +164,20 @@ def profile(
                    f"ready {start.get('total', 0):.1f} s (add boot and image pull for lead_time)")
 
 
+def trace_time(text: str, index):
+    """--start as a time of the trace: on its clock where the text has no offset, or exit 2 naming it."""
+    import pandas as pd
+
+    try:
+        at = pd.Timestamp(text)
+    except ValueError:
+        fail(f"--start {text!r}: not a time; write it as the trace writes its timestamps, e.g. "
+             f"{index[0].isoformat()}")
+    if index.tz is None:
+        return at.tz_convert("UTC").tz_localize(None) if at.tzinfo is not None else at
+    return at.tz_localize(index.tz) if at.tzinfo is None else at
+
+
 @app.command(cls=Command)
 def loadgen(
     trace: Path = typer.Option(DEFAULT_TRACE, "--trace", help="CSV trace whose arrivals to replay."),
@@ -174,7 +188,8 @@ def loadgen(
     speedup: float = typer.Option(1.0, "--speedup", help="Compress time by this factor."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
     rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply the trace's counts (e.g. 0.001)."),
-    start: Optional[str] = typer.Option(None, "--start", help="Start at this timestamp of the trace."),
+    start: Optional[str] = typer.Option(None, "--start", help="Start at this time of the trace (on its clock where "
+                                                              "no offset is given)."),
     max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens each request asks for."),
     stream: bool = typer.Option(False, "--stream", help="Ask for streamed answers, and report when each "
                                                         "one's first text was read too."),
@@ -193,7 +208,9 @@ def loadgen(
     history = load_history(trace, None, None, 0, None, columns=csv_columns(timestamp_column, count_column, rate_column))
     counts = history.counts
     if start:
-        counts = counts[counts.index >= start]
+        counts = counts[counts.index >= trace_time(start, counts.index)]
+        if counts.empty:
+            fail(f"--start {start}: after the trace's last step ({history.counts.index[-1].isoformat()})")
     times = schedule_from_counts(counts.to_numpy(), history.step.total_seconds(), speedup, rate_scale, duration)
     if len(times) == 0:
         fail("nothing to send: the slice is empty (check --start, --duration, --rate-scale)")
