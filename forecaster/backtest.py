@@ -92,8 +92,11 @@ def run_backtest(history: History, models: list[str] | tuple[str, ...] = DEFAULT
                  keep_forecasts: bool = False) -> BacktestResult:
     config = config or BacktestConfig()
     unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        raise ValueError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    if unknown or not models:
+        raise ValueError(f"{'unknown model(s) ' + ', '.join(unknown) if unknown else 'no model to backtest'}; "
+                         f"choose from {', '.join(MODELS)}")
+    if not config.refit_hours > 0:
+        raise ValueError(f"refit every {config.refit_hours:g} hours: it must be above 0")
     positions = origins_for(history, config)
     horizon = history.steps_for(config.horizon_min)
     observed = history.counts.to_numpy()

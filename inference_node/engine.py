@@ -332,15 +332,16 @@ class ProcessEngine:
     def start(self) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_engine_main, args=(child, self.spec), name="peakpilot-engine", daemon=True)
-        self._proc.start()
+        proc = ctx.Process(target=_engine_main, args=(child, self.spec), name="peakpilot-engine", daemon=True)
+        proc.start()
+        self._proc = proc  # only once started: a close while it spawns has no process to join yet
         child.close()
         try:
             kind, payload = self._conn.recv()
         except (EOFError, OSError):
-            self._proc.join(5)
+            proc.join(5)
             raise EngineError(f"the engine process exited while loading the model (exit code "
-                              f"{self._proc.exitcode})") from None
+                              f"{proc.exitcode})") from None
         if kind != "ready":
             raise EngineError(f"{payload}; a tokenizer that cannot be sent between processes needs --engine thread"
                               if "pickle" in str(payload).lower() else payload)

@@ -29,6 +29,7 @@ import asyncio
 import hmac
 import logging
 import signal
+import socket
 import time
 
 import uvicorn
@@ -613,8 +614,9 @@ class NodeFailed(RuntimeError):
 
 
 def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          access_log: bool = False) -> None:
+          access_log: bool = False, sock: socket.socket | None = None) -> None:
     """Run the node until SIGTERM has drained it; raise ``NodeFailed`` if it stopped because it could not serve.
+    ``sock``: a socket already bound to ``host:port`` (by default uvicorn binds one once the app has started).
 
     No line per request by default: at hundreds of requests a second that is most of the node's log and
     some of its CPU, and ``/metrics`` counts every outcome."""
@@ -622,6 +624,6 @@ def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, log_lev
     node = app.state.node
     server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                                            timeout_graceful_shutdown=int(config.drain_seconds)), node)
-    server.run()
+    server.run(sockets=[sock] if sock is not None else None)
     if node.state == "failed":
         raise NodeFailed(f"{node.error} (--model {config.model})")

@@ -216,6 +216,16 @@ def test_progress_bars_are_drawn_on_a_terminal():
      "--start 'noon': not a time; write it as the trace writes its timestamps, e.g. 2000-01-03T00:00:00"),
     (["loadgen", "--url", "http://127.0.0.1:9", "--start", "2030-01-01"],
      "--start 2030-01-01: after the trace's last step (2000-01-16T23:50:00)"),
+    (["loadgen", "--url", "http://127.0.0.1:9", "--speedup", "0"], "--speedup 0: must be above 0"),
+    (["replay", "--strategies", ",", "--no-sweep"], "--strategies names none; choose from predictive, reactive"),
+    (["replay", "--train-days", "-1"], "--train-days -1: must be above 0"),
+    (["backtest", "--models", ","], "no model to backtest; choose from ensemble"),
+    (["backtest", "--refit-hours", "0"], "--refit-hours 0: must be above 0"),
+    (["run", "--once", "--retention-days", "0"], "--retention-days 0: must be above 0"),
+    (["run", "--once", "--retrain-cron", "0 */6 * *"], "--retrain-cron '0 */6 * *': Wrong number of fields; got 4, "
+                                                       "expected 5 (five fields: minute hour day month weekday"),
+    (["forecast", "--seed", "-1"], "Invalid value for '--seed'"),
+    (["serve", "--port", "70000"], "Invalid value for '--port'"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(args, message):
     out = run(*args)
@@ -274,6 +284,25 @@ def test_the_column_options_name_the_columns_read_without_them():
     for option, names in ((TimestampColumn, TIMESTAMP_COLUMNS), (CountColumn, COUNT_COLUMNS)):
         help_text = option.__metadata__[0].help
         assert f"{', '.join(names[:-1])} or {names[-1]}" in help_text
+
+
+def test_a_port_already_taken_is_said_before_the_server_starts(tmp_path):
+    """serve, dashboard and the daemon's --metrics-port on a port something else holds: exit 2 naming the
+    option and the address, before a model loads or Streamlit starts (the node said it after its start,
+    with a traceback from its shutdown; the daemon with a traceback; the dashboard after saying where it was)."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        for args, flag in ((["serve", "--port", port], "--port"), (["dashboard", "--port", port], "--port"),
+                           (["run", "--once", "--metrics-port", port, "--store", str(tmp_path / "d.db")],
+                            "--metrics-port")):
+            out = run(*args)
+            assert out.returncode == 2, (args, out.stderr)
+            assert f"{flag} {port}: cannot listen on 127.0.0.1:{port} (Address already in use)" in out.stderr
+            assert "Traceback" not in out.stderr and "dashboard on" not in out.stderr
 
 
 def test_status_says_what_each_service_last_decided_and_flags_one_no_longer_run(tmp_path):

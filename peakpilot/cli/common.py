@@ -3,6 +3,7 @@ the command with one line naming what is wrong and where, and exit code 2; no tr
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import typer
@@ -11,6 +12,32 @@ import typer
 def fail(message: str, code: int = 2) -> None:
     typer.echo(f"peakpilot: error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def listening_socket(host: str, port: int, flag: str = "--port") -> socket.socket:
+    """A socket bound to ``host:port`` before the server's start (a model's load, Streamlit's), or exit 2
+    naming the option: a port already taken, where the server would say it only once started."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        fail(f"{flag} {port}: cannot listen on {host}:{port} ({exc.strerror})")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and Tornado: a restart rebinds at once
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        fail(f"{flag} {port}: cannot listen on {host}:{port} ({exc.strerror})")
+    return sock
+
+
+def above_zero(*options: tuple[str, float | None]) -> None:
+    """Exit 2 naming the first ``(flag, value)`` given at or below zero (Typer's ranges take only closed
+    bounds: ``min=0`` would let 0 through)."""
+    for flag, value in options:
+        if value is not None and not value > 0:
+            fail(f"{flag} {value:g}: must be above 0")
 
 
 def or_exit(errors, call, *args, **kwargs):

@@ -13,8 +13,8 @@ import typer
 from controller.shipped import DEFAULT_POLICY
 from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
 from peakpilot.cli.app import Command, app
-from peakpilot.cli.common import (check_backend, fail, load_policy_or_exit, load_trace_or_exit, open_store,
-                                  record_or_exit)
+from peakpilot.cli.common import (above_zero, check_backend, fail, load_policy_or_exit, load_trace_or_exit,
+                                  open_store, record_or_exit)
 from peakpilot.cli.history_options import (CountColumn, End, PolicyHeaders, PolicyQuery, PolicyStep,
                                            PrometheusTokenFile, RateColumn, TimestampColumn, columns_need_a_trace,
                                            csv_columns, load_history, prometheus_auth)
@@ -48,7 +48,7 @@ def replay(
     no_sweep: bool = typer.Option(False, "--no-sweep", help="Only the policy's own settings; no frontier sweep."),
     train_days: Optional[float] = typer.Option(None, "--train-days", help="Days of history before the replayed "
                                                                           "window (default: half the trace, 2.5-14)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the simulated cluster and the forecaster."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the simulated cluster and the forecaster."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Replay a trace through the real control cycle: cost and SLA against reactive, static and oracle."""
@@ -57,8 +57,10 @@ def replay(
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     unknown = [s for s in names if s not in STRATEGIES]
-    if unknown:
-        fail(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
+    if unknown or not names:
+        fail(f"{'unknown strategy ' + ', '.join(unknown) if unknown else '--strategies names none'}; choose from "
+             f"{', '.join(STRATEGIES)}")
+    above_zero(("--train-days", train_days), ("--days", days))
     pol = load_policy_or_exit(policy)
     tr = history_as_trace(pol, trace, prometheus, prometheus_header, prometheus_token_file, query, days, step, end,
                           "replaying the sample trace; --prometheus {url} replays the history of {service}",
@@ -130,6 +132,16 @@ def history_as_trace(pol, trace: Optional[Path], prometheus: Optional[str], head
     return load_trace_or_exit(trace or DEFAULT_TRACE, columns)
 
 
+def check_cron(text: str) -> None:
+    """--retrain-cron as the scheduler will read it, at start rather than when the scheduler takes it."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(text, timezone="UTC")
+    except ValueError as exc:
+        fail(f"--retrain-cron {text!r}: {exc} (five fields: minute hour day month weekday, e.g. '0 */6 * * *')")
+
+
 @app.command("recommend-reserved", cls=Command)
 def recommend_reserved_cmd(
     trace: Optional[Path] = typer.Option(None, "--trace", help="CSV trace of the history (default: the sample "
@@ -157,6 +169,7 @@ def recommend_reserved_cmd(
     from controller.replay import rps_per_node_for
     from controller.reserved import recommend_reserved
 
+    above_zero(("--days", days))
     pol = load_policy_or_exit(policy)
     tr = history_as_trace(pol, trace, prometheus, prometheus_header, prometheus_token_file, query, days, step, end,
                           "recommending from the sample trace; --prometheus {url} recommends from the history "
@@ -353,7 +366,8 @@ def run_daemon(
     once: bool = typer.Option(False, "--once", help="Run one cycle and exit (0, or 1 if it failed)."),
     interval_s: float = typer.Option(60, "--interval-s", min=0.1, help="Seconds between control cycles."),
     retrain_cron: str = typer.Option("0 */6 * * *", "--retrain-cron", help="When to retrain (crontab, UTC)."),
-    metrics_port: int = typer.Option(0, "--metrics-port", help="Serve /metrics and /health here (0: off)."),
+    metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
+                                     help="Serve /metrics and /health here (0: off)."),
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host",
                                      help="Address for /metrics and /health (loopback by default; 0.0.0.0 in a pod, "
                                           "so that the kubelet's probes and Prometheus reach it)."),
@@ -384,6 +398,8 @@ def run_daemon(
     from controller.replay import load_trace
     from controller.service_parts import ServiceParts
     check_backend(backend)
+    above_zero(("--retention-days", retention_days))
+    check_cron(retrain_cron)
     if not policy:
         if backend == "kubernetes":
             fail("--backend kubernetes needs --policy: the policy files (or a folder of them) of the services to "
@@ -446,7 +462,10 @@ def run_daemon(
     daemon = Daemon(services, metrics, interval_s, retrain_cron, lease=lease,
                     watch=PolicyWatch(policy, backend, parts.selects), make_service=make_service)
     if metrics_port:
-        daemon.serve_metrics(metrics_port, metrics_host)
+        try:
+            daemon.serve_metrics(metrics_port, metrics_host)
+        except OSError as exc:
+            fail(f"--metrics-port {metrics_port}: cannot listen on {metrics_host}:{metrics_port} ({exc.strerror})")
     if once:
         daemon.retrain_all()
         ok = daemon.cycle_all()

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from peakpilot.cli.app import Command, app
-from peakpilot.cli.common import fail, load_policy_or_exit, open_store, record_or_exit
+from peakpilot.cli.common import above_zero, fail, load_policy_or_exit, open_store, record_or_exit
 from peakpilot.cli.history_options import (CountColumn, Days, End, PrometheusHeaders, PrometheusTokenFile, Query,
                                            RateColumn, TimestampColumn, Timezone, csv_columns, load_history,
                                            on_users_clock, policy_signals, prometheus_auth)
@@ -58,7 +58,7 @@ def forecast(
                                           "prometheus_auth and timezone, its planning.model and horizon_min (the "
                                           "options given here win)."),
     timezone: Timezone = None,
-    seed: int = typer.Option(0, "--seed", help="Seed of the learned models (same seed, same forecast)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the learned models (same seed, same forecast)."),
     save: Optional[Path] = typer.Option(None, "--save", help="Also save the fitted model here."),
     every_step: bool = typer.Option(False, "--every-step", help=f"Print a row for every step; by default a "
                                                                 f"forecast of more than {TABLE_ROWS} steps shows "
@@ -69,6 +69,7 @@ def forecast(
     from forecaster.errors import NotEnoughHistory
     from forecaster.models import MODELS, fit_with_fallback, horizon_options
 
+    above_zero(("--days", days))
     pol = load_policy_or_exit(policy) if policy else None
     prometheus, query, step, days, timezone = policy_signals(pol, trace, prometheus, query, step, days, timezone)
     if pol is not None:
@@ -137,7 +138,7 @@ def backtest(
     policy: Optional[Path] = typer.Option(None, "--policy", help="Backtest on the service's load as the daemon reads "
                                           "it: the policy's Prometheus with its query, step, history_days, "
                                           "prometheus_auth and timezone (the options given here win)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the learned models (same seed, same scores)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the learned models (same seed, same scores)."),
     store: Optional[str] = typer.Option(None, "--store", help="Also record the result here, for the dashboard."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
@@ -145,6 +146,7 @@ def backtest(
     from forecaster.backtest import DEFAULT_MODELS, BacktestConfig, run_backtest
     from forecaster.errors import HistoryError
 
+    above_zero(("--refit-hours", refit_hours), ("--days", days))
     pol = load_policy_or_exit(policy) if policy else None
     prometheus, query, step, days, timezone = policy_signals(pol, trace, prometheus, query, step, days, timezone)
     auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file, pol)

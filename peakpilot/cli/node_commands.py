@@ -12,7 +12,7 @@ import typer
 
 from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
 from peakpilot.cli.app import Command, app
-from peakpilot.cli.common import fail, require_reachable
+from peakpilot.cli.common import above_zero, fail, listening_socket, require_reachable
 from peakpilot.cli.history_options import CountColumn, RateColumn, TimestampColumn, csv_columns, load_history
 
 # profile and loadgen: what their requests send
@@ -30,7 +30,7 @@ def serve(
                                                           "model directory or hub id; the hf extra), a TorchScript "
                                                           "file, or module:factory returning (nn.Module, tokenizer)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 in a pod)."),
-    port: int = typer.Option(8000, "--port", help="Port to serve on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to serve on."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most requests generating together; "
                                    "a request joins the batch within 4 steps once one of these rows is free."),
     max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", min=0, help="Longest a request "
@@ -94,6 +94,7 @@ def serve(
         fail(f"unknown --slo-on {slo_on!r}; choose {' or '.join(SLO_ON)}")
     if dtype not in DTYPE_NAMES:
         fail(f"unknown dtype {dtype!r}; choose {', '.join(DTYPE_NAMES[:-1])} or {DTYPE_NAMES[-1]}")
+    sock = listening_socket(host, port)
     logging.getLogger().setLevel(logging.INFO)
     try:
         run_server(NodeConfig(model=model, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
@@ -102,7 +103,7 @@ def serve(
                               quantize=quantize, dtype=dtype, threads=threads, slo_ms=slo_ms, slo_on=slo_on,
                               engine=engine, batching=batching, oom_backoff_s=oom_backoff_s,
                               served_model_names=tuple(served_model_name), api_keys=tuple(k for k in api_key if k)),
-                   host, port, access_log=access_log)
+                   host, port, access_log=access_log, sock=sock)
     except NodeFailed as exc:
         fail(str(exc), 1)
 
@@ -205,6 +206,7 @@ def loadgen(
 
     from inference_node.loadgen import describe_errors, request_body, run_open_loop, schedule_from_counts
 
+    above_zero(("--speedup", speedup), ("--rate-scale", rate_scale), ("--duration", duration))
     history = load_history(trace, None, None, 0, None, columns=csv_columns(timestamp_column, count_column, rate_column))
     counts = history.counts
     if start:
