@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from forecaster.errors import HistoryError
-from forecaster.history import History, mark_gaps, running_total_problem, stray_stretch
+from forecaster.history import History, mark_gaps, prometheus_duration, running_total_problem, stray_stretch
 
 TIMESTAMP_COLUMNS = ("timestamp", "time", "ts", "datetime", "date")
 COUNT_COLUMNS = ("requests", "count", "counts", "value", "y")
@@ -41,6 +41,7 @@ def load_csv(path: str | Path, *, step: str | pd.Timedelta | None = None, timest
     Prometheus or Grafana panel holds (each row is multiplied by the step).
     """
     path = Path(path)
+    step = None if step is None else _step(path, step)
     if count_column and rate_column:
         raise HistoryError(str(path), f"a count column ({count_column!r}) and a rate column ({rate_column!r}) "
                                       f"were both given: the requests are read from one of them")
@@ -53,10 +54,14 @@ def load_csv(path: str | Path, *, step: str | pd.Timedelta | None = None, timest
     if count_col is None:
         times = _parse_times(path, frame[ts_col])
         _refuse_unnamed_counts(path, frame, ts_col, times)
-        return _from_log(path, times, pd.Timedelta(step or "1min"), frame[ts_col])
+        return _from_log(path, times, step or pd.Timedelta("1min"), frame[ts_col])
     history = _from_counts(path, frame, ts_col, count_col, per_second=bool(rate_column))
-    if step is not None and pd.Timedelta(step) != history.step:
-        history = history.resample(pd.Timedelta(step))
+    if step is not None and step != history.step:
+        if step < history.step or (step / history.step) % 1:
+            every = prometheus_duration(history.step)
+            raise HistoryError(str(path), f"step {prometheus_duration(step)}: its {every} counts add up only to a "
+                                          f"multiple of {every} ({prometheus_duration(2 * history.step)}, ...)")
+        history = history.resample(step)
     return history
 
 
@@ -64,9 +69,22 @@ def load_request_log(path: str | Path, *, step: str | pd.Timedelta = "1min",
                      timestamp_column: str | None = None) -> History:
     """Count the arrivals of a per-request log per ``step``."""
     path = Path(path)
+    step = _step(path, step)
     frame = _read(path)
     ts_col = _pick(frame, path, timestamp_column, TIMESTAMP_COLUMNS, "timestamp")
-    return _from_log(path, _parse_times(path, frame[ts_col]), pd.Timedelta(step), frame[ts_col])
+    return _from_log(path, _parse_times(path, frame[ts_col]), step, frame[ts_col])
+
+
+def _step(path: Path, step: str | pd.Timedelta) -> pd.Timedelta:
+    """The step asked for, as a positive whole number of seconds (``5m``, ``5min``, ``30s``, ``1h``)."""
+    try:
+        parsed = pd.Timedelta(step)
+    except ValueError:
+        parsed = None
+    if parsed is None or pd.isna(parsed) or parsed.total_seconds() < 1 or parsed.total_seconds() % 1:
+        raise HistoryError(str(path), f"step {step!r} is not a whole number of seconds of at least one (write it "
+                                      f"as 30s, 1m, 5m or 1h)")
+    return parsed
 
 
 def _read(path: Path) -> pd.DataFrame:

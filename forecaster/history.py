@@ -108,6 +108,15 @@ def _span(ns: int) -> str:
         f"{ns / pd.Timedelta(hours=1).value:.1f} hours"
 
 
+def prometheus_duration(step: pd.Timedelta) -> str:
+    """A step as PromQL writes durations (and as ``--step`` takes them): 30s, 5m, 1h, 90s."""
+    seconds = int(step.total_seconds())
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 @dataclass(frozen=True)
 class Gap:
     start: pd.Timestamp

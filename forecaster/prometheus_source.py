@@ -49,7 +49,7 @@ from forecaster.errors import HistoryError
 from forecaster.azure_auth import AzureSettings
 from forecaster.google_auth import GoogleSettings, google_token
 from forecaster.google_auth import forget as forget_google
-from forecaster.history import History, mark_gaps, running_total_problem
+from forecaster.history import History, mark_gaps, prometheus_duration, running_total_problem
 from forecaster.oauth2 import ClientCredentials
 from forecaster.secret_file import check_tls_files, read_secret
 from forecaster.sigv4 import SigV4Settings, Signer
@@ -184,15 +184,6 @@ def url_problem(url: str) -> str | None:
         return ("a query string or fragment cannot be part of a Prometheus URL (the API's paths go after it): "
                 "send a token with --prometheus-token-file or a header, or the policy's signals.prometheus_auth")
     return None
-
-
-def prometheus_duration(step: pd.Timedelta) -> str:
-    """A step as PromQL writes durations: 30s, 5m, 1h, 90s."""
-    seconds = int(step.total_seconds())
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 class PrometheusSource:

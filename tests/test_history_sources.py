@@ -274,6 +274,25 @@ def test_aggregation_to_a_coarser_step():
     assert history.counts.iloc[0] == raw[:5].sum()
 
 
+def test_a_step_counts_cannot_add_up_to_is_refused_naming_it(tmp_path):
+    """--step finer than the counts, or no multiple of them, or no duration at all: a clear error naming the
+    file and the step (it was a traceback); a request log is counted at any whole number of seconds."""
+    path = write(tmp_path, "timestamp,requests\n" + "".join(f"2024-01-01T00:{10 * i:02d}:00,{i}\n" for i in range(6)))
+    for step in ("5m", "15m"):
+        with pytest.raises(HistoryError, match=rf"t.csv: step {step}: its 10m counts add up only to a multiple of "
+                                               rf"10m \(20m, ...\)"):
+            load_csv(path, step=step)
+    assert list(load_csv(path, step="20min").counts) == [1, 5, 9]
+    for step in ("abc", "0s", "1.5s"):
+        with pytest.raises(HistoryError, match=rf"t.csv: step '{step}' is not a whole number of seconds of at least "
+                                               rf"one \(write it as 30s, 1m, 5m or 1h\)"):
+            load_csv(path, step=step)
+    log = write(tmp_path, "ts,user\n" + "".join(f"{1704067200 + 7 * i},u\n" for i in range(10)), "log.csv")
+    assert list(load_request_log(log, step="30s").counts) == [5, 4, 1]
+    with pytest.raises(HistoryError, match="log.csv: step '-1m' is not a whole number"):
+        load_request_log(log, step="-1m")
+
+
 @pytest.mark.parametrize("text,where,message", [
     ("", "t.csv", "empty"),
     ("timestamp,requests\n", "t.csv", "no rows"),
