@@ -405,6 +405,16 @@ class Policy(Strict):
         return self
 
     @model_validator(mode="after")
+    def _reserved_within_limits(self) -> Policy:
+        # The fleet never exceeds max_nodes, so reserved nodes above it would be paid for and never run.
+        count = self.reserved.count
+        if count != "auto" and count > self.limits.max_nodes:
+            raise ValueError(f"reserved.count {count} is above limits.max_nodes {self.limits.max_nodes}: the fleet "
+                             f"never runs more than max_nodes, so {count - self.limits.max_nodes} reserved node(s) "
+                             f"would be paid for and never run")
+        return self
+
+    @model_validator(mode="after")
     def _leads_within_horizon(self) -> Policy:
         # Prewarming starts a node a lead time before the forecast shows it needed: a lead longer than the
         # forecast reaches is planned only as far as it reaches (``control_cycle``), and every rise is met

@@ -64,7 +64,9 @@ def recommend_reserved(load_rps: np.ndarray, policy: Policy, rps_per_node: float
     load = load_rps[~np.isnan(load_rps)]
     if load.size == 0:
         raise ValueError("no observed load to recommend from")
-    need = np.maximum(nodes_needed(load, rps_per_node, policy.planning.headroom), policy.limits.min_nodes)
+    # as the cycle limits its fleet: never under min_nodes, never over max_nodes (nor is the count then)
+    need = np.clip(nodes_needed(load, rps_per_node, policy.planning.headroom), policy.limits.min_nodes,
+                   policy.limits.max_nodes)
     costs = [sum(blended_cost(need, r, policy).values()) for r in range(int(need.max()) + 1)]
     count = int(np.argmin(costs))  # the first of equal minima: fewer reserved nodes
     layers = np.arange(1, count + 4)

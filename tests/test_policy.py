@@ -67,6 +67,9 @@ classes:
     ("signals: {step: 1h}\n", "signals.step 1h is more than half of planning.horizon_min (60): a "
                               "forecast from the newest complete step reaches only 1 minute ahead by the step's "
                               "end; use a step of at most 30m, or horizon_min 120 or more"),
+    ("reserved: {count: 12}\nlimits: {max_nodes: 10}\n", "reserved.count 12 is above limits.max_nodes 10: the fleet "
+                                                       "never runs more than max_nodes, so 2 reserved node(s) would "
+                                                       "be paid for and never run"),
     ("signals: {timezone: US/Eastern Standard}\n", "signals.timezone: 'US/Eastern Standard' is not a "
                                                    "time zone this machine knows: an IANA name such as UTC"),
     ("signals: {timezone: ../../etc/passwd}\n", "signals.timezone: '../../etc/passwd' is not a time zone"),

@@ -36,6 +36,15 @@ def test_a_layer_used_ten_minutes_an_hour_is_worth_reserving_only_when_billed_by
     assert hourly["cost_usd"] < hourly["cost_usd_without"]
 
 
+def test_the_count_stays_within_the_fleets_limits():
+    """A history needing 30 nodes under max_nodes 10: the fleet the cycle runs is at most 10, so no count above
+    it is recommended (reserved nodes above max_nodes are paid for and never run)."""
+    capped = no_spot(60).with_changes(limits={"max_nodes": 10})
+    result = recommend_reserved(np.full(24 * 60, 300.0), capped, 10.0)
+    assert result["reserved"] == 10 and len(result["cost_usd_by_count"]) == 11
+    assert recommend_reserved(np.full(24 * 60, 300.0), no_spot(60), 10.0)["reserved"] == 30
+
+
 def test_a_history_at_any_step_is_costed_minute_by_minute():
     """The daemon recommends from its Prometheus history at ``signals.step``; costed step by step as if
     each were a minute, a 5-minute history's hourly blocks were five hours long, and the same load gave
