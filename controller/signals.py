@@ -29,6 +29,18 @@ def recent(step: pd.Timedelta) -> pd.Timedelta:
     return step * max(2, math.ceil(REREAD / step))
 
 
+def share_answered(answer) -> tuple[float, str | None]:
+    """The busy share an instant query answered, and what is wrong with the answer, if anything: one series
+    (or a scalar) is the share; none is 0 (nothing answered busy); several are a failure, where the first
+    would be one pod's share read as the service's."""
+    if isinstance(answer, list) and len(answer) == 2 and not isinstance(answer[0], dict):
+        return float(answer[1]), None  # a scalar: [time, "value"]
+    if len(answer) > 1:
+        return 0.0, (f"it answered {len(answer)} series, not one (one per pod?): aggregate it over the service, "
+                     f"e.g. sum(rate(BUSY[5m])) / sum(rate(ALL[5m]))")
+    return (float(answer[0]["value"][1]) if answer else 0.0), None
+
+
 class SignalError(RuntimeError):
     pass
 
@@ -144,8 +156,7 @@ class PrometheusSignals:
         """The busy share at ``at`` (the minute observed, not the wall clock's), 0 where there is none."""
         try:
             answer = self.source.client().custom_query(self.busy_query, params={"time": at.timestamp()})
-            busy = float(answer[0]["value"][1]) if answer else 0.0
-            failure = None
+            busy, failure = share_answered(answer)
         except Exception as exc:  # the load is what matters; this refines it
             busy, failure = 0.0, str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         if np.isfinite(busy) and busy > 1.0 + 1e-9:  # (read as a share, 5 for 5% would scale up as if all were busy)

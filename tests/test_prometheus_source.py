@@ -327,7 +327,9 @@ def test_the_busy_share_is_read_at_the_minute_observed_from_the_nodes_or_the_pol
     lines = ["# TYPE peakpilot_requests counter"]
     for outcome, per_s in (("ok", 9), ("busy", 1)):
         lines += [f'peakpilot_requests_total{{outcome="{outcome}"}} {per_s * (t - stamps[0])} {t}' for t in stamps]
-    lines += ["# TYPE llm_queue_waiting gauge", *(f"llm_queue_waiting 30 {t}" for t in stamps), "# EOF"]
+    lines += ["# TYPE llm_queue_waiting gauge", *(f"llm_queue_waiting 30 {t}" for t in stamps)]
+    lines += ["# TYPE pod_busy_share gauge", *(f'pod_busy_share{{pod="{pod}"}} {share} {t}' for t in stamps
+                                               for pod, share in (("a", 0.05), ("b", 0.5))), "# EOF"]
     server = prometheus_factory()
     server.backfill("\n".join(lines) + "\n")
     server.start()
@@ -355,3 +357,9 @@ def test_the_busy_share_is_read_at_the_minute_observed_from_the_nodes_or_the_pol
         assert percent.observe(minute).busy_share == 0.0
     assert "it answered 30, not a share from 0 to 1 (a percentage? divide it by 100" in caplog.text
     assert percent.busy_failure.startswith("it answered 30")
+    # one series per pod: the first pod's share is not the service's; a scalar is read as the share
+    per_pod = PrometheusSignals(server.url, busy_query="pod_busy_share", service="chat")
+    assert per_pod.observe(minute).busy_share == 0.0
+    assert per_pod.busy_failure.startswith("it answered 2 series, not one (one per pod?): aggregate it")
+    scalar = PrometheusSignals(server.url, busy_query="scalar(max(llm_queue_waiting)) / 100")
+    assert scalar.observe(minute).busy_share == pytest.approx(0.3) and scalar.busy_failure is None
