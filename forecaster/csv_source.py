@@ -7,8 +7,8 @@ Two shapes are read:
 * **request log**: one row per request with a timestamp column (as in the Azure LLM inference
   traces, column ``TIMESTAMP``); arrivals are counted per ``step``.
 
-Timestamps are ISO 8601 (with or without an offset) or Unix time in seconds, milliseconds,
-microseconds or nanoseconds (told apart by size). Columns under other names are given by name: the
+Timestamps are ISO 8601 (with or without an offset; BigQuery's " UTC" suffix too) or Unix time in
+seconds, milliseconds, microseconds or nanoseconds (told apart by size). Columns under other names are given by name: the
 timestamps', the counts', or a rate per second's (an export of a Prometheus or Grafana panel), which
 is multiplied by the step into counts.
 
@@ -100,6 +100,7 @@ def _read(path: Path) -> pd.DataFrame:
         raise HistoryError(str(path), f"not a readable CSV file ({str(exc).strip()})") from None
     if frame.empty:
         raise HistoryError(str(path), "has a header but no rows")
+    frame.columns = [str(c).strip() for c in frame.columns]  # "timestamp , requests" as a person types it
     return frame
 
 
@@ -138,8 +139,11 @@ def _parse_times(path: Path, raw: pd.Series) -> pd.DatetimeIndex:
     if not np.isnan(numbers.iloc[0]):
         return _epoch_times(path, raw, numbers)
 
+    # BigQuery's exports write 2024-01-01 13:00:00 UTC (looked for only where the first row does: logs are long)
+    text = raw.str.replace(r" UTC$", "Z", regex=True) if str(raw.iloc[0]).endswith(" UTC") else raw
+
     def parse(utc: bool) -> pd.Series:
-        return pd.to_datetime(raw, format="ISO8601", errors="coerce", utc=utc)
+        return pd.to_datetime(text, format="ISO8601", errors="coerce", utc=utc)
 
     try:
         with warnings.catch_warnings():  # pandas warns before it mixes offsets: read as mixed, in UTC

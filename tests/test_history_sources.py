@@ -355,6 +355,16 @@ def test_columns_under_other_names_are_read_where_named(tmp_path):
                  timestamp_column="when", rate_column="rps")
 
 
+def test_a_header_with_spaces_and_bigquerys_utc_times_are_read(tmp_path):
+    """Spaces around the header's names (as typed, or as a spreadsheet writes them), and times ending in
+    " UTC" (BigQuery's CSV exports) are read; "UTC" inside the time is still refused by line."""
+    history = load_csv(write(tmp_path, "Timestamp , Requests \n2024-01-01 00:00:00 UTC,1\n2024-01-01 00:01:00 UTC,2\n"))
+    assert list(history.counts) == [1, 2] and str(history.counts.index.tz) == "UTC"
+    assert history.start == pd.Timestamp("2024-01-01T00:00:00Z")
+    with pytest.raises(HistoryError, match=r"t.csv:3: unparsable timestamp '2024-01-01 UTC 00:01:00'"):
+        load_csv(write(tmp_path, "timestamp,requests\n2024-01-01 00:00:00 UTC,1\n2024-01-01 UTC 00:01:00,2\n"))
+
+
 def test_an_empty_count_is_a_gap_as_a_missing_row_is(tmp_path):
     """An empty cell (or NaN, null, N/A: what an export writes where a scrape is missing) is a step without
     data, reported as a gap; a value that is no number, infinity included, is still refused by line."""
