@@ -94,6 +94,10 @@ class KubernetesActuator:
     # its whole start (a warm node, a cached image: under a cycle) happened under this controller's eyes.
     # Left out, the fastest starts were never measured, and the learned p95 kept only the slow ones.
     _looked: bool = field(default=False, init=False)
+    # Deployment -> the replicas this controller asked for at its last apply, kept only while it applies every
+    # cycle (a follower's, or a leader's from before it followed, would blame the leader's own changes).
+    _asked: dict = field(default_factory=dict, init=False)
+    _applied: bool = field(default=False, init=False)  # whether apply ran since the last view
 
     def __post_init__(self) -> None:
         from kubernetes import client
@@ -109,6 +113,9 @@ class KubernetesActuator:
         ns = self.target.namespace
         now = self.clock()
         seen = set()
+        asked = self._asked if self._applied else {}
+        self._asked, self._applied = dict(asked), False
+        overridden = []
         for cls in CLASSES:
             name = self.target.workloads.get(cls)
             if not name:
@@ -143,6 +150,11 @@ class KubernetesActuator:
                 if start is not None:
                     view.lead_samples.append(start)
             replicas = deployment.spec.replicas or 0
+            if name in asked and replicas != asked[name]:
+                overridden.append(f"Deployment {name}: replicas {replicas}, where peakpilot set {asked[name]} "
+                                       f"last cycle: something else sets them too (a GitOps sync of a manifest "
+                                       f"that sets replicas: leave them out of it or let it ignore them; a "
+                                       f"kubectl scale)")
             if replicas > counted:  # asked for but no pod yet: pending
                 view.counts[cls]["pending"] += replicas - counted
                 refused = replica_failure(deployment)
@@ -155,7 +167,7 @@ class KubernetesActuator:
         self._starting = {uid: measure for uid, measure in self._starting.items() if uid in seen}
         self._looked = True
         if not self.shadow:
-            view.conflicts = self.other_autoscalers()
+            view.conflicts = self.other_autoscalers() + overridden
         return view
 
     def _started(self, cls: str, pod, state: str) -> Start | None:
@@ -220,6 +232,7 @@ class KubernetesActuator:
         from kubernetes.client.exceptions import ApiException
 
         sent: list[str] = []
+        self._applied = not self.shadow
         if not self.shadow:
             for d in decisions:
                 if d.delta < 0:
@@ -233,7 +246,9 @@ class KubernetesActuator:
             scale = with_retry(self.apps.read_namespaced_deployment_scale, name, self.target.namespace,
                                sleep=self.sleep)
             current = scale.spec.replicas
+            self._asked.pop(name, None)  # (kept below once the scale is as asked)
             if current == replicas:
+                self._asked[name] = replicas
                 continue
             line = f"PATCH deployments/{name}/scale replicas {current} -> {replicas}"
             if self.shadow:
@@ -250,6 +265,7 @@ class KubernetesActuator:
                 self._scale_failures[name] = str(exc)
                 raise
             self._scale_failures.pop(name, None)
+            self._asked[name] = replicas
             sent.append(line)
             self._record_event(name, scale_event(self.target.namespace, name, scale.metadata.uid, current,
                                                  replicas, why, self.instance, self._stamp()))

@@ -74,8 +74,8 @@ class Notices:
                 log.info("%s: the pods asked for are created again", self.service)
         if self._changed("conflicts", list(view.conflicts)) and view.conflicts:
             log.warning("%s: another autoscaler scales the same workloads, and each will undo the other's "
-                        "replicas: %s. Delete it (to compare peakpilot with it first, run with --shadow)",
-                        self.service, "; ".join(view.conflicts))
+                        "replicas: %s. Stop it setting them: delete an autoscaler (to compare peakpilot with it "
+                        "first, run with --shadow)", self.service, "; ".join(view.conflicts))
         if self._changed("spot", view.spot_available):
             if not view.spot_available:
                 log.warning("%s: %s; on-demand stands in for the spot asked for until it can", self.service,
@@ -140,7 +140,7 @@ class Notices:
         conflicts = view.conflicts
         if conflicts and conflicts != self._announced.get("conflicts"):
             said.append((True, "ConflictingAutoscaler", f"{self.service}: {'; '.join(conflicts)}: each undoes the "
-                                                        "other's replicas; delete it"))
+                                                        "other's replicas; stop it setting them"))
         self._announced.update(mode=mode, conflicts=conflicts, spot=spot)
         for warning, reason, note in said:
             try:

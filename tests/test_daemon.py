@@ -343,7 +343,7 @@ def test_an_hpa_on_a_pool_it_scales_is_said_once_and_exported(tmp_path, policy_f
             assert [t[:2] for t in told] == [("llm-reserved", "Warning"), ("llm-spot", "Warning"),
                                              ("llm-on-demand", "Warning")]
             assert told[0][2] == ("llm-chat: HorizontalPodAutoscaler llm-spot scales Deployment llm-spot too: "
-                                  "each undoes the other's replicas; delete it")
+                                  "each undoes the other's replicas; stop it setting them")
             del kube.hpas["llm-spot"]  # deleted, as the log says to
             run_cycles(daemon, clock, 1)
         assert 'peakpilot_conflicting_autoscalers{service="llm-chat"} 0.0' in \

@@ -297,6 +297,35 @@ def test_a_refusal_is_said_on_one_line_naming_the_request_and_the_servers_messag
                               'deployments.apps "llm-od" not found')
 
 
+def test_replicas_something_else_sets_back_are_named(kube):
+    """A GitOps sync of a manifest that sets replicas (Argo CD's self-heal, Flux) puts back each count the
+    controller sets, as an HPA would, but lists as no autoscaler: the count found changed at the next look
+    is named, cycle after cycle while it goes on. Only while the controller applies every cycle: a follower
+    (or a leader again after following) would blame the leader's own changes, and a shadow sets nothing."""
+    act = actuator(kube)
+    act.view()
+    act.apply([Decision("spot", 7, 3, "forecast needs 7")])
+    assert act.view().conflicts == []  # as asked
+    act.apply([Decision("spot", 7, 7, "forecast needs 7")])
+    kube.deployments["llm-spot"]["spec"]["replicas"] = 3  # the manifest's count, synced back
+    assert act.view().conflicts == [
+        "Deployment llm-spot: replicas 3, where peakpilot set 7 last cycle: something else sets them too (a GitOps "
+        "sync of a manifest that sets replicas: leave them out of it or let it ignore them; a kubectl scale)"]
+    act.apply([Decision("spot", 7, 3, "forecast needs 7")])
+    assert kube.deployments["llm-spot"]["spec"]["replicas"] == 7
+    kube.deployments["llm-spot"]["spec"]["replicas"] = 3
+    assert len(act.view().conflicts) == 1  # again, while it goes on
+    # a cycle without apply (a follower's): the next leader's changes are not blamed on anyone
+    act.view()
+    kube.deployments["llm-spot"]["spec"]["replicas"] = 5
+    assert act.view().conflicts == []
+    shadow = actuator(kube, shadow=True)
+    shadow.view()
+    shadow.apply([Decision("spot", 9, 5, "forecast needs 9")])
+    kube.deployments["llm-spot"]["spec"]["replicas"] = 4
+    assert shadow.view().conflicts == []
+
+
 def test_an_hpa_left_on_a_pool_is_named_and_one_elsewhere_is_not(kube, caplog):
     """Migrating from HPA, one left on llm-spot would set its replicas back every 15 s. In shadow mode
     (run beside the HPA it is compared with) that is the point, and it is not looked for."""
