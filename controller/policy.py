@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -28,7 +28,24 @@ class PolicyError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Every section of a policy: unknown keys refused (a typo is not a default), numbers finite, and a YAML
+    boolean (``yes``, ``no``, ``on``, ``off``) not taken for a number, as pydantic would (``max_share: yes``
+    was a share of 1, ``min_nodes: no`` zero nodes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value, info):
+        if isinstance(value, bool) and _takes_numbers(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"{str(value).lower()} is a YAML boolean (yes, no, on and off are too), not a number")
+        return value
+
+
+def _takes_numbers(annotation) -> bool:
+    """Whether a field's type takes an int or a float and no bool (``float``, ``int | None``, ...)."""
+    kinds = set(get_args(annotation)) or {annotation}
+    return bool(kinds & {int, float}) and bool not in kinds
 
 
 class SLO(Strict):
@@ -475,7 +492,8 @@ def load_policy(path: str | Path) -> Policy:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise PolicyError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
-        raise PolicyError(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
+        raise PolicyError(f"{path}: the file is empty (a policy needs service, capacity and classes)" if data is None
+                          else f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:

@@ -70,6 +70,10 @@ classes:
     ("reserved: {count: 12}\nlimits: {max_nodes: 10}\n", "reserved.count 12 is above limits.max_nodes 10: the fleet "
                                                        "never runs more than max_nodes, so 2 reserved node(s) would "
                                                        "be paid for and never run"),
+    ("spot: {max_share: yes}\nlimits: {min_nodes: no}\nsafety_net: {enabled: off}\n",
+     "spot.max_share: true is a YAML boolean (yes, no, on and off are too), not a number; limits.min_nodes: false "
+     "is a YAML boolean"),
+    ("planning: {headroom: .inf}\n", "planning.headroom: Input should be a finite number"),
     ("signals: {timezone: US/Eastern Standard}\n", "signals.timezone: 'US/Eastern Standard' is not a "
                                                    "time zone this machine knows: an IANA name such as UTC"),
     ("signals: {timezone: ../../etc/passwd}\n", "signals.timezone: '../../etc/passwd' is not a time zone"),
@@ -117,6 +121,8 @@ def test_broken_yaml_names_the_line(tmp_path):
         load_policy(write(tmp_path, "service: s\ncapacity: {rps_per_node: 5\nclasses: [\n"))
     with pytest.raises(PolicyError, match="expected a mapping"):
         load_policy(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(PolicyError, match=r"p.yaml: the file is empty \(a policy needs service, capacity and classes\)"):
+        load_policy(write(tmp_path, "# nothing yet\n"))
     with pytest.raises(PolicyError, match="no such file"):
         load_policy(tmp_path / "missing.yaml")
 
