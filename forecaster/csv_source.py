@@ -5,7 +5,8 @@ Two shapes are read:
 * **counts**: ``timestamp,requests``, one row per fixed interval (the traces in ``shared/traces``).
   Missing rows become gaps; rows must be unique and in time order.
 * **request log**: one row per request with a timestamp column (as in the Azure LLM inference
-  traces, column ``TIMESTAMP``); arrivals are counted per ``step``.
+  traces, column ``TIMESTAMP``); arrivals are counted per ``step``, whole steps only (the last, and the
+  first unless the log starts at a step's start, are partly outside the log).
 
 Timestamps are ISO 8601 (with or without an offset; BigQuery's " UTC" suffix too) or Unix time in
 seconds, milliseconds, microseconds or nanoseconds (told apart by size). Columns under other names are given by name: the
@@ -264,7 +265,15 @@ def _from_log(path: Path, times: pd.DatetimeIndex, step: pd.Timedelta, raw: pd.S
     index = pd.date_range(start, end, freq=step)
     bins = ((times.asi8 - start.value) // step.value).astype(np.int64)
     counts = np.bincount(bins, minlength=len(index)).astype(float)
-    series = pd.Series(counts, index=index, name="requests")
+    # Whole steps only: the log covers its first step from its first request on (unless that is the step's
+    # start), and its last step only up to its last request; counted, the last would be a dip (half the load,
+    # on average) at the end of the history, where the forecast starts from.
+    first = 0 if times[0] == start else 1
+    if first >= len(index) - 1:
+        raise HistoryError(str(path), f"its {len(times):,} requests, from {times[0]} to {times[-1]}, fill no whole "
+                                      f"step of {prometheus_duration(step)} (the first and last are partly outside "
+                                      f"the log): give a shorter step")
+    series = pd.Series(counts[first:-1], index=index[first:-1], name="requests")
     series.index.freq = step
     marked, gaps = mark_gaps(series, str(path))
     return History(marked, f"{path} (request log, per {step})", gaps)

@@ -138,13 +138,22 @@ def test_a_gap_on_the_users_clock_is_filled_from_the_same_time_the_day_before(da
 
 
 def test_request_log_is_counted_per_step(tmp_path):
+    """Arrivals per step, whole steps only: the log's last minute (up to its last request) and its first (from
+    its first request on) are partly outside it, and counted they read as a dip where the forecast starts."""
     path = write(tmp_path, "TIMESTAMP,ContextTokens\n2023-11-16 18:15:46.68,10\n2023-11-16 18:15:59.1,3\n"
-                           "2023-11-16 18:17:01,4\n2023-11-16 18:16:30,4\n")
+                           "2023-11-16 18:17:01,4\n2023-11-16 18:16:30,4\n2023-11-16 18:16:02,4\n"
+                           "2023-11-16 18:18:01,4\n")
     history = load_request_log(path, step="1min")
-    assert list(history.counts) == [2.0, 1.0, 1.0]
-    assert history.start == pd.Timestamp("2023-11-16 18:15")
+    assert list(history.counts) == [2.0, 1.0]
+    assert history.start == pd.Timestamp("2023-11-16 18:16")
     # load_csv detects the shape by its columns.
-    assert list(load_csv(path).counts) == [2.0, 1.0, 1.0]
+    assert list(load_csv(path).counts) == [2.0, 1.0]
+    on_the_minute = write(tmp_path, "ts\n2023-11-16 18:15:00\n2023-11-16 18:15:40\n2023-11-16 18:16:20\n", "m.csv")
+    assert list(load_csv(on_the_minute).counts) == [2.0]  # a log starting at a step's start has that step whole
+    with pytest.raises(HistoryError, match=r"t.csv: its 6 requests, from 2023-11-16 18:15:46.680000 to 2023-11-16 "
+                                           r"18:18:01, fill no whole step of 1h \(the first and last are partly "
+                                           r"outside the log\): give a shorter step"):
+        load_request_log(path, step="1h")
 
 
 def test_counts_under_another_column_name_are_not_read_as_a_request_log(tmp_path):
@@ -168,8 +177,8 @@ def test_counts_under_another_column_name_are_not_read_as_a_request_log(tmp_path
         load_csv(grafana)  # a Grafana panel's export: the column is named after the series, quoted for a shell
     assert list(load_csv(grafana, rate_column='{job="chat"}').counts) == [0, 30, 60, 90]
     log = write(tmp_path, "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,10,2\n"
-                          "2023-11-16 18:15:59.1,3,4\n2023-11-16 18:17:01,4,4\n", "log.csv")
-    assert list(load_csv(log).counts) == [2.0, 0.0, 1.0]
+                          "2023-11-16 18:15:59.1,3,4\n2023-11-16 18:17:01,4,4\n2023-11-16 18:18:30,1,1\n", "log.csv")
+    assert list(load_csv(log).counts) == [0.0, 1.0]
 
 
 def test_a_stray_row_far_from_the_rest_is_refused_naming_it(tmp_path):
@@ -220,7 +229,7 @@ def test_unix_time_in_seconds_or_milliseconds_and_relative_seconds(tmp_path):
     millis = load_csv(write(tmp_path, "timestamp,requests\n" + rows + "\n", "ms.csv"))
     assert millis.start == pd.Timestamp("2024-01-01T00:00:00Z") and millis.step_min == 5
     # A request log timed in seconds from its start (as BurstGPT writes it): counted per step from 1970.
-    log = load_csv(write(tmp_path, "Timestamp,Model\n0.5,a\n12.25,a\n61,b\n119.9,a\n", "rel.csv"))
+    log = load_csv(write(tmp_path, "Timestamp,Model\n0,a\n12.25,a\n61,b\n119.9,a\n130,a\n", "rel.csv"))
     assert list(log.counts) == [2.0, 2.0] and log.start == pd.Timestamp("1970-01-01T00:00:00Z")
 
 
@@ -288,7 +297,7 @@ def test_a_step_counts_cannot_add_up_to_is_refused_naming_it(tmp_path):
                                                rf"one \(write it as 30s, 1m, 5m or 1h\)"):
             load_csv(path, step=step)
     log = write(tmp_path, "ts,user\n" + "".join(f"{1704067200 + 7 * i},u\n" for i in range(10)), "log.csv")
-    assert list(load_request_log(log, step="30s").counts) == [5, 4, 1]
+    assert list(load_request_log(log, step="30s").counts) == [5, 4]  # (the last 30 s, partly outside the log, not)
     with pytest.raises(HistoryError, match="log.csv: step '-1m' is not a whole number"):
         load_request_log(log, step="-1m")
 
