@@ -151,10 +151,9 @@ class KubernetesActuator:
                     view.lead_samples.append(start)
             replicas = deployment.spec.replicas or 0
             if name in asked and replicas != asked[name]:
-                overridden.append(f"Deployment {name}: replicas {replicas}, where peakpilot set {asked[name]} "
-                                       f"last cycle: something else sets them too (a GitOps sync of a manifest "
-                                       f"that sets replicas: leave them out of it or let it ignore them; a "
-                                       f"kubectl scale)")
+                overridden.append(f"Deployment {name}: replicas {replicas}, where peakpilot set {asked[name]} last "
+                                  f"cycle: something else sets them too (a GitOps sync of a manifest that sets "
+                                  f"replicas: leave them out of it or let it ignore them; a kubectl scale)")
             if replicas > counted:  # asked for but no pod yet: pending
                 view.counts[cls]["pending"] += replicas - counted
                 refused = replica_failure(deployment)

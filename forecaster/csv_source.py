@@ -9,11 +9,12 @@ Two shapes are read:
   first unless the log starts at a step's start, are partly outside the log).
 
 Timestamps are ISO 8601 (with or without an offset; BigQuery's " UTC" suffix too) or Unix time in
-seconds, milliseconds, microseconds or nanoseconds (told apart by size). Columns under other names are given by name: the
-timestamps', the counts', or a rate per second's (an export of a Prometheus or Grafana panel), which
-is multiplied by the step into counts.
+seconds, milliseconds, microseconds or nanoseconds (told apart by size). Columns under other names are
+given by name: the timestamps', the counts', or a rate per second's (an export of a Prometheus or Grafana
+panel), which is multiplied by the step into counts.
 
-Errors name the file, the 1-based line, and what is wrong with it; an empty count is a gap, as a missing row is.
+Errors name the file, the 1-based line, and what is wrong with it; an empty count is a gap, as a missing
+row is.
 """
 
 from __future__ import annotations
