@@ -55,6 +55,8 @@ def pool_health(api, policy) -> tuple[dict[str, dict[str, int]], list[str]]:
     """The nodes of a policy's pools by class and state, and what needs a look before the controller takes
     them over: pods that will not turn ready by themselves, pods the Deployments cannot create, spot not to
     be had, another autoscaler on them. Read as the controller's shadow view reads them: nothing changes."""
+    from kubernetes import client
+
     from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget
     from controller.planner import lead_time_min
     from controller.state import Memory
@@ -71,11 +73,38 @@ def pool_health(api, policy) -> tuple[dict[str, dict[str, int]], list[str]]:
         notes.append(f"spot cannot be had now ({view.spot_unavailable_why}): on-demand will cover it")
     notes += [f"{other}: delete it before peakpilot acts (each would undo the other's replicas), or run "
               f"peakpilot with --shadow beside it" for other in actuator.other_autoscalers()]
-    notes += unguarded_pools(api, policy)
+    apps = client.AppsV1Api(api)
+    deployments = [with_retry(apps.read_namespaced_deployment, name, k.namespace, attempts=2)
+                   for name in dict.fromkeys(k.workloads.values())]
+    notes += synced_replicas(deployments)
+    notes += unguarded_pools(api, policy, deployments)
     return nodes, notes
 
 
-def unguarded_pools(api, policy) -> list[str]:
+GITOPS_MANAGERS = {"argocd": ("Argo CD", "or have Argo CD ignore them (ignoreDifferences on /spec/replicas)"),
+                   "kustomize-controller": ("Flux", None), "helm-controller": ("Flux's Helm controller", None),
+                   "fleet": ("Rancher Fleet", None)}
+"""Field managers (by prefix) that apply a manifest again and again, and what else to do than leave replicas
+out of it: where one holds a pool's replicas, each sync sets back the count the controller set."""
+
+
+def synced_replicas(deployments) -> list[str]:
+    """The pools whose ``spec.replicas`` a GitOps tool manages (their managedFields say which): it would set
+    back every count peakpilot sets, as an HPA would, though it lists as no autoscaler."""
+    notes = []
+    for deployment in deployments:
+        for entry in deployment.metadata.managed_fields or []:
+            tool = next((t for prefix, t in GITOPS_MANAGERS.items() if (entry.manager or "").startswith(prefix)), None)
+            if tool and "f:replicas" in (entry.fields_v1 or {}).get("f:spec", {}):
+                name, advice = tool
+                notes.append(f"Deployment {deployment.metadata.name}: its replicas are set by {entry.manager} "
+                             f"({name}): each sync would set back the count peakpilot sets; leave replicas out of "
+                             f"the manifest it syncs" + (f", {advice}" if advice else ""))
+                break
+    return notes
+
+
+def unguarded_pools(api, policy, deployments) -> list[str]:
     """The pools whose pods no PodDisruptionBudget covers: a node drain or Karpenter's consolidation may
     then take several serving nodes at once, each a cold start. Not checked (nothing said) where the
     account may not list the budgets: the controller's own Role needs no such right."""
@@ -90,12 +119,11 @@ def unguarded_pools(api, policy) -> list[str]:
         if exc.status in (401, 403):
             return []
         raise
-    apps, unguarded = client.AppsV1Api(api), []
-    for name in k.workloads.values():
-        deployment = with_retry(apps.read_namespaced_deployment, name, k.namespace, attempts=2)
+    unguarded = []
+    for deployment in deployments:
         labels = deployment.spec.template.metadata.labels
         if not any(selects(b.spec.selector, labels or {}) for b in budgets):
-            unguarded.append(name)
+            unguarded.append(deployment.metadata.name)
     if not unguarded:
         return []
     return [f"no PodDisruptionBudget covers the pods of {', '.join(unguarded)}: a node drain or Karpenter's "

@@ -326,6 +326,35 @@ def test_replicas_something_else_sets_back_are_named(kube):
     assert shadow.view().conflicts == []
 
 
+def test_pools_whose_replicas_a_gitops_tool_syncs_are_named_before_peakpilot_acts(kube):
+    """check-policy --connect: a pool whose spec.replicas Argo CD or Flux holds (its managedFields say so) would
+    have each count set back at every sync; one whose manifest a person applied once (kubectl's client-side
+    apply), or whose GitOps manifest leaves replicas out, is not named."""
+    from kubernetes import client
+
+    from controller.preflight import synced_replicas
+
+    def entry(manager, fields):
+        return {"manager": manager, "operation": "Apply" if "kubectl" not in manager else "Update",
+                "apiVersion": "apps/v1", "time": "2024-05-01T12:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": fields}
+
+    kube.deployments["llm-spot"]["metadata"]["managedFields"] = [
+        entry("argocd-controller", {"f:spec": {"f:replicas": {}, "f:template": {}}})]
+    kube.deployments["llm-od"]["metadata"]["managedFields"] = [
+        entry("kustomize-controller", {"f:spec": {"f:template": {}}}),
+        entry("kubectl-client-side-apply", {"f:spec": {"f:replicas": {}}})]
+    kube.deployments["llm-reserved"]["metadata"]["managedFields"] = [
+        entry("kustomize-controller", {"f:metadata": {}, "f:spec": {"f:replicas": {}}})]
+    apps = client.AppsV1Api(api_client(host=kube.url))
+    deployments = [apps.read_namespaced_deployment(name, "inference") for name in ("llm-reserved", "llm-spot", "llm-od")]
+    assert synced_replicas(deployments) == [
+        "Deployment llm-reserved: its replicas are set by kustomize-controller (Flux): each sync would set back the "
+        "count peakpilot sets; leave replicas out of the manifest it syncs",
+        "Deployment llm-spot: its replicas are set by argocd-controller (Argo CD): each sync would set back the "
+        "count peakpilot sets; leave replicas out of the manifest it syncs, or have Argo CD ignore them "
+        "(ignoreDifferences on /spec/replicas)"]
+
+
 def test_an_hpa_left_on_a_pool_is_named_and_one_elsewhere_is_not(kube, caplog):
     """Migrating from HPA, one left on llm-spot would set its replicas back every 15 s. In shadow mode
     (run beside the HPA it is compared with) that is the point, and it is not looked for."""
