@@ -166,6 +166,11 @@ class KubernetesSpec(Strict):
     placeholder: str | None = Field(None, description="low-priority Deployment that holds nodes warm ahead of a peak")
 
 
+FIXED_ABBREVIATIONS = {"EST": ("America/New_York", "America/Panama"), "MST": ("America/Denver", "America/Phoenix")}
+"""Zones the tz database keeps under a US abbreviation that hold one offset all year: written for the US
+East's or Mountain's clock, they are an hour off all summer (the users' day, read without its DST)."""
+
+
 def check_timezone(zone: str) -> str:
     """``zone`` if it names a time zone (IANA, as the tz database has it), else a ValueError that says so."""
     try:
@@ -173,6 +178,10 @@ def check_timezone(zone: str) -> str:
     except (ValueError, ZoneInfoNotFoundError):
         raise ValueError(f"{zone!r} is not a time zone this machine knows: an IANA name such as UTC, "
                          "Europe/Berlin or America/New_York") from None
+    if zone in FIXED_ABBREVIATIONS:
+        clock, fixed = FIXED_ABBREVIATIONS[zone]
+        raise ValueError(f"{zone!r} is one offset all year, without daylight saving, an hour off the users' clock "
+                         f"all summer: write {clock} for the clock that changes, or {fixed} for one that does not")
     return zone
 
 

@@ -76,6 +76,9 @@ classes:
     ("planning: {headroom: .inf}\n", "planning.headroom: Input should be a finite number"),
     ("signals: {timezone: US/Eastern Standard}\n", "signals.timezone: 'US/Eastern Standard' is not a "
                                                    "time zone this machine knows: an IANA name such as UTC"),
+    ("signals: {timezone: EST}\n", "signals.timezone: 'EST' is one offset all year, without daylight saving, an "
+                                    "hour off the users' clock all summer: write America/New_York for the clock "
+                                    "that changes, or America/Panama for one that does not"),
     ("signals: {timezone: ../../etc/passwd}\n", "signals.timezone: '../../etc/passwd' is not a time zone"),
     ("signals: {prometheus: 'prometheus:9090'}\n", "signals.prometheus: 'prometheus:9090' is not a Prometheus URL: "
                                                    "write it as http://HOST:9090 or https://HOST[/PREFIX]"),
