@@ -542,12 +542,23 @@ def load_policies(paths: Iterable[str | Path],
     return policies, {path: found for path, found in problems.items() if found}
 
 
+def parse_selector(selector: str) -> dict[str, str]:
+    """A daemon's ``--selector``: ``key=value``, or several joined by commas (all must match), as kubectl's
+    ``-l`` writes equality; a ValueError naming the part that is none."""
+    terms = {}
+    for part in selector.split(","):
+        key, equals, value = part.strip().partition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"{part.strip()!r} is no key=value (a selector is key=value[,key=value...])")
+        terms[key.strip()] = value.strip()
+    return terms
+
+
 def selected(policy: Policy, selector: str | None) -> bool:
-    """Whether a policy's labels match a daemon's ``--selector key=value`` (every policy, without one)."""
+    """Whether a policy's labels match a daemon's ``--selector`` (every policy, without one)."""
     if not selector:
         return True
-    key, _, value = selector.partition("=")
-    return policy.labels.get(key) == value
+    return all(policy.labels.get(key) == value for key, value in parse_selector(selector).items())
 
 
 def backend_problems(path: str | Path, policy: Policy, backend: str) -> list[str]:

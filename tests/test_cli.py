@@ -225,6 +225,7 @@ def test_progress_bars_are_drawn_on_a_terminal():
     (["run", "--once", "--retrain-cron", "0 */6 * *"], "--retrain-cron '0 */6 * *': Wrong number of fields; got 4, "
                                                        "expected 5 (five fields: minute hour day month weekday"),
     (["forecast", "--seed", "-1"], "Invalid value for '--seed'"),
+    (["run", "--once", "--selector", "team"], "--selector: 'team' is no key=value"),
     (["serve", "--port", "70000"], "Invalid value for '--port'"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(args, message):
@@ -260,6 +261,15 @@ def test_a_panels_export_is_read_where_its_columns_are_named(tmp_path):
                                    (counts, []))]
     assert all(out.returncode == 0 for out in reserved), [out.stderr for out in reserved]
     assert json.loads(reserved[0].stdout) == json.loads(reserved[1].stdout)
+
+
+def test_a_selectors_lease_has_a_name_a_lease_may_have():
+    """The Lease of the daemons of one selector: as before for team=chat; lowercase, and no '=' or ',', for
+    others (an API server refuses a Lease named peakpilot-team-Chat_A, and no daemon would lead)."""
+    from peakpilot.cli.controller_commands import lease_name_for
+
+    assert lease_name_for(None) == "peakpilot" and lease_name_for("team=chat") == "peakpilot-team-chat"
+    assert lease_name_for("team=Chat_A,tier=gold") == "peakpilot-team-chat-a-tier-gold"
 
 
 def test_loadgens_start_is_read_on_the_traces_clock():

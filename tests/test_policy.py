@@ -184,3 +184,17 @@ def test_the_shipped_schema_is_current_and_checks_what_the_loader_checks():
     base = yaml.safe_load(BASE)
     assert list(validator.iter_errors({**base, "planing": {}}))
     assert list(validator.iter_errors({**base, "spot": {"max_share": 1.5}}))
+
+
+def test_a_selector_of_several_labels_matches_all_of_them_and_a_broken_one_is_named(tmp_path):
+    """--selector as kubectl's -l writes equality: key=value, several joined by commas, all of them to match."""
+    from controller.policy import parse_selector, selected
+
+    policy = load_policy(write(tmp_path, BASE + "labels: {team: chat, tier: gold}\n"))
+    assert selected(policy, "team=chat") and selected(policy, "team=chat, tier=gold") and selected(policy, None)
+    assert not selected(policy, "team=chat,tier=silver") and not selected(policy, "team=search")
+    assert parse_selector("team=chat,tier=gold") == {"team": "chat", "tier": "gold"}
+    for bad in ("team", "team=chat,,", "=chat"):
+        with pytest.raises(ValueError, match=r"is no key=value \(a selector is key=value\[,key=value...\]\)"):
+            parse_selector(bad)
+

@@ -132,6 +132,16 @@ def history_as_trace(pol, trace: Optional[Path], prometheus: Optional[str], head
     return load_trace_or_exit(trace or DEFAULT_TRACE, columns)
 
 
+def lease_name_for(selector: str | None) -> str:
+    """The Lease of the daemons that run one selector's services: ``peakpilot-team-chat`` for team=chat, in
+    the letters a Lease's name may have (lowercase, digits, ``-``, ``.``; at most 253)."""
+    import re
+
+    if not selector:
+        return "peakpilot"
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9.]", "-", f"peakpilot-{selector.lower()}")).strip("-.")[:253]
+
+
 def check_cron(text: str) -> None:
     """--retrain-cron as the scheduler will read it, at start rather than when the scheduler takes it."""
     from apscheduler.triggers.cron import CronTrigger
@@ -377,7 +387,8 @@ def run_daemon(
     count_column: CountColumn = None,
     rate_column: RateColumn = None,
     selector: Optional[str] = typer.Option(None, "--selector", help="Only services whose policy labels match, "
-                                                                    "e.g. team=chat."),
+                                                                    "e.g. team=chat (several: team=chat,tier=gold, "
+                                                                    "all of them)."),
     shadow: bool = typer.Option(False, "--shadow", help="Read the cluster, record what would be done, act on nothing."),
     lease_name: Optional[str] = typer.Option(None, "--lease-name", help="Lease for leader election (kubernetes); "
                                                                         "default peakpilot[-selector]."),
@@ -393,7 +404,7 @@ def run_daemon(
     from controller.daemon import Daemon, utc_now
     from controller.daemon_metrics import DaemonMetrics
     from controller.service_controller import ServiceController
-    from controller.policy import PolicyError, load_policies, policy_files, selected
+    from controller.policy import PolicyError, load_policies, parse_selector, policy_files, selected
     from controller.policy_watch import PolicyWatch
     from controller.replay import load_trace
     from controller.service_parts import ServiceParts
@@ -413,9 +424,13 @@ def run_daemon(
     if problems:
         fail("; ".join(m for ms in problems.values() for m in ms))
     if selector:
+        try:
+            parse_selector(selector)
+        except ValueError as exc:
+            fail(f"--selector: {exc}")
         policies = {p: pol for p, pol in policies.items() if selected(pol, selector)}
         if not policies:
-            fail(f"no policy has the label {selector}")
+            fail(f"no policy has the label{'s' if ',' in selector else ''} {selector}")
     logging.getLogger().setLevel(logging.INFO)
     # Two lines a cycle ("Running job", "executed successfully") would bury the decisions; the scheduler's
     # warnings (a cycle skipped because the last one still runs, a misfire) still show.
@@ -432,7 +447,7 @@ def run_daemon(
         except KubeConfigError as exc:
             fail(str(exc))
         first = next(iter(policies.values()))
-        name = lease_name or ("peakpilot" + (f"-{selector.replace('=', '-')}" if selector else ""))
+        name = lease_name or lease_name_for(selector)
         lease = LeaseLock(api, first.kubernetes.namespace, name, f"{socket.gethostname()}-{os.getpid()}",
                           duration_s=lease_duration_s(interval_s))
         say_missing_permissions(api, list(policies.values()), name, shadow, list(policy))
