@@ -117,8 +117,8 @@ def profile(
                                                              "SLO breaks, then bisects (4 more steps)."),
     max_rps: float = typer.Option(2000.0, "--max-rps", help="The highest rate sent: a node still within the "
                                                             "SLO there is reported at it, as capped."),
-    max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens each answer has (ignore_eos: the model "
-                                                            "is kept from ending it sooner)."),
+    max_tokens: int = typer.Option(16, "--max-tokens", min=1, help="Tokens each answer has (ignore_eos: the "
+                                                                   "model is kept from ending it sooner)."),
     stream: bool = typer.Option(False, "--stream", help="Streamed answers, the SLO on the p99 of the first text "
                                                         "read (a chat service's), not of the whole answer."),
     model: ModelField = None,
@@ -138,6 +138,7 @@ def profile(
                    + (f"  errors: {errors}" if errors else "") + f"  {'ok' if step['within_slo'] else 'over'}",
                    err=True)
 
+    above_zero(("--slo-ms", slo_ms), ("--seconds", seconds))
     if not 0 < start_rps <= max_rps:
         fail(f"--start-rps ({start_rps:g}) must be above 0 and at most --max-rps ({max_rps:g})")
     if start_rps * seconds < 1:
@@ -191,7 +192,7 @@ def loadgen(
     rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply the trace's counts (e.g. 0.001)."),
     start: Optional[str] = typer.Option(None, "--start", help="Start at this time of the trace (on its clock where "
                                                               "no offset is given)."),
-    max_tokens: int = typer.Option(16, "--max-tokens", help="Tokens each request asks for."),
+    max_tokens: int = typer.Option(16, "--max-tokens", min=1, help="Tokens each request asks for."),
     stream: bool = typer.Option(False, "--stream", help="Ask for streamed answers, and report when each "
                                                         "one's first text was read too."),
     model: ModelField = None,
