@@ -146,7 +146,7 @@ def backtest(
     from forecaster.backtest import DEFAULT_MODELS, BacktestConfig, run_backtest
     from forecaster.errors import HistoryError
 
-    above_zero(("--refit-hours", refit_hours), ("--days", days))
+    above_zero(("--refit-hours", refit_hours), ("--days", days), ("--stride", stride), ("--test-days", test_days))
     pol = load_policy_or_exit(policy) if policy else None
     prometheus, query, step, days, timezone = policy_signals(pol, trace, prometheus, query, step, days, timezone)
     auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file, pol)
