@@ -368,6 +368,18 @@ class Signals(Strict):
             raise ValueError(f"{v!r}: the step must be whole seconds, from 1s to 1h")
         return v
 
+    @field_validator("query")
+    @classmethod
+    def _no_increase(cls, v: str | None) -> str | None:
+        # increase() counts a range's requests: read as a rate per second, 60 times the load over [1m]. (A query
+        # that divides may be increase(...[1h]) / 3600, a rate. forecaster.prometheus_source.query_problem says
+        # the same of a --query: this module may not import the forecaster.)
+        if v is not None and re.search(r"\bincrease\s*\(", v) and "/" not in v:
+            raise ValueError("the query takes increase(), which counts each range's requests (over [1m], 60 times "
+                             "the rate per second that peakpilot reads): write rate(...) instead, or divide by the "
+                             "range in seconds")
+        return v
+
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, v: str | None) -> str | None:

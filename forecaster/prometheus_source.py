@@ -37,6 +37,7 @@ from files, as Prometheus's own configuration takes them, so that none is writte
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -168,6 +169,17 @@ def redacted(url: str) -> str:
     return urlunsplit(parts)
 
 
+def query_problem(query: str) -> str | None:
+    """Why ``query`` cannot answer requests per second, where its text shows it, or None: ``increase()``
+    counts the requests of its range (60 times the rate, over [1m]), as a Grafana panel of "requests per
+    minute" writes it; read as a rate it would plan for 60 times the load. A query that divides may be
+    ``increase(...[1h]) / 3600``: a rate, let be."""
+    if re.search(r"\bincrease\s*\(", query) and "/" not in query:
+        return ("the query takes increase(), which counts each range's requests (over [1m], 60 times the rate per "
+                "second that peakpilot reads): write rate(...) instead, or divide by the range in seconds")
+    return None
+
+
 def url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a Prometheus base URL, or None. The API's paths (``/api/v1/query_range``) are
     appended to it, so it is ``http(s)://HOST[:PORT][/PREFIX]`` and nothing after the path: a query string
@@ -202,6 +214,8 @@ class PrometheusSource:
             raise HistoryError(url, f"step {step!r} is not a whole number of seconds of at least one")
         self.step_text = prometheus_duration(self.step)  # `5min` (pandas) and `5m` (PromQL) both work
         self.query = (query or DEFAULT_QUERY).replace("{step}", self.step_text)
+        if (problem := query_problem(self.query)) is not None:
+            raise HistoryError(self.where, problem)
         self.chunk_points = chunk_points
         self.timeout_s = timeout_s
         self.auth = auth or PrometheusAuth()

@@ -76,6 +76,9 @@ classes:
     ("planning: {headroom: .inf}\n", "planning.headroom: Input should be a finite number"),
     ("signals: {timezone: US/Eastern Standard}\n", "signals.timezone: 'US/Eastern Standard' is not a "
                                                    "time zone this machine knows: an IANA name such as UTC"),
+    ("signals: {query: 'sum(increase(http_requests_total[1m]))'}\n",
+     "signals.query: the query takes increase(), which counts each range's requests (over [1m], 60 times the rate "
+     "per second that peakpilot reads): write rate(...) instead, or divide by the range in seconds"),
     ("signals: {timezone: EST}\n", "signals.timezone: 'EST' is one offset all year, without daylight saving, an "
                                     "hour off the users' clock all summer: write America/New_York for the clock "
                                     "that changes, or America/Panama for one that does not"),

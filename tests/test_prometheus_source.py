@@ -184,6 +184,15 @@ def test_prometheus_errors_name_the_url_and_query(backfilled):
         PrometheusSource(server.url, query=total).load(start, start + pd.Timedelta(hours=25))
     hours = PrometheusSource(server.url, query=total).load(start, start + pd.Timedelta(hours=6))
     assert len(hours) == 360  # (hours that only grow may be a morning's traffic: not refused)
+    # increase() over [1m]: each minute's requests, 60 times the rate per second read (refused before a query)
+    with pytest.raises(HistoryError, match=r"query 'sum\(increase\(peakpilot_requests_total\[1m\]\)\)': the "
+                                           r"query takes increase\(\), which counts each range's requests"):
+        PrometheusSource(server.url, query="sum(increase(peakpilot_requests_total[{step}]))")
+    hourly = "sum(increase(peakpilot_requests_total[1h])) / 3600"  # a rate, divided: read
+    rates = PrometheusSource(server.url, query="sum(rate(peakpilot_requests_total[1h]))").load(
+        start + pd.Timedelta(hours=1), start + pd.Timedelta(hours=2))
+    divided = PrometheusSource(server.url, query=hourly).load(start + pd.Timedelta(hours=1), start + pd.Timedelta(hours=2))
+    assert len(divided) == 60 and np.allclose(divided.counts.to_numpy(), rates.counts.to_numpy(), rtol=1e-6)
 
 
 def test_prometheus_down_is_a_clear_error():
