@@ -3,7 +3,8 @@
 Two shapes are read:
 
 * **counts**: ``timestamp,requests``, one row per fixed interval (the traces in ``shared/traces``).
-  Missing rows become gaps; rows must be unique and in time order.
+  Missing rows become gaps (but in a file that writes no zero row, a run of them in quiet traffic is no
+  requests: ``_omitted_zeros``); rows must be unique and in time order.
 * **request log**: one row per request with a timestamp column (as in the Azure LLM inference
   traces, column ``TIMESTAMP``); arrivals are counted per ``step``, whole steps only (the last, and the
   first unless the log starts at a step's start, are partly outside the log).
@@ -27,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from forecaster.errors import HistoryError
-from forecaster.history import History, mark_gaps, prometheus_duration, running_total_problem, stray_stretch
+from forecaster.history import (GAP_MIN_EXPECTED, History, mark_gaps, prometheus_duration,
+                               running_total_problem, stray_stretch, true_runs)
 
 TIMESTAMP_COLUMNS = ("timestamp", "time", "ts", "datetime", "date")
 COUNT_COLUMNS = ("requests", "count", "counts", "value", "y")
@@ -223,8 +225,36 @@ def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str, p
         raise HistoryError(str(path), f"{count_col} is no count per interval: {problem}; give each interval's "
                                       f"requests (the differences of the running total)")
     full.index.freq = step
+    source = str(path)
+    if not (values == 0).any():  # a file that writes no zero row may leave out the intervals without requests
+        full, omitted = _omitted_zeros(full, ~full.index.isin(times))
+        if omitted:
+            source += f" ({omitted:,} absent rows read as no requests: the file writes no zero rows)"
     marked, gaps = mark_gaps(full, str(path))
-    return History(marked, str(path), gaps)
+    return History(marked, source, gaps)
+
+
+NEIGHBOURS = pd.Timedelta(minutes=30)
+"""How far on each side of a run of absent rows the traffic is measured that judges it (the hours around, as
+the gap rule measures, would mix a night with the day after it)."""
+
+
+def _omitted_zeros(full: pd.Series, absent: np.ndarray) -> tuple[pd.Series, int]:
+    """A counts file made by grouping a log (``GROUP BY minute``) has no row for an interval without requests:
+    read as gaps, a quiet service's nights were filled with yesterday's load. Where the file writes no zero
+    row, each run of absent rows is zeros unless the traffic on both sides of it (the quieter side's mean
+    over ``NEIGHBOURS``) would have sent ``GAP_MIN_EXPECTED`` requests in it: a collection outage in busy
+    traffic, which stays a gap, as the gap rule judges a run of zeros."""
+    values = full.to_numpy(float).copy()
+    reach = max(1, int(NEIGHBOURS / pd.Timedelta(full.index.freq)))
+    omitted = 0
+    for a, b in true_runs(absent):
+        sides = [side[~np.isnan(side)] for side in (values[max(0, a - reach):a], values[b:b + reach])]
+        level = min((side.mean() for side in sides if len(side)), default=np.inf)
+        if level * (b - a) < GAP_MIN_EXPECTED:
+            values[a:b] = 0.0
+            omitted += b - a
+    return pd.Series(values, index=full.index, name=full.name), omitted
 
 
 def _refuse_unnamed_counts(path: Path, frame: pd.DataFrame, ts_col: str, times: pd.DatetimeIndex) -> None:

@@ -253,7 +253,7 @@ def fill_gaps(counts: pd.Series) -> pd.Series:
     # Chronologically and a day at a time (an hour less across a change, where a day back is 23 hours),
     # so every reference is observed or already filled (and ``values[start - 1]`` is never missing).
     span = day - max(0, int(shift.max()))
-    for start, end in _runs(missing):
+    for start, end in true_runs(missing):
         for t in range(start, end, span):
             stop = min(end, t + span)
             if t >= day:
@@ -294,14 +294,14 @@ def mark_gaps(counts: pd.Series, source: str) -> tuple[pd.Series, list[Gap]]:
     lo, hi = np.maximum(0, idx - window), np.minimum(len(values), idx + window + 1)
     low = zero | (values < NEAR_ZERO_SHARE * (csum[hi] - csum[lo]) / np.maximum(cnt[hi] - cnt[lo], 1))
     out = values.copy()
-    for a, b in _runs(low):
+    for a, b in true_runs(low):
         level = level_around(a, b)
         edges = [values[i] for i in (a - 1, b) if 0 <= i < len(values) and seen[i]]
         if b - a >= min_steps and level * (b - a) >= GAP_MIN_EXPECTED and values[a:b].max() < NEAR_ZERO_SHARE * level \
                 and max(edges, default=0.0) >= OUTAGE_EDGE_SHARE * level:
             out[a:b] = np.nan  # an outage: the traffic fell into it, or came back from it, within one step
             continue
-        for za, zb in _runs(zero[a:b]):  # else its zero runs, by the zero rule
+        for za, zb in true_runs(zero[a:b]):  # else its zero runs, by the zero rule
             za, zb = za + a, zb + a
             if zb - za >= min_steps and level_around(za, zb) * (zb - za) >= GAP_MIN_EXPECTED:
                 out[za:zb] = np.nan
@@ -314,7 +314,7 @@ def mark_gaps(counts: pd.Series, source: str) -> tuple[pd.Series, list[Gap]]:
     return marked, gaps
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) index pairs of the True runs in ``mask``."""
     if not mask.any():
         return []
@@ -324,4 +324,4 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _nan_runs(counts: pd.Series) -> list[tuple[int, int]]:
-    return _runs(counts.isna().to_numpy())
+    return true_runs(counts.isna().to_numpy())

@@ -276,6 +276,33 @@ def test_missing_rows_become_gaps(tmp_path):
     assert history.gaps[0].start == pd.Timestamp("2024-01-01T01:10") and history.gaps[0].reason == "no data"
 
 
+def test_a_file_that_leaves_out_its_quiet_intervals_reads_them_as_no_requests(tmp_path):
+    """A counts file grouped from a log (GROUP BY minute) has no row for a minute without requests: read as
+    gaps, a quiet service's nights were filled with yesterday's load. Where the file writes no zero row, it
+    reads as the same file with its zeros written would (the gap rule judging them alike), while rows absent
+    in busy traffic (a collection outage) stay a gap; a file that writes its zeros keeps every absent row a gap."""
+    rng = np.random.default_rng(1)
+    minutes = pd.date_range("2024-01-01", periods=2 * 1440, freq="1min")
+    level = 0.2 + 30 * np.sin(np.pi * ((minutes.hour * 60 + minutes.minute) / 1440)) ** 6  # quiet nights
+    counts = rng.poisson(level).astype(float)
+    counts[[0, -1]] = 1
+    outage = slice(1440 + 700, 1440 + 720)  # midday on the second day: no rows, whatever the count
+    assert level[outage].min() > 10 and (counts == 0).sum() > 800
+    rows = [f"{t.isoformat()},{int(c)}\n" for i, (t, c) in enumerate(zip(minutes, counts))
+            if not outage.start <= i < outage.stop]
+    grouped = load_csv(write(tmp_path, "timestamp,requests\n" + "".join(r for r in rows if not r.endswith(",0\n")),
+                             "grouped.csv"))
+    written = load_csv(write(tmp_path, "timestamp,requests\n" + "".join(rows), "written.csv"))
+    np.testing.assert_array_equal(grouped.counts.to_numpy(), written.counts.to_numpy())
+    assert grouped.gaps == written.gaps and (minutes[outage.start], minutes[outage.stop]) in [
+        (g.start, g.end) for g in grouped.gaps]
+    assert f"({int((counts == 0).sum()):,} absent rows read as no requests: the file writes no zero rows)" in \
+        grouped.source and "absent rows" not in written.source
+    holes = load_csv(write(tmp_path, "timestamp,requests\n" + "".join(rows[:1000] + rows[1100:]), "holes.csv"))
+    assert np.isnan(holes.counts.to_numpy()[1000:1100]).all() and "absent rows" not in holes.source  # zeros
+    # written: absent rows are no data, quiet or not
+
+
 def test_aggregation_to_a_coarser_step():
     history = load_csv(trace_path("nasa_http_1995_jul.csv"), step="5min")
     raw = pd.read_csv(trace_path("nasa_http_1995_jul.csv")).requests.to_numpy()
