@@ -374,7 +374,8 @@ class Signals(Strict):
         # increase() counts a range's requests: read as a rate per second, 60 times the load over [1m]. (A query
         # that divides may be increase(...[1h]) / 3600, a rate. forecaster.prometheus_source.query_problem says
         # the same of a --query: this module may not import the forecaster.)
-        if v is not None and re.search(r"\bincrease\s*\(", v) and "/" not in v:
+        bare = v and re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', v)  # (a matcher's "/v1" divides nothing)
+        if bare and re.search(r"\bincrease\s*\(", bare) and "/" not in bare:
             raise ValueError("the query takes increase(), which counts each range's requests (over [1m], 60 times "
                              "the rate per second that peakpilot reads): write rate(...) instead, or divide by the "
                              "range in seconds")

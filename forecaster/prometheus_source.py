@@ -174,7 +174,8 @@ def query_problem(query: str) -> str | None:
     counts the requests of its range (60 times the rate, over [1m]), as a Grafana panel of "requests per
     minute" writes it; read as a rate it would plan for 60 times the load. A query that divides may be
     ``increase(...[1h]) / 3600``: a rate, let be."""
-    if re.search(r"\bincrease\s*\(", query) and "/" not in query:
+    bare = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', query)  # ("/v1/chat" in a matcher divides nothing)
+    if re.search(r"\bincrease\s*\(", bare) and "/" not in bare:
         return ("the query takes increase(), which counts each range's requests (over [1m], 60 times the rate per "
                 "second that peakpilot reads): write rate(...) instead, or divide by the range in seconds")
     return None

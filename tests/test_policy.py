@@ -79,6 +79,8 @@ classes:
     ("signals: {query: 'sum(increase(http_requests_total[1m]))'}\n",
      "signals.query: the query takes increase(), which counts each range's requests (over [1m], 60 times the rate "
      "per second that peakpilot reads): write rate(...) instead, or divide by the range in seconds"),
+    ("signals: {query: 'sum(increase(http_requests_total{path=\"/v1/chat\"}[5m]))'}\n",
+     "signals.query: the query takes increase()"),  # (the matcher's "/" divides nothing)
     ("signals: {timezone: EST}\n", "signals.timezone: 'EST' is one offset all year, without daylight saving, an "
                                     "hour off the users' clock all summer: write America/New_York for the clock "
                                     "that changes, or America/Panama for one that does not"),
