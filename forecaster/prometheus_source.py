@@ -174,11 +174,25 @@ def query_problem(query: str) -> str | None:
     counts the requests of its range (60 times the rate, over [1m]), as a Grafana panel of "requests per
     minute" writes it; read as a rate it would plan for 60 times the load. A query that divides may be
     ``increase(...[1h]) / 3600``: a rate, let be."""
-    bare = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', query)  # ("/v1/chat" in a matcher divides nothing)
+    bare = _without_strings(query)
     if re.search(r"\bincrease\s*\(", bare) and "/" not in bare:
         return ("the query takes increase(), which counts each range's requests (over [1m], 60 times the rate per "
                 "second that peakpilot reads): write rate(...) instead, or divide by the range in seconds")
     return None
+
+
+def short_ranges(query: str, step: pd.Timedelta) -> list[str]:
+    """The range selectors of ``query`` (``[1m]``, a subquery's ``[1h:1m]``) shorter than ``step``."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    found = re.findall(r"\[\s*((?:\d+(?:ms|s|m|h|d|w|y))+)\s*(?::[^\]]*)?\]", _without_strings(query))
+    return [r for r in dict.fromkeys(found)
+            if sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", r)) < step.total_seconds()]
+
+
+def _without_strings(query: str) -> str:
+    """``query`` with its string literals emptied: a label matcher's ``"/v1/chat"`` or ``"[1m]"`` is no
+    division or range."""
+    return re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', query)
 
 
 def url_problem(url: str) -> str | None:
@@ -217,6 +231,10 @@ class PrometheusSource:
         self.query = (query or DEFAULT_QUERY).replace("{step}", self.step_text)
         if (problem := query_problem(self.query)) is not None:
             raise HistoryError(self.where, problem)
+        for short in short_ranges(self.query, self.step):
+            log.warning("%s: the range [%s] is shorter than the step (%s): each step's count is its last %s's rate "
+                        "times the step, the rest of it unread (a burst there is missed); write [{step}], which "
+                        "peakpilot fills with the step", self.where, short, self.step_text, short)
         self.chunk_points = chunk_points
         self.timeout_s = timeout_s
         self.auth = auth or PrometheusAuth()

@@ -195,6 +195,19 @@ def test_prometheus_errors_name_the_url_and_query(backfilled):
     assert len(divided) == 60 and np.allclose(divided.counts.to_numpy(), rates.counts.to_numpy(), rtol=1e-6)
 
 
+def test_a_rate_range_shorter_than_the_step_is_said(caplog):
+    """rate(x[1m]) read every 5 minutes counts each step from its last minute alone (a burst in the other four
+    is missed): said, with [{step}] as the fix; a range of the step or longer, or one inside a string, is not."""
+    with caplog.at_level("WARNING", logger="forecaster.prometheus_source"):
+        PrometheusSource("http://prom:9090", query="sum(rate(x_total[1m])) + sum(rate(y_total[5m]))", step="5m")
+        PrometheusSource("http://prom:9090", query='sum(rate(x_total{window="[1m]"}[{step}]))', step="5m")
+        PrometheusSource("http://prom:9090", query="sum(rate(x_total[1m]))", step="1m")
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["http://prom:9090 query 'sum(rate(x_total[1m])) + sum(rate(y_total[5m]))': the range [1m] is "
+                    "shorter than the step (5m): each step's count is its last 1m's rate times the step, the rest "
+                    "of it unread (a burst there is missed); write [{step}], which peakpilot fills with the step"]
+
+
 def test_prometheus_down_is_a_clear_error():
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(HistoryError, match="Prometheus is unreachable") as err:
