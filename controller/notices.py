@@ -50,7 +50,7 @@ class Notices:
     # What the log said last of the cluster's view: failed nodes, pods not created, other autoscalers
     # (each as a sorted list, none at first), whether spot can be had (yes at first), and where the gap the
     # live load is in began (none at first).
-    _reported: dict = field(default_factory=lambda: {"spot": True, "gap": None})
+    _reported: dict = field(default_factory=lambda: {"spot": True, "gap": None, "capacity": False})
 
     def _changed(self, what: str, now) -> bool:
         """Whether ``what`` differs from what the log said last (and it is noted as said)."""
@@ -58,6 +58,14 @@ class Notices:
             return False
         self._reported[what] = now
         return True
+
+    def capacity(self, note: str | None) -> None:
+        """The capacity check's finding (``controller/capacity_check.py``), in the log as it comes and goes."""
+        if self._changed("capacity", note is not None):
+            if note:
+                log.warning("%s: %s", self.service, note)
+            else:
+                log.info("%s: the nodes no longer answer busy under the policy's capacity", self.service)
 
     def cluster(self, view) -> None:
         """What the cluster's view shows that needs a look, in the log (every replica reads it)."""

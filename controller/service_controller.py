@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from controller.capacity_check import CapacityCheck
 from controller.cycle import control_cycle
 from controller.daemon_metrics import DaemonMetrics
 from controller.notices import Notices, attention, in_gap
@@ -95,6 +96,7 @@ class ServiceController:
             log.info("%s: resumed from the store (%d recommendations, lead samples %s)", self.policy.service,
                      len(self.memory.recent_targets), {k: len(v) for k, v in self.memory.lead_samples.items()})
         self.rps_per_node = self._capacity(self.policy)
+        self.capacity_check = CapacityCheck(self.rps_per_node)
         self.estimate = ShadowEstimate(self.rps_per_node, self.policy.capacity.queue_seconds,
                                        (saved or {}).get("shadow"))
         for kind in ERROR_KINDS:
@@ -167,6 +169,7 @@ class ServiceController:
         self.policy, self.signals, self.actuator, self.rps_per_node = new, signals, actuator, rps_per_node
         self.metrics.refused(self.policy_path, False)
         self.estimate.set_capacity(self.rps_per_node, new.capacity.queue_seconds)
+        self.capacity_check.set_capacity(self.rps_per_node)
         log.info("%s: policy reloaded from %s", self.service, self.policy_path)
         auto_inputs = lambda p: (p.reserved, p.classes, p.capacity, p.spot)  # noqa: E731
         return (new.signals != old.signals or new.planning.model != old.planning.model
@@ -254,6 +257,8 @@ class ServiceController:
             return {"ok": False, "error": str(exc)}
         view.judge_spot(lead_time_min(policy, self.memory, "spot"))
         self.notices.cluster(view)
+        capacity = self.capacity_check.observe(None if obs.stale else obs.load_rps, obs.busy_share, view.ready())
+        self.notices.capacity(capacity)
         self.metrics.conflicts.labels(self.service).set(len(view.conflicts))
         result = control_cycle(obs, forecast, view, policy, self.memory, self.rps_per_node, self.reserved())
         acting = self.acting() and not self.shadow
@@ -267,7 +272,8 @@ class ServiceController:
         if acting:
             self.notices.announce(result, view, self.actuator, no_forecast)
         cost = sum(view.active(c) * policy.price(c) for c in CLASSES)
-        looks = attention(view) + ([in_gap(self._live_gap)] if self._live_gap is not None else [])
+        looks = attention(view) + ([in_gap(self._live_gap)] if self._live_gap is not None else []) + \
+            ([capacity] if capacity else [])
         row = {"load_rps": observed, "forecast_q50": None, "forecast_q90": None, "mode": result.mode,
                "role": "shadow" if self.shadow else "leader" if acting else "follower",
                "attention": "\n".join(looks) or None,

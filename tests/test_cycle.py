@@ -417,3 +417,29 @@ def test_a_stale_observation_is_neither_recorded_nor_chased(policy):
     after = learned.to_json()["surprises"]
     assert after["loads"] == before["loads"] and after["scored"] == before["scored"]
     assert result.target == 3 and "rising" not in result.reason  # the floor still holds, unprojected
+
+
+def test_the_capacity_check_names_nodes_that_shed_under_the_policys_capacity():
+    """Busy answers (1% or more) at under 80% of capacity.rps_per_node per ready node, in 10 of the last 15
+    cycles: said, with the median load per node they shed at; cleared under 5 of 15. Shedding at or above
+    that load (a fleet still coming up), finer busy shares, and cycles without a load or a ready node are no
+    sign; a reloaded capacity starts the count again."""
+    from controller.capacity_check import CapacityCheck
+
+    check = CapacityCheck(10.0)
+    assert [check.observe(60.0, 0.05, 10) for _ in range(9)] == [None] * 9  # 6 req/s per node: 60% of 10
+    line = check.observe(60.0, 0.05, 10)
+    assert line == ("capacity.rps_per_node 10 looks too high: the ready nodes answered busy at 6.0 req/s each (60% "
+                    "of it) in 10 of the last 10 cycles, so every rise is planned short (measure a node: peakpilot "
+                    "profile)")
+    for load, busy, ready in ((90.0, 0.05, 10), (60.0, 0.005, 10), (None, 0.5, 10), (60.0, 0.5, 0)):
+        assert CapacityCheck(10.0, flagged=False).observe(load, busy, ready) is None
+    for _ in range(5):
+        assert check.observe(90.0, 0.05, 10) is not None  # 9 req/s: full, so 10 of the last 15 still shed early
+    assert check.observe(90.0, 0.0, 10) is not None and check.line().endswith("(measure a node: peakpilot profile)")
+    for _ in range(5):
+        check.observe(50.0, 0.0, 10)
+    assert check.observe(50.0, 0.0, 10) is None  # 3 of the last 15
+    check.set_capacity(20.0)
+    assert check.rps_per_node == 20.0 and len(check.seen) == 0
+

@@ -102,6 +102,42 @@ def run_cycles(daemon, clock, n, retrain_at=()):
         clock.tick()
 
 
+def test_nodes_that_answer_busy_under_the_policys_capacity_are_said_to_have_less(tmp_path, policy_file, trace, caplog):
+    """Nodes shedding 5% of their answers while the load per ready node is under 80% of the policy's capacity,
+    cycle after cycle: the capacity per node is said to be overstated, once in the log and with every cycle's
+    record (``peakpilot status``'s ``!`` lines), with the load per node at which they shed; and no longer once
+    the nodes stop shedding."""
+    import sqlite3
+
+    from controller.state import Observation
+
+    class Shedding(TraceSignals):
+        busy = 0.05
+
+        def observe(self, now):
+            seen = super().observe(now)
+            return Observation(seen.now, seen.load_rps, self.busy, seen.stale)
+
+    clock, signals = Clock(), Shedding(trace, 8 * 1440, T0)
+    cluster = SimulatedActuator(load_policy_of(policy_file), reserved=3, seed=1)
+    daemon, service, _ = make(policy_file, trace, Store(str(tmp_path / "c.db")), clock, cluster, signals)
+    daemon.retrain_all()
+    with caplog.at_level("INFO", logger="peakpilot.daemon"):
+        run_cycles(daemon, clock, 45)  # (shedding while the fleet comes up is no sign: it is full)
+        signals.busy = 0.0
+        run_cycles(daemon, clock, 15)
+    said = [r.getMessage() for r in caplog.records if "capacity" in r.getMessage() and "llm-chat: " in r.getMessage()]
+    assert len(said) == 2, said
+    capacity = service.rps_per_node
+    assert said[0].startswith(f"llm-chat: capacity.rps_per_node {capacity:g} looks too high: the ready nodes "
+                              f"answered busy at ") and "so every rise is planned short" in said[0]
+    assert said[1] == "llm-chat: the nodes no longer answer busy under the policy's capacity"
+    rows = sqlite3.connect(tmp_path / "c.db").execute("SELECT attention FROM timeline ORDER BY minute").fetchall()
+    flagged = [i for i, (a,) in enumerate(rows) if a and "looks too high" in a]
+    assert len(rows) == 60 and 20 < flagged[0] < 45 and flagged == list(range(flagged[0], flagged[-1] + 1))
+    assert 45 < flagged[-1] < 59  # cleared once fewer than 5 of the last 15 cycles shed
+
+
 def test_many_cycles_with_faults_and_a_restart_lose_nothing_and_repeat_nothing(tmp_path, policy_file, trace):
     # Reference: 180 undisturbed cycles.
     ref_clock = Clock()
