@@ -221,7 +221,7 @@ def test_progress_bars_are_drawn_on_a_terminal():
     (["replay", "--train-days", "-1"], "--train-days -1: must be above 0"),
     (["backtest", "--models", ","], "no model to backtest; choose from ensemble"),
     (["backtest", "--refit-hours", "0"], "--refit-hours 0: must be above 0"),
-    (["run", "--once", "--retention-days", "0"], "--retention-days 0: must be above 0"),
+    (["run", "--once", "--retention-days", "-1"], "Invalid value for '--retention-days'"),  # (it deleted every row)
     (["run", "--once", "--retrain-cron", "0 */6 * *"], "--retrain-cron '0 */6 * *': Wrong number of fields; got 4, "
                                                        "expected 5 (five fields: minute hour day month weekday"),
     (["forecast", "--seed", "-1"], "Invalid value for '--seed'"),

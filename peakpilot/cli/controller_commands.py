@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -395,7 +396,8 @@ def run_daemon(
     kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="kubernetes: this kubeconfig (default: "
                                                                         "the pod's ServiceAccount, else "
                                                                         "KUBECONFIG or ~/.kube/config)."),
-    retention_days: float = typer.Option(30, "--retention-days", help="Keep this much timeline in the store."),
+    retention_days: float = typer.Option(30, "--retention-days", min=0, help="Keep this much timeline in the store "
+                                                                             "(0: all of it)."),
 ) -> None:
     """Run the controller as a daemon: every cycle forecast, plan, act and record, for every service."""
     import os
@@ -409,7 +411,6 @@ def run_daemon(
     from controller.replay import load_trace
     from controller.service_parts import ServiceParts
     check_backend(backend)
-    above_zero(("--retention-days", retention_days))
     check_cron(retrain_cron)
     if not policy:
         if backend == "kubernetes":
@@ -462,7 +463,7 @@ def run_daemon(
     def make_service(path: Path) -> ServiceController:
         service = ServiceController(path, None, None, st, metrics, shadow=shadow, parts=parts,
                                     acting=(lambda: lease.is_leader) if lease else (lambda: True),
-                                    keep_minutes=int(retention_days * 1440))
+                                    keep_minutes=math.ceil(retention_days * 1440))  # (0: all)
         if api is not None and path not in policies:  # a file added while running: its pools' namespace
             say_missing_permissions(api, [next(iter(policies.values())), service.policy], lease.name, shadow,
                                     list(policy), only=service.policy.kubernetes.namespace)
