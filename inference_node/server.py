@@ -624,6 +624,9 @@ def serve(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, log_lev
     node = app.state.node
     server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                                            timeout_graceful_shutdown=int(config.drain_seconds)), node)
+    if sock is not None:  # (uvicorn says where it listens only on a socket it binds itself)
+        shown = f"[{host}]" if ":" in host else host
+        log.info("listening on http://%s:%d; /ready answers 200 once warm", shown, port)
     server.run(sockets=[sock] if sock is not None else None)
     if node.state == "failed":
         raise NodeFailed(f"{node.error} (--model {config.model})")

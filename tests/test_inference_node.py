@@ -1258,6 +1258,7 @@ def test_loadgen_and_profile_commands_against_a_node_and_against_nothing(node, t
     assert result["sent"] == 60 and result["outcomes"] == {"ok": 60, "busy": 0, "error": 0}
     assert result["errors"] == {} and 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
     assert "POST /v1/completions" not in node.output()  # no line per request unless --access-log
+    assert f"listening on {node.url}; /ready answers 200 once warm" in node.output()  # (bound before the load)
     assert result["first_text_ms"]["p50"] is None  # not streamed
     # --stream: answers streamed, and when each one's first text was read (it comes before the last)
     out = subprocess.run([*cli, "loadgen", "--trace", str(trace), "--url", node.url, "--speedup", "120",
