@@ -72,14 +72,16 @@ class StoreError(RuntimeError):
 
 def store_url(url: str) -> URL:
     """A store URL as SQLAlchemy's: plain paths are SQLite files; ``postgresql://`` uses psycopg 3."""
-    if "://" not in url:
-        return URL.create("sqlite", database=str(Path(url)))
+    if "://" not in url:  # (~ as a shell would have expanded it: PEAKPILOT_STORE in a unit file is not)
+        return URL.create("sqlite", database=str(Path(url).expanduser()))
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise StoreError(f"cannot parse the store URL {url!r}: {exc}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database.startswith("~"):
+        parsed = parsed.set(database=str(Path(parsed.database).expanduser()))
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StoreError(f"unsupported store URL {parsed.render_as_string(hide_password=True)!r}: use "
                          f"sqlite:///path/to.db, a file path, or postgresql://user:password@host:5432/dbname")

@@ -190,6 +190,18 @@ def test_bad_store_urls_and_a_database_that_is_down_are_named(tmp_path):
         Store("/nonexistent/dir/none.db", readonly=True)
 
 
+def test_a_store_path_under_home_is_home_not_a_folder_named_tilde(tmp_path, monkeypatch):
+    """PEAKPILOT_STORE=~/peakpilot.db in a unit file or a quoted ~ reaches peakpilot unexpanded: it made a folder
+    named ~ in the working directory. Expanded as a shell would, as a path and in a sqlite:/// URL."""
+    from controller.store import sqlite_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert sqlite_path("~/p.db") == tmp_path / "p.db" and sqlite_path("sqlite:///~/q.db") == tmp_path / "q.db"
+    Store("~/p.db").close()
+    assert (tmp_path / "p.db").exists() and not (tmp_path / "~").exists()
+
+
 def test_a_database_server_that_never_answers_is_named_within_the_connect_timeout(silent_port, monkeypatch):
     """libpq waits for ever by default: a store that takes the connection and stays silent would hang
     the daemon's cycle (its writes are in the cycle)."""
