@@ -370,15 +370,21 @@ class Signals(Strict):
 
     @field_validator("query")
     @classmethod
-    def _no_increase(cls, v: str | None) -> str | None:
-        # increase() counts a range's requests: read as a rate per second, 60 times the load over [1m]. (A query
-        # that divides may be increase(...[1h]) / 3600, a rate. forecaster.prometheus_source.query_problem says
-        # the same of a --query: this module may not import the forecaster.)
+    def _per_second(cls, v: str | None) -> str | None:
+        # increase() counts a range's requests, and "* 60" makes a rate per minute: read as a rate per second,
+        # 60 times the load. (A query that divides may be increase(...[1h]) / 3600, a rate.
+        # forecaster.prometheus_source.query_problem says the same of a --query: this module may not import
+        # the forecaster.)
         bare = v and re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', v)  # (a matcher's "/v1" divides nothing)
-        if bare and re.search(r"\bincrease\s*\(", bare) and "/" not in bare:
+        if not bare or "/" in bare:
+            return v
+        if re.search(r"\bincrease\s*\(", bare):
             raise ValueError("the query takes increase(), which counts each range's requests (over [1m], 60 times "
                              "the rate per second that peakpilot reads): write rate(...) instead, or divide by the "
                              "range in seconds")
+        if factor := re.search(r"\*\s*(60|3600)(\.0*)?(?![\d.])|(?<![\w.])(60|3600)(\.0*)?\s*\*", bare):
+            raise ValueError(f"the query multiplies by {factor.group(1) or factor.group(3)}, as a panel of requests "
+                             f"per minute or hour does: peakpilot reads requests per second, so leave the factor out")
         return v
 
     @field_validator("timezone")

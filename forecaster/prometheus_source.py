@@ -169,15 +169,25 @@ def redacted(url: str) -> str:
     return urlunsplit(parts)
 
 
+PER_MINUTE = re.compile(r"\*\s*(60|3600)(\.0*)?(?![\d.])|(?<![\w.])(60|3600)(\.0*)?\s*\*")
+"""A rate multiplied by 60 or 3600: requests per minute or per hour, as a Grafana panel shows them."""
+
+
 def query_problem(query: str) -> str | None:
     """Why ``query`` cannot answer requests per second, where its text shows it, or None: ``increase()``
-    counts the requests of its range (60 times the rate, over [1m]), as a Grafana panel of "requests per
-    minute" writes it; read as a rate it would plan for 60 times the load. A query that divides may be
-    ``increase(...[1h]) / 3600``: a rate, let be."""
+    counts the requests of its range (60 times the rate, over [1m]), and ``* 60`` makes a rate per minute,
+    as a Grafana panel of "requests per minute" writes them; read as a rate per second either would plan
+    for 60 times the load. A query that divides may be ``increase(...[1h]) / 3600``: a rate, let be.
+    (``controller.policy.Signals`` says the same of a policy's query.)"""
     bare = _without_strings(query)
-    if re.search(r"\bincrease\s*\(", bare) and "/" not in bare:
+    if "/" in bare:
+        return None
+    if re.search(r"\bincrease\s*\(", bare):
         return ("the query takes increase(), which counts each range's requests (over [1m], 60 times the rate per "
                 "second that peakpilot reads): write rate(...) instead, or divide by the range in seconds")
+    if (factor := PER_MINUTE.search(bare)) is not None:
+        return (f"the query multiplies by {factor.group(1) or factor.group(3)}, as a panel of requests per minute or "
+                f"hour does: peakpilot reads requests per second, so leave the factor out")
     return None
 
 

@@ -81,6 +81,9 @@ classes:
      "per second that peakpilot reads): write rate(...) instead, or divide by the range in seconds"),
     ("signals: {query: 'sum(increase(http_requests_total{path=\"/v1/chat\"}[5m]))'}\n",
      "signals.query: the query takes increase()"),  # (the matcher's "/" divides nothing)
+    ("signals: {query: 'sum(rate(http_requests_total[5m])) * 60'}\n",
+     "signals.query: the query multiplies by 60, as a panel of requests per minute or hour does: peakpilot reads "
+     "requests per second, so leave the factor out"),
     ("signals: {timezone: EST}\n", "signals.timezone: 'EST' is one offset all year, without daylight saving, an "
                                     "hour off the users' clock all summer: write America/New_York for the clock "
                                     "that changes, or America/Panama for one that does not"),

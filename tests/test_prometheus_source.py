@@ -188,6 +188,12 @@ def test_prometheus_errors_name_the_url_and_query(backfilled):
     with pytest.raises(HistoryError, match=r"query 'sum\(increase\(peakpilot_requests_total\[1m\]\)\)': the "
                                            r"query takes increase\(\), which counts each range's requests"):
         PrometheusSource(server.url, query="sum(increase(peakpilot_requests_total[{step}]))")
+    for per_minute, factor in (("sum(rate(peakpilot_requests_total[1m])) * 60", 60), ("3600*sum(rate(x[5m]))", 3600)):
+        with pytest.raises(HistoryError, match=rf"the query multiplies by {factor}, as a panel of requests per minute "
+                                               rf"or hour does: peakpilot reads requests per second"):
+            PrometheusSource(server.url, query=per_minute)
+    for fine in ("sum(rate(x_60[5m])) * 1.60", "sum(rate(x[5m])) * 600", 'sum(rate(x{unit="* 60"}[5m]))'):
+        assert PrometheusSource(server.url, query=fine).query == fine
     hourly = "sum(increase(peakpilot_requests_total[1h])) / 3600"  # a rate, divided: read
     rates = PrometheusSource(server.url, query="sum(rate(peakpilot_requests_total[1h]))").load(
         start + pd.Timedelta(hours=1), start + pd.Timedelta(hours=2))
