@@ -159,11 +159,48 @@ class Event(Strict):
         return self
 
 
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+"""The names Kubernetes gives a namespace (a label) and a Deployment or a Lease (a subdomain): a name outside
+them can never exist, so a typo (``llm_spot``, ``LLM-Spot``) is said here, not as a 404 at the first scale."""
+
+
+def kubernetes_name_problem(name: str, kind: str) -> str | None:
+    """Why ``name`` cannot name a Kubernetes object of ``kind`` (namespace, or another), or None."""
+    label = kind == "namespace"
+    if (DNS_LABEL if label else DNS_SUBDOMAIN).fullmatch(name):
+        return None
+    return (f"{name!r} cannot name a {kind}: lowercase letters, digits and '-'{'' if label else ' or .'}, "
+            f"starting and ending with a letter or digit, at most {63 if label else 253}")
+
+
 class KubernetesSpec(Strict):
     namespace: str = "default"
     workloads: dict[Literal["reserved", "spot", "on_demand"], str] = Field(
         default_factory=dict, description="Deployment per capacity class")
     placeholder: str | None = Field(None, description="low-priority Deployment that holds nodes warm ahead of a peak")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        if problem := kubernetes_name_problem(v, "namespace"):
+            raise ValueError(problem)
+        return v
+
+    @field_validator("workloads")
+    @classmethod
+    def _workloads(cls, v: dict) -> dict:
+        problems = [f"{c}: {p}" for c, name in v.items() if (p := kubernetes_name_problem(name, "Deployment"))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("placeholder")
+    @classmethod
+    def _placeholder(cls, v: str | None) -> str | None:
+        if v is not None and (problem := kubernetes_name_problem(v, "Deployment")):
+            raise ValueError(problem)
+        return v
 
 
 FIXED_ABBREVIATIONS = {"EST": ("America/New_York", "America/Panama"), "MST": ("America/Denver", "America/Phoenix")}

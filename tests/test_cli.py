@@ -226,6 +226,8 @@ def test_progress_bars_are_drawn_on_a_terminal():
                                                        "expected 5 (five fields: minute hour day month weekday"),
     (["forecast", "--seed", "-1"], "Invalid value for '--seed'"),
     (["run", "--once", "--selector", "team"], "--selector: 'team' is no key=value"),
+    (["run", "--once", "--lease-name", "Peakpilot_A"], "--lease-name: 'Peakpilot_A' cannot name a Lease"),
+    (["check-policy", "--backend", "kubernetes", "--rbac", "--lease-name", "x/y"], "--lease-name: 'x/y' cannot name"),
     (["profile", "--url", "http://127.0.0.1:9", "--slo-ms", "0"], "--slo-ms 0: must be above 0"),
     (["loadgen", "--url", "http://127.0.0.1:9", "--max-tokens", "0"], "Invalid value for '--max-tokens'"),
     (["serve", "--port", "70000"], "Invalid value for '--port'"),

@@ -84,6 +84,11 @@ classes:
     ("signals: {query: 'sum(rate(http_requests_total[5m])) * 60'}\n",
      "signals.query: the query multiplies by 60, as a panel of requests per minute or hour does: peakpilot reads "
      "requests per second, so leave the factor out"),
+    ("kubernetes: {namespace: Inference, workloads: {spot: llm_spot, on_demand: llm-od}, placeholder: '-x'}\n",
+     "kubernetes.namespace: 'Inference' cannot name a namespace: lowercase letters, digits and '-', starting and "
+     "ending with a letter or digit, at most 63; kubernetes.workloads: spot: 'llm_spot' cannot name a Deployment: "
+     "lowercase letters, digits and '-' or ., starting and ending with a letter or digit, at most 253; "
+     "kubernetes.placeholder: '-x' cannot name a Deployment"),
     ("signals: {timezone: EST}\n", "signals.timezone: 'EST' is one offset all year, without daylight saving, an "
                                     "hour off the users' clock all summer: write America/New_York for the clock "
                                     "that changes, or America/Panama for one that does not"),

@@ -140,7 +140,15 @@ def lease_name_for(selector: str | None) -> str:
 
     if not selector:
         return "peakpilot"
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9.]", "-", f"peakpilot-{selector.lower()}")).strip("-.")[:253]
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9.]", "-", f"peakpilot-{selector.lower()}"))[:253].strip("-.")
+
+
+def check_lease_name(name: str) -> None:
+    """--lease-name as the API server takes a Lease's name, or exit 2: one it refuses, no daemon ever leads."""
+    from controller.policy import kubernetes_name_problem
+
+    if problem := kubernetes_name_problem(name, "Lease"):
+        fail(f"--lease-name: {problem}")
 
 
 def check_cron(text: str) -> None:
@@ -232,6 +240,7 @@ def check_policy(
         typer.echo(json.dumps(policy_schema(), indent=2))
         return
     check_backend(backend)
+    check_lease_name(lease_name)
     if rbac and backend != "kubernetes":
         fail("--rbac is what the kubernetes backend needs: add --backend kubernetes")
     files = policy_files(paths or [DEFAULT_POLICY])
@@ -412,6 +421,8 @@ def run_daemon(
     from controller.service_parts import ServiceParts
     check_backend(backend)
     check_cron(retrain_cron)
+    if lease_name is not None:
+        check_lease_name(lease_name)
     if not policy:
         if backend == "kubernetes":
             fail("--backend kubernetes needs --policy: the policy files (or a folder of them) of the services to "
