@@ -61,13 +61,16 @@ RUNNING_TOTAL_SPAN = pd.Timedelta(days=1)
 real traffic falls at least every night, and a counter summed without ``rate()`` never does. (A shorter
 one may be a morning's ramp, or a test's.)"""
 
+RUNNING_TOTAL_STEP_MAX = pd.Timedelta(hours=6)
+"""... at a step that shows a night: counted by the day, a growing service may grow every day for months."""
+
 
 def running_total_problem(counts: np.ndarray, step: pd.Timedelta) -> str | None:
     """Why the series reads as a running total (a counter's) rather than requests per step, or None: 99% of
     its steps (gaps left out) no lower than the one before, at least half of them higher, over a day."""
     values = np.asarray(counts, float)
     values = values[~np.isnan(values)]
-    if len(values) < 60 or len(counts) * step < RUNNING_TOTAL_SPAN:
+    if len(values) < 60 or len(counts) * step < RUNNING_TOTAL_SPAN or step > RUNNING_TOTAL_STEP_MAX:
         return None
     diffs = np.diff(values)
     rising, growing = float((diffs >= 0).mean()), float((diffs > 0).mean())

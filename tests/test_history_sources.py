@@ -218,6 +218,9 @@ def test_a_running_total_is_refused_as_no_count_per_interval(tmp_path):
         load_csv(write(tmp_path, "timestamp,requests\n" + rows, "t.csv"))
     steps = "".join(f"{1704067200 + 600 * i},{v}\n" for i, v in enumerate(np.diff(totals, prepend=0)))
     assert load_csv(write(tmp_path, "timestamp,requests\n" + steps, "d.csv")).counts.sum() == totals[-1]
+    # counted by the day, a growing service grows every day: no night shows at that step, so it is read
+    days = "".join(f"{(pd.Timestamp('2024-01-01') + pd.Timedelta(days=i)).date()},{1000 + 10 * i}\n" for i in range(90))
+    assert load_csv(write(tmp_path, "date,count\n" + days, "days.csv")).counts.iloc[-1] == 1890
 
 
 def test_unix_time_in_seconds_or_milliseconds_and_relative_seconds(tmp_path):
