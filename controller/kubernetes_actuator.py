@@ -82,7 +82,8 @@ class KubernetesActuator:
     _paid: dict = field(default_factory=dict)  # class -> [(pod name, paid minutes left, its deletion cost now)]
     _event_failure: str | None = field(default=None, init=False)  # why the last Event could not be written
     _hpa_failure: str | None = field(default=None, init=False)  # why autoscalers could not be listed last time
-    _uids: dict = field(default_factory=dict, init=False)  # Deployment name -> uid, as the last view read them
+    # Deployment name -> the Deployment as the last view read it (its uid for Events; check-policy's checks)
+    deployments: dict = field(default_factory=dict, init=False)
     _last_stamp: datetime | None = field(default=None, init=False)  # the last Event's time
     _scale_failures: dict = field(default_factory=dict, init=False)  # Deployment -> why its last scale was refused
     # Pod uid -> whether its start will measure a lead time: seen before it was ready and not yet measured,
@@ -121,7 +122,7 @@ class KubernetesActuator:
             if not name:
                 continue
             deployment = with_retry(self.apps.read_namespaced_deployment, name, ns, sleep=self.sleep)
-            self._uids[name] = deployment.metadata.uid
+            self.deployments[name] = deployment
             selector = label_selector(deployment.spec.selector)
             pods = with_retry(self.core.list_namespaced_pod, ns, label_selector=selector, sleep=self.sleep).items
             counted = 0
@@ -278,7 +279,8 @@ class KubernetesActuator:
         if self.shadow:
             return
         for name in dict.fromkeys(self.target.workloads.values()):
-            self._record_event(name, event(self.target.namespace, name, self._uids.get(name), warning, reason,
+            read = self.deployments.get(name)
+            self._record_event(name, event(self.target.namespace, name, read and read.metadata.uid, warning, reason,
                                            "Decide", note, self.instance, self._stamp()))
 
     def _stamp(self) -> datetime:

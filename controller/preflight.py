@@ -55,8 +55,6 @@ def pool_health(api, policy) -> tuple[dict[str, dict[str, int]], list[str]]:
     """The nodes of a policy's pools by class and state, and what needs a look before the controller takes
     them over: pods that will not turn ready by themselves, pods the Deployments cannot create, spot not to
     be had, another autoscaler on them. Read as the controller's shadow view reads them: nothing changes."""
-    from kubernetes import client
-
     from controller.kubernetes_actuator import KubernetesActuator, KubernetesTarget
     from controller.planner import lead_time_min
     from controller.state import Memory
@@ -73,9 +71,7 @@ def pool_health(api, policy) -> tuple[dict[str, dict[str, int]], list[str]]:
         notes.append(f"spot cannot be had now ({view.spot_unavailable_why}): on-demand will cover it")
     notes += [f"{other}: delete it before peakpilot acts (each would undo the other's replicas), or run "
               f"peakpilot with --shadow beside it" for other in actuator.other_autoscalers()]
-    apps = client.AppsV1Api(api)
-    deployments = [with_retry(apps.read_namespaced_deployment, name, k.namespace, attempts=2)
-                   for name in dict.fromkeys(k.workloads.values())]
+    deployments = list(actuator.deployments.values())  # (as its view read them: not read again)
     notes += synced_replicas(deployments)
     notes += unguarded_pools(api, policy, deployments)
     return nodes, notes

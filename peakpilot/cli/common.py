@@ -53,7 +53,7 @@ def require_reachable(url: str, api_key: str | None = None) -> None:
     load run sends into refused connections or 401s)."""
     from inference_node.loadgen import check_reachable
 
-    or_exit(ConnectionError, lambda: check_reachable(url, api_key=api_key))
+    or_exit(ConnectionError, check_reachable, url, api_key=api_key)
 
 
 def open_store(url: str):

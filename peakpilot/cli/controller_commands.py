@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -136,8 +137,6 @@ def history_as_trace(pol, trace: Optional[Path], prometheus: Optional[str], head
 def lease_name_for(selector: str | None) -> str:
     """The Lease of the daemons that run one selector's services: ``peakpilot-team-chat`` for team=chat, in
     the letters a Lease's name may have (lowercase, digits, ``-``, ``.``; at most 253)."""
-    import re
-
     if not selector:
         return "peakpilot"
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9.]", "-", f"peakpilot-{selector.lower()}"))[:253].strip("-.")
