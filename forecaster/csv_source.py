@@ -10,7 +10,9 @@ Two shapes are read:
   first unless the log starts at a step's start, are partly outside the log).
 
 Timestamps are ISO 8601 (with or without an offset; BigQuery's " UTC" suffix too) or Unix time in
-seconds, milliseconds, microseconds or nanoseconds (told apart by size). Columns under other names are
+seconds, milliseconds, microseconds or nanoseconds (told apart by size). Times without an offset are UTC,
+or local times of a named zone (``timestamp_zone``: Grafana's formatted export writes the browser's clock),
+the hour its clock runs twice told apart by the order of the rows. Columns under other names are
 given by name: the timestamps', the counts', or a rate per second's (an export of a Prometheus or Grafana
 panel), which is multiplied by the step into counts.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import shlex
 import warnings
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -36,16 +39,19 @@ COUNT_COLUMNS = ("requests", "count", "counts", "value", "y")
 
 
 def load_csv(path: str | Path, *, step: str | pd.Timedelta | None = None, timestamp_column: str | None = None,
-             count_column: str | None = None, rate_column: str | None = None) -> History:
+             count_column: str | None = None, rate_column: str | None = None,
+             timestamp_zone: str | None = None) -> History:
     """Read a counts CSV or a request log, whichever the columns say it is.
 
     ``step`` aggregates counts to a coarser step, or sets the counting step of a request log
     (default one minute). ``count_column`` names the column of each interval's requests where it is none
     of ``COUNT_COLUMNS``; ``rate_column`` instead a column of requests per second, as an export of a
-    Prometheus or Grafana panel holds (each row is multiplied by the step).
+    Prometheus or Grafana panel holds (each row is multiplied by the step). ``timestamp_zone``: the IANA zone
+    whose local times the timestamps without an offset are (default UTC); the history is on its clock.
     """
     path = Path(path)
     step = None if step is None else _step(path, step)
+    _check_zone(path, timestamp_zone)
     if count_column and rate_column:
         raise HistoryError(str(path), f"a count column ({count_column!r}) and a rate column ({rate_column!r}) "
                                       f"were both given: the requests are read from one of them")
@@ -56,27 +62,39 @@ def load_csv(path: str | Path, *, step: str | pd.Timedelta | None = None, timest
         raise HistoryError(str(path), f"no column {given!r}; columns are {list(frame.columns)}")
     count_col = given or next((c for c in frame.columns if c.lower() in COUNT_COLUMNS), None)
     if count_col is None:
-        times = _parse_times(path, frame[ts_col])
+        times = _parse_times(path, frame[ts_col], timestamp_zone)
         _refuse_unnamed_counts(path, frame, ts_col, times)
-        return _from_log(path, times, step or pd.Timedelta("1min"), frame[ts_col])
-    history = _from_counts(path, frame, ts_col, count_col, per_second=bool(rate_column))
+        return _from_log(path, times, step or pd.Timedelta("1min"), frame[ts_col]).in_timezone(timestamp_zone)
+    history = _from_counts(path, frame, ts_col, count_col, per_second=bool(rate_column), zone=timestamp_zone)
     if step is not None and step != history.step:
         if step < history.step or (step / history.step) % 1:
             every = prometheus_duration(history.step)
             raise HistoryError(str(path), f"step {prometheus_duration(step)}: its {every} counts add up only to a "
                                           f"multiple of {every} ({prometheus_duration(2 * history.step)}, ...)")
         history = history.resample(step)
-    return history
+    return history.in_timezone(timestamp_zone)
 
 
-def load_request_log(path: str | Path, *, step: str | pd.Timedelta = "1min",
-                     timestamp_column: str | None = None) -> History:
+def load_request_log(path: str | Path, *, step: str | pd.Timedelta = "1min", timestamp_column: str | None = None,
+                     timestamp_zone: str | None = None) -> History:
     """Count the arrivals of a per-request log per ``step``."""
     path = Path(path)
     step = _step(path, step)
+    _check_zone(path, timestamp_zone)
     frame = _read(path)
     ts_col = _pick(frame, path, timestamp_column, TIMESTAMP_COLUMNS, "timestamp")
-    return _from_log(path, _parse_times(path, frame[ts_col]), step, frame[ts_col])
+    times = _parse_times(path, frame[ts_col], timestamp_zone)
+    return _from_log(path, times, step, frame[ts_col]).in_timezone(timestamp_zone)
+
+
+def _check_zone(path: Path, zone: str | None) -> None:
+    if zone is None:
+        return
+    try:
+        ZoneInfo(zone)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise HistoryError(str(path), f"timestamp zone {zone!r} is not a time zone this machine knows: an IANA "
+                                      f"name such as Europe/Berlin or America/New_York") from None
 
 
 def _step(path: Path, step: str | pd.Timedelta) -> pd.Timedelta:
@@ -136,11 +154,15 @@ def _header_hint(columns: pd.Index) -> str:
 EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (float("inf"), "ns"))
 
 
-def _parse_times(path: Path, raw: pd.Series) -> pd.DatetimeIndex:
+def _parse_times(path: Path, raw: pd.Series, zone: str | None = None) -> pd.DatetimeIndex:
     """Parse ISO-8601 timestamps (a single fixed offset is kept, mixed offsets become UTC), or numbers:
-    Unix time, as exports from Prometheus and many request logs write it."""
+    Unix time, as exports from Prometheus and many request logs write it. ``zone``: the times have no
+    offset and are that zone's local times (returned in UTC)."""
     numbers = pd.to_numeric(raw, errors="coerce")
     if not np.isnan(numbers.iloc[0]):
+        if zone:
+            raise HistoryError(f"{path}:2", f"a timestamp zone ({zone}) was given, but the times are Unix time "
+                                            f"({raw.iloc[0]!r}), which is UTC")
         return _epoch_times(path, raw, numbers)
 
     # BigQuery's exports write 2024-01-01 13:00:00 UTC (looked for only where the first row does: logs are long)
@@ -162,7 +184,35 @@ def _parse_times(path: Path, raw: pd.Series) -> pd.DatetimeIndex:
         i = int(np.flatnonzero(bad)[0])
         what = "no timestamp" if pd.isna(raw.iloc[i]) else f"unparsable timestamp {raw.iloc[i]!r}"
         raise HistoryError(f"{path}:{i + 2}", f"{what} (expected ISO 8601, e.g. 2024-05-01T13:00:00)")
-    return pd.DatetimeIndex(times)
+    if zone is None:
+        return pd.DatetimeIndex(times)
+    if times.dt.tz is not None:
+        raise HistoryError(f"{path}:2", f"a timestamp zone ({zone}) was given for times without an offset, but "
+                                        f"{raw.iloc[0]!r} says where it is: drop the zone")
+    return _localized(path, pd.DatetimeIndex(times), raw, zone)
+
+
+def _localized(path: Path, naive: pd.DatetimeIndex, raw: pd.Series, zone: str) -> pd.DatetimeIndex:
+    """``zone``'s local times, in UTC. The hour its clock runs twice (when daylight saving ends) is told apart
+    by the order of the rows: the rows before the clock goes back are the first pass (pandas' own inference
+    gives up on a log's repeated seconds); a time the clock skips is refused by line."""
+    skipped = naive.tz_localize(zone, ambiguous=np.ones(len(naive), bool), nonexistent="NaT").isna()
+    if skipped.any():
+        i = int(np.flatnonzero(skipped)[0])
+        raise HistoryError(f"{path}:{i + 2}", f"{raw.iloc[i]!r} never happens in {zone}: its clock skips that hour "
+                                              f"(daylight saving starts); are these times in {zone}?")
+    twice = naive.tz_localize(zone, ambiguous="NaT").isna()
+    first_pass = np.zeros(len(naive), bool)
+    for a, b in true_runs(twice):
+        back = np.flatnonzero(np.diff(naive.asi8[a:b]) < 0)
+        if len(back) != 1:
+            how = "runs through it once" if not len(back) else "goes back in it more than once"
+            raise HistoryError(f"{path}:{a + 2}", f"{raw.iloc[a]!r} is in the hour {zone}'s clock runs twice "
+                                                  f"(daylight saving ends), and the file {how}: which pass each "
+                                                  f"row is in cannot be told; write the times with their offset, "
+                                                  f"or in UTC")
+        first_pass[a:a + back[0] + 1] = True
+    return naive.tz_localize(zone, ambiguous=first_pass).tz_convert("UTC")
 
 
 def _epoch_times(path: Path, raw: pd.Series, numbers: pd.Series) -> pd.DatetimeIndex:
@@ -181,9 +231,11 @@ def _epoch_times(path: Path, raw: pd.Series, numbers: pd.Series) -> pd.DatetimeI
     return pd.DatetimeIndex(pd.to_datetime(numbers.to_numpy(float), unit=unit, utc=True))
 
 
-def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str, per_second: bool = False) -> History:
-    """``per_second``: the column is a rate, each row's requests per second over its interval."""
-    times = _parse_times(path, frame[ts_col])
+def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str, per_second: bool = False,
+                 zone: str | None = None) -> History:
+    """``per_second``: the column is a rate, each row's requests per second over its interval; ``zone``: the
+    times are its local times."""
+    times = _parse_times(path, frame[ts_col], zone)
     # An empty cell (or NaN, null, N/A) is a step without data, as a missing row is: a gap
     missing = frame[count_col].isna().to_numpy()
     if missing.all():
@@ -201,11 +253,11 @@ def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str, p
     if (diffs == 0).any():
         i = int(np.flatnonzero(diffs == 0)[0]) + 1
         raise HistoryError(f"{path}:{i + 2}", f"duplicate timestamp {frame[ts_col].iloc[i]!r} "
-                                              f"(also on line {i + 1})")
+                                              f"(also on line {i + 1}){_clock_back_hint(times, diffs, i)}")
     if (diffs < 0).any():
         i = int(np.flatnonzero(diffs < 0)[0]) + 1
         newest_first = "; the rows run newest first (as a query ordered by time DESC writes them): sort the " \
-            "file oldest first" if (diffs < 0).all() else ""
+            "file oldest first" if (diffs < 0).all() else _clock_back_hint(times, diffs, i)
         raise HistoryError(f"{path}:{i + 2}", f"timestamp {frame[ts_col].iloc[i]!r} is earlier than the row "
                                               f"before ({frame[ts_col].iloc[i - 1]!r}); rows must be in time order"
                                               f"{newest_first}")
@@ -232,6 +284,16 @@ def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str, p
             source += f" ({omitted:,} absent rows read as no requests: the file writes no zero rows)"
     marked, gaps = mark_gaps(full, str(path))
     return History(marked, source, gaps)
+
+
+def _clock_back_hint(times: pd.DatetimeIndex, diffs: np.ndarray, i: int) -> str:
+    """Where times without an offset go back so that the step after row ``i`` lands an hour after row ``i - 1``:
+    a local clock going back when daylight saving ends, which ``timestamp_zone`` reads."""
+    hour = pd.Timedelta(hours=1).value
+    if times.tz is not None or i >= len(diffs) or diffs[i] <= 0 or diffs[i] - diffs[i - 1] != hour:
+        return ""
+    return ("; the clock goes back an hour there, as a local clock does when daylight saving ends: if these are "
+            "local times, give their zone (--timestamp-zone Europe/Berlin, say), or write them in UTC")
 
 
 NEIGHBOURS = pd.Timedelta(minutes=30)

@@ -212,6 +212,9 @@ def test_progress_bars_are_drawn_on_a_terminal():
     (["backtest", "--trace", str(SAMPLE), "--count-column", "a", "--rate-column", "b"],
      "give --count-column or --rate-column, not both"),
     (["recommend-reserved", "--trace", str(SAMPLE), "--timestamp-column", "when"], "no column 'when'; columns are"),
+    (["forecast", "--timestamp-zone", "Europe/Berlin"], "--timestamp-zone reads the times of a CSV trace: give --trace"),
+    (["loadgen", "--url", "http://127.0.0.1:9", "--timestamp-zone", "Mars/Olympus"],
+     "--timestamp-zone: 'Mars/Olympus' is not a time zone this machine knows"),
     (["loadgen", "--url", "http://127.0.0.1:9", "--start", "noon"],
      "--start 'noon': not a time; write it as the trace writes its timestamps, e.g. 2000-01-03T00:00:00"),
     (["loadgen", "--url", "http://127.0.0.1:9", "--start", "2030-01-01"],
@@ -265,6 +268,28 @@ def test_a_panels_export_is_read_where_its_columns_are_named(tmp_path):
                                    (counts, []))]
     assert all(out.returncode == 0 for out in reserved), [out.stderr for out in reserved]
     assert json.loads(reserved[0].stdout) == json.loads(reserved[1].stdout)
+
+
+def test_local_times_with_their_zone_forecast_as_the_same_load_written_in_utc(tmp_path):
+    """A trace on Berlin's clock without offsets (Grafana's formatted export) across the night its clock goes
+    back, read with --timestamp-zone, forecasts as the same load written in UTC does with --timezone: the same
+    instants, the same counts, the same users' day."""
+    import numpy as np
+    import pandas as pd
+
+    instants = pd.date_range("2024-10-20", periods=9 * 144, freq="10min", tz="UTC")
+    load = np.round(500 + 400 * np.sin(2 * np.pi * (instants.hour * 60 + instants.minute) / 1440))
+    local, utc = tmp_path / "local.csv", tmp_path / "utc.csv"
+    local.write_text("timestamp,requests\n" + "".join(
+        f"{t:%Y-%m-%d %H:%M:%S},{v:g}\n" for t, v in zip(instants.tz_convert("Europe/Berlin"), load)))
+    utc.write_text("timestamp,requests\n" + "".join(f"{t.isoformat()},{v:g}\n" for t, v in zip(instants, load)))
+    out = [run("forecast", "--trace", str(path), *args, "--model", "seasonal_naive", "--json")
+           for path, args in ((local, ["--timestamp-zone", "Europe/Berlin"]), (utc, ["--timezone", "Europe/Berlin"]))]
+    assert all(o.returncode == 0 for o in out), [o.stderr for o in out]
+    docs = [json.loads(o.stdout) for o in out]
+    assert docs[0]["forecast"] == docs[1]["forecast"] and docs[0]["forecast"][0]["timestamp"].endswith("+01:00")
+    refused = run("forecast", "--trace", str(local), "--model", "seasonal_naive")
+    assert refused.returncode == 2 and "--timestamp-zone" in refused.stderr
 
 
 def test_a_selectors_lease_has_a_name_a_lease_may_have():

@@ -426,3 +426,63 @@ def test_history_until_hides_the_future():
     past = history.until(cut)
     assert past.end == cut and past.counts.index.max() < cut
     assert isinstance(past, History)
+
+
+def local_rows(start: str, periods: int, freq: str, zone: str) -> tuple[pd.DatetimeIndex, list[str]]:
+    """Instants one step apart, and their times on ``zone``'s clock as a file without offsets writes them."""
+    instants = pd.date_range(start, periods=periods, freq=freq, tz="UTC")
+    return instants, [f"{t:%Y-%m-%d %H:%M:%S}" for t in instants.tz_convert(zone)]
+
+
+def test_local_times_are_read_in_the_zone_named_across_both_clock_changes(tmp_path):
+    """A file on Berlin's clock (as Grafana's formatted export writes it) through the night its clock goes back
+    and the night it skips an hour: without a zone the repeated hour is refused, the error naming the option;
+    with one, every instant is read once, at its place, and the history is on Berlin's clock."""
+    for start in ("2024-10-26T22:00", "2024-03-30T22:00"):
+        instants, local = local_rows(start, 48, "10min", "Europe/Berlin")
+        path = write(tmp_path, "timestamp,requests\n" + "".join(f"{t},{i}\n" for i, t in enumerate(local)))
+        history = load_csv(path, timestamp_zone="Europe/Berlin")
+        assert str(history.counts.index.tz) == "Europe/Berlin" and not history.gaps
+        assert history.counts.index.tz_convert("UTC").equals(instants) and list(history.counts) == list(range(48))
+    autumn = write(tmp_path, "timestamp,requests\n" + "".join(
+        f"{t},1\n" for t in local_rows("2024-10-26T22:00", 48, "10min", "Europe/Berlin")[1]))
+    with pytest.raises(HistoryError, match=r"t.csv:\d+: timestamp '2024-10-27 02:00:00' is earlier than the row "
+                                           r"before .* daylight saving ends: .*--timestamp-zone"):
+        load_csv(autumn)
+    hourly = write(tmp_path, "timestamp,requests\n" + "".join(
+        f"{t},1\n" for t in local_rows("2024-10-26T20:00", 12, "1h", "Europe/Berlin")[1]))
+    with pytest.raises(HistoryError, match=r"duplicate timestamp '2024-10-27 02:00:00' .*daylight saving ends"):
+        load_csv(hourly)
+
+
+def test_a_local_time_that_cannot_be_placed_is_refused_by_line(tmp_path):
+    """A time the zone's clock skips, the repeated hour passed once (which pass is it?), a zone given for times
+    that have an offset or are Unix time, and a zone no machine knows: each refused, naming the line or zone."""
+    cases = [("2024-03-31 01:50:00\n2024-03-31 02:00:00\n2024-03-31 02:10:00\n", r"t.csv:3: '2024-03-31 02:00:00' "
+              r"never happens in Europe/Berlin: its clock skips that hour"),
+             ("2024-10-27 01:50:00\n2024-10-27 02:00:00\n2024-10-27 02:10:00\n", r"t.csv:3: '2024-10-27 02:00:00' "
+              r"is in the hour Europe/Berlin's clock runs twice .* runs through it once"),
+             ("2024-10-27 01:50:00+02:00\n2024-10-27 02:00:00+02:00\n", r"t.csv:2: .* for times without an offset, "
+              r"but '2024-10-27 01:50:00\+02:00' says where it is"),
+             ("1729990200\n1729990800\n", r"t.csv:2: .* the times are Unix time .* which is UTC")]
+    for rows, message in cases:
+        with pytest.raises(HistoryError, match=message):
+            load_csv(write(tmp_path, "timestamp,requests\n" + rows.replace("\n", ",5\n")),
+                     timestamp_zone="Europe/Berlin")
+    with pytest.raises(HistoryError, match="timestamp zone 'Mars/Olympus' is not a time zone"):
+        load_csv(write(tmp_path, "timestamp,requests\n2024-01-01 00:00:00,1\n"), timestamp_zone="Mars/Olympus")
+
+
+def test_a_request_log_on_a_local_clock_counts_the_repeated_hour_twice(tmp_path):
+    """A request log in local time, several requests a second, through the hour the clock runs twice: counted
+    as the same log written in UTC is (pandas' own inference gives up on repeated seconds)."""
+    rng = np.random.default_rng(3)
+    instants = pd.Timestamp("2024-10-27T00:00", tz="UTC") + pd.to_timedelta(
+        np.sort(rng.integers(0, 3 * 3600, 4000)), unit="s")
+    local = write(tmp_path, "timestamp\n" + "".join(
+        f"{t:%Y-%m-%d %H:%M:%S}\n" for t in instants.tz_convert("Europe/Berlin")), "local.csv")
+    utc = write(tmp_path, "timestamp\n" + "".join(f"{t:%Y-%m-%dT%H:%M:%SZ}\n" for t in instants), "utc.csv")
+    on_local_clock = load_request_log(local, step="5min", timestamp_zone="Europe/Berlin")
+    in_utc = load_request_log(utc, step="5min")
+    assert on_local_clock.counts.index.tz_convert("UTC").equals(in_utc.counts.index)
+    assert list(on_local_clock.counts) == list(in_utc.counts) and len(in_utc.counts) > 30

@@ -18,8 +18,8 @@ from peakpilot.cli.app import Command, app
 from peakpilot.cli.common import (above_zero, check_backend, fail, load_policy_or_exit, load_trace_or_exit,
                                   open_store, record_or_exit)
 from peakpilot.cli.history_options import (CountColumn, End, PolicyHeaders, PolicyQuery, PolicyStep,
-                                           PrometheusTokenFile, RateColumn, TimestampColumn, columns_need_a_trace,
-                                           csv_columns, load_history, prometheus_auth)
+                                           PrometheusTokenFile, RateColumn, TimestampColumn, TimestampZone,
+                                           columns_need_a_trace, csv_columns, load_history, prometheus_auth)
 
 
 @app.command(cls=Command)
@@ -28,6 +28,7 @@ def replay(
     timestamp_column: TimestampColumn = None,
     count_column: CountColumn = None,
     rate_column: RateColumn = None,
+    timestamp_zone: TimestampZone = None,
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: replay the history "
                                                                         "it holds (your own service's load) "
                                                                         "instead of a trace."),
@@ -66,7 +67,7 @@ def replay(
     pol = load_policy_or_exit(policy)
     tr = history_as_trace(pol, trace, prometheus, prometheus_header, prometheus_token_file, query, days, step, end,
                           "replaying the sample trace; --prometheus {url} replays the history of {service}",
-                          csv_columns(timestamp_column, count_column, rate_column))
+                          csv_columns(timestamp_column, count_column, rate_column, timestamp_zone))
     st = open_store(store) if store else None
     try:
         doc, chosen = run_replay(tr, pol, names, peak_nodes=peak_nodes, sweep=not no_sweep, train_days=train_days,
@@ -167,6 +168,7 @@ def recommend_reserved_cmd(
     timestamp_column: TimestampColumn = None,
     count_column: CountColumn = None,
     rate_column: RateColumn = None,
+    timestamp_zone: TimestampZone = None,
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: recommend from the "
                                                                         "history it holds (your own service's "
                                                                         "load) instead of a trace."),
@@ -191,7 +193,7 @@ def recommend_reserved_cmd(
     pol = load_policy_or_exit(policy)
     tr = history_as_trace(pol, trace, prometheus, prometheus_header, prometheus_token_file, query, days, step, end,
                           "recommending from the sample trace; --prometheus {url} recommends from the history "
-                          "of {service}", csv_columns(timestamp_column, count_column, rate_column))
+                          "of {service}", csv_columns(timestamp_column, count_column, rate_column, timestamp_zone))
     try:
         result = recommend_reserved(tr.arrivals / 60.0, pol, rps_per_node_for(pol, tr, peak_nodes))
     except ValueError as exc:
@@ -395,6 +397,7 @@ def run_daemon(
     timestamp_column: TimestampColumn = None,
     count_column: CountColumn = None,
     rate_column: RateColumn = None,
+    timestamp_zone: TimestampZone = None,
     selector: Optional[str] = typer.Option(None, "--selector", help="Only services whose policy labels match, "
                                                                     "e.g. team=chat (several: team=chat,tier=gold, "
                                                                     "all of them)."),
@@ -464,7 +467,7 @@ def run_daemon(
         say_missing_permissions(api, list(policies.values()), name, shadow, list(policy))
     # A trace the services at start need is read now (one that cannot be read ends the start, not a
     # cycle); a policy file added later that needs one reads it then.
-    columns = csv_columns(timestamp_column, count_column, rate_column)
+    columns = csv_columns(timestamp_column, count_column, rate_column, timestamp_zone)
     loaded = load_trace_or_exit(trace, columns) if any(p.signals.prometheus is None for p in policies.values()) \
         else None
     parts = ServiceParts(backend, utc_now, api=api, shadow=shadow, selector=selector,

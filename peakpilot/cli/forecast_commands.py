@@ -11,8 +11,8 @@ import typer
 from peakpilot.cli.app import Command, app
 from peakpilot.cli.common import above_zero, fail, load_policy_or_exit, open_store, record_or_exit
 from peakpilot.cli.history_options import (CountColumn, Days, End, PrometheusHeaders, PrometheusTokenFile, Query,
-                                           RateColumn, TimestampColumn, Timezone, csv_columns, load_history,
-                                           on_users_clock, policy_signals, prometheus_auth)
+                                           RateColumn, TimestampColumn, TimestampZone, Timezone, csv_columns,
+                                           load_history, on_users_clock, policy_signals, prometheus_auth)
 
 # A week: beyond it every model but seasonal_naive is extrapolating, and the learned ones train one output
 # per step (a week at 1-minute steps is 10,080). The controller plans at most 240 minutes ahead.
@@ -38,6 +38,7 @@ def forecast(
     timestamp_column: TimestampColumn = None,
     count_column: CountColumn = None,
     rate_column: RateColumn = None,
+    timestamp_zone: TimestampZone = None,
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL to read history from."),
     prometheus_header: PrometheusHeaders = [],
     prometheus_token_file: PrometheusTokenFile = None,
@@ -78,7 +79,7 @@ def forecast(
     if model not in MODELS:
         fail(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file, pol)
-    columns = csv_columns(timestamp_column, count_column, rate_column)
+    columns = csv_columns(timestamp_column, count_column, rate_column, timestamp_zone)
     history = on_users_clock(load_history(trace, prometheus, query, days, step, end, auth, columns), timezone)
     try:
         fitted, status = fit_with_fallback(model, history, seed=seed, options=horizon_options(max(horizon, 60)))
@@ -116,6 +117,7 @@ def backtest(
     timestamp_column: TimestampColumn = None,
     count_column: CountColumn = None,
     rate_column: RateColumn = None,
+    timestamp_zone: TimestampZone = None,
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus base URL: backtest on the "
                                                                         "history it holds instead of a trace."),
     prometheus_header: PrometheusHeaders = [],
@@ -150,7 +152,7 @@ def backtest(
     pol = load_policy_or_exit(policy) if policy else None
     prometheus, query, step, days, timezone = policy_signals(pol, trace, prometheus, query, step, days, timezone)
     auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file, pol)
-    columns = csv_columns(timestamp_column, count_column, rate_column)
+    columns = csv_columns(timestamp_column, count_column, rate_column, timestamp_zone)
     history = on_users_clock(load_history(trace, prometheus, query, days, step, end, auth, columns), timezone)
     st = open_store(store) if store else None
     names = [m.strip() for m in models.split(",") if m.strip()] if models else list(DEFAULT_MODELS)

@@ -39,21 +39,33 @@ def load_history(trace: Optional[Path], prometheus: Optional[str], query: Option
 
 
 COLUMN_FLAGS = {"timestamp_column": "--timestamp-column", "count_column": "--count-column",
-                "rate_column": "--rate-column"}
+                "rate_column": "--rate-column", "timestamp_zone": "--timestamp-zone"}
 
 
 def columns_need_a_trace(columns: Optional[dict], trace: Optional[Path], prometheus: Optional[str]) -> None:
-    """Exit 2 where a column is named without a --trace to name it in (the sample's are known)."""
+    """Exit 2 where a column (or the zone of its times) is named without a --trace to read it in (the sample's
+    are known)."""
     if columns and not trace:
-        fail(f"{COLUMN_FLAGS[next(iter(columns))]} names a column of a CSV trace: give --trace FILE"
-             f"{', not --prometheus' if prometheus else ''}")
+        key = next(iter(columns))
+        what = "reads the times of" if key == "timestamp_zone" else "names a column of"
+        fail(f"{COLUMN_FLAGS[key]} {what} a CSV trace: give --trace FILE{', not --prometheus' if prometheus else ''}")
 
 
-def csv_columns(timestamp_column: Optional[str], count_column: Optional[str], rate_column: Optional[str]) -> dict:
-    """--timestamp-column, --count-column and --rate-column as ``load_csv`` takes them (the ones given)."""
+def csv_columns(timestamp_column: Optional[str], count_column: Optional[str], rate_column: Optional[str],
+                timestamp_zone: Optional[str] = None) -> dict:
+    """--timestamp-column, --count-column, --rate-column and --timestamp-zone as ``load_csv`` takes them (the
+    ones given); an unknown zone exits 2, naming it."""
+    from controller.policy import check_timezone
+
     if count_column and rate_column:
         fail("give --count-column or --rate-column, not both: the requests are read from one column")
-    given = {"timestamp_column": timestamp_column, "count_column": count_column, "rate_column": rate_column}
+    if timestamp_zone:
+        try:
+            check_timezone(timestamp_zone)
+        except ValueError as exc:
+            fail(f"--timestamp-zone: {exc}")
+    given = {"timestamp_column": timestamp_column, "count_column": count_column, "rate_column": rate_column,
+             "timestamp_zone": timestamp_zone}
     return {key: value for key, value in given.items() if value}
 
 
@@ -156,6 +168,9 @@ CountColumn = Annotated[Optional[str], typer.Option("--count-column", help=(
 RateColumn = Annotated[Optional[str], typer.Option("--rate-column", help=(
     "The trace's column of requests per second (a Prometheus or Grafana panel's export): times the step, the "
     "interval's requests."))]
+TimestampZone = Annotated[Optional[str], typer.Option("--timestamp-zone", help=(
+    "IANA zone whose local times the trace's times without an offset are (Grafana's formatted export writes the "
+    "browser's clock), e.g. Europe/Berlin; default UTC. The models then read the users' day on that clock."))]
 # replay and recommend-reserved: their defaults are the policy's own
 PolicyHeaders = Annotated[list[str], typer.Option("--prometheus-header", help=HEADER_HELP + " Default: the policy's "
                                                                                      "signals.prometheus_auth.")]

@@ -13,7 +13,8 @@ import typer
 from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
 from peakpilot.cli.app import Command, app
 from peakpilot.cli.common import above_zero, fail, listening_socket, require_reachable
-from peakpilot.cli.history_options import CountColumn, RateColumn, TimestampColumn, csv_columns, load_history
+from peakpilot.cli.history_options import (CountColumn, RateColumn, TimestampColumn, TimestampZone, csv_columns,
+                                           load_history)
 
 # profile and loadgen: what their requests send
 MODEL_FIELD_HELP = ("The model field each request sends: a served model name, for a server that asks for one "
@@ -186,6 +187,7 @@ def loadgen(
     timestamp_column: TimestampColumn = None,
     count_column: CountColumn = None,
     rate_column: RateColumn = None,
+    timestamp_zone: TimestampZone = None,
     url: str = typer.Option(..., "--url", help="Base URL of the node (or load balancer)."),
     speedup: float = typer.Option(1.0, "--speedup", help="Compress time by this factor."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds."),
@@ -208,7 +210,8 @@ def loadgen(
     from inference_node.loadgen import describe_errors, request_body, run_open_loop, schedule_from_counts
 
     above_zero(("--speedup", speedup), ("--rate-scale", rate_scale), ("--duration", duration))
-    history = load_history(trace, None, None, 0, None, columns=csv_columns(timestamp_column, count_column, rate_column))
+    columns = csv_columns(timestamp_column, count_column, rate_column, timestamp_zone)
+    history = load_history(trace, None, None, 0, None, columns=columns)
     counts = history.counts
     if start:
         counts = counts[counts.index >= trace_time(start, counts.index)]
