@@ -63,6 +63,9 @@ class Trace:
     # (minutes, k): each minute's arrivals in the trace's own intervals where they are under a minute
     # (k = 60 for a per-second trace, 2 at a 30-s step); None at a step of a minute or more
     sub_minute: np.ndarray | None = None
+    # The CSV file it was read from (absolute) and load_csv's options that read it, for a what-if to read it
+    # again; None where the history came from Prometheus
+    file: dict | None = None
 
     @property
     def step_min(self) -> int:
@@ -73,8 +76,11 @@ class Trace:
 
 
 def load_trace(path: str | Path, **columns: str) -> Trace:
-    """A CSV trace as replay needs it; ``columns``: ``load_csv``'s names of columns under other names."""
-    return trace_from_history(load_csv(path, **columns), str(path))
+    """A CSV trace as replay needs it; ``columns``: ``load_csv``'s names of columns under other names (and
+    the zone of its times)."""
+    trace = trace_from_history(load_csv(path, **columns), str(path))
+    trace.file = {"path": str(Path(path).expanduser().resolve()), "options": dict(columns)}
+    return trace
 
 
 def trace_from_history(history: History, name: str) -> Trace:
@@ -439,6 +445,7 @@ def replay(trace: Trace, policy: Policy, strategies=STRATEGIES, peak_nodes: int 
     latest = feed.at(total_min - 1) if feed else None
     doc = {
         "trace": trace.name,
+        "trace_file": trace.file,
         "policy": policy_name,
         "minutes": window[1] - window[0],
         "train_days": round(train_days, 2),

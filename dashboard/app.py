@@ -262,10 +262,10 @@ with tabs[4]:
 
 # -- What-if ------------------------------------------------------------------------------------
 with tabs[5]:
-    from dashboard.whatif import available_traces, current_policy, like_run, run_whatif
+    from dashboard.whatif import available_traces, current_policy, like_run, run_whatif, shown_trace
 
-    traces = available_traces(shipped_root() or ROOT)
-    default_trace = summary.get("trace") if summary.get("trace") in traces else next(iter(traces))
+    traces = available_traces(shipped_root() or ROOT, summary)
+    default_trace = shown_trace(summary)[0] or next(iter(traces))
     with st.form("whatif"):
         trace = st.selectbox("trace", list(traces), index=list(traces).index(default_trace), format_func=traces.get,
                              key="whatif_trace")

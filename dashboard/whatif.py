@@ -11,13 +11,26 @@ from controller.replay import load_trace, replay
 from controller.shipped import DEFAULT_POLICY
 
 
-def available_traces(root: Path) -> dict[str, str]:
-    """Traces a user can pick: the sample in data/ and the shared real traces beside the checkout."""
+def available_traces(root: Path, summary: dict | None = None) -> dict[str, str]:
+    """Traces a user can pick: the shown run's own (where it is a CSV file still there), the sample in data/
+    and the shared real traces beside the checkout."""
     found = {}
+    if (shown := shown_trace(summary or {})[0]) is not None:
+        found[shown] = f"{Path(shown).name} (the shown run's)"
     for folder in (root / "data", root.parent / "shared" / "traces"):
         for path in sorted(folder.glob("*.csv")):
-            found[str(path)] = f"{path.name} ({folder.name})"
+            found.setdefault(str(path.resolve()), f"{path.name} ({folder.name})")
     return found
+
+
+def shown_trace(summary: dict) -> tuple[str | None, dict]:
+    """The CSV file the shown replay read (its absolute path, where it is still there) and the options that read
+    it (columns under other names, the zone of its times); ``(None, {})`` for a daemon's run, or a replay of
+    Prometheus. A summary of before the file was recorded names the trace as it was given."""
+    file = summary.get("trace_file") or ({"path": summary["trace"], "options": {}} if summary.get("trace") else None)
+    if not file or not Path(file["path"]).is_file():
+        return None, {}
+    return str(Path(file["path"]).resolve()), dict(file.get("options") or {})
 
 
 def current_policy(policy_path: str) -> Policy:
@@ -28,12 +41,15 @@ def current_policy(policy_path: str) -> Policy:
 
 def like_run(summary: dict, trace_path: str) -> dict:
     """What the shown replay fixed beyond its policy, where the what-if replays the same trace: its window
-    (``train_days``) and its capacity per node (which ``--peak-nodes`` may have set), so that the current
-    policy's column is that run again. On another trace, or for a daemon's run: nothing (the replay's own
-    window, the policy's capacity)."""
-    if summary.get("trace") != trace_path or summary.get("train_days") is None:
+    (``train_days``), its capacity per node (which ``--peak-nodes`` may have set) and the options that read its
+    file (``columns``), so that the current policy's column is that run again. On another trace, or for a
+    daemon's run: nothing (the replay's own window, the policy's capacity)."""
+    shown, options = shown_trace(summary)
+    if shown is None or shown != str(Path(trace_path).resolve()) or summary.get("train_days") is None:
         return {}
     like = {"train_days": summary["train_days"]}
+    if options:
+        like["columns"] = options
     if summary.get("rps_per_node"):  # (every replay's summary holds it; a hand-made one may not)
         like["rps_per_node"] = summary["rps_per_node"]
     return like
@@ -51,7 +67,7 @@ def run_whatif(trace_path: str, policy_path: str, changes: dict, on_progress=Non
     if like.get("rps_per_node"):
         current = current.with_changes(capacity={"rps_per_node": like["rps_per_node"], "peak_nodes": None})
     changed = current.with_changes(**changes)
-    trace = load_trace(trace_path)
+    trace = load_trace(trace_path, **like.get("columns", {}))
     feeds = {} if feeds is None else feeds
     rows = {}
     for label, policy, lo, hi in (("current policy", current, 0.0, 0.5), ("what-if", changed, 0.5, 1.0)):

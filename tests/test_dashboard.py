@@ -24,9 +24,14 @@ ARTIFACTS = ROOT / "artifacts"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A store filled by a real replay (two days of the sample trace) and a backtest."""
-    path = tmp_path_factory.mktemp("store") / "peakpilot.db"
-    for args in (["replay", "--train-days", "12", "--no-sweep", "--store", str(path)],
+    """A store filled by a real replay (two days of the sample trace, its columns under other names, as a
+    user's export may have them) and a backtest."""
+    folder = tmp_path_factory.mktemp("store")
+    path, trace = folder / "peakpilot.db", folder / "export.csv"
+    sample = (ROOT / "data" / "servegen_llm_m_small.csv").read_text()
+    trace.write_text(sample.replace("timestamp,requests", "when,served", 1))
+    for args in (["replay", "--trace", str(trace), "--timestamp-column", "when", "--count-column", "served",
+                  "--train-days", "12", "--no-sweep", "--store", str(path)],
                  ["backtest", "--models", "seasonal_naive", "--test-days", "1", "--store", str(path)]):
         out = subprocess.run([sys.executable, "-m", "peakpilot.cli", *args], capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr
@@ -168,19 +173,29 @@ def test_what_if_runs_a_replay_side_by_side(app, store):
     assert table.loc["cost_usd", "current policy"] == pytest.approx(shown["cost_usd"], rel=1e-6)
     assert table.loc["sla_compliance", "current policy"] == pytest.approx(shown["sla_compliance"], abs=1e-9)
     assert any("the current policy's column is that run again" in c.value for c in at.caption)
-    # ... of one set of forecasts, kept for the next what-if on the trace.
+    # ... of one set of forecasts, kept for the next what-if on the trace, which is the shown run's own file,
+    # read with its options (its columns under other names), not the sample it was copied from.
     trace, feeds = at.session_state["whatif_feeds"]
     assert trace == at.selectbox(key="whatif_trace").value and len(feeds) == 1
+    assert trace.endswith("export.csv") and "the shown run's" in at.selectbox(key="whatif_trace").format_func(trace)
 
 
-def test_a_what_if_takes_the_shown_runs_window_and_capacity_only_on_its_own_trace():
-    from dashboard.whatif import like_run
+def test_a_what_if_takes_the_shown_runs_window_and_capacity_only_on_its_own_trace(tmp_path):
+    from dashboard.whatif import available_traces, like_run
 
-    run = {"trace": "/t/a.csv", "train_days": 12.0, "rps_per_node": 3.25}
-    assert like_run(run, "/t/a.csv") == {"train_days": 12.0, "rps_per_node": 3.25}
-    assert like_run(run, "/t/b.csv") == {}  # another trace: the replay's own window, the policy's capacity
-    assert like_run({"service": "llm-chat"}, "/t/a.csv") == {}  # a daemon's run: no trace, no window
-    assert like_run({"trace": "/t/a.csv", "train_days": 12.0}, "/t/a.csv") == {"train_days": 12.0}
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("x"), b.write_text("x")
+    run = {"trace": str(a), "train_days": 12.0, "rps_per_node": 3.25}
+    assert like_run(run, str(a)) == {"train_days": 12.0, "rps_per_node": 3.25}
+    assert like_run(run, str(b)) == {}  # another trace: the replay's own window, the policy's capacity
+    assert like_run({"service": "llm-chat"}, str(a)) == {}  # a daemon's run: no trace, no window
+    assert like_run({"trace": str(a), "train_days": 12.0}, str(a)) == {"train_days": 12.0}
+    # A replay given a relative path and column options: its file by its absolute path, read with its options.
+    read = {"trace": "a.csv", "trace_file": {"path": str(a), "options": {"count_column": "served"}}, "train_days": 2}
+    assert like_run(read, str(a)) == {"train_days": 2, "columns": {"count_column": "served"}}
+    assert next(iter(available_traces(ROOT, read).items())) == (str(a), "a.csv (the shown run's)")
+    a.unlink()  # a file no longer there is not offered, nor taken for the run's
+    assert str(a) not in available_traces(ROOT, read) and like_run(read, str(a)) == {}
 
 
 def test_what_if_names_a_run_policy_that_no_longer_loads_and_starts_from_the_default(app, store, tmp_path):
