@@ -120,10 +120,27 @@ def _read(path: Path) -> pd.DataFrame:
         raise HistoryError(str(path), "the file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise HistoryError(str(path), f"not a readable CSV file ({str(exc).strip()})") from None
+    if not isinstance(frame.index, pd.RangeIndex):  # the first row had more fields than the header names
+        frame = _without_trailing_commas(path, frame)
     if frame.empty:
         raise HistoryError(str(path), "has a header but no rows")
     frame.columns = [str(c).strip() for c in frame.columns]  # "timestamp , requests" as a person types it
     return frame
+
+
+def _without_trailing_commas(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows with one field more than the header are read by pandas with their first field as the index,
+    every column shifted one to the right (a file's times read as counts). Where each extra field is empty
+    (a comma ending every line, as some exports write), the file is read again without them; else refused."""
+    extra = frame.iloc[:, -1].notna().to_numpy()
+    if extra.any():
+        i = int(np.flatnonzero(extra)[0])
+        names = len(frame.columns)
+        raise HistoryError(f"{path}:{i + 2}", f"{names + 1} fields where the header names {names} "
+                                              f"({', '.join(map(str, frame.columns))}): give every column a name")
+    with warnings.catch_warnings():  # (pandas warns that the empty fields are dropped)
+        warnings.simplefilter("ignore", pd.errors.ParserWarning)
+        return pd.read_csv(path, dtype=str, skipinitialspace=True, index_col=False)
 
 
 def _pick(frame: pd.DataFrame, path: Path, given: str | None, candidates: tuple[str, ...], what: str) -> str:
@@ -228,6 +245,11 @@ def _epoch_times(path: Path, raw: pd.Series, numbers: pd.Series) -> pd.DatetimeI
         i = int(np.flatnonzero((numbers < 0).to_numpy())[0])
         raise HistoryError(f"{path}:{i + 2}", f"negative Unix time {raw.iloc[i]!r}")
     unit = next(u for limit, u in EPOCH_UNITS if abs(numbers.iloc[0]) < limit)
+    beyond = (numbers * pd.Timedelta(1, unit).value >= np.iinfo(np.int64).max).to_numpy()
+    if beyond.any():  # (pandas' own error is an OverflowError without a line)
+        i = int(np.flatnonzero(beyond)[0])
+        raise HistoryError(f"{path}:{i + 2}", f"Unix time {raw.iloc[i]!r} is past the year 2262 (the first row's, "
+                                              f"{raw.iloc[0]!r}, is in {unit})")
     return pd.DatetimeIndex(pd.to_datetime(numbers.to_numpy(float), unit=unit, utc=True))
 
 
@@ -270,7 +292,12 @@ def _from_counts(path: Path, frame: pd.DataFrame, ts_col: str, count_col: str, p
         i = int(np.flatnonzero(off_grid)[0])
         raise HistoryError(f"{path}:{i + 2}", f"timestamp {frame[ts_col].iloc[i]!r} is off the {step} grid "
                                               f"set by the first rows; intervals must be regular")
-    values = counts.to_numpy(float) * (step.total_seconds() if per_second else 1.0)
+    with np.errstate(over="ignore"):
+        values = counts.to_numpy(float) * (step.total_seconds() if per_second else 1.0)
+    if np.isinf(values).any():
+        i = int(np.flatnonzero(np.isinf(values))[0])
+        raise HistoryError(f"{path}:{i + 2}", f"{count_col} {frame[count_col].iloc[i]!r} per second over "
+                                              f"{prometheus_duration(step)} is more requests than a number holds")
     series = pd.Series(values, index=times, name="requests")
     full = series.reindex(pd.date_range(times[0], times[-1], freq=step))
     if (problem := running_total_problem(full.to_numpy(), step)) is not None:

@@ -356,6 +356,12 @@ def test_a_step_counts_cannot_add_up_to_is_refused_naming_it(tmp_path):
     ("timestamp,requests\n1704067200,1\n1704067260,2\n2024-01-01T00:02:00,3\n", "t.csv:4",
      "the first row is Unix time, '1704067200', so every row must be a number"),
     ("timestamp,requests\n1704067200,1\n-60,2\n", "t.csv:3", "negative Unix time '-60'"),
+    # (pandas' own OverflowError named no line)
+    ("timestamp,requests\n1704067200,1\n99999999999999999999,2\n", "t.csv:3",
+     "Unix time '99999999999999999999' is past the year 2262 (the first row's, '1704067200', is in s)"),
+    # (pandas took the first field for an index: every column one to the right, the times read as counts)
+    ("timestamp,requests\n2024-01-01T00:00:00,1,7\n2024-01-01T00:01:00,2\n", "t.csv:2",
+     "3 fields where the header names 2 (timestamp, requests): give every column a name"),
 ])
 def test_bad_csv_names_the_file_row_and_problem(tmp_path, text, where, message):
     path = write(tmp_path, text)
@@ -402,6 +408,19 @@ def test_a_header_with_spaces_and_bigquerys_utc_times_are_read(tmp_path):
     assert history.start == pd.Timestamp("2024-01-01T00:00:00Z")
     with pytest.raises(HistoryError, match=r"t.csv:3: unparsable timestamp '2024-01-01 UTC 00:01:00'"):
         load_csv(write(tmp_path, "timestamp,requests\n2024-01-01 00:00:00 UTC,1\n2024-01-01 UTC 00:01:00,2\n"))
+
+
+def test_a_comma_ending_every_line_is_read_as_no_more_fields(tmp_path):
+    """Some exports end each line with a comma: pandas would take the times for an index and read the counts
+    as times (a Unix time of 1 second); the empty last fields are dropped instead."""
+    history = load_csv(write(tmp_path, "timestamp,requests\n2024-01-01T00:00:00,5,\n2024-01-01T00:01:00,6,\n"))
+    assert list(history.counts) == [5, 6] and str(history.start) == "2024-01-01 00:00:00"
+
+
+def test_a_rate_too_large_for_a_number_is_refused_by_line(tmp_path):
+    with pytest.raises(HistoryError, match=r"t.csv:2: rps '1e308' per second over 1m is more requests than a number"):
+        load_csv(write(tmp_path, "timestamp,rps\n2024-01-01T00:00:00,1e308\n2024-01-01T00:01:00,6\n"),
+                 rate_column="rps")
 
 
 def test_an_empty_count_is_a_gap_as_a_missing_row_is(tmp_path):
