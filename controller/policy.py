@@ -66,8 +66,10 @@ class Capacity(Strict):
 
 
 class LeadTime(Strict):
-    mean_min: float = Field(gt=0, description="minutes from start to serving at full speed")
-    spread_min: float = Field(0, ge=0, description="standard deviation of that, minutes")
+    # At most a week, far past any horizon, so that one in seconds meets the horizon check that says so (and 1e308
+    # overflowed it)
+    mean_min: float = Field(gt=0, le=10080, description="minutes from start to serving at full speed")
+    spread_min: float = Field(0, ge=0, le=10080, description="standard deviation of that, minutes")
 
 
 class CapacityClass(Strict):

@@ -125,6 +125,9 @@ def test_a_lead_time_beyond_the_forecasts_reach_is_refused(tmp_path):
         load_policy(write(tmp_path, long))
     assert load_policy(write(tmp_path, long + "planning: {horizon_min: 71}\n")).planning.horizon_min == 71
     assert load_policy(write(tmp_path, long + "spot: {max_share: 0}\n")).spot.max_share == 0
+    huge = BASE.replace("lead_time: {mean_min: 5}}", "lead_time: {mean_min: 5, spread_min: 1e308}}")
+    with pytest.raises(PolicyError, match="lead_time.spread_min: Input should be less than or equal to 10080"):
+        load_policy(write(tmp_path, huge))  # (twice it overflowed the check above: an OverflowError)
 
 
 def test_capacity_needs_exactly_one_sizing(tmp_path):
