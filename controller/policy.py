@@ -388,7 +388,7 @@ class Signals(Strict):
                                                                                   "behind authentication")
     query: str | None = Field(None, description="PromQL for the request rate per second ({step} is substituted)")
     step: str = Field("1m", description="Prometheus duration of one history step (it is also the query's {step})")
-    history_days: float = Field(14, gt=0)
+    history_days: float = Field(14, gt=0, le=3650)  # (1e308 overflowed the span read: a traceback each cycle)
     busy_query: str | None = Field(None, description="PromQL for the share of requests answered busy now, 0-1 "
                                                      "({step} is substituted); null: the inference nodes' busy answers")
     timezone: str | None = Field(None, description="IANA time zone of the users' day (e.g. America/New_York): the "

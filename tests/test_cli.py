@@ -235,6 +235,14 @@ def test_progress_bars_are_drawn_on_a_terminal():
     (["profile", "--url", "http://127.0.0.1:9", "--slo-ms", "0"], "--slo-ms 0: must be above 0"),
     (["loadgen", "--url", "http://127.0.0.1:9", "--max-tokens", "0"], "Invalid value for '--max-tokens'"),
     (["serve", "--port", "70000"], "Invalid value for '--port'"),
+    # An absurd size overflowed a span of time (an OverflowError's traceback), or shed every request
+    (["replay", "--train-days", "1e308"], "--train-days 1e+308: at most 3650"),
+    (["backtest", "--refit-hours", "1e308"], "--refit-hours 1e+308: at most 87600"),
+    (["recommend-reserved", "--days", "1e308", "--prometheus", "http://127.0.0.1:9"], "--days 1e+308: at most 3650"),
+    (["loadgen", "--url", "http://127.0.0.1:9", "--rate-scale", "1e308"], "--rate-scale 1e+308: at most 1e+06"),
+    (["run", "--once", "--interval-s", "1e308"], "Invalid value for '--interval-s'"),
+    (["serve", "--slo-ms", "0"], "--slo-ms 0: must be above 0"),
+    (["serve", "--drain-seconds", "-1"], "Invalid value for '--drain-seconds'"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(args, message):
     out = run(*args)

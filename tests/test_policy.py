@@ -98,6 +98,7 @@ classes:
     ("signals: {prometheus: 'http://p:9090/?access_token=abc'}\n", "signals.prometheus: a query string or fragment "
                                                                    "cannot be part of a Prometheus URL"),
     ("signals: {prometheus: 'http://u:pw@p:90x'}\n", "signals.prometheus: the port in 'p:90x' is not a number"),
+    ("signals: {history_days: 1.0e+308}\n", "signals.history_days: Input should be less than or equal to 3650"),
 ])
 def test_bad_values_name_the_key_and_reason(tmp_path, extra, message):
     with pytest.raises(PolicyError) as err:

@@ -32,12 +32,20 @@ def listening_socket(host: str, port: int, flag: str = "--port") -> socket.socke
     return sock
 
 
-def above_zero(*options: tuple[str, float | None]) -> None:
+DAYS_MAX = 3650  # ten years of history: more than a Prometheus keeps, or a trace holds
+
+
+def above_zero(*options: tuple) -> None:
     """Exit 2 naming the first ``(flag, value)`` given at or below zero (Typer's ranges take only closed
-    bounds: ``min=0`` would let 0 through)."""
-    for flag, value in options:
-        if value is not None and not value > 0:
+    bounds: ``min=0`` would let 0 through), or ``(flag, value, most)`` above its most (``1e308`` overflowed a
+    span of time: a traceback)."""
+    for flag, value, *most in options:
+        if value is None:
+            continue
+        if not value > 0:
             fail(f"{flag} {value:g}: must be above 0")
+        if most and value > most[0]:
+            fail(f"{flag} {value:g}: at most {most[0]:g}")
 
 
 def or_exit(errors, call, *args, **kwargs):

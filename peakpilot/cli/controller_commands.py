@@ -15,7 +15,7 @@ import typer
 from controller.shipped import DEFAULT_POLICY
 from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
 from peakpilot.cli.app import Command, app
-from peakpilot.cli.common import (above_zero, check_backend, fail, load_policy_or_exit, load_trace_or_exit,
+from peakpilot.cli.common import (DAYS_MAX, above_zero, check_backend, fail, load_policy_or_exit, load_trace_or_exit,
                                   open_store, record_or_exit)
 from peakpilot.cli.history_options import (CountColumn, End, PolicyHeaders, PolicyQuery, PolicyStep,
                                            PrometheusTokenFile, RateColumn, TimestampColumn, TimestampZone,
@@ -63,7 +63,7 @@ def replay(
     if unknown or not names:
         fail(f"{'unknown strategy ' + ', '.join(unknown) if unknown else '--strategies names none'}; choose from "
              f"{', '.join(STRATEGIES)}")
-    above_zero(("--train-days", train_days), ("--days", days))
+    above_zero(("--train-days", train_days, DAYS_MAX), ("--days", days, DAYS_MAX))
     pol = load_policy_or_exit(policy)
     tr = history_as_trace(pol, trace, prometheus, prometheus_header, prometheus_token_file, query, days, step, end,
                           "replaying the sample trace; --prometheus {url} replays the history of {service}",
@@ -189,7 +189,7 @@ def recommend_reserved_cmd(
     from controller.replay import rps_per_node_for
     from controller.reserved import recommend_reserved
 
-    above_zero(("--days", days))
+    above_zero(("--days", days, DAYS_MAX))
     pol = load_policy_or_exit(policy)
     tr = history_as_trace(pol, trace, prometheus, prometheus_header, prometheus_token_file, query, days, step, end,
                           "recommending from the sample trace; --prometheus {url} recommends from the history "
@@ -385,7 +385,7 @@ def run_daemon(
                               help="Where to record: sqlite:///path.db, a path, or postgresql://user:pw@host/db "
                                    "(a shared database lets a new leader resume where the old one stopped)."),
     once: bool = typer.Option(False, "--once", help="Run one cycle and exit (0, or 1 if it failed)."),
-    interval_s: float = typer.Option(60, "--interval-s", min=0.1, help="Seconds between control cycles."),
+    interval_s: float = typer.Option(60, "--interval-s", min=0.1, max=86400, help="Seconds between control cycles."),
     retrain_cron: str = typer.Option("0 */6 * * *", "--retrain-cron", help="When to retrain (crontab, UTC)."),
     metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                      help="Serve /metrics and /health here (0: off)."),
@@ -407,8 +407,8 @@ def run_daemon(
     kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="kubernetes: this kubeconfig (default: "
                                                                         "the pod's ServiceAccount, else "
                                                                         "KUBECONFIG or ~/.kube/config)."),
-    retention_days: float = typer.Option(30, "--retention-days", min=0, help="Keep this much timeline in the store "
-                                                                             "(0: all of it)."),
+    retention_days: float = typer.Option(30, "--retention-days", min=0, max=36500,
+                                         help="Keep this much timeline in the store (0: all of it)."),
 ) -> None:
     """Run the controller as a daemon: every cycle forecast, plan, act and record, for every service."""
     import os

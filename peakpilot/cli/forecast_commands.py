@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from peakpilot.cli.app import Command, app
-from peakpilot.cli.common import above_zero, fail, load_policy_or_exit, open_store, record_or_exit
+from peakpilot.cli.common import DAYS_MAX, above_zero, fail, load_policy_or_exit, open_store, record_or_exit
 from peakpilot.cli.history_options import (CountColumn, Days, End, PrometheusHeaders, PrometheusTokenFile, Query,
                                            RateColumn, TimestampColumn, TimestampZone, Timezone, csv_columns,
                                            load_history, on_users_clock, policy_signals, prometheus_auth)
@@ -70,7 +70,7 @@ def forecast(
     from forecaster.errors import NotEnoughHistory
     from forecaster.models import MODELS, fit_with_fallback, horizon_options
 
-    above_zero(("--days", days))
+    above_zero(("--days", days, DAYS_MAX))
     pol = load_policy_or_exit(policy) if policy else None
     prometheus, query, step, days, timezone = policy_signals(pol, trace, prometheus, query, step, days, timezone)
     if pol is not None:
@@ -148,7 +148,8 @@ def backtest(
     from forecaster.backtest import DEFAULT_MODELS, BacktestConfig, run_backtest
     from forecaster.errors import HistoryError
 
-    above_zero(("--refit-hours", refit_hours), ("--days", days), ("--stride", stride), ("--test-days", test_days))
+    above_zero(("--refit-hours", refit_hours, 24 * DAYS_MAX), ("--days", days, DAYS_MAX),
+               ("--stride", stride, 1440 * DAYS_MAX), ("--test-days", test_days, DAYS_MAX))
     pol = load_policy_or_exit(policy) if policy else None
     prometheus, query, step, days, timezone = policy_signals(pol, trace, prometheus, query, step, days, timezone)
     auth = prometheus_auth(prometheus, prometheus_header, prometheus_token_file, pol)

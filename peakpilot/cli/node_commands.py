@@ -23,6 +23,7 @@ API_KEY_HELP = "The key a node started with --api-key asks for."
 ModelField = Annotated[Optional[str], typer.Option("--model", help=MODEL_FIELD_HELP)]
 ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="PEAKPILOT_API_KEY", show_envvar=True,
                                                help=API_KEY_HELP)]
+HOUR_MS = 3_600_000  # the most an --slo-ms can mean
 
 
 @app.command(cls=Command)
@@ -34,7 +35,7 @@ def serve(
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to serve on."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most requests generating together; "
                                    "a request joins the batch within 4 steps once one of these rows is free."),
-    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", min=0, help="Longest a request "
+    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", min=0, max=60000, help="Longest a request "
                                      "waits for others to start with it while nothing is generating."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Prompts waiting for a row before answering "
                                     "429 busy; a request's prompts are admitted whole, one with more is a 400."),
@@ -45,7 +46,8 @@ def serve(
     max_model_len: Optional[int] = typer.Option(None, "--max-model-len", min=2, help="Most tokens, prompt and "
                                                 "answer together, a request may take; default: the model's own "
                                                 "context, where it says (over it is refused at start)."),
-    drain_seconds: float = typer.Option(30.0, "--drain-seconds", help="Deadline for in-flight work on SIGTERM."),
+    drain_seconds: float = typer.Option(30.0, "--drain-seconds", min=0, max=86400,
+                                        help="Deadline for in-flight work on SIGTERM."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 quantization of Linear "
                                                                     "layers (CPU)."),
     dtype: str = typer.Option("auto", "--dtype", help="float32, float16 or bfloat16; auto: float32 on a CPU, on a "
@@ -66,7 +68,8 @@ def serve(
                                                             "'thread' (in the server's process)."),
     batching: str = typer.Option("continuous", "--batching", help="'continuous': a request joins the running batch "
                                  "within 4 steps; 'run-to-end': the next batch starts when the last one ends."),
-    oom_backoff_s: float = typer.Option(600.0, "--oom-backoff-s", min=0, help="After a batch runs out of the "
+    oom_backoff_s: float = typer.Option(600.0, "--oom-backoff-s", min=0, max=7 * 86400,
+                                        help="After a batch runs out of the "
                                         "device's memory and the node halves its width: seconds before it tries "
                                         "twice as many rows again, doubled each time it runs out again (0: never)."),
     served_model_name: list[str] = typer.Option([], "--served-model-name", help="A name the API gives the model "
@@ -95,6 +98,7 @@ def serve(
         fail(f"unknown --slo-on {slo_on!r}; choose {' or '.join(SLO_ON)}")
     if dtype not in DTYPE_NAMES:
         fail(f"unknown dtype {dtype!r}; choose {', '.join(DTYPE_NAMES[:-1])} or {DTYPE_NAMES[-1]}")
+    above_zero(("--slo-ms", slo_ms, HOUR_MS))
     sock = listening_socket(host, port)
     logging.getLogger().setLevel(logging.INFO)
     try:
@@ -139,7 +143,7 @@ def profile(
                    + (f"  errors: {errors}" if errors else "") + f"  {'ok' if step['within_slo'] else 'over'}",
                    err=True)
 
-    above_zero(("--slo-ms", slo_ms), ("--seconds", seconds))
+    above_zero(("--slo-ms", slo_ms, HOUR_MS), ("--seconds", seconds, 86400), ("--max-rps", max_rps, 1e6))
     if not 0 < start_rps <= max_rps:
         fail(f"--start-rps ({start_rps:g}) must be above 0 and at most --max-rps ({max_rps:g})")
     if start_rps * seconds < 1:
@@ -209,7 +213,7 @@ def loadgen(
 
     from inference_node.loadgen import describe_errors, request_body, run_open_loop, schedule_from_counts
 
-    above_zero(("--speedup", speedup), ("--rate-scale", rate_scale), ("--duration", duration))
+    above_zero(("--speedup", speedup, 1e6), ("--rate-scale", rate_scale, 1e6), ("--duration", duration, 366 * 86400))
     columns = csv_columns(timestamp_column, count_column, rate_column, timestamp_zone)
     history = load_history(trace, None, None, 0, None, columns=columns)
     counts = history.counts
