@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from controller.blend import blend
+from controller.blend import blend, split
 from controller.planner import lead_time_min, nodes_needed, planned_load
 from controller.policy import CLASSES, Policy
 from controller.state import ClusterView, Decision, Memory, MinuteForecast, Observation, Start
@@ -172,24 +172,33 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         else:
             down = True
 
-    limited = min(max(target, policy.limits.min_nodes, reserved), policy.limits.max_nodes)
+    planned = min(max(target, policy.limits.min_nodes, reserved), policy.limits.max_nodes)
     step = policy.limits.max_step_per_cycle
     # Above its thresholds the safety net is urgent: the per-cycle step limit does not hold it back.
-    limited = min(max(limited, current - step), limited if urgent else current + step)
+    limited = min(max(planned, current - step), planned if urgent else current + step)
     if limited != target:
         reason += f"; limit: {limited} (min {policy.limits.min_nodes}, max {policy.limits.max_nodes}, step {step})"
 
     spot_lead = lead_time_min(policy, memory, "spot")
-    split, notes = blend(limited, reserved, policy, view, spot_lead, expected=expected)
-    if down and sum(split.values()) < current:
+    blended = limited
+    if limited > planned:
+        # A scale-down the step holds back holds the fleet, the spot buffer within it, not on top: on top, sized
+        # to the spot nodes held, the buffer outweighed the step (step 1, or 50 at 4,000 spot nodes) and grew
+        # the fleet it was releasing, cycle on cycle, past max_nodes. (A rise the step holds back starts the
+        # buffer beside it, as it did.)
+        while blended > planned and blended + split(blended, reserved, policy, spot_lead, expected=expected)[1] > \
+                limited:
+            blended -= 1
+    by_class, notes = blend(blended, reserved, policy, view, spot_lead, expected=expected)
+    if down and sum(by_class.values()) < current:
         reason = f"scale down: {reason}"
     decisions = []
     for cls in CLASSES:
         # Never release a node that is still warming; and while nodes warm, the ready ones that serve
         # the load now stay too (a release takes the ready node, not the one that is not serving yet).
-        want = max(split[cls], min(view.ready(cls), split[cls]) + view.warming(cls))
+        want = max(by_class[cls], min(view.ready(cls), by_class[cls]) + view.warming(cls))
         why = reason + "".join(f"; {note}" for note in notes.get(cls, []))
-        if want > split[cls]:
+        if want > by_class[cls]:
             why += f"; keeping {view.warming(cls)} still warming"
         failed = view.failed(cls)
         if failed:
@@ -199,12 +208,12 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
             # reserved ones (their pool is committed), and never more than half the class's nodes: when
             # every start fails (a broken image), replacing each would grow the fleet with failing nodes.
             short = max(0, want - (view.active(cls) - failed))
-            cap = 0 if cls == "reserved" else math.ceil(REPLACE_FAILED_SHARE * split[cls])
+            cap = 0 if cls == "reserved" else math.ceil(REPLACE_FAILED_SHARE * by_class[cls])
             replace = min(failed, short, cap)
             want += replace
             why += f"; {failed} failed (not serving; released first), {replace} kept while replaced"
             if short > cap:
-                why += f" (at most {REPLACE_FAILED_SHARE:.0%} of the class's {split[cls]}: are its starts failing?)"
+                why += f" (at most {REPLACE_FAILED_SHARE:.0%} of the class's {by_class[cls]}: are its starts failing?)"
         paid = view.paid_left.get(cls)
         if paid and want < view.active(cls):
             # A node billed by the hour is paid to the end of its hour: it serves for free until then, so

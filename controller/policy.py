@@ -114,7 +114,7 @@ class Spot(Strict):
 
 class Limits(Strict):
     min_nodes: int = Field(1, ge=0)
-    max_nodes: int = Field(200, ge=1)
+    max_nodes: int = Field(200, ge=1, le=100_000)  # (a replay, or a dry run, simulates each node)
     max_step_per_cycle: int = Field(50, ge=1, description="most nodes started or released in one cycle")
     scale_down_stabilization_min: float = Field(10, ge=0, description="keep the highest need of this window")
 

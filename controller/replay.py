@@ -316,7 +316,7 @@ def simulate(trace: Trace, policy: Policy, strategy: str, knob: float, window: t
 def _initial_nodes(policy: Policy, strategy: str, load_rps: float, rps_per_node: float, reserved: int):
     from controller.simulator import Node
 
-    total = max(policy.limits.min_nodes, math.ceil(load_rps * 1.2 / rps_per_node))
+    total = min(policy.limits.max_nodes, max(policy.limits.min_nodes, math.ceil(load_rps * 1.2 / rps_per_node)))
     expected = math.ceil(load_rps / rps_per_node - 1e-9)
     if strategy in ("predictive", "oracle"):
         rest = max(0, total - reserved)

@@ -202,6 +202,21 @@ def test_limits_bound_the_fleet_and_the_step(policy):
     assert desired(result) == 2  # min_nodes
 
 
+@pytest.mark.parametrize("spot_nodes,step", [(30, 1), (4000, 50)])
+def test_a_scale_down_held_by_the_step_releases_nodes_with_spot_in_the_fleet(policy, spot_nodes, step):
+    """A fleet of spot nodes far above the plan, released at most ``step`` a cycle: the fleet, its preemption
+    buffer within it, shrinks by the step. The buffer was added on top of the held count, sized to the spot
+    nodes held (1 of 30, 50 of 4,000 at 5%/h over 15 min), so it matched or outweighed the step: the fleet never
+    shrank, and with the nodes still warming kept besides, grew cycle on cycle (to 800,000 in a replay)."""
+    spotty = policy.with_changes(spot={"max_share": 1.0, "share_of": "fleet", "preemption_rate_per_hour": 0.05},
+                                 limits={"max_step_per_cycle": step, "max_nodes": 100_000})
+    assert spot_buffer(spot_nodes, spotty, lead_time_min(spotty, Memory(), "spot")) >= step
+    result = decide(spotty, flat_forecast([(0, 50.0)]), view_with(spot_ready=spot_nodes), load=50.0)
+    fleet = sum(d.desired for d in result.decisions)
+    assert fleet == spot_nodes - step and desired(result, "spot") == spot_nodes - step
+    assert f"limit: {spot_nodes - step}" in result.reason
+
+
 def test_known_events_raise_the_plan(policy):
     evented = policy.with_changes(events=[{"name": "launch", "start": "2024-05-01T12:10:00",
                                            "end": "2024-05-01T13:00:00", "multiplier": 3.0}])
