@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -109,12 +110,25 @@ def check_reachable(url: str, timeout_s: float = 5.0, api_key: str | None = None
                               f"{url}: the node asks for an API key (HTTP 401): give --api-key or PEAKPILOT_API_KEY")
 
 
+MAX_REQUESTS = 10_000_000  # one process's open loop: far more than it can send at once, 80 MB of send times
+
+
 def schedule_from_counts(counts: np.ndarray, step_s: float, speedup: float = 1.0, rate_scale: float = 1.0,
                          duration_s: float | None = None) -> np.ndarray:
-    """Send times (seconds from start) for per-interval counts, spread evenly in each interval."""
+    """Send times (seconds from start) for per-interval counts, spread evenly in each interval. A schedule of
+    more than ``MAX_REQUESTS`` is a ValueError that says how many (a busy service's trace at its own scale is
+    billions, whose send times alone filled this machine's memory)."""
+    counts = np.nan_to_num(np.asarray(counts, dtype=float))
+    if duration_s is not None:  # the intervals that start within the duration
+        counts = counts[: max(0, math.ceil(duration_s * speedup / step_s))]
+    planned = float(counts.sum()) * rate_scale
+    if planned > MAX_REQUESTS:
+        raise ValueError(f"the trace's {planned:,.0f} requests (at --rate-scale {rate_scale:g}) are more than one "
+                         f"loadgen sends ({MAX_REQUESTS:,}): give --rate-scale {rate_scale * MAX_REQUESTS / planned:.2g}"
+                         f" or less, or --duration to send part of it")
     times = []
     carry = 0.0
-    for i, c in enumerate(np.nan_to_num(counts)):
+    for i, c in enumerate(counts):
         carry += c * rate_scale
         n = int(carry)
         carry -= n

@@ -243,6 +243,9 @@ def test_progress_bars_are_drawn_on_a_terminal():
     (["run", "--once", "--interval-s", "1e308"], "Invalid value for '--interval-s'"),
     (["serve", "--slo-ms", "0"], "--slo-ms 0: must be above 0"),
     (["serve", "--drain-seconds", "-1"], "Invalid value for '--drain-seconds'"),
+    # The sample at its own scale: 1.4 billion send times filled the machine's memory before a request went
+    (["loadgen", "--url", "http://127.0.0.1:9"], "requests (at --rate-scale 1) are more than one loadgen sends "
+                                                 "(10,000,000): give --rate-scale 0.007 or less"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(args, message):
     out = run(*args)

@@ -1246,6 +1246,17 @@ def test_an_engine_that_dies_while_idle_is_found_by_the_probes(node_factory):
     assert "engine failed: the engine process is gone (exit code -9)" in node.output()
 
 
+def test_a_schedule_too_large_to_send_is_refused_before_it_is_built():
+    """A busy service's fortnight at its own scale is a billion requests, whose send times alone filled this
+    machine's memory: refused, with the --rate-scale that would do; a --duration builds only what it sends."""
+    counts = np.full(14 * 144, 500_000.0)
+    with pytest.raises(ValueError, match=r"the trace's 1,008,000,000 requests \(at --rate-scale 1\) are more than "
+                                         r"one loadgen sends \(10,000,000\): give --rate-scale 0.0099 or less"):
+        schedule_from_counts(counts, 600.0)
+    part = schedule_from_counts(counts, 600.0, rate_scale=0.001, duration_s=1200)  # two intervals' worth
+    assert len(part) == 1000 and 0 < part.min() and part.max() < 1200
+
+
 def test_loadgen_and_profile_commands_against_a_node_and_against_nothing(node, tmp_path):
     cli = [sys.executable, "-m", "peakpilot.cli"]
     # 20 one-minute intervals of 3 requests, at 120x: 60 requests over 20 minutes of trace time -> 10 s.

@@ -12,7 +12,7 @@ import typer
 
 from controller.shipped import SAMPLE_TRACE as DEFAULT_TRACE
 from peakpilot.cli.app import Command, app
-from peakpilot.cli.common import above_zero, fail, listening_socket, require_reachable
+from peakpilot.cli.common import above_zero, fail, listening_socket, or_exit, require_reachable
 from peakpilot.cli.history_options import (CountColumn, RateColumn, TimestampColumn, TimestampZone, csv_columns,
                                            load_history)
 
@@ -221,7 +221,8 @@ def loadgen(
         counts = counts[counts.index >= trace_time(start, counts.index)]
         if counts.empty:
             fail(f"--start {start}: after the trace's last step ({history.counts.index[-1].isoformat()})")
-    times = schedule_from_counts(counts.to_numpy(), history.step.total_seconds(), speedup, rate_scale, duration)
+    times = or_exit(ValueError, schedule_from_counts, counts.to_numpy(), history.step.total_seconds(), speedup,
+                    rate_scale, duration)
     if len(times) == 0:
         fail("nothing to send: the slice is empty (check --start, --duration, --rate-scale)")
     require_reachable(url, api_key)
