@@ -172,21 +172,21 @@ def control_cycle(obs: Observation, forecast: MinuteForecast | None, view: Clust
         else:
             down = True
 
-    planned = min(max(target, policy.limits.min_nodes, reserved), policy.limits.max_nodes)
+    bounded = min(max(target, policy.limits.min_nodes, reserved), policy.limits.max_nodes)
     step = policy.limits.max_step_per_cycle
     # Above its thresholds the safety net is urgent: the per-cycle step limit does not hold it back.
-    limited = min(max(planned, current - step), planned if urgent else current + step)
+    limited = min(max(bounded, current - step), bounded if urgent else current + step)
     if limited != target:
         reason += f"; limit: {limited} (min {policy.limits.min_nodes}, max {policy.limits.max_nodes}, step {step})"
 
     spot_lead = lead_time_min(policy, memory, "spot")
     blended = limited
-    if limited > planned:
+    if limited > bounded:
         # A scale-down the step holds back holds the fleet, the spot buffer within it, not on top: on top, sized
         # to the spot nodes held, the buffer outweighed the step (step 1, or 50 at 4,000 spot nodes) and grew
         # the fleet it was releasing, cycle on cycle, past max_nodes. (A rise the step holds back starts the
         # buffer beside it, as it did.)
-        while blended > planned and blended + split(blended, reserved, policy, spot_lead, expected=expected)[1] > \
+        while blended > bounded and blended + split(blended, reserved, policy, spot_lead, expected=expected)[1] > \
                 limited:
             blended -= 1
     by_class, notes = blend(blended, reserved, policy, view, spot_lead, expected=expected)
