@@ -46,7 +46,9 @@ def split(total: int, reserved: int, policy: Policy, spot_lead_min: float,
     the control cycle and the reserved-count recommendation use."""
     rest = max(0, total - reserved)
     spot = spot_nodes(total, rest, policy, expected) if use_spot else 0
-    return spot, spot_buffer(spot, policy, spot_lead_min), rest - spot
+    # (within max_nodes: the most nodes the policy pays for, its buffer included)
+    buffer = min(spot_buffer(spot, policy, spot_lead_min), max(0, policy.limits.max_nodes - total))
+    return spot, buffer, rest - spot
 
 
 def blend(total: int, reserved: int, policy: Policy, view: ClusterView, spot_lead_min: float,

@@ -48,15 +48,20 @@ def _takes_numbers(annotation) -> bool:
     return bool(kinds & {int, float}) and bool not in kinds
 
 
+# Spans of time are bounded (an hour of latency, a week of stabilization, a year between retrains), and the
+# preemption rate is a chance in an hour: far past any sensible value, and short of one that overflowed a replay
+# or a cycle (1e300 minutes of stabilization, hours between retrains; a rate whose buffer asked for 1e300 nodes)
+
+
 class SLO(Strict):
-    latency_ms: float = Field(2000, gt=0, description="latency a request must be served within")
+    latency_ms: float = Field(2000, gt=0, le=3_600_000, description="latency a request must be served within")
     compliance_target: float = Field(0.999, gt=0, le=1, description="share of requests within the latency")
 
 
 class Capacity(Strict):
     rps_per_node: float | None = Field(None, gt=0, description="requests/s one node sustains within the SLO")
     peak_nodes: int | None = Field(None, gt=0, description="or: the trace's peak minute needs this many nodes")
-    queue_seconds: float = Field(2.0, ge=0, description="seconds of work a node queues before answering busy")
+    queue_seconds: float = Field(2.0, ge=0, le=3600, description="seconds of work a node queues before answering busy")
 
     @model_validator(mode="after")
     def _one(self) -> Capacity:
@@ -106,17 +111,17 @@ class Spot(Strict):
     share_of: Literal["expected", "fleet"] = Field(
         "expected", description="expected: max_share is a share of the nodes the expected load (the forecast's q50) "
         "needs, and the margin planned above it may all be spot; fleet: a share of the whole fleet")
-    preemption_rate_per_hour: float = Field(0.05, ge=0, description="chance a spot node is preempted in an hour")
-    notice_s: float = Field(120, ge=0, description="warning before a preempted node goes")
+    preemption_rate_per_hour: float = Field(0.05, ge=0, le=1, description="chance a spot node is preempted in an hour")
+    notice_s: float = Field(120, ge=0, le=86400, description="warning before a preempted node goes")
     availability: float = Field(0.95, gt=0, le=1, description="share of time new spot nodes can be had")
-    unavailable_mean_min: float = Field(60, gt=0, description="mean length of a spot outage")
+    unavailable_mean_min: float = Field(60, gt=0, le=525_600, description="mean length of a spot outage")
 
 
 class Limits(Strict):
     min_nodes: int = Field(1, ge=0)
     max_nodes: int = Field(200, ge=1, le=100_000)  # (a replay, or a dry run, simulates each node)
     max_step_per_cycle: int = Field(50, ge=1, description="most nodes started or released in one cycle")
-    scale_down_stabilization_min: float = Field(10, ge=0, description="keep the highest need of this window")
+    scale_down_stabilization_min: float = Field(10, ge=0, le=10080, description="keep the highest need of this window")
 
     @model_validator(mode="after")
     def _range(self) -> Limits:
@@ -129,12 +134,13 @@ class Planning(Strict):
     quantile: Literal["q50", "q90", "q99"] = "q90"
     headroom: float = Field(0.3, ge=0, le=2, description="extra capacity over the forecast quantile")
     horizon_min: int = Field(60, ge=10, le=HORIZON_MAX_MIN, description="minutes the forecast looks ahead")
-    keep_min: float = Field(20, ge=0, description="do not release a node the forecast needs again within this")
+    keep_min: float = Field(20, ge=0, le=10080,
+                            description="do not release a node the forecast needs again within this")
     model: Literal["ensemble", "torch", "lightgbm", "prophet", "seasonal_naive", "recent_level",
                    "statsforecast_autoets"] = "ensemble"
-    retrain_hours: float = Field(6, gt=0)
-    max_forecast_age_min: float = Field(15, gt=0, description="a forecast older than this (beyond its history's "
-                                                               "step) is stale: go reactive")
+    retrain_hours: float = Field(6, gt=0, le=8760)
+    max_forecast_age_min: float = Field(15, gt=0, le=10080, description="a forecast older than this (beyond its "
+                                        "history's step) is stale: go reactive")
     learn_lead_times_after: int = Field(20, ge=1, description="samples per class before planning with their p95")
 
 

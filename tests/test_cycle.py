@@ -217,6 +217,18 @@ def test_a_scale_down_held_by_the_step_releases_nodes_with_spot_in_the_fleet(pol
     assert f"limit: {spot_nodes - step}" in result.reason
 
 
+def test_the_spot_buffer_stays_within_max_nodes(policy):
+    """A fleet at max_nodes takes no preemption buffer above it (max_nodes is the most the policy pays for): 10
+    spot nodes at a chance of 1 an hour over 15 minutes asked for 3 more."""
+    capped = policy.with_changes(spot={"max_share": 1.0, "share_of": "fleet", "preemption_rate_per_hour": 1.0},
+                                 limits={"max_nodes": 10})
+    result = decide(capped, flat_forecast([(0, 500.0)]), view_with(spot_ready=10), load=500.0)
+    assert sum(d.desired for d in result.decisions) == 10 == desired(result, "spot")
+    roomy = decide(capped.with_changes(limits={"max_nodes": 20}), flat_forecast([(0, 100.0)]), view_with(spot_ready=10),
+                   load=100.0)
+    assert desired(roomy, "spot") == 13 and "+3 spot for preemption risk" in roomy.decisions[1].reason
+
+
 def test_known_events_raise_the_plan(policy):
     evented = policy.with_changes(events=[{"name": "launch", "start": "2024-05-01T12:10:00",
                                            "end": "2024-05-01T13:00:00", "multiplier": 3.0}])

@@ -99,6 +99,12 @@ classes:
                                                                    "cannot be part of a Prometheus URL"),
     ("signals: {prometheus: 'http://u:pw@p:90x'}\n", "signals.prometheus: the port in 'p:90x' is not a number"),
     ("signals: {history_days: 1.0e+308}\n", "signals.history_days: Input should be less than or equal to 3650"),
+    # (each overflowed a replay, or asked for 1e300 nodes)
+    ("limits: {scale_down_stabilization_min: 1.0e+300}\n", "limits.scale_down_stabilization_min: Input should be "
+                                                           "less than or equal to 10080"),
+    ("planning: {retrain_hours: 1.0e+300}\n", "planning.retrain_hours: Input should be less than or equal to 8760"),
+    ("spot: {preemption_rate_per_hour: 1.0e+300}\n", "spot.preemption_rate_per_hour: Input should be less than or "
+                                                      "equal to 1"),
 ])
 def test_bad_values_name_the_key_and_reason(tmp_path, extra, message):
     with pytest.raises(PolicyError) as err:
