@@ -48,9 +48,10 @@ def _takes_numbers(annotation) -> bool:
     return bool(kinds & {int, float}) and bool not in kinds
 
 
-# Spans of time are bounded (an hour of latency, a week of stabilization, a year between retrains), and the
-# preemption rate is a chance in an hour: far past any sensible value, and short of one that overflowed a replay
-# or a cycle (1e300 minutes of stabilization, hours between retrains; a rate whose buffer asked for 1e300 nodes)
+# Spans of time are bounded (an hour of latency, a week of stabilization, a month's billing block, a year
+# between retrains), and the preemption rate is a chance in an hour: far past any sensible value, and short of
+# one that overflowed a replay or a cycle (1e300 minutes of stabilization, hours between retrains, a 1e15-minute
+# billing block; a rate whose buffer asked for 1e300 nodes)
 
 
 class SLO(Strict):
@@ -80,7 +81,8 @@ class LeadTime(Strict):
 class CapacityClass(Strict):
     price_per_hour: float = Field(gt=0)
     lead_time: LeadTime
-    billing_min: int = Field(1, ge=1, description="billing granularity in minutes (1 = per minute, 60 = hourly)")
+    billing_min: int = Field(1, ge=1, le=43_200,
+                             description="billing granularity in minutes (1 = per minute, 60 = hourly)")
 
 
 class Classes(Strict):
