@@ -135,6 +135,9 @@ def test_a_lead_time_beyond_the_forecasts_reach_is_refused(tmp_path):
     huge = BASE.replace("lead_time: {mean_min: 5}}", "lead_time: {mean_min: 5, spread_min: 1e308}}")
     with pytest.raises(PolicyError, match="lead_time.spread_min: Input should be less than or equal to 10080"):
         load_policy(write(tmp_path, huge))  # (twice it overflowed the check above: an OverflowError)
+
+
+def test_a_billing_block_past_a_month_is_refused(tmp_path):
     block = BASE.replace("on_demand: {price_per_hour: 3, lead_time: {mean_min: 5}}",
                          "on_demand: {price_per_hour: 3, lead_time: {mean_min: 5}, billing_min: 1000000000000000}")
     with pytest.raises(PolicyError, match="classes.on_demand.billing_min: Input should be less than or equal to 43200"):
