@@ -345,6 +345,15 @@ class PrometheusSource:
         would be days of one value, which every model would learn as the service's usual week."""
         return self.marked(self.read_days(days, end, progress))
 
+    def _samples(self, series) -> list:
+        """The ``[time, value]`` pairs of one series of a range query's answer. An answer of another shape (a
+        proxy's, or a backend's that is not quite Prometheus's) is refused, showing it (it was a traceback)."""
+        values = series.get("values", []) if isinstance(series, dict) else None
+        if not isinstance(values, list) or not all(isinstance(p, list) and len(p) == 2 for p in values):
+            raise HistoryError(self.where, f"unexpected answer: a series {str(series)[:200]}, not "
+                                           f"{{'metric': {{...}}, 'values': [[time, value], ...]}}")
+        return values
+
     def load(self, start: datetime, end: datetime, progress: bool = False) -> History:
         """Counts per step for the intervals starting in [start, end), its gaps marked."""
         return self.marked(self.read(start, end, progress))
@@ -407,13 +416,13 @@ class PrometheusSource:
                 raise HistoryError(self.where, f"the query returns {len(result)} series; wrap it in sum(...) "
                                                f"so it returns one")
             for series in result:
-                for ts, value in series.get("values", []):
+                for ts, value in self._samples(series):
                     try:
-                        v = float(value)
+                        t, v = float(ts), float(value)
                     except (TypeError, ValueError):
-                        raise HistoryError(self.where, f"non-numeric sample {value!r} at {ts}") from None
-                    if np.isfinite(v):
-                        values[int(round(float(ts)))] = v
+                        raise HistoryError(self.where, f"non-numeric sample {value!r} at {ts!r}") from None
+                    if np.isfinite(v) and np.isfinite(t):
+                        values[int(round(t))] = v
         if not values:
             raise HistoryError(self.where, f"no samples between {start} and {end}" + self._why_empty(end, True))
         seconds = self.step.total_seconds()

@@ -391,3 +391,43 @@ def test_the_busy_share_is_read_at_the_minute_observed_from_the_nodes_or_the_pol
     assert per_pod.busy_failure.startswith("it answered 2 series, not one (one per pod?): aggregate it")
     scalar = PrometheusSignals(server.url, busy_query="scalar(max(llm_queue_waiting)) / 100")
     assert scalar.observe(minute).busy_share == pytest.approx(0.3) and scalar.busy_failure is None
+
+
+@pytest.mark.parametrize("result,shown", [
+    ([None], "a series None"),
+    ([{"metric": {}, "values": [[1704153600, "5"], [1704153660]]}], "'values': [[1704153600, '5'], [1704153660]]"),
+    ([[1704153600, "5"]], "a series [1704153600, '5']"),
+])
+def test_an_answer_not_shaped_as_prometheuss_is_refused_showing_it(result, shown):
+    """A server in front of Prometheus (a proxy, a backend that is not quite Prometheus) answering success with
+    series of another shape: refused, showing the series (it was an AttributeError's or ValueError's traceback).
+    No real Prometheus answers so, so a plain HTTP server stands in for the one in front."""
+    import json
+    import threading
+    from datetime import datetime, timezone
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(HistoryError, match="unexpected answer") as err:
+            PrometheusSource(f"http://127.0.0.1:{server.server_port}", step="1m").load(
+                datetime(2024, 1, 2, tzinfo=timezone.utc), datetime(2024, 1, 2, 1, tzinfo=timezone.utc))
+        assert shown in str(err.value)
+    finally:
+        server.shutdown()
