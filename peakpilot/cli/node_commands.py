@@ -69,8 +69,8 @@ def serve(
     batching: str = typer.Option("continuous", "--batching", help="'continuous': a request joins the running batch "
                                  "within 4 steps; 'run-to-end': the next batch starts when the last one ends."),
     oom_backoff_s: float = typer.Option(600.0, "--oom-backoff-s", min=0, max=7 * 86400,
-                                        help="After a batch runs out of the "
-                                        "device's memory and the node halves its width: seconds before it tries "
+                                        help="After a batch runs out of the device's memory and the node halves "
+                                        "its width: seconds before it tries "
                                         "twice as many rows again, doubled each time it runs out again (0: never)."),
     served_model_name: list[str] = typer.Option([], "--served-model-name", help="A name the API gives the model "
                                                 "(vLLM's): /v1/models lists them, an answer carries the one asked "
