@@ -183,8 +183,9 @@ def test_what_if_runs_a_replay_side_by_side(app, store):
 def test_a_what_if_takes_the_shown_runs_window_and_capacity_only_on_its_own_trace(tmp_path):
     from dashboard.whatif import available_traces, like_run
 
-    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    a.write_text("x"), b.write_text("x")
+    a, b = tmp_path.resolve() / "a.csv", tmp_path.resolve() / "b.csv"  # (the what-if keys files by real path)
+    for path in (a, b):
+        path.write_text("x")
     run = {"trace": str(a), "train_days": 12.0, "rps_per_node": 3.25}
     assert like_run(run, str(a)) == {"train_days": 12.0, "rps_per_node": 3.25}
     assert like_run(run, str(b)) == {}  # another trace: the replay's own window, the policy's capacity
