@@ -326,3 +326,20 @@ def test_a_model_whose_library_cannot_be_imported_falls_back_saying_so(monkeypat
     assert status == ("fallback: prophet cannot be imported (ModuleNotFoundError: No module named "
                       "'forecaster.models.no_such_prophet'); torch cannot be imported (ModuleNotFoundError: No "
                       "module named 'forecaster.models.no_such_torch'); using seasonal_naive"), status
+
+
+def test_the_torch_models_warm_update_at_a_daily_step_fits_afresh_where_two_days_are_too_few():
+    """A replay retrains by a warm update on the last two days: at a daily step, two windows, which ended in an
+    IndexError (it killed the replay). Now the update fits afresh; a fit on too few windows says so."""
+    from forecaster.models.torch_model import TorchQuantileForecaster
+
+    rng = np.random.default_rng(0)
+    days = pd.date_range("2024-01-01", periods=400, freq="1D")
+    counts = pd.Series(rng.poisson(1e6, len(days)).astype(float), index=days, name="requests")
+    model = TorchQuantileForecaster(seed=0, max_horizon_min=1440).fit(History(counts[:300].copy(), "daily"))
+    newer = History(counts[:330].copy(), "daily")
+    model.update(newer)
+    assert model.fitted_until == newer.end
+    assert model.predict_many(newer, [days[330]], 1440).shape == (1, 1, 3)
+    with pytest.raises(ValueError, match="2 windows of 12 \\+ 1 steps are too few to train on and calibrate"):
+        TorchQuantileForecaster(seed=0, max_horizon_min=1440).fit(History(counts[:14].copy(), "daily"))

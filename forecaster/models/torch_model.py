@@ -127,6 +127,10 @@ class TorchQuantileForecaster(Forecaster):
 
         n_cal = holdout_size(len(positions), self.day, H, self.calibration_fraction)
         cut = len(positions) - n_cal - H  # no target overlap between train and calibration windows
+        if cut < 2 or cut + H >= len(positions):
+            if warm:  # the last two days at a coarse step (two windows at a daily one): a fresh fit instead
+                return self._fit(history)
+            raise ValueError(f"{len(positions)} windows of {L} + {H} steps are too few to train on and calibrate")
         threads = torch.get_num_threads()
         torch.set_num_threads(min(2, threads))
         xt, yt, mt = torch.from_numpy(x[:cut]), torch.from_numpy(y[:cut]).float(), torch.from_numpy(mask[:cut]).float()
