@@ -78,13 +78,12 @@ class Trace:
 def load_trace(path: str | Path, **columns: str) -> Trace:
     """A CSV trace as replay needs it; ``columns``: ``load_csv``'s names of columns under other names (and
     the zone of its times)."""
-    trace = trace_from_history(load_csv(path, **columns), str(path))
-    trace.file = {"path": str(Path(path).expanduser().resolve()), "options": dict(columns)}
-    return trace
+    return trace_from_history(load_csv(path, **columns), str(path),
+                              file={"path": str(Path(path).expanduser().resolve()), "options": dict(columns)})
 
 
-def trace_from_history(history: History, name: str) -> Trace:
-    """A history (from a CSV, or read from Prometheus) as replay needs it."""
+def trace_from_history(history: History, name: str, file: dict | None = None) -> Trace:
+    """A history (from a CSV, or read from Prometheus) as replay needs it; ``file``: ``Trace.file``."""
     sub_minute = None
     if history.step < MINUTE:
         # Each minute's arrivals in the trace's own intervals (sub-steps of the service model): 60 for a
@@ -108,7 +107,7 @@ def trace_from_history(history: History, name: str) -> Trace:
     # A trace written with an offset is read at its instants: the policy's events fall where they would live.
     start = on_cycle_clock(index[0]).to_datetime64()
     times = np.datetime64(start, "m") + np.arange(len(arrivals)) * np.timedelta64(1, "m")
-    return Trace(name, history, times, arrivals, sub_minute)
+    return Trace(name, history, times, arrivals, sub_minute, file)
 
 
 # -- forecasts, computed once per replay ----------------------------------------------------------

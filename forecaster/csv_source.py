@@ -131,16 +131,17 @@ def _read(path: Path) -> pd.DataFrame:
 def _without_trailing_commas(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
     """Rows with one field more than the header are read by pandas with their first field as the index,
     every column shifted one to the right (a file's times read as counts). Where each extra field is empty
-    (a comma ending every line, as some exports write), the file is read again without them; else refused."""
+    (a comma ending every line, as some exports write), the columns are shifted back and the empty one dropped
+    (not read again: a log may be millions of lines); else refused."""
+    names = list(frame.columns)
     extra = frame.iloc[:, -1].notna().to_numpy()
     if extra.any():
         i = int(np.flatnonzero(extra)[0])
-        names = len(frame.columns)
-        raise HistoryError(f"{path}:{i + 2}", f"{names + 1} fields where the header names {names} "
-                                              f"({', '.join(map(str, frame.columns))}): give every column a name")
-    with warnings.catch_warnings():  # (pandas warns that the empty fields are dropped)
-        warnings.simplefilter("ignore", pd.errors.ParserWarning)
-        return pd.read_csv(path, dtype=str, skipinitialspace=True, index_col=False)
+        raise HistoryError(f"{path}:{i + 2}", f"{len(names) + 1} fields where the header names {len(names)} "
+                                              f"({', '.join(map(str, names))}): give every column a name")
+    shifted = frame.reset_index().iloc[:, :-1]
+    shifted.columns = names
+    return shifted
 
 
 def _pick(frame: pd.DataFrame, path: Path, given: str | None, candidates: tuple[str, ...], what: str) -> str:
